@@ -1,0 +1,28 @@
+# Two entry points: `make test` and (with the sandbox issue) `make demo`; both install first.
+VENV ?= .venv
+SYSTEM_PYTHON ?= /usr/bin/python3
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := ca-certificates curl git iproute2 util-linux
+
+.PHONY: install test lint clean
+.DEFAULT_GOAL := test
+
+install: $(VENV)/.installed
+
+# Re-run only when the dependency list changes; every step is idempotent anyway.
+$(VENV)/.installed: pyproject.toml scripts/install-debian-packages scripts/check-reachable
+	scripts/install-debian-packages $(DEBIAN_PACKAGES)
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	scripts/check-reachable $(PY)
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+test: lint
+	$(VENV)/bin/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from intercept_proxy.cli import main
+
+raise SystemExit(main())

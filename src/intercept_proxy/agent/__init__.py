@@ -1,0 +1,1 @@
+"""The agent: the sidecar process serving xDS, on-demand certificates and ext_authz."""

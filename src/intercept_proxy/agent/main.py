@@ -1,0 +1,172 @@
+"""Wiring of the agent: policy store, CA, ADS (with on-demand certificates), ext_authz, health."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from intercept_proxy import ports
+from intercept_proxy.agent.health import health_app
+from intercept_proxy.agent.metrics import Metrics
+from intercept_proxy.authz.decisionlog import DecisionLog
+from intercept_proxy.authz.service import AuthorizationService
+from intercept_proxy.pki import CertificateAuthority, LeafCache
+from intercept_proxy.policy.store import PolicyStore
+from intercept_proxy.watch import watch
+from intercept_proxy.xds import protos
+from intercept_proxy.xds.certificates import certificate_resolver
+from intercept_proxy.xds.resources import (
+    CLUSTER,
+    LISTENER,
+    SECRET,
+    UPSTREAM_CA_SECRET,
+    DataPlane,
+    clusters,
+    listeners,
+)
+from intercept_proxy.xds.server import AggregatedDiscoveryService, Snapshot, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    policy: Path
+    ca_cert: Path
+    ca_key: Path
+    upstream_ca: Path = SYSTEM_CA_BUNDLE
+    decision_log: str = "-"
+    bind_address: str = "127.0.0.1"
+    xds_port: int = ports.AGENT_XDS
+    http_port: int = ports.AGENT_HTTP
+    cert_validity: dt.timedelta = dt.timedelta(hours=12)
+    cert_cache_size: int = 1024
+    data_plane: DataPlane = field(default_factory=DataPlane)
+
+
+def build_snapshot(dp: DataPlane, upstream_ca_pem: bytes) -> Snapshot:
+    return Snapshot(
+        {
+            CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp)},
+            LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
+            SECRET: {
+                UPSTREAM_CA_SECRET: protos.upstream_ca_secret(UPSTREAM_CA_SECRET, upstream_ca_pem)
+            },
+        }
+    )
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        # Both raise on invalid input: without a valid policy and CA the agent does not start.
+        self.policy = PolicyStore(settings.policy, self.metrics.observe_reload)
+        ca = CertificateAuthority.load_or_generate(settings.ca_cert, settings.ca_key)
+        self.certificates = LeafCache(
+            ca,
+            max_entries=settings.cert_cache_size,
+            validity=settings.cert_validity,
+            on_mint=self.metrics.observe_mint,
+        )
+        self.metrics.track_certificates(self.certificates)
+        self.decision_log = DecisionLog(settings.decision_log)
+        self.snapshots = SnapshotCache()
+        self.ads = AggregatedDiscoveryService(
+            self.snapshots,
+            {SECRET: certificate_resolver(self.certificates)},
+            self.metrics.xds_events(),
+        )
+        self.authz = AuthorizationService(
+            lambda: self.policy.engine, self.decision_log, self.metrics.observe_decision
+        )
+        self.update_snapshot()
+
+    def update_snapshot(self) -> None:
+        try:
+            bundle = self.settings.upstream_ca.read_bytes()
+        except OSError as e:
+            log.error("cannot read the upstream CA bundle, keeping the previous one: %s", e)
+            return
+        self.snapshots.set(build_snapshot(self.settings.data_plane, bundle))
+
+    def readiness(self) -> dict[str, Any]:
+        in_sync = self.ads.in_sync()
+        return {
+            "ready": in_sync,
+            "envoy_in_sync": in_sync,
+            "policy_revision": self.policy.engine.revision,
+            "certificates_cached": len(self.certificates),
+        }
+
+    async def _renew_certificates(self) -> None:
+        """Leaves Envoy holds are renewed at half-life; check often enough to catch it."""
+        interval = min(60.0, self.settings.cert_validity.total_seconds() / 8)
+        while True:
+            await asyncio.sleep(interval)
+            self.ads.renew()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        xds = grpc.aio.server()
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, xds)
+        xds.add_insecure_port(f"{s.bind_address}:{s.xds_port}")
+        authz = grpc.aio.server()
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.authz, authz)
+        dp = s.data_plane
+        authz.add_insecure_port(f"{dp.authz_address}:{dp.authz_port}")
+        runner = web.AppRunner(health_app(self.readiness, self.metrics.registry), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, s.bind_address, s.http_port).start()
+        await xds.start()
+        await authz.start()
+        tasks = [
+            asyncio.create_task(watch(self.policy.files, self.policy.reload)),
+            asyncio.create_task(watch(lambda: [s.upstream_ca], self.update_snapshot)),
+            asyncio.create_task(self._renew_certificates()),
+        ]
+        log.info(
+            "agent ready: xDS %s:%d, ext_authz %s:%d, health %s:%d, policy revision %s",
+            s.bind_address,
+            s.xds_port,
+            dp.authz_address,
+            dp.authz_port,
+            s.bind_address,
+            s.http_port,
+            self.policy.engine.revision,
+        )
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await authz.stop(grace=1)
+            await xds.stop(grace=1)
+            await runner.cleanup()
+            self.decision_log.close()
+
+
+def run(settings: AgentSettings) -> None:
+    """Run until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        agent = Agent(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await agent.serve(stop)
+
+    asyncio.run(main())

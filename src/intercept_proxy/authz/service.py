@@ -1,0 +1,137 @@
+"""Envoy's ext_authz (gRPC v3) backed by the policy engine.
+
+Every request Envoy sees becomes an OPA-Envoy shaped input, gets a decision with an id, a line in
+the decision log, and either passes (with the decision id as a response header) or is answered
+403 with a JSON body explaining why.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+
+from intercept_proxy.authz.decisionlog import DecisionLog, decision_record
+from intercept_proxy.policy.engine import Decision, PolicyEngine
+from intercept_proxy.policy.input import INPUT_VERSION
+from intercept_proxy.xds.resources import DECISION_HEADER, TRANSPORT_KEY
+
+DecisionObserver = Callable[[Decision, float], None]
+
+
+def check_input(request: external_auth_pb2.CheckRequest) -> dict[str, Any]:
+    """The OPA-Envoy input document (protojson field names) for a CheckRequest."""
+    attrs = request.attributes
+    http = attrs.request.http
+    attributes: dict[str, Any] = {
+        "request": {
+            "http": {
+                "id": http.id,
+                "method": http.method,
+                "host": http.host,
+                "path": http.path,
+                "scheme": http.scheme,
+                "protocol": http.protocol,
+                "headers": dict(http.headers),
+            }
+        },
+        "source": {"address": _address(attrs.source.address)},
+        "destination": {"address": _address(attrs.destination.address)},
+    }
+    if attrs.context_extensions:
+        attributes["contextExtensions"] = dict(attrs.context_extensions)
+    if is_tls(request):
+        attributes["tlsSession"] = {"sni": attrs.tls_session.sni}
+    return {"attributes": attributes, "version": INPUT_VERSION}
+
+
+def is_tls(request: external_auth_pb2.CheckRequest) -> bool:
+    """Whether the request arrived over TLS. Envoy sets `tls_session` on plain connections too,
+    so the listener says it; a server name proves TLS whatever the listener."""
+    attrs = request.attributes
+    return attrs.context_extensions.get(TRANSPORT_KEY) == "tls" or bool(attrs.tls_session.sni)
+
+
+def _address(address: base_pb2.Address) -> dict[str, Any]:
+    socket = address.socket_address
+    return {"socketAddress": {"address": socket.address, "portValue": socket.port_value}}
+
+
+def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value))
+
+
+def denial_body(decision: Decision, decision_id: str) -> str:
+    return json.dumps(
+        {
+            "error": {
+                "code": "POLICY_BLOCKED",
+                "message": decision.reason,
+                "rule": decision.rule,
+                "decision_id": decision_id,
+            }
+        }
+    )
+
+
+def check_response(decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
+    id_header = _header(DECISION_HEADER, decision_id)
+    if decision.allow:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=external_auth_pb2.OkHttpResponse(response_headers_to_add=[id_header]),
+        )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=decision.reason),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
+            headers=[_header("content-type", "application/json"), id_header],
+            body=denial_body(decision, decision_id),
+        ),
+    )
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(
+        self,
+        engine: Callable[[], PolicyEngine],
+        log: DecisionLog,
+        observe: DecisionObserver = lambda decision, seconds: None,
+    ) -> None:
+        """`engine` returns the engine in force now (it changes when the policy reloads)."""
+        self._engine = engine
+        self._log = log
+        self._observe = observe
+
+    async def Check(  # noqa: N802 - gRPC method name
+        self, request: external_auth_pb2.CheckRequest, context: object
+    ) -> external_auth_pb2.CheckResponse:
+        engine = self._engine()
+        input_doc = check_input(request)
+        started = time.perf_counter()
+        decision = engine.evaluate(input_doc)
+        elapsed = time.perf_counter() - started
+        decision_id = uuid.uuid4().hex
+        http = request.attributes.request.http
+        self._log.write(
+            decision_record(
+                decision_id=decision_id,
+                decision=decision,
+                method=http.method,
+                scheme=http.scheme,
+                host=http.host,
+                path=http.path,
+                sni=request.attributes.tls_session.sni if is_tls(request) else None,
+                eval_ms=elapsed * 1000,
+                policy_revision=engine.revision,
+            )
+        )
+        self._observe(decision, elapsed)
+        return check_response(decision, decision_id)

@@ -1,0 +1,3 @@
+from intercept_proxy.lab.server.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,146 @@
+"""`intercept policy`: check, evaluate, compile and test policies (the policy author's tools)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from intercept_proxy.pki.files import write_public
+from intercept_proxy.policy.engine import BUILTIN_MODULE, RegorusEngine, builtin_rego
+from intercept_proxy.policy.input import InputError, url_input
+from intercept_proxy.policy.model import Policy, PolicyError, RegoModule, load_policy
+from intercept_proxy.policy.testing import builtin_tests, run_tests
+
+USAGE_ERROR = 2
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("policy", help="check, evaluate, compile and test policies")
+    sub = parser.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
+
+    check = sub.add_parser("check", help="validate a policy file")
+    check.add_argument("policy", type=Path)
+    check.set_defaults(func=_check)
+
+    evaluate = sub.add_parser(
+        "eval",
+        help="judge one request, print the decision as JSON",
+        description="Judge one request and print the decision as one JSON object. Exits 0 "
+        "whatever the decision, 2 when the policy or the request is invalid.",
+    )
+    evaluate.add_argument("--policy", type=Path, required=True)
+    evaluate.add_argument("--method", required=True, help="HTTP method, e.g. GET")
+    evaluate.add_argument("--url", required=True, help="e.g. https://api.github.com/user")
+    evaluate.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a request header (repeatable); 'Host: ...' overrides the URL's authority",
+    )
+    evaluate.add_argument(
+        "--sni", help="TLS server name (https only; defaults to the URL's host, '' for none)"
+    )
+    evaluate.set_defaults(func=_eval)
+
+    compile_ = sub.add_parser(
+        "compile",
+        help="print the data document the Rego policy reads (for OPA)",
+        description="Print the validated policy as the JSON data document of the Rego policy. "
+        "With --bundle, write a directory that `opa eval -b DIR` or `opa run -b DIR` loads.",
+    )
+    compile_.add_argument("policy", type=Path)
+    compile_.add_argument("--bundle", type=Path, metavar="DIR")
+    compile_.set_defaults(func=_compile)
+
+    test = sub.add_parser(
+        "test",
+        help="run the Rego unit tests (built-in and your own)",
+        description="Run every test_* rule of the built-in tests and of the given modules.",
+    )
+    test.add_argument("modules", nargs="*", type=Path, help="your Rego test modules")
+    test.add_argument("--policy", type=Path, help="add this policy's data and custom modules")
+    test.set_defaults(func=_test)
+
+
+def _fail(message: str) -> int:
+    print(f"intercept policy: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _load(path: Path) -> tuple[Policy, RegorusEngine]:
+    policy = load_policy(path)
+    return policy, RegorusEngine(policy)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        policy, _ = _load(args.policy)
+    except PolicyError as e:
+        return _fail(str(e))
+    print(
+        f"{args.policy}: valid (revision {policy.revision}): "
+        f"{len(policy.allowed_domains)} allowed, {len(policy.unrestricted_domains)} unrestricted "
+        f"domains, GitHub reads {'on' if policy.github_read_access_enabled else 'off'}, "
+        f"{len(policy.github_allowed_repos)} repositories and "
+        f"{len(policy.github_allowed_users)} users writable, "
+        f"AWS {'on' if policy.aws_access_enabled else 'off'}, "
+        f"{len(policy.rego_modules)} custom modules"
+    )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    try:
+        policy, engine = _load(args.policy)
+        input_doc = url_input(args.method, args.url, args.header, args.sni)
+    except (PolicyError, InputError) as e:
+        return _fail(str(e))
+    decision = engine.evaluate(input_doc)
+    out = {
+        "allow": decision.allow,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "policy_revision": policy.revision,
+    }
+    print(json.dumps(out))
+    return 0
+
+
+def _compile(args: argparse.Namespace) -> int:
+    try:
+        policy, _ = _load(args.policy)
+    except PolicyError as e:
+        return _fail(str(e))
+    data = json.dumps(policy.to_data(), indent=2, sort_keys=True) + "\n"
+    if args.bundle is None:
+        sys.stdout.write(data)
+        return 0
+    write_public(args.bundle / "data.json", data.encode())
+    write_public(args.bundle / BUILTIN_MODULE, builtin_rego().encode())
+    for i, module in enumerate(policy.rego_modules):
+        write_public(args.bundle / f"custom_{i}_{Path(module.path).name}", module.text.encode())
+    print(f"bundle written to {args.bundle}")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    try:
+        policy = load_policy(args.policy) if args.policy else None
+        modules = [builtin_tests()] + [RegoModule(str(p), p.read_text()) for p in args.modules]
+    except PolicyError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot read test module: {e}")
+    try:
+        results = run_tests(modules, policy)
+    except RuntimeError as e:
+        return _fail(f"a module does not compile: {str(e).split('Stack')[0].strip()}")
+    for r in results:
+        status = "PASS" if r.passed else "FAIL"
+        print(f"{status} {r.module}: {r.name}" + (f"\n     {r.error}" if r.error else ""))
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0

@@ -1,0 +1,119 @@
+"""The policy engine interface and its in-process implementation on regorus.
+
+Evaluation never raises: any failure (a custom module's runtime error, a malformed result) is a
+denial with rule `evaluation_error`, so a broken policy fails closed.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+import regorus
+
+from intercept_proxy.policy.model import CUSTOM_PACKAGE, Policy, PolicyError, RegoModule
+
+DECISION_RULE = "data.intercept.decision"
+BUILTIN_MODULE = "intercept.rego"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allow: bool
+    rule: str
+    reason: str
+
+
+class PolicyEngine(Protocol):
+    @property
+    def revision(self) -> str: ...
+
+    def evaluate(self, input_doc: dict[str, Any]) -> Decision: ...
+
+
+def builtin_rego() -> str:
+    return resources.files(__package__).joinpath(BUILTIN_MODULE).read_text()
+
+
+# A request every policy must be able to judge: loading evaluates it once, so errors that only
+# show at evaluation time reject the policy instead of denying every request later.
+_PROBE_INPUT = {
+    "attributes": {
+        "request": {
+            "http": {"method": "GET", "host": "probe.invalid", "path": "/", "scheme": "https"}
+        },
+        "tlsSession": {"sni": "probe.invalid"},
+    }
+}
+
+
+class RegorusEngine:
+    """Not thread-safe: the agent evaluates from its single event-loop thread; the lock only
+    protects callers that share an engine across threads."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._lock = threading.Lock()
+        self._engine = regorus.Engine()
+        self._engine.add_policy(BUILTIN_MODULE, builtin_rego())
+        for i, module in enumerate(policy.rego_modules):
+            self._add_custom_module(i, module)
+        self._engine.add_data(policy.to_data())
+        try:
+            self._decide(_PROBE_INPUT)
+        except (RuntimeError, ValueError) as e:
+            raise PolicyError(policy.source, "rego_modules", f"evaluation fails: {e}") from None
+
+    def _add_custom_module(self, index: int, module: RegoModule) -> None:
+        where = f"rego_modules[{index}]"
+        package = module.package
+        if package != CUSTOM_PACKAGE and not (package or "").startswith(CUSTOM_PACKAGE + "."):
+            raise PolicyError(
+                self._policy.source,
+                where,
+                f"{module.path}: package {package} is not allowed; custom modules use package "
+                f"{CUSTOM_PACKAGE} (or below it)",
+            )
+        try:
+            self._engine.add_policy(module.path, module.text)
+        except RuntimeError as e:
+            raise PolicyError(
+                self._policy.source, where, f"{module.path}: {_first_lines(e)}"
+            ) from None
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def revision(self) -> str:
+        return self._policy.revision
+
+    def _decide(self, input_doc: dict[str, Any]) -> Decision:
+        with self._lock:
+            self._engine.set_input(input_doc)
+            result = self._engine.eval_rule(DECISION_RULE)
+        if (
+            not isinstance(result, dict)
+            or not isinstance(result.get("allow"), bool)
+            or not isinstance(result.get("rule"), str)
+            or not isinstance(result.get("reason"), str)
+        ):
+            raise ValueError(f"malformed decision {result!r}")
+        return Decision(result["allow"], result["rule"], result["reason"])
+
+    def evaluate(self, input_doc: dict[str, Any]) -> Decision:
+        try:
+            return self._decide(input_doc)
+        except (RuntimeError, ValueError, TypeError) as e:
+            return Decision(
+                False, "evaluation_error", f"policy evaluation failed: {_first_lines(e)}"
+            )
+
+
+def _first_lines(error: Exception, limit: int = 6) -> str:
+    """regorus appends a native stack trace to its messages; keep the part a person reads."""
+    text = str(error).split("Stack backtrace:")[0].strip()
+    return "\n".join(text.splitlines()[:limit])

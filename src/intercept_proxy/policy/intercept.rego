@@ -1,0 +1,418 @@
+# intercept-proxy egress policy (Rego v1).
+#
+# input: Envoy's ext_authz CheckRequest in the OPA-Envoy shape
+#   input.attributes.request.http.{method, host, path, scheme, headers}
+#   input.attributes.tlsSession.sni
+#   input.attributes.contextExtensions.intercept_transport   ("tls" or "plain", set per listener)
+# data.intercept_policy: the validated policy file (`intercept policy compile FILE`).
+#
+# Result: data.intercept.decision = {"allow": bool, "rule": string, "reason": string}
+# (data.intercept.allow is the same boolean, for OPA-Envoy's default decision path).
+#
+# Extension point: modules in package intercept.custom may define the sets `allow` and `deny` of
+# {"rule": ..., "reason": ...} objects; they read the normalised request in data.intercept.request.
+# A custom deny overrides every grant; a custom allow cannot override the request checks
+# (invalid host, missing SNI, SNI/Host mismatch).
+package intercept
+
+cfg := data.intercept_policy
+
+# Anything missing from the input reads as empty, which no rule grants: unknown input is denied.
+http := object.get(input, ["attributes", "request", "http"], {})
+
+default allow := false
+
+allow := decision.allow
+
+decision := _deny(d) if {
+	d := _first(denials)
+} else := _allow(g) if {
+	g := _first(grants)
+} else := _deny(d) if {
+	d := _first(explanations)
+} else := _deny({
+	"rule": "default_deny",
+	"reason": sprintf("%s is not allowed by the policy (no rule matches it)", [request.target]),
+})
+
+_allow(g) := {"allow": true, "rule": g.rule, "reason": g.reason}
+
+_deny(d) := {"allow": false, "rule": d.rule, "reason": d.reason}
+
+# The candidate with the lowest priority number, ties broken by rule name: deterministic.
+_first(candidates) := c if {
+	ordered := sort([[object.get(x, "priority", 50), x.rule, x.reason] | some x in candidates])
+	[_, rule, reason] := ordered[0]
+	c := {"rule": rule, "reason": reason}
+}
+
+# ---------------------------------------------------------------------------------------------
+# The request, normalised. Host names: lower case, one trailing dot dropped, default port
+# removed; never matched by substring.
+
+request := {
+	"method": method,
+	"scheme": scheme,
+	"tls": tls,
+	"sni": sni,
+	"host": host,
+	"port": port,
+	"path": path,
+	"segments": _segments_or_null,
+	"target": target,
+}
+
+method := upper(object.get(http, "method", ""))
+
+scheme := lower(object.get(http, "scheme", ""))
+
+sni := _strip_dot(lower(object.get(input, ["attributes", "tlsSession", "sni"], "")))
+
+# Envoy reports a TLS session attribute on plain connections too, so TLS is told by the scheme,
+# by the listener (the context extension the interceptor's configuration sets) or by an SNI.
+tls if scheme == "https"
+
+tls if object.get(input, ["attributes", "contextExtensions", "intercept_transport"], "") == "tls"
+
+tls if sni != ""
+
+default tls := false
+
+default_port := 443 if scheme == "https"
+
+else := 443 if tls
+
+else := 80
+
+authority := lower(object.get(http, "host", ""))
+
+_authority_parts := split(authority, ":")
+
+# "[v6]" and "[v6]:port" are IP literals; so is anything with more than one colon.
+_ip_literal if startswith(authority, "[")
+
+_ip_literal if count(_authority_parts) > 2
+
+default host := ""
+
+host := _strip_dot(_authority_parts[0]) if not _ip_literal
+
+# 0 stands for an invalid port.
+default port := 0
+
+port := default_port if {
+	not _ip_literal
+	count(_authority_parts) == 1
+}
+
+port := to_number(_authority_parts[1]) if {
+	not _ip_literal
+	count(_authority_parts) == 2
+	regex.match(`^[0-9]{1,5}$`, _authority_parts[1])
+	to_number(_authority_parts[1]) > 0
+	to_number(_authority_parts[1]) < 65536
+}
+
+_strip_dot(name) := trim_suffix(name, ".")
+
+# ASCII labels of letters, digits, '_' and '-' (not at either end), at most 253 characters,
+# and not an IPv4 literal in any spelling (a last label that is a number: 1.2.3.4, 0x7f.1).
+valid_host if {
+	regex.match(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$`, host)
+	count(host) <= 253
+	labels := split(host, ".")
+	not regex.match(`^(0x[0-9a-f]*|[0-9]+)$`, labels[count(labels) - 1])
+}
+
+target := sprintf("%s %s:%d", [method, host, port]) if valid_host
+
+else := sprintf("%s %q", [method, authority])
+
+path := split(object.get(http, "path", "/"), "?")[0]
+
+query := substring(p, count(path) + 1, -1) if {
+	p := object.get(http, "path", "")
+	count(p) > count(path)
+} else := ""
+
+# ---------------------------------------------------------------------------------------------
+# Path normalisation (for rules that judge the path): percent-encoded dots decoded, duplicate
+# slashes merged, dot segments resolved as RFC 3986 does. Encoded slashes and backslashes make
+# the path unjudgeable; so does an absurd number of segments.
+
+max_segments := 64
+
+path_unjudgeable if regex.match(`(?i)%(2f|5c)|\\`, path)
+
+path_unjudgeable if count(_raw_segments) > max_segments
+
+_raw_segments := [s |
+	some s in split(replace(replace(path, "%2e", "."), "%2E", "."), "/")
+	s != ""
+	s != "."
+]
+
+_steps := [_step(s) | some s in _raw_segments]
+
+_step("..") := -1
+
+_step(s) := 1 if s != ".."
+
+_prefix := [sum(array.slice(_steps, 0, k + 1)) | some k, _ in _steps]
+
+# The depth of the segment stack after each segment: a prefix sum clamped at the root.
+_depth := [_clamped_depth(k) | some k, _ in _steps]
+
+_clamped_depth(k) := _prefix[k] - min(array.concat([0], array.slice(_prefix, 0, k + 1)))
+
+# A segment survives when the stack never drops below the depth at which it was pushed.
+segments := [s |
+	some i, s in _raw_segments
+	s != ".."
+	every j in numbers.range(i, count(_raw_segments) - 1) {
+		_depth[j] >= _depth[i]
+	}
+] if not path_unjudgeable
+
+default _segments_or_null := null
+
+_segments_or_null := segments
+
+# ---------------------------------------------------------------------------------------------
+# Denials: checks on the request itself, before any grant is considered.
+
+_well_formed if {
+	is_string(object.get(http, "method", null))
+	is_string(object.get(http, "host", null))
+	is_string(object.get(http, "path", null))
+}
+
+denials contains {"priority": 0, "rule": "invalid_request", "reason": reason} if {
+	not _well_formed
+	reason := "the request lacks a method, host or path"
+}
+
+denials contains {"priority": 1, "rule": "invalid_host", "reason": reason} if {
+	not valid_host
+	reason := sprintf("%q is not a valid host name (empty, IP literal, non-ASCII or malformed)", [authority])
+}
+
+denials contains {"priority": 1, "rule": "invalid_host", "reason": reason} if {
+	valid_host
+	port == 0
+	reason := sprintf("%q has an invalid port", [authority])
+}
+
+denials contains {"priority": 2, "rule": "missing_sni", "reason": reason} if {
+	tls
+	sni == ""
+	reason := sprintf("TLS connection without SNI cannot be identified (request for %q)", [authority])
+}
+
+# For TLS the SNI is the identity: a Host that differs is domain fronting.
+denials contains {"priority": 3, "rule": "sni_mismatch", "reason": reason} if {
+	sni != ""
+	valid_host
+	sni != host
+	reason := sprintf("Host %q does not match the TLS server name %q", [host, sni])
+}
+
+denials contains {"priority": 10, "rule": d.rule, "reason": d.reason} if {
+	some d in data.intercept.custom.deny
+}
+
+# ---------------------------------------------------------------------------------------------
+# Grants.
+
+read_methods := {"GET", "HEAD"}
+
+write_methods := {"POST", "PUT", "PATCH", "DELETE"}
+
+_entry_host_matches(e) if {
+	not e.wildcard
+	e.host == host
+}
+
+_entry_host_matches(e) if {
+	e.wildcard
+	endswith(host, concat("", [".", e.host]))
+}
+
+_entry_port_matches(e) if {
+	e.port == null
+	port in {80, 443}
+}
+
+_entry_port_matches(e) if e.port == port
+
+_entry_matches(e) if {
+	_entry_host_matches(e)
+	_entry_port_matches(e)
+}
+
+grants contains {"rule": "unrestricted_domains", "reason": reason} if {
+	valid_host
+	some e in cfg.unrestricted_domains
+	_entry_matches(e)
+	reason := sprintf("%s: %s is in unrestricted_domains", [target, e.entry])
+}
+
+grants contains {"rule": "allowed_domains", "reason": reason} if {
+	valid_host
+	method in read_methods
+	some e in cfg.allowed_domains
+	_entry_matches(e)
+	reason := sprintf("%s: %s is in allowed_domains (GET and HEAD)", [target, e.entry])
+}
+
+grants contains {"rule": "github_read", "reason": reason} if {
+	github_read_request
+	reason := sprintf("%s: GitHub read access is enabled", [target])
+}
+
+grants contains {"rule": "github_write", "reason": reason} if {
+	github_write_target
+	github_repo_allowed(github_write_target)
+	reason := sprintf("%s: write to GitHub repository %s is allowed", [target, github_write_target])
+}
+
+grants contains {"rule": "aws", "reason": reason} if {
+	cfg.aws_access_enabled
+	valid_host
+	port in {80, 443}
+	[service, _] := _aws_service_region
+	service in cfg.aws_allowed_services
+	reason := sprintf("%s: AWS service %s is allowed", [target, service])
+}
+
+grants contains {"priority": 60, "rule": g.rule, "reason": g.reason} if {
+	valid_host
+	some g in data.intercept.custom.allow
+}
+
+# ---------------------------------------------------------------------------------------------
+# GitHub. Reads: GET/HEAD on its hosts, plus the git smart-HTTP fetch. Writes: the REST API under
+# /repos/{owner}/{repo}/..., and the git smart-HTTP push, for allowed repositories only.
+
+github_read_hosts := {
+	"github.com",
+	"api.github.com",
+	"raw.githubusercontent.com",
+	"codeload.github.com",
+	"objects.githubusercontent.com",
+}
+
+_github_host(name) if {
+	name in github_read_hosts
+	port in {80, 443}
+}
+
+_git_services := {v |
+	some pair in split(query, "&")
+	kv := split(pair, "=")
+	count(kv) == 2
+	kv[0] == "service"
+	v := lower(urlquery.decode(kv[1]))
+}
+
+# The ref advertisement of git smart HTTP: anything but a fetch prepares a push.
+git_receive_pack_discovery if {
+	_git_repo_path.op == "refs"
+	some v in _git_services
+	v != "git-upload-pack"
+}
+
+# github.com/{owner}/{repo}[.git]/info/refs or .../git-upload-pack or .../git-receive-pack
+_git_repo_path := {"owner": lower(s[0]), "repo": trim_suffix(lower(s[1]), ".git"), "op": op} if {
+	host == "github.com"
+	s := segments
+	count(s) in {3, 4}
+	op := _git_op(array.slice(s, 2, count(s)))
+}
+
+_git_op(["info", "refs"]) := "refs"
+
+_git_op(["git-upload-pack"]) := "upload-pack"
+
+_git_op(["git-receive-pack"]) := "receive-pack"
+
+github_read_request if {
+	cfg.github_read_access_enabled
+	valid_host
+	_github_host(host)
+	method in read_methods
+	not git_receive_pack_discovery
+}
+
+github_read_request if {
+	cfg.github_read_access_enabled
+	_github_host(host)
+	method == "POST"
+	_git_repo_path.op == "upload-pack"
+}
+
+github_write_target := concat("/", [lower(s[1]), lower(s[2])]) if {
+	_github_host(host)
+	host == "api.github.com"
+	method in write_methods
+	s := segments
+	count(s) >= 4
+	s[0] == "repos"
+} else := concat("/", [r.owner, r.repo]) if {
+	_github_host(host)
+	r := _git_repo_path
+	r.op == "refs"
+	method in read_methods
+	git_receive_pack_discovery
+} else := concat("/", [r.owner, r.repo]) if {
+	_github_host(host)
+	r := _git_repo_path
+	r.op == "receive-pack"
+	method == "POST"
+}
+
+github_repo_allowed(repo) if repo in cfg.github_allowed_repos
+
+github_repo_allowed(repo) if split(repo, "/")[0] in cfg.github_allowed_users
+
+# ---------------------------------------------------------------------------------------------
+# AWS: {service}.amazonaws.com and {service}.{region}.amazonaws.com.
+
+_aws_service_region := [m[1], m[2]] if {
+	m := regex.find_all_string_submatch_n(`^([a-z0-9-]+)(?:\.([a-z0-9-]+))?\.amazonaws\.com$`, host, 1)[0]
+}
+
+# ---------------------------------------------------------------------------------------------
+# Explanations for denials that nearly matched a rule, so the reason says what to change.
+
+explanations contains {"priority": 20, "rule": "method_not_allowed", "reason": reason} if {
+	valid_host
+	not method in read_methods
+	some e in cfg.allowed_domains
+	_entry_matches(e)
+	reason := sprintf("%s: %s is in allowed_domains, which permits only GET and HEAD", [target, e.entry])
+}
+
+explanations contains {"priority": 21, "rule": "github_write_not_allowed", "reason": reason} if {
+	repo := github_write_target
+	not github_repo_allowed(repo)
+	reason := sprintf(
+		"%s: write to GitHub repository %s is not allowed (add %s to github_allowed_repos or %s to github_allowed_users)",
+		[target, repo, repo, split(repo, "/")[0]],
+	)
+}
+
+explanations contains {"priority": 22, "rule": "invalid_path", "reason": reason} if {
+	valid_host
+	_github_host(host)
+	path_unjudgeable
+	reason := sprintf("%s: the path has encoded slashes, backslashes or too many segments", [target])
+}
+
+explanations contains {"priority": 23, "rule": "port_not_allowed", "reason": reason} if {
+	valid_host
+	some e in array.concat(cfg.allowed_domains, cfg.unrestricted_domains)
+	_entry_host_matches(e)
+	not _entry_port_matches(e)
+	reason := sprintf("%s: port %d is not allowed for %s (list '%s:%d' to allow it)", [target, port, e.entry, host, port])
+}

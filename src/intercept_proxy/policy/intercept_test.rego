@@ -1,0 +1,266 @@
+# Unit tests of intercept.rego; run by `intercept policy test` (and the project's test suite).
+package intercept_test
+
+import data.intercept
+
+cfg := {
+	"allowed_domains": [
+		{"entry": "pypi.org", "host": "pypi.org", "wildcard": false, "port": null},
+		{"entry": "*.example.com", "host": "example.com", "wildcard": true, "port": null},
+		{"entry": "alt.example.net:8443", "host": "alt.example.net", "wildcard": false, "port": 8443},
+	],
+	"unrestricted_domains": [{"entry": "api.anthropic.com", "host": "api.anthropic.com", "wildcard": false, "port": null}],
+	"github_read_access_enabled": true,
+	"github_allowed_users": ["myuser"],
+	"github_allowed_repos": ["octo/hello"],
+	"aws_access_enabled": true,
+	"aws_allowed_services": ["s3"],
+}
+
+req(method, host, path) := {"attributes": {
+	"request": {"http": {"method": method, "host": host, "path": path, "scheme": "https"}},
+	"tlsSession": {"sni": split(host, ":")[0]},
+}}
+
+plain(method, host, path) := {"attributes": {"request": {"http": {"method": method, "host": host, "path": path, "scheme": "http"}}}}
+
+decide(i) := d if {
+	d := intercept.decision with input as i with data.intercept_policy as cfg
+}
+
+segments_of(p) := s if {
+	s := intercept.segments with input as req("GET", "api.github.com", p) with data.intercept_policy as cfg
+}
+
+# --- host normalisation -----------------------------------------------------------------------
+
+test_host_lowercased_trailing_dot_and_default_port_removed if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "PyPI.Org.:443", "path": "/", "scheme": "https"}},
+		"tlsSession": {"sni": "pypi.org"},
+	}}
+	intercept.request.host == "pypi.org" with input as i with data.intercept_policy as cfg
+	decide(i).allow
+}
+
+test_two_trailing_dots_are_invalid if {
+	decide(req("GET", "pypi.org..", "/")).rule == "invalid_host"
+}
+
+test_ipv4_literals_in_every_spelling_are_invalid if {
+	every h in ["1.2.3.4", "0x7f.1", "2130706433", "[::1]", "[::1]:443", "::1"] {
+		decide(plain("GET", h, "/")).rule == "invalid_host"
+	}
+}
+
+test_empty_and_non_ascii_hosts_are_invalid if {
+	decide(plain("GET", "", "/")).rule == "invalid_host"
+	decide(plain("GET", "pypí.org", "/")).rule == "invalid_host"
+}
+
+test_bad_ports_are_invalid if {
+	decide(plain("GET", "pypi.org:0", "/")).rule == "invalid_host"
+	decide(plain("GET", "pypi.org:65536", "/")).rule == "invalid_host"
+	decide(plain("GET", "pypi.org:x", "/")).rule == "invalid_host"
+}
+
+test_missing_input_is_denied if {
+	not intercept.decision.allow with input as {} with data.intercept_policy as cfg
+}
+
+# --- domains ----------------------------------------------------------------------------------
+
+test_exact_domain_is_not_a_substring_or_suffix_match if {
+	decide(req("GET", "pypi.org", "/")).allow
+	not decide(req("GET", "evilpypi.org", "/")).allow
+	not decide(req("GET", "pypi.org.evil.com", "/")).allow
+	not decide(req("GET", "sub.pypi.org", "/")).allow
+}
+
+test_wildcard_matches_any_depth_but_not_the_apex if {
+	decide(req("GET", "a.example.com", "/")).allow
+	decide(req("GET", "a.b.c.example.com", "/")).allow
+	not decide(req("GET", "example.com", "/")).allow
+	not decide(req("GET", "badexample.com", "/")).allow
+}
+
+test_allowed_domains_permit_get_and_head_only if {
+	decide(req("HEAD", "pypi.org", "/")).allow
+	d := decide(req("POST", "pypi.org", "/"))
+	not d.allow
+	d.rule == "method_not_allowed"
+}
+
+test_unrestricted_domains_permit_every_method if {
+	every m in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+		decide(req(m, "api.anthropic.com", "/v1/messages")).rule == "unrestricted_domains"
+	}
+}
+
+test_other_ports_need_an_entry_naming_them if {
+	decide(req("GET", "pypi.org:8443", "/")).rule == "port_not_allowed"
+	decide(req("GET", "alt.example.net:8443", "/")).allow
+	not decide(req("GET", "alt.example.net", "/")).allow
+	decide(plain("GET", "pypi.org", "/")).allow
+	decide(plain("GET", "pypi.org:80", "/")).allow
+}
+
+test_unknown_domain_is_denied_with_an_explanation if {
+	d := decide(req("GET", "unknown.test", "/"))
+	d == {"allow": false, "rule": "default_deny", "reason": "GET unknown.test:443 is not allowed by the policy (no rule matches it)"}
+}
+
+# --- TLS identity -----------------------------------------------------------------------------
+
+test_host_must_match_sni if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "pypi.org", "path": "/", "scheme": "https"}},
+		"tlsSession": {"sni": "evil.test"},
+	}}
+	decide(i).rule == "sni_mismatch"
+}
+
+test_sni_mismatch_wins_over_an_allowed_host if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "api.anthropic.com", "path": "/", "scheme": "https"}},
+		"tlsSession": {"sni": "pypi.org"},
+	}}
+	decide(i).rule == "sni_mismatch"
+}
+
+test_plain_connections_need_no_sni if {
+	# As OPA-Envoy renders Envoy's check: an empty TLS session on a plain connection.
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "pypi.org", "path": "/", "scheme": "http"}},
+		"tlsSession": {},
+		"contextExtensions": {"intercept_transport": "plain"},
+	}}
+	decide(i).allow
+}
+
+test_the_tls_listener_needs_sni_whatever_the_scheme if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "pypi.org", "path": "/", "scheme": "http"}},
+		"contextExtensions": {"intercept_transport": "tls"},
+	}}
+	decide(i).rule == "missing_sni"
+}
+
+test_tls_without_sni_is_denied if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "pypi.org", "path": "/", "scheme": "https"}},
+		"tlsSession": {},
+	}}
+	decide(i).rule == "missing_sni"
+}
+
+test_sni_is_normalised_like_the_host if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "pypi.org", "path": "/", "scheme": "https"}},
+		"tlsSession": {"sni": "PYPI.org."},
+	}}
+	decide(i).allow
+}
+
+# --- paths ------------------------------------------------------------------------------------
+
+test_dot_segments_are_resolved if {
+	segments_of("/a/b/../c/./d") == ["a", "c", "d"]
+	segments_of("/a/../../b") == ["b"]
+	segments_of("/../a") == ["a"]
+	segments_of("/a/%2e%2E/b") == ["b"]
+	segments_of("/a/b/..") == ["a"]
+	segments_of("/") == []
+}
+
+test_duplicate_slashes_are_merged if {
+	segments_of("//repos///octo//hello/") == ["repos", "octo", "hello"]
+}
+
+test_query_is_not_part_of_the_path if {
+	segments_of("/repos/octo/hello?x=/../y") == ["repos", "octo", "hello"]
+}
+
+test_encoded_slashes_make_the_path_unjudgeable if {
+	not segments_of("/repos/octo%2Fhello/x")
+	not segments_of("/repos/octo%5chello/x")
+	not segments_of("/repos/octo\\hello/x")
+}
+
+# --- GitHub -----------------------------------------------------------------------------------
+
+test_github_reads if {
+	every h in ["github.com", "api.github.com", "raw.githubusercontent.com", "codeload.github.com", "objects.githubusercontent.com"] {
+		decide(req("GET", h, "/anything")).rule == "github_read"
+	}
+	decide(req("GET", "github.com", "/x/y.git/info/refs?service=git-upload-pack")).allow
+	decide(req("POST", "github.com", "/x/y.git/git-upload-pack")).allow
+	decide(req("POST", "github.com", "/x/y/git-upload-pack")).allow
+}
+
+test_github_write_to_allowed_repo if {
+	decide(req("POST", "api.github.com", "/repos/octo/hello/issues")).rule == "github_write"
+	decide(req("PATCH", "api.github.com", "/repos/OCTO/Hello/pulls/1")).allow
+	decide(req("POST", "github.com", "/octo/hello.git/git-receive-pack")).allow
+	decide(req("GET", "github.com", "/octo/hello/info/refs?service=git-receive-pack")).allow
+	decide(req("DELETE", "api.github.com", "/repos/myuser/anything/git/refs/heads/x")).allow
+}
+
+test_github_write_elsewhere_is_denied if {
+	decide(req("POST", "api.github.com", "/repos/octo/other/issues")).rule == "github_write_not_allowed"
+	decide(req("POST", "github.com", "/octo/other.git/git-receive-pack")).rule == "github_write_not_allowed"
+	decide(req("GET", "github.com", "/octo/other.git/info/refs?service=git-receive-pack")).rule == "github_write_not_allowed"
+	not decide(req("POST", "api.github.com", "/user/repos")).allow
+}
+
+test_github_repository_names_match_whole_segments if {
+	# The prototype matched by prefix: octo/hello also allowed octo/hello-world.
+	not decide(req("POST", "api.github.com", "/repos/octo/hello-world/issues")).allow
+	not decide(req("POST", "api.github.com", "/repos/octo/hell/issues")).allow
+	not decide(req("POST", "api.github.com", "/repos/octopus/hello/issues")).allow
+	not decide(req("POST", "api.github.com", "/repos/myuser2/x/issues")).allow
+}
+
+test_github_repository_level_writes_are_not_granted if {
+	not decide(req("DELETE", "api.github.com", "/repos/octo/hello")).allow
+}
+
+test_github_dot_segments_cannot_smuggle_a_repository if {
+	not decide(req("POST", "api.github.com", "/repos/octo/hello/../../evil/repo/issues")).allow
+	decide(req("POST", "api.github.com", "/repos/evil/repo/../../octo/hello/issues")).allow
+}
+
+test_github_encoded_slash_is_denied if {
+	decide(req("POST", "api.github.com", "/repos/octo%2Fhello/x/issues")).rule == "invalid_path"
+}
+
+test_receive_pack_discovery_is_a_write if {
+	d := decide(req("GET", "github.com", "/evil/repo/info/refs?service=git%2Dreceive-pack"))
+	d.rule == "github_write_not_allowed"
+}
+
+# --- AWS --------------------------------------------------------------------------------------
+
+test_aws_services if {
+	decide(req("PUT", "s3.amazonaws.com", "/b/k")).rule == "aws"
+	decide(req("PUT", "s3.eu-west-1.amazonaws.com", "/b/k")).rule == "aws"
+	not decide(req("GET", "ec2.amazonaws.com", "/")).allow
+	not decide(req("GET", "bucket.s3.eu-west-1.amazonaws.com", "/")).allow
+	not decide(req("GET", "s3.amazonaws.com.evil.test", "/")).allow
+}
+
+# --- decisions --------------------------------------------------------------------------------
+
+test_every_decision_has_a_rule_and_a_reason if {
+	every i in [req("GET", "pypi.org", "/"), req("GET", "nope.test", "/"), plain("GET", "1.1.1.1", "/")] {
+		d := decide(i)
+		is_boolean(d.allow)
+		count(d.rule) > 0
+		count(d.reason) > 0
+	}
+}
+
+test_allow_mirrors_the_decision if {
+	intercept.allow with input as req("GET", "pypi.org", "/") with data.intercept_policy as cfg
+	not intercept.allow with input as req("GET", "nope.test", "/") with data.intercept_policy as cfg
+}

@@ -1,0 +1,276 @@
+"""The policy file: YAML in, a validated immutable Policy out, or a PolicyError naming the problem.
+
+A policy is all-or-nothing: any error rejects the whole file, so nothing half-loaded is ever
+enforced. `Policy.to_data()` is the data document the Rego policy reads (`data.intercept_policy`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from intercept_proxy.hostnames import HostnameError, normalize_hostname
+
+DATA_ROOT = "intercept_policy"
+CUSTOM_PACKAGE = "intercept.custom"
+
+_GITHUB_USER = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38})$")
+_GITHUB_REPO = re.compile(r"^[a-z0-9._-]{1,100}$")
+_AWS_SERVICE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
+
+
+class PolicyError(ValueError):
+    """An invalid policy. `str()` reads `FILE: KEY: what is wrong`."""
+
+    def __init__(self, source: str, key: str | None, message: str) -> None:
+        self.source = source
+        self.key = key
+        self.message = message
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class DomainEntry:
+    """`pypi.org`, `*.example.com` (any depth of subdomain, not the apex) or either with `:port`."""
+
+    entry: str
+    host: str
+    wildcard: bool
+    port: int | None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry,
+            "host": self.host,
+            "wildcard": self.wildcard,
+            "port": self.port,
+        }
+
+
+_PACKAGE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class RegoModule:
+    path: str
+    text: str
+
+    @property
+    def package(self) -> str | None:
+        match = _PACKAGE.search(self.text)
+        return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class Policy:
+    source: str = "<default>"
+    allowed_domains: tuple[DomainEntry, ...] = ()
+    unrestricted_domains: tuple[DomainEntry, ...] = ()
+    github_read_access_enabled: bool = False
+    github_allowed_users: tuple[str, ...] = ()
+    github_allowed_repos: tuple[str, ...] = ()
+    aws_access_enabled: bool = False
+    aws_allowed_services: tuple[str, ...] = ()
+    rego_modules: tuple[RegoModule, ...] = field(default=())
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            DATA_ROOT: {
+                "allowed_domains": [e.to_data() for e in self.allowed_domains],
+                "unrestricted_domains": [e.to_data() for e in self.unrestricted_domains],
+                "github_read_access_enabled": self.github_read_access_enabled,
+                "github_allowed_users": list(self.github_allowed_users),
+                "github_allowed_repos": list(self.github_allowed_repos),
+                "aws_access_enabled": self.aws_access_enabled,
+                "aws_allowed_services": list(self.aws_allowed_services),
+            }
+        }
+
+    @property
+    def revision(self) -> str:
+        """A short digest of everything that decides: data and custom modules."""
+        digest = hashlib.sha256(json.dumps(self.to_data(), sort_keys=True).encode())
+        for module in self.rego_modules:
+            digest.update(module.text.encode())
+        return digest.hexdigest()[:12]
+
+
+def parse_domain(value: str) -> DomainEntry:
+    """Parse one domain entry; raises ValueError with a message fit for a PolicyError."""
+    text = value.strip()
+    if text != value or not text:
+        raise ValueError(f"{value!r} is not a domain (empty or surrounded by spaces)")
+    if "://" in text or "/" in text:
+        raise ValueError(f"{value!r} is a URL; write the host name only, e.g. 'pypi.org'")
+    host, port = text, None
+    if text.count(":") == 1:
+        host, port_text = text.split(":")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{value!r} has an invalid port {port_text!r}")
+        port = int(port_text)
+    wildcard = host.startswith("*.")
+    if wildcard:
+        host = host[2:]
+    if "*" in host:
+        raise ValueError(f"{value!r}: a wildcard is only allowed as the whole first label ('*.')")
+    try:
+        normalized = normalize_hostname(host)
+    except HostnameError as e:
+        raise ValueError(str(e)) from None
+    if wildcard and "." not in normalized:
+        raise ValueError(f"{value!r} would match a whole top-level domain")
+    return DomainEntry(entry=text.lower(), host=normalized, wildcard=wildcard, port=port)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a policy must not silently lose the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e)
+        raise PolicyError(where, None, f"invalid YAML: {problem}") from None
+
+
+def _bool(doc: dict[str, Any], key: str, source: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise PolicyError(source, key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _strings(doc: dict[str, Any], key: str, source: str) -> list[tuple[str, str]]:
+    """The list under `key` as (location, string) pairs; a missing or null key is empty."""
+    value = doc.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PolicyError(source, key, f"expected a list, got {type(value).__name__}")
+    items = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise PolicyError(source, f"{key}[{i}]", f"expected a string, got {item!r}")
+        items.append((f"{key}[{i}]", item))
+    return items
+
+
+def _domains(doc: dict[str, Any], key: str, source: str) -> tuple[DomainEntry, ...]:
+    entries = []
+    for where, item in _strings(doc, key, source):
+        try:
+            entries.append(parse_domain(item))
+        except ValueError as e:
+            raise PolicyError(source, where, str(e)) from None
+    return tuple(entries)
+
+
+def _matching(
+    doc: dict[str, Any], key: str, source: str, pattern: re.Pattern[str], what: str
+) -> tuple[str, ...]:
+    values = []
+    for where, item in _strings(doc, key, source):
+        value = item.lower()
+        if not pattern.match(value):
+            raise PolicyError(source, where, f"{item!r} is not {what}")
+        values.append(value)
+    return tuple(values)
+
+
+def _repos(doc: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
+    repos = []
+    for where, item in _strings(doc, key, source):
+        parts = item.lower().removesuffix(".git").split("/")
+        if (
+            len(parts) != 2
+            or not _GITHUB_USER.match(parts[0])
+            or not _GITHUB_REPO.match(parts[1])
+            or parts[1] in (".", "..")
+        ):
+            raise PolicyError(source, where, f"{item!r} is not an 'owner/repository' name")
+        repos.append("/".join(parts))
+    return tuple(repos)
+
+
+def _modules(doc: dict[str, Any], source: str, base: Path | None) -> tuple[RegoModule, ...]:
+    modules = []
+    for where, item in _strings(doc, "rego_modules", source):
+        path = Path(item)
+        if not path.is_absolute():
+            if base is None:
+                raise PolicyError(source, where, "a relative module path needs a policy file")
+            path = base / path
+        try:
+            modules.append(RegoModule(str(path), path.read_text()))
+        except (OSError, UnicodeDecodeError) as e:
+            raise PolicyError(source, where, f"cannot read Rego module: {e}") from None
+    return tuple(modules)
+
+
+KEYS = (
+    "allowed_domains",
+    "unrestricted_domains",
+    "github_read_access_enabled",
+    "github_allowed_users",
+    "github_allowed_repos",
+    "aws_access_enabled",
+    "aws_allowed_services",
+    "rego_modules",
+)
+
+
+def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) -> Policy:
+    """Validate a policy document. `base` resolves relative `rego_modules` paths."""
+    doc = _load_yaml(text, source)
+    if doc is None:
+        raise PolicyError(source, None, "the policy is empty (write '{}' to deny everything)")
+    if not isinstance(doc, dict):
+        raise PolicyError(source, None, f"expected a mapping of keys, got {type(doc).__name__}")
+    for key in doc:
+        if key not in KEYS:
+            raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
+    return Policy(
+        source=source,
+        allowed_domains=_domains(doc, "allowed_domains", source),
+        unrestricted_domains=_domains(doc, "unrestricted_domains", source),
+        github_read_access_enabled=_bool(doc, "github_read_access_enabled", source),
+        github_allowed_users=_matching(
+            doc, "github_allowed_users", source, _GITHUB_USER, "a GitHub user or organisation"
+        ),
+        github_allowed_repos=_repos(doc, "github_allowed_repos", source),
+        aws_access_enabled=_bool(doc, "aws_access_enabled", source),
+        aws_allowed_services=_matching(
+            doc, "aws_allowed_services", source, _AWS_SERVICE, "an AWS service name (e.g. 's3')"
+        ),
+        rego_modules=_modules(doc, source, base),
+    )
+
+
+def load_policy(path: Path) -> Policy:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(str(path), None, f"cannot read the policy: {e}") from None
+    return parse_policy(text, str(path), path.parent)

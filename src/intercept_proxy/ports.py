@@ -1,0 +1,10 @@
+"""Port conventions: 15000-15099 is reserved for the sidecars (the workload may not reach it)."""
+
+SIDECAR_RANGE = (15000, 15099)
+
+ENVOY_ADMIN = 15000
+ENVOY_TLS = 15001  # TLS listener: HTTPS traffic, terminated with an on-demand certificate
+ENVOY_HTTP = 15002  # plain-HTTP listener
+AGENT_HTTP = 15020  # agent: liveness, readiness, Prometheus metrics
+AGENT_AUTHZ = 15021  # agent: Envoy ext_authz (gRPC)
+AGENT_XDS = 15090  # agent: ADS and on-demand SDS (gRPC)

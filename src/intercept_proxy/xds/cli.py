@@ -1,0 +1,49 @@
+"""`intercept envoy`: Envoy's bootstrap, and Envoy itself started with it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from intercept_proxy import ports
+from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
+from intercept_proxy.xds.envoy import envoy_command
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("envoy", help="Envoy's bootstrap and launcher")
+    sub = parser.add_subparsers(dest="envoy_command", metavar="COMMAND", required=True)
+    for name, func, help_ in (
+        ("bootstrap", _bootstrap, "print Envoy's bootstrap (JSON)"),
+        ("run", _run, "run the pinned Envoy with the bootstrap (extra args after --)"),
+    ):
+        cmd = sub.add_parser(name, help=help_, description=help_)
+        cmd.add_argument("--node-id", default=os.uname().nodename, help="Envoy's node id")
+        cmd.add_argument("--admin-port", type=int, default=ports.ENVOY_ADMIN)
+        cmd.add_argument("--xds-address", default="127.0.0.1", help="the agent's address")
+        cmd.add_argument("--xds-port", type=int, default=ports.AGENT_XDS)
+        cmd.set_defaults(func=func)
+    sub.choices["run"].add_argument("envoy_args", nargs=argparse.REMAINDER)
+
+
+def _config(args: argparse.Namespace) -> str:
+    b = Bootstrap(
+        node_id=args.node_id,
+        admin_port=args.admin_port,
+        xds_address=args.xds_address,
+        xds_port=args.xds_port,
+    )
+    return json.dumps(bootstrap(b), indent=2)
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    sys.stdout.write(_config(args) + "\n")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    argv = envoy_command(_config(args), [a for a in args.envoy_args if a != "--"])
+    os.execv(argv[0], argv)
+    return 0  # not reached

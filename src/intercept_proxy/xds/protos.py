@@ -1,0 +1,65 @@
+"""Conversion of resource dicts to protobuf, and the secrets built directly as protobuf.
+
+Importing the generated modules registers their types, so `@type` URLs inside the dicts resolve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Registers every type the generated configuration names.
+from envoy.config.bootstrap.v3 import bootstrap_pb2  # noqa: F401
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
+from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
+from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (  # noqa: F401
+    dynamic_forward_proxy_pb2,
+)
+from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.formatter.req_without_query.v3 import req_without_query_pb2  # noqa: F401
+from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2  # noqa: F401
+from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
+    downstream_connections_pb2,
+)
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
+from xds.type.v3 import typed_struct_pb2  # noqa: F401
+
+from intercept_proxy.xds.resources import CLUSTER, LISTENER
+
+_MESSAGES: dict[str, type[Message]] = {
+    CLUSTER: cluster_pb2.Cluster,
+    LISTENER: listener_pb2.Listener,
+}
+
+
+def to_message(type_url: str, resource: dict[str, Any]) -> Message:
+    """Parse a resource dict; unknown fields are an error, never silently dropped."""
+    return json_format.ParseDict(resource, _MESSAGES[type_url]())
+
+
+def pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def upstream_ca_secret(name: str, bundle_pem: bytes) -> secret_pb2.Secret:
+    secret = secret_pb2.Secret(name=name)
+    secret.validation_context.trusted_ca.inline_bytes = bundle_pem
+    return secret
+
+
+def leaf_secret(name: str, cert_pem: bytes, key_pem: bytes) -> secret_pb2.Secret:
+    secret = secret_pb2.Secret(name=name)
+    secret.tls_certificate.certificate_chain.inline_bytes = cert_pem
+    secret.tls_certificate.private_key.inline_bytes = key_pem
+    return secret

@@ -1,0 +1,428 @@
+"""Envoy resources for the data path, as pure functions of the data-plane settings.
+
+Resources are plain dicts in the proto3 JSON shape (golden-tested), converted to protobuf only
+when served (`intercept_proxy.xds.protos`). Nothing here depends on the policy: the policy is
+enforced by ext_authz, so a policy change never drains a listener.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from intercept_proxy import ports
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+AUTHZ_CLUSTER = "intercept_authz"
+XDS_CLUSTER = "intercept_xds"
+UPSTREAM_TLS_CLUSTER = "upstream_tls"
+UPSTREAM_PLAIN_CLUSTER = "upstream_plain"
+TLS_LISTENER = "intercept_tls"
+HTTP_LISTENER = "intercept_http"
+UPSTREAM_CA_SECRET = "upstream_ca"
+DNS_CACHE = "upstream_dns"
+# The secret name for a TLS connection without SNI: such a client cannot be identified, and the
+# policy denies it; the name is reserved (RFC 2606), so it is never a real host.
+NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
+DECISION_HEADER = "x-intercept-decision-id"
+# ext_authz context extension naming the listener's transport: "tls" or "plain".
+TRANSPORT_KEY = "intercept_transport"
+
+
+def _type(name: str) -> str:
+    return f"type.googleapis.com/{name}"
+
+
+@dataclass(frozen=True)
+class DataPlane:
+    """What the generated Envoy configuration depends on."""
+
+    listen_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+    tls_port: int = ports.ENVOY_TLS
+    http_port: int = ports.ENVOY_HTTP
+    authz_address: str = "127.0.0.1"
+    authz_port: int = ports.AGENT_AUTHZ
+    authz_timeout_s: float = 1.0
+    # Empty: the system resolver configuration (resolv.conf).
+    dns_resolvers: tuple[str, ...] = ()
+    dns_cache_max_hosts: int = 1024
+    upstream_connect_timeout_s: float = 10.0
+    # No total request timeout (streams, long polls); a stream idle this long is closed.
+    stream_idle_timeout_s: float = 300.0
+    access_log_path: str = "/dev/stdout"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _socket_address(address: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": address, "port_value": port}}
+
+
+def _listener_addresses(dp: DataPlane, port: int) -> dict[str, Any]:
+    first, *rest = dp.listen_addresses
+    out: dict[str, Any] = {"address": _socket_address(first, port)}
+    if rest:
+        out["additional_addresses"] = [{"address": _socket_address(a, port)} for a in rest]
+    return out
+
+
+def _http2_options() -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+
+
+def grpc_cluster(name: str, address: str, port: int) -> dict[str, Any]:
+    """A static HTTP/2 cluster for a gRPC service of the agent on loopback."""
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _http2_options(),
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(address, port)}}]}
+            ],
+        },
+    }
+
+
+def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
+    """Shared by both forward-proxy clusters and filters: Envoy requires identical copies."""
+    config: dict[str, Any] = {
+        "name": DNS_CACHE,
+        "dns_lookup_family": "ALL",
+        "max_hosts": dp.dns_cache_max_hosts,
+    }
+    if dp.dns_resolvers:
+        config["typed_dns_resolver_config"] = {
+            "name": "envoy.network.dns_resolver.cares",
+            "typed_config": {
+                "@type": _type(
+                    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
+                ),
+                "resolvers": [_socket_address(r, 53) for r in dp.dns_resolvers],
+                "dns_resolver_options": {"no_default_search_domain": True},
+            },
+        }
+    return config
+
+
+def forward_proxy_cluster(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
+    """Upstream through the dynamic forward proxy: the host comes from each request's authority.
+    With TLS, SNI is that host and the upstream certificate is checked against it (SAN) and
+    against the upstream CA bundle."""
+    cluster: dict[str, Any] = {
+        "name": UPSTREAM_TLS_CLUSTER if tls else UPSTREAM_PLAIN_CLUSTER,
+        "connect_timeout": _duration(dp.upstream_connect_timeout_s),
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {
+            "name": "envoy.clusters.dynamic_forward_proxy",
+            "typed_config": {
+                "@type": _type("envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"),
+                "dns_cache_config": dns_cache_config(dp),
+                # Plain HTTP upstream has no SNI or SAN to check.
+                "allow_insecure_cluster_options": not tls,
+            },
+        },
+    }
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": _type("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+                "common_tls_context": {
+                    "alpn_protocols": ["h2", "http/1.1"],
+                    "validation_context_sds_secret_config": {
+                        "name": UPSTREAM_CA_SECRET,
+                        "sds_config": {"ads": {}, "resource_api_version": "V3"},
+                    },
+                },
+            },
+        }
+        protocol = {
+            "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True},
+            "auto_config": {"http_protocol_options": {}, "http2_protocol_options": {}},
+        }
+    else:
+        protocol = {"explicit_http_config": {"http_protocol_options": {}}}
+    cluster["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+            **protocol,
+        }
+    }
+    return cluster
+
+
+def clusters(dp: DataPlane) -> list[dict[str, Any]]:
+    return [
+        grpc_cluster(AUTHZ_CLUSTER, dp.authz_address, dp.authz_port),
+        forward_proxy_cluster(dp, tls=True),
+        forward_proxy_cluster(dp, tls=False),
+    ]
+
+
+def _json_error(code: str, message: str) -> dict[str, Any]:
+    return {
+        "json_format": {"error": {"code": code, "message": message}},
+        "content_type": "application/json",
+    }
+
+
+def _flag_mapper(flag: str, status: int, code: str, message: str) -> dict[str, Any]:
+    return {
+        "filter": {"response_flag_filter": {"flags": [flag]}},
+        "status_code": status,
+        "body_format_override": _json_error(code, message),
+    }
+
+
+def local_reply_config() -> dict[str, Any]:
+    """Explained JSON bodies for Envoy's own error replies. Policy denials carry their own body
+    from the agent and match none of these."""
+    mappers = [
+        {
+            "filter": {
+                "and_filter": {
+                    "filters": [
+                        {"response_flag_filter": {"flags": ["UAEX"]}},
+                        {
+                            "status_code_filter": {
+                                "comparison": {
+                                    "op": "EQ",
+                                    "value": {
+                                        "default_value": 503,
+                                        "runtime_key": "intercept.authz_error_status",
+                                    },
+                                }
+                            }
+                        },
+                    ]
+                }
+            },
+            "body_format_override": _json_error(
+                "POLICY_UNAVAILABLE",
+                "the policy service did not answer; the request was blocked (fail closed)",
+            ),
+        },
+        _flag_mapper("DF", 502, "UPSTREAM_DNS_FAILURE", "the upstream host name does not resolve"),
+        _flag_mapper(
+            "UF", 502, "UPSTREAM_CONNECT_FAILURE", "the upstream host could not be reached"
+        ),
+        _flag_mapper("UT", 504, "UPSTREAM_TIMEOUT", "the upstream host did not answer in time"),
+    ]
+    return {"mappers": mappers}
+
+
+ACCESS_LOG_FORMAT = {
+    "time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    # Never the query string: it may carry credentials.
+    "path": "%REQ_WITHOUT_QUERY(:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "sni": "%REQUESTED_SERVER_NAME%",
+    "status": "%RESPONSE_CODE%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "flags": "%RESPONSE_FLAGS%",
+    "decision_id": "%RESP(X-INTERCEPT-DECISION-ID)%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+    "upstream": "%UPSTREAM_HOST%",
+    "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+}
+
+
+def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
+    name = TLS_LISTENER if tls else HTTP_LISTENER
+    cluster = UPSTREAM_TLS_CLUSTER if tls else UPSTREAM_PLAIN_CLUSTER
+    return {
+        "@type": _type(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "server_name": "intercept-proxy",
+        "server_header_transformation": "PASS_THROUGH",
+        # Judge the path as the upstream will see it: dot segments resolved, slashes merged.
+        # Encoded slashes pass unchanged (registries such as npm use them in package names);
+        # the policy refuses them where it judges the path.
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
+        "strip_trailing_host_dot": True,
+        "stream_idle_timeout": _duration(dp.stream_idle_timeout_s),
+        "request_timeout": "0s",
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "local_reply_config": local_reply_config(),
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
+                    "path": dp.access_log_path,
+                    "log_format": {
+                        "json_format": ACCESS_LOG_FORMAT,
+                        "formatters": [
+                            {
+                                "name": "envoy.formatter.req_without_query",
+                                "typed_config": {
+                                    "@type": _type(
+                                        "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                                    )
+                                },
+                            }
+                        ],
+                    },
+                },
+            }
+        ],
+        "route_config": {
+            "name": name,
+            "virtual_hosts": [
+                {
+                    "name": "any",
+                    "domains": ["*"],
+                    # Tells the agent which listener a request came through: Envoy reports a TLS
+                    # session attribute for plain connections too.
+                    "typed_per_filter_config": {
+                        "envoy.filters.http.ext_authz": {
+                            "@type": _type(
+                                "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+                            ),
+                            "check_settings": {
+                                "context_extensions": {TRANSPORT_KEY: "tls" if tls else "plain"}
+                            },
+                        }
+                    },
+                    "routes": [
+                        {
+                            "match": {"prefix": "/"},
+                            "route": {"cluster": cluster, "timeout": "0s"},
+                        }
+                    ],
+                }
+            ],
+            # What the workload sent goes upstream unchanged: no proxy fingerprints.
+            "request_headers_to_remove": ["x-forwarded-proto", "x-request-id"],
+        },
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.ext_authz",
+                "typed_config": {
+                    "@type": _type("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
+                    "grpc_service": {
+                        "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
+                        "timeout": _duration(dp.authz_timeout_s),
+                    },
+                    "transport_api_version": "V3",
+                    "failure_mode_allow": False,
+                    "status_on_error": {"code": 503},
+                    "include_tls_session": True,
+                },
+            },
+            {
+                "name": "envoy.filters.http.dynamic_forward_proxy",
+                "typed_config": {
+                    "@type": _type(
+                        "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
+                    ),
+                    "dns_cache_config": dns_cache_config(dp),
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": _type("envoy.extensions.filters.http.router.v3.Router"),
+                    "suppress_envoy_headers": True,
+                },
+            },
+        ],
+    }
+
+
+def _typed_struct(type_name: str, value: dict[str, Any]) -> dict[str, Any]:
+    """An extension whose proto the Python API package lacks; Envoy converts it by type URL."""
+    return {"@type": _type("xds.type.v3.TypedStruct"), "type_url": _type(type_name), "value": value}
+
+
+def downstream_tls_context() -> dict[str, Any]:
+    """TLS termination with a certificate fetched on demand, per SNI, over ADS."""
+    selector = _typed_struct(
+        "envoy.extensions.transport_sockets.tls.cert_selectors.on_demand_secret.v3.Config",
+        {
+            # Over the one ADS stream: any other source opens a gRPC stream per certificate.
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "certificate_mapper": {
+                "name": "envoy.tls.certificate_mappers.sni",
+                "typed_config": _typed_struct(
+                    "envoy.extensions.transport_sockets.tls.cert_mappers.sni.v3.SNI",
+                    {"default_value": NO_SNI_SECRET},
+                ),
+            },
+        },
+    )
+    return {
+        "@type": _type("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"),
+        # On-demand certificates require both kinds of session resumption off; it also keeps
+        # every connection's certificate choice tied to its own SNI.
+        "disable_stateless_session_resumption": True,
+        "disable_stateful_session_resumption": True,
+        "common_tls_context": {
+            "alpn_protocols": ["h2", "http/1.1"],
+            "custom_tls_certificate_selector": {
+                "name": "envoy.tls.certificate_selectors.on_demand_secret",
+                "typed_config": selector,
+            },
+        },
+    }
+
+
+def _hcm_filter(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": http_connection_manager(dp, tls=tls),
+    }
+
+
+def listeners(dp: DataPlane) -> list[dict[str, Any]]:
+    tls_listener = {
+        "name": TLS_LISTENER,
+        **_listener_addresses(dp, dp.tls_port),
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {
+                    "@type": _type(
+                        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+                    )
+                },
+            }
+        ],
+        "filter_chains": [
+            {
+                "filters": [_hcm_filter(dp, tls=True)],
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": downstream_tls_context(),
+                },
+            }
+        ],
+    }
+    http_listener = {
+        "name": HTTP_LISTENER,
+        **_listener_addresses(dp, dp.http_port),
+        "filter_chains": [{"filters": [_hcm_filter(dp, tls=False)]}],
+    }
+    return [tls_listener, http_listener]

@@ -1,0 +1,23 @@
+"""Run inside the client namespace: TLS handshakes with COUNT distinct server names against
+Envoy's TLS listener, each certificate verified for its name; prints how many succeeded."""
+
+import socket
+import ssl
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+ca_file, count = sys.argv[1], int(sys.argv[2])
+context = ssl.create_default_context(cafile=ca_file)
+
+
+def handshake(i: int) -> bool:
+    name = f"host{i}.flood.test"
+    with (
+        socket.create_connection(("127.0.0.1", 15001), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=name) as tls,
+    ):
+        return name in str(tls.getpeercert()["subjectAltName"])
+
+
+with ThreadPoolExecutor(8) as pool:
+    print(sum(pool.map(handshake, range(count))))

@@ -1,0 +1,321 @@
+"""The real data path: Envoy driven by the agent, terminating TLS with on-demand certificates,
+asking ext_authz about every request, and forwarding allowed ones re-encrypted to the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from intercept_proxy import netns
+from tests.integration.conftest import POLICY
+from tests.integration.harness import WORKLOAD_UID, as_user
+
+pytestmark = pytest.mark.netns
+
+
+def received(lab, host: str) -> list[dict]:
+    return [r for r in lab.receipts() if r["host"] == host]
+
+
+def decision(icp, decision_id: str) -> dict:
+    matches = [d for d in icp.decisions() if d["decision_id"] == decision_id]
+    assert len(matches) == 1, icp.decisions()[-5:]
+    return matches[0]
+
+
+def test_allowed_get_is_forwarded_reencrypted(interceptor, lab):
+    r = interceptor.curl("GET", "https://pypi.org/simple/requests/?page=2")
+    assert r.status == 200, r.stderr
+    echo = r.json()
+    assert (echo["server"], echo["sni"], echo["method"]) == ("pypi.org", "pypi.org", "GET")
+    assert echo["path"] == "/simple/requests/?page=2"
+    # Nothing of the proxy leaks upstream.
+    assert not {"x-forwarded-proto", "x-request-id", "x-envoy-expected-rq-timeout-ms"} & set(
+        echo["headers"]
+    )
+    d = decision(interceptor, r.headers["x-intercept-decision-id"])
+    assert (d["allow"], d["rule"], d["host"], d["path"], d["sni"]) == (
+        True, "allowed_domains", "pypi.org", "/simple/requests/", "pypi.org",
+    )  # fmt: skip
+
+
+def test_certificate_is_minted_for_the_name_by_the_sandbox_ca(interceptor):
+    out = netns.run(
+        interceptor.ns,
+        ["openssl", "s_client", "-connect", "127.0.0.1:15001", "-servername", "pypi.org",
+         "-CAfile", str(interceptor.ca_cert), "-verify_return_error", "-showcerts"],
+        input="", timeout=10,
+    ).stdout  # fmt: skip
+    assert "Verify return code: 0 (ok)" in out
+    pem = out[out.index("-----BEGIN CERTIFICATE-----") : out.index("-----END CERTIFICATE-----")]
+    cert = x509.load_pem_x509_certificate((pem + "-----END CERTIFICATE-----\n").encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["pypi.org"]
+    ca = x509.load_pem_x509_certificate(interceptor.ca_cert.read_bytes())
+    assert cert.issuer == ca.subject
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds() <= 13 * 3600
+
+
+def test_sandbox_ca_key_is_private_to_the_agent(interceptor):
+    key = interceptor.ca_dir / "ca.key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert key.stat().st_uid == 102
+    result = subprocess.run(as_user(WORKLOAD_UID, ["cat", str(key)]), capture_output=True)
+    assert result.returncode != 0
+    assert b"PRIVATE KEY" not in result.stdout
+
+
+def test_denied_post_answers_403_json_and_reaches_nothing(interceptor, lab):
+    before = len(received(lab, "pypi.org"))
+    r = interceptor.curl("POST", "https://pypi.org/legacy/", "--data", "x=1")
+    assert r.status == 403
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["code"] == "POLICY_BLOCKED"
+    assert "permits only GET and HEAD" in error["message"]
+    assert error["decision_id"] == r.headers["x-intercept-decision-id"]
+    d = decision(interceptor, error["decision_id"])
+    assert (d["allow"], d["rule"], d["method"]) == (False, "method_not_allowed", "POST")
+    time.sleep(0.2)
+    assert len(received(lab, "pypi.org")) == before
+
+
+def test_unknown_domain_is_denied_with_an_explanation_and_nothing_received(interceptor, lab):
+    r = interceptor.curl("GET", "https://unknown.example/")
+    assert r.status == 403
+    assert r.json()["error"]["message"] == (
+        "GET unknown.example:443 is not allowed by the policy (no rule matches it)"
+    )
+    time.sleep(0.2)
+    assert received(lab, "unknown.example") == []  # not even a TCP connection
+
+
+def test_plain_http_listener(interceptor, lab):
+    r = interceptor.curl("GET", "http://pypi.org/simple/")
+    assert r.status == 200
+    echo = r.json()
+    assert (echo["server"], echo["sni"]) == ("pypi.org", None)
+    r = interceptor.curl("GET", "http://unknown.example/")
+    assert r.status == 403
+    assert r.json()["error"]["code"] == "POLICY_BLOCKED"
+
+
+def test_http2_downstream(interceptor):
+    r = interceptor.curl("GET", "https://pypi.org/h2", "--http2")
+    assert r.status == 200
+    assert r.json()["path"] == "/h2"
+    r = interceptor.curl("DELETE", "https://pypi.org/h2", "--http2")
+    assert r.status == 403
+
+
+def test_host_that_differs_from_sni_is_denied(interceptor, lab):
+    before = len(received(lab, "api.anthropic.com"))
+    r = interceptor.curl("GET", "https://pypi.org/", "-H", "Host: api.anthropic.com")
+    assert r.status == 403
+    assert r.json()["error"]["rule"] == "sni_mismatch"
+    assert len(received(lab, "api.anthropic.com")) == before
+
+
+def test_unrestricted_domain_allows_post(interceptor, lab):
+    r = interceptor.curl("POST", "https://api.anthropic.com/v1/messages", "--data", "{}")
+    assert r.status == 200
+    assert r.json()["body_bytes"] == 2
+
+
+def test_path_is_judged_after_normalisation(interceptor):
+    r = interceptor.curl(
+        "POST", "https://api.github.com/repos/octo/hello/../../evil/repo/issues", "--path-as-is"
+    )
+    assert r.status == 403
+    assert r.json()["error"]["rule"] == "github_write_not_allowed"
+    d = decision(interceptor, r.json()["error"]["decision_id"])
+    assert d["path"] == "/repos/evil/repo/issues"
+    r = interceptor.curl(
+        "POST", "https://api.github.com/repos/evil/repo/../../octo/hello/issues", "--path-as-is"
+    )
+    assert r.status == 200
+    assert r.json()["path"] == "/repos/octo/hello/issues"
+
+
+def test_several_names_on_one_address_in_any_order(interceptor):
+    for name in ("a.shared.test", "b.shared.test", "a.shared.test", "b.shared.test"):
+        r = interceptor.curl("GET", f"https://{name}/")
+        assert r.status == 200, r.body
+        assert (r.json()["server"], r.json()["sni"]) == (name, name)
+
+
+def test_server_sent_events_stream_through(interceptor):
+    argv = [
+        "curl", "-sN", "--cacert", str(interceptor.ca_cert),
+        "--connect-to", "::127.0.0.1:15001", "https://pypi.org/stream/3",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        netns.exec_argv(interceptor.ns, as_user(WORKLOAD_UID, argv)), stdout=subprocess.PIPE
+    )
+    arrivals = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(b"data:"):
+            arrivals.append(time.monotonic())
+    proc.wait(10)
+    assert len(arrivals) == 3
+    # Streamed as sent, one per second, not buffered until the end.
+    assert arrivals[-1] - arrivals[0] > 1.5
+
+
+def test_websocket_upgrade_is_judged_and_passes(interceptor):
+    script = Path(__file__).with_name("ws_client.py")
+    result = netns.run(
+        interceptor.ns,
+        as_user(WORKLOAD_UID, [str(Path(__import__("sys").executable)), str(script),
+                               str(interceptor.ca_cert), "pypi.org", "unknown.example"]),
+        timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["pypi.org"] == "echo:hello"
+    assert outcome["unknown.example"] == 403
+
+
+@pytest.fixture
+def github_relay(interceptor):
+    """github.com:443 -> Envoy's TLS listener, for git (see relay.py)."""
+    script = Path(__file__).with_name("relay.py")
+    argv = [sys.executable, str(script), "127.0.0.2", "443", "127.0.0.1", "15001"]
+    proc = subprocess.Popen(
+        netns.exec_argv(interceptor.ns, argv), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    yield "github.com:443:127.0.0.2"
+    proc.kill()
+    proc.wait()
+
+
+def test_git_clone_allowed_push_refused(interceptor, github_relay):
+    work = interceptor.dir / "git-work"
+    work.mkdir()
+    os.chown(work, WORKLOAD_UID, WORKLOAD_UID)
+    env = [
+        "env", f"HOME={work}", f"GIT_SSL_CAINFO={interceptor.ca_cert}",
+        "git", "-c", f"http.curloptResolve={github_relay}",
+        "-c", "user.name=t", "-c", "user.email=t@t",
+    ]  # fmt: skip
+
+    def git(*args: str, cwd: Path = work) -> subprocess.CompletedProcess[str]:
+        argv = netns.exec_argv(interceptor.ns, as_user(WORKLOAD_UID, [*env, *args]))
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+    clone = git("clone", "https://github.com/octo/other.git")
+    assert clone.returncode == 0, clone.stderr
+    repo = work / "other"
+    assert (repo / "README.md").exists()
+    assert git("commit", "--allow-empty", "-m", "change", cwd=repo).returncode == 0
+    push = git("push", "origin", "HEAD", cwd=repo)
+    assert push.returncode != 0
+    assert "403" in push.stderr
+    rules = [d["rule"] for d in interceptor.decisions() if "/octo/other" in d["path"]]
+    assert "github_read" in rules
+    assert rules[-1] == "github_write_not_allowed"
+
+
+def test_twenty_second_response_passes(interceptor):
+    r = interceptor.curl("GET", "https://pypi.org/delay/20", timeout=40)
+    assert r.status == 200
+    assert r.json()["path"] == "/delay/20"
+
+
+def test_access_log_is_json_without_queries(interceptor):
+    interceptor.curl("GET", "https://pypi.org/logged?token=hunter2")
+    deadline = time.monotonic() + 5  # Envoy flushes its access log every second
+    while not (entries := [e for e in interceptor.access_entries() if e["path"] == "/logged"]):
+        assert time.monotonic() < deadline, interceptor.access_entries()[-3:]
+        time.sleep(0.2)
+    assert entries[-1]["status"] == 200
+    assert entries[-1]["decision_id"]
+    assert "hunter2" not in interceptor.access_log.read_text()
+
+
+def test_metrics(interceptor):
+    interceptor.curl("GET", "https://pypi.org/metrics-probe")
+    metrics = interceptor.metrics()
+    assert 'intercept_decisions_total{result="allow",rule="allowed_domains"}' in metrics
+    assert interceptor.metric("intercept_certificates_minted_total") >= 1
+    assert interceptor.metric("intercept_xds_acks_total", 'type="Listener"') >= 1
+    assert "intercept_decision_seconds_bucket" in metrics
+
+
+def test_policy_hot_reload(interceptor):
+    assert interceptor.curl("GET", "https://api.github.com/user").status == 200
+    try:
+        interceptor.write_policy(POLICY.replace("github_read_access_enabled: true", ""))
+        written = time.monotonic()
+        while interceptor.curl("GET", "https://api.github.com/user").status != 403:
+            assert time.monotonic() - written < 5, "the policy change never applied"
+        applied = time.monotonic() - written
+        print(f"policy change applied after {applied * 1000:.0f} ms")
+        assert applied < 1.0
+
+        # An invalid change is reported and the last good policy stays in force.
+        errors = interceptor.metric("intercept_policy_reloads_total", 'result="error"')
+        interceptor.write_policy("allowed_domains: [pypi.org, 'not a domain']\n")
+        deadline = time.monotonic() + 5
+        while interceptor.metric("intercept_policy_reloads_total", 'result="error"') == errors:
+            assert time.monotonic() < deadline, interceptor.logs()
+            time.sleep(0.1)
+        assert "policy change rejected" in (interceptor.dir / "agent.log").read_text()
+        assert interceptor.curl("GET", "https://pypi.org/").status == 200
+        assert interceptor.curl("GET", "https://api.github.com/user").status == 403
+    finally:
+        interceptor.write_policy(POLICY)
+        deadline = time.monotonic() + 5
+        while interceptor.curl("GET", "https://api.github.com/user").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_envoy_rejects_a_bad_push_and_keeps_serving(interceptor):
+    """A broken upstream CA bundle reaches Envoy as a secret it must refuse (a NACK)."""
+    good = interceptor.upstream_ca.read_bytes()
+    nacks = interceptor.metric("intercept_xds_nacks_total", 'type="Secret"')
+    try:
+        interceptor.upstream_ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
+        deadline = time.monotonic() + 10
+        while interceptor.metric("intercept_xds_nacks_total", 'type="Secret"') == nacks:
+            assert time.monotonic() < deadline, interceptor.logs()
+            time.sleep(0.1)
+        log = (interceptor.dir / "agent.log").read_text()
+        assert "Envoy rejected Secret upstream_ca: Failed to load trusted CA" in log
+        assert interceptor.readiness()["envoy_in_sync"] is False
+        # The previous bundle stays in force.
+        assert interceptor.curl("GET", "https://pypi.org/after-nack").status == 200
+    finally:
+        interceptor.upstream_ca.write_bytes(good)
+    deadline = time.monotonic() + 10
+    while not interceptor.readiness().get("envoy_in_sync"):
+        assert time.monotonic() < deadline, interceptor.logs()
+        time.sleep(0.1)
+
+
+def test_upstream_certificates_are_verified(interceptor):
+    """With the system roots instead of the lab's CA, no lab server is trusted: 502, explained."""
+    good = interceptor.upstream_ca.read_bytes()
+    try:
+        interceptor.upstream_ca.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
+        deadline = time.monotonic() + 10
+        while (r := interceptor.curl("GET", "https://trust.test/untrusted")).status != 502:
+            assert time.monotonic() < deadline, r.body
+            time.sleep(0.2)
+        assert r.json()["error"]["code"] == "UPSTREAM_CONNECT_FAILURE"
+    finally:
+        interceptor.upstream_ca.write_bytes(good)
+    deadline = time.monotonic() + 10
+    while interceptor.curl("GET", "https://trust.test/trusted-again").status != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)

@@ -1,0 +1,116 @@
+"""Policy files are validated whole: every error names the file, the key and the problem."""
+
+from __future__ import annotations
+
+import pytest
+
+from intercept_proxy.policy.model import PolicyError, load_policy, parse_domain, parse_policy
+
+PROTOTYPE_POLICY = """
+allowed_domains: [github.com, pypi.org]
+unrestricted_domains: [api.anthropic.com]
+github_read_access_enabled: true
+github_allowed_users: [myuser]
+github_allowed_repos: [myorg/myrepo]
+aws_access_enabled: false
+aws_allowed_services: []
+"""
+
+
+def test_prototype_keys_are_accepted_unchanged():
+    policy = parse_policy(PROTOTYPE_POLICY, "p.yaml")
+    assert [d.host for d in policy.allowed_domains] == ["github.com", "pypi.org"]
+    assert policy.github_allowed_repos == ("myorg/myrepo",)
+    assert policy.github_read_access_enabled is True
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"),
+    [
+        ("allowed_domain: [pypi.org]", "allowed_domain", "unknown key"),
+        ("allowed_domains: pypi.org", "allowed_domains", "expected a list, got str"),
+        ("allowed_domains: [pypi.org, 5]", "allowed_domains[1]", "expected a string"),
+        ("allowed_domains: ['exa mple.com']", "allowed_domains[0]", "invalid label"),
+        ("allowed_domains: ['https://pypi.org']", "allowed_domains[0]", "is a URL"),
+        ("allowed_domains: ['pypi.org/simple']", "allowed_domains[0]", "is a URL"),
+        ("allowed_domains: ['*example.com']", "allowed_domains[0]", "wildcard"),
+        ("allowed_domains: ['ex*.com']", "allowed_domains[0]", "wildcard"),
+        ("allowed_domains: ['*']", "allowed_domains[0]", "wildcard"),
+        ("allowed_domains: ['*.com']", "allowed_domains[0]", "top-level domain"),
+        ("allowed_domains: ['1.2.3.4']", "allowed_domains[0]", "IP address literal"),
+        ("allowed_domains: ['[::1]']", "allowed_domains[0]", "IP address literal"),
+        ("allowed_domains: ['pypi.org:0']", "allowed_domains[0]", "invalid port"),
+        ("allowed_domains: ['pypi.org:http']", "allowed_domains[0]", "invalid port"),
+        ("allowed_domains: ['']", "allowed_domains[0]", "not a domain"),
+        ("allowed_domains: [' pypi.org']", "allowed_domains[0]", "not a domain"),
+        ("allowed_domains: ['pypí.org']", "allowed_domains[0]", "not ASCII"),
+        ("unrestricted_domains: ['-bad.com']", "unrestricted_domains[0]", "invalid label"),
+        ("github_read_access_enabled: 'yes'", "github_read_access_enabled", "true or false"),
+        ("aws_access_enabled: 1", "aws_access_enabled", "true or false"),
+        ("github_allowed_repos: [myrepo]", "github_allowed_repos[0]", "owner/repository"),
+        ("github_allowed_repos: [a/b/c]", "github_allowed_repos[0]", "owner/repository"),
+        ("github_allowed_repos: ['a/..']", "github_allowed_repos[0]", "owner/repository"),
+        ("github_allowed_users: ['my user']", "github_allowed_users[0]", "GitHub user"),
+        ("aws_allowed_services: ['S3 ']", "aws_allowed_services[0]", "AWS service"),
+        ("rego_modules: [missing.rego]", "rego_modules[0]", "cannot read"),
+    ],
+)
+def test_invalid_policies_name_file_key_and_problem(text, key, message, tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as e:
+        load_policy(path)
+    assert e.value.source == str(path)
+    assert e.value.key == key
+    assert message in e.value.message
+    assert str(e.value).startswith(f"{path}: {key}: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the policy is empty"),
+        ("- a\n- b", "expected a mapping"),
+        ("allowed_domains: [a\n", "invalid YAML"),
+        ("allowed_domains: []\nallowed_domains: [pypi.org]\n", "duplicate key 'allowed_domains'"),
+    ],
+)
+def test_invalid_documents(text, message):
+    with pytest.raises(PolicyError) as e:
+        parse_policy(text, "p.yaml")
+    assert message in str(e.value)
+    assert str(e.value).startswith("p.yaml")
+
+
+def test_yaml_errors_carry_line_and_column():
+    with pytest.raises(PolicyError) as e:
+        parse_policy("allowed_domains:\n  - pypi.org\n  bad: [\n", "p.yaml")
+    assert str(e.value).startswith("p.yaml:3:")
+
+
+def test_unreadable_file():
+    with pytest.raises(PolicyError, match="cannot read the policy"):
+        load_policy(__import__("pathlib").Path("/nonexistent/p.yaml"))
+
+
+def test_domains_are_normalised():
+    entry = parse_domain("*.Example.COM.:8443")
+    assert (entry.host, entry.wildcard, entry.port, entry.entry) == (
+        "example.com",
+        True,
+        8443,
+        "*.example.com.:8443",
+    )
+
+
+def test_repository_names_are_normalised():
+    policy = parse_policy("github_allowed_repos: [Octo/Hello.git]")
+    assert policy.github_allowed_repos == ("octo/hello",)
+
+
+def test_revision_changes_with_content_only():
+    a = parse_policy("allowed_domains: [pypi.org]", "a.yaml")
+    b = parse_policy("allowed_domains: [PYPI.org]", "b.yaml")
+    c = parse_policy("allowed_domains: [files.pythonhosted.org]", "a.yaml")
+    assert a.revision == b.revision
+    assert a.revision != c.revision

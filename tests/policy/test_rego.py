@@ -1,0 +1,97 @@
+"""The Rego policy's own unit tests, and custom Rego modules."""
+
+from __future__ import annotations
+
+import pytest
+
+from intercept_proxy.policy.engine import RegorusEngine
+from intercept_proxy.policy.input import url_input
+from intercept_proxy.policy.model import PolicyError, RegoModule, load_policy
+from intercept_proxy.policy.testing import builtin_tests, run_tests
+
+BUILTIN_RESULTS = run_tests([builtin_tests()])
+
+
+def test_builtin_rego_tests_were_found():
+    assert len(BUILTIN_RESULTS) >= 30
+
+
+@pytest.mark.parametrize("result", BUILTIN_RESULTS, ids=lambda r: r.name)
+def test_builtin_rego_test(result):
+    assert result.passed, result.error
+
+
+def test_runner_reports_failing_and_broken_tests():
+    module = RegoModule(
+        "mine_test.rego",
+        "package mine_test\n"
+        "test_passes if true\n"
+        "test_fails if false\n"
+        "test_errors if 1 / 0 == 1\n"
+        "test_not_boolean := 5\n",
+    )
+    results = {r.name: r for r in run_tests([module])}
+    assert results["test_passes"].passed
+    assert not results["test_fails"].passed
+    assert not results["test_errors"].passed
+    assert not results["test_not_boolean"].passed
+    assert "expected true" in results["test_not_boolean"].error
+
+
+CUSTOM = """
+package intercept.custom
+
+allow contains {"rule": "internal_mirror", "reason": "the internal mirror"} if {
+    data.intercept.request.host == "mirror.corp.example"
+    data.intercept.request.method == "GET"
+}
+
+deny contains {"rule": "no_uploads", "reason": "uploads are forbidden"} if {
+    data.intercept.request.segments[0] == "upload"
+}
+"""
+
+
+def write_policy(tmp_path, module_text, policy="unrestricted_domains: [api.example.com]\n"):
+    (tmp_path / "custom.rego").write_text(module_text)
+    path = tmp_path / "p.yaml"
+    path.write_text(policy + "rego_modules: [custom.rego]\n")
+    return path
+
+
+def test_custom_modules_extend_and_restrict(tmp_path):
+    engine = RegorusEngine(load_policy(write_policy(tmp_path, CUSTOM)))
+    d = engine.evaluate(url_input("GET", "https://mirror.corp.example/pkg"))
+    assert (d.allow, d.rule) == (True, "internal_mirror")
+    assert not engine.evaluate(url_input("POST", "https://mirror.corp.example/pkg")).allow
+    d = engine.evaluate(url_input("POST", "https://api.example.com/upload/x"))
+    assert (d.allow, d.rule, d.reason) == (False, "no_uploads", "uploads are forbidden")
+    assert engine.evaluate(url_input("POST", "https://api.example.com/other")).allow
+
+
+def test_custom_allow_cannot_override_request_checks(tmp_path):
+    engine = RegorusEngine(load_policy(write_policy(tmp_path, CUSTOM)))
+    d = engine.evaluate(url_input("GET", "https://evil.test/", ["Host: mirror.corp.example"]))
+    assert (d.allow, d.rule) == (False, "sni_mismatch")
+
+
+def test_custom_modules_must_use_the_custom_package(tmp_path):
+    path = write_policy(tmp_path, "package intercept\nallow := true\n")
+    with pytest.raises(PolicyError, match="package intercept is not allowed"):
+        RegorusEngine(load_policy(path))
+
+
+def test_custom_module_syntax_errors_reject_the_policy(tmp_path):
+    path = write_policy(tmp_path, "package intercept.custom\nallow contains if {\n")
+    with pytest.raises(PolicyError) as e:
+        RegorusEngine(load_policy(path))
+    assert e.value.key == "rego_modules[0]"
+    assert "custom.rego" in str(e.value)
+
+
+def test_custom_module_runtime_errors_reject_the_policy_at_load(tmp_path):
+    path = write_policy(
+        tmp_path, 'package intercept.custom\ndeny contains {"rule": "x", "reason": 1 / 0}\n'
+    )
+    with pytest.raises(PolicyError, match="evaluation fails"):
+        RegorusEngine(load_policy(path))

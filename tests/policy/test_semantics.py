@@ -1,0 +1,313 @@
+"""Every policy semantic, as a table of requests and the decision each must get.
+
+The prototype's flaws each have rows: substring and prefix matching of domains and repository
+names, Host/SNI mismatch, dot segments, percent-encoded slashes, wildcard apex.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from intercept_proxy.policy.engine import RegorusEngine
+from intercept_proxy.policy.input import http_input, url_input
+from intercept_proxy.policy.model import parse_policy
+
+POLICY = """
+allowed_domains: [pypi.org, "*.pythonhosted.org", "alt.example.net:8443", "Mixed.Example.ORG."]
+unrestricted_domains: [api.anthropic.com, "*.internal.example"]
+github_read_access_enabled: true
+github_allowed_repos: [octo/hello]
+github_allowed_users: [myuser]
+aws_access_enabled: true
+aws_allowed_services: [s3, bedrock-runtime]
+"""
+
+
+@pytest.fixture(scope="module")
+def engine() -> RegorusEngine:
+    return RegorusEngine(parse_policy(POLICY, "test.yaml"))
+
+
+# (method, url, extra headers, sni override, expected allow, expected rule)
+CASES = [
+    # host normalisation
+    ("GET", "https://pypi.org/simple/", [], None, True, "allowed_domains"),
+    ("GET", "https://PyPI.ORG/simple/", [], None, True, "allowed_domains"),
+    ("GET", "https://pypi.org./simple/", [], None, True, "allowed_domains"),
+    ("GET", "https://pypi.org:443/", [], None, True, "allowed_domains"),
+    ("GET", "http://pypi.org:80/", [], None, True, "allowed_domains"),
+    ("GET", "https://mixed.example.org/", [], None, True, "allowed_domains"),
+    ("GET", "https://pypi.org../", [], None, False, "invalid_host"),
+    # never a substring, prefix or suffix match (prototype flaw)
+    ("GET", "https://evilpypi.org/", [], None, False, "default_deny"),
+    ("GET", "https://pypi.org.evil.test/", [], None, False, "default_deny"),
+    ("GET", "https://pypi.organic.test/", [], None, False, "default_deny"),
+    ("GET", "https://sub.pypi.org/", [], None, False, "default_deny"),
+    # wildcards: any depth, never the apex (prototype flaw)
+    ("GET", "https://files.pythonhosted.org/x", [], None, True, "allowed_domains"),
+    ("GET", "https://a.b.c.pythonhosted.org/x", [], None, True, "allowed_domains"),
+    ("GET", "https://pythonhosted.org/x", [], None, False, "default_deny"),
+    ("GET", "https://evilpythonhosted.org/x", [], None, False, "default_deny"),
+    ("DELETE", "https://db.internal.example/x", [], None, True, "unrestricted_domains"),
+    # methods
+    ("HEAD", "https://pypi.org/", [], None, True, "allowed_domains"),
+    ("POST", "https://pypi.org/legacy/", [], None, False, "method_not_allowed"),
+    ("PUT", "https://files.pythonhosted.org/x", [], None, False, "method_not_allowed"),
+    ("OPTIONS", "https://pypi.org/", [], None, False, "method_not_allowed"),
+    ("POST", "https://api.anthropic.com/v1/messages", [], None, True, "unrestricted_domains"),
+    ("PATCH", "https://api.anthropic.com/v1/x", [], None, True, "unrestricted_domains"),
+    # ports
+    ("GET", "https://pypi.org:8443/", [], None, False, "port_not_allowed"),
+    ("GET", "http://pypi.org:8080/", [], None, False, "port_not_allowed"),
+    ("GET", "https://alt.example.net:8443/", [], None, True, "allowed_domains"),
+    ("GET", "https://alt.example.net/", [], None, False, "port_not_allowed"),
+    ("GET", "https://pypi.org:0/", [], None, False, "invalid_host"),
+    ("GET", "https://pypi.org:99999/", [], None, False, "invalid_host"),
+    # IP literals, empty and non-ASCII hosts
+    ("GET", "https://93.184.216.34/", [], None, False, "invalid_host"),
+    ("GET", "http://2130706433/", [], None, False, "invalid_host"),
+    ("GET", "http://0x7f.1/", [], None, False, "invalid_host"),
+    ("GET", "https://[2001:db8::1]/", [], None, False, "invalid_host"),
+    ("GET", "https://[2001:db8::1]:443/", [], None, False, "invalid_host"),
+    ("GET", "https://pypi.org/", ["Host: "], None, False, "invalid_host"),
+    ("GET", "https://pypí.org/", [], None, False, "invalid_host"),
+    ("GET", "https://xn--pyp-ana.org/", [], None, False, "default_deny"),
+    # TLS identity: the SNI is the identity (prototype flaw: Host trusted over SNI)
+    ("GET", "https://pypi.org/", ["Host: api.anthropic.com"], None, False, "sni_mismatch"),
+    ("POST", "https://pypi.org/", ["Host: api.anthropic.com"], None, False, "sni_mismatch"),
+    ("GET", "https://evil.test/", ["Host: pypi.org"], None, False, "sni_mismatch"),
+    ("GET", "https://pypi.org/", [], "", False, "missing_sni"),
+    ("GET", "https://pypi.org/", [], "PYPI.org.", True, "allowed_domains"),
+    ("GET", "https://pypi.org/", ["Host: PYPI.ORG:443"], None, True, "allowed_domains"),
+    # GitHub reads
+    ("GET", "https://github.com/octo/other", [], None, True, "github_read"),
+    ("GET", "https://api.github.com/repos/x/y", [], None, True, "github_read"),
+    ("HEAD", "https://raw.githubusercontent.com/x/y/main/f", [], None, True, "github_read"),
+    ("GET", "https://codeload.github.com/x/y/tar.gz/main", [], None, True, "github_read"),
+    ("GET", "https://objects.githubusercontent.com/x", [], None, True, "github_read"),
+    ("GET", "https://gist.github.com/x", [], None, False, "default_deny"),
+    ("GET", "https://github.com.evil.test/x", [], None, False, "default_deny"),
+    (
+        "GET",
+        "https://github.com/x/y.git/info/refs?service=git-upload-pack",
+        [],
+        None,
+        True,
+        "github_read",
+    ),
+    ("POST", "https://github.com/x/y.git/git-upload-pack", [], None, True, "github_read"),
+    ("POST", "https://github.com/x/y/git-upload-pack", [], None, True, "github_read"),
+    ("POST", "https://api.github.com/graphql", [], None, False, "default_deny"),
+    # GitHub writes: allowed repositories and users only
+    ("POST", "https://api.github.com/repos/octo/hello/issues", [], None, True, "github_write"),
+    ("PUT", "https://api.github.com/repos/Octo/HELLO/contents/f", [], None, True, "github_write"),
+    (
+        "DELETE",
+        "https://api.github.com/repos/myuser/any/git/refs/x",
+        [],
+        None,
+        True,
+        "github_write",
+    ),
+    (
+        "POST",
+        "https://api.github.com/repos/octo/other/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "GET",
+        "https://github.com/octo/hello.git/info/refs?service=git-receive-pack",
+        [],
+        None,
+        True,
+        "github_write",
+    ),
+    (
+        "GET",
+        "https://github.com/octo/hello/info/refs?service=git-receive-pack",
+        [],
+        None,
+        True,
+        "github_write",
+    ),
+    ("POST", "https://github.com/octo/hello.git/git-receive-pack", [], None, True, "github_write"),
+    ("POST", "https://github.com/octo/hello/git-receive-pack", [], None, True, "github_write"),
+    (
+        "GET",
+        "https://github.com/octo/other.git/info/refs?service=git-receive-pack",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "GET",
+        "https://github.com/octo/other/info/refs?a=1&service=git%2Dreceive-pack",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "POST",
+        "https://github.com/octo/other.git/git-receive-pack",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    ("DELETE", "https://api.github.com/repos/octo/hello", [], None, False, "default_deny"),
+    # repository names match whole segments (prototype flaw: prefix match)
+    (
+        "POST",
+        "https://api.github.com/repos/octo/hello-world/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "POST",
+        "https://api.github.com/repos/octo/hell/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "POST",
+        "https://api.github.com/repos/octocat/hello/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "POST",
+        "https://api.github.com/repos/myuser2/x/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "POST",
+        "https://github.com/octo/hello.git.evil/git-receive-pack",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    # dot segments, duplicate slashes, queries (prototype flaw: raw path judged)
+    (
+        "POST",
+        "https://api.github.com/repos/octo/hello/../../evil/repo/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "POST",
+        "https://api.github.com/repos/evil/repo/../../octo/hello/issues",
+        [],
+        None,
+        True,
+        "github_write",
+    ),
+    (
+        "POST",
+        "https://api.github.com/repos/octo/hello/%2e%2e/%2E%2E/evil/repo/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    ("POST", "https://api.github.com//repos//octo//hello//issues", [], None, True, "github_write"),
+    (
+        "POST",
+        "https://api.github.com/repos/evil/repo/issues?x=/repos/octo/hello/",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    # percent-encoded slashes and backslashes are rejected (prototype flaw)
+    ("POST", "https://api.github.com/repos/octo%2Fhello/x/issues", [], None, False, "invalid_path"),
+    (
+        "POST",
+        "https://api.github.com/repos/octo/hello%2F..%2F..%2Fevil/issues",
+        [],
+        None,
+        False,
+        "invalid_path",
+    ),
+    ("POST", "https://github.com/octo%5chello/git-receive-pack", [], None, False, "invalid_path"),
+    # AWS
+    ("PUT", "https://s3.amazonaws.com/bucket/key", [], None, True, "aws"),
+    (
+        "POST",
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/x/invoke",
+        [],
+        None,
+        True,
+        "aws",
+    ),
+    ("GET", "https://ec2.amazonaws.com/", [], None, False, "default_deny"),
+    ("GET", "https://bucket.s3.us-east-1.amazonaws.com/", [], None, False, "default_deny"),
+    ("GET", "https://s3.amazonaws.com.evil.test/", [], None, False, "default_deny"),
+    ("GET", "https://evils3.amazonaws.com/", [], None, False, "default_deny"),
+    # everything else
+    ("GET", "https://unknown.test/", [], None, False, "default_deny"),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "headers", "sni", "allow", "rule"), CASES)
+def test_decision(engine, method, url, headers, sni, allow, rule):
+    decision = engine.evaluate(url_input(method, url, headers, sni))
+    assert (decision.allow, decision.rule) == (allow, rule), decision.reason
+    assert decision.reason
+
+
+def test_reasons_say_what_to_change(engine):
+    d = engine.evaluate(url_input("POST", "https://api.github.com/repos/octo/other/pulls"))
+    assert "add octo/other to github_allowed_repos or octo to github_allowed_users" in d.reason
+    d = engine.evaluate(url_input("GET", "https://pypi.org:8443/"))
+    assert "list 'pypi.org:8443' to allow it" in d.reason
+    d = engine.evaluate(url_input("PUT", "https://pypi.org/"))
+    assert "permits only GET and HEAD" in d.reason
+
+
+def test_plain_http_has_no_sni_check(engine):
+    assert engine.evaluate(url_input("GET", "http://pypi.org/")).allow
+
+
+def test_https_scheme_without_tls_session_is_missing_sni(engine):
+    # An absolute-form https:// target sent over a plain connection carries no SNI.
+    doc = http_input(method="GET", host="pypi.org", path="/", scheme="https", headers={}, sni=None)
+    assert engine.evaluate(doc).rule == "missing_sni"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {},
+        {"attributes": None},
+        {"attributes": {"request": {"http": {}}}},
+        {"attributes": {"request": {"http": {"method": "GET", "host": 5, "path": "/"}}}},
+        {"attributes": {"request": {"http": {"method": "GET", "host": "pypi.org", "path": []}}}},
+    ],
+)
+def test_unknown_or_malformed_input_is_denied(engine, doc):
+    decision = engine.evaluate(doc)
+    assert decision.allow is False
+    assert decision.rule in ("invalid_request", "evaluation_error")
+
+
+def test_empty_policy_denies_everything():
+    engine = RegorusEngine(parse_policy("{}"))
+    for url in ("https://pypi.org/", "https://github.com/", "https://s3.amazonaws.com/"):
+        assert engine.evaluate(url_input("GET", url)).rule == "default_deny"

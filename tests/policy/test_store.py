@@ -1,0 +1,47 @@
+"""The policy in force changes only to another valid policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from intercept_proxy.policy.input import url_input
+from intercept_proxy.policy.model import PolicyError
+from intercept_proxy.policy.store import PolicyStore
+
+
+def allowed(store: PolicyStore, url: str) -> bool:
+    return store.engine.evaluate(url_input("GET", url)).allow
+
+
+def test_valid_change_applies_invalid_change_is_rejected(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("allowed_domains: [pypi.org]\n")
+    outcomes = []
+    store = PolicyStore(path, outcomes.append)
+    assert allowed(store, "https://pypi.org/")
+
+    path.write_text("allowed_domains: [github.com]\n")
+    assert store.reload() is True
+    assert not allowed(store, "https://pypi.org/")
+    assert allowed(store, "https://github.com/")
+
+    good_revision = store.engine.revision
+    path.write_text("allowed_domains: [github.com, 'not a domain']\n")
+    assert store.reload() is False
+    assert store.engine.revision == good_revision
+    assert allowed(store, "https://github.com/")
+    assert outcomes == [True, False]
+
+
+def test_invalid_initial_policy_refuses_to_start(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("allowed_domains: 5\n")
+    with pytest.raises(PolicyError):
+        PolicyStore(path)
+
+
+def test_watched_files_include_custom_modules(tmp_path):
+    (tmp_path / "m.rego").write_text("package intercept.custom\n")
+    path = tmp_path / "p.yaml"
+    path.write_text("rego_modules: [m.rego]\n")
+    assert PolicyStore(path).files() == [path, tmp_path / "m.rego"]

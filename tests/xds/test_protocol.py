@@ -1,0 +1,320 @@
+"""The xDS protocol as Envoy speaks it: versions, nonces, ACK, NACK, pushes, named resources
+resolved on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from cryptography import x509
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from intercept_proxy.pki import CertificateAuthority, LeafCache
+from intercept_proxy.xds import protos
+from intercept_proxy.xds.certificates import certificate_resolver
+from intercept_proxy.xds.resources import (
+    CLUSTER,
+    LISTENER,
+    NO_SNI_SECRET,
+    SECRET,
+    DataPlane,
+    clusters,
+    listeners,
+)
+from intercept_proxy.xds.server import (
+    AggregatedDiscoveryService,
+    Resource,
+    Snapshot,
+    SnapshotCache,
+    XdsEvents,
+)
+
+
+def snapshot(connect_timeout: float = 10.0, ca: bytes = b"ca-1") -> Snapshot:
+    dp = DataPlane(upstream_connect_timeout_s=connect_timeout)
+    return Snapshot(
+        {
+            CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp)},
+            LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
+            SECRET: {"upstream_ca": protos.upstream_ca_secret("upstream_ca", ca)},
+        }
+    )
+
+
+def secret_names(response) -> list[str]:
+    names = []
+    for packed in response.resources:
+        secret = secret_pb2.Secret()
+        packed.Unpack(secret)
+        names.append(secret.name)
+    return names
+
+
+class Envoy:
+    """One side of a stream: requests go in, the server's responses come out."""
+
+    def __init__(self, method) -> None:
+        self.requests: asyncio.Queue = asyncio.Queue()
+        self.responses: asyncio.Queue = asyncio.Queue()
+        self._pump = asyncio.create_task(self._collect(method(self._iterate(), None)))
+
+    async def _iterate(self):
+        while (item := await self.requests.get()) is not None:
+            yield item
+
+    async def _collect(self, responses) -> None:
+        async for response in responses:
+            self.responses.put_nowait(response)
+
+    def send(self, **fields) -> None:
+        self.requests.put_nowait(discovery_pb2.DiscoveryRequest(**fields))
+
+    async def receive(self, timeout: float = 1.0):
+        return await asyncio.wait_for(self.responses.get(), timeout)
+
+    async def silent(self) -> bool:
+        await asyncio.sleep(0.1)
+        return self.responses.empty()
+
+    async def close(self) -> None:
+        self.requests.put_nowait(None)
+        await asyncio.wait_for(self._pump, 1.0)
+        assert self.responses.empty()
+
+
+def counting_events():
+    counts: dict[str, list[str]] = {"push": [], "ack": [], "nack": []}
+    events = XdsEvents(
+        on_push=counts["push"].append, on_ack=counts["ack"].append, on_nack=counts["nack"].append
+    )
+    return events, counts
+
+
+def test_wildcard_types_ack_nack_and_pushes(caplog):
+    async def scenario():
+        cache = SnapshotCache()
+        cache.set(snapshot())
+        events, counts = counting_events()
+        ads = AggregatedDiscoveryService(cache, events=events)
+        envoy = Envoy(ads.StreamAggregatedResources)
+
+        envoy.send(type_url=CLUSTER)
+        first = await envoy.receive()
+        assert (first.type_url, len(first.resources)) == (CLUSTER, 3)
+        # ACK: same version and nonce; nothing is sent again.
+        envoy.send(type_url=CLUSTER, version_info=first.version_info, response_nonce=first.nonce)
+        assert await envoy.silent()
+        assert not ads.in_sync()  # listeners not subscribed yet
+        envoy.send(type_url=LISTENER)
+        listeners_response = await envoy.receive()
+        envoy.send(
+            type_url=LISTENER,
+            version_info=listeners_response.version_info,
+            response_nonce=listeners_response.nonce,
+        )
+        assert await envoy.silent()
+        assert ads.in_sync()
+
+        # An unchanged snapshot set again pushes nothing; a changed one pushes that type only.
+        cache.set(snapshot())
+        assert await envoy.silent()
+        cache.set(snapshot(connect_timeout=3.0))
+        second = await envoy.receive()
+        assert second.type_url == CLUSTER
+        assert (second.version_info, second.nonce) != (first.version_info, first.nonce)
+        assert await envoy.silent()
+        assert not ads.in_sync()
+
+        # A stale nonce (answering the first response) is ignored.
+        envoy.send(type_url=CLUSTER, version_info=first.version_info, response_nonce=first.nonce)
+        assert await envoy.silent()
+
+        # NACK: logged with Envoy's error, not pushed again, not in sync.
+        envoy.send(
+            type_url=CLUSTER,
+            version_info=first.version_info,
+            response_nonce=second.nonce,
+            error_detail=status_pb2.Status(code=3, message="bad cluster for testing"),
+        )
+        assert await envoy.silent()
+        assert not ads.in_sync()
+        cache.set(snapshot(connect_timeout=3.0))
+        assert await envoy.silent()
+        # A fixed snapshot is pushed, and its ACK restores the sync.
+        cache.set(snapshot(connect_timeout=4.0))
+        third = await envoy.receive()
+        envoy.send(type_url=CLUSTER, version_info=third.version_info, response_nonce=third.nonce)
+        assert await envoy.silent()
+        assert ads.in_sync()
+        await envoy.close()
+        return counts
+
+    counts = asyncio.run(scenario())
+    assert counts["nack"] == ["Cluster"]
+    assert counts["ack"] == ["Cluster", "Listener", "Cluster"]
+    assert counts["push"] == ["Cluster", "Listener", "Cluster", "Cluster"]
+    assert "Envoy rejected Cluster version" in caplog.text
+    assert "bad cluster for testing" in caplog.text
+
+
+def test_named_resources_are_resolved_on_demand_and_sent_once(caplog):
+    resolved: list[str] = []
+
+    def resolver(name: str) -> Resource | None:
+        resolved.append(name)
+        if name.endswith(".missing"):
+            return None
+        message = protos.upstream_ca_secret(name, name.encode())
+        return Resource(message, version=name)
+
+    async def scenario():
+        cache = SnapshotCache()
+        cache.set(snapshot())
+        ads = AggregatedDiscoveryService(cache, {SECRET: resolver})
+        envoy = Envoy(ads.StreamAggregatedResources)
+
+        envoy.send(type_url=SECRET, resource_names=["upstream_ca"])
+        first = await envoy.receive()
+        assert secret_names(first) == ["upstream_ca"]
+        # A new name: only it is sent; the one Envoy holds stays in force without a resend.
+        envoy.send(
+            type_url=SECRET,
+            response_nonce=first.nonce,
+            version_info=first.version_info,
+            resource_names=["upstream_ca", "a.test"],
+        )
+        second = await envoy.receive()
+        assert secret_names(second) == ["a.test"]
+        envoy.send(
+            type_url=SECRET,
+            response_nonce=second.nonce,
+            version_info=second.version_info,
+            resource_names=["upstream_ca", "a.test", "b.test", "x.missing"],
+        )
+        third = await envoy.receive()
+        assert secret_names(third) == ["b.test"]
+        # Unsubscribing needs no answer.
+        envoy.send(
+            type_url=SECRET,
+            response_nonce=third.nonce,
+            version_info=third.version_info,
+            resource_names=["upstream_ca", "b.test"],
+        )
+        assert await envoy.silent()
+
+        # The snapshot's secret changes: only it is pushed. Envoy rejects it: not pushed again.
+        cache.set(snapshot(ca=b"broken"))
+        fourth = await envoy.receive()
+        assert secret_names(fourth) == ["upstream_ca"]
+        envoy.send(
+            type_url=SECRET,
+            response_nonce=fourth.nonce,
+            version_info=third.version_info,
+            resource_names=["upstream_ca", "b.test"],
+            error_detail=status_pb2.Status(code=3, message="bad CA for testing"),
+        )
+        assert await envoy.silent()
+        cache.set(snapshot(ca=b"broken"))
+        assert await envoy.silent()
+        cache.set(snapshot(ca=b"fixed"))
+        fifth = await envoy.receive()
+        assert secret_names(fifth) == ["upstream_ca"]
+        await envoy.close()
+
+    asyncio.run(scenario())
+    assert resolved == ["a.test", "b.test", "x.missing"]
+    assert "Envoy rejected Secret upstream_ca: bad CA for testing" in caplog.text
+
+
+def test_due_resources_are_renewed():
+    versions = {"a.test": "v1", "b.test": "v1"}
+    past = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    future = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+
+    def resolver(name: str) -> Resource:
+        message = protos.upstream_ca_secret(name, versions[name].encode())
+        return Resource(message, versions[name], renew_at=past if name == "a.test" else future)
+
+    async def scenario():
+        cache = SnapshotCache()
+        ads = AggregatedDiscoveryService(cache, {SECRET: resolver})
+        envoy = Envoy(ads.StreamAggregatedResources)
+        envoy.send(type_url=SECRET, resource_names=["a.test", "b.test"])
+        first = await envoy.receive()
+        envoy.send(
+            type_url=SECRET,
+            response_nonce=first.nonce,
+            version_info=first.version_info,
+            resource_names=["a.test", "b.test"],
+        )
+        ads.renew()  # a.test is due but resolves to the same version: nothing to send
+        assert await envoy.silent()
+        versions.update({"a.test": "v2", "b.test": "v2"})
+        ads.renew()  # b.test changed too, but it is not due
+        renewed = await envoy.receive()
+        await envoy.close()
+        return secret_names(first), secret_names(renewed)
+
+    assert asyncio.run(scenario()) == (["a.test", "b.test"], ["a.test"])
+
+
+def test_clusters_are_pushed_before_listeners():
+    async def scenario():
+        cache = SnapshotCache()
+        cache.set(Snapshot({CLUSTER: {}, LISTENER: {}}))
+        ads = AggregatedDiscoveryService(cache)
+        envoy = Envoy(ads.StreamAggregatedResources)
+        # Envoy subscribed to listeners first; a snapshot changing both still leads with clusters.
+        for type_url in (LISTENER, CLUSTER):
+            envoy.send(type_url=type_url)
+            await envoy.receive()
+        dp = DataPlane()
+        cache.set(
+            Snapshot(
+                {
+                    CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp)},
+                    LISTENER: {
+                        lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)
+                    },
+                }
+            )
+        )
+        order = [(await envoy.receive()).type_url, (await envoy.receive()).type_url]
+        await envoy.close()
+        return order
+
+    assert asyncio.run(scenario()) == [CLUSTER, LISTENER]
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return CertificateAuthority.generate()
+
+
+def test_certificate_resolver(ca):
+    cache = LeafCache(ca, validity=dt.timedelta(hours=4))
+    resolve = certificate_resolver(cache)
+    resource = resolve("API.GitHub.com")
+    secret = resource.message
+    assert secret.name == "API.GitHub.com"
+    cert = x509.load_pem_x509_certificate(secret.tls_certificate.certificate_chain.inline_bytes)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["api.github.com"]
+    assert b"PRIVATE KEY" in secret.tls_certificate.private_key.inline_bytes
+    midpoint = (
+        cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
+    )
+    assert resource.renew_at == midpoint
+    assert resolve("api.github.com").version == resource.version  # cached, same leaf
+
+    # No host name, no certificate for it: the placeholder, which no client accepts.
+    placeholder = resolve("1.2.3.4").message
+    assert placeholder.name == "1.2.3.4"
+    cert = x509.load_pem_x509_certificate(
+        placeholder.tls_certificate.certificate_chain.inline_bytes
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == [NO_SNI_SECRET]
