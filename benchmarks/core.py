@@ -117,7 +117,7 @@ def main() -> None:
                 f"cached, mean mint time {mint_sum / minted * 1000:.2f} ms"
             )
         finally:
-            icp.stop()
+            icp.close()
             netns.delete(ns)
 
 

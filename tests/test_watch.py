@@ -48,3 +48,25 @@ def test_files_that_appear_or_vanish(tmp_path):
     path = tmp_path / "later"
     assert asyncio.run(changes_after([path], lambda: path.write_text("x"))) == 1
     assert asyncio.run(changes_after([path], path.unlink)) == 1
+
+
+def test_a_failing_reaction_does_not_stop_the_watch(tmp_path):
+    path = tmp_path / "f"
+    path.write_text("a")
+    calls = []
+
+    def react():
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    async def scenario():
+        task = asyncio.create_task(watch(lambda: [path], react, interval_s=0.02))
+        for text in ("b", "cc"):
+            await asyncio.sleep(0.1)
+            path.write_text(text)
+        await asyncio.sleep(0.1)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert len(calls) == 2

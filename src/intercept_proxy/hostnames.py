@@ -6,8 +6,8 @@ come from configuration or from a TLS ClientHello.
 
 import re
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$")
-_NUMERIC = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$")
+_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_NUMERIC = re.compile(r"0x[0-9a-f]*|[0-9]+")
 MAX_NAME_LENGTH = 253
 
 
@@ -33,18 +33,10 @@ def normalize_hostname(name: str) -> str:
         raise HostnameError(f"{name!r} is longer than {MAX_NAME_LENGTH} characters")
     labels = host.split(".")
     for label in labels:
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise HostnameError(f"{name!r} has an invalid label {label!r}")
     # A name whose last label is numeric is an IPv4 literal in some spelling (1.2.3.4, 0x7f.1,
     # 2130706433): resolvers would treat it as an address, so it is never a host name.
-    if _NUMERIC.match(labels[-1]):
+    if _NUMERIC.fullmatch(labels[-1]):
         raise HostnameError(f"{name!r} is an IP address literal, not a host name")
     return host
-
-
-def is_hostname(name: str) -> bool:
-    try:
-        normalize_hostname(name)
-    except HostnameError:
-        return False
-    return True

@@ -4,8 +4,11 @@ that replace files, and files that appear later; no inotify dependency."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 Signature = tuple[tuple[int, int, int] | None, ...]
 
@@ -35,4 +38,7 @@ async def watch(
         current = signature(paths())
         if current != seen:
             seen = current
-            on_change()
+            try:
+                on_change()
+            except Exception:  # a failing reaction must not end the watching
+                log.exception("reacting to a change of %s failed", [str(p) for p in paths()])

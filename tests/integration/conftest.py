@@ -5,7 +5,6 @@ however the tests ended."""
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
@@ -67,5 +66,4 @@ def interceptor(lab, client_ns):
     try:
         yield icp.start()
     finally:
-        icp.stop()
-        shutil.rmtree(icp.dir, ignore_errors=True)
+        icp.close()

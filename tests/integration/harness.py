@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,11 @@ class Interceptor:
     def stop(self) -> None:
         self.stop_process(self.envoy)
         self.stop_process(self.agent)
+
+    def close(self) -> None:
+        """Stop both processes and remove every file of this interceptor."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def logs(self) -> str:
         out = []

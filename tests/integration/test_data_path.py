@@ -170,18 +170,34 @@ def test_server_sent_events_stream_through(interceptor):
     assert arrivals[-1] - arrivals[0] > 1.5
 
 
-def test_websocket_upgrade_is_judged_and_passes(interceptor):
+def test_websocket_upgrade_is_judged_like_any_request(interceptor):
     script = Path(__file__).with_name("ws_client.py")
+    hosts = ["api.anthropic.com", "pypi.org", "unknown.example"]
     result = netns.run(
         interceptor.ns,
-        as_user(WORKLOAD_UID, [str(Path(__import__("sys").executable)), str(script),
-                               str(interceptor.ca_cert), "pypi.org", "unknown.example"]),
+        as_user(WORKLOAD_UID, [sys.executable, str(script), str(interceptor.ca_cert), *hosts]),
         timeout=30,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
-    assert outcome["pypi.org"] == "echo:hello"
+    assert outcome["api.anthropic.com"] == "echo:hello"  # unrestricted: a two-way channel
+    assert outcome["pypi.org"] == 403  # read-only: an upgrade is not a read
     assert outcome["unknown.example"] == 403
+    rules = {d["host"]: d["rule"] for d in interceptor.decisions() if d["path"] == "/ws"}
+    assert rules == {
+        "api.anthropic.com": "unrestricted_domains",
+        "pypi.org": "not_read_only",
+        "unknown.example": "default_deny",
+    }
+
+
+def test_read_only_hosts_get_no_request_body(interceptor, lab):
+    before = len(received(lab, "pypi.org"))
+    for args in (["--data", "x=1"], ["--http2", "-H", "Transfer-Encoding: chunked", "--data", "x"]):
+        r = interceptor.curl("GET", "https://pypi.org/with-body", *args)
+        assert r.status == 403
+        assert r.json()["error"]["rule"] == "not_read_only"
+    assert len(received(lab, "pypi.org")) == before
 
 
 @pytest.fixture
@@ -281,19 +297,20 @@ def test_policy_hot_reload(interceptor):
 
 
 def test_envoy_rejects_a_bad_push_and_keeps_serving(interceptor):
-    """A broken upstream CA bundle reaches Envoy as a secret it must refuse (a NACK)."""
+    """A broken upstream CA bundle reaches Envoy in a cluster it must refuse (a NACK)."""
     good = interceptor.upstream_ca.read_bytes()
-    nacks = interceptor.metric("intercept_xds_nacks_total", 'type="Secret"')
+    nacks = interceptor.metric("intercept_xds_nacks_total", 'type="Cluster"')
     try:
         interceptor.upstream_ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
         deadline = time.monotonic() + 10
-        while interceptor.metric("intercept_xds_nacks_total", 'type="Secret"') == nacks:
+        while interceptor.metric("intercept_xds_nacks_total", 'type="Cluster"') == nacks:
             assert time.monotonic() < deadline, interceptor.logs()
             time.sleep(0.1)
         log = (interceptor.dir / "agent.log").read_text()
-        assert "Envoy rejected Secret upstream_ca: Failed to load trusted CA" in log
+        assert "Envoy rejected Cluster version" in log
+        assert "Failed to load trusted CA" in log
         assert interceptor.readiness()["envoy_in_sync"] is False
-        # The previous bundle stays in force.
+        # The previous clusters stay in force.
         assert interceptor.curl("GET", "https://pypi.org/after-nack").status == 200
     finally:
         interceptor.upstream_ca.write_bytes(good)

@@ -126,9 +126,7 @@ def test_cache_is_bounded_in_age(ca):
     first = cache.get("a.test")
     now[0] = 3599.0
     assert cache.get("a.test") is first
-    assert cache.expiring() == []
-    now[0] = 3600.0
-    assert cache.expiring() == ["a.test"]
+    now[0] = 3600.0  # half of the validity: renewed
     assert cache.get("a.test") is not first
     assert cache.minted == 2
 

@@ -95,3 +95,34 @@ def test_custom_module_runtime_errors_reject_the_policy_at_load(tmp_path):
     )
     with pytest.raises(PolicyError, match="evaluation fails"):
         RegorusEngine(load_policy(path))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        'deny contains "pypi is blocked" if data.intercept.request.host == "pypi.org"',
+        'deny contains {"rule": "no_pypi", "why": 1} if data.intercept.request.host == "pypi.org"',
+        'default deny := false\ndeny if data.intercept.request.host == "pypi.org"',
+        'deny := {"pypi.org"} if data.intercept.request.host == "pypi.org"',
+    ],
+)
+def test_any_custom_deny_denies(tmp_path, module):
+    """A deny written in another shape than the documented one must still deny."""
+    path = write_policy(
+        tmp_path, f"package intercept.custom\n{module}\n", "allowed_domains: [pypi.org]\n"
+    )
+    engine = RegorusEngine(load_policy(path))
+    d = engine.evaluate(url_input("GET", "https://pypi.org/"))
+    assert d.allow is False, d
+    assert d.rule in ("custom_deny", "no_pypi")
+    assert engine.evaluate(url_input("GET", "https://other.test/")).rule == "default_deny"
+
+
+@pytest.mark.parametrize(
+    "module",
+    ['allow contains "x" if true', 'allow contains {"rule": "r"} if true', "allow := true"],
+)
+def test_malformed_custom_allow_grants_nothing(tmp_path, module):
+    path = write_policy(tmp_path, f"package intercept.custom\n{module}\n", "allowed_domains: []\n")
+    engine = RegorusEngine(load_policy(path))
+    assert engine.evaluate(url_input("GET", "https://other.test/")).rule == "default_deny"

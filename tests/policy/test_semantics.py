@@ -13,7 +13,8 @@ from intercept_proxy.policy.input import http_input, url_input
 from intercept_proxy.policy.model import parse_policy
 
 POLICY = """
-allowed_domains: [pypi.org, "*.pythonhosted.org", "alt.example.net:8443", "Mixed.Example.ORG."]
+allowed_domains:
+  [pypi.org, "*.pythonhosted.org", "alt.example.net:8443", "Mixed.Example.ORG.", kernel.org]
 unrestricted_domains: [api.anthropic.com, "*.internal.example"]
 github_read_access_enabled: true
 github_allowed_repos: [octo/hello]
@@ -54,6 +55,27 @@ CASES = [
     ("POST", "https://pypi.org/legacy/", [], None, False, "method_not_allowed"),
     ("PUT", "https://files.pythonhosted.org/x", [], None, False, "method_not_allowed"),
     ("OPTIONS", "https://pypi.org/", [], None, False, "method_not_allowed"),
+    # reads send nothing: no body, no protocol upgrade (a WebSocket is a two-way channel)
+    (
+        "GET",
+        "https://pypi.org/",
+        ["Upgrade: websocket", "Connection: Upgrade"],
+        None,
+        False,
+        "not_read_only",
+    ),
+    ("GET", "https://pypi.org/", ["Content-Length: 3"], None, False, "not_read_only"),
+    ("GET", "https://pypi.org/", ["Transfer-Encoding: chunked"], None, False, "not_read_only"),
+    ("GET", "https://pypi.org/", ["Content-Length: 0"], None, True, "allowed_domains"),
+    ("GET", "https://github.com/x/y", ["Upgrade: websocket"], None, False, "default_deny"),
+    (
+        "GET",
+        "https://api.anthropic.com/ws",
+        ["Upgrade: websocket"],
+        None,
+        True,
+        "unrestricted_domains",
+    ),
     ("POST", "https://api.anthropic.com/v1/messages", [], None, True, "unrestricted_domains"),
     ("PATCH", "https://api.anthropic.com/v1/x", [], None, True, "unrestricted_domains"),
     # ports
@@ -63,6 +85,7 @@ CASES = [
     ("GET", "https://alt.example.net/", [], None, False, "port_not_allowed"),
     ("GET", "https://pypi.org:0/", [], None, False, "invalid_host"),
     ("GET", "https://pypi.org:99999/", [], None, False, "invalid_host"),
+    ("GET", "https://pypi.org:0443/", [], None, False, "invalid_host"),
     # IP literals, empty and non-ASCII hosts
     ("GET", "https://93.184.216.34/", [], None, False, "invalid_host"),
     ("GET", "http://2130706433/", [], None, False, "invalid_host"),
@@ -71,6 +94,10 @@ CASES = [
     ("GET", "https://[2001:db8::1]:443/", [], None, False, "invalid_host"),
     ("GET", "https://pypi.org/", ["Host: "], None, False, "invalid_host"),
     ("GET", "https://pypí.org/", [], None, False, "invalid_host"),
+    ("GET", "https://kernel.org/", [], None, True, "allowed_domains"),
+    # a Kelvin sign lower-cases to "k": non-ASCII is judged before lower-casing
+    ("GET", "https://\u212aernel.org/", [], None, False, "invalid_host"),
+    ("GET", "https://kernel.org/", [], "\u212aernel.org", False, "invalid_host"),
     ("GET", "https://xn--pyp-ana.org/", [], None, False, "default_deny"),
     # TLS identity: the SNI is the identity (prototype flaw: Host trusted over SNI)
     ("GET", "https://pypi.org/", ["Host: api.anthropic.com"], None, False, "sni_mismatch"),
@@ -150,6 +177,22 @@ CASES = [
         None,
         False,
         "github_write_not_allowed",
+    ),
+    (
+        "GET",
+        "https://github.com/octo/other/info/refs?%73ervice=git-receive-pack",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
+    (
+        "GET",
+        "https://github.com/octo/other/info/refs?service=git-upload-pack",
+        [],
+        None,
+        True,
+        "github_read",
     ),
     (
         "POST",
@@ -258,6 +301,11 @@ CASES = [
     ),
     ("GET", "https://ec2.amazonaws.com/", [], None, False, "default_deny"),
     ("GET", "https://bucket.s3.us-east-1.amazonaws.com/", [], None, False, "default_deny"),
+    ("GET", "https://s3.us-gov-west-1.amazonaws.com/", [], None, True, "aws"),
+    # {bucket}.s3.amazonaws.com is an S3 bucket named like an allowed service, not the service
+    ("PUT", "https://bedrock-runtime.s3.amazonaws.com/x", [], None, False, "default_deny"),
+    ("PUT", "https://s3.s3-accelerate.amazonaws.com/x", [], None, False, "default_deny"),
+    ("PUT", "https://s3.dualstack.amazonaws.com/x", [], None, False, "default_deny"),
     ("GET", "https://s3.amazonaws.com.evil.test/", [], None, False, "default_deny"),
     ("GET", "https://evils3.amazonaws.com/", [], None, False, "default_deny"),
     # everything else
@@ -279,6 +327,13 @@ def test_reasons_say_what_to_change(engine):
     assert "list 'pypi.org:8443' to allow it" in d.reason
     d = engine.evaluate(url_input("PUT", "https://pypi.org/"))
     assert "permits only GET and HEAD" in d.reason
+
+
+def test_a_body_seen_by_envoy_makes_a_get_no_read(engine):
+    # HTTP/2 carries a body without content-length; Envoy hands the agent its first byte.
+    doc = url_input("GET", "https://pypi.org/")
+    doc["attributes"]["request"]["http"]["rawBody"] = "eA=="
+    assert engine.evaluate(doc).rule == "not_read_only"
 
 
 def test_plain_http_has_no_sni_check(engine):

@@ -45,3 +45,25 @@ def test_watched_files_include_custom_modules(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("rego_modules: [m.rego]\n")
     assert PolicyStore(path).files() == [path, tmp_path / "m.rego"]
+
+
+def test_unexpected_failures_keep_the_last_good_policy(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("allowed_domains: [pypi.org]\n")
+    store = PolicyStore(path)
+    for text in ("? [a]\n: 1\n", 'rego_modules: ["a\\0b"]\n'):
+        path.write_text(text)
+        assert store.reload() is False
+        assert allowed(store, "https://pypi.org/")
+
+
+def test_a_module_named_by_a_rejected_policy_is_watched(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("allowed_domains: [pypi.org]\n")
+    store = PolicyStore(path)
+    path.write_text("allowed_domains: [pypi.org]\nrego_modules: [later.rego]\n")
+    assert store.reload() is False  # later.rego does not exist yet
+    assert tmp_path / "later.rego" in store.files()
+    (tmp_path / "later.rego").write_text("package intercept.custom\n")
+    assert store.reload() is True
+    assert store.files() == [path, tmp_path / "later.rego"]

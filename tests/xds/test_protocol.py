@@ -1,5 +1,5 @@
-"""The xDS protocol as Envoy speaks it: versions, nonces, ACK, NACK, pushes, named resources
-resolved on demand."""
+"""The xDS protocol as Envoy speaks it: versions, nonces, ACK, NACK, pushes, and resources
+resolved on demand by name."""
 
 from __future__ import annotations
 
@@ -32,14 +32,15 @@ from intercept_proxy.xds.server import (
     XdsEvents,
 )
 
+PEM = "-----BEGIN CERTIFICATE-----\n(bundle)\n-----END CERTIFICATE-----\n"
 
-def snapshot(connect_timeout: float = 10.0, ca: bytes = b"ca-1") -> Snapshot:
+
+def snapshot(connect_timeout: float = 10.0) -> Snapshot:
     dp = DataPlane(upstream_connect_timeout_s=connect_timeout)
     return Snapshot(
         {
-            CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp)},
+            CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp, PEM)},
             LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
-            SECRET: {"upstream_ca": protos.upstream_ca_secret("upstream_ca", ca)},
         }
     )
 
@@ -51,6 +52,10 @@ def secret_names(response) -> list[str]:
         packed.Unpack(secret)
         names.append(secret.name)
     return names
+
+
+def resource(name: str, version: str, renew_at=None) -> Resource:
+    return Resource(protos.leaf_secret(name, version.encode(), b"key"), version, renew_at)
 
 
 class Envoy:
@@ -160,73 +165,94 @@ def test_wildcard_types_ack_nack_and_pushes(caplog):
     assert "bad cluster for testing" in caplog.text
 
 
-def test_named_resources_are_resolved_on_demand_and_sent_once(caplog):
+def test_on_demand_resources_are_sent_once_each(caplog):
     resolved: list[str] = []
 
     def resolver(name: str) -> Resource | None:
         resolved.append(name)
-        if name.endswith(".missing"):
-            return None
-        message = protos.upstream_ca_secret(name, name.encode())
-        return Resource(message, version=name)
+        return None if name.endswith(".missing") else resource(name, "v1")
 
     async def scenario():
-        cache = SnapshotCache()
-        cache.set(snapshot())
-        ads = AggregatedDiscoveryService(cache, {SECRET: resolver})
+        events, counts = counting_events()
+        ads = AggregatedDiscoveryService(SnapshotCache(), {SECRET: resolver}, events)
         envoy = Envoy(ads.StreamAggregatedResources)
 
-        envoy.send(type_url=SECRET, resource_names=["upstream_ca"])
+        envoy.send(type_url=SECRET, resource_names=["a.test"])
         first = await envoy.receive()
-        assert secret_names(first) == ["upstream_ca"]
-        # A new name: only it is sent; the one Envoy holds stays in force without a resend.
+        assert secret_names(first) == ["a.test"]
+        # A new name: only it is sent; what Envoy holds stays in force without a resend.
         envoy.send(
             type_url=SECRET,
             response_nonce=first.nonce,
             version_info=first.version_info,
-            resource_names=["upstream_ca", "a.test"],
+            resource_names=["a.test", "b.test", "x.missing"],
         )
         second = await envoy.receive()
-        assert secret_names(second) == ["a.test"]
+        assert secret_names(second) == ["b.test"]
         envoy.send(
             type_url=SECRET,
             response_nonce=second.nonce,
             version_info=second.version_info,
-            resource_names=["upstream_ca", "a.test", "b.test", "x.missing"],
+            resource_names=["b.test"],
+        )
+        assert await envoy.silent()  # unsubscribing needs no answer
+        # Subscribing again after an unsubscribe sends the resource again.
+        envoy.send(
+            type_url=SECRET,
+            response_nonce=second.nonce,
+            version_info=second.version_info,
+            resource_names=["a.test", "b.test"],
         )
         third = await envoy.receive()
-        assert secret_names(third) == ["b.test"]
-        # Unsubscribing needs no answer.
-        envoy.send(
-            type_url=SECRET,
-            response_nonce=third.nonce,
-            version_info=third.version_info,
-            resource_names=["upstream_ca", "b.test"],
-        )
-        assert await envoy.silent()
-
-        # The snapshot's secret changes: only it is pushed. Envoy rejects it: not pushed again.
-        cache.set(snapshot(ca=b"broken"))
-        fourth = await envoy.receive()
-        assert secret_names(fourth) == ["upstream_ca"]
-        envoy.send(
-            type_url=SECRET,
-            response_nonce=fourth.nonce,
-            version_info=third.version_info,
-            resource_names=["upstream_ca", "b.test"],
-            error_detail=status_pb2.Status(code=3, message="bad CA for testing"),
-        )
-        assert await envoy.silent()
-        cache.set(snapshot(ca=b"broken"))
-        assert await envoy.silent()
-        cache.set(snapshot(ca=b"fixed"))
-        fifth = await envoy.receive()
-        assert secret_names(fifth) == ["upstream_ca"]
+        assert secret_names(third) == ["a.test"]
         await envoy.close()
+        return counts
 
-    asyncio.run(scenario())
-    assert resolved == ["a.test", "b.test", "x.missing"]
-    assert "Envoy rejected Secret upstream_ca: bad CA for testing" in caplog.text
+    counts = asyncio.run(scenario())
+    assert resolved == ["a.test", "b.test", "x.missing", "a.test"]
+    assert counts["ack"] == ["Secret", "Secret"]
+
+
+def test_each_on_demand_response_is_answered_on_its_own(caplog):
+    """Two responses in flight: Envoy NACKs the first and ACKs the second. The first's names
+    return to what Envoy held before, and the refused version is not sent again."""
+    versions = {"a.test": "good", "b.test": "v1"}
+
+    def resolver(name: str) -> Resource:
+        return resource(name, versions[name], renew_at=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+
+    async def scenario():
+        ads = AggregatedDiscoveryService(SnapshotCache(), {SECRET: resolver})
+        envoy = Envoy(ads.StreamAggregatedResources)
+        envoy.send(type_url=SECRET, resource_names=["a.test"])
+        held = await envoy.receive()
+        envoy.send(type_url=SECRET, response_nonce=held.nonce, resource_names=["a.test"])
+        versions["a.test"] = "bad"
+        ads.renew()
+        refused = await envoy.receive()
+        assert secret_names(refused) == ["a.test"]
+        envoy.send(type_url=SECRET, response_nonce=held.nonce, resource_names=["a.test", "b.test"])
+        accepted = await envoy.receive()
+        assert secret_names(accepted) == ["b.test"]
+        envoy.send(
+            type_url=SECRET,
+            response_nonce=refused.nonce,
+            resource_names=["a.test", "b.test"],
+            error_detail=status_pb2.Status(code=3, message="bad certificate for testing"),
+        )
+        envoy.send(
+            type_url=SECRET, response_nonce=accepted.nonce, resource_names=["a.test", "b.test"]
+        )
+        ads.renew()  # a.test resolves to the refused version: not sent again
+        assert await envoy.silent()
+        versions["a.test"] = "fixed"
+        ads.renew()
+        fixed = await envoy.receive()
+        await envoy.close()
+        return secret_names(fixed)
+
+    assert asyncio.run(scenario()) == ["a.test"]
+    assert "Envoy rejected Secret a.test: bad certificate for testing" in caplog.text
 
 
 def test_due_resources_are_renewed():
@@ -235,12 +261,10 @@ def test_due_resources_are_renewed():
     future = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 
     def resolver(name: str) -> Resource:
-        message = protos.upstream_ca_secret(name, versions[name].encode())
-        return Resource(message, versions[name], renew_at=past if name == "a.test" else future)
+        return resource(name, versions[name], past if name == "a.test" else future)
 
     async def scenario():
-        cache = SnapshotCache()
-        ads = AggregatedDiscoveryService(cache, {SECRET: resolver})
+        ads = AggregatedDiscoveryService(SnapshotCache(), {SECRET: resolver})
         envoy = Envoy(ads.StreamAggregatedResources)
         envoy.send(type_url=SECRET, resource_names=["a.test", "b.test"])
         first = await envoy.receive()
@@ -261,6 +285,24 @@ def test_due_resources_are_renewed():
     assert asyncio.run(scenario()) == (["a.test", "b.test"], ["a.test"])
 
 
+def test_a_failing_resolver_does_not_end_the_stream(caplog):
+    def resolver(name: str) -> Resource:
+        if name == "boom.test":
+            raise ValueError("the CA has expired")
+        return resource(name, "v1")
+
+    async def scenario():
+        ads = AggregatedDiscoveryService(SnapshotCache(), {SECRET: resolver})
+        envoy = Envoy(ads.StreamAggregatedResources)
+        envoy.send(type_url=SECRET, resource_names=["boom.test", "ok.test"])
+        response = await envoy.receive()
+        await envoy.close()
+        return secret_names(response)
+
+    assert asyncio.run(scenario()) == ["ok.test"]
+    assert "cannot resolve Secret 'boom.test'" in caplog.text
+
+
 def test_clusters_are_pushed_before_listeners():
     async def scenario():
         cache = SnapshotCache()
@@ -271,17 +313,7 @@ def test_clusters_are_pushed_before_listeners():
         for type_url in (LISTENER, CLUSTER):
             envoy.send(type_url=type_url)
             await envoy.receive()
-        dp = DataPlane()
-        cache.set(
-            Snapshot(
-                {
-                    CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp)},
-                    LISTENER: {
-                        lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)
-                    },
-                }
-            )
-        )
+        cache.set(snapshot())
         order = [(await envoy.receive()).type_url, (await envoy.receive()).type_url]
         await envoy.close()
         return order
@@ -304,10 +336,8 @@ def test_certificate_resolver(ca):
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["api.github.com"]
     assert b"PRIVATE KEY" in secret.tls_certificate.private_key.inline_bytes
-    midpoint = (
-        cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
-    )
-    assert resource.renew_at == midpoint
+    # Renewed when the cache renews it: half of the validity after minting.
+    assert resource.renew_at == cert.not_valid_after_utc - dt.timedelta(hours=2)
     assert resolve("api.github.com").version == resource.version  # cached, same leaf
 
     # No host name, no certificate for it: the placeholder, which no client accepts.

@@ -13,13 +13,14 @@ from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import envoy_binary
 from tests.golden import assert_golden
 
+PEM = "-----BEGIN CERTIFICATE-----\n(the upstream CA bundle)\n-----END CERTIFICATE-----\n"
 DEFAULT = resources.DataPlane()
 LAB = resources.DataPlane(dns_resolvers=("198.18.0.53", "fd00::53"), access_log_path="/tmp/a.log")
 
 
 @pytest.mark.parametrize(("name", "dp"), [("default", DEFAULT), ("resolvers", LAB)])
 def test_clusters_golden(name, dp):
-    assert_golden(f"xds/clusters-{name}.json", resources.clusters(dp))
+    assert_golden(f"xds/clusters-{name}.json", resources.clusters(dp, PEM))
 
 
 @pytest.mark.parametrize(("name", "dp"), [("default", DEFAULT), ("resolvers", LAB)])
@@ -32,14 +33,14 @@ def test_bootstrap_golden():
 
 
 def test_every_resource_parses_as_protobuf():
-    for cluster in resources.clusters(LAB):
+    for cluster in resources.clusters(LAB, PEM):
         assert protos.to_message(resources.CLUSTER, cluster).name == cluster["name"]
     for listener in resources.listeners(LAB):
         assert protos.to_message(resources.LISTENER, listener).name == listener["name"]
 
 
 def test_unknown_fields_are_errors_not_dropped():
-    bad = resources.clusters(DEFAULT)[0] | {"conect_timeout": "1s"}
+    bad = resources.clusters(DEFAULT, PEM)[0] | {"conect_timeout": "1s"}
     with pytest.raises(Exception, match="conect_timeout"):
         protos.to_message(resources.CLUSTER, bad)
 

@@ -29,7 +29,6 @@ from intercept_proxy.xds.resources import (
     CLUSTER,
     LISTENER,
     SECRET,
-    UPSTREAM_CA_SECRET,
     DataPlane,
     clusters,
     listeners,
@@ -56,14 +55,13 @@ class AgentSettings:
     data_plane: DataPlane = field(default_factory=DataPlane)
 
 
-def build_snapshot(dp: DataPlane, upstream_ca_pem: bytes) -> Snapshot:
+def build_snapshot(dp: DataPlane, upstream_ca_pem: str) -> Snapshot:
     return Snapshot(
         {
-            CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp)},
-            LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
-            SECRET: {
-                UPSTREAM_CA_SECRET: protos.upstream_ca_secret(UPSTREAM_CA_SECRET, upstream_ca_pem)
+            CLUSTER: {
+                c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp, upstream_ca_pem)
             },
+            LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
         }
     )
 
@@ -96,17 +94,20 @@ class Agent:
 
     def update_snapshot(self) -> None:
         try:
-            bundle = self.settings.upstream_ca.read_bytes()
-        except OSError as e:
+            bundle = self.settings.upstream_ca.read_text()
+        except (OSError, ValueError) as e:
             log.error("cannot read the upstream CA bundle, keeping the previous one: %s", e)
             return
         self.snapshots.set(build_snapshot(self.settings.data_plane, bundle))
 
     def readiness(self) -> dict[str, Any]:
         in_sync = self.ads.in_sync()
+        ca_expires = self.certificates.ca.cert.not_valid_after_utc
+        ca_valid = ca_expires > dt.datetime.now(dt.UTC)
         return {
-            "ready": in_sync,
+            "ready": in_sync and ca_valid,
             "envoy_in_sync": in_sync,
+            "ca_expires": ca_expires.isoformat(),
             "policy_revision": self.policy.engine.revision,
             "certificates_cached": len(self.certificates),
         }

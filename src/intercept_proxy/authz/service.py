@@ -7,6 +7,7 @@ the decision log, and either passes (with the decision id as a response header) 
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -45,6 +46,8 @@ def check_input(request: external_auth_pb2.CheckRequest) -> dict[str, Any]:
         "source": {"address": _address(attrs.source.address)},
         "destination": {"address": _address(attrs.destination.address)},
     }
+    if http.raw_body:
+        attributes["request"]["http"]["rawBody"] = base64.b64encode(http.raw_body).decode()
     if attrs.context_extensions:
         attributes["contextExtensions"] = dict(attrs.context_extensions)
     if is_tls(request):

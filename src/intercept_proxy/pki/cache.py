@@ -68,8 +68,3 @@ class LeafCache:
             self._entries.popitem(last=False)
             self.evicted += 1
         return leaf
-
-    def expiring(self) -> list[str]:
-        """Names whose leaf has reached its renewal age (to be re-minted and pushed again)."""
-        now = self._clock()
-        return [name for name, entry in self._entries.items() if entry.renew_at <= now]

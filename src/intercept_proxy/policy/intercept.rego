@@ -11,8 +11,9 @@
 #
 # Extension point: modules in package intercept.custom may define the sets `allow` and `deny` of
 # {"rule": ..., "reason": ...} objects; they read the normalised request in data.intercept.request.
-# A custom deny overrides every grant; a custom allow cannot override the request checks
-# (invalid host, missing SNI, SNI/Host mismatch).
+# A custom deny overrides every grant, whatever its shape (a malformed entry, or `deny` as a
+# boolean, still denies); a custom allow must be well-formed and cannot override the request
+# checks (invalid host, missing SNI, SNI/Host mismatch).
 package intercept
 
 cfg := data.intercept_policy
@@ -66,7 +67,9 @@ method := upper(object.get(http, "method", ""))
 
 scheme := lower(object.get(http, "scheme", ""))
 
-sni := _strip_dot(lower(object.get(input, ["attributes", "tlsSession", "sni"], "")))
+_raw_sni := object.get(input, ["attributes", "tlsSession", "sni"], "")
+
+sni := _strip_dot(lower(_raw_sni))
 
 # Envoy reports a TLS session attribute on plain connections too, so TLS is told by the scheme,
 # by the listener (the context extension the interceptor's configuration sets) or by an SNI.
@@ -84,7 +87,9 @@ else := 443 if tls
 
 else := 80
 
-authority := lower(object.get(http, "host", ""))
+_raw_authority := object.get(http, "host", "")
+
+authority := lower(_raw_authority)
 
 _authority_parts := split(authority, ":")
 
@@ -108,8 +113,7 @@ port := default_port if {
 port := to_number(_authority_parts[1]) if {
 	not _ip_literal
 	count(_authority_parts) == 2
-	regex.match(`^[0-9]{1,5}$`, _authority_parts[1])
-	to_number(_authority_parts[1]) > 0
+	regex.match(`^[1-9][0-9]{0,4}$`, _authority_parts[1])
 	to_number(_authority_parts[1]) < 65536
 }
 
@@ -117,7 +121,12 @@ _strip_dot(name) := trim_suffix(name, ".")
 
 # ASCII labels of letters, digits, '_' and '-' (not at either end), at most 253 characters,
 # and not an IPv4 literal in any spelling (a last label that is a number: 1.2.3.4, 0x7f.1).
+# Checked before lower-casing too: some non-ASCII letters lower-case to ASCII ones.
+_ascii(s) if regex.match(`^[[:ascii:]]*$`, s)
+
 valid_host if {
+	_ascii(_raw_authority)
+	_ascii(_raw_sni)
 	regex.match(`^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*$`, host)
 	count(host) <= 253
 	labels := split(host, ".")
@@ -217,14 +226,49 @@ denials contains {"priority": 3, "rule": "sni_mismatch", "reason": reason} if {
 	reason := sprintf("Host %q does not match the TLS server name %q", [host, sni])
 }
 
-denials contains {"priority": 10, "rule": d.rule, "reason": d.reason} if {
-	some d in data.intercept.custom.deny
+denials contains {"priority": 10, "rule": rule, "reason": reason} if {
+	x := data.intercept.custom.deny
+	_is_collection(x)
+	some d in x
+	rule := _field(d, "rule", "custom_deny")
+	reason := _field(d, "reason", sprintf("denied by a custom module: %v", [d]))
 }
+
+# `deny` written as a boolean (deny if {...}), or as anything else that is not a set: a mistake
+# in a module meant to restrict must not let requests through.
+denials contains {"priority": 10, "rule": "custom_deny", "reason": reason} if {
+	x := data.intercept.custom.deny
+	not _is_collection(x)
+	x != false
+	reason := sprintf("denied by a custom module (deny = %v)", [x])
+}
+
+_is_collection(x) if is_set(x)
+
+_is_collection(x) if is_array(x)
+
+_field(d, key, fallback) := d[key] if {
+	is_object(d)
+	is_string(d[key])
+} else := fallback
 
 # ---------------------------------------------------------------------------------------------
 # Grants.
 
 read_methods := {"GET", "HEAD"}
+
+_headers := object.get(http, "headers", {})
+
+# A read sends nothing: no body (a length other than 0, or chunked) and no protocol upgrade (a
+# WebSocket is a two-way channel opened with a GET).
+read_only if {
+	method in read_methods
+	object.get(_headers, "content-length", "0") == "0"
+	not _headers["transfer-encoding"]
+	not _headers.upgrade
+	object.get(http, "body", "") == ""
+	object.get(http, "rawBody", "") == ""
+}
 
 write_methods := {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -259,10 +303,10 @@ grants contains {"rule": "unrestricted_domains", "reason": reason} if {
 
 grants contains {"rule": "allowed_domains", "reason": reason} if {
 	valid_host
-	method in read_methods
+	read_only
 	some e in cfg.allowed_domains
 	_entry_matches(e)
-	reason := sprintf("%s: %s is in allowed_domains (GET and HEAD)", [target, e.entry])
+	reason := sprintf("%s: %s is in allowed_domains (reads)", [target, e.entry])
 }
 
 grants contains {"rule": "github_read", "reason": reason} if {
@@ -287,7 +331,11 @@ grants contains {"rule": "aws", "reason": reason} if {
 
 grants contains {"priority": 60, "rule": g.rule, "reason": g.reason} if {
 	valid_host
-	some g in data.intercept.custom.allow
+	x := data.intercept.custom.allow
+	_is_collection(x)
+	some g in x
+	is_string(g.rule)
+	is_string(g.reason)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -311,7 +359,7 @@ _git_services := {v |
 	some pair in split(query, "&")
 	kv := split(pair, "=")
 	count(kv) == 2
-	kv[0] == "service"
+	lower(urlquery.decode(kv[0])) == "service"
 	v := lower(urlquery.decode(kv[1]))
 }
 
@@ -340,7 +388,7 @@ github_read_request if {
 	cfg.github_read_access_enabled
 	valid_host
 	_github_host(host)
-	method in read_methods
+	read_only
 	not git_receive_pack_discovery
 }
 
@@ -376,10 +424,12 @@ github_repo_allowed(repo) if repo in cfg.github_allowed_repos
 github_repo_allowed(repo) if split(repo, "/")[0] in cfg.github_allowed_users
 
 # ---------------------------------------------------------------------------------------------
-# AWS: {service}.amazonaws.com and {service}.{region}.amazonaws.com.
+# AWS: {service}.amazonaws.com and {service}.{region}.amazonaws.com. The region must look like
+# one (us-east-1, us-gov-west-1, ...): `{bucket}.s3.amazonaws.com` is somebody's S3 bucket.
 
 _aws_service_region := [m[1], m[2]] if {
-	m := regex.find_all_string_submatch_n(`^([a-z0-9-]+)(?:\.([a-z0-9-]+))?\.amazonaws\.com$`, host, 1)[0]
+	pattern := `^([a-z0-9-]+)(?:\.([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]+))?\.amazonaws\.com$`
+	m := regex.find_all_string_submatch_n(pattern, host, 1)[0]
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -391,6 +441,18 @@ explanations contains {"priority": 20, "rule": "method_not_allowed", "reason": r
 	some e in cfg.allowed_domains
 	_entry_matches(e)
 	reason := sprintf("%s: %s is in allowed_domains, which permits only GET and HEAD", [target, e.entry])
+}
+
+explanations contains {"priority": 20, "rule": "not_read_only", "reason": reason} if {
+	valid_host
+	method in read_methods
+	not read_only
+	some e in cfg.allowed_domains
+	_entry_matches(e)
+	reason := sprintf(
+		"%s: %s is in allowed_domains, which permits reads only: no request body, no protocol upgrade",
+		[target, e.entry],
+	)
 }
 
 explanations contains {"priority": 21, "rule": "github_write_not_allowed", "reason": reason} if {

@@ -264,3 +264,42 @@ test_allow_mirrors_the_decision if {
 	intercept.allow with input as req("GET", "pypi.org", "/") with data.intercept_policy as cfg
 	not intercept.allow with input as req("GET", "nope.test", "/") with data.intercept_policy as cfg
 }
+
+# --- reads, hosts, custom denials (review findings) ------------------------------------------
+
+with_headers(i, headers) := object.union(i, {"attributes": {"request": {"http": {"headers": headers}}}})
+
+test_reads_send_no_body_and_no_upgrade if {
+	base := req("GET", "pypi.org", "/")
+	decide(base).allow
+	decide(with_headers(base, {"content-length": "0"})).allow
+	decide(with_headers(base, {"upgrade": "websocket"})).rule == "not_read_only"
+	decide(with_headers(base, {"content-length": "12"})).rule == "not_read_only"
+	decide(with_headers(base, {"transfer-encoding": "chunked"})).rule == "not_read_only"
+	decide(object.union(base, {"attributes": {"request": {"http": {"rawBody": "eA=="}}}})).rule == "not_read_only"
+}
+
+test_non_ascii_is_judged_before_lower_casing if {
+	# U+212A KELVIN SIGN lower-cases to "k".
+	decide(req("GET", "\u212apypi.org", "/")).rule == "invalid_host"
+}
+
+test_ports_have_no_leading_zero if {
+	decide(req("GET", "pypi.org:0443", "/")).rule == "invalid_host"
+}
+
+test_s3_bucket_hosts_are_not_services if {
+	not decide(req("PUT", "s3.s3.amazonaws.com", "/")).allow
+	not decide(req("PUT", "s3.s3-accelerate.amazonaws.com", "/")).allow
+	decide(req("PUT", "s3.us-gov-west-1.amazonaws.com", "/")).allow
+}
+
+test_custom_deny_of_any_shape_denies if {
+	i := req("GET", "pypi.org", "/")
+	d1 := intercept.decision with input as i with data.intercept_policy as cfg with data.intercept.custom.deny as true
+	d1.rule == "custom_deny"
+	d2 := intercept.decision with input as i with data.intercept_policy as cfg with data.intercept.custom.deny as {"a string"}
+	d2 == {"allow": false, "rule": "custom_deny", "reason": "denied by a custom module: a string"}
+	d3 := intercept.decision with input as i with data.intercept_policy as cfg with data.intercept.custom.deny as false
+	d3.allow
+}

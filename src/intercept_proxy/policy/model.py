@@ -136,6 +136,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a name, not {key!r}", key_node.start_mark
+                )
             if key in seen:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(
@@ -224,7 +228,7 @@ def _modules(doc: dict[str, Any], source: str, base: Path | None) -> tuple[RegoM
             path = base / path
         try:
             modules.append(RegoModule(str(path), path.read_text()))
-        except (OSError, UnicodeDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: undecodable text, NUL in the path
             raise PolicyError(source, where, f"cannot read Rego module: {e}") from None
     return tuple(modules)
 
@@ -268,9 +272,22 @@ def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) 
     )
 
 
+def module_paths(path: Path) -> list[Path]:
+    """The Rego modules a policy file names, read leniently (for watching a file that does not
+    validate yet); [] when there is no such list."""
+    try:
+        doc = yaml.safe_load(path.read_text())
+        names = doc.get("rego_modules") if isinstance(doc, dict) else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [path.parent / n for n in names if isinstance(n, str) and "\0" not in n]
+
+
 def load_policy(path: Path) -> Policy:
     try:
         text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, ValueError) as e:
         raise PolicyError(str(path), None, f"cannot read the policy: {e}") from None
     return parse_policy(text, str(path), path.parent)

@@ -27,7 +27,8 @@ def certificate_resolver(cache: LeafCache) -> Resolver:
         return Resource(
             message=leaf_secret(name, leaf.cert_pem, leaf.key_pem),
             version=hashlib.sha256(leaf.cert_pem).hexdigest()[:16],
-            renew_at=leaf.not_before + (leaf.not_after - leaf.not_before) / 2,
+            # When the cache itself renews it (half of the validity after minting).
+            renew_at=leaf.not_after - cache.validity / 2,
         )
 
     return resolve

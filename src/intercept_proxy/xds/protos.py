@@ -52,12 +52,6 @@ def pack(message: Message) -> any_pb2.Any:
     return packed
 
 
-def upstream_ca_secret(name: str, bundle_pem: bytes) -> secret_pb2.Secret:
-    secret = secret_pb2.Secret(name=name)
-    secret.validation_context.trusted_ca.inline_bytes = bundle_pem
-    return secret
-
-
 def leaf_secret(name: str, cert_pem: bytes, key_pem: bytes) -> secret_pb2.Secret:
     secret = secret_pb2.Secret(name=name)
     secret.tls_certificate.certificate_chain.inline_bytes = cert_pem

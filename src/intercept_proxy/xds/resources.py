@@ -22,7 +22,6 @@ UPSTREAM_TLS_CLUSTER = "upstream_tls"
 UPSTREAM_PLAIN_CLUSTER = "upstream_plain"
 TLS_LISTENER = "intercept_tls"
 HTTP_LISTENER = "intercept_http"
-UPSTREAM_CA_SECRET = "upstream_ca"
 DNS_CACHE = "upstream_dns"
 # The secret name for a TLS connection without SNI: such a client cannot be identified, and the
 # policy denies it; the name is reserved (RFC 2606), so it is never a real host.
@@ -117,10 +116,11 @@ def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
     return config
 
 
-def forward_proxy_cluster(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
+def forward_proxy_cluster(dp: DataPlane, upstream_ca_pem: str | None) -> dict[str, Any]:
     """Upstream through the dynamic forward proxy: the host comes from each request's authority.
-    With TLS, SNI is that host and the upstream certificate is checked against it (SAN) and
-    against the upstream CA bundle."""
+    With a CA bundle, the upstream is TLS: SNI is that host, and the upstream certificate is
+    checked against it (SAN) and against the bundle. Without, it is plain HTTP."""
+    tls = upstream_ca_pem is not None
     cluster: dict[str, Any] = {
         "name": UPSTREAM_TLS_CLUSTER if tls else UPSTREAM_PLAIN_CLUSTER,
         "connect_timeout": _duration(dp.upstream_connect_timeout_s),
@@ -142,10 +142,9 @@ def forward_proxy_cluster(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
                 "@type": _type("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
                 "common_tls_context": {
                     "alpn_protocols": ["h2", "http/1.1"],
-                    "validation_context_sds_secret_config": {
-                        "name": UPSTREAM_CA_SECRET,
-                        "sds_config": {"ads": {}, "resource_api_version": "V3"},
-                    },
+                    # Inline, not an SDS secret: secret names are the workload's to choose (any
+                    # SNI), so none may be reserved for anything else.
+                    "validation_context": {"trusted_ca": {"inline_string": upstream_ca_pem}},
                 },
             },
         }
@@ -164,11 +163,11 @@ def forward_proxy_cluster(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
     return cluster
 
 
-def clusters(dp: DataPlane) -> list[dict[str, Any]]:
+def clusters(dp: DataPlane, upstream_ca_pem: str) -> list[dict[str, Any]]:
     return [
         grpc_cluster(AUTHZ_CLUSTER, dp.authz_address, dp.authz_port),
-        forward_proxy_cluster(dp, tls=True),
-        forward_proxy_cluster(dp, tls=False),
+        forward_proxy_cluster(dp, upstream_ca_pem),
+        forward_proxy_cluster(dp, None),
     ]
 
 
@@ -330,6 +329,13 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
                     "failure_mode_allow": False,
                     "status_on_error": {"code": 503},
                     "include_tls_session": True,
+                    # The first byte of a body, if any: tells a read from a request that sends
+                    # data when no header says so (HTTP/2 without content-length).
+                    "with_request_body": {
+                        "max_request_bytes": 1,
+                        "allow_partial_message": True,
+                        "pack_as_bytes": True,
+                    },
                 },
             },
             {
