@@ -2,7 +2,7 @@
 VENV ?= .venv
 SYSTEM_PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := ca-certificates curl git iproute2 util-linux
+DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables util-linux
 
 .PHONY: install test lint clean
 .DEFAULT_GOAL := test

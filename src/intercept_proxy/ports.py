@@ -7,4 +7,5 @@ ENVOY_TLS = 15001  # TLS listener: HTTPS traffic, terminated with an on-demand c
 ENVOY_HTTP = 15002  # plain-HTTP listener
 AGENT_HTTP = 15020  # agent: liveness, readiness, Prometheus metrics
 AGENT_AUTHZ = 15021  # agent: Envoy ext_authz (gRPC)
+AGENT_DNS = 15053  # agent: the DNS sinkhole (UDP and TCP) the workload's DNS is redirected to
 AGENT_XDS = 15090  # agent: ADS and on-demand SDS (gRPC)

@@ -336,3 +336,25 @@ def test_upstream_certificates_are_verified(interceptor):
     while interceptor.curl("GET", "https://trust.test/trusted-again").status != 200:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+def test_dns_sinkhole_answers_every_name_with_a_synthetic_address(interceptor):
+    script = (
+        "import socket, sys\n"
+        "from dnslib import DNSRecord\n"
+        "for name, qtype, server in (('pypi.org', 'A', '127.0.0.1'),"
+        " ('unknown.example', 'AAAA', '::1'), ('x.example', 'TXT', '127.0.0.1')):\n"
+        "    family = socket.AF_INET6 if ':' in server else socket.AF_INET\n"
+        "    with socket.socket(family, socket.SOCK_DGRAM) as s:\n"
+        "        s.settimeout(2)\n"
+        "        s.sendto(DNSRecord.question(name, qtype).pack(), (server, 15053))\n"
+        "        reply = DNSRecord.parse(s.recv(4096))\n"
+        "    print(name, qtype, [str(r.rdata) for r in reply.rr])\n"
+    )
+    result = netns.run(interceptor.ns, as_user(WORKLOAD_UID, [sys.executable, "-c", script]))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pypi.org A ['198.51.100.")
+    assert lines[1].startswith("unknown.example AAAA ['2001:db8:")
+    assert lines[2] == "x.example TXT []"  # nothing but addresses, never forwarded
+    assert interceptor.metric("intercept_dns_queries_total", 'outcome="synthetic",type="A"') >= 1

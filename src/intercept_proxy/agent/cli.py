@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from intercept_proxy import ports
-from intercept_proxy.agent.main import SYSTEM_CA_BUNDLE, AgentSettings, run
+from intercept_proxy.agent.main import SYSTEM_CA_BUNDLE, AgentError, AgentSettings, run
 from intercept_proxy.pki import PkiError
 from intercept_proxy.policy.model import PolicyError
 from intercept_proxy.xds.resources import DataPlane
@@ -38,6 +38,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="CA bundle that upstream servers are verified against (watched; default: %(default)s)",
     )
     run_.add_argument(
+        "--trust-bundle",
+        type=Path,
+        help="write the workload's CA bundle here: the sandbox CA, then the system roots",
+    )
+    run_.add_argument(
         "--dns-resolver",
         action="append",
         default=[],
@@ -47,7 +52,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     run_.add_argument(
         "--decision-log", default="-", help="file to append decisions to, - for stdout"
     )
-    run_.add_argument("--access-log", default="/dev/stdout", help="Envoy's access log path")
+    run_.add_argument("--access-log", help="Envoy's access log file (default: Envoy's stdout)")
     run_.add_argument("--bind", default="127.0.0.1", help="address of the agent's listeners")
     run_.add_argument("--xds-port", type=int, default=ports.AGENT_XDS)
     run_.add_argument("--authz-port", type=int, default=ports.AGENT_AUTHZ)
@@ -55,6 +60,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     run_.add_argument("--tls-port", type=int, default=ports.ENVOY_TLS, help="Envoy's TLS listener")
     run_.add_argument(
         "--plain-port", type=int, default=ports.ENVOY_HTTP, help="Envoy's plain-HTTP listener"
+    )
+    run_.add_argument(
+        "--dns-port",
+        type=int,
+        default=ports.AGENT_DNS,
+        help="the DNS sinkhole's port on 127.0.0.1 and ::1 (0: no sinkhole)",
+    )
+    run_.add_argument(
+        "--dns-forward-suffix",
+        action="append",
+        default=[],
+        metavar="SUFFIX",
+        help="names under SUFFIX are resolved for real (repeatable, e.g. cluster.local)",
+    )
+    run_.add_argument(
+        "--dns-upstream",
+        action="append",
+        metavar="ADDRESS",
+        help="resolver for forwarded names (repeatable; default: resolv.conf)",
     )
     run_.add_argument(
         "--cert-validity-hours", type=float, default=12.0, help="leaf certificate validity"
@@ -71,12 +95,16 @@ def _run(args: argparse.Namespace) -> int:
         ca_cert=args.ca_cert,
         ca_key=args.ca_key,
         upstream_ca=args.upstream_ca,
+        trust_bundle=args.trust_bundle,
         decision_log=args.decision_log,
         bind_address=args.bind,
         xds_port=args.xds_port,
         http_port=args.http_port,
         cert_validity=dt.timedelta(hours=args.cert_validity_hours),
         cert_cache_size=args.cert_cache_size,
+        dns_port=args.dns_port,
+        dns_forward_suffixes=tuple(args.dns_forward_suffix),
+        dns_upstream=tuple(args.dns_upstream) if args.dns_upstream else None,
         data_plane=DataPlane(
             tls_port=args.tls_port,
             http_port=args.plain_port,
@@ -88,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     try:
         run(settings)
-    except (PolicyError, PkiError) as e:
+    except (PolicyError, PkiError, AgentError) as e:
         print(f"intercept agent: {e}", file=sys.stderr)
         return 2
     return 0

@@ -20,7 +20,9 @@ from intercept_proxy.agent.health import health_app
 from intercept_proxy.agent.metrics import Metrics
 from intercept_proxy.authz.decisionlog import DecisionLog
 from intercept_proxy.authz.service import AuthorizationService
+from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
+from intercept_proxy.pki.files import write_public
 from intercept_proxy.policy.store import PolicyStore
 from intercept_proxy.watch import watch
 from intercept_proxy.xds import protos
@@ -40,18 +42,29 @@ log = logging.getLogger(__name__)
 SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
+class AgentError(Exception):
+    """Settings the agent cannot start with; the message says which."""
+
+
 @dataclass(frozen=True)
 class AgentSettings:
     policy: Path
     ca_cert: Path
     ca_key: Path
     upstream_ca: Path = SYSTEM_CA_BUNDLE
+    # Where to write the bundle the workload trusts: the sandbox CA plus the system roots.
+    trust_bundle: Path | None = None
     decision_log: str = "-"
     bind_address: str = "127.0.0.1"
     xds_port: int = ports.AGENT_XDS
     http_port: int = ports.AGENT_HTTP
     cert_validity: dt.timedelta = dt.timedelta(hours=12)
     cert_cache_size: int = 1024
+    # The DNS sinkhole (0: off), the names it resolves for real, and whom it asks (None: the
+    # nameservers of resolv.conf).
+    dns_port: int = ports.AGENT_DNS
+    dns_forward_suffixes: tuple[str, ...] = ()
+    dns_upstream: tuple[str, ...] | None = None
     data_plane: DataPlane = field(default_factory=DataPlane)
 
 
@@ -66,6 +79,15 @@ def build_snapshot(dp: DataPlane, upstream_ca_pem: str) -> Snapshot:
     )
 
 
+def write_trust_bundle(path: Path, ca: CertificateAuthority) -> None:
+    """The sandbox CA first, then the system roots (for destinations reached directly)."""
+    try:
+        system = SYSTEM_CA_BUNDLE.read_bytes()
+    except OSError:
+        system = b""
+    write_public(path, ca.cert_pem + b"\n" + system)
+
+
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
@@ -73,6 +95,8 @@ class Agent:
         # Both raise on invalid input: without a valid policy and CA the agent does not start.
         self.policy = PolicyStore(settings.policy, self.metrics.observe_reload)
         ca = CertificateAuthority.load_or_generate(settings.ca_cert, settings.ca_key)
+        if settings.trust_bundle is not None:
+            write_trust_bundle(settings.trust_bundle, ca)
         self.certificates = LeafCache(
             ca,
             max_entries=settings.cert_cache_size,
@@ -87,6 +111,12 @@ class Agent:
             {SECRET: certificate_resolver(self.certificates)},
             self.metrics.xds_events(),
         )
+        try:
+            self.dns = DnsSinkhole(
+                settings.dns_forward_suffixes, settings.dns_upstream, self.metrics.observe_dns
+            )
+        except ValueError as e:  # HostnameError included: a bad suffix
+            raise AgentError(f"DNS sinkhole: {e}") from None
         self.authz = AuthorizationService(
             lambda: self.policy.engine, self.decision_log, self.metrics.observe_decision
         )
@@ -119,6 +149,13 @@ class Agent:
             await asyncio.sleep(interval)
             self.ads.renew()
 
+    async def _start_dns(self, port: int) -> None:
+        try:
+            await self.dns.start(["127.0.0.1", "::1"], port)
+        except OSError as e:  # no IPv6 in this pod: v6 lookups then fail, they never leak
+            log.warning("DNS sinkhole on IPv4 only: %s", e)
+            await self.dns.start(["127.0.0.1"], port)
+
     async def serve(self, stop: asyncio.Event) -> None:
         s = self.settings
         xds = grpc.aio.server()
@@ -133,6 +170,8 @@ class Agent:
         await web.TCPSite(runner, s.bind_address, s.http_port).start()
         await xds.start()
         await authz.start()
+        if s.dns_port:
+            await self._start_dns(s.dns_port)
         tasks = [
             asyncio.create_task(watch(self.policy.files, self.policy.reload)),
             asyncio.create_task(watch(lambda: [s.upstream_ca], self.update_snapshot)),
@@ -153,6 +192,7 @@ class Agent:
         finally:
             for task in tasks:
                 task.cancel()
+            await self.dns.close()
             await authz.stop(grace=1)
             await xds.stop(grace=1)
             await runner.cleanup()

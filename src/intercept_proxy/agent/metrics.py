@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from intercept_proxy.dns import QueryEvent
 from intercept_proxy.pki import LeafCache
 from intercept_proxy.policy.engine import Decision
 from intercept_proxy.xds.server import XdsEvents
@@ -40,6 +41,9 @@ class Metrics:
         self.certificates_cached = Gauge(
             "intercept_certificates_cached", "Leaf certificates in the cache", registry=r
         )
+        self.dns_queries = Counter(
+            "intercept_dns_queries", "DNS queries answered", ["type", "outcome"], registry=r
+        )
         self.xds_pushes = Counter(
             "intercept_xds_pushes", "xDS responses sent", ["type"], registry=r
         )
@@ -49,6 +53,9 @@ class Metrics:
         self.xds_nacks = Counter(
             "intercept_xds_nacks", "xDS responses rejected by Envoy", ["type"], registry=r
         )
+
+    def observe_dns(self, event: QueryEvent) -> None:
+        self.dns_queries.labels(event.qtype or "none", event.outcome).inc()
 
     def observe_decision(self, decision: Decision, seconds: float) -> None:
         self.decisions.labels("allow" if decision.allow else "deny", decision.rule).inc()

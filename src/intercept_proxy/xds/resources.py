@@ -51,7 +51,8 @@ class DataPlane:
     upstream_connect_timeout_s: float = 10.0
     # No total request timeout (streams, long polls); a stream idle this long is closed.
     stream_idle_timeout_s: float = 300.0
-    access_log_path: str = "/dev/stdout"
+    # None: Envoy's own stdout (no file to open, whoever owns it).
+    access_log_path: str | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -243,6 +244,38 @@ ACCESS_LOG_FORMAT = {
 }
 
 
+def access_log(path: str | None) -> dict[str, Any]:
+    log_format = {
+        "json_format": ACCESS_LOG_FORMAT,
+        "formatters": [
+            {
+                "name": "envoy.formatter.req_without_query",
+                "typed_config": {
+                    "@type": _type(
+                        "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                    )
+                },
+            }
+        ],
+    }
+    if path is None:
+        return {
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": _type("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
+                "log_format": log_format,
+            },
+        }
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
+            "path": path,
+            "log_format": log_format,
+        },
+    }
+
+
 def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
     name = TLS_LISTENER if tls else HTTP_LISTENER
     cluster = UPSTREAM_TLS_CLUSTER if tls else UPSTREAM_PLAIN_CLUSTER
@@ -265,28 +298,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         "request_timeout": "0s",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "local_reply_config": local_reply_config(),
-        "access_log": [
-            {
-                "name": "envoy.access_loggers.file",
-                "typed_config": {
-                    "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
-                    "path": dp.access_log_path,
-                    "log_format": {
-                        "json_format": ACCESS_LOG_FORMAT,
-                        "formatters": [
-                            {
-                                "name": "envoy.formatter.req_without_query",
-                                "typed_config": {
-                                    "@type": _type(
-                                        "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
-                                    )
-                                },
-                            }
-                        ],
-                    },
-                },
-            }
-        ],
+        "access_log": [access_log(dp.access_log_path)],
         "route_config": {
             "name": name,
             "virtual_hosts": [

@@ -1,0 +1,259 @@
+"""The injector: a Pod in, the same Pod with the interceptor around it out. Pure functions.
+
+What it adds:
+- `proxy-init` first among the init containers: the traffic capture (it alone is root, with
+  NET_ADMIN and NET_RAW, and exits);
+- the agent and Envoy as native sidecars (init containers with `restartPolicy: Always`), whose
+  startup probes hold back everything after them until the interceptor is configured, so even
+  the workload's own init containers are intercepted;
+- the sandbox CA's trust bundle and the usual variables naming it, in every workload container;
+- volumes: the policy (a ConfigMap), the CA (an in-memory emptyDir mounted into the agent only),
+  the trust bundle (an emptyDir the agent writes and the workload reads).
+
+The local runtime and Kubernetes run the very same output.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from intercept_proxy import ports
+from intercept_proxy.injector.settings import (
+    ENABLED_LABEL,
+    INJECTED_ANNOTATION,
+    InjectorSettings,
+)
+from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
+from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
+
+POLICY_DIR = "/etc/intercept/policy"
+POLICY_FILE = f"{POLICY_DIR}/policy.yaml"
+CA_DIR = "/var/run/intercept/ca"
+TRUST_DIR = "/var/run/intercept/trust"
+TRUST_BUNDLE = f"{TRUST_DIR}/ca-bundle.pem"
+
+POLICY_VOLUME = "intercept-policy"
+CA_VOLUME = "intercept-ca"
+TRUST_VOLUME = "intercept-trust"
+
+PROXY_INIT = "proxy-init"
+AGENT = "intercept-agent"
+ENVOY = "envoy"
+SIDECARS = (PROXY_INIT, AGENT, ENVOY)
+
+# Variables through which common clients find their CA bundle.
+TRUST_VARIABLES = (
+    "SSL_CERT_FILE",  # OpenSSL, Python ssl, Go (crypto/x509), Ruby
+    "REQUESTS_CA_BUNDLE",  # Python requests
+    "CURL_CA_BUNDLE",  # curl
+    "NODE_EXTRA_CA_CERTS",  # Node.js
+    "GIT_SSL_CAINFO",  # git
+    "AWS_CA_BUNDLE",  # AWS CLI and SDKs
+    "PIP_CERT",  # pip
+    "CARGO_HTTP_CAINFO",  # cargo
+)
+FORBIDDEN_CAPABILITIES = frozenset({"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "ALL"})
+
+
+class InjectionError(ValueError):
+    """A pod the interceptor cannot safely wrap; the message names the container and field."""
+
+
+def is_enabled(metadata: dict[str, Any]) -> bool:
+    return (metadata.get("labels") or {}).get(ENABLED_LABEL) == "true"
+
+
+def is_injected(metadata: dict[str, Any]) -> bool:
+    return (metadata.get("annotations") or {}).get(INJECTED_ANNOTATION) == "true"
+
+
+def _restricted(uid: int) -> dict[str, Any]:
+    return {
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _http_probe(path: str, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": ports.AGENT_HTTP},
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "failureThreshold": failures,
+    }
+
+
+def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
+    command = ["intercept", "proxy-init", "--envoy-uid", str(s.envoy_uid)]
+    command += ["--agent-uid", str(s.agent_uid)]
+    for port in s.tls_ports:
+        command += ["--tls-port", str(port)]
+    for port in s.http_ports:
+        command += ["--http-port", str(port)]
+    for cidr in s.allowed_cidrs:
+        command += ["--allow-cidr", cidr]
+    return {
+        "name": PROXY_INIT,
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": command,
+        "resources": s.init_resources.to_k8s(),
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def agent_container(s: InjectorSettings) -> dict[str, Any]:
+    command = [
+        "intercept", "agent", "run",
+        "--policy", POLICY_FILE,
+        "--ca-cert", f"{CA_DIR}/ca.pem",
+        "--ca-key", f"{CA_DIR}/ca.key",
+        "--trust-bundle", TRUST_BUNDLE,
+        "--cert-validity-hours", f"{s.cert_validity_hours:g}",
+    ]  # fmt: skip
+    for suffix in s.dns_forward_suffixes:
+        command += ["--dns-forward-suffix", suffix]
+    return {
+        "name": AGENT,
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": command,
+        "resources": s.agent_resources.to_k8s(),
+        "securityContext": _restricted(s.agent_uid),
+        "startupProbe": _http_probe("/healthz", failures=60),
+        "livenessProbe": _http_probe("/healthz", failures=10),
+        "volumeMounts": [
+            {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
+            {"name": CA_VOLUME, "mountPath": CA_DIR},
+            {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
+        ],
+    }
+
+
+def envoy_container(s: InjectorSettings) -> dict[str, Any]:
+    config = json.dumps(bootstrap(Bootstrap(node_id="intercept-sidecar")), sort_keys=True)
+    return {
+        "name": ENVOY,
+        "image": s.envoy_image,
+        "imagePullPolicy": s.image_pull_policy,
+        "restartPolicy": "Always",
+        "command": ["envoy", "--config-yaml", config, *ENVOY_ARGS, "--log-level", "warning"],
+        "resources": s.envoy_resources.to_k8s(),
+        "securityContext": _restricted(s.envoy_uid),
+        # The agent is ready when Envoy has accepted its whole configuration: the workload
+        # starts only once its traffic can be judged.
+        "startupProbe": _http_probe("/readyz", failures=120),
+        "readinessProbe": _http_probe("/readyz", failures=3),
+    }
+
+
+def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
+    return [
+        {"name": POLICY_VOLUME, "configMap": {"name": s.policy_config_map}},
+        # In memory, and mounted into the agent only: the CA's private key.
+        {"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {"name": TRUST_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
+    ]
+
+
+def _effective_uid(container: dict[str, Any], pod_context: dict[str, Any]) -> int | None:
+    own = container.get("securityContext") or {}
+    return own.get("runAsUser", pod_context.get("runAsUser"))
+
+
+def check_workload(
+    container: dict[str, Any], pod_context: dict[str, Any], s: InjectorSettings
+) -> None:
+    """Refuse what would let a workload container bypass or control the interceptor."""
+    name = container.get("name", "?")
+    if name in SIDECARS:
+        raise InjectionError(f"container {name!r}: the name is reserved for the interceptor")
+    context = container.get("securityContext") or {}
+    uid = _effective_uid(container, pod_context)
+    if uid in s.reserved_uids:
+        who = "root" if uid == 0 else "a sidecar of the interceptor"
+        raise InjectionError(
+            f"container {name!r}: runAsUser {uid} is reserved ({who}); the interceptor "
+            f"exempts {s.envoy_uid} and {s.agent_uid} from capture, and root could undo it"
+        )
+    if context.get("privileged"):
+        raise InjectionError(f"container {name!r}: securityContext.privileged is not allowed")
+    added = set((context.get("capabilities") or {}).get("add") or [])
+    if added & FORBIDDEN_CAPABILITIES:
+        raise InjectionError(
+            f"container {name!r}: capabilities.add {sorted(added & FORBIDDEN_CAPABILITIES)} "
+            "would let it change the network rules"
+        )
+
+
+def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[str, Any]:
+    """The container trusting the sandbox CA. Its own variables of the same names win."""
+    out = copy.deepcopy(container)
+    env = out.setdefault("env", [])
+    present = {e.get("name") for e in env}
+    env.extend({"name": v, "value": TRUST_BUNDLE} for v in TRUST_VARIABLES if v not in present)
+    mounts = out.setdefault("volumeMounts", [])
+    mounts.append({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True})
+    context = out.setdefault("securityContext", {})
+    context.setdefault("runAsNonRoot", True)  # no UID given: the image's must not be root
+    context.setdefault("allowPrivilegeEscalation", False)
+    return out
+
+
+def inject_pod_spec(
+    metadata: dict[str, Any], spec: dict[str, Any], s: InjectorSettings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The (metadata, spec) of the intercepted pod. Already injected: returned unchanged."""
+    if is_injected(metadata):
+        return copy.deepcopy(metadata), copy.deepcopy(spec)
+    pod_context = spec.get("securityContext") or {}
+    if pod_context.get("runAsUser") in s.reserved_uids:
+        raise InjectionError(
+            f"spec.securityContext.runAsUser {pod_context['runAsUser']} is reserved "
+            "(root or a sidecar of the interceptor)"
+        )
+    own_init = spec.get("initContainers") or []
+    for container in [*own_init, *(spec.get("containers") or [])]:
+        check_workload(container, pod_context, s)
+    names = {v.get("name") for v in spec.get("volumes") or []}
+    clash = names & {POLICY_VOLUME, CA_VOLUME, TRUST_VOLUME}
+    if clash:
+        raise InjectionError(f"volumes {sorted(clash)}: the names are reserved for the interceptor")
+
+    out_meta = copy.deepcopy(metadata)
+    out_meta.setdefault("annotations", {})[INJECTED_ANNOTATION] = "true"
+    out_spec = copy.deepcopy(spec)
+    out_spec["initContainers"] = [
+        proxy_init_container(s),
+        agent_container(s),
+        envoy_container(s),
+        *(workload_container(c, s) for c in own_init),
+    ]
+    out_spec["containers"] = [workload_container(c, s) for c in spec.get("containers") or []]
+    out_spec["volumes"] = [*(spec.get("volumes") or []), *volumes(s)]
+    if not s.automount_service_account_token:
+        out_spec["automountServiceAccountToken"] = False
+    return out_meta, out_spec
+
+
+def inject_pod(pod: dict[str, Any], s: InjectorSettings) -> dict[str, Any]:
+    metadata, spec = inject_pod_spec(pod.get("metadata") or {}, pod.get("spec") or {}, s)
+    return {**pod, "metadata": metadata, "spec": spec}

@@ -1,0 +1,202 @@
+"""proxy-init's rules as a pure function: a `CaptureConfig` in, `iptables-restore` text out.
+
+Each family gets whole `nat` and `filter` tables (restoring them replaces what was there, so
+applying twice leaves one copy of every rule). Both families have the same layout:
+
+    nat     OUTPUT -> INTERCEPT_REDIRECT   sidecars untouched; DNS (any destination) to the agent;
+                                           local destinations untouched; TLS and HTTP ports to Envoy
+    filter  INPUT  -> INTERCEPT_INPUT      the sidecar range is closed to anything not on lo
+            OUTPUT -> INTERCEPT_OUTPUT     sidecars; replies; our redirections; the sidecar range
+                                           rejected; local; allowed CIDRs; (IPv6) neighbour
+                                           discovery; everything else rejected
+
+Rules are written the way iptables-save prints them (match order, quoting aside), so `verify`
+can compare them with the rules in force line by line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from intercept_proxy.netfilter.config import DNS, CaptureConfig
+
+Family = Literal["ipv4", "ipv6"]
+FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
+
+REDIRECT_CHAIN = "INTERCEPT_REDIRECT"
+OUTPUT_CHAIN = "INTERCEPT_OUTPUT"
+INPUT_CHAIN = "INTERCEPT_INPUT"
+
+_BUILTIN_CHAINS = {
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+}
+_UNREACHABLE = {"ipv4": "icmp-port-unreachable", "ipv6": "icmp6-port-unreachable"}
+# Router solicitation/advertisement, neighbour solicitation/advertisement: sent by the kernel
+# (no socket, so no UID), and IPv6 stops working for the sidecars without them.
+_NEIGHBOUR_DISCOVERY = (133, 134, 135, 136)
+
+
+@dataclass(frozen=True)
+class Rules:
+    """`iptables-restore` input for each family."""
+
+    ipv4: str
+    ipv6: str
+
+    def of(self, family: Family) -> str:
+        return self.ipv4 if family == "ipv4" else self.ipv6
+
+
+def render(config: CaptureConfig) -> Rules:
+    return Rules(ipv4=_render_family(config, "ipv4"), ipv6=_render_family(config, "ipv6"))
+
+
+def _render_family(config: CaptureConfig, family: Family) -> str:
+    nat = _table(
+        family,
+        "nat",
+        "workload egress redirected to the sidecars",
+        (REDIRECT_CHAIN,),
+        _nat_rules(config),
+    )
+    filter_ = _table(
+        family,
+        "filter",
+        "nothing leaves the pod but through the sidecars",
+        (INPUT_CHAIN, OUTPUT_CHAIN),
+        _filter_rules(config, family),
+    )
+    return "\n".join(nat + filter_) + "\n"
+
+
+def _table(
+    family: Family, table: str, purpose: str, chains: tuple[str, ...], rules: list[str]
+) -> list[str]:
+    return [
+        f"# intercept proxy-init, {family} {table}: {purpose}",
+        f"*{table}",
+        *(f":{chain} ACCEPT [0:0]" for chain in _BUILTIN_CHAINS[table]),
+        *(f":{chain} - [0:0]" for chain in chains),
+        *rules,
+        "COMMIT",
+    ]
+
+
+def _rule(chain: str, match: str, comment: str, target: str) -> str:
+    # No quotes in comments: iptables-save escapes them in its own way.
+    match = f"{match} " if match else ""
+    return f'-A {chain} {match}-m comment --comment "{comment}" -j {target}'
+
+
+def _nat_rules(config: CaptureConfig) -> list[str]:
+    chain = REDIRECT_CHAIN
+    rules = [_rule("OUTPUT", "", "intercept: redirect the workload egress", chain)]
+    rules += _sidecar_rules(config, chain, "never redirected", "RETURN")
+    for proto in ("udp", "tcp"):
+        rules.append(
+            _rule(
+                chain,
+                f"-p {proto} --dport {DNS}",
+                "DNS to any destination: the agent sinkhole",
+                f"REDIRECT --to-ports {config.dns_port}",
+            )
+        )
+    rules.append(
+        _rule(chain, "-m addrtype --dst-type LOCAL", "local destinations: not redirected", "RETURN")
+    )
+    for ports, target, what in (
+        (config.tls_ports, config.tls_redirect_port, "TLS: the Envoy TLS listener"),
+        (config.http_ports, config.http_redirect_port, "plain HTTP: the Envoy HTTP listener"),
+    ):
+        rules += [
+            _rule(chain, f"-p tcp --dport {port}", what, f"REDIRECT --to-ports {target}")
+            for port in ports
+        ]
+    return rules
+
+
+def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
+    sidecar_ports = "{}:{}".format(*config.sidecar_port_range)
+    reset = "REJECT --reject-with tcp-reset"
+    unreachable = f"REJECT --reject-with {_UNREACHABLE[family]}"
+    rules = [
+        _rule("INPUT", "", "intercept: sidecar ports are for the pod only", INPUT_CHAIN),
+        _rule("OUTPUT", "", "intercept: nothing leaves but through the sidecars", OUTPUT_CHAIN),
+    ]
+
+    chain = INPUT_CHAIN
+    rules += [
+        _rule(chain, "-i lo", "loopback: the pod itself", "RETURN"),
+        _rule(
+            chain,
+            "-m conntrack --ctstate RELATED,ESTABLISHED",
+            "replies to connections of the pod",
+            "RETURN",
+        ),
+        _rule(chain, f"-p tcp --dport {sidecar_ports}", "sidecar ports: not from outside", reset),
+        _rule(
+            chain, f"-p udp --dport {sidecar_ports}", "sidecar ports: not from outside", unreachable
+        ),
+    ]
+
+    chain = OUTPUT_CHAIN
+    rules += _sidecar_rules(config, chain, "unrestricted", "ACCEPT")
+    rules.append(
+        _rule(
+            chain,
+            "-m conntrack --ctstate RELATED,ESTABLISHED",
+            "established connections and their replies",
+            "ACCEPT",
+        )
+    )
+    # Checked after NAT: the destination already is the sidecar, which the next rules forbid.
+    for proto, port in (
+        ("tcp", config.tls_redirect_port),
+        ("tcp", config.http_redirect_port),
+        ("udp", config.dns_port),
+        ("tcp", config.dns_port),
+    ):
+        rules.append(
+            _rule(
+                chain,
+                f"-p {proto} --dport {port} -m conntrack --ctstate DNAT",
+                f"redirected to a sidecar by {REDIRECT_CHAIN}",
+                "ACCEPT",
+            )
+        )
+    rules += [
+        _rule(chain, f"-p tcp --dport {sidecar_ports}", "sidecar ports: not directly", reset),
+        _rule(chain, f"-p udp --dport {sidecar_ports}", "sidecar ports: not directly", unreachable),
+        _rule(
+            chain,
+            "-m addrtype --dst-type LOCAL",
+            "local: loopback and pod addresses",
+            "ACCEPT",
+        ),
+    ]
+    version = 4 if family == "ipv4" else 6
+    rules += [
+        _rule(chain, f"-d {cidr}", "allowed CIDR", "ACCEPT")
+        for cidr in config.allowed_cidrs
+        if ipaddress.ip_network(cidr).version == version
+    ]
+    if family == "ipv6":
+        rules += [
+            _rule(chain, f"-p ipv6-icmp --icmpv6-type {icmp_type}", "neighbour discovery", "ACCEPT")
+            for icmp_type in _NEIGHBOUR_DISCOVERY
+        ]
+    rules += [
+        _rule(chain, "-p tcp", "everything else: refused", reset),
+        _rule(chain, "", "everything else: refused", unreachable),
+    ]
+    return rules
+
+
+def _sidecar_rules(config: CaptureConfig, chain: str, what: str, target: str) -> list[str]:
+    return [
+        _rule(chain, f"-m owner --uid-owner {uid}", f"{name} (sidecar): {what}", target)
+        for uid, name in ((config.envoy_uid, "envoy"), (config.agent_uid, "agent"))
+    ]

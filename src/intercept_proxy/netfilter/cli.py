@@ -1,0 +1,116 @@
+"""`intercept proxy-init`: capture a pod's egress (IPv4 and IPv6) with iptables.
+
+Run by the pod's init container in its own network namespace, as root or with CAP_NET_ADMIN.
+The rules it installs always go to stdout, so `kubectl logs -c proxy-init` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from intercept_proxy.netfilter.apply import NetfilterError, apply, verify
+from intercept_proxy.netfilter.builder import FAMILIES, Rules, render
+from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
+
+_PROG = "intercept proxy-init"
+# Configuration field -> the option that sets it, for error messages.
+_OPTIONS = {
+    "tls_ports": "--tls-port",
+    "http_ports": "--http-port",
+    "envoy_uid": "--envoy-uid",
+    "agent_uid": "--agent-uid",
+    "allowed_cidrs": "--allow-cidr",
+}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "proxy-init",
+        help="capture the workload's traffic: iptables and ip6tables rules",
+        description="Replace the nat and filter tables (IPv4 and IPv6) so that the workload's "
+        "DNS goes to the agent, its TLS and HTTP to Envoy, and nothing else leaves; then check "
+        "the rules in force. Needs root or CAP_NET_ADMIN in the network namespace.",
+    )
+    defaults = CaptureConfig()
+    parser.add_argument(
+        "--tls-port",
+        dest="tls_ports",
+        type=int,
+        action="append",
+        metavar="PORT",
+        help=f"TCP port redirected to Envoy's TLS listener (repeatable; replaces the default "
+        f"{_ports(defaults.tls_ports)})",
+    )
+    parser.add_argument(
+        "--http-port",
+        dest="http_ports",
+        type=int,
+        action="append",
+        metavar="PORT",
+        help=f"TCP port redirected to Envoy's HTTP listener (repeatable; replaces the default "
+        f"{_ports(defaults.http_ports)})",
+    )
+    parser.add_argument(
+        "--envoy-uid", type=int, metavar="UID", help=f"Envoy's UID (default {defaults.envoy_uid})"
+    )
+    parser.add_argument(
+        "--agent-uid",
+        type=int,
+        metavar="UID",
+        help=f"the agent's UID (default {defaults.agent_uid})",
+    )
+    parser.add_argument(
+        "--allow-cidr",
+        dest="allowed_cidrs",
+        action="append",
+        metavar="CIDR",
+        help="a destination the workload may reach directly, IPv4 or IPv6 (repeatable)",
+    )
+    parser.add_argument(
+        "--netns", metavar="NAME", help="a named network namespace (default: this one)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print both rule sets, change nothing")
+    mode.add_argument(
+        "--verify",
+        action="store_true",
+        help="change nothing; exit 1 listing how the rules in force differ from the intended",
+    )
+    parser.set_defaults(func=_proxy_init)
+
+
+def _proxy_init(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
+    try:
+        rules = render(CaptureConfig(**given))
+    except CaptureConfigError as e:
+        raise SystemExit(f"{_PROG}: {_OPTIONS.get(e.field, e.field)}: {e.problem}") from None
+    if args.dry_run:
+        _print(rules)
+        return 0
+    try:
+        if not args.verify:
+            _print(rules)  # before applying: the log shows what was attempted, even on failure
+            apply(rules, args.netns)
+        differences = verify(rules, args.netns)
+    except NetfilterError as e:
+        raise SystemExit(f"{_PROG}: {e}") from None
+    if differences:
+        print(f"{_PROG}: the rules in force differ from the intended ones:", file=sys.stderr)
+        for difference in differences:
+            print(f"  {difference}", file=sys.stderr)
+        return 1
+    done = "verified" if args.verify else "applied and verified"
+    print(f"{_PROG}: rules {done} ({', '.join(FAMILIES)}: nat, filter)", flush=True)
+    return 0
+
+
+def _print(rules: Rules) -> None:
+    # Every table starts with a comment line naming its family and table.
+    for family in FAMILIES:
+        print(rules.of(family), flush=True)
+
+
+def _ports(ports: tuple[int, ...]) -> str:
+    return ", ".join(map(str, ports))

@@ -1,0 +1,118 @@
+"""What proxy-init captures and where it sends it: a frozen configuration, validated as a whole.
+
+An invalid configuration cannot be built: every problem raises `CaptureConfigError` naming the
+field. Collections are normalised (sorted, without duplicates) so that two configurations meaning
+the same thing are equal and render the same rules.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from intercept_proxy import ports
+
+DNS = 53
+ENVOY_UID = 101
+AGENT_UID = 102
+_MAX_UID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel
+
+
+class CaptureConfigError(ValueError):
+    """An invalid configuration; `field` names the offending field."""
+
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field = field_name
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """The workload's traffic capture in a pod's network namespace (both IP families)."""
+
+    envoy_uid: int = ENVOY_UID
+    agent_uid: int = AGENT_UID
+    tls_ports: tuple[int, ...] = (443,)
+    http_ports: tuple[int, ...] = (80,)
+    tls_redirect_port: int = ports.ENVOY_TLS
+    http_redirect_port: int = ports.ENVOY_HTTP
+    dns_port: int = ports.AGENT_DNS
+    sidecar_port_range: tuple[int, int] = ports.SIDECAR_RANGE
+    # Cluster-internal destinations the workload may reach directly, IPv4 and IPv6 mixed.
+    allowed_cidrs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("envoy_uid", "agent_uid"):
+            _check_int(name, getattr(self, name), 1, _MAX_UID, "a UID (root is not a sidecar)")
+        if self.envoy_uid == self.agent_uid:
+            raise CaptureConfigError("agent_uid", f"must differ from envoy_uid ({self.envoy_uid})")
+
+        span = self._set("sidecar_port_range", _port_tuple("sidecar_port_range", self))
+        if len(span) != 2 or span[0] > span[1]:
+            raise CaptureConfigError("sidecar_port_range", f"{span} is not (first, last)")
+        low, high = span
+
+        targets: dict[int, str] = {}
+        for name in ("tls_redirect_port", "http_redirect_port", "dns_port"):
+            port = getattr(self, name)
+            _check_int(name, port, 1, 65535, "a port")
+            if not low <= port <= high:
+                raise CaptureConfigError(name, f"{port} is outside the sidecar range {low}-{high}")
+            if port in targets:
+                raise CaptureConfigError(name, f"{port} is already {targets[port]}")
+            targets[port] = name
+
+        intercepted: dict[int, str] = {}
+        for name in ("tls_ports", "http_ports"):
+            for port in self._set(name, tuple(sorted(set(_port_tuple(name, self))))):
+                if port == DNS:
+                    raise CaptureConfigError(name, "53 is DNS, always redirected to dns_port")
+                if low <= port <= high:
+                    raise CaptureConfigError(
+                        name,
+                        f"{port} is in the sidecar range {low}-{high}, which is never captured",
+                    )
+                if port in intercepted:
+                    raise CaptureConfigError(name, f"{port} is also in {intercepted[port]}")
+                intercepted[port] = name
+
+        self._set("allowed_cidrs", _networks("allowed_cidrs", self.allowed_cidrs))
+
+    def _set(self, name: str, value: Any) -> Any:
+        object.__setattr__(self, name, value)  # normalising a frozen dataclass in __post_init__
+        return value
+
+
+def _check_int(name: str, value: object, low: int, high: int, what: str) -> None:
+    # bool is an int to Python, never to a user.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise CaptureConfigError(name, f"{value!r} is not {what}")
+    if not low <= value <= high:
+        raise CaptureConfigError(name, f"{value} is outside {low}-{high}")
+
+
+def _port_tuple(name: str, config: CaptureConfig) -> tuple[int, ...]:
+    values = getattr(config, name)
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise CaptureConfigError(name, f"{values!r} is not a list of ports")
+    ports_ = tuple(values)
+    for port in ports_:
+        _check_int(name, port, 1, 65535, "a port")
+    return ports_
+
+
+def _networks(name: str, values: object) -> tuple[str, ...]:
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise CaptureConfigError(name, f"{values!r} is not a list of CIDRs")
+    networks = set()
+    for value in values:
+        try:
+            if not isinstance(value, str):
+                raise TypeError("not a string")
+            networks.add(ipaddress.ip_network(value, strict=True))
+        except (TypeError, ValueError) as e:
+            raise CaptureConfigError(name, f"{value!r} is not a CIDR ({e})") from None
+    return tuple(str(n) for n in sorted(networks, key=lambda n: (n.version, n)))

@@ -1,0 +1,157 @@
+"""How one container of a Pod spec becomes a local process. Pure functions.
+
+Images are mapped, not pulled: the project's own image runs the installed `intercept`, the
+Envoy image runs the pinned `envoy`, and any other image runs its command on this machine's
+filesystem. Each container gets a private mount namespace with its volumes bound at their
+mount paths (`enter.py`), then `setpriv` gives it exactly the user, groups and capabilities its
+securityContext grants.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PROJECT_IMAGE = "intercept-proxy/intercept-proxy"
+ENVOY_IMAGE = "envoyproxy/envoy"
+
+# What a container runtime grants a root container by default (containerd's set).
+DEFAULT_ROOT_CAPABILITIES = (
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+    "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+)  # fmt: skip
+
+
+class ContainerError(ValueError):
+    """A container this runtime cannot run as specified; the message names it and the field."""
+
+
+@dataclass(frozen=True)
+class Executables:
+    """What the mapped images run on this machine."""
+
+    intercept: Path
+    envoy: Path
+    python: Path = Path(sys.executable)
+
+
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)
+    if ":" in last[-1]:
+        name = name.rsplit(":", 1)[0]
+    return name
+
+
+_VARIABLE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\$")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in command and args; $$ is a literal $."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return _VARIABLE.sub(replace, text)
+
+
+def container_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
+    """`env` with literal values and the downward API fields this runtime knows."""
+    metadata = pod.get("metadata") or {}
+    fields = {
+        "metadata.name": metadata.get("name", ""),
+        "metadata.namespace": metadata.get("namespace", "default"),
+    }
+    env: dict[str, str] = {}
+    for item in container.get("env") or []:
+        name = item["name"]
+        if "value" in item:
+            env[name] = expand(str(item["value"]), env)
+        elif "valueFrom" in item:
+            ref = (item["valueFrom"].get("fieldRef") or {}).get("fieldPath")
+            if ref not in fields:
+                raise ContainerError(f"container {container['name']!r}: env {name}: unsupported")
+            env[name] = fields[ref]
+    return env
+
+
+def local_argv(container: dict[str, Any], env: dict[str, str], exe: Executables) -> list[str]:
+    argv = [
+        expand(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]
+    ]
+    name = container.get("name", "?")
+    if not argv:
+        raise ContainerError(
+            f"container {name!r}: no command; images are not pulled here, so the pod spec must "
+            "say what to run"
+        )
+    repository = _repository(container.get("image", ""))
+    if repository.endswith(PROJECT_IMAGE) and argv[0] == "intercept":
+        argv[0] = str(exe.intercept)
+    elif repository.endswith(ENVOY_IMAGE) and argv[0] == "envoy":
+        argv[0] = str(exe.envoy)
+    return argv
+
+
+@dataclass(frozen=True)
+class Identity:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    capabilities: tuple[str, ...]
+    no_new_privileges: bool
+    read_only_root: bool
+
+
+def identity(container: dict[str, Any], pod_spec: dict[str, Any]) -> Identity:
+    """The user, groups and capabilities a container runs with, from both security contexts."""
+    name = container.get("name", "?")
+    pod_ctx = pod_spec.get("securityContext") or {}
+    ctx = container.get("securityContext") or {}
+    uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+    if uid is None:
+        raise ContainerError(
+            f"container {name!r}: no runAsUser; images are not run here, so there is no image "
+            "default user: set securityContext.runAsUser"
+        )
+    if uid == 0 and ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")):
+        raise ContainerError(f"container {name!r}: runAsUser 0 contradicts runAsNonRoot")
+    if ctx.get("privileged"):
+        raise ContainerError(f"container {name!r}: privileged containers are not supported")
+    gid = ctx.get("runAsGroup", pod_ctx.get("runAsGroup", uid))
+    groups = [*pod_ctx.get("supplementalGroups", [])]
+    if "fsGroup" in pod_ctx:
+        groups.append(pod_ctx["fsGroup"])
+    caps = ctx.get("capabilities") or {}
+    dropped = {c.upper() for c in caps.get("drop") or []}
+    granted = set() if "ALL" in dropped else set(DEFAULT_ROOT_CAPABILITIES) - dropped
+    if uid != 0:
+        granted = set()  # a non-root process keeps no capability across exec by default
+    granted |= {c.upper() for c in caps.get("add") or []}
+    return Identity(
+        uid=int(uid),
+        gid=int(gid),
+        groups=tuple(sorted(set(groups))),
+        capabilities=tuple(sorted(granted)),
+        no_new_privileges=ctx.get("allowPrivilegeEscalation") is False,
+        read_only_root=bool(ctx.get("readOnlyRootFilesystem")),
+    )
+
+
+def setpriv_argv(who: Identity) -> list[str]:
+    caps = ",".join(f"+{c.lower()}" for c in who.capabilities)
+    argv = ["setpriv", f"--reuid={who.uid}", f"--regid={who.gid}"]
+    argv.append(f"--groups={','.join(map(str, who.groups))}" if who.groups else "--clear-groups")
+    argv.append(f"--bounding-set=-all{',' + caps if caps else ''}")
+    argv.append(f"--inh-caps=-all{',' + caps if caps else ''}")
+    if who.uid != 0 and caps:
+        argv.append(f"--ambient-caps={caps}")
+    if who.no_new_privileges:
+        argv.append("--no-new-privs")
+    return argv

@@ -1,0 +1,197 @@
+"""A pod's network: its own namespace (loopback up) and one uplink.
+
+- `LabUplink`: the lab's fake internet (tests, demos): DNS and upstream trust from the lab.
+- `HostUplink`: the real internet through this machine: a veth pair on a subnet that clashes
+  with nothing on the host, forwarding and masquerading for that subnet only, all removed again
+  on teardown (the rules carry a comment naming the pod, and are deleted by it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from intercept_proxy import netns
+from intercept_proxy.lab import Lab
+
+HOST_RESOLV_CONF = Path("/etc/resolv.conf")
+# One file per pod routed through this host: forwarding is restored when the last one leaves.
+UPLINKS = Path("/run/intercept-proxy/uplinks")
+# systemd-resolved's real upstreams, when /etc/resolv.conf names its loopback stub.
+RESOLVED_UPSTREAMS = Path("/run/systemd/resolve/resolv.conf")
+
+
+FORWARDING = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
+# Where pod uplinks take their /30 from, skipping whatever the host already routes.
+CANDIDATES = ipaddress.IPv4Network("10.213.0.0/16")
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+def _uplinked() -> bool:
+    """Whether a pod of ours routes through this host (one file per pod in UPLINKS)."""
+    return UPLINKS.is_dir() and any(not p.name.startswith(".") for p in UPLINKS.iterdir())
+
+
+class Uplink(Protocol):
+    def attach(self, pod_netns: str) -> None: ...
+
+    def detach(self) -> None: ...
+
+    @property
+    def nameservers(self) -> tuple[str, ...]: ...
+
+    @property
+    def extra_trust(self) -> Path | None: ...
+
+
+@dataclass
+class LabUplink:
+    lab: Lab
+
+    def attach(self, pod_netns: str) -> None:
+        self.lab.connect(pod_netns)
+
+    def detach(self) -> None:
+        """The veth pair goes with the pod's namespace."""
+
+    @property
+    def nameservers(self) -> tuple[str, ...]:
+        return self.lab.dns_servers
+
+    @property
+    def extra_trust(self) -> Path | None:
+        return self.lab.ca_cert_path
+
+
+def host_nameservers(resolv_conf: Path = HOST_RESOLV_CONF) -> tuple[str, ...]:
+    """Nameservers a pod can reach: loopback stubs are useless from another namespace."""
+
+    def read(path: Path) -> list[str]:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            return []
+        servers = [
+            ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1
+        ]
+        return [s for s in servers if not ipaddress.ip_address(s.split("%")[0]).is_loopback]
+
+    servers = read(resolv_conf) or read(RESOLVED_UPSTREAMS)
+    if not servers:
+        raise NetworkError(
+            f"no nameserver reachable from a pod in {resolv_conf} or {RESOLVED_UPSTREAMS}"
+        )
+    return tuple(servers)
+
+
+def _used_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    used = []
+    for family in ("-4", "-6"):
+        for entry in json.loads(netns.ip("-j", family, "route", "show", "table", "all") or "[]"):
+            dst = entry.get("dst")
+            if dst and dst not in ("default", "local", "broadcast", "multicast"):
+                with contextlib.suppress(ValueError):
+                    used.append(ipaddress.ip_network(dst, strict=False))
+    return used
+
+
+def free_subnet(candidates: ipaddress.IPv4Network, used: list) -> ipaddress.IPv4Network:
+    """The first /30 of `candidates` that overlaps nothing routed on this host."""
+    for subnet in candidates.subnets(new_prefix=30):
+        if not any(subnet.overlaps(n) for n in used if n.version == 4):
+            return subnet
+    raise NetworkError(f"no free /30 left in {candidates}")
+
+
+@dataclass
+class HostUplink:
+    """The pod reaches the real network through this machine (NAT)."""
+
+    name: str  # unique, short: interface names and rule comments derive from it
+    candidates: ipaddress.IPv4Network = CANDIDATES
+    _rules: list[tuple[str, list[str]]] = field(default_factory=list)
+    _host_if: str = ""
+
+    @property
+    def nameservers(self) -> tuple[str, ...]:
+        return host_nameservers()
+
+    @property
+    def extra_trust(self) -> Path | None:
+        return None
+
+    def attach(self, pod_netns: str) -> None:
+        subnet4 = free_subnet(self.candidates, _used_networks())
+        host4, pod4 = list(subnet4.hosts())
+        # A ULA /64 derived from the IPv4 subnet: unique per pod on this host.
+        index = int(subnet4.network_address) & 0xFFFF
+        subnet6 = ipaddress.ip_network(f"fd7a:1e7:{index:x}::/64")
+        host6, pod6 = subnet6[1], subnet6[2]
+        self._host_if = f"{self.name}h"
+        netns.add_veth(self._host_if, None, f"{self.name}p", pod_netns)
+        netns.ip("-batch", "-", input=f"address add {host4}/30 dev {self._host_if}\n"
+                 f"address add {host6}/64 dev {self._host_if} nodad\n"
+                 f"link set {self._host_if} up\n")  # fmt: skip
+        netns.ip("-n", pod_netns, "-batch", "-", input=f"address add {pod4}/30 dev {self.name}p\n"
+                 f"address add {pod6}/64 dev {self.name}p nodad\n"
+                 f"link set {self.name}p up\n"
+                 f"route add default via {host4}\n"
+                 f"route add default via {host6}\n")  # fmt: skip
+        UPLINKS.mkdir(parents=True, exist_ok=True)
+        original = UPLINKS / ".forwarding"
+        if not _uplinked():
+            values = {k: (Path("/proc/sys") / k).read_text().strip() for k in FORWARDING}
+            original.write_text(json.dumps(values))
+        UPLINKS.joinpath(self.name).touch()
+        for key in FORWARDING:
+            (Path("/proc/sys") / key).write_text("1")
+        comment = ["-m", "comment", "--comment", f"intercept-proxy {self.name}"]
+        for tool, subnet in (("iptables", subnet4), ("ip6tables", subnet6)):
+            self._add(
+                tool,
+                [
+                    "-t",
+                    "nat",
+                    "-I",
+                    "POSTROUTING",
+                    "-s",
+                    str(subnet),
+                    "!",
+                    "-o",
+                    self._host_if,
+                    "-j",
+                    "MASQUERADE",
+                    *comment,
+                ],
+            )
+            self._add(tool, ["-I", "FORWARD", "-i", self._host_if, "-j", "ACCEPT", *comment])
+            self._add(tool, ["-I", "FORWARD", "-o", self._host_if, "-m", "conntrack",
+                             "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT",
+                             *comment])  # fmt: skip
+
+    def _add(self, tool: str, rule: list[str]) -> None:
+        subprocess.run([tool, *rule], check=True, capture_output=True)
+        self._rules.append((tool, rule))
+
+    def detach(self) -> None:
+        for tool, rule in reversed(self._rules):
+            delete = [("-D" if arg == "-I" else arg) for arg in rule]
+            subprocess.run([tool, *delete], check=False, capture_output=True)
+        self._rules.clear()
+        if self._host_if in netns.links():
+            netns.ip("link", "delete", self._host_if)
+        # Restore forwarding unless another pod still routes through this host.
+        UPLINKS.joinpath(self.name).unlink(missing_ok=True)
+        original = UPLINKS / ".forwarding"
+        if not _uplinked() and original.exists():
+            for key, value in json.loads(original.read_text()).items():
+                (Path("/proc/sys") / key).write_text(value)
+            original.unlink()

@@ -1,0 +1,329 @@
+"""The local pod runtime: runs a Pod spec on this machine the way a kubelet would.
+
+One network namespace per pod (loopback up, one uplink), init containers in order, native
+sidecars (init containers with `restartPolicy: Always`) started before the rest once their
+startup probe passes and kept running, then the app containers; the pod's result is the exit
+status of its first app container. Clean-up is total, on success, error or signal: every
+process, the namespace (and with it every rule and address in it), the uplink, the volumes and
+any mount point created for them.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from intercept_proxy import netns
+from intercept_proxy.injector.pod import AGENT
+from intercept_proxy.runtime import state
+from intercept_proxy.runtime.containers import (
+    Executables,
+    container_env,
+    identity,
+    local_argv,
+    setpriv_argv,
+)
+from intercept_proxy.runtime.network import Uplink
+from intercept_proxy.runtime.volumes import PodVolumes
+
+log = logging.getLogger(__name__)
+
+POD_ROOT = Path("/tmp")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
+STOP_GRACE_S = 5.0
+
+
+class PodError(RuntimeError):
+    """The pod could not start or run; the message says which container and why."""
+
+
+@dataclass
+class Options:
+    uplink: Uplink
+    executables: Executables
+    prefix: str
+    # The one container whose stdin, stdout and stderr are this process's (`intercept run`);
+    # every other container's output is written to `output` line by line with its name in
+    # front, or, without `output`, only kept (the last lines) to explain a failure.
+    attached: str | None = None
+    decision_log: Path | None = None
+    output: IO[str] | None = None
+
+
+@dataclass
+class _Running:
+    name: str
+    process: subprocess.Popen[bytes]
+    spec: dict[str, Any]
+    restarts: int = 0
+
+
+class LocalPod:
+    def __init__(
+        self,
+        pod: dict[str, Any],
+        objects: Mapping[tuple[str, str], dict[str, Any]],
+        options: Options,
+    ) -> None:
+        self.pod = pod
+        self.spec = pod.get("spec") or {}
+        self.options = options
+        self.name = f"{options.prefix}-pod"
+        self.dir = POD_ROOT / f"intercept-pod-{options.prefix}"
+        self.volumes = PodVolumes(self.dir / "volumes", pod, objects)
+        self.decision_log = options.decision_log or self.dir / "decisions.log"
+        self._sidecars: list[_Running] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._node_trust: Path | None = None
+        self.recent: dict[str, collections.deque[str]] = collections.defaultdict(
+            lambda: collections.deque(maxlen=40)
+        )
+
+    # -- set-up and clean-up ------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=False)
+        state.register(self.options.prefix, self.name)
+        self.volumes.create()
+        netns.create(self.name)
+        self.options.uplink.attach(self.name)
+        # Envoy's own lookups (and forwarded suffixes) use the uplink's real resolvers.
+        netns.set_nameservers(self.name, self.options.uplink.nameservers)
+        extra = self.options.uplink.extra_trust
+        if extra is not None:
+            # This "node" trusts the lab's root CA like any system root.
+            self._node_trust = self.dir / "node-ca-certificates.crt"
+            self._node_trust.write_bytes(SYSTEM_TRUST.read_bytes() + b"\n" + extra.read_bytes())
+            self._node_trust.chmod(0o644)
+
+    def _teardown(self) -> None:
+        self._stopping.set()
+        with self._lock:
+            running = list(self._sidecars)
+        for r in reversed(running):
+            _terminate(r.process)
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("namespace", lambda: netns.delete(self.name)),
+            ("uplink", self.options.uplink.detach),
+            ("volumes", self.volumes.remove),
+            ("mount points", lambda: state.release(self.options.prefix)),
+            ("pod directory", lambda: shutil.rmtree(self.dir, ignore_errors=True)),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except Exception:  # every step runs, whatever an earlier one did
+                log.exception("clean-up of %s failed", what)
+
+    # -- containers ---------------------------------------------------------------------------
+
+    def _mounts(self, container: dict[str, Any]) -> list[dict[str, Any]]:
+        mounts = []
+        for m in container.get("volumeMounts") or []:
+            if m.get("subPath"):
+                raise PodError(f"container {container['name']!r}: subPath is not supported")
+            target = Path(m["mountPath"])
+            state.ensure_mount_point(self.options.prefix, target)
+            mounts.append(
+                {
+                    "source": str(self.volumes.path(m["name"])),
+                    "target": str(target),
+                    "read_only": bool(m.get("readOnly")),
+                }
+            )
+        if self._node_trust is not None:
+            mounts.append({"source": str(self._node_trust), "target": str(SYSTEM_TRUST)})
+        return mounts
+
+    def _argv(self, container: dict[str, Any], command: list[str] | None = None) -> list[str]:
+        env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.pod.get("metadata", {}).get("name", "")}
+        env |= container_env(container, self.pod)
+        who = identity(container, self.spec)
+        argv = command or local_argv(container, env, self.options.executables)
+        spec = {
+            "mounts": self._mounts(container),
+            "read_only_root": who.read_only_root,
+            "working_dir": container.get("workingDir"),
+            "env": env,
+            "argv": [shutil.which("setpriv") or "setpriv", *setpriv_argv(who)[1:], "--", *argv],
+        }
+        python = str(self.options.executables.python)
+        launcher = [python, "-m", "intercept_proxy.runtime.enter", json.dumps(spec)]
+        return netns.exec_argv(
+            self.name, ["unshare", "--mount", "--propagation", "private", "--", *launcher]
+        )
+
+    def _start(self, container: dict[str, Any]) -> subprocess.Popen[bytes]:
+        name = container["name"]
+        if name == self.options.attached:
+            return subprocess.Popen(self._argv(container))
+        stdout: Any = subprocess.PIPE
+        if name == AGENT:  # the agent prints its decisions on stdout
+            stdout = self.decision_log.open("ab")
+        process = subprocess.Popen(
+            self._argv(container),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # a terminal's Ctrl-C is for the workload, not the sidecars
+        )
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                threading.Thread(target=self._relay, args=(name, stream), daemon=True).start()
+        return process
+
+    def _relay(self, name: str, stream: IO[bytes]) -> None:
+        out = self.options.output
+        for raw in stream:
+            line = f"[{name}] {raw.decode(errors='replace')}"
+            self.recent[name].append(line)
+            if out is not None:
+                out.write(line)
+                out.flush()
+
+    def _probe(self, container: dict[str, Any], probe: dict[str, Any]) -> bool:
+        """A kubelet probe, run inside the pod as the container's user."""
+        timeout = probe.get("timeoutSeconds", 1)
+        if "httpGet" in probe:
+            get = probe["httpGet"]
+            url = f"http://127.0.0.1:{get['port']}{get.get('path', '/')}"
+            who = identity(container, self.spec)
+            command = ["curl", "-sf", "-o", "/dev/null", "--max-time", str(timeout), url]
+            argv = netns.exec_argv(self.name, [*setpriv_argv(who), "--", *command])
+        elif "exec" in probe:
+            argv = self._argv(container, probe["exec"]["command"])
+        else:
+            raise PodError(f"container {container['name']!r}: only httpGet and exec probes")
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=timeout + 5).returncode == 0
+        except subprocess.TimeoutExpired:
+            return False
+
+    def _wait_started(self, container: dict[str, Any], process: subprocess.Popen[bytes]) -> None:
+        probe = container.get("startupProbe")
+        if probe is None:
+            return
+        period = probe.get("periodSeconds", 10)
+        for _ in range(probe.get("failureThreshold", 3)):
+            if process.poll() is not None:
+                raise PodError(
+                    f"sidecar {container['name']!r} exited {process.returncode} while starting"
+                )
+            if self._probe(container, probe):
+                return
+            if self._stopping.wait(period):
+                raise PodError("stopped")
+        raise PodError(f"sidecar {container['name']!r}: startup probe never passed")
+
+    def _watch_sidecars(self) -> None:
+        """restartPolicy Always: a sidecar that exits is started again, with a back-off."""
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                for r in self._sidecars:
+                    if r.process.poll() is not None and not self._stopping.is_set():
+                        r.restarts += 1
+                        log.warning(
+                            "sidecar %s exited %s; restart %d",
+                            r.name,
+                            r.process.returncode,
+                            r.restarts,
+                        )
+                        time.sleep(min(10.0, 0.5 * 2**r.restarts))
+                        r.process = self._start(r.spec)
+
+    # -- the pod ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run to completion; the exit status of the first app container."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        for sig in previous:
+            signal.signal(sig, self._on_signal)
+        try:
+            self._setup()
+            for container in self.spec.get("initContainers") or []:
+                if self._stopping.is_set():
+                    raise PodError("stopped")
+                if container.get("restartPolicy") == "Always":
+                    process = self._start(container)
+                    with self._lock:
+                        self._sidecars.append(_Running(container["name"], process, container))
+                    self._wait_started(container, process)
+                else:
+                    status = self._start(container).wait()
+                    if status != 0:
+                        raise PodError(f"init container {container['name']!r} exited {status}")
+            threading.Thread(target=self._watch_sidecars, daemon=True).start()
+            apps = [self._start(c) for c in self.spec.get("containers") or []]
+            statuses = [self._wait(p) for p in apps]
+            return statuses[0] if statuses else 0
+        finally:
+            self._teardown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _wait(self, process: subprocess.Popen[bytes]) -> int:
+        while True:
+            try:
+                status = process.wait(0.2)
+            except subprocess.TimeoutExpired:
+                if self._stopping.is_set():
+                    _terminate(process)
+                continue
+            return 128 - status if status < 0 else status
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self._stopping.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def set_annotations(self, annotations: dict[str, str]) -> None:
+        self.volumes.set_annotations(annotations)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        process.wait(STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
+
+
+def cleanup_stale() -> list[str]:
+    """Remove what runtimes that died without cleaning up left behind."""
+    removed = []
+    for record in state.stale():
+        name = record.get("netns")
+        if isinstance(name, str) and netns.exists(name):
+            netns.delete(name)
+            removed.append(name)
+        state.release(str(record["pod"]))
+        shutil.rmtree(POD_ROOT / f"intercept-pod-{record['pod']!s}", ignore_errors=True)
+    return removed
+
+
+def os_user_default() -> int:
+    """The workload's UID for `intercept run`: the invoking user's behind sudo, else nobody."""
+    sudo = os.environ.get("SUDO_UID")
+    if sudo and sudo.isdigit() and int(sudo) not in (0, 101, 102):
+        return int(sudo)
+    return 65534

@@ -1,0 +1,129 @@
+"""How a container of a Pod spec becomes a local process: images, commands, identities."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from intercept_proxy.runtime.containers import (
+    ContainerError,
+    Executables,
+    container_env,
+    expand,
+    identity,
+    local_argv,
+    setpriv_argv,
+)
+
+EXE = Executables(intercept=Path("/opt/venv/bin/intercept"), envoy=Path("/opt/envoy"))
+
+
+@pytest.mark.parametrize(
+    ("image", "command", "expected"),
+    [
+        (
+            "intercept-proxy/intercept-proxy:0.1.0",
+            ["intercept", "agent"],
+            "/opt/venv/bin/intercept",
+        ),
+        (
+            "registry.example/intercept-proxy/intercept-proxy@sha256:ab",
+            ["intercept"],
+            "/opt/venv/bin/intercept",
+        ),
+        ("envoyproxy/envoy:v1.40.0", ["envoy", "-c", "x"], "/opt/envoy"),
+        ("python:3.12", ["python3", "-c", "1"], "python3"),
+        # Only the image's own program is mapped, never a look-alike name in another image.
+        ("busybox:1.36", ["envoy"], "envoy"),
+    ],
+)
+def test_images_are_mapped_not_pulled(image, command, expected):
+    argv = local_argv({"name": "c", "image": image, "command": command}, {}, EXE)
+    assert argv[0] == expected
+    assert argv[1:] == command[1:]
+
+
+def test_a_container_without_command_is_refused():
+    with pytest.raises(ContainerError, match="images are not pulled"):
+        local_argv({"name": "c", "image": "python:3.12"}, {}, EXE)
+
+
+def test_kubernetes_variable_expansion():
+    env = {"A": "1", "B": "two"}
+    assert expand("$(A)-$(B)-$(C)-$$(A)", env) == "1-two-$(C)-$(A)"
+    container = {"name": "c", "command": ["echo", "$(A)"], "args": ["$(B)"], "image": "x:1"}
+    assert local_argv(container, env, EXE) == ["echo", "1", "two"]
+
+
+def test_env_with_downward_fields():
+    pod = {"metadata": {"name": "p1", "namespace": "ns"}}
+    container = {
+        "name": "c",
+        "env": [
+            {"name": "A", "value": "x"},
+            {"name": "B", "value": "$(A)y"},
+            {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        ],
+    }
+    assert container_env(container, pod) == {"A": "x", "B": "xy", "POD": "p1"}
+
+
+def test_identity_merges_pod_and_container_contexts():
+    spec = {"securityContext": {"runAsUser": 1000, "fsGroup": 2000, "supplementalGroups": [3000]}}
+    who = identity({"name": "c", "securityContext": {"runAsGroup": 1001}}, spec)
+    assert (who.uid, who.gid, who.groups, who.capabilities) == (1000, 1001, (2000, 3000), ())
+
+
+def test_root_gets_the_runtime_default_capabilities_minus_drops_plus_adds():
+    who = identity(
+        {
+            "name": "c",
+            "securityContext": {
+                "runAsUser": 0,
+                "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            },
+        },
+        {},
+    )
+    assert who.capabilities == ("NET_ADMIN", "NET_RAW")
+    argv = setpriv_argv(who)
+    assert "--bounding-set=-all,+net_admin,+net_raw" in argv
+    assert "--inh-caps=-all,+net_admin,+net_raw" in argv
+    assert not any(a.startswith("--ambient-caps") for a in argv)
+
+
+def test_non_root_keeps_no_capability_unless_added():
+    plain = identity({"name": "c", "securityContext": {"runAsUser": 1000}}, {})
+    assert plain.capabilities == ()
+    argv = setpriv_argv(plain)
+    assert "--bounding-set=-all" in argv and "--clear-groups" in argv
+    added = identity(
+        {
+            "name": "c",
+            "securityContext": {"runAsUser": 1000, "capabilities": {"add": ["NET_BIND_SERVICE"]}},
+        },
+        {},
+    )
+    assert "--ambient-caps=+net_bind_service" in setpriv_argv(added)
+
+
+def test_no_privilege_escalation_maps_to_no_new_privs():
+    who = identity(
+        {"name": "c", "securityContext": {"runAsUser": 5, "allowPrivilegeEscalation": False}}, {}
+    )
+    assert "--no-new-privs" in setpriv_argv(who)
+
+
+@pytest.mark.parametrize(
+    ("context", "message"),
+    [
+        ({}, "no runAsUser"),
+        ({"runAsUser": 0, "runAsNonRoot": True}, "contradicts runAsNonRoot"),
+        ({"runAsUser": 1000, "privileged": True}, "privileged"),
+    ],
+)
+def test_unrunnable_identities(context, message):
+    with pytest.raises(ContainerError, match=re.escape(message)):
+        identity({"name": "c", "securityContext": context}, {})
