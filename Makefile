@@ -1,10 +1,10 @@
-# Two entry points: `make test` and (with the sandbox issue) `make demo`; both install first.
+# Two entry points: `make demo` and `make test`; both install first.
 VENV ?= .venv
 SYSTEM_PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables util-linux
 
-.PHONY: install test lint clean
+.PHONY: install test lint demo clean
 .DEFAULT_GOAL := test
 
 install: $(VENV)/.installed
@@ -23,6 +23,9 @@ lint: install
 
 test: lint
 	$(VENV)/bin/pytest
+
+demo: install
+	scripts/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from intercept_proxy import __version__
 from intercept_proxy.agent import cli as agent_cli
+from intercept_proxy.authz import cli as decisions_cli
 from intercept_proxy.lab import cli as lab_cli
 from intercept_proxy.netfilter import cli as netfilter_cli
 from intercept_proxy.pki import cli as pki_cli
@@ -16,7 +17,16 @@ from intercept_proxy.policy import cli as policy_cli
 from intercept_proxy.runtime import cli as run_cli
 from intercept_proxy.xds import cli as envoy_cli
 
-COMPONENTS = (run_cli, policy_cli, agent_cli, envoy_cli, netfilter_cli, pki_cli, lab_cli)
+COMPONENTS = (
+    run_cli,
+    decisions_cli,
+    policy_cli,
+    agent_cli,
+    envoy_cli,
+    netfilter_cli,
+    pki_cli,
+    lab_cli,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

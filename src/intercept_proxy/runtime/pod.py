@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -87,8 +88,11 @@ class LocalPod:
         self.decision_log = options.decision_log or self.dir / "decisions.log"
         self._sidecars: list[_Running] = []
         self._stopping = threading.Event()
+        self.started = threading.Event()  # set once the app containers run
+        self._apps: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._node_trust: Path | None = None
+        self._resolv_conf = self.dir / "resolv.conf"
         self.recent: dict[str, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=40)
         )
@@ -101,8 +105,11 @@ class LocalPod:
         self.volumes.create()
         netns.create(self.name)
         self.options.uplink.attach(self.name)
-        # Envoy's own lookups (and forwarded suffixes) use the uplink's real resolvers.
-        netns.set_nameservers(self.name, self.options.uplink.nameservers)
+        # Envoy's own lookups (and forwarded suffixes) use the uplink's real resolvers; the
+        # workload's lookups never reach them (they are redirected to the agent).
+        servers = self.options.uplink.nameservers
+        self._resolv_conf.write_text("".join(f"nameserver {s}\n" for s in servers))
+        self._resolv_conf.chmod(0o644)
         extra = self.options.uplink.extra_trust
         if extra is not None:
             # This "node" trusts the lab's root CA like any system root.
@@ -145,6 +152,7 @@ class LocalPod:
                     "read_only": bool(m.get("readOnly")),
                 }
             )
+        mounts.append({"source": str(self._resolv_conf), "target": "/etc/resolv.conf"})
         if self._node_trust is not None:
             mounts.append({"source": str(self._node_trust), "target": str(SYSTEM_TRUST)})
         return mounts
@@ -163,9 +171,11 @@ class LocalPod:
         }
         python = str(self.options.executables.python)
         launcher = [python, "-m", "intercept_proxy.runtime.enter", json.dumps(spec)]
-        return netns.exec_argv(
-            self.name, ["unshare", "--mount", "--propagation", "private", "--", *launcher]
-        )
+        # nsenter and unshare exec without forking: the process started is the container's.
+        return [
+            "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
+            "unshare", "--mount", "--propagation", "private", "--", *launcher,
+        ]  # fmt: skip
 
     def _start(self, container: dict[str, Any]) -> subprocess.Popen[bytes]:
         name = container["name"]
@@ -249,9 +259,7 @@ class LocalPod:
 
     def run(self) -> int:
         """Run to completion; the exit status of the first app container."""
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-        for sig in previous:
-            signal.signal(sig, self._on_signal)
+        previous = self._handle_signals()
         try:
             self._setup()
             for container in self.spec.get("initContainers") or []:
@@ -267,8 +275,10 @@ class LocalPod:
                     if status != 0:
                         raise PodError(f"init container {container['name']!r} exited {status}")
             threading.Thread(target=self._watch_sidecars, daemon=True).start()
-            apps = [self._start(c) for c in self.spec.get("containers") or []]
-            statuses = [self._wait(p) for p in apps]
+            apps = {c["name"]: self._start(c) for c in self.spec.get("containers") or []}
+            self._apps = apps
+            self.started.set()
+            statuses = [self._wait(p) for p in apps.values()]
             return statuses[0] if statuses else 0
         finally:
             self._teardown()
@@ -285,14 +295,61 @@ class LocalPod:
                 continue
             return 128 - status if status < 0 else status
 
+    def _handle_signals(self) -> dict[int, Any]:
+        """SIGTERM and SIGHUP stop the pod; so does SIGINT, unless the workload has the
+        terminal: then Ctrl-C is the workload's to handle (an interactive shell survives it)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        interactive = self.options.attached is not None and sys.stdin.isatty()
+        handlers: dict[int, Any] = {signal.SIGTERM: self._on_signal, signal.SIGHUP: self._on_signal}
+        # A no-op handler, not SIG_IGN: dispositions set to ignore would survive exec.
+        handlers[signal.SIGINT] = (lambda s, f: None) if interactive else self._on_signal
+        return {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping.set()
+
+    def exec(
+        self, container: str, argv: list[str], timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[bytes]:
+        """What `kubectl exec` does: `argv` in a running container's namespaces, as its user,
+        with its environment."""
+        spec = next(c for c in self.spec.get("containers") or [] if c["name"] == container)
+        env = {"PATH": DEFAULT_PATH} | container_env(spec, self.pod)
+        who = identity(spec, self.spec)
+        pid = self._apps[container].pid
+        _wait_entered(pid)
+        enter = ["nsenter", "-t", str(pid), "-m", "-n", "--wd=/"]
+        command = [
+            *enter,
+            *setpriv_argv(who),
+            "--",
+            "env",
+            "-i",
+            *(f"{k}={v}" for k, v in env.items()),
+            *argv,
+        ]
+        return subprocess.run(command, capture_output=True, timeout=timeout, check=False)
 
     def stop(self) -> None:
         self._stopping.set()
 
     def set_annotations(self, annotations: dict[str, str]) -> None:
         self.volumes.set_annotations(annotations)
+
+
+def _wait_entered(pid: int, timeout: float = 10.0) -> None:
+    """Until the container's first step (`enter`: its mounts) has exec'd its process."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return  # gone: nsenter will say so
+        if b"intercept_proxy.runtime.enter" not in cmdline:
+            return
+        time.sleep(0.02)
+    raise PodError(f"process {pid} did not finish entering its container")
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
