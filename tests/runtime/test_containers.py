@@ -127,3 +127,11 @@ def test_no_privilege_escalation_maps_to_no_new_privs():
 def test_unrunnable_identities(context, message):
     with pytest.raises(ContainerError, match=re.escape(message)):
         identity({"name": "c", "securityContext": context}, {})
+
+
+def test_intercept_run_commands_reach_the_process_verbatim():
+    from intercept_proxy.runtime.cli import command_pod
+
+    argv = ["sh", "-c", "echo $$ $(id -u) $HOME $$(x)"]
+    container = command_pod(argv, 12345, "ipx0000")["spec"]["containers"][0]
+    assert local_argv(container, {"HOME": "/h"}, EXE) == argv

@@ -119,7 +119,8 @@ def command_pod(argv: list[str], uid: int, prefix: str) -> dict[str, Any]:
                 {
                     "name": WORKLOAD,
                     "image": "local",
-                    "command": argv,
+                    # Escaped: a Pod's $(VAR) and $$ are Kubernetes syntax, CMD is verbatim.
+                    "command": [a.replace("$", "$$") for a in argv],
                     "workingDir": str(Path.cwd()),
                     "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
                     "volumeMounts": mounts,

@@ -1,7 +1,13 @@
-"""The first step of every local container, run as root inside the pod's network namespace and a
-fresh private mount namespace (`unshare --mount --propagation private`): bind its volumes at
-their mount paths, make the root filesystem read-only if asked, then exec the container's
+"""The first step of every local container, run as root inside the pod's network namespace, a
+fresh private mount namespace and a fresh PID namespace
+(`unshare --mount --propagation private --pid --fork --mount-proc`): bind the container's volumes
+at their mount paths, make the root filesystem read-only if asked, then start the container's
 process through `setpriv` with exactly the identity it was given.
+
+This process stays on as the namespace's init (PID 1), like `docker run --init`: it forwards
+signals to the container's process (a PID 1 without handlers would ignore them: Ctrl-C would
+not stop `sleep`), reaps orphans, and exits with the container's status. The container sees
+only its own processes, never the machine's.
 
 Usage: python -m intercept_proxy.runtime.enter SPEC_JSON
 SPEC: {"mounts": [{"source", "target", "read_only"}], "read_only_root": bool,
@@ -13,9 +19,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
+
+# Not SIGINT: a terminal's Ctrl-C reaches the container's process directly (same process group);
+# forwarding it too would deliver it twice.
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 def _mount(*args: str) -> None:
@@ -24,7 +35,7 @@ def _mount(*args: str) -> None:
         raise SystemExit(f"intercept runtime: mount {' '.join(args)}: {result.stderr.strip()}")
 
 
-def enter(spec: dict[str, Any]) -> None:
+def prepare(spec: dict[str, Any]) -> None:
     for mount in spec["mounts"]:
         _mount("--bind", mount["source"], mount["target"])
         if mount.get("read_only"):
@@ -32,11 +43,37 @@ def enter(spec: dict[str, Any]) -> None:
     # After the binds: a volume bound from a read-only filesystem would be read-only too.
     if spec.get("read_only_root"):
         _mount("-o", "remount,bind,ro", "/")
-    if spec.get("working_dir"):
-        os.chdir(spec["working_dir"])
+
+
+def supervise(spec: dict[str, Any]) -> int:
+    """Start the container's process and wait for it as its namespace's init."""
     argv = spec["argv"]
-    os.execvpe(argv[0], argv, spec["env"])
+    child = os.fork()
+    if child == 0:
+        for sig in (*FORWARDED, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        if spec.get("working_dir"):
+            os.chdir(spec["working_dir"])
+        os.execvpe(argv[0], argv, spec["env"])
+    for sig in FORWARDED:
+        signal.signal(sig, lambda signum, frame: os.kill(child, signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: None)  # the child got it already
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if pid == child:
+            return (
+                os.waitstatus_to_exitcode(status)
+                if os.WIFEXITED(status)
+                else (128 + os.WTERMSIG(status))
+            )
 
 
 if __name__ == "__main__":
-    enter(json.loads(sys.argv[1]))
+    specification = json.loads(sys.argv[1])
+    prepare(specification)
+    sys.exit(supervise(specification))

@@ -171,10 +171,11 @@ class LocalPod:
         }
         python = str(self.options.executables.python)
         launcher = [python, "-m", "intercept_proxy.runtime.enter", json.dumps(spec)]
-        # nsenter and unshare exec without forking: the process started is the container's.
+        # Its own mount and PID namespaces; `enter` becomes the PID namespace's init.
         return [
             "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
-            "unshare", "--mount", "--propagation", "private", "--", *launcher,
+            "unshare", "--mount", "--propagation", "private",
+            "--pid", "--fork", "--kill-child", "--mount-proc", "--", *launcher,
         ]  # fmt: skip
 
     def _start(self, container: dict[str, Any]) -> subprocess.Popen[bytes]:
@@ -317,9 +318,8 @@ class LocalPod:
         spec = next(c for c in self.spec.get("containers") or [] if c["name"] == container)
         env = {"PATH": DEFAULT_PATH} | container_env(spec, self.pod)
         who = identity(spec, self.spec)
-        pid = self._apps[container].pid
-        _wait_entered(pid)
-        enter = ["nsenter", "-t", str(pid), "-m", "-n", "--wd=/"]
+        pid = _started_process(self._apps[container])
+        enter = ["nsenter", "-t", str(pid), "-m", "-n", "-p", "--wd=/"]
         command = [
             *enter,
             *setpriv_argv(who),
@@ -338,25 +338,46 @@ class LocalPod:
         self.volumes.set_annotations(annotations)
 
 
-def _wait_entered(pid: int, timeout: float = 10.0) -> None:
-    """Until the container's first step (`enter`: its mounts) has exec'd its process."""
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _init(process: subprocess.Popen[bytes]) -> int | None:
+    """The container's init (`enter`), the child `unshare --fork` started."""
+    children = _children(process.pid)
+    return children[0] if children else None
+
+
+def _started_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """The container's init, once it has started the container's process (its mounts done)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return  # gone: nsenter will say so
-        if b"intercept_proxy.runtime.enter" not in cmdline:
-            return
+        init = _init(process)
+        for child in _children(init) if init else []:
+            with contextlib.suppress(OSError):
+                if (
+                    b"intercept_proxy.runtime.enter"
+                    not in Path(f"/proc/{child}/cmdline").read_bytes()
+                ):
+                    return init  # type: ignore[return-value]
         time.sleep(0.02)
-    raise PodError(f"process {pid} did not finish entering its container")
+    raise PodError(f"process {process.pid} did not start its container in {timeout}s")
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the container (through its init), SIGKILL after the grace period.
+    (`unshare --fork` itself ignores SIGTERM, and kills the container when killed.)"""
     if process.poll() is not None:
         return
+    init = _init(process)
     with contextlib.suppress(ProcessLookupError):
-        process.terminate()
+        if init:
+            os.kill(init, signal.SIGTERM)
+        else:
+            process.terminate()
     try:
         process.wait(STOP_GRACE_S)
     except subprocess.TimeoutExpired:
