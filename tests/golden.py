@@ -13,9 +13,9 @@ from typing import Any
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
 
-def assert_golden(name: str, value: Any) -> None:
+def assert_golden_text(name: str, text: str) -> None:
+    """Text as itself (iptables-restore input reads best as it is, not as a JSON string)."""
     path = GOLDEN_DIR / name
-    text = json.dumps(value, indent=2, sort_keys=True) + "\n"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -23,3 +23,8 @@ def assert_golden(name: str, value: Any) -> None:
     assert text == path.read_text(), (
         f"{name} differs from its golden file (UPDATE_GOLDEN=1 rewrites)"
     )
+
+
+def assert_golden(name: str, value: Any) -> None:
+    """A JSON-able value, stored as sorted, indented JSON."""
+    assert_golden_text(name, json.dumps(value, indent=2, sort_keys=True) + "\n")

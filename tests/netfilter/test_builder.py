@@ -5,7 +5,7 @@ import re
 import pytest
 
 from intercept_proxy.netfilter import FAMILIES, CaptureConfig, normalise, render
-from tests.netfilter.goldentext import assert_golden_text
+from tests.golden import assert_golden_text
 
 SCENARIOS = {
     "default": CaptureConfig(),
@@ -39,8 +39,9 @@ def test_rendering_is_deterministic():
 
 def test_each_family_gets_only_its_own_cidrs_and_icmp():
     rules = render(SCENARIOS["allowed-cidrs"])
-    assert re.findall(r" -d (\S+) ", rules.ipv4) == ["10.96.0.0/12", "192.168.7.7/32"]
-    assert re.findall(r" -d (\S+) ", rules.ipv6) == ["2001:db8::1/128", "fd00:10:96::/112"]
+    # Each CIDR twice: not redirected (nat), then accepted (filter).
+    assert re.findall(r" -d (\S+) ", rules.ipv4) == ["10.96.0.0/12", "192.168.7.7/32"] * 2
+    assert re.findall(r" -d (\S+) ", rules.ipv6) == ["2001:db8::1/128", "fd00:10:96::/112"] * 2
     assert "icmp6" not in rules.ipv4 and "ipv6-icmp" not in rules.ipv4
     assert re.findall(r"--icmpv6-type (\d+)", rules.ipv6) == ["133", "134", "135", "136"]
     assert re.findall(r"reject-with (\S+)", rules.ipv6).count("icmp-port-unreachable") == 0

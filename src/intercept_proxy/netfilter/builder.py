@@ -4,7 +4,8 @@ Each family gets whole `nat` and `filter` tables (restoring them replaces what w
 applying twice leaves one copy of every rule). Both families have the same layout:
 
     nat     OUTPUT -> INTERCEPT_REDIRECT   sidecars untouched; DNS (any destination) to the agent;
-                                           local destinations untouched; TLS and HTTP ports to Envoy
+                                           local destinations and allowed CIDRs untouched; TLS and
+                                           HTTP ports to Envoy
     filter  INPUT  -> INTERCEPT_INPUT      the sidecar range is closed to anything not on lo
             OUTPUT -> INTERCEPT_OUTPUT     sidecars; replies; our redirections; the sidecar range
                                            rejected; local; allowed CIDRs; (IPv6) neighbour
@@ -60,7 +61,7 @@ def _render_family(config: CaptureConfig, family: Family) -> str:
         "nat",
         "workload egress redirected to the sidecars",
         (REDIRECT_CHAIN,),
-        _nat_rules(config),
+        _nat_rules(config, family),
     )
     filter_ = _table(
         family,
@@ -91,7 +92,12 @@ def _rule(chain: str, match: str, comment: str, target: str) -> str:
     return f'-A {chain} {match}-m comment --comment "{comment}" -j {target}'
 
 
-def _nat_rules(config: CaptureConfig) -> list[str]:
+def _cidrs(config: CaptureConfig, family: Family) -> list[str]:
+    version = 4 if family == "ipv4" else 6
+    return [c for c in config.allowed_cidrs if ipaddress.ip_network(c).version == version]
+
+
+def _nat_rules(config: CaptureConfig, family: Family) -> list[str]:
     chain = REDIRECT_CHAIN
     rules = [_rule("OUTPUT", "", "intercept: redirect the workload egress", chain)]
     rules += _sidecar_rules(config, chain, "never redirected", "RETURN")
@@ -107,6 +113,12 @@ def _nat_rules(config: CaptureConfig) -> list[str]:
     rules.append(
         _rule(chain, "-m addrtype --dst-type LOCAL", "local destinations: not redirected", "RETURN")
     )
+    # Allowed CIDRs (cluster services) are reached directly, TLS and HTTP included; their DNS
+    # still goes through the sinkhole, which forwards the cluster's suffixes.
+    rules += [
+        _rule(chain, f"-d {cidr}", "allowed CIDR: not redirected", "RETURN")
+        for cidr in _cidrs(config, family)
+    ]
     for ports, target, what in (
         (config.tls_ports, config.tls_redirect_port, "TLS: the Envoy TLS listener"),
         (config.http_ports, config.http_redirect_port, "plain HTTP: the Envoy HTTP listener"),
@@ -177,11 +189,8 @@ def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
             "ACCEPT",
         ),
     ]
-    version = 4 if family == "ipv4" else 6
     rules += [
-        _rule(chain, f"-d {cidr}", "allowed CIDR", "ACCEPT")
-        for cidr in config.allowed_cidrs
-        if ipaddress.ip_network(cidr).version == version
+        _rule(chain, f"-d {cidr}", "allowed CIDR", "ACCEPT") for cidr in _cidrs(config, family)
     ]
     if family == "ipv6":
         rules += [
