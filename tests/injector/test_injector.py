@@ -133,6 +133,15 @@ def test_injection_is_idempotent_and_pure():
         ({"securityContext": {"privileged": True}}, "privileged is not allowed"),
         ({"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}, "NET_ADMIN"),
         ({"securityContext": {"capabilities": {"add": ["NET_RAW"]}}}, "NET_RAW"),
+        # Case does not matter to a runtime, so it must not matter here.
+        ({"securityContext": {"capabilities": {"add": ["net_admin"]}}}, "NET_ADMIN"),
+        ({"securityContext": {"capabilities": {"add": ["SETUID"]}}}, "SETUID"),
+        ({"securityContext": {"capabilities": {"add": ["DAC_OVERRIDE"]}}}, "DAC_OVERRIDE"),
+        # A string would slip past a comparison with 101.
+        ({"securityContext": {"runAsUser": "101"}}, "'101' is not an integer"),
+        ({"securityContext": {"runAsGroup": 0}}, "runAsGroup 0"),
+        ({"securityContext": {"allowPrivilegeEscalation": True}}, "allowPrivilegeEscalation"),
+        ({"volumeMounts": [{"name": "intercept-ca", "mountPath": "/x"}]}, "the interceptor's"),
         ({"name": "envoy"}, "reserved for the interceptor"),
     ],
 )
@@ -164,3 +173,33 @@ def test_pod_level_reserved_uid_is_refused():
 def test_settings_are_validated(kwargs, message):
     with pytest.raises(SettingsError, match=re.escape(message)):
         InjectorSettings(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"hostNetwork": True}, "spec.hostNetwork"),
+        ({"hostPID": True}, "spec.hostPID"),
+        ({"hostIPC": True}, "spec.hostIPC"),
+        ({"shareProcessNamespace": True}, "spec.shareProcessNamespace"),
+        ({"securityContext": {"runAsUser": 12345, "supplementalGroups": [0]}}, "group 0"),
+        ({"securityContext": {"runAsUser": 12345, "fsGroup": 0}}, "group 0"),
+        ({"volumes": [{"name": "intercept-trust", "emptyDir": {}}]}, "reserved"),
+    ],
+)
+def test_unsafe_pods_are_refused(patch, message):
+    pod = copy.deepcopy(POD)
+    pod["spec"] |= patch
+    with pytest.raises(InjectionError, match=re.escape(message)):
+        inject_pod(pod, InjectorSettings())
+
+
+def test_workloads_get_no_privilege_escalation_no_capabilities_and_a_seccomp_profile():
+    pod = copy.deepcopy(POD)
+    pod["spec"]["containers"][0]["securityContext"] = {
+        "capabilities": {"add": ["net_bind_service"]}
+    }
+    ctx = inject_pod(pod, InjectorSettings())["spec"]["containers"][0]["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"add": ["net_bind_service"], "drop": ["ALL"]}
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}

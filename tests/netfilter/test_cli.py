@@ -125,8 +125,10 @@ def test_apply_logs_the_rules_then_verify_checks_them(fresh_netns, capsys):
     assert captured.out == ""
     assert captured.err == (
         "intercept proxy-init: the rules in force differ from the intended ones:\n"
-        "  ipv6 filter: missing: -A INTERCEPT_OUTPUT -m owner --uid-owner 101 -m comment "
-        "--comment 'envoy (sidecar): unrestricted' -j ACCEPT\n"
+        "  ipv6 filter: missing: -A INTERCEPT_OUTPUT -d fe80::/10 -p tcp -m owner"
+        " --uid-owner 101 -m conntrack --ctstate NEW -m comment"
+        " --comment 'envoy: no link-local or metadata'"
+        " -j REJECT --reject-with tcp-reset\n"
     )
     # Verifying other options than those applied is a difference too.
     assert proxy_init("--netns", fresh_netns, "--verify", "--tls-port", "8443") == 1

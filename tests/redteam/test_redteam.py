@@ -7,8 +7,10 @@ request reached the interceptor, from the decision log what was decided.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from intercept_proxy import netns
 pytestmark = pytest.mark.netns
 
 PROBE = Path(__file__).with_name("probe.py")
+PYTHON_BIN = Path(sys.executable).parent
 SIDECAR_PORTS = (15000, 15001, 15002, 15020, 15021, 15053, 15090)
 
 
@@ -272,3 +275,88 @@ def test_the_workload_has_no_capabilities(sandbox):
     status = sandbox.sh("grep -E '^Cap(Eff|Prm|Amb|Inh)' /proc/self/status").stdout.decode()
     assert all(line.split()[1] == "0000000000000000" for line in status.splitlines()), status
     assert netns.exists(sandbox.netns)
+
+
+def test_riding_a_sidecars_udp_flow(sandbox):
+    """A sidecar's DNS query leaves a conntrack entry; the workload re-sends from the same port
+    to the same resolver, hoping the packet passes as part of that flow."""
+    resolver = sandbox.lab.dns_servers[0]
+    send = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('0.0.0.0', 42424)); s.sendto(sys.argv[1].encode(), ('{resolver}', 53))\n"
+    )
+    before = len(sandbox.lab.receipts())
+    as_agent = ["setpriv", "--reuid=102", "--regid=102", "--clear-groups"]
+    agent = netns.run(sandbox.netns, [*as_agent, sys.executable, "-c", send, "sidecar"])
+    assert agent.returncode == 0, agent.stderr
+    sandbox.exec([sys.executable, "-c", send, "workload"])
+    settle()
+    received = [r for r in sandbox.lab.receipts()[before:] if r["port"] == 53]
+    assert len(received) == 1  # the sidecar's datagram only
+
+
+def test_what_no_ip_rule_sees_is_blocked_too(sandbox):
+    """Socket families beyond IP (VSOCK to the hypervisor, packet sockets), typing into a
+    terminal (TIOCSTI), and user namespaces: the runtime's seccomp filter."""
+    script = (
+        "import errno, fcntl, os, socket, subprocess\n"
+        "def attempt(f):\n"
+        "    try:\n"
+        "        f(); return 'allowed'\n"
+        "    except OSError as e:\n"
+        "        return errno.errorcode[e.errno]\n"
+        "master, slave = os.openpty()\n"
+        "print(attempt(lambda: socket.socket(40, socket.SOCK_STREAM)))\n"
+        "print(attempt(lambda: socket.socket(17, socket.SOCK_RAW)))\n"
+        "print(attempt(lambda: fcntl.ioctl(slave, 0x5412, b'x')))\n"
+        "print(subprocess.run(['unshare', '-Ur', 'true']).returncode != 0)\n"
+    )
+    result = sandbox.exec([sys.executable, "-c", script])
+    assert result.stdout.decode().split() == ["EAFNOSUPPORT", "EAFNOSUPPORT", "EPERM", "True"]
+
+
+def test_the_workload_is_isolated_from_this_machine(sandbox):
+    """Its own PID, IPC and UTS namespaces; this machine's files read-only but /tmp; its own
+    /dev/shm and HOME."""
+    script = (
+        "ps -e -o comm= | sort -u | tr '\\n' ' '; echo;"
+        "touch /etc/intercept-test 2>&1 | grep -c 'Read-only';"
+        "touch /work/intercept-test 2>&1 | grep -c 'Read-only';"
+        "touch /tmp/intercept-redteam-$$ && echo tmp-ok && rm /tmp/intercept-redteam-$$;"
+        "touch $HOME/profile && echo home-ok;"
+        "ls /dev/shm | wc -l"
+    )
+    queues = subprocess.run(["ipcs", "-q"], capture_output=True, text=True).stdout
+    made = sandbox.sh("ipcmk -Q").stdout.decode()
+    assert "Message queue id" in made
+    assert subprocess.run(["ipcs", "-q"], capture_output=True, text=True).stdout == queues
+    lines = sandbox.sh(script).stdout.decode().splitlines()
+    processes = lines[0].split()
+    assert "sleep" in processes and "sh" in processes
+    assert not {"envoy", "python3", "systemd", "sshd"} & set(processes)
+    assert lines[1:] == ["1", "1", "tmp-ok", "home-ok", "0"]
+
+
+def test_the_launcher_never_imports_from_the_working_directory(tmp_path):
+    """The workload may write where it runs; root's launcher must not load code from there."""
+    work = Path(tempfile.mkdtemp(prefix="redteam-plant-", dir="/tmp"))
+    try:
+        marker = work / "planted-code-ran"
+        (work / "intercept_proxy").mkdir()
+        (work / "intercept_proxy" / "__init__.py").write_text(
+            f"open({str(marker)!r}, 'w').write('root')\n"
+        )
+        (work / "lab.yaml").write_text("hosts: [{name: pypi.org}]\n")
+        result = subprocess.run(
+            [PYTHON_BIN / "intercept", "run", "--lab", "lab.yaml", "--user", "12345", "--", "true"],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert not marker.exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -141,3 +141,23 @@ def test_host_uplink_leaves_the_host_as_it_was(workdir):
     assert process.returncode == 0, err
     assert out.strip() == "1"  # the uplink was there
     assert_nothing_left(before)
+
+
+def test_a_killed_runtime_is_cleaned_up_by_the_next(workdir):
+    """SIGKILL gives no chance to clean up: the sandbox's processes die with the runtime, and
+    `intercept cleanup` (which every `intercept run` starts with) removes the rest."""
+    before = snapshot()
+    marker = workdir / "running"
+    process = intercept_run(
+        workdir, "--lab", "lab.yaml", "--user", "12345", "--",
+        "sh", "-c", f"touch {marker}; sleep 600",
+    )  # fmt: skip
+    wait_running(marker, process)
+    process.kill()
+    process.wait(30)
+    cleanup = subprocess.run(
+        [sys.executable, "-m", "intercept_proxy", "cleanup"], capture_output=True, text=True
+    )
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert "removed" in cleanup.stdout
+    assert_nothing_left(before)

@@ -56,6 +56,8 @@ class Sandbox:
             uplink=LabUplink(lab),
             executables=_executables(),
             prefix=self.prefix,
+            # As `intercept run` gives, but /tmp only: the tests' working directory is the repo.
+            writable={WORKLOAD: (Path("/tmp"),)},
             decision_log=self.decision_log,
         )
         self.pod = LocalPod(pod, {("ConfigMap", settings.policy_config_map): config_map}, options)

@@ -38,6 +38,8 @@ POLICY_VOLUME = "intercept-policy"
 CA_VOLUME = "intercept-ca"
 TRUST_VOLUME = "intercept-trust"
 
+RESERVED_VOLUMES = frozenset({POLICY_VOLUME, CA_VOLUME, TRUST_VOLUME})
+
 PROXY_INIT = "proxy-init"
 AGENT = "intercept-agent"
 ENVOY = "envoy"
@@ -54,7 +56,10 @@ TRUST_VARIABLES = (
     "PIP_CERT",  # pip
     "CARGO_HTTP_CAINFO",  # cargo
 )
-FORBIDDEN_CAPABILITIES = frozenset({"NET_ADMIN", "NET_RAW", "SYS_ADMIN", "ALL"})
+# The only capability a workload may add: binding ports below 1024 changes nothing outside it.
+ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
+# Pod-level settings that would share the node's network, processes or IPC.
+HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace")
 
 
 class InjectionError(ValueError):
@@ -174,9 +179,39 @@ def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
     ]
 
 
-def _effective_uid(container: dict[str, Any], pod_context: dict[str, Any]) -> int | None:
-    own = container.get("securityContext") or {}
-    return own.get("runAsUser", pod_context.get("runAsUser"))
+def _id(value: Any, where: str) -> int | None:
+    """A user or group id: an integer (a string "101" would slip past a comparison with 101)."""
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise InjectionError(f"{where}: {value!r} is not an integer")
+    return value
+
+
+def check_pod(spec: dict[str, Any], s: InjectorSettings) -> None:
+    for field in HOST_NAMESPACES:
+        if spec.get(field):
+            raise InjectionError(f"spec.{field}: not allowed: it would share the node's namespaces")
+    context = spec.get("securityContext") or {}
+    if _id(context.get("runAsUser"), "spec.securityContext.runAsUser") in s.reserved_uids:
+        raise InjectionError(
+            f"spec.securityContext.runAsUser {context['runAsUser']} is reserved "
+            "(root or a sidecar of the interceptor)"
+        )
+    groups = [
+        _id(context.get("runAsGroup"), "spec.securityContext.runAsGroup"),
+        _id(context.get("fsGroup"), "spec.securityContext.fsGroup"),
+        *(
+            _id(g, "spec.securityContext.supplementalGroups")
+            for g in context.get("supplementalGroups") or []
+        ),
+    ]
+    if 0 in groups:
+        raise InjectionError("spec.securityContext: group 0 (root's) is not allowed")
+    names = {v.get("name") for v in spec.get("volumes") or []}
+    clash = names & RESERVED_VOLUMES
+    if clash:
+        raise InjectionError(f"volumes {sorted(clash)}: the names are reserved for the interceptor")
 
 
 def check_workload(
@@ -184,24 +219,36 @@ def check_workload(
 ) -> None:
     """Refuse what would let a workload container bypass or control the interceptor."""
     name = container.get("name", "?")
+    where = f"container {name!r}"
     if name in SIDECARS:
-        raise InjectionError(f"container {name!r}: the name is reserved for the interceptor")
+        raise InjectionError(f"{where}: the name is reserved for the interceptor")
     context = container.get("securityContext") or {}
-    uid = _effective_uid(container, pod_context)
+    uid = _id(context.get("runAsUser"), f"{where}: runAsUser")
+    uid = uid if uid is not None else _id(pod_context.get("runAsUser"), "runAsUser")
     if uid in s.reserved_uids:
         who = "root" if uid == 0 else "a sidecar of the interceptor"
         raise InjectionError(
-            f"container {name!r}: runAsUser {uid} is reserved ({who}); the interceptor "
+            f"{where}: runAsUser {uid} is reserved ({who}); the interceptor "
             f"exempts {s.envoy_uid} and {s.agent_uid} from capture, and root could undo it"
         )
+    if _id(context.get("runAsGroup"), f"{where}: runAsGroup") == 0:
+        raise InjectionError(f"{where}: runAsGroup 0 (root's group) is not allowed")
     if context.get("privileged"):
-        raise InjectionError(f"container {name!r}: securityContext.privileged is not allowed")
-    added = set((context.get("capabilities") or {}).get("add") or [])
-    if added & FORBIDDEN_CAPABILITIES:
+        raise InjectionError(f"{where}: securityContext.privileged is not allowed")
+    if context.get("allowPrivilegeEscalation") is True:
         raise InjectionError(
-            f"container {name!r}: capabilities.add {sorted(added & FORBIDDEN_CAPABILITIES)} "
-            "would let it change the network rules"
+            f"{where}: allowPrivilegeEscalation true is not allowed (a setuid program "
+            "could gain what the interceptor takes away)"
         )
+    added = {str(c).upper() for c in (context.get("capabilities") or {}).get("add") or []}
+    if added - ALLOWED_CAPABILITIES:
+        raise InjectionError(
+            f"{where}: capabilities.add {sorted(added - ALLOWED_CAPABILITIES)}: only "
+            f"{sorted(ALLOWED_CAPABILITIES)} may be added"
+        )
+    for mount in container.get("volumeMounts") or []:
+        if mount.get("name") in RESERVED_VOLUMES:
+            raise InjectionError(f"{where}: volume {mount['name']!r} is the interceptor's")
 
 
 def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[str, Any]:
@@ -214,7 +261,10 @@ def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[s
     mounts.append({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True})
     context = out.setdefault("securityContext", {})
     context.setdefault("runAsNonRoot", True)  # no UID given: the image's must not be root
-    context.setdefault("allowPrivilegeEscalation", False)
+    context["allowPrivilegeEscalation"] = False
+    caps = context.setdefault("capabilities", {})
+    caps["drop"] = ["ALL"]  # what it added (NET_BIND_SERVICE at most) stays
+    context.setdefault("seccompProfile", {"type": "RuntimeDefault"})
     return out
 
 
@@ -224,19 +274,11 @@ def inject_pod_spec(
     """The (metadata, spec) of the intercepted pod. Already injected: returned unchanged."""
     if is_injected(metadata):
         return copy.deepcopy(metadata), copy.deepcopy(spec)
+    check_pod(spec, s)
     pod_context = spec.get("securityContext") or {}
-    if pod_context.get("runAsUser") in s.reserved_uids:
-        raise InjectionError(
-            f"spec.securityContext.runAsUser {pod_context['runAsUser']} is reserved "
-            "(root or a sidecar of the interceptor)"
-        )
     own_init = spec.get("initContainers") or []
     for container in [*own_init, *(spec.get("containers") or [])]:
         check_workload(container, pod_context, s)
-    names = {v.get("name") for v in spec.get("volumes") or []}
-    clash = names & {POLICY_VOLUME, CA_VOLUME, TRUST_VOLUME}
-    if clash:
-        raise InjectionError(f"volumes {sorted(clash)}: the names are reserved for the interceptor")
 
     out_meta = copy.deepcopy(metadata)
     out_meta.setdefault("annotations", {})[INJECTED_ANNOTATION] = "true"

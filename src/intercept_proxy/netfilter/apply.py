@@ -106,9 +106,12 @@ def normalise(text: str) -> dict[str, Table]:
 
 
 def _explicit_only(tokens: list[str]) -> list[str]:
+    """Without the `-m tcp` (etc.) that iptables-save writes for a `-p tcp` rule's options,
+    wherever among the matches it put it."""
+    protocol = tokens[tokens.index("-p") + 1] if "-p" in tokens else None
     kept: list[str] = []
     for token in tokens:
-        if kept[-3:] == ["-p", _IMPLICIT_MATCH.get(token), "-m"]:
+        if kept[-1:] == ["-m"] and protocol is not None and _IMPLICIT_MATCH.get(token) == protocol:
             kept.pop()
             continue
         kept.append(token)

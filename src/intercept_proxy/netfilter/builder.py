@@ -155,12 +155,30 @@ def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
     ]
 
     chain = OUTPUT_CHAIN
-    rules += _sidecar_rules(config, chain, "unrestricted", "ACCEPT")
+    # Envoy goes wherever an allowed name resolves: never to the cloud's metadata service or to
+    # the pod's own servers, whatever a name's owner makes it resolve to; new connections only,
+    # its answers to the workload are local too. (Match order as iptables-save prints it.)
+    envoy = f"-m owner --uid-owner {config.envoy_uid} -m conntrack --ctstate NEW"
+    rules += [
+        _rule(chain, f"-d {cidr} -p tcp {envoy}", "envoy: no link-local or metadata", reset)
+        for cidr in _ENVOY_FORBIDDEN[family]
+    ]
     rules.append(
         _rule(
             chain,
-            "-m conntrack --ctstate RELATED,ESTABLISHED",
-            "established connections and their replies",
+            f"-p tcp {envoy} -m addrtype --dst-type LOCAL ! --dport {sidecar_ports}",
+            "envoy: no local servers but the sidecars",
+            reset,
+        )
+    )
+    rules += _sidecar_rules(config, chain, "unrestricted", "ACCEPT")
+    # Replies only: a packet in the original direction of a flow someone else opened (a
+    # sidecar's DNS query, say, re-sent from the same port) is the workload's, and refused.
+    rules.append(
+        _rule(
+            chain,
+            "-m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY",
+            "replies of connections made to the pod",
             "ACCEPT",
         )
     )
@@ -202,6 +220,12 @@ def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
         _rule(chain, "", "everything else: refused", unreachable),
     ]
     return rules
+
+
+_ENVOY_FORBIDDEN = {
+    "ipv4": ("169.254.0.0/16",),
+    "ipv6": ("fe80::/10", "fd00:ec2::254/128"),
+}
 
 
 def _sidecar_rules(config: CaptureConfig, chain: str, what: str, target: str) -> list[str]:

@@ -8,7 +8,6 @@ import collections
 import contextlib
 import json
 import os
-import pwd
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -35,7 +34,7 @@ from intercept_proxy.lab import Lab, LabError, LabSpec, LabSpecError
 from intercept_proxy.policy.model import PolicyError, load_policy
 from intercept_proxy.runtime.containers import ContainerError, Executables
 from intercept_proxy.runtime.network import HostUplink, LabUplink, NetworkError, Uplink
-from intercept_proxy.runtime.pod import LocalPod, Options, PodError
+from intercept_proxy.runtime.pod import LocalPod, Options, PodError, cleanup_stale
 from intercept_proxy.runtime.volumes import VolumeError
 from intercept_proxy.xds.envoy import envoy_binary
 
@@ -72,6 +71,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]")
     run.set_defaults(func=_run)
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove what sandboxes killed without warning left behind",
+        description="Remove the namespaces, interfaces, host rules and files of local pods "
+        "whose runtime died (intercept run does this too when it starts).",
+    )
+    cleanup.set_defaults(func=_cleanup)
 
 
 def _executables() -> Executables:
@@ -87,27 +93,15 @@ def default_uid() -> int:
     return 65534
 
 
-def _home(uid: int) -> str | None:
-    """The user's own home, when the workload's UID is a real user's."""
-    with contextlib.suppress(KeyError):
-        entry = pwd.getpwuid(uid)
-        if Path(entry.pw_dir).is_dir():
-            return entry.pw_dir
-    return None
-
-
 def command_pod(argv: list[str], uid: int, prefix: str) -> dict[str, Any]:
     """A one-container pod for `argv`, run where and as it was asked, with the caller's
-    environment."""
+    environment. This machine's files are read-only to it but for the working directory and
+    /tmp (see `writable_paths`), and its HOME is a scratch directory: nothing it leaves behind
+    (a shell profile, a git hook) runs later outside the sandbox."""
     # Without the caller's proxy and CA-bundle variables: the sandbox sets the bundle itself.
     dropped = PROXY_VARIABLES | set(TRUST_VARIABLES)
     env = {k: v for k, v in os.environ.items() if k not in dropped}
-    volumes, mounts = [], []
-    home = _home(uid)
-    if home is None:  # e.g. nobody: a scratch home for this run only
-        home = f"/tmp/intercept-home-{prefix}"
-        volumes.append({"name": "home", "emptyDir": {}})
-        mounts.append({"name": "home", "mountPath": home})
+    home = f"/tmp/intercept-home-{prefix}"
     env["HOME"] = home
     return {
         "apiVersion": "v1",
@@ -123,18 +117,25 @@ def command_pod(argv: list[str], uid: int, prefix: str) -> dict[str, Any]:
                     "command": [a.replace("$", "$$") for a in argv],
                     "workingDir": str(Path.cwd()),
                     "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-                    "volumeMounts": mounts,
+                    "volumeMounts": [{"name": "home", "mountPath": home}],
                     "securityContext": {
                         "runAsUser": uid,
                         "runAsGroup": uid,
                         "allowPrivilegeEscalation": False,
                         "capabilities": {"drop": ["ALL"]},
+                        "readOnlyRootFilesystem": True,
                     },
                 }
             ],
-            "volumes": volumes,
+            "volumes": [{"name": "home", "emptyDir": {}}],
         },
     }
+
+
+def writable_paths() -> tuple[Path, ...]:
+    """What `intercept run`'s workload may write besides its HOME: where it was started, and
+    the temporary directories (shared with this machine, as for any program)."""
+    return tuple(dict.fromkeys([Path.cwd(), Path("/tmp"), Path("/var/tmp")]))
 
 
 def policy_config_map(policy: Path | None, name: str) -> dict[str, Any]:
@@ -185,6 +186,12 @@ def summarize(decision_log: Path) -> str:
     return "\n".join(lines)
 
 
+def _cleanup(args: argparse.Namespace) -> int:
+    for item in cleanup_stale():
+        print(f"removed {item}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     command = [a for a in args.command if a != "--"] if args.command[:1] == ["--"] else args.command
     if bool(command) == bool(args.pod):
@@ -193,13 +200,17 @@ def _run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("intercept run: needs root (network namespaces, iptables)", file=sys.stderr)
         return USAGE_ERROR
-    settings = InjectorSettings()
+    # No DNS forwarding: on this machine there is no cluster whose names need resolving, and
+    # a forwarded name would carry its labels out.
+    settings = InjectorSettings(dns_forward_suffixes=())
     prefix = netns.unique_prefix("isb")
+    cleanup_stale()  # what an earlier run killed without warning left behind
     decision_log = args.decision_log
     scratch = None
-    if decision_log is None:
-        scratch = tempfile.NamedTemporaryFile(prefix="intercept-decisions-", delete=False)  # noqa: SIM115
-        decision_log = Path(scratch.name)
+    if decision_log is None:  # kept for the summary, removed at the end
+        fd, name = tempfile.mkstemp(prefix=f"intercept-pod-{prefix}-decisions-")
+        os.close(fd)
+        decision_log = scratch = Path(name)
     try:
         objects = [policy_config_map(args.policy, settings.policy_config_map)]
         if args.pod:
@@ -224,6 +235,7 @@ def _run(args: argparse.Namespace) -> int:
                 executables=_executables(),
                 prefix=prefix,
                 attached=attached,
+                writable={WORKLOAD: writable_paths()} if attached else {},
                 decision_log=decision_log,
                 # Without a terminal of its own the workload's output and the sidecars' mix.
                 output=sys.stderr if args.verbose or attached is None else None,
@@ -254,5 +266,4 @@ def _run(args: argparse.Namespace) -> int:
         return USAGE_ERROR if isinstance(e, RunError | PolicyError | InjectionError) else 1
     finally:
         if scratch is not None:
-            scratch.close()
-            Path(scratch.name).unlink(missing_ok=True)
+            scratch.unlink(missing_ok=True)

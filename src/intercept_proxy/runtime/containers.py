@@ -25,6 +25,9 @@ DEFAULT_ROOT_CAPABILITIES = (
 )  # fmt: skip
 
 
+MIN_EXTRA_GROUP = 1000
+
+
 class ContainerError(ValueError):
     """A container this runtime cannot run as specified; the message names it and the field."""
 
@@ -107,6 +110,7 @@ class Identity:
     capabilities: tuple[str, ...]
     no_new_privileges: bool
     read_only_root: bool
+    seccomp: bool
 
 
 def identity(container: dict[str, Any], pod_spec: dict[str, Any]) -> Identity:
@@ -115,6 +119,9 @@ def identity(container: dict[str, Any], pod_spec: dict[str, Any]) -> Identity:
     pod_ctx = pod_spec.get("securityContext") or {}
     ctx = container.get("securityContext") or {}
     uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
+    for field, value in (("runAsUser", uid), ("runAsGroup", ctx.get("runAsGroup"))):
+        if value is not None and type(value) is not int:
+            raise ContainerError(f"container {name!r}: {field} {value!r} is not an integer")
     if uid is None:
         raise ContainerError(
             f"container {name!r}: no runAsUser; images are not run here, so there is no image "
@@ -128,6 +135,13 @@ def identity(container: dict[str, Any], pod_spec: dict[str, Any]) -> Identity:
     groups = [*pod_ctx.get("supplementalGroups", [])]
     if "fsGroup" in pod_ctx:
         groups.append(pod_ctx["fsGroup"])
+    # On this machine, a system group is a key to its files (disk, shadow, docker, ...).
+    system = [g for g in groups if type(g) is not int or g < MIN_EXTRA_GROUP]
+    if system:
+        raise ContainerError(
+            f"container {name!r}: groups {system}: supplementalGroups and fsGroup must be "
+            f"integers from {MIN_EXTRA_GROUP} (this runtime shares the machine's files)"
+        )
     caps = ctx.get("capabilities") or {}
     dropped = {c.upper() for c in caps.get("drop") or []}
     granted = set() if "ALL" in dropped else set(DEFAULT_ROOT_CAPABILITIES) - dropped
@@ -141,6 +155,8 @@ def identity(container: dict[str, Any], pod_spec: dict[str, Any]) -> Identity:
         capabilities=tuple(sorted(granted)),
         no_new_privileges=ctx.get("allowPrivilegeEscalation") is False,
         read_only_root=bool(ctx.get("readOnlyRootFilesystem")),
+        seccomp=(ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
+        == "RuntimeDefault",
     )
 
 

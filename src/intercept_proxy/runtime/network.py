@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import shlex
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -117,7 +118,6 @@ class HostUplink:
 
     name: str  # unique, short: interface names and rule comments derive from it
     candidates: ipaddress.IPv4Network = CANDIDATES
-    _rules: list[tuple[str, list[str]]] = field(default_factory=list)
     _host_if: str = ""
 
     @property
@@ -179,19 +179,35 @@ class HostUplink:
 
     def _add(self, tool: str, rule: list[str]) -> None:
         subprocess.run([tool, *rule], check=True, capture_output=True)
-        self._rules.append((tool, rule))
 
     def detach(self) -> None:
-        for tool, rule in reversed(self._rules):
-            delete = [("-D" if arg == "-I" else arg) for arg in rule]
-            subprocess.run([tool, *delete], check=False, capture_output=True)
-        self._rules.clear()
-        if self._host_if in netns.links():
-            netns.ip("link", "delete", self._host_if)
-        # Restore forwarding unless another pod still routes through this host.
-        UPLINKS.joinpath(self.name).unlink(missing_ok=True)
-        original = UPLINKS / ".forwarding"
-        if not _uplinked() and original.exists():
-            for key, value in json.loads(original.read_text()).items():
-                (Path("/proc/sys") / key).write_text(value)
-            original.unlink()
+        release_host_uplink(self.name)
+
+
+def _rules_commented(tool: str, comment: str) -> list[list[str]]:
+    """`-t TABLE -D CHAIN ...` for every rule of `tool` (iptables or ip6tables) whose comment is
+    `comment`, read from the rules in force."""
+    saved = subprocess.run([f"{tool}-save"], capture_output=True, text=True, check=False).stdout
+    table, found = "filter", []
+    for line in saved.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-A ") and f'--comment "{comment}"' in line:
+            found.append(["-t", table, "-D", *shlex.split(line)[1:]])
+    return found
+
+
+def release_host_uplink(name: str) -> None:
+    """Undo `HostUplink(name).attach`, from what is in force: also after a crash."""
+    for tool in ("iptables", "ip6tables"):
+        for rule in _rules_commented(tool, f"intercept-proxy {name}"):
+            subprocess.run([tool, *rule], check=False, capture_output=True)
+    if f"{name}h" in netns.links():
+        netns.ip("link", "delete", f"{name}h")
+    # Restore forwarding unless another pod still routes through this host.
+    UPLINKS.joinpath(name).unlink(missing_ok=True)
+    original = UPLINKS / ".forwarding"
+    if not _uplinked() and original.exists():
+        for key, value in json.loads(original.read_text()).items():
+            (Path("/proc/sys") / key).write_text(value)
+        original.unlink()

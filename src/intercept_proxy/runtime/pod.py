@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +36,8 @@ from intercept_proxy.runtime.containers import (
     local_argv,
     setpriv_argv,
 )
-from intercept_proxy.runtime.network import Uplink
+from intercept_proxy.runtime.network import Uplink, release_host_uplink
+from intercept_proxy.runtime.terminal import PseudoTerminal
 from intercept_proxy.runtime.volumes import PodVolumes
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class Options:
     # every other container's output is written to `output` line by line with its name in
     # front, or, without `output`, only kept (the last lines) to explain a failure.
     attached: str | None = None
+    # Paths of this machine bound writable into a container (by name) whose root filesystem is
+    # read-only.
+    writable: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
     decision_log: Path | None = None
     output: IO[str] | None = None
 
@@ -93,6 +97,7 @@ class LocalPod:
         self._lock = threading.Lock()
         self._node_trust: Path | None = None
         self._resolv_conf = self.dir / "resolv.conf"
+        self._terminal: PseudoTerminal | None = None
         self.recent: dict[str, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=40)
         )
@@ -139,7 +144,11 @@ class LocalPod:
     # -- containers ---------------------------------------------------------------------------
 
     def _mounts(self, container: dict[str, Any]) -> list[dict[str, Any]]:
-        mounts = []
+        # Writable paths first: a bind of /tmp made after a volume mounted below it would hide it.
+        mounts = [
+            {"source": str(path), "target": str(path)}
+            for path in self.options.writable.get(container["name"], ())
+        ]
         for m in container.get("volumeMounts") or []:
             if m.get("subPath"):
                 raise PodError(f"container {container['name']!r}: subPath is not supported")
@@ -157,7 +166,9 @@ class LocalPod:
             mounts.append({"source": str(self._node_trust), "target": str(SYSTEM_TRUST)})
         return mounts
 
-    def _argv(self, container: dict[str, Any], command: list[str] | None = None) -> list[str]:
+    def _argv(
+        self, container: dict[str, Any], command: list[str] | None = None, terminal: bool = False
+    ) -> list[str]:
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.pod.get("metadata", {}).get("name", "")}
         env |= container_env(container, self.pod)
         who = identity(container, self.spec)
@@ -165,28 +176,50 @@ class LocalPod:
         spec = {
             "mounts": self._mounts(container),
             "read_only_root": who.read_only_root,
+            "seccomp": who.seccomp,
+            "terminal": terminal,
             "working_dir": container.get("workingDir"),
             "env": env,
             "argv": [shutil.which("setpriv") or "setpriv", *setpriv_argv(who)[1:], "--", *argv],
         }
+        # -I: root's interpreter must not import from the working directory (the workload's).
         python = str(self.options.executables.python)
-        launcher = [python, "-m", "intercept_proxy.runtime.enter", json.dumps(spec)]
-        # Its own mount and PID namespaces; `enter` becomes the PID namespace's init.
+        launcher = [python, "-I", "-m", "intercept_proxy.runtime.enter", json.dumps(spec)]
+        # Dies with the runtime (even a SIGKILLed one); its own mount, PID, IPC and UTS
+        # namespaces in the pod's network namespace; `enter` becomes the PID namespace's init.
         return [
+            "setpriv", "--pdeathsig", "KILL", "--",
             "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
-            "unshare", "--mount", "--propagation", "private",
+            "unshare", "--mount", "--propagation", "private", "--ipc", "--uts",
             "--pid", "--fork", "--kill-child", "--mount-proc", "--", *launcher,
         ]  # fmt: skip
 
     def _start(self, container: dict[str, Any]) -> subprocess.Popen[bytes]:
         name = container["name"]
         if name == self.options.attached:
-            return subprocess.Popen(self._argv(container))
+            # Never the caller's terminal itself: a session of its own, and a terminal of its
+            # own when there is one to relay.
+            if not sys.stdin.isatty():
+                return subprocess.Popen(self._argv(container), cwd="/", start_new_session=True)
+            self._terminal = PseudoTerminal()
+            slave = self._terminal.slave
+            return subprocess.Popen(
+                self._argv(container, terminal=True),
+                cwd="/",
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+                start_new_session=True,
+            )
         stdout: Any = subprocess.PIPE
         if name == AGENT:  # the agent prints its decisions on stdout
-            stdout = self.decision_log.open("ab")
+            # Never through a symlink: a workload could leave one where the next run's
+            # (root's) decision log goes.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+            stdout = os.fdopen(os.open(self.decision_log, flags, 0o644), "ab")
         process = subprocess.Popen(
             self._argv(container),
+            cwd="/",
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.PIPE,
@@ -279,7 +312,9 @@ class LocalPod:
             apps = {c["name"]: self._start(c) for c in self.spec.get("containers") or []}
             self._apps = apps
             self.started.set()
-            statuses = [self._wait(p) for p in apps.values()]
+            relay = self._terminal.relaying() if self._terminal else contextlib.nullcontext()
+            with relay:
+                statuses = [self._wait(p) for p in apps.values()]
             return statuses[0] if statuses else 0
         finally:
             self._teardown()
@@ -319,7 +354,10 @@ class LocalPod:
         env = {"PATH": DEFAULT_PATH} | container_env(spec, self.pod)
         who = identity(spec, self.spec)
         pid = _started_process(self._apps[container])
-        enter = ["nsenter", "-t", str(pid), "-m", "-n", "-p", "--wd=/"]
+        enter = ["nsenter", "-t", str(pid), "-m", "-n", "-p", "-i", "-u", "--wd=/"]
+        if who.seccomp:
+            python = str(self.options.executables.python)
+            enter += [python, "-I", "-m", "intercept_proxy.runtime.seccomp"]
         command = [
             *enter,
             *setpriv_argv(who),
@@ -387,21 +425,18 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
 
 
 def cleanup_stale() -> list[str]:
-    """Remove what runtimes that died without cleaning up left behind."""
+    """Remove what runtimes that died without cleaning up left behind: every namespace and
+    interface named after the pod (its lab's included), its host uplink's rules, its files."""
     removed = []
     for record in state.stale():
-        name = record.get("netns")
-        if isinstance(name, str) and netns.exists(name):
-            netns.delete(name)
-            removed.append(name)
-        state.release(str(record["pod"]))
-        shutil.rmtree(POD_ROOT / f"intercept-pod-{record['pod']!s}", ignore_errors=True)
+        prefix = str(record["pod"])
+        removed += netns.cleanup(prefix)
+        release_host_uplink(prefix)
+        state.release(prefix)
+        for leftover in POD_ROOT.glob(f"intercept-*-{prefix}*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(str(leftover))
     return removed
-
-
-def os_user_default() -> int:
-    """The workload's UID for `intercept run`: the invoking user's behind sudo, else nobody."""
-    sudo = os.environ.get("SUDO_UID")
-    if sudo and sudo.isdigit() and int(sudo) not in (0, 101, 102):
-        return int(sudo)
-    return 65534
