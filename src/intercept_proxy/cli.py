@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from intercept_proxy import __version__
 from intercept_proxy.agent import cli as agent_cli
 from intercept_proxy.authz import cli as decisions_cli
+from intercept_proxy.injector import cli as inject_cli
 from intercept_proxy.lab import cli as lab_cli
 from intercept_proxy.netfilter import cli as netfilter_cli
 from intercept_proxy.pki import cli as pki_cli
@@ -19,6 +20,7 @@ from intercept_proxy.xds import cli as envoy_cli
 
 COMPONENTS = (
     run_cli,
+    inject_cli,
     decisions_cli,
     policy_cli,
     agent_cli,

@@ -16,6 +16,7 @@ from intercept_proxy.injector.pod import (
     is_injected,
 )
 from intercept_proxy.injector.settings import InjectorSettings, SettingsError
+from intercept_proxy.policy.combined import OverrideMode
 from tests.golden import assert_golden
 
 POD = {
@@ -99,21 +100,48 @@ def test_only_the_agent_mounts_the_ca_key():
         assert ("intercept-ca" in mounts) == (container["name"] == "intercept-agent")
 
 
-def test_workload_containers_trust_the_sandbox_ca_and_keep_their_own_variables():
+def test_workload_containers_trust_the_sandbox_ca_whatever_they_set():
     spec = inject_pod(POD, InjectorSettings())["spec"]
     for container in (spec["initContainers"][3], spec["containers"][0]):
-        env = {e["name"]: e["value"] for e in container["env"]}
-        for variable in TRUST_VARIABLES:
-            expected = (
-                "/mine.pem" if variable == "SSL_CERT_FILE" and "mine" in str(env) else TRUST_BUNDLE
-            )
-            assert env[variable] == expected
-        assert {
+        env = [(e["name"], e["value"]) for e in container["env"]]
+        assert [n for n, _ in env if n == "SSL_CERT_FILE"] == ["SSL_CERT_FILE"]  # once
+        assert {n: v for n, v in env if n in TRUST_VARIABLES} == dict.fromkeys(
+            TRUST_VARIABLES, TRUST_BUNDLE
+        )
+        mount = {
             "name": "intercept-trust",
             "mountPath": "/var/run/intercept/trust",
             "readOnly": True,
-        } in container["volumeMounts"]
+        }
+        assert mount in container["volumeMounts"]
         assert container["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_pods_own_policy_reaches_the_agent_unless_overrides_are_off():
+    spec = inject_pod(POD, InjectorSettings())["spec"]
+    agent = spec["initContainers"][1]
+    assert agent["command"][-4:] == [
+        "--pod-policy",
+        "/etc/intercept/pod/policy.yaml",
+        "--pod-policy-mode",
+        "narrow",
+    ]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "intercept-pod-policy"]
+    field = volume["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"]
+    assert field == "metadata.annotations['intercept-proxy/opa-data']"
+    off = inject_pod(POD, InjectorSettings(policy_override=OverrideMode.NONE))["spec"]
+    assert "--pod-policy" not in off["initContainers"][1]["command"]
+    assert "intercept-pod-policy" not in {v["name"] for v in off["volumes"]}
+
+
+def test_a_shared_ca_comes_from_a_secret():
+    spec = inject_pod(POD, InjectorSettings(ca_mode="secret", ca_secret="intercept-ca"))["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "intercept-ca"]
+    assert volume["secret"] == {"secretName": "intercept-ca", "defaultMode": 0o444}
+    command = spec["initContainers"][1]["command"]
+    assert "/var/run/intercept/ca/tls.key" in command
+    with pytest.raises(SettingsError, match="ca_secret"):
+        InjectorSettings(ca_mode="secret")
 
 
 def test_injection_is_idempotent_and_pure():

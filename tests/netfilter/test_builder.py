@@ -15,6 +15,8 @@ SCENARIOS = {
     "allowed-cidrs": CaptureConfig(
         allowed_cidrs=("10.96.0.0/12", "fd00:10:96::/112", "192.168.7.7/32", "2001:db8::1/128")
     ),
+    # Kubernetes: kubelet probes reach the agent's health port from outside the pod.
+    "inbound-health": CaptureConfig(inbound_ports=(15020,)),
 }
 
 

@@ -81,3 +81,14 @@ def test_invalid_configurations_name_the_field(kwargs, field, problem):
         CaptureConfig(**kwargs)
     assert error.value.field == field
     assert problem in error.value.problem
+
+
+@pytest.mark.parametrize(
+    ("ports_", "problem"),
+    [((8080,), "8080 is not a sidecar port"), ((15001,), "is tls_redirect_port, not a service")],
+)
+def test_inbound_ports_are_sidecar_services(ports_, problem):
+    with pytest.raises(CaptureConfigError) as e:
+        CaptureConfig(inbound_ports=ports_)
+    assert e.value.field == "inbound_ports"
+    assert problem in e.value.problem

@@ -1,5 +1,8 @@
-"""A sandbox for tests: `intercept run`'s pod (the injector, the local runtime, a lab uplink),
-kept running with a workload that waits, so tests can `exec` into it like `kubectl exec`."""
+"""Pods for tests: the injector, the local runtime, a lab uplink; kept running in a thread so
+tests can `exec` into them like `kubectl exec`.
+
+`RunningPod` runs any (injected) Pod; `Sandbox` runs `intercept run`'s own pod for a workload
+that waits."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 import shutil
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ LAB_SPEC = {
         {"name": "api.github.com"},
         {"name": "github.com", "git_repos": ["octo/hello", "octo/other"]},
         {"name": "api.anthropic.com"},
+        {"name": "example.com"},
         {"name": "unknown.example"},
     ]
 }
@@ -39,28 +44,28 @@ github_allowed_repos: [octo/hello]
 """
 
 
-class Sandbox:
-    def __init__(self, lab: Lab, policy: str = POLICY) -> None:
+class RunningPod:
+    def __init__(
+        self,
+        lab: Lab,
+        pod: dict[str, Any],
+        objects: Mapping[tuple[str, str], dict[str, Any]],
+        writable: Mapping[str, tuple[Path, ...]] | None = None,
+    ) -> None:
         self.lab = lab
-        self.dir = Path(tempfile.mkdtemp(prefix="intercept-sandbox-", dir="/tmp"))
+        self.dir = Path(tempfile.mkdtemp(prefix="intercept-testpod-", dir="/tmp"))
         self.dir.chmod(0o755)
-        self.policy_path = self.dir / "policy.yaml"
-        self.policy_path.write_text(policy)
         self.decision_log = self.dir / "decisions.log"
         self.prefix = netns.unique_prefix("isx")
-        settings = InjectorSettings()
-        pod = inject_pod(command_pod(["sleep", "infinity"], WORKLOAD_UID, self.prefix), settings)
-        self.pod_spec = pod
-        config_map = policy_config_map(self.policy_path, settings.policy_config_map)
+        self.spec = pod
         options = Options(
             uplink=LabUplink(lab),
             executables=_executables(),
             prefix=self.prefix,
-            # As `intercept run` gives, but /tmp only: the tests' working directory is the repo.
-            writable={WORKLOAD: (Path("/tmp"),)},
+            writable=dict(writable or {}),
             decision_log=self.decision_log,
         )
-        self.pod = LocalPod(pod, {("ConfigMap", settings.policy_config_map): config_map}, options)
+        self.pod = LocalPod(pod, objects, options)
         self.status: int | None = None
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -71,7 +76,7 @@ class Sandbox:
         except BaseException as e:  # surfaced by start()
             self.error = e
 
-    def start(self, timeout: float = 90.0) -> Sandbox:
+    def start(self, timeout: float = 90.0) -> RunningPod:
         self._thread.start()
         for _ in range(int(timeout * 10)):
             if self.pod.started.wait(0.1):
@@ -79,29 +84,60 @@ class Sandbox:
             if self.error is not None or not self._thread.is_alive():
                 break
         self.close()
-        lines = "".join(line for lines in self.pod.recent.values() for line in lines)
-        raise RuntimeError(f"sandbox did not start: {self.error!r}\n{lines}")
+        raise RuntimeError(f"pod did not start: {self.error!r}\n{self.output()}")
+
+    def wait(self, timeout: float = 120.0) -> int | None:
+        """Until the pod ends by itself (a Job); its status."""
+        self._thread.join(timeout)
+        return self.status
 
     def close(self) -> None:
         self.pod.stop()
         self._thread.join(60)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def output(self, container: str | None = None) -> str:
+        names = [container] if container else list(self.pod.recent)
+        return "".join(line for name in names for line in self.pod.recent.get(name, ()))
+
     @property
     def netns(self) -> str:
         return self.pod.name
 
-    def exec(self, argv: list[str], timeout: float = 60.0) -> Any:
-        return self.pod.exec(WORKLOAD, argv, timeout)
-
-    def sh(self, script: str, timeout: float = 60.0) -> Any:
-        return self.exec(["sh", "-c", script], timeout)
+    def exec(self, container: str, argv: list[str], timeout: float = 60.0) -> Any:
+        return self.pod.exec(container, argv, timeout)
 
     def decisions(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.decision_log.read_text().splitlines() if line]
 
     def received(self, host: str) -> list[dict[str, Any]]:
         return [r for r in self.lab.receipts() if r["host"] == host]
+
+
+class Sandbox(RunningPod):
+    """`intercept run`'s pod, with a workload that waits for `exec`."""
+
+    def __init__(self, lab: Lab, policy: str = POLICY) -> None:
+        policy_dir = Path(tempfile.mkdtemp(prefix="intercept-policy-", dir="/tmp"))
+        (policy_dir / "policy.yaml").write_text(policy)
+        settings = InjectorSettings(dns_forward_suffixes=())
+        prefix = netns.unique_prefix("isx")
+        pod = inject_pod(command_pod(["sleep", "infinity"], WORKLOAD_UID, prefix), settings)
+        config_map = policy_config_map(policy_dir / "policy.yaml", settings.policy_config_map)
+        shutil.rmtree(policy_dir)
+        # As `intercept run` gives, but /tmp only: the tests' working directory is the repo.
+        super().__init__(
+            lab,
+            pod,
+            {("ConfigMap", settings.policy_config_map): config_map},
+            writable={WORKLOAD: (Path("/tmp"),)},
+        )
+
+    def exec(self, argv: list[str], timeout: float = 60.0) -> Any:  # type: ignore[override]
+        return super().exec(WORKLOAD, argv, timeout)
+
+    def sh(self, script: str, timeout: float = 60.0) -> Any:
+        return self.exec(["sh", "-c", script], timeout)
 
 
 def start_lab(prefix: str) -> Lab:

@@ -10,6 +10,7 @@ from pathlib import Path
 from intercept_proxy import ports
 from intercept_proxy.agent.main import SYSTEM_CA_BUNDLE, AgentError, AgentSettings, run
 from intercept_proxy.pki import PkiError
+from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.policy.model import PolicyError
 from intercept_proxy.xds.resources import DataPlane
 
@@ -24,6 +25,20 @@ def register(commands: argparse._SubParsersAction) -> None:
         "its authorization checks (ext_authz). Refuses to start without a valid policy and CA.",
     )
     run_.add_argument("--policy", type=Path, required=True, help="policy file (watched)")
+    run_.add_argument(
+        "--pod-policy",
+        type=Path,
+        metavar="FILE",
+        help="the pod's own policy (watched; empty or missing: none), e.g. from the "
+        "intercept-proxy/opa-data annotation",
+    )
+    run_.add_argument(
+        "--pod-policy-mode",
+        choices=[m.value for m in OverrideMode],
+        default=OverrideMode.NARROW.value,
+        help="replace the default policy, narrow it (both must allow), or ignore the pod's "
+        "(default: %(default)s)",
+    )
     run_.add_argument("--ca-cert", type=Path, required=True, help="CA certificate (PEM)")
     run_.add_argument(
         "--ca-key",
@@ -54,6 +69,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     run_.add_argument("--access-log", help="Envoy's access log file (default: Envoy's stdout)")
     run_.add_argument("--bind", default="127.0.0.1", help="address of the agent's listeners")
+    run_.add_argument(
+        "--health-address",
+        action="append",
+        metavar="ADDRESS",
+        help="where health and metrics listen (repeatable; default: 127.0.0.1)",
+    )
     run_.add_argument("--xds-port", type=int, default=ports.AGENT_XDS)
     run_.add_argument("--authz-port", type=int, default=ports.AGENT_AUTHZ)
     run_.add_argument("--http-port", type=int, default=ports.AGENT_HTTP, help="health and metrics")
@@ -96,6 +117,9 @@ def _run(args: argparse.Namespace) -> int:
         ca_key=args.ca_key,
         upstream_ca=args.upstream_ca,
         trust_bundle=args.trust_bundle,
+        pod_policy=args.pod_policy,
+        pod_policy_mode=OverrideMode(args.pod_policy_mode),
+        health_addresses=tuple(args.health_address or ["127.0.0.1"]),
         decision_log=args.decision_log,
         bind_address=args.bind,
         xds_port=args.xds_port,

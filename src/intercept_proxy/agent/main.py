@@ -23,6 +23,8 @@ from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
 from intercept_proxy.pki.files import write_public
+from intercept_proxy.policy.combined import CombinedEngine, OverrideMode
+from intercept_proxy.policy.engine import PolicyEngine
 from intercept_proxy.policy.store import PolicyStore
 from intercept_proxy.watch import watch
 from intercept_proxy.xds import protos
@@ -56,6 +58,11 @@ class AgentSettings:
     trust_bundle: Path | None = None
     decision_log: str = "-"
     bind_address: str = "127.0.0.1"
+    # Where health and metrics listen: loopback, or "::" for kubelet probes and scrapers.
+    health_addresses: tuple[str, ...] = ("127.0.0.1",)
+    # A pod's own policy (from its annotation, through a downwardAPI file) and what it may do.
+    pod_policy: Path | None = None
+    pod_policy_mode: OverrideMode = OverrideMode.NARROW
     xds_port: int = ports.AGENT_XDS
     http_port: int = ports.AGENT_HTTP
     cert_validity: dt.timedelta = dt.timedelta(hours=12)
@@ -94,6 +101,11 @@ class Agent:
         self.metrics = Metrics()
         # Both raise on invalid input: without a valid policy and CA the agent does not start.
         self.policy = PolicyStore(settings.policy, self.metrics.observe_reload)
+        self.pod_policy = (
+            PolicyStore(settings.pod_policy, self.metrics.observe_reload, optional=True)
+            if settings.pod_policy is not None and settings.pod_policy_mode is not OverrideMode.NONE
+            else None
+        )
         ca = CertificateAuthority.load_or_generate(settings.ca_cert, settings.ca_key)
         if settings.trust_bundle is not None:
             write_trust_bundle(settings.trust_bundle, ca)
@@ -118,7 +130,7 @@ class Agent:
         except ValueError as e:  # HostnameError included: a bad suffix
             raise AgentError(f"DNS sinkhole: {e}") from None
         self.authz = AuthorizationService(
-            lambda: self.policy.engine, self.decision_log, self.metrics.observe_decision
+            self.engine, self.decision_log, self.metrics.observe_decision
         )
         self.update_snapshot()
 
@@ -130,6 +142,13 @@ class Agent:
             return
         self.snapshots.set(build_snapshot(self.settings.data_plane, bundle))
 
+    def engine(self) -> PolicyEngine:
+        """The policy in force now: the default one, and the pod's own where it has one."""
+        if self.pod_policy is None:
+            return self.policy.engine
+        mode = self.settings.pod_policy_mode
+        return CombinedEngine(self.policy.engine, self.pod_policy.engine, mode)
+
     def readiness(self) -> dict[str, Any]:
         in_sync = self.ads.in_sync()
         ca_expires = self.certificates.ca.cert.not_valid_after_utc
@@ -138,7 +157,7 @@ class Agent:
             "ready": in_sync and ca_valid,
             "envoy_in_sync": in_sync,
             "ca_expires": ca_expires.isoformat(),
-            "policy_revision": self.policy.engine.revision,
+            "policy_revision": self.engine().revision,
             "certificates_cached": len(self.certificates),
         }
 
@@ -167,13 +186,24 @@ class Agent:
         authz.add_insecure_port(f"{dp.authz_address}:{dp.authz_port}")
         runner = web.AppRunner(health_app(self.readiness, self.metrics.registry), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, s.bind_address, s.http_port).start()
+        for address in s.health_addresses:
+            try:
+                await web.TCPSite(runner, address, s.http_port).start()
+            except OSError as e:
+                if ":" not in address:
+                    raise
+                log.warning("health on IPv4 only (%s: %s)", address, e)  # a pod without IPv6
         await xds.start()
         await authz.start()
         if s.dns_port:
             await self._start_dns(s.dns_port)
         tasks = [
             asyncio.create_task(watch(self.policy.files, self.policy.reload)),
+            *(
+                [asyncio.create_task(watch(self.pod_policy.files, self.pod_policy.reload))]
+                if self.pod_policy is not None
+                else []
+            ),
             asyncio.create_task(watch(lambda: [s.upstream_ca], self.update_snapshot)),
             asyncio.create_task(self._renew_certificates()),
         ]
@@ -183,9 +213,9 @@ class Agent:
             s.xds_port,
             dp.authz_address,
             dp.authz_port,
-            s.bind_address,
+            ",".join(s.health_addresses),
             s.http_port,
-            self.policy.engine.revision,
+            self.engine().revision,
         )
         try:
             await stop.wait()

@@ -23,8 +23,10 @@ from intercept_proxy import ports
 from intercept_proxy.injector.settings import (
     ENABLED_LABEL,
     INJECTED_ANNOTATION,
+    POLICY_ANNOTATION,
     InjectorSettings,
 )
+from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
 
@@ -38,7 +40,12 @@ POLICY_VOLUME = "intercept-policy"
 CA_VOLUME = "intercept-ca"
 TRUST_VOLUME = "intercept-trust"
 
-RESERVED_VOLUMES = frozenset({POLICY_VOLUME, CA_VOLUME, TRUST_VOLUME})
+POD_POLICY_VOLUME = "intercept-pod-policy"
+POD_POLICY_DIR = "/etc/intercept/pod"
+POD_POLICY_FILE = f"{POD_POLICY_DIR}/policy.yaml"
+POD_POLICY_FIELD = f"metadata.annotations['{POLICY_ANNOTATION}']"
+
+RESERVED_VOLUMES = frozenset({POLICY_VOLUME, CA_VOLUME, TRUST_VOLUME, POD_POLICY_VOLUME})
 
 PROXY_INIT = "proxy-init"
 AGENT = "intercept-agent"
@@ -105,6 +112,7 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
         command += ["--http-port", str(port)]
     for cidr in s.allowed_cidrs:
         command += ["--allow-cidr", cidr]
+    command += ["--inbound-port", str(ports.AGENT_HTTP)]  # kubelet probes reach the agent
     return {
         "name": PROXY_INIT,
         "image": s.image,
@@ -125,16 +133,29 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
 
 
 def agent_container(s: InjectorSettings) -> dict[str, Any]:
+    # A shared CA comes from a Secret in its kubernetes.io/tls layout; an ephemeral one is made
+    # by the agent itself on first start.
+    cert, key = ("tls.crt", "tls.key") if s.ca_mode == "secret" else ("ca.pem", "ca.key")
     command = [
         "intercept", "agent", "run",
         "--policy", POLICY_FILE,
-        "--ca-cert", f"{CA_DIR}/ca.pem",
-        "--ca-key", f"{CA_DIR}/ca.key",
+        "--ca-cert", f"{CA_DIR}/{cert}",
+        "--ca-key", f"{CA_DIR}/{key}",
         "--trust-bundle", TRUST_BUNDLE,
         "--cert-validity-hours", f"{s.cert_validity_hours:g}",
+        # Kubelet probes come to the pod's address.
+        "--health-address", "0.0.0.0", "--health-address", "::",
     ]  # fmt: skip
     for suffix in s.dns_forward_suffixes:
         command += ["--dns-forward-suffix", suffix]
+    mounts = [
+        {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
+        {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": s.ca_mode == "secret"},
+        {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
+    ]
+    if s.policy_override is not OverrideMode.NONE:
+        command += ["--pod-policy", POD_POLICY_FILE, "--pod-policy-mode", str(s.policy_override)]
+        mounts.append({"name": POD_POLICY_VOLUME, "mountPath": POD_POLICY_DIR, "readOnly": True})
     return {
         "name": AGENT,
         "image": s.image,
@@ -145,11 +166,7 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         "securityContext": _restricted(s.agent_uid),
         "startupProbe": _http_probe("/healthz", failures=60),
         "livenessProbe": _http_probe("/healthz", failures=10),
-        "volumeMounts": [
-            {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
-            {"name": CA_VOLUME, "mountPath": CA_DIR},
-            {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
-        ],
+        "volumeMounts": mounts,
     }
 
 
@@ -171,12 +188,24 @@ def envoy_container(s: InjectorSettings) -> dict[str, Any]:
 
 
 def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
-    return [
+    # Mounted into the agent only: the CA's private key. A Secret's files are root's, so they
+    # are readable by any user of a container that mounts them (the agent alone).
+    ca: dict[str, Any] = (
+        {"secret": {"secretName": s.ca_secret, "defaultMode": 0o444}}
+        if s.ca_mode == "secret"
+        else {"emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    )
+    out = [
         {"name": POLICY_VOLUME, "configMap": {"name": s.policy_config_map}},
-        # In memory, and mounted into the agent only: the CA's private key.
-        {"name": CA_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {"name": CA_VOLUME, **ca},
         {"name": TRUST_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
     ]
+    if s.policy_override is not OverrideMode.NONE:
+        # The pod's own policy, followed when the annotation changes (the kubelet rewrites the
+        # file, the agent reloads it): no restart.
+        item = {"path": "policy.yaml", "fieldRef": {"fieldPath": POD_POLICY_FIELD}}
+        out.append({"name": POD_POLICY_VOLUME, "downwardAPI": {"items": [item]}})
+    return out
 
 
 def _id(value: Any, where: str) -> int | None:
@@ -252,11 +281,11 @@ def check_workload(
 
 
 def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[str, Any]:
-    """The container trusting the sandbox CA. Its own variables of the same names win."""
+    """The container trusting the sandbox CA: the bundle's variables replace its own of the same
+    names (nothing it reaches over TLS is reached without the sandbox CA)."""
     out = copy.deepcopy(container)
-    env = out.setdefault("env", [])
-    present = {e.get("name") for e in env}
-    env.extend({"name": v, "value": TRUST_BUNDLE} for v in TRUST_VARIABLES if v not in present)
+    env = [e for e in out.get("env") or [] if e.get("name") not in TRUST_VARIABLES]
+    out["env"] = env + [{"name": v, "value": TRUST_BUNDLE} for v in TRUST_VARIABLES]
     mounts = out.setdefault("volumeMounts", [])
     mounts.append({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True})
     context = out.setdefault("securityContext", {})

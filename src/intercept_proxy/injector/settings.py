@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intercept_proxy import __version__, ports
+from intercept_proxy.policy.combined import OverrideMode
 
 # Container images. Never `latest`: what runs is what was tested.
 DEFAULT_IMAGE = f"intercept-proxy/intercept-proxy:{__version__}"
@@ -49,6 +50,12 @@ class InjectorSettings:
     dns_forward_suffixes: tuple[str, ...] = ("cluster.local",)
     # The ConfigMap holding `policy.yaml`, the policy every injected pod enforces by default.
     policy_config_map: str = "intercept-proxy-policy"
+    # What a pod's own policy (its intercept-proxy/opa-data annotation) may do.
+    policy_override: OverrideMode = OverrideMode.NARROW
+    # The sandbox CA: a new one per pod ("ephemeral"), or one shared from a Secret holding
+    # tls.crt and tls.key ("secret": created by the chart, or by cert-manager).
+    ca_mode: str = "ephemeral"
+    ca_secret: str = ""
     cert_validity_hours: float = 12.0
     automount_service_account_token: bool = False
     agent_resources: Resources = field(default_factory=Resources)
@@ -72,6 +79,10 @@ class InjectorSettings:
                 ipaddress.ip_network(cidr)
             except ValueError as e:
                 raise SettingsError(f"allowed_cidrs: {e}") from None
+        if self.ca_mode not in ("ephemeral", "secret"):
+            raise SettingsError(f"ca_mode: {self.ca_mode!r} is not 'ephemeral' or 'secret'")
+        if (self.ca_mode == "secret") != bool(self.ca_secret):
+            raise SettingsError("ca_secret: a Secret name is needed with ca_mode 'secret' only")
         for name in ("image", "envoy_image"):
             image = getattr(self, name)
             if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):

@@ -148,6 +148,10 @@ def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
             "replies to connections of the pod",
             "RETURN",
         ),
+        *(
+            _rule(chain, f"-p tcp --dport {port}", "sidecar health: kubelet probes", "RETURN")
+            for port in config.inbound_ports
+        ),
         _rule(chain, f"-p tcp --dport {sidecar_ports}", "sidecar ports: not from outside", reset),
         _rule(
             chain, f"-p udp --dport {sidecar_ports}", "sidecar ports: not from outside", unreachable

@@ -21,6 +21,7 @@ _OPTIONS = {
     "envoy_uid": "--envoy-uid",
     "agent_uid": "--agent-uid",
     "allowed_cidrs": "--allow-cidr",
+    "inbound_ports": "--inbound-port",
 }
 
 
@@ -66,6 +67,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="append",
         metavar="CIDR",
         help="a destination the workload may reach directly, IPv4 or IPv6 (repeatable)",
+    )
+    parser.add_argument(
+        "--inbound-port",
+        dest="inbound_ports",
+        action="append",
+        type=int,
+        metavar="PORT",
+        help="a sidecar port reachable from outside the pod, e.g. the health port (repeatable)",
     )
     parser.add_argument(
         "--netns", metavar="NAME", help="a named network namespace (default: this one)"

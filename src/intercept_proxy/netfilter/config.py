@@ -43,6 +43,8 @@ class CaptureConfig:
     sidecar_port_range: tuple[int, int] = ports.SIDECAR_RANGE
     # Cluster-internal destinations the workload may reach directly, IPv4 and IPv6 mixed.
     allowed_cidrs: tuple[str, ...] = ()
+    # Sidecar ports reachable from outside the pod: the agent's health port, for kubelet probes.
+    inbound_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("envoy_uid", "agent_uid"):
@@ -80,6 +82,15 @@ class CaptureConfig:
                 intercepted[port] = name
 
         self._set("allowed_cidrs", _networks("allowed_cidrs", self.allowed_cidrs))
+        for port in self._set(
+            "inbound_ports", tuple(sorted(set(_port_tuple("inbound_ports", self))))
+        ):
+            if not low <= port <= high:
+                raise CaptureConfigError("inbound_ports", f"{port} is not a sidecar port")
+            if port in targets:
+                raise CaptureConfigError(
+                    "inbound_ports", f"{port} is {targets[port]}, not a service"
+                )
 
     def _set(self, name: str, value: Any) -> Any:
         object.__setattr__(self, name, value)  # normalising a frozen dataclass in __post_init__

@@ -245,8 +245,12 @@ KEYS = (
 )
 
 
-def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) -> Policy:
-    """Validate a policy document. `base` resolves relative `rego_modules` paths."""
+def parse_policy(
+    text: str, source: str = "<policy>", base: Path | None = None, *, modules: bool = True
+) -> Policy:
+    """Validate a policy document. `base` resolves relative `rego_modules` paths; without
+    `modules` (a pod's own policy, from an annotation), naming a module is an error: the
+    annotation's author must not make the agent read files."""
     doc = _load_yaml(text, source)
     if doc is None:
         raise PolicyError(source, None, "the policy is empty (write '{}' to deny everything)")
@@ -255,6 +259,8 @@ def parse_policy(text: str, source: str = "<policy>", base: Path | None = None) 
     for key in doc:
         if key not in KEYS:
             raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
+    if not modules and doc.get("rego_modules"):
+        raise PolicyError(source, "rego_modules", "not allowed in a pod's policy")
     return Policy(
         source=source,
         allowed_domains=_domains(doc, "allowed_domains", source),
@@ -285,9 +291,9 @@ def module_paths(path: Path) -> list[Path]:
     return [path.parent / n for n in names if isinstance(n, str) and "\0" not in n]
 
 
-def load_policy(path: Path) -> Policy:
+def load_policy(path: Path, *, modules: bool = True) -> Policy:
     try:
         text = path.read_text()
     except (OSError, ValueError) as e:
         raise PolicyError(str(path), None, f"cannot read the policy: {e}") from None
-    return parse_policy(text, str(path), path.parent)
+    return parse_policy(text, str(path), path.parent, modules=modules)

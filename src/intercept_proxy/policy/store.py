@@ -13,36 +13,59 @@ log = logging.getLogger(__name__)
 
 
 class PolicyStore:
-    def __init__(self, path: Path, on_reload: Callable[[bool], None] = lambda ok: None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_reload: Callable[[bool], None] = lambda ok: None,
+        *,
+        optional: bool = False,
+    ) -> None:
         """Load the policy at `path`; an invalid policy raises PolicyError (fail closed: an agent
-        without a valid policy does not start)."""
+        without a valid policy does not start).
+
+        `optional`: a pod's own policy, from an annotation. An empty or missing file means no
+        policy (`engine` is None), and it may not load Rego modules (it names no files)."""
         self.path = path
         self._on_reload = on_reload
-        self.engine = RegorusEngine(load_policy(path))
+        self._optional = optional
+        self.engine = self._load()
         # Modules a rejected version names: watched too, so creating them applies the policy.
         self._wanted: list[Path] = []
 
+    def _load(self) -> RegorusEngine | None:
+        if self._optional:
+            try:
+                if not self.path.read_text().strip():
+                    return None
+            except FileNotFoundError:
+                return None
+        return RegorusEngine(load_policy(self.path, modules=not self._optional))
+
+    @property
+    def revision(self) -> str:
+        return self.engine.revision if self.engine is not None else "none"
+
     def files(self) -> list[Path]:
-        in_force = [Path(m.path) for m in self.engine.policy.rego_modules]
+        modules = self.engine.policy.rego_modules if self.engine is not None else ()
+        in_force = [Path(m.path) for m in modules]
         return list(dict.fromkeys([self.path, *in_force, *self._wanted]))
 
     def reload(self) -> bool:
         """Apply the files' current content; keep the last good policy if it is invalid."""
         try:
-            engine = RegorusEngine(load_policy(self.path))
+            engine = self._load()
         except Exception as e:  # whatever fails, the last good policy stays in force
             detail = str(e) if isinstance(e, PolicyError) else f"{type(e).__name__}: {e}"
             log.error(
-                "policy change rejected, revision %s stays in force: %s",
-                self.engine.revision,
-                detail,
+                "policy change rejected, revision %s stays in force: %s", self.revision, detail
             )
             self._wanted = module_paths(self.path)
             self._on_reload(False)
             return False
         self._wanted = []
-        if engine.revision != self.engine.revision:
-            log.info("policy revision %s applied (was %s)", engine.revision, self.engine.revision)
+        revision = engine.revision if engine is not None else "none"
+        if revision != self.revision:
+            log.info("policy %s: revision %s applied (was %s)", self.path, revision, self.revision)
         self.engine = engine
         self._on_reload(True)
         return True

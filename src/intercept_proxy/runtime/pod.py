@@ -355,9 +355,9 @@ class LocalPod:
         who = identity(spec, self.spec)
         pid = _started_process(self._apps[container])
         enter = ["nsenter", "-t", str(pid), "-m", "-n", "-p", "-i", "-u", "--wd=/"]
-        if who.seccomp:
+        if who.seccomp:  # installed before entering: the container may not see our interpreter
             python = str(self.options.executables.python)
-            enter += [python, "-I", "-m", "intercept_proxy.runtime.seccomp"]
+            enter = [python, "-I", "-m", "intercept_proxy.runtime.seccomp", *enter]
         command = [
             *enter,
             *setpriv_argv(who),

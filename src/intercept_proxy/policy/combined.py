@@ -1,0 +1,45 @@
+"""A pod's own policy beside the default one: replace it, narrow it, or be ignored.
+
+In `narrow` mode (the default) a request must be allowed by both: a pod can only take away
+from what the cluster's default policy grants, never add to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from intercept_proxy.policy.engine import Decision, PolicyEngine
+
+
+class OverrideMode(StrEnum):
+    REPLACE = "replace"
+    NARROW = "narrow"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class CombinedEngine:
+    default: PolicyEngine
+    pod: PolicyEngine | None
+    mode: OverrideMode
+
+    @property
+    def revision(self) -> str:
+        if self.pod is None or self.mode is OverrideMode.NONE:
+            return self.default.revision
+        return f"{self.default.revision}+{self.mode}:{self.pod.revision}"
+
+    def evaluate(self, input_doc: dict[str, Any]) -> Decision:
+        if self.pod is None or self.mode is OverrideMode.NONE:
+            return self.default.evaluate(input_doc)
+        if self.mode is OverrideMode.REPLACE:
+            return self.pod.evaluate(input_doc)
+        default = self.default.evaluate(input_doc)
+        if not default.allow:
+            return default
+        pod = self.pod.evaluate(input_doc)
+        if not pod.allow:
+            return Decision(False, f"pod:{pod.rule}", f"{pod.reason} (this pod's own policy)")
+        return pod
