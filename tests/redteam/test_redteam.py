@@ -251,16 +251,10 @@ def test_a_workload_editing_the_policy_or_the_rules(sandbox):
     )
     assert attempts.returncode != 0
     assert (policy_dir / "policy.yaml").read_text() == original
+    # The very options the pod's proxy-init ran with.
+    options = [*sandbox.spec["spec"]["initContainers"][0]["command"][2:], "--netns", sandbox.netns]
     verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "intercept_proxy",
-            "proxy-init",
-            "--verify",
-            "--netns",
-            sandbox.netns,
-        ],
+        [sys.executable, "-m", "intercept_proxy", "proxy-init", *options, "--verify"],
         capture_output=True,
         text=True,
     )
@@ -283,18 +277,19 @@ def test_riding_a_sidecars_udp_flow(sandbox):
     resolver = sandbox.lab.dns_servers[0]
     send = (
         "import socket, sys\n"
+        "from dnslib import DNSRecord\n"
         "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        f"s.bind(('0.0.0.0', 42424)); s.sendto(sys.argv[1].encode(), ('{resolver}', 53))\n"
+        "s.bind(('0.0.0.0', 42424))\n"
+        f"s.sendto(DNSRecord.question(sys.argv[1], 'TXT').pack(), ('{resolver}', 53))\n"
     )
-    before = len(sandbox.lab.receipts())
     as_agent = ["setpriv", "--reuid=102", "--regid=102", "--clear-groups"]
-    agent = netns.run(sandbox.netns, [*as_agent, sys.executable, "-c", send, "sidecar"])
+    agent = netns.run(sandbox.netns, [*as_agent, sys.executable, "-c", send, "sidecar.ride.test"])
     assert agent.returncode == 0, agent.stderr
-    sandbox.exec([sys.executable, "-c", send, "workload"])
+    sandbox.exec([sys.executable, "-c", send, "workload.ride.test"])
     settle()
-    received = [r for r in sandbox.lab.receipts()[before:] if r["port"] == 53]
-    assert len(received) == 1  # the sidecar's datagram only
+    names = [(r["query_name"] or "").rstrip(".") for r in sandbox.lab.receipts()]
+    assert [n for n in names if n.endswith("ride.test")] == ["sidecar.ride.test"]
 
 
 def test_what_no_ip_rule_sees_is_blocked_too(sandbox):
