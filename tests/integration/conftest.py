@@ -4,8 +4,6 @@ however the tests ended."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from intercept_proxy import netns
@@ -34,24 +32,15 @@ github_allowed_repos: [octo/hello]
 """
 
 
-@pytest.fixture(scope="session")
-def session_prefix():
-    if os.geteuid() != 0:
-        pytest.fail("integration tests need root: network namespaces and setpriv")
-    prefix = netns.unique_prefix("ipi")
-    yield prefix
-    netns.cleanup(prefix)
-
-
 @pytest.fixture(scope="module")
-def lab(session_prefix):
-    with Lab(LabSpec.from_dict(LAB_SPEC, source="<integration>"), prefix=session_prefix) as lab:
+def lab(netns_prefix):
+    with Lab(LabSpec.from_dict(LAB_SPEC, source="<integration>"), prefix=netns_prefix) as lab:
         yield lab
 
 
 @pytest.fixture(scope="module")
-def client_ns(lab, session_prefix):
-    name = f"{session_prefix}-client"
+def client_ns(lab, netns_prefix):
+    name = f"{netns_prefix}-client"
     netns.create(name)
     try:
         lab.connect(name)

@@ -14,7 +14,7 @@ from cryptography import x509
 from intercept_proxy import netns
 from intercept_proxy.injector.pod import inject_pod
 from intercept_proxy.injector.values import settings_from_values
-from tests.sandbox.harness import RunningPod, start_lab
+from tests.sandbox.harness import RunningPod
 
 pytestmark = pytest.mark.netns
 
@@ -68,18 +68,7 @@ def pod(name: str, own_policy: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def lab():
-    prefix = netns.unique_prefix("ipk")
-    lab = start_lab(prefix)
-    try:
-        yield lab
-    finally:
-        lab.stop()
-        netns.cleanup(prefix)
-
-
-@pytest.fixture(scope="module")
-def pods(lab):
+def pods(sandbox_lab):
     """Two pods side by side, each with its own policy narrowing the default."""
     started = []
     try:
@@ -87,7 +76,8 @@ def pods(lab):
             ("pod-a", "allowed_domains: [pypi.org]\n"),
             ("pod-b", "allowed_domains: [example.com]\n"),
         ):
-            started.append(RunningPod(lab, inject_pod(pod(name, own), settings()), OBJECTS).start())
+            injected = inject_pod(pod(name, own), settings())
+            started.append(RunningPod(sandbox_lab, injected, OBJECTS).start())
         yield dict(zip(("a", "b"), started, strict=True))
     finally:
         for running in started:
@@ -145,7 +135,7 @@ def test_the_certificate_is_issued_by_the_pods_own_ca(pods):
     assert issuers[0] != issuers[1]  # an ephemeral CA per pod
 
 
-def test_allowed_get_denied_post_unknown_host_plain_and_tls(pods, lab):
+def test_allowed_get_denied_post_unknown_host_plain_and_tls(pods, sandbox_lab):
     a = pods["a"]
     assert curl(a, "https://pypi.org/simple/")[0] == 200
     assert curl(a, "http://pypi.org/simple/")[0] == 200
@@ -205,7 +195,7 @@ def test_the_workloads_own_init_container_is_intercepted(pods):
     assert rules  # decided by the interceptor, with the init container's traffic
 
 
-def test_a_job_completes(lab):
+def test_a_job_completes(sandbox_lab):
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -219,7 +209,7 @@ def test_a_job_completes(lab):
         "-c",
         "curl -sf https://pypi.org/ >/dev/null",
     ]
-    running = RunningPod(lab, inject_pod(template, settings()), OBJECTS)
+    running = RunningPod(sandbox_lab, inject_pod(template, settings()), OBJECTS)
     try:
         running.start()
         assert running.wait(120) == 0, running.output()

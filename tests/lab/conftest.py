@@ -2,7 +2,6 @@
 finalizer that removes whatever carries it, however the tests ended."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -48,17 +47,15 @@ def leftovers(prefix):
 
 
 @pytest.fixture(scope="session")
-def prefix():
-    """The prefix of every name this session creates (7 characters: a lab prefix may add 2)."""
-    if os.geteuid() != 0:
-        pytest.skip("lab tests need root (network namespaces)")
-    session_prefix = netns.unique_prefix("ipt")
+def prefix(netns_prefix):
+    """The prefix of every name this session creates (7 characters: a lab prefix may add 2), with
+    the labs' state directories, which only these tests leave behind."""
+    session_prefix = netns_prefix
     yield session_prefix
     for name in (p.name for p in STATE_ROOT.glob(f"{session_prefix}*")):
         subprocess.run(
             [sys.executable, "-m", "intercept_proxy", "lab", "down", "--name", name], check=False
         )
-    netns.cleanup(session_prefix)
     for parent, pattern in (
         (DEFAULT_STATE_PARENT, f"intercept-lab-{session_prefix}*"),
         (STATE_ROOT, f"{session_prefix}*"),

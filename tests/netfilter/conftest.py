@@ -2,7 +2,6 @@
 the tests ended."""
 
 import itertools
-import os
 
 import pytest
 
@@ -10,12 +9,8 @@ from intercept_proxy import netns
 
 
 @pytest.fixture(scope="session")
-def prefix():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces and iptables")
-    session_prefix = netns.unique_prefix("ipn")
-    yield session_prefix
-    netns.cleanup(session_prefix)
+def prefix(netns_prefix):
+    return netns_prefix
 
 
 @pytest.fixture(scope="session")

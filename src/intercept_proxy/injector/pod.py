@@ -46,6 +46,9 @@ POD_POLICY_FILE = f"{POD_POLICY_DIR}/policy.yaml"
 POD_POLICY_FIELD = f"metadata.annotations['{POLICY_ANNOTATION}']"
 
 RESERVED_VOLUMES = frozenset({POLICY_VOLUME, CA_VOLUME, TRUST_VOLUME, POD_POLICY_VOLUME})
+# The ServiceAccount admission plugin projects the token into this volume before any webhook
+# runs, so `automountServiceAccountToken: false` set by the injection alone would not unmount it.
+TOKEN_VOLUME_PREFIX = "kube-api-access-"
 
 PROXY_INIT = "proxy-init"
 AGENT = "intercept-agent"
@@ -280,10 +283,16 @@ def check_workload(
             raise InjectionError(f"{where}: volume {mount['name']!r} is the interceptor's")
 
 
+def _is_token(volume: dict[str, Any]) -> bool:
+    return str(volume.get("name", "")).startswith(TOKEN_VOLUME_PREFIX)
+
+
 def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[str, Any]:
     """The container trusting the sandbox CA: the bundle's variables replace its own of the same
     names (nothing it reaches over TLS is reached without the sandbox CA)."""
     out = copy.deepcopy(container)
+    if not s.automount_service_account_token and "volumeMounts" in out:
+        out["volumeMounts"] = [m for m in out["volumeMounts"] if not _is_token(m)]
     env = [e for e in out.get("env") or [] if e.get("name") not in TRUST_VARIABLES]
     out["env"] = env + [{"name": v, "value": TRUST_BUNDLE} for v in TRUST_VARIABLES]
     mounts = out.setdefault("volumeMounts", [])
@@ -319,9 +328,11 @@ def inject_pod_spec(
         *(workload_container(c, s) for c in own_init),
     ]
     out_spec["containers"] = [workload_container(c, s) for c in spec.get("containers") or []]
-    out_spec["volumes"] = [*(spec.get("volumes") or []), *volumes(s)]
+    own_volumes = spec.get("volumes") or []
     if not s.automount_service_account_token:
         out_spec["automountServiceAccountToken"] = False
+        own_volumes = [v for v in own_volumes if not _is_token(v)]
+    out_spec["volumes"] = [*own_volumes, *volumes(s)]
     return out_meta, out_spec
 
 
