@@ -3,8 +3,8 @@
 Supported: identifiers (bare and quoted), sub-expressions, `[n]` indices, `[]` flatten and
 `[?cond]` filter projections, JSON literals (backticks) and raw strings, `@`, multi-select
 lists, `|`, `||`, `&&`, `!`, `==` / `!=`, parentheses, and the functions `length`,
-`contains` and `to_upper` (Kyverno's). Anything else is a ParseError: the chart must not
-depend on what is not simulated.
+`contains`, `keys`, `starts_with` and `to_upper` (Kyverno's). Anything else is a ParseError: the
+chart must not depend on what is not simulated.
 
 Missing keys: Kyverno's JMESPath fails on a key absent from an object (NotFoundError, "Unknown key")
 rather than returning null, and its Query() then retries a query holding `||` operand by
@@ -201,6 +201,8 @@ def _function(name: str, args: list[Any]) -> Any:
         return args[0].startswith(args[1])
     if name == "to_upper" and len(args) == 1 and isinstance(args[0], str):
         return args[0].upper()
+    if name == "keys" and len(args) == 1 and isinstance(args[0], dict):
+        return list(args[0])
     raise ParseError(f"unsupported call {name}({args!r})")
 
 

@@ -95,6 +95,11 @@ def _equals(key: Any, value: Any) -> bool:
     numbers = (int, float)
     if isinstance(key, numbers) and isinstance(value, numbers):
         return not isinstance(key, bool) and not isinstance(value, bool) and key == value
+    if isinstance(key, dict | list):
+        # reflect.DeepEqual on decoded JSON (every number a float64 on both sides): no
+        # wildcards, true is not 1, and a map never equals a list.
+        return jmespath.equal(key, value)
+    # A null key: Equals and NotEquals are both false in Kyverno; the chart gives a default.
     raise UnsupportedError(f"Equals between {key!r} and {value!r}")
 
 
@@ -135,18 +140,47 @@ def conditions_hold(conditions: dict[str, Any] | None, context: dict[str, Any]) 
     return all(results)
 
 
-# Match and exclude (ResourceDescription): the fields the chart uses, for a CREATE.
+@dataclass(frozen=True)
+class Request:
+    """An admission request for a Pod: CREATE, or UPDATE with the pod before it; a request to
+    a subresource (ephemeralcontainers) carries the whole pod too."""
+
+    object: dict[str, Any]
+    operation: str = "CREATE"
+    old_object: dict[str, Any] | None = None
+    subresource: str = ""
+
+    def context(self, obj: dict[str, Any] | None = None, **variables: Any) -> dict[str, Any]:
+        """Kyverno's JSON context: the request (its object as `obj`, when rules have changed
+        it), and loop variables."""
+        request = {
+            "object": copy.deepcopy(self.object if obj is None else obj),
+            "oldObject": copy.deepcopy(self.old_object),
+            "operation": self.operation,
+        }
+        return {"request": request, **variables}
+
+    def as_created(self) -> Request:
+        """The old pod, as Kyverno evaluates it for allowExistingViolations."""
+        assert self.old_object is not None
+        return Request(self.old_object, "CREATE", None, self.subresource)
+
+
+# Match and exclude (ResourceDescription): the fields the chart uses for pods.
 RESOURCE_FIELDS = {"kinds", "operations", "selector", "annotations"}
 
 
-def _describes(description: dict[str, Any], pod: dict[str, Any]) -> bool:
+def _describes(description: dict[str, Any], request: Request) -> bool:
     resources = description.get("resources") or {}
     if set(description) != {"resources"} or set(resources) - RESOURCE_FIELDS:
         raise UnsupportedError(f"match/exclude {description}")
+    pod = request.object
     metadata = pod.get("metadata") or {}
-    if "kinds" in resources and pod.get("kind") not in resources["kinds"]:
+    # A kind without a subresource matches the resource itself only.
+    kind = "/".join(filter(None, (pod.get("kind"), request.subresource)))
+    if "kinds" in resources and kind not in resources["kinds"]:
         return False
-    if "operations" in resources and "CREATE" not in resources["operations"]:
+    if "operations" in resources and request.operation not in resources["operations"]:
         return False
     if "selector" in resources:
         selector = resources["selector"]
@@ -163,12 +197,12 @@ def _describes(description: dict[str, Any], pod: dict[str, Any]) -> bool:
     return True
 
 
-def matches(rule: dict[str, Any], pod: dict[str, Any]) -> bool:
+def matches(rule: dict[str, Any], request: Request) -> bool:
     def block(which: str) -> bool:
         spec = rule.get(which) or {}
         if set(spec) - {"any"}:
             raise UnsupportedError(f"{which} {sorted(spec)}")
-        return any(_describes(d, pod) for d in spec.get("any") or [])
+        return any(_describes(d, request) for d in spec.get("any") or [])
 
     return block("match") and not ("exclude" in rule and block("exclude"))
 
@@ -285,8 +319,8 @@ def _merge_list_of_maps(patch: list[Any], resource: Any) -> list[Any]:
 
 # The engine.
 def _context(obj: dict[str, Any], **variables: Any) -> dict[str, Any]:
-    """Kyverno's JSON context: the admission request, and loop variables."""
-    return {"request": {"object": copy.deepcopy(obj), "operation": "CREATE"}, **variables}
+    """The JSON context of a mutation (CREATE only) that has left the pod as `obj`."""
+    return Request(obj).context(**variables)
 
 
 def _list(value: Any) -> list[Any]:
@@ -312,7 +346,7 @@ class Admission:
             raise UnsupportedError("applyRules")
         resource, seen = copy.deepcopy(self.pod), self.pod
         for rule in spec["rules"]:
-            if "mutate" not in rule or not matches(rule, resource):
+            if "mutate" not in rule or not matches(rule, Request(resource)):
                 continue
             if set(rule) - {"name", "match", "exclude", "preconditions", "mutate"}:
                 raise UnsupportedError(f"rule fields {sorted(rule)}")
@@ -367,29 +401,60 @@ class Admission:
         return resource
 
 
-def violations(policy: dict[str, Any], pod: dict[str, Any]) -> list[str]:
-    """The validate rules `pod` (as the mutations left it) fails, with the container."""
+VALIDATE_FIELDS = {"message", "deny", "foreach", "failureAction", "allowExistingViolations"}
+
+
+def violations(
+    policy: dict[str, Any],
+    pod: dict[str, Any],
+    operation: str = "CREATE",
+    old: dict[str, Any] | None = None,
+    subresource: str = "",
+) -> list[str]:
+    """The validate rules the request fails (its pod as the mutations left it), with the
+    container or volume. On an UPDATE, an enforced rule that the old pod, evaluated as if
+    created, fails too is skipped unless allowExistingViolations is false (Kyverno >= 1.13)."""
+    request = Request(pod, operation, old, subresource)
     failed = []
     for rule in policy["spec"]["rules"]:
-        if "validate" not in rule or not matches(rule, pod):
+        if "validate" not in rule:
             continue
-        if set(rule) - {"name", "match", "exclude", "validate"}:
-            raise UnsupportedError(f"rule fields {sorted(rule)}")
-        context = _context(pod)
+        failures = _failures(rule, request)
         validate = rule["validate"]
-        if set(validate) - {"message", "deny", "foreach"}:
-            raise UnsupportedError(f"validate fields {sorted(validate)}")
-        if "deny" in validate and _denied(validate["deny"], context):
-            failed.append(rule["name"])
-        for loop in validate.get("foreach") or []:
-            if set(loop) - {"list", "preconditions", "deny"}:
-                raise UnsupportedError(f"foreach fields {sorted(loop)}")
-            for index, element in enumerate(_list(jmespath.query(loop["list"], context))):
-                variables = _context(pod, element=element, elementIndex=index)
-                if element is None or not conditions_hold(loop.get("preconditions"), variables):
-                    continue
-                if _denied(loop["deny"], variables):
-                    failed.append(f"{rule['name']}/{element.get('name')}")
+        action = validate.get("failureAction", policy["spec"].get("validationFailureAction"))
+        if (
+            failures
+            and operation == "UPDATE"
+            and action == "Enforce"
+            and validate.get("allowExistingViolations", True)
+            and _failures(rule, request.as_created())
+        ):
+            continue
+        failed += failures
+    return failed
+
+
+def _failures(rule: dict[str, Any], request: Request) -> list[str]:
+    if not matches(rule, request):
+        return []
+    if set(rule) - {"name", "match", "exclude", "validate"}:
+        raise UnsupportedError(f"rule fields {sorted(rule)}")
+    validate = rule["validate"]
+    if set(validate) - VALIDATE_FIELDS:
+        raise UnsupportedError(f"validate fields {sorted(validate)}")
+    failed = []
+    context = request.context()
+    if "deny" in validate and _denied(validate["deny"], context):
+        failed.append(rule["name"])
+    for loop in validate.get("foreach") or []:
+        if set(loop) - {"list", "preconditions", "deny"}:
+            raise UnsupportedError(f"foreach fields {sorted(loop)}")
+        for index, element in enumerate(_list(jmespath.query(loop["list"], context))):
+            variables = request.context(element=element, elementIndex=index)
+            if element is None or not conditions_hold(loop.get("preconditions"), variables):
+                continue
+            if _denied(loop["deny"], variables):
+                failed.append(f"{rule['name']}/{element.get('name')}")
     return failed
 
 

@@ -31,7 +31,11 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                 "allowedCidrs": ["10.96.0.0/12", "fd00:10:96::/112"],
             },
             "dns": {"forwardSuffixes": ["cluster.local", "corp.example"]},
-            "envoy": {"uid": 1001, "resources": {"limits": {"cpu": 2, "memory": "1Gi"}}},
+            # A limit without a request is requested too, as the API server defaults it.
+            "envoy": {
+                "uid": 1001,
+                "resources": {"limits": {"cpu": 2, "memory": "1Gi", "ephemeral-storage": "1Gi"}},
+            },
             "agent": {"uid": 1002, "certValidityHours": 0.5},
             "serviceAccountToken": {"automount": True},
             "networkPolicy": {"enabled": False},
@@ -43,6 +47,14 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "agents",
         {
             "image": {"tag": "0.1.1", "pullPolicy": "Always"},
+            # Written back by the API server as 1 and 1Gi: the injection writes them so.
+            "proxyInit": {
+                "resources": {
+                    "requests": {"cpu": "500m"},
+                    "limits": {"cpu": "1000m", "memory": "1024Mi"},
+                }
+            },
+            "clone": {"namespaceSelector": {"matchLabels": {"sandbox": "agents"}}},
             "ca": {"mode": "certManager", "certManager": {"issuerRef": {"name": "corp-ca"}}},
             "policy": {"podOverride": "none"},
             "dns": {"forwardSuffixes": []},

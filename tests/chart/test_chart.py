@@ -17,7 +17,8 @@ import yaml
 from cloudcoil.models.kyverno import v1, v2
 
 from intercept_proxy.authz.service import denial_body
-from intercept_proxy.injector.pod import envoy_container
+from intercept_proxy.injector.pod import envoy_container, proxy_init_container
+from intercept_proxy.injector.settings import SettingsError, canonical_quantity
 from intercept_proxy.injector.values import settings_from_values
 from intercept_proxy.pki.ca import CertificateAuthority
 from intercept_proxy.policy.engine import Decision
@@ -162,6 +163,9 @@ BAD_VALUES = [
     ({"image": {"repository": "intercept-proxy:0.1.0"}}, "/image/repository"),
     ({"policy": {"default": {"allowed_domain": ["pypi.org"]}}}, "/policy/default"),
     ({"networkPolicy": {"enable": False}}, "/networkPolicy"),
+    ({"agent": {"resources": {"limits": {"cpu": "0.5"}}}}, "/agent/resources/limits/cpu"),
+    ({"envoy": {"resources": {"requests": {"memory": 1.5}}}}, "/envoy/resources/requests/memory"),
+    ({"clone": {"namespaceSelector": {"matchLabel": {}}}}, "/clone/namespaceSelector"),
 ]
 
 
@@ -169,6 +173,45 @@ BAD_VALUES = [
 def test_the_schema_refuses_bad_values(overrides, where):
     with pytest.raises(helm_python.HelmValuesError, match=f"at '{where}'"):
         render.chart().render(overrides, name="x", namespace=render.NAMESPACE)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [  # What the injector refuses too (InjectorSettings).
+        ({"agent": {"uid": 101}}, "envoy.uid and agent.uid must differ"),
+        ({"capture": {"httpPorts": [80, 443]}}, "both list port 443"),
+    ],
+)
+def test_rendering_fails_on_values_the_injector_refuses(overrides, message):
+    with pytest.raises(helm_python.HelmError, match=re.escape(message)):
+        render.chart().render(overrides, name="x", namespace=render.NAMESPACE)
+    with pytest.raises(SettingsError):
+        settings_from_values(overrides, "x")
+
+
+QUANTITIES = [0, "0Mi", "1000m", "1500m", 2000, "2000", "1000000", "1024Mi", "1048576Ki", "1000Ki"]
+
+
+def test_quantities_are_written_as_the_api_server_writes_them():
+    # Kubernetes' canonical forms (resource.Quantity.String()).
+    expected = ["0", "0", "1", "1500m", "2k", "2k", "1M", "1Gi", "1Gi", "1000Ki"]
+    assert [canonical_quantity(q, "q") for q in QUANTITIES] == expected
+    limits = {f"r{i}": q for i, q in enumerate(QUANTITIES)}
+    values = {"proxyInit": {"resources": {"requests": {"r0": "5"}, "limits": limits}}}
+    text = render.chart().render(values, name="x", namespace=render.NAMESPACE)
+    policy = yaml.safe_load(text["intercept-proxy/templates/validate-policy.yaml"])
+    rendered = policy["spec"]["rules"][0]["validate"]["deny"]["conditions"]["any"][0]["value"]
+    injected = proxy_init_container(settings_from_values(values, "x"))
+    assert rendered["resources"] == injected["resources"]
+    # Helm merges maps: the chart's default limits stay beside these.
+    limits = injected["resources"]["limits"]
+    assert limits == {**limits, **{f"r{i}": q for i, q in enumerate(expected)}}
+    assert injected["resources"]["requests"] == {
+        **limits,
+        "cpu": "10m",
+        "memory": "32Mi",
+        "r0": "5",
+    }
 
 
 @pytest.mark.parametrize("case", render.CASES)
@@ -190,12 +233,31 @@ def test_the_clones_are_what_the_injected_pods_mount(case):
     if s.ca_mode == "secret":
         expected.add(("Secret", s.ca_secret))
     assert cloned == expected
+    selector = render.values(case)["clone"]["namespaceSelector"]
     for rule in rules:
+        # Triggered by the namespace, existing ones included: a synchronized clone goes with its
+        # trigger, and must live as long as the namespace (not as one of its pods).
+        (match,) = rule["match"]["any"]
+        assert match["resources"]["kinds"] == ["Namespace"]
+        assert match["resources"].get("selector", {}) == selector
+        assert rule["exclude"]["any"] == [
+            {"resources": {"kinds": ["Namespace"], "names": [render.NAMESPACE]}}
+        ]
         generate = rule["generate"]
         assert generate["clone"] == {"namespace": render.NAMESPACE, "name": generate["name"]}
         assert generate["synchronize"] is True
-        assert generate["namespace"] == "{{ request.namespace }}"
-        assert rule["exclude"]["any"][0]["resources"]["namespaces"] == [render.NAMESPACE]
+        assert generate["generateExisting"] is True
+        assert generate["namespace"] == "{{ request.object.metadata.name }}"
+    assert policies(case)[f"{render.release(case)}-clone-configmaps"]["spec"].get(
+        "background", True
+    )
+
+
+def test_the_network_policy_is_not_synchronized():
+    # Its trigger is a pod: synchronized, it would go with that pod.
+    (rule,) = render.find("default", "ClusterPolicy", "network-policy")["spec"]["rules"]
+    assert rule["match"]["any"][0]["resources"]["kinds"] == ["Pod"]
+    assert rule["generate"]["synchronize"] is False
 
 
 def test_a_secret_ca_is_made_once_and_loads_in_the_agent(tmp_path: Path):
@@ -277,10 +339,37 @@ def test_the_policy_exception_names_only_the_configured_rules(case):
 
 
 @pytest.mark.parametrize("case", render.CASES)
-def test_validation_failure_action(case):
-    policy = render.find(case, "ClusterPolicy", "validate-pods")
+def test_every_validate_rule_has_the_failure_action(case):
+    # Kyverno >= 1.13's per-rule fields, not the deprecated spec-level ones.
     expected = render.values(case)["kyverno"]["validationFailureAction"]
-    assert policy["spec"]["validationFailureAction"] == expected
+    rules = [r for p in policies(case).values() for r in p["spec"]["rules"] if "validate" in r]
+    assert len(rules) == 8
+    for rule in rules:
+        assert rule["validate"]["failureAction"] == expected, rule["name"]
+    for policy in policies(case).values():
+        assert not {"validationFailureAction", "failurePolicy"} & set(policy["spec"])
+    inject = render.find(case, "ClusterPolicy", "inject-proxy")
+    assert inject["spec"]["webhookConfiguration"] == {"failurePolicy": "Fail"}
+
+
+@pytest.mark.parametrize("case", render.CASES)
+def test_pods_are_validated_on_creation_and_on_every_change(case):
+    validate = render.find(case, "ClusterPolicy", "validate-pods")
+    # Admission only: a background scan reads pods with integers where admission has floats.
+    assert validate["spec"]["background"] is False
+    for rule in validate["spec"]["rules"]:
+        (match,) = rule["match"]["any"]
+        assert match["resources"]["operations"] == ["CREATE", "UPDATE"], rule["name"]
+    changes = render.find(case, "ClusterPolicy", "validate-pod-changes")
+    # Subresources and old objects: admission only.
+    assert changes["spec"]["background"] is False
+    kinds = {
+        r["name"]: r["match"]["any"][0]["resources"]["kinds"] for r in changes["spec"]["rules"]
+    }
+    assert kinds == {
+        "interceptor-unchanged": ["Pod"],
+        "no-ephemeral-containers": ["Pod/ephemeralcontainers"],
+    }
 
 
 @pytest.mark.parametrize("case", render.CASES)
@@ -308,8 +397,11 @@ def test_the_cleanup_hook_deletes_exactly_the_cluster_policies(case):
     ]
     job = render.find(case, "Job", "cleanup")
     (container,) = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"][:3] == ["kubectl", "delete", "clusterpolicy"]
-    assert sorted(c for c in container["command"][3:] if not c.startswith("--")) == names
+    # registry.k8s.io/kubectl's entrypoint is kubectl: arguments only.
+    assert container["image"].rpartition(":")[0].endswith("kubectl")
+    assert "command" not in container
+    assert container["args"][:2] == ["delete", "clusterpolicy"]
+    assert sorted(c for c in container["args"][2:] if not c.startswith("--")) == names
 
 
 @pytest.mark.parametrize("case", render.CASES)
@@ -368,6 +460,9 @@ def test_notes_name_the_next_steps():
         "intercept-proxy/opa-data",
         "helm test intercept-proxy",
         "kubernetesApiCidrs is empty",
+        "Kyverno (>= 1.13)",
+        "pod-security.kubernetes.io/enforce=privileged",
+        "needs a runAsUser",
     ):
         assert step in notes
     assert "kubernetesApiCidrs is empty" not in render.rendered("cert-manager")[render.NOTES]

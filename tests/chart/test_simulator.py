@@ -1,17 +1,21 @@
-"""The Kyverno model of tests/chart against what it models: RFC 6902's examples, Kyverno's
-substitution and anchors, JMESPath as Kyverno evaluates it."""
+"""The models of tests/chart against what they model: RFC 6902's examples, Kyverno's
+substitution, anchors, operators, matching and UPDATE handling, JMESPath as Kyverno evaluates
+it, and the API server's defaulting."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.chart import jmespath
+from tests.chart import apiserver, jmespath
 from tests.chart.kyverno import (
     PatchError,
+    Request,
     UnsupportedError,
     apply_json_patch,
     conditions_hold,
+    matches,
     substitute,
+    violations,
 )
 from tests.chart.kyverno import _merge as merge
 
@@ -117,3 +121,155 @@ def test_operators_compare_numbers_as_numbers_only():
     )
     with pytest.raises(UnsupportedError):  # AnyIn compares fmt.Sprint strings: 1e+06
         conditions_hold({"any": [{"key": "{{ x }}", "operator": "AnyIn", "value": [101]}]}, context)
+
+
+def test_equals_compares_maps_and_lists_deeply():
+    # Kyverno's Equals on a map or a list: reflect.DeepEqual (numbers are float64 either side).
+    mount = {"name": "x", "readOnly": True}
+    context = {"a": {"m": [mount]}}
+
+    def holds(operator: str, value: object) -> bool:
+        return conditions_hold(
+            {"all": [{"key": "{{ a.m }}", "operator": operator, "value": value}]}, context
+        )
+
+    assert holds("Equals", [{"readOnly": True, "name": "x"}])
+    assert holds("NotEquals", [{"name": "x", "readOnly": 1}])  # true is not 1
+    assert holds("NotEquals", [{"name": "x*", "readOnly": True}])  # no wildcards
+    assert holds("NotEquals", [mount, mount])
+    assert holds("NotEquals", {"name": "x"})
+    with pytest.raises(UnsupportedError):  # a null key: both false in Kyverno, the chart defaults
+        conditions_hold(
+            {"all": [{"key": "{{ a.n || `null` }}", "operator": "NotEquals", "value": {}}]}, context
+        )
+
+
+def test_keys_and_guarded_projections():
+    data = {"v": [{"name": "a", "secret": {"name": "s"}}, {"name": "b", "configMap": {}}]}
+    assert jmespath.query("v[].keys(@)[]", data) == ["name", "secret", "name", "configMap"]
+    # A projection reading a field some items lack: the model fails it as a whole, as for a
+    # missing key (whether Kyverno's does is not relied upon) ...
+    with pytest.raises(jmespath.NotFoundError):
+        jmespath.search("v[].secret.name", data)
+    # ... and the chart filters on keys(@) first, which resolves the same either way.
+    assert jmespath.query("v[?contains(keys(@), 'secret')].secret | [].name || `[]`", data) == ["s"]
+
+
+def _rule(**resources: object) -> dict:
+    return {
+        "name": "r",
+        "match": {"any": [{"resources": resources}]},
+        "validate": {
+            "deny": {
+                "conditions": {
+                    "all": [{"key": "{{ request.operation }}", "operator": "Equals", "value": "*"}]
+                }
+            }
+        },
+    }
+
+
+def test_match_by_operation_and_subresource():
+    pod = {"kind": "Pod", "metadata": {}}
+    rule = _rule(kinds=["Pod"], operations=["UPDATE"])
+    assert not matches(rule, Request(pod))
+    assert matches(rule, Request(pod, "UPDATE", pod))
+    assert not matches(rule, Request(pod, "UPDATE", pod, "ephemeralcontainers"))
+    debug = _rule(kinds=["Pod/ephemeralcontainers"], operations=["UPDATE"])
+    assert matches(debug, Request(pod, "UPDATE", pod, "ephemeralcontainers"))
+    assert not matches(debug, Request(pod, "UPDATE", pod))
+
+
+def test_an_update_is_not_refused_for_what_the_old_object_failed_already():
+    def policy(**validate: object) -> dict:
+        condition = {
+            "key": "{{ request.object.bad || `false` }}",
+            "operator": "Equals",
+            "value": True,
+        }
+        rule = _rule(kinds=["Pod"], operations=["CREATE", "UPDATE"])
+        rule["validate"] = {
+            "failureAction": "Enforce",
+            "deny": {"conditions": {"any": [condition]}},
+            **validate,
+        }
+        return {"spec": {"rules": [rule]}}
+
+    good, bad = {"kind": "Pod", "bad": False}, {"kind": "Pod", "bad": True}
+    assert violations(policy(), bad) == ["r"]
+    assert violations(policy(), bad, "UPDATE", good) == ["r"]
+    assert violations(policy(), bad, "UPDATE", bad) == []  # allowExistingViolations: true
+    assert violations(policy(allowExistingViolations=False), bad, "UPDATE", bad) == ["r"]
+    audit = policy()
+    audit["spec"]["rules"][0]["validate"]["failureAction"] = "Audit"
+    assert violations(audit, bad, "UPDATE", bad) == ["r"]  # reported, as Kyverno reports it
+
+
+def test_the_api_server_model_fills_in_what_kubernetes_defaults():
+    # k8s.io/kubernetes pkg/apis/core/v1/defaults.go, for what pods here use; the injection
+    # writes every one of these out for its sidecars (test_consistency checks it changes none).
+    probe = {"httpGet": {"port": 80}}
+    pod = {
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "app:1.0",
+                    "ports": [{"containerPort": 80}],
+                    "env": [
+                        {"name": "N", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                    ],
+                    "livenessProbe": probe,
+                    "resources": {"limits": {"cpu": "1000m", "memory": "1024Mi"}},
+                }
+            ],
+            "initContainers": [{"name": "i", "image": "tool", "resources": {"limits": {}}}],
+            "volumes": [
+                {"name": "c", "configMap": {"name": "c"}},
+                {"name": "s", "secret": {"secretName": "s"}},
+                {
+                    "name": "d",
+                    "downwardAPI": {"items": [{"path": "p", "fieldRef": {"fieldPath": "x"}}]},
+                },
+                {"name": "p", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}},
+                {"name": "e", "emptyDir": {"sizeLimit": "1024Ki"}},
+            ],
+        }
+    }
+    spec = apiserver.defaulted(pod)["spec"]
+    (c,) = spec["containers"]
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    assert spec["initContainers"][0]["imagePullPolicy"] == "Always"  # no tag: latest
+    assert spec["initContainers"][0]["resources"] == {}  # an empty map is not written back
+    assert (c["terminationMessagePath"], c["terminationMessagePolicy"]) == (
+        "/dev/termination-log",
+        "File",
+    )
+    assert c["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    assert c["env"][0]["valueFrom"]["fieldRef"]["apiVersion"] == "v1"
+    assert c["livenessProbe"] == {
+        "httpGet": {"port": 80, "path": "/", "scheme": "HTTP"},
+        "timeoutSeconds": 1,
+        "periodSeconds": 10,
+        "successThreshold": 1,
+        "failureThreshold": 3,
+    }
+    # Requests default to limits; quantities come back in canonical form.
+    assert c["resources"] == {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for name, kind in (
+        ("c", "configMap"),
+        ("s", "secret"),
+        ("d", "downwardAPI"),
+        ("p", "projected"),
+    ):
+        assert volumes[name][kind]["defaultMode"] == 0o644
+    assert volumes["d"]["downwardAPI"]["items"][0]["fieldRef"]["apiVersion"] == "v1"
+    assert (
+        volumes["p"]["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"] == 3600
+    )
+    assert volumes["e"]["emptyDir"]["sizeLimit"] == "1Mi"
+    assert {k: spec[k] for k in apiserver.POD_DEFAULTS} == apiserver.POD_DEFAULTS

@@ -93,3 +93,23 @@ def test_refusals_are_reported(tmp_path):
     assert result.returncode == 2
     assert "runAsUser 0 is reserved" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_partial_values_file_falls_back_to_the_charts_defaults(tmp_path):
+    values = tmp_path / "my-values.yaml"
+    values.write_text("ca: {mode: secret, secretName: corp-ca}\n")
+    result = inject("-f", "-", "--values", str(values), stdin=yaml.safe_dump(manifests()[0]))
+    assert result.returncode == 0, result.stderr
+    spec = next(yaml.safe_load_all(result.stdout))["spec"]
+    ca = next(v for v in spec["volumes"] if v["name"] == "intercept-ca")
+    assert ca["secret"]["secretName"] == "corp-ca"
+
+
+def test_a_wrong_value_is_named(tmp_path):
+    values = tmp_path / "my-values.yaml"
+    values.write_text("capture: {tlsPort: [443]}\n")
+    result = inject("-f", "-", "--values", str(values), stdin=yaml.safe_dump(manifests()[0]))
+    assert result.returncode == 2
+    assert result.stderr == (
+        "intercept inject: values: capture.tlsPort: the chart has no such value\n"
+    )

@@ -9,13 +9,14 @@ import re
 import pytest
 
 from intercept_proxy.injector.pod import (
+    TOKEN_PATH,
     TRUST_BUNDLE,
     TRUST_VARIABLES,
     InjectionError,
     inject_pod,
     is_injected,
 )
-from intercept_proxy.injector.settings import InjectorSettings, SettingsError
+from intercept_proxy.injector.settings import InjectorSettings, Resources, SettingsError
 from intercept_proxy.policy.combined import OverrideMode
 from tests.golden import assert_golden
 
@@ -180,6 +181,42 @@ def test_unsafe_workloads_are_refused(patch, message):
         inject_pod(pod, InjectorSettings())
 
 
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"securityContext": {"seccompProfile": {"type": "Unconfined"}}}, "seccompProfile: Unconf"),
+        ({"securityContext": {"appArmorProfile": {"type": "Unconfined"}}}, "appArmorProfile: Unc"),
+        ({"envFrom": [{"secretRef": {"name": "shared-ca"}}]}, "Secret 'shared-ca' holds"),
+        (
+            {
+                "env": [
+                    {"name": "K", "valueFrom": {"secretKeyRef": {"name": "shared-ca", "key": "k"}}}
+                ]
+            },
+            "Secret 'shared-ca' holds",
+        ),
+    ],
+)
+def test_unsafe_workloads_are_refused_with_a_shared_ca(patch, message):
+    pod = copy.deepcopy(POD)
+    pod["spec"]["containers"][0] |= patch
+    with pytest.raises(InjectionError, match=re.escape(message)):
+        inject_pod(pod, InjectorSettings(ca_mode="secret", ca_secret="shared-ca"))
+    if "Secret" in message:  # an ephemeral CA has no Secret: one of that name is any other
+        inject_pod(pod, InjectorSettings())
+
+
+def test_every_container_needs_a_uid():
+    # An image's own user may be 101 (nginx-unprivileged) or 102: exempt from capture.
+    pod = copy.deepcopy(POD)
+    del pod["spec"]["securityContext"]["runAsUser"]
+    with pytest.raises(InjectionError, match=r"container 'fetch': no runAsUser .* 101"):
+        inject_pod(pod, InjectorSettings())
+    for container in pod["spec"]["initContainers"] + pod["spec"]["containers"]:
+        container["securityContext"] = {"runAsUser": 12345}
+    inject_pod(pod, InjectorSettings())
+
+
 def test_pod_level_reserved_uid_is_refused():
     pod = copy.deepcopy(POD)
     pod["spec"]["securityContext"]["runAsUser"] = 101
@@ -196,6 +233,8 @@ def test_pod_level_reserved_uid_is_refused():
         ({"allowed_cidrs": ("10.0.0.0/33",)}, "allowed_cidrs"),
         ({"image": "intercept-proxy/intercept-proxy:latest"}, "pinned"),
         ({"envoy_image": "envoyproxy/envoy"}, "pinned"),
+        ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),
+        ({"cert_validity_hours": 0}, "cert_validity_hours"),
     ],
 )
 def test_settings_are_validated(kwargs, message):
@@ -213,6 +252,15 @@ def test_settings_are_validated(kwargs, message):
         ({"securityContext": {"runAsUser": 12345, "supplementalGroups": [0]}}, "group 0"),
         ({"securityContext": {"runAsUser": 12345, "fsGroup": 0}}, "group 0"),
         ({"volumes": [{"name": "intercept-trust", "emptyDir": {}}]}, "reserved"),
+        ({"volumes": [{"name": "intercept-mine", "emptyDir": {}}]}, "'intercept-' are reserved"),
+        ({"volumes": [{"name": "root", "hostPath": {"path": "/"}}]}, "hostPath is not allowed"),
+        ({"volumes": [{"name": "n", "nfs": {"server": "x", "path": "/"}}]}, "nfs is not allowed"),
+        (
+            {"volumes": [{"name": "t", "projected": {"sources": [{"serviceAccountToken": {}}]}}]},
+            "volume 't': a serviceAccountToken source is not allowed",
+        ),
+        ({"ephemeralContainers": [{"name": "debug"}]}, "kubectl debug --copy-to"),
+        ({"securityContext": {"runAsUser": 1, "seccompProfile": {"type": "Unconfined"}}}, "Unc"),
     ],
 )
 def test_unsafe_pods_are_refused(patch, message):
@@ -231,3 +279,123 @@ def test_workloads_get_no_privilege_escalation_no_capabilities_and_a_seccomp_pro
     assert ctx["allowPrivilegeEscalation"] is False
     assert ctx["capabilities"] == {"add": ["net_bind_service"], "drop": ["ALL"]}
     assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_a_workload_may_not_mount_a_shared_cas_secret():
+    pod = copy.deepcopy(POD)
+    secret = {"name": "mine", "secret": {"secretName": "shared-ca"}}
+    projected = {"name": "mine", "projected": {"sources": [{"secret": {"name": "shared-ca"}}]}}
+    shared = InjectorSettings(ca_mode="secret", ca_secret="shared-ca")
+    for volume in (secret, projected):
+        pod["spec"]["volumes"] = [volume]
+        with pytest.raises(InjectionError, match="volume 'mine': Secret 'shared-ca' holds"):
+            inject_pod(pod, shared)
+
+
+def test_the_workloads_own_token_volume_is_allowed_when_the_token_is_mounted():
+    pod = copy.deepcopy(POD)
+    pod["spec"]["volumes"] = [
+        {"name": "t", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}
+    ]
+    inject_pod(pod, InjectorSettings(automount_service_account_token=True))
+
+
+def test_with_the_token_mounted_the_sidecars_hold_none():
+    # The ServiceAccount plugin skips a container with something mounted at the token's path.
+    spec = inject_pod(POD, InjectorSettings(automount_service_account_token=True))["spec"]
+    for sidecar in spec["initContainers"][:3]:
+        assert {"name": "intercept-no-token", "mountPath": TOKEN_PATH, "readOnly": True} in (
+            sidecar["volumeMounts"]
+        )
+    assert {"name": "intercept-no-token", "emptyDir": {}} in spec["volumes"]
+    assert "automountServiceAccountToken" not in spec
+    off = inject_pod(POD, InjectorSettings())["spec"]
+    assert "intercept-no-token" not in json.dumps(off)
+
+
+# Pods injected ahead of time: the annotation is the pod's word, the interceptor is verified.
+def injected(**settings: object) -> dict:
+    return inject_pod(POD, InjectorSettings(**settings))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda p: p["spec"].update(copy.deepcopy(POD["spec"])),
+            r"initContainers\[0\] \(proxy-init\)",
+        ),
+        (
+            lambda p: p["spec"]["initContainers"][1]["securityContext"].update(privileged=True),
+            r"initContainers\[1\] \(intercept-agent\): securityContext not as the injection",
+        ),
+        (
+            lambda p: p["spec"]["initContainers"][0].update(command=["true"]),
+            r"initContainers\[0\] \(proxy-init\): command not as",
+        ),
+        (
+            lambda p: p["spec"]["initContainers"][2].update(image="envoyproxy/envoy:v1.39.0"),
+            r"\(envoy\): image not as",
+        ),
+        (lambda p: p["spec"]["initContainers"].pop(2), r"\(envoy\): .*not as"),
+        (
+            lambda p: p["spec"]["volumes"].append({"name": "intercept-x", "emptyDir": {}}),
+            r"spec.volumes \[.*'intercept-x'\]: the intercept-\* volumes",
+        ),
+        (
+            lambda p: p["spec"].pop("automountServiceAccountToken"),
+            "spec.automountServiceAccountToken: must be false",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["volumeMounts"][-1].pop("readOnly"),
+            r"container 'app': volumeMounts \['intercept-trust'\]",
+        ),
+        (
+            lambda p: p["spec"]["containers"][0]["securityContext"].update(runAsUser=101),
+            "container 'app': runAsUser 101 is reserved",
+        ),
+        (
+            lambda p: p["spec"]["volumes"].append({"name": "n", "hostPath": {"path": "/"}}),
+            "volume 'n': hostPath is not allowed",
+        ),
+    ],
+)
+def test_a_pod_cannot_fake_its_own_injection(change, message):
+    pod = injected()
+    change(pod)
+    with pytest.raises(InjectionError, match=message):
+        inject_pod(pod, InjectorSettings())
+
+
+def test_a_pod_injected_with_other_settings_is_refused():
+    with pytest.raises(InjectionError, match=r"initContainers\[0\] \(proxy-init\): command"):
+        inject_pod(injected(tls_ports=(443, 8443)), InjectorSettings())
+
+
+def test_a_debug_copy_of_an_injected_pod_is_accepted():
+    # A copy to debug: one more container, without the trust bundle.
+    pod = injected()
+    pod["spec"]["containers"].append({"name": "debugger", "image": "busybox:1.36"})
+    assert inject_pod(pod, InjectorSettings()) == pod
+
+
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [
+        (Resources({"cpu": "1000m"}, {}), "init_resources.requests.cpu: '1000m' is written '1'"),
+        (Resources({}, {"memory": "1024Mi"}), "init_resources.limits.memory: '1024Mi' is written"),
+        (Resources({"cpu": "0.5"}, {}), "init_resources.requests.cpu: '0.5' is not an integer"),
+    ],
+)
+def test_quantities_must_be_as_the_api_server_writes_them(resources, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        InjectorSettings(init_resources=resources)
+
+
+def test_a_limit_without_a_request_is_requested():
+    # As the API server defaults it; an empty map would not be written back.
+    assert Resources({}, {"memory": "1Gi"}).to_k8s() == {
+        "requests": {"memory": "1Gi"},
+        "limits": {"memory": "1Gi"},
+    }
+    assert Resources({"cpu": "1"}, {}).to_k8s() == {"requests": {"cpu": "1"}}

@@ -72,3 +72,20 @@ def test_a_pod_manifest_runs_injected_against_a_lab(workdir):
     assert [(r["host"], r["method"], r["path"]) for r in requests] == [
         ("pypi.org", "GET", "/simple/")
     ]
+
+
+def test_a_pod_claiming_to_be_injected_is_verified(workdir):
+    fake = POD.replace(
+        'labels: {intercept-proxy/enabled: "true"}}',
+        'labels: {intercept-proxy/enabled: "true"},'
+        ' annotations: {intercept-proxy/injected: "true"}}',
+    )
+    assert fake != POD
+    (workdir / "pod.yaml").write_text(fake)
+    run = subprocess.run(
+        [sys.executable, "-m", "intercept_proxy", "run", "--pod", "pod.yaml"],
+        capture_output=True, text=True, cwd=workdir, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert "spec.initContainers[0] (proxy-init)" in run.stderr
+    assert "annotated intercept-proxy/injected" in run.stderr

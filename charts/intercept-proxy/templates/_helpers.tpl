@@ -54,19 +54,97 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ list 0 (.Values.envoy.uid | int) (.Values.agent.uid | int) | toJson }}
 {{- end }}
 
-{{/* Pod selector of every rule: the label a platform engineer puts on a pod. */}}
+{{/* Pod selector of every rule: the label a platform engineer puts on a pod. The argument:
+the operations, and optionally the kind (Pod, or a subresource such as Pod/ephemeralcontainers). */}}
 {{- define "intercept-proxy.matchLabelledPods" -}}
 any:
   - resources:
-      kinds: [Pod]
-      operations: [CREATE]
+      kinds: [{{ .kind | default "Pod" }}]
+      operations: [{{ .operations | join ", " }}]
       selector:
         matchLabels:
           intercept-proxy/enabled: "true"
 {{- end }}
 
+{{/* Fails the rendering on values the injector refuses too (InjectorSettings). */}}
+{{- define "intercept-proxy.checkValues" -}}
+{{- if eq (.Values.envoy.uid | int) (.Values.agent.uid | int) }}
+{{- fail "envoy.uid and agent.uid must differ: each sidecar is exempted from the capture by its own UID" }}
+{{- end }}
+{{- range .Values.capture.tlsPorts }}
+{{- if has . $.Values.capture.httpPorts }}
+{{- fail (printf "capture.tlsPorts and capture.httpPorts both list port %v: a port goes to one listener" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A resource quantity as the API server writes it back (resource.Quantity's canonical form):
+an integer with the largest suffix of its family that keeps it an integer (1000m is 1, 1024Mi is
+1Gi). The sidecars are compared with their rendering once admitted, so nothing in them may be
+rewritten on the way in. As canonical_quantity in src/intercept_proxy/injector/settings.py. */}}
+{{- define "intercept-proxy.quantity" -}}
+{{- $q := . -}}
+{{- if kindIs "float64" $q -}}
+{{- if ne (float64 (int64 $q)) $q -}}
+{{- fail (printf "resource quantity %v: write an integer with a suffix (500m rather than 0.5)" $q) -}}
+{{- end -}}
+{{- $q = int64 $q -}}
+{{- end -}}
+{{- $q = toString $q -}}
+{{- if not (regexMatch "^(0|[1-9][0-9]{0,17})(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$" $q) -}}
+{{- fail (printf "resource quantity %q: write an integer with an optional suffix (500m, 1Gi)" $q) -}}
+{{- end -}}
+{{- $number := regexReplaceAll "[^0-9]+$" $q "" | int64 -}}
+{{- $suffix := regexReplaceAll "^[0-9]+" $q "" -}}
+{{- $binary := hasSuffix "i" $suffix -}}
+{{- $suffixes := ternary (list "Ki" "Mi" "Gi" "Ti" "Pi" "Ei") (list "m" "" "k" "M" "G" "T" "P" "E") $binary -}}
+{{- $base := ternary 1024 1000 $binary -}}
+{{- $index := 0 -}}
+{{- range $i, $s := $suffixes }}{{ if eq $s $suffix }}{{ $index = $i }}{{ end }}{{ end -}}
+{{- range $suffixes -}}
+{{- if and (ne $number 0) (eq (mod $number $base) 0) (lt (add1 $index) (len $suffixes)) -}}
+{{- $number = div $number $base -}}
+{{- $index = add1 $index -}}
+{{- end -}}
+{{- end -}}
+{{- if eq $number 0 }}0{{ else }}{{ $number }}{{ index $suffixes $index }}{{ end -}}
+{{- end }}
+
+{{/* Requests and limits as the API server stores them (Resources.to_k8s): canonical
+quantities, a limit without a request requested too, no empty map. */}}
 {{- define "intercept-proxy.resources" -}}
-{{ dict "requests" .requests "limits" .limits | toJson }}
+{{- $limits := dict -}}
+{{- range $name, $q := .limits }}{{ $_ := set $limits $name (include "intercept-proxy.quantity" $q) }}{{ end -}}
+{{- $requests := deepCopy $limits -}}
+{{- range $name, $q := .requests }}{{ $_ := set $requests $name (include "intercept-proxy.quantity" $q) }}{{ end -}}
+{{- $out := dict -}}
+{{- with $requests }}{{ $_ := set $out "requests" . }}{{ end -}}
+{{- with $limits }}{{ $_ := set $out "limits" . }}{{ end -}}
+{{ toJson $out }}
+{{- end }}
+
+{{/* With the token mounted, the sidecars hold an empty volume where the ServiceAccount plugin
+would mount it (NO_TOKEN_MOUNT): a pod injected ahead of time reaches Kyverno as injected. */}}
+{{- define "intercept-proxy.tokenMasks" -}}
+{{- if .Values.serviceAccountToken.automount -}}
+- name: intercept-no-token
+  mountPath: /var/run/secrets/kubernetes.io/serviceaccount
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* The volumeMounts of a sidecar that mounts nothing else. */}}
+{{- define "intercept-proxy.maskedMounts" -}}
+{{- with include "intercept-proxy.tokenMasks" . }}
+volumeMounts:
+  {{- . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* What the API server would fill in on a container (TERMINATION_MESSAGE). */}}
+{{- define "intercept-proxy.containerDefaults" -}}
+terminationMessagePath: /dev/termination-log
+terminationMessagePolicy: File
 {{- end }}
 
 {{- define "intercept-proxy.sidecarSecurityContext" -}}
@@ -86,8 +164,10 @@ seccompProfile:
 httpGet:
   path: {{ .path }}
   port: 15020
+  scheme: HTTP
 periodSeconds: 1
 timeoutSeconds: 1
+successThreshold: 1
 failureThreshold: {{ .failures }}
 {{- end }}
 
@@ -130,6 +210,8 @@ securityContext:
     add: [NET_ADMIN, NET_RAW]
   seccompProfile:
     type: RuntimeDefault
+{{- include "intercept-proxy.maskedMounts" . }}
+{{ include "intercept-proxy.containerDefaults" . }}
 {{- end }}
 
 {{/* The agent: ADS for Envoy, certificates, ext_authz, the DNS sinkhole. A native sidecar. */}}
@@ -189,6 +271,8 @@ volumeMounts:
     mountPath: /etc/intercept/pod
     readOnly: true
   {{- end }}
+  {{- with include "intercept-proxy.tokenMasks" . }}{{ . | nindent 2 }}{{ end }}
+{{ include "intercept-proxy.containerDefaults" . }}
 {{- end }}
 
 {{/* Envoy, with the agent's minimal bootstrap (`intercept envoy bootstrap`). A native sidecar
@@ -214,6 +298,8 @@ startupProbe:
   {{- include "intercept-proxy.probe" (dict "path" "/readyz" "failures" 120) | nindent 2 }}
 readinessProbe:
   {{- include "intercept-proxy.probe" (dict "path" "/readyz" "failures" 3) | nindent 2 }}
+{{- include "intercept-proxy.maskedMounts" . }}
+{{ include "intercept-proxy.containerDefaults" . }}
 {{- end }}
 
 {{/* The interceptor's volumes, appended after the pod's own: the policy; the CA (made by the
@@ -224,6 +310,7 @@ annotation, followed when the annotation changes. */}}
 - name: intercept-policy
   configMap:
     name: {{ .Release.Name }}-policy
+    defaultMode: 420
 {{- if eq .Values.ca.mode "ephemeral" }}
 - name: intercept-ca
   emptyDir:
@@ -245,7 +332,13 @@ annotation, followed when the annotation changes. */}}
     items:
       - path: policy.yaml
         fieldRef:
+          apiVersion: v1
           fieldPath: metadata.annotations['intercept-proxy/opa-data']
+    defaultMode: 420
+{{- end }}
+{{- if .Values.serviceAccountToken.automount }}
+- name: intercept-no-token
+  emptyDir: {}
 {{- end }}
 {{- end }}
 
@@ -254,7 +347,8 @@ annotation, followed when the annotation changes. */}}
 {{ printf "{{ %s }}" . }}
 {{- end }}
 
-{{/* Pods the injection already went through are left alone (as by the injector). */}}
+{{/* Pods the injection already went through are not injected again (the injector verifies
+them instead; here <release>-validate-pods does). */}}
 {{- define "intercept-proxy.excludeInjected" -}}
 any:
   - resources:

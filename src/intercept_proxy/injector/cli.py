@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from intercept_proxy.injector.pod import InjectionError
-from intercept_proxy.injector.settings import InjectorSettings, SettingsError
+from intercept_proxy.injector.settings import SettingsError
 from intercept_proxy.injector.values import settings_from_values
 from intercept_proxy.injector.workloads import TEMPLATE_PATHS, inject_object
 
@@ -24,7 +24,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-f", "--filename", required=True, help="manifests, or - for stdin")
     parser.add_argument(
-        "--values", type=Path, help="the chart's values file, for the same settings as the chart"
+        "--values",
+        type=Path,
+        help="the chart's values file (any part of it; the rest is the chart's defaults), for "
+        "the same settings as the chart",
     )
     parser.add_argument("--release", default="intercept-proxy", help="the chart's release name")
     parser.set_defaults(func=_inject)
@@ -32,13 +35,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _inject(args: argparse.Namespace) -> int:
     try:
-        settings = InjectorSettings(policy_config_map=f"{args.release}-policy")
-        if args.values is not None:
-            settings = settings_from_values(yaml.safe_load(args.values.read_text()), args.release)
+        given = yaml.safe_load(args.values.read_text()) if args.values is not None else {}
+        settings = settings_from_values(given, args.release)
         text = sys.stdin.read() if args.filename == "-" else Path(args.filename).read_text()
         documents = [d for d in yaml.safe_load_all(text) if d is not None]
         out = [inject_object(d, settings) for d in documents]
-    except (OSError, yaml.YAMLError, KeyError, SettingsError, InjectionError) as e:
+    except (OSError, yaml.YAMLError, SettingsError, InjectionError) as e:
         print(f"intercept inject: {e}", file=sys.stderr)
         return 2
     yaml.safe_dump_all(out, sys.stdout, sort_keys=False)

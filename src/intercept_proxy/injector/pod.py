@@ -10,6 +10,10 @@ What it adds:
 - volumes: the policy (a ConfigMap), the CA (an in-memory emptyDir mounted into the agent only),
   the trust bundle (an emptyDir the agent writes and the workload reads).
 
+What it refuses (check_pod, check_workload): whatever would let the workload undo, bypass or
+control the capture. A pod annotated as injected already is not injected again but verified:
+its interceptor must be exactly the one this injection adds.
+
 The local runtime and Kubernetes run the very same output.
 """
 
@@ -36,24 +40,41 @@ CA_DIR = "/var/run/intercept/ca"
 TRUST_DIR = "/var/run/intercept/trust"
 TRUST_BUNDLE = f"{TRUST_DIR}/ca-bundle.pem"
 
+# Every volume of the interceptor is named so, and no volume of the workload may be.
+INTERCEPTOR_PREFIX = "intercept-"
 POLICY_VOLUME = "intercept-policy"
 CA_VOLUME = "intercept-ca"
 TRUST_VOLUME = "intercept-trust"
+TRUST_MOUNT = {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True}
 
 POD_POLICY_VOLUME = "intercept-pod-policy"
 POD_POLICY_DIR = "/etc/intercept/pod"
 POD_POLICY_FILE = f"{POD_POLICY_DIR}/policy.yaml"
 POD_POLICY_FIELD = f"metadata.annotations['{POLICY_ANNOTATION}']"
 
-RESERVED_VOLUMES = frozenset({POLICY_VOLUME, CA_VOLUME, TRUST_VOLUME, POD_POLICY_VOLUME})
 # The ServiceAccount admission plugin projects the token into this volume before any webhook
 # runs, so `automountServiceAccountToken: false` set by the injection alone would not unmount it.
 TOKEN_VOLUME_PREFIX = "kube-api-access-"
+# Where it mounts the token into every container with nothing mounted there. With the token
+# mounted (serviceAccountToken.automount), the sidecars hold an empty volume there: they have no
+# use for it, and a pod injected ahead of time must reach Kyverno with its sidecars as injected.
+TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+NO_TOKEN_VOLUME = "intercept-no-token"
+NO_TOKEN_MOUNT = {"name": NO_TOKEN_VOLUME, "mountPath": TOKEN_PATH, "readOnly": True}
 
 PROXY_INIT = "proxy-init"
 AGENT = "intercept-agent"
 ENVOY = "envoy"
 SIDECARS = (PROXY_INIT, AGENT, ENVOY)
+
+# What the API server fills in where a container or volume leaves it out, before validating
+# webhooks see the pod: written out, so that the sidecars Kyverno compares with the chart's
+# rendering arrive as rendered (tests/chart/apiserver.py lists the defaults).
+TERMINATION_MESSAGE = {
+    "terminationMessagePath": "/dev/termination-log",
+    "terminationMessagePolicy": "File",
+}
+DEFAULT_MODE = 0o644
 
 # Variables through which common clients find their CA bundle.
 TRUST_VARIABLES = (
@@ -70,6 +91,15 @@ TRUST_VARIABLES = (
 ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 # Pod-level settings that would share the node's network, processes or IPC.
 HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace")
+# The restricted Pod Security profile's volume types. The others are the node's files
+# (hostPath) or storage the node mounts for the pod (nfs, iscsi, ...): reached from the node's
+# network, around the capture.
+ALLOWED_VOLUME_TYPES = (
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+    "projected", "secret",
+)  # fmt: skip
+# Security profiles a workload may not turn off (its container's or the pod's).
+PROFILES = ("seccompProfile", "appArmorProfile")
 
 
 class InjectionError(ValueError):
@@ -99,11 +129,22 @@ def _restricted(uid: int) -> dict[str, Any]:
 
 def _http_probe(path: str, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": ports.AGENT_HTTP},
+        "httpGet": {"path": path, "port": ports.AGENT_HTTP, "scheme": "HTTP"},
         "periodSeconds": 1,
         "timeoutSeconds": 1,
+        "successThreshold": 1,
         "failureThreshold": failures,
     }
+
+
+def _token_masks(s: InjectorSettings) -> list[dict[str, Any]]:
+    return [dict(NO_TOKEN_MOUNT)] if s.automount_service_account_token else []
+
+
+def _masked(s: InjectorSettings) -> dict[str, Any]:
+    """The volumeMounts of a sidecar that mounts nothing else."""
+    masks = _token_masks(s)
+    return {"volumeMounts": masks} if masks else {}
 
 
 def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
@@ -132,6 +173,8 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        **_masked(s),
+        **TERMINATION_MESSAGE,
     }
 
 
@@ -159,6 +202,7 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
     if s.policy_override is not OverrideMode.NONE:
         command += ["--pod-policy", POD_POLICY_FILE, "--pod-policy-mode", str(s.policy_override)]
         mounts.append({"name": POD_POLICY_VOLUME, "mountPath": POD_POLICY_DIR, "readOnly": True})
+    mounts += _token_masks(s)
     return {
         "name": AGENT,
         "image": s.image,
@@ -170,6 +214,7 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         "startupProbe": _http_probe("/healthz", failures=60),
         "livenessProbe": _http_probe("/healthz", failures=10),
         "volumeMounts": mounts,
+        **TERMINATION_MESSAGE,
     }
 
 
@@ -187,7 +232,14 @@ def envoy_container(s: InjectorSettings) -> dict[str, Any]:
         # starts only once its traffic can be judged.
         "startupProbe": _http_probe("/readyz", failures=120),
         "readinessProbe": _http_probe("/readyz", failures=3),
+        **_masked(s),
+        **TERMINATION_MESSAGE,
     }
+
+
+def interceptor_containers(s: InjectorSettings) -> list[dict[str, Any]]:
+    """The first three init containers of an injected pod, in order."""
+    return [proxy_init_container(s), agent_container(s), envoy_container(s)]
 
 
 def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
@@ -199,15 +251,26 @@ def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
         else {"emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
     )
     out = [
-        {"name": POLICY_VOLUME, "configMap": {"name": s.policy_config_map}},
+        {
+            "name": POLICY_VOLUME,
+            "configMap": {"name": s.policy_config_map, "defaultMode": DEFAULT_MODE},
+        },
         {"name": CA_VOLUME, **ca},
         {"name": TRUST_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
     ]
     if s.policy_override is not OverrideMode.NONE:
         # The pod's own policy, followed when the annotation changes (the kubelet rewrites the
         # file, the agent reloads it): no restart.
-        item = {"path": "policy.yaml", "fieldRef": {"fieldPath": POD_POLICY_FIELD}}
-        out.append({"name": POD_POLICY_VOLUME, "downwardAPI": {"items": [item]}})
+        field = {"apiVersion": "v1", "fieldPath": POD_POLICY_FIELD}
+        items = [{"path": "policy.yaml", "fieldRef": field}]
+        out.append(
+            {
+                "name": POD_POLICY_VOLUME,
+                "downwardAPI": {"items": items, "defaultMode": DEFAULT_MODE},
+            }
+        )
+    if s.automount_service_account_token:
+        out.append({"name": NO_TOKEN_VOLUME, "emptyDir": {}})
     return out
 
 
@@ -220,10 +283,56 @@ def _id(value: Any, where: str) -> int | None:
     return value
 
 
+def _is_interceptors(item: dict[str, Any]) -> bool:
+    return str(item.get("name", "")).startswith(INTERCEPTOR_PREFIX)
+
+
+def _check_profiles(context: dict[str, Any], where: str) -> None:
+    for field in PROFILES:
+        if (context.get(field) or {}).get("type") == "Unconfined":
+            raise InjectionError(
+                f"{where}.{field}: Unconfined is not allowed (the runtime's default profile "
+                "keeps the workload from the kernel interfaces it has no use for)"
+            )
+
+
+def check_volume(volume: dict[str, Any], s: InjectorSettings) -> None:
+    """A volume of the workload's: none of the interceptor's names, a type of the restricted
+    profile's, not the sandbox CA's Secret, no service account token unless it is mounted."""
+    where = f"volume {volume.get('name')!r}"
+    if _is_interceptors(volume):
+        raise InjectionError(f"{where}: names beginning with {INTERCEPTOR_PREFIX!r} are reserved")
+    refused = sorted(set(volume) - {"name", *ALLOWED_VOLUME_TYPES})
+    if refused:
+        raise InjectionError(
+            f"{where}: {', '.join(refused)} is not allowed: only {', '.join(ALLOWED_VOLUME_TYPES)}"
+            " (the restricted Pod Security profile's types; the others reach the node's files, "
+            "or are mounted by the node, outside the capture)"
+        )
+    sources = (volume.get("projected") or {}).get("sources") or []
+    secrets = [(volume.get("secret") or {}).get("secretName")]
+    secrets += [(source.get("secret") or {}).get("name") for source in sources]
+    if s.ca_mode == "secret" and s.ca_secret in secrets:
+        raise InjectionError(
+            f"{where}: Secret {s.ca_secret!r} holds the sandbox CA's key, for the agent alone"
+        )
+    if not s.automount_service_account_token and any("serviceAccountToken" in x for x in sources):
+        raise InjectionError(
+            f"{where}: a serviceAccountToken source is not allowed: the service account token "
+            "is not mounted into intercepted pods (serviceAccountToken.automount)"
+        )
+
+
 def check_pod(spec: dict[str, Any], s: InjectorSettings) -> None:
+    """The pod's own settings and volumes (the interceptor's aside)."""
     for field in HOST_NAMESPACES:
         if spec.get(field):
             raise InjectionError(f"spec.{field}: not allowed: it would share the node's namespaces")
+    if spec.get("ephemeralContainers"):
+        raise InjectionError(
+            "spec.ephemeralContainers: not allowed: a debug container would join the pod "
+            "unchecked (debug a copy: kubectl debug --copy-to)"
+        )
     context = spec.get("securityContext") or {}
     if _id(context.get("runAsUser"), "spec.securityContext.runAsUser") in s.reserved_uids:
         raise InjectionError(
@@ -240,16 +349,27 @@ def check_pod(spec: dict[str, Any], s: InjectorSettings) -> None:
     ]
     if 0 in groups:
         raise InjectionError("spec.securityContext: group 0 (root's) is not allowed")
-    names = {v.get("name") for v in spec.get("volumes") or []}
-    clash = names & RESERVED_VOLUMES
-    if clash:
-        raise InjectionError(f"volumes {sorted(clash)}: the names are reserved for the interceptor")
+    _check_profiles(context, "spec.securityContext")
+    for volume in spec.get("volumes") or []:
+        check_volume(volume, s)
+
+
+def _secret_refs(container: dict[str, Any]) -> list[Any]:
+    """The Secrets a container's environment reads."""
+    env = [e.get("valueFrom") or {} for e in container.get("env") or []]
+    refs = [(e.get("secretKeyRef") or {}).get("name") for e in env]
+    return refs + [(e.get("secretRef") or {}).get("name") for e in container.get("envFrom") or []]
 
 
 def check_workload(
-    container: dict[str, Any], pod_context: dict[str, Any], s: InjectorSettings
+    container: dict[str, Any],
+    pod_context: dict[str, Any],
+    s: InjectorSettings,
+    interceptor_mounts: tuple[dict[str, Any], ...] = (),
 ) -> None:
-    """Refuse what would let a workload container bypass or control the interceptor."""
+    """Refuse what would let a workload container bypass or control the interceptor.
+    `interceptor_mounts`: the mounts of the interceptor's volumes it may have (an injected
+    pod's containers: the trust bundle's, as the injection adds it)."""
     name = container.get("name", "?")
     where = f"container {name!r}"
     if name in SIDECARS:
@@ -257,6 +377,12 @@ def check_workload(
     context = container.get("securityContext") or {}
     uid = _id(context.get("runAsUser"), f"{where}: runAsUser")
     uid = uid if uid is not None else _id(pod_context.get("runAsUser"), "runAsUser")
+    if uid is None:
+        raise InjectionError(
+            f"{where}: no runAsUser (its securityContext's or the pod's): the image's user "
+            f"could be root or {s.envoy_uid} or {s.agent_uid}, the UIDs the interceptor exempts "
+            "from capture (nginx-unprivileged runs as 101)"
+        )
     if uid in s.reserved_uids:
         who = "root" if uid == 0 else "a sidecar of the interceptor"
         raise InjectionError(
@@ -278,9 +404,71 @@ def check_workload(
             f"{where}: capabilities.add {sorted(added - ALLOWED_CAPABILITIES)}: only "
             f"{sorted(ALLOWED_CAPABILITIES)} may be added"
         )
-    for mount in container.get("volumeMounts") or []:
-        if mount.get("name") in RESERVED_VOLUMES:
-            raise InjectionError(f"{where}: volume {mount['name']!r} is the interceptor's")
+    _check_profiles(context, f"{where}: securityContext")
+    mounts = [m for m in container.get("volumeMounts") or [] if _is_interceptors(m)]
+    if mounts and mounts != list(interceptor_mounts):
+        raise InjectionError(
+            f"{where}: volumeMounts {[m.get('name') for m in mounts]}: the interceptor's volumes"
+            " are not the workload's to mount"
+        )
+    if s.ca_mode == "secret" and s.ca_secret in _secret_refs(container):
+        raise InjectionError(
+            f"{where}: env: Secret {s.ca_secret!r} holds the sandbox CA's key, for the agent alone"
+        )
+
+
+def check_workloads(
+    spec: dict[str, Any],
+    s: InjectorSettings,
+    interceptor_mounts: tuple[dict[str, Any], ...] = (),
+) -> None:
+    context = spec.get("securityContext") or {}
+    for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        check_workload(container, context, s, interceptor_mounts)
+
+
+def _difference(actual: Any, expected: dict[str, Any]) -> str:
+    if not isinstance(actual, dict):
+        return "missing"
+    fields = sorted(k for k in actual.keys() | expected.keys() if actual.get(k) != expected.get(k))
+    return f"{', '.join(fields)} not as the injection writes {'it' if len(fields) == 1 else 'them'}"
+
+
+def check_injected(spec: dict[str, Any], s: InjectorSettings) -> None:
+    """A pod injected ahead of time, by its annotation: the annotation is the pod's own word,
+    so its interceptor must be exactly what this injection adds, and the rest of it passes the
+    checks of a pod about to be injected."""
+    init = spec.get("initContainers") or []
+    for index, expected in enumerate(interceptor_containers(s)):
+        actual = init[index] if index < len(init) else None
+        if actual != expected:
+            difference = _difference(actual, expected)
+            raise InjectionError(
+                f"spec.initContainers[{index}] ({expected['name']}): {difference} (the pod is "
+                f"annotated {INJECTED_ANNOTATION}, but this is not the interceptor)"
+            )
+    pod_volumes = spec.get("volumes") or []
+    theirs = [v for v in pod_volumes if _is_interceptors(v)]
+    if theirs != volumes(s):
+        raise InjectionError(
+            f"spec.volumes {[v.get('name') for v in theirs]}: the {INTERCEPTOR_PREFIX}* volumes "
+            "are not the interceptor's as the injection writes them"
+        )
+    if (
+        not s.automount_service_account_token
+        and spec.get("automountServiceAccountToken") is not False
+    ):
+        raise InjectionError(
+            "spec.automountServiceAccountToken: must be false: the service account token is not "
+            "mounted into intercepted pods (serviceAccountToken.automount)"
+        )
+    workload = {
+        **spec,
+        "initContainers": init[len(SIDECARS) :],
+        "volumes": [v for v in pod_volumes if not _is_interceptors(v)],
+    }
+    check_pod(workload, s)
+    check_workloads(workload, s, (TRUST_MOUNT,))
 
 
 def _is_token(volume: dict[str, Any]) -> bool:
@@ -295,10 +483,9 @@ def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[s
         out["volumeMounts"] = [m for m in out["volumeMounts"] if not _is_token(m)]
     env = [e for e in out.get("env") or [] if e.get("name") not in TRUST_VARIABLES]
     out["env"] = env + [{"name": v, "value": TRUST_BUNDLE} for v in TRUST_VARIABLES]
-    mounts = out.setdefault("volumeMounts", [])
-    mounts.append({"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True})
+    out.setdefault("volumeMounts", []).append(dict(TRUST_MOUNT))
     context = out.setdefault("securityContext", {})
-    context.setdefault("runAsNonRoot", True)  # no UID given: the image's must not be root
+    context.setdefault("runAsNonRoot", True)  # what strict policies check (the UID is never 0)
     context["allowPrivilegeEscalation"] = False
     caps = context.setdefault("capabilities", {})
     caps["drop"] = ["ALL"]  # what it added (NET_BIND_SERVICE at most) stays
@@ -309,30 +496,29 @@ def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[s
 def inject_pod_spec(
     metadata: dict[str, Any], spec: dict[str, Any], s: InjectorSettings
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The (metadata, spec) of the intercepted pod. Already injected: returned unchanged."""
+    """The (metadata, spec) of the intercepted pod. Already injected (annotated): returned
+    unchanged once its interceptor is verified to be this injection's."""
     if is_injected(metadata):
+        check_injected(spec, s)
         return copy.deepcopy(metadata), copy.deepcopy(spec)
-    check_pod(spec, s)
-    pod_context = spec.get("securityContext") or {}
-    own_init = spec.get("initContainers") or []
-    for container in [*own_init, *(spec.get("containers") or [])]:
-        check_workload(container, pod_context, s)
+    own_volumes = spec.get("volumes") or []
+    if not s.automount_service_account_token:
+        own_volumes = [v for v in own_volumes if not _is_token(v)]
+    check_pod({**spec, "volumes": own_volumes}, s)
+    check_workloads(spec, s)
 
     out_meta = copy.deepcopy(metadata)
     out_meta.setdefault("annotations", {})[INJECTED_ANNOTATION] = "true"
     out_spec = copy.deepcopy(spec)
+    own_init = spec.get("initContainers") or []
     out_spec["initContainers"] = [
-        proxy_init_container(s),
-        agent_container(s),
-        envoy_container(s),
+        *interceptor_containers(s),
         *(workload_container(c, s) for c in own_init),
     ]
     out_spec["containers"] = [workload_container(c, s) for c in spec.get("containers") or []]
-    own_volumes = spec.get("volumes") or []
     if not s.automount_service_account_token:
         out_spec["automountServiceAccountToken"] = False
-        own_volumes = [v for v in own_volumes if not _is_token(v)]
-    out_spec["volumes"] = [*own_volumes, *volumes(s)]
+    out_spec["volumes"] = [*copy.deepcopy(own_volumes), *volumes(s)]
     return out_meta, out_spec
 
 

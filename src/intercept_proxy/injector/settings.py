@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +11,11 @@ from intercept_proxy import __version__, ports
 from intercept_proxy.policy.combined import OverrideMode
 
 # Container images. Never `latest`: what runs is what was tested.
-DEFAULT_IMAGE = f"intercept-proxy/intercept-proxy:{__version__}"
-DEFAULT_ENVOY_IMAGE = "envoyproxy/envoy:v1.40.0"
+IMAGE_REPOSITORY = "intercept-proxy/intercept-proxy"
+ENVOY_REPOSITORY = "envoyproxy/envoy"
+ENVOY_TAG = "v1.40.0"
+DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
+DEFAULT_ENVOY_IMAGE = f"{ENVOY_REPOSITORY}:{ENVOY_TAG}"
 
 ENABLED_LABEL = "intercept-proxy/enabled"
 INJECTED_ANNOTATION = "intercept-proxy/injected"
@@ -19,10 +23,41 @@ POLICY_ANNOTATION = "intercept-proxy/opa-data"
 
 ENVOY_UID = 101
 AGENT_UID = 102
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 class SettingsError(ValueError):
     """Settings that cannot produce a safe pod; the message names the setting."""
+
+
+# A resource quantity as this injection (and the chart) accepts it: an integer, with a suffix.
+# At most 18 digits: Helm's templates compute in int64.
+_QUANTITY = re.compile(r"(0|[1-9][0-9]{0,17})(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
+_DECIMAL_SUFFIXES = ("m", "", "k", "M", "G", "T", "P", "E")
+_BINARY_SUFFIXES = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+
+
+def canonical_quantity(value: object, where: str) -> str:
+    """`value` as the API server writes a quantity back (resource.Quantity's canonical form: the
+    largest suffix of its family that keeps the number an integer, 1000m -> 1, 1024Mi -> 1Gi):
+    a sidecar compared with its rendering must not be rewritten on its way in."""
+    text = str(value) if type(value) is int else value
+    match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise SettingsError(
+            f"{where}: {value!r} is not an integer with an optional suffix "
+            "(write 500m rather than 0.5, 1Gi rather than 1.0Gi)"
+        )
+    number, suffix = int(match[1]), match[2] or ""
+    if number == 0:
+        return "0"
+    suffixes, base = (
+        (_BINARY_SUFFIXES, 1024) if suffix in _BINARY_SUFFIXES else (_DECIMAL_SUFFIXES, 1000)
+    )
+    index = suffixes.index(suffix)
+    while number % base == 0 and index + 1 < len(suffixes):
+        number, index = number // base, index + 1
+    return f"{number}{suffixes[index]}"
 
 
 @dataclass(frozen=True)
@@ -31,7 +66,23 @@ class Resources:
     limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "512Mi"})
 
     def to_k8s(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "limits": dict(self.limits)}
+        """As the API server would store it: a limit without a request is requested too, and
+        an empty map is left out (it would not be written back)."""
+        requests = {**self.limits, **self.requests}
+        return {k: v for k, v in (("requests", requests), ("limits", dict(self.limits))) if v}
+
+    def check(self, name: str) -> None:
+        """Every quantity as the API server writes it back: the sidecars are compared, as
+        stored, with their rendering."""
+        for kind in ("requests", "limits"):
+            for resource, quantity in getattr(self, kind).items():
+                where = f"{name}.{kind}.{resource}"
+                canonical = canonical_quantity(quantity, where)
+                if quantity != canonical:
+                    raise SettingsError(
+                        f"{where}: {quantity!r} is written {canonical!r} by the API server; "
+                        f"give {canonical!r}"
+                    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +138,14 @@ class InjectorSettings:
             image = getattr(self, name)
             if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
                 raise SettingsError(f"{name}: {image!r} must be pinned to a version tag")
+        if not self.cert_validity_hours > 0:
+            raise SettingsError(f"cert_validity_hours: {self.cert_validity_hours} is not positive")
+        if self.image_pull_policy not in PULL_POLICIES:
+            raise SettingsError(
+                f"image_pull_policy: {self.image_pull_policy!r} is not one of {PULL_POLICIES}"
+            )
+        for name in ("agent_resources", "envoy_resources", "init_resources"):
+            getattr(self, name).check(name)
 
     @property
     def reserved_uids(self) -> tuple[int, ...]:

@@ -1,13 +1,154 @@
 """The chart's values as injector settings: one mapping, so the chart's Kyverno patch and
-`intercept inject` are driven by the same numbers (a test renders the chart and compares)."""
+`intercept inject` are driven by the same numbers (a test renders the chart and compares).
+
+A values file may give any part of the values, as for `helm install -f`: what it leaves out is
+the chart's default, which is also the injector's (`DEFAULTS`, built from `InjectorSettings()`;
+a test holds it equal to charts/intercept-proxy/values.yaml). A key the chart does not have, or
+a value of the wrong type, is an error naming the key.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from intercept_proxy.injector.settings import InjectorSettings, Resources
+from intercept_proxy import __version__
+from intercept_proxy.injector.settings import (
+    ENVOY_REPOSITORY,
+    ENVOY_TAG,
+    IMAGE_REPOSITORY,
+    PULL_POLICIES,
+    InjectorSettings,
+    Resources,
+    SettingsError,
+    canonical_quantity,
+)
 from intercept_proxy.policy.combined import OverrideMode
+
+# A part of the chart's values the injection does not read (the chart's schema checks it).
+IGNORED = object()
+
+
+def _resources_values(resources: Resources) -> dict[str, Any]:
+    return {"requests": dict(resources.requests), "limits": dict(resources.limits)}
+
+
+def _defaults(s: InjectorSettings) -> dict[str, Any]:
+    return {
+        "global": IGNORED,  # Helm's own
+        "image": {
+            "repository": IMAGE_REPOSITORY,
+            "tag": __version__,
+            "pullPolicy": s.image_pull_policy,
+        },
+        "envoy": {
+            "image": {"repository": ENVOY_REPOSITORY, "tag": ENVOY_TAG},
+            "uid": s.envoy_uid,
+            "resources": _resources_values(s.envoy_resources),
+        },
+        "agent": {
+            "uid": s.agent_uid,
+            "certValidityHours": s.cert_validity_hours,
+            "resources": _resources_values(s.agent_resources),
+        },
+        "proxyInit": {"resources": _resources_values(s.init_resources)},
+        "capture": {
+            "tlsPorts": list(s.tls_ports),
+            "httpPorts": list(s.http_ports),
+            "allowedCidrs": list(s.allowed_cidrs),
+        },
+        "dns": {"forwardSuffixes": list(s.dns_forward_suffixes)},
+        "policy": {"podOverride": str(s.policy_override), "default": IGNORED},
+        "ca": {"mode": s.ca_mode, "secretName": s.ca_secret, "certManager": IGNORED},
+        "serviceAccountToken": {"automount": s.automount_service_account_token},
+        "clone": IGNORED,
+        "networkPolicy": IGNORED,
+        "kyverno": IGNORED,
+        "helmTest": IGNORED,
+        "cleanup": IGNORED,
+    }
+
+
+DEFAULTS = _defaults(InjectorSettings())
+# The items of the lists (the defaults may be empty), and the maps whose keys are free.
+ITEM_TYPES: dict[str, type] = {
+    "capture.tlsPorts": int,
+    "capture.httpPorts": int,
+    "capture.allowedCidrs": str,
+    "dns.forwardSuffixes": str,
+}
+QUANTITY_MAPS = frozenset(
+    f"{section}.resources.{kind}"
+    for section in ("envoy", "agent", "proxyInit")
+    for kind in ("requests", "limits")
+)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "image.pullPolicy": PULL_POLICIES,
+    "policy.podOverride": tuple(str(m) for m in OverrideMode),
+    "ca.mode": ("ephemeral", "secret", "certManager"),
+}
+
+
+def _type_name(kind: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+
+
+def _is(value: Any, kind: type) -> bool:
+    """JSON's types: a boolean is not a number, an integer is a number."""
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
+    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+
+
+def _scalar(value: Any, default: Any, where: str) -> Any:
+    if not _is(value, type(default)):
+        raise SettingsError(f"values: {where}: {value!r} is not {_type_name(type(default))}")
+    if where in CHOICES and value not in CHOICES[where]:
+        raise SettingsError(f"values: {where}: {value!r} is not one of {CHOICES[where]}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise SettingsError(f"values: {where}: {value!r} is not a list")
+    for i, item in enumerate(value):
+        if not _is(item, ITEM_TYPES[where]):
+            raise SettingsError(
+                f"values: {where}[{i}]: {item!r} is not {_type_name(ITEM_TYPES[where])}"
+            )
+    return value
+
+
+def _quantities(value: Any, default: dict[str, Any], where: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise SettingsError(f"values: {where}: {value!r} is not a mapping")
+    merged = {k: v for k, v in {**default, **value}.items() if v is not None}
+    return {k: canonical_quantity(v, f"values: {where}.{k}") for k, v in merged.items()}
+
+
+def _merge(default: dict[str, Any], given: Any, where: str) -> dict[str, Any]:
+    """`given` over `default`, as Helm coalesces values: maps merged key by key, lists and
+    scalars replaced."""
+    if not isinstance(given, dict):
+        raise SettingsError(f"values: {where or 'the file'}: {given!r} is not a mapping")
+    out = dict(default)
+    for key, value in given.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in default:
+            raise SettingsError(f"values: {path}: the chart has no such value")
+        if default[key] is IGNORED:
+            continue
+        if value is None:
+            raise SettingsError(f"values: {path}: a value is needed")
+        if path in QUANTITY_MAPS:
+            out[key] = _quantities(value, default[key], path)
+        elif isinstance(default[key], dict):
+            out[key] = _merge(default[key], value, path)
+        elif isinstance(default[key], list):
+            out[key] = _list(value, path)
+        else:
+            out[key] = _scalar(value, default[key], path)
+    return out
 
 
 def _image(section: Mapping[str, Any]) -> str:
@@ -18,7 +159,10 @@ def _resources(section: Mapping[str, Any]) -> Resources:
     return Resources(dict(section["requests"]), dict(section["limits"]))
 
 
-def settings_from_values(values: Mapping[str, Any], release: str) -> InjectorSettings:
+def settings_from_values(given: Mapping[str, Any] | None, release: str) -> InjectorSettings:
+    """The settings of the chart installed as `release` with the values `given` (a values
+    file's content: any part of the chart's values; None for an empty file)."""
+    values = _merge(DEFAULTS, {} if given is None else given, "")
     ca = values["ca"]
     secret = {"secret": ca["secretName"] or f"{release}-ca", "certManager": f"{release}-ca"}
     return InjectorSettings(

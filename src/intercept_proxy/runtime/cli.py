@@ -22,7 +22,6 @@ from intercept_proxy.injector.pod import (
     InjectionError,
     inject_pod,
     is_enabled,
-    is_injected,
 )
 from intercept_proxy.injector.settings import (
     AGENT_UID,
@@ -226,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
             pod = command_pod(command, uid, prefix)
             attached = WORKLOAD
         meta = pod.get("metadata") or {}
-        if is_enabled(meta) and not is_injected(meta):
+        if is_enabled(meta):  # an injected one is verified to be this injection's
             pod = inject_pod(pod, settings)
         by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
         with _uplink(args, prefix) as uplink:
