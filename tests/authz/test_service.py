@@ -1,4 +1,5 @@
-"""ext_authz: CheckRequest in, OPA-Envoy input, decision, response and decision log out."""
+"""ext_authz: CheckRequest in, OPA-Envoy input, decision, response (with the decision as dynamic
+metadata for Envoy's decision log) out."""
 
 from __future__ import annotations
 
@@ -6,15 +7,16 @@ import asyncio
 import json
 
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from intercept_proxy.authz.decisionlog import DecisionLog
 from intercept_proxy.authz.service import AuthorizationService, check_input
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import parse_policy
-from intercept_proxy.xds.resources import TRANSPORT_KEY
+from intercept_proxy.xds.routes import TRANSPORT_KEY
 
 ENGINE = RegorusEngine(parse_policy("allowed_domains: [pypi.org]"))
+REQUEST_ID = "0f2b6a6e-4d0c-4a51-9a43-6c1f0e5b7d21"
 
 
 def check_request(
@@ -26,7 +28,12 @@ def check_request(
         path=path,
         scheme="https" if transport == "tls" else "http",
         protocol="HTTP/1.1",
-        headers={":authority": host, "authorization": "Bearer secret-token", "cookie": "s=1"},
+        headers={
+            ":authority": host,
+            "authorization": "Bearer secret-token",
+            "cookie": "s=1",
+            "x-request-id": REQUEST_ID,
+        },
     )
     attrs = attribute_context_pb2.AttributeContext(
         request=attribute_context_pb2.AttributeContext.Request(http=http),
@@ -57,29 +64,26 @@ def test_plain_connections_have_no_tls_session():
     assert ENGINE.evaluate(doc).allow
 
 
-def run_check(request, tmp_path):
-    log_path = tmp_path / "decisions.log"
-    log = DecisionLog(log_path)
+def run_check(request):
     observed = []
-    service = AuthorizationService(lambda: ENGINE, log, lambda d, s: observed.append((d, s)))
+    service = AuthorizationService(lambda: ENGINE, lambda d, s: observed.append((d, s)))
     response = asyncio.run(service.Check(request, None))
-    log.close()
-    records = [json.loads(line) for line in log_path.read_text().splitlines()]
-    return response, records, observed
+    return response, json_format.MessageToDict(response.dynamic_metadata), observed
 
 
-def test_allowed_request(tmp_path):
-    response, records, observed = run_check(check_request("GET", "pypi.org", "/x?t=1"), tmp_path)
+def test_allowed_request():
+    response, metadata, observed = run_check(check_request("GET", "pypi.org", "/x?t=1"))
     assert response.status.code == code_pb2.OK
     header = response.ok_response.response_headers_to_add[0].header
-    assert header.key == "x-intercept-decision-id"
-    assert header.value == records[0]["decision_id"]
-    assert records[0]["allow"] is True
+    assert (header.key, header.value) == ("x-intercept-decision-id", REQUEST_ID)
+    assert metadata["allow"] is True
+    assert metadata["rule"] == "allowed_domains"
+    assert metadata["policy_revision"] == ENGINE.revision
     assert observed[0][0].allow
 
 
-def test_denied_request_gets_403_json_with_the_logged_decision_id(tmp_path):
-    response, records, _ = run_check(check_request("POST", "pypi.org", "/upload?t=1"), tmp_path)
+def test_denied_request_gets_403_json_with_envoys_request_id():
+    response, metadata, _ = run_check(check_request("POST", "pypi.org", "/upload?t=1"))
     assert response.status.code == code_pb2.PERMISSION_DENIED
     denied = response.denied_response
     assert denied.status.code == 403
@@ -87,32 +91,15 @@ def test_denied_request_gets_403_json_with_the_logged_decision_id(tmp_path):
     assert headers["content-type"] == "application/json"
     body = json.loads(denied.body)
     assert body["error"]["code"] == "POLICY_BLOCKED"
-    assert "permits only GET and HEAD" in body["error"]["message"]
-    assert (
-        body["error"]["decision_id"]
-        == records[0]["decision_id"]
-        == headers["x-intercept-decision-id"]
-    )
+    assert body["error"]["rule"] == metadata["rule"] == "method_not_allowed"
+    assert "permits only GET and HEAD" in body["error"]["message"] == metadata["reason"]
+    assert body["error"]["decision_id"] == headers["x-intercept-decision-id"] == REQUEST_ID
+    assert metadata["allow"] is False
 
 
-def test_decision_log_never_holds_header_values_or_queries(tmp_path):
-    _, records, _ = run_check(check_request("GET", "pypi.org", "/a/b?token=hunter2"), tmp_path)
-    record = records[0]
-    assert set(record) == {
-        "time",
-        "decision_id",
-        "allow",
-        "rule",
-        "reason",
-        "method",
-        "scheme",
-        "host",
-        "path",
-        "sni",
-        "eval_ms",
-        "policy_revision",
-    }
-    assert record["path"] == "/a/b"
-    line = json.dumps(record)
+def test_the_decision_for_the_log_holds_no_header_value_or_query():
+    _, metadata, _ = run_check(check_request("GET", "pypi.org", "/a/b?token=hunter2"))
+    assert set(metadata) == {"allow", "rule", "reason", "policy_revision", "eval_ms"}
+    text = json.dumps(metadata)
     for secret in ("hunter2", "token=", "secret-token", "s=1"):
-        assert secret not in line
+        assert secret not in text

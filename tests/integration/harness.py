@@ -12,11 +12,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns, ports
+from tests.decisions import Record, decisions
 
 ENVOY_UID = 101
 AGENT_UID = 102
@@ -59,12 +61,9 @@ class Interceptor:
         self.ca_dir.mkdir()
         os.chown(self.ca_dir, AGENT_UID, AGENT_UID)
         self.ca_cert = self.ca_dir / "ca.pem"
-        self.decision_log = self.dir / "decisions.log"
-        self.access_log = self.dir / "access.log"
-        for path in (self.decision_log, self.access_log):
-            path.touch()
-        os.chown(self.decision_log, AGENT_UID, AGENT_UID)
-        os.chown(self.access_log, ENVOY_UID, ENVOY_UID)
+        self.decision_log = self.dir / "decisions.log"  # Envoy writes it
+        self.decision_log.touch()
+        os.chown(self.decision_log, ENVOY_UID, ENVOY_UID)
         self.write_policy(policy)
         self.dns = dns
         self.agent: subprocess.Popen[bytes] | None = None
@@ -86,7 +85,6 @@ class Interceptor:
             "--ca-key", str(self.ca_dir / "ca.key"),
             "--upstream-ca", str(self.upstream_ca),
             "--decision-log", str(self.decision_log),
-            "--access-log", str(self.access_log),
             "--cert-cache-size", "200",
         ]  # fmt: skip
         for server in self.dns:
@@ -119,14 +117,23 @@ class Interceptor:
         self.wait_ready()
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        """Ready when Envoy has accepted the agent's whole configuration."""
+    def wait_ready(
+        self, timeout: float = 30.0, judged_by: str = "envoy", revision: str | None = None
+    ) -> None:
+        """Ready when Envoy has accepted the agent's whole configuration, with the policy
+        (of `revision`, if given) compiled into its routes (judged_by "envoy") unless told
+        otherwise."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for proc, name in ((self.agent, "agent"), (self.envoy, "envoy")):
                 if proc is not None and proc.poll() is not None:
                     raise RuntimeError(f"{name} exited {proc.returncode}:\n{self.logs()}")
-            if self.readiness().get("ready"):
+            readiness = self.readiness()
+            if (
+                readiness.get("ready")
+                and readiness.get("judged_by") == judged_by
+                and revision in (None, readiness.get("policy_revision"))
+            ):
                 return
             time.sleep(0.1)
         raise TimeoutError(f"interceptor not ready after {timeout}s:\n{self.logs()}")
@@ -178,11 +185,10 @@ class Interceptor:
             out.append(f"--- {name} ---\n{text[-3000:]}")
         return "\n".join(out)
 
-    def decisions(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.decision_log.read_text().splitlines()]
-
-    def access_entries(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines()]
+    def decisions(
+        self, match: Callable[[Record], bool] | None = None, count: int = 1
+    ) -> list[Record]:
+        return decisions(self.decision_log, match, count)
 
     # -- the workload's side -------------------------------------------------------------------
 

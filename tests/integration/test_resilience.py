@@ -1,4 +1,5 @@
-"""Failure modes: the agent dies (requests fail closed), and a flood of names (memory bounded)."""
+"""Failure modes: the agent dies (Envoy keeps to the policy it holds, and whatever needs the agent
+fails closed), and a flood of names (memory bounded)."""
 
 from __future__ import annotations
 
@@ -33,14 +34,25 @@ def test_agent_down_fails_closed_and_recovers(interceptor, lab):
     interceptor.stop_process(interceptor.agent, signal.SIGKILL)
     before = len([r for r in lab.receipts() if r["host"] == "pypi.org"])
     try:
+        # What the agent judges: a host name not in its canonical spelling.
         for url in ("https://pypi.org/during", "http://pypi.org/during"):
-            r = interceptor.curl("GET", url)
+            r = interceptor.curl("GET", url, "-H", "Host: PyPI.org")
             assert r.status == 503, r.body
             error = r.json()["error"]
             assert error["code"] == "POLICY_UNAVAILABLE"
             assert "fail closed" in error["message"]
+        (logged,) = interceptor.decisions(
+            lambda d: d["path"] == "/during" and d["scheme"] == "http"
+        )
+        assert (logged["allow"], logged["rule"]) == (False, "policy_unavailable")
         time.sleep(0.2)
         assert len([r for r in lab.receipts() if r["host"] == "pypi.org"]) == before
+        # Envoy still applies the policy compiled into its routes, both ways.
+        assert interceptor.curl("POST", "https://pypi.org/during").status == 403
+        assert interceptor.curl("GET", "https://pypi.org/still").status == 200
+        # No certificate for a name it has not seen yet: the handshake fails.
+        r = interceptor.curl("GET", "https://never-seen.example/", timeout=3)
+        assert r.status == 0
     finally:
         interceptor.start_agent()
     # Envoy reconnects to the restarted agent (same CA on disk) and traffic flows again.

@@ -191,7 +191,8 @@ def test_the_workloads_own_init_container_is_intercepted(pods):
     out = pods["a"].exec("app", ["cat", "/data/init.txt"]).stdout.decode().split("\n")
     assert "https://pypi.org/from-init 200" in out
     assert "https://unknown.example/from-init 403" in out
-    rules = {d["path"]: d["rule"] for d in pods["a"].decisions() if d["path"] == "/from-init"}
+    logged = pods["a"].decisions(lambda d: d["path"] == "/from-init")
+    rules = {d["path"]: d["rule"] for d in logged}
     assert rules  # decided by the interceptor, with the init container's traffic
 
 

@@ -51,10 +51,7 @@ def unchanged(sandbox, host: str, action) -> None:
 
 
 def last_decision(sandbox, **match) -> dict:
-    for record in reversed(sandbox.decisions()):
-        if all(record.get(k) == v for k, v in match.items()):
-            return record
-    raise AssertionError(f"no decision matching {match}")
+    return sandbox.decisions(lambda r: all(r.get(k) == v for k, v in match.items()))[-1]
 
 
 @pytest.mark.parametrize("port", [22, 25, 8080, 8443, 5432])

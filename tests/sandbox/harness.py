@@ -6,11 +6,10 @@ that waits."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from intercept_proxy.lab import Lab, LabSpec
 from intercept_proxy.runtime.cli import WORKLOAD, _executables, command_pod, policy_config_map
 from intercept_proxy.runtime.network import LabUplink
 from intercept_proxy.runtime.pod import LocalPod, Options
+from tests.decisions import Record, decisions
 
 WORKLOAD_UID = 12345
 
@@ -107,8 +107,10 @@ class RunningPod:
     def exec(self, container: str, argv: list[str], timeout: float = 60.0) -> Any:
         return self.pod.exec(container, argv, timeout)
 
-    def decisions(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.decision_log.read_text().splitlines() if line]
+    def decisions(
+        self, match: Callable[[Record], bool] | None = None, count: int = 1
+    ) -> list[Record]:
+        return decisions(self.decision_log, match, count)
 
     def received(self, host: str) -> list[dict[str, Any]]:
         return [r for r in self.lab.receipts() if r["host"] == host]

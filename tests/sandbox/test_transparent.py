@@ -63,7 +63,7 @@ def test_git_clone_over_https(sandbox):
         " && cat hello/README*",
     )
     assert out.strip()
-    rules = {d["rule"] for d in sandbox.decisions() if "/octo/hello" in d["path"]}
+    rules = {d["rule"] for d in sandbox.decisions(lambda d: "/octo/hello" in d["path"], 2)}
     assert rules == {"github_read"}
 
 
@@ -90,7 +90,8 @@ def test_every_request_is_in_the_decision_log(sandbox):
         "curl -s https://pypi.org/logged?secret=1 >/dev/null;"
         " curl -s https://unknown.example/x >/dev/null",
     )
-    records = {d["path"]: d for d in sandbox.decisions() if d["path"] in ("/logged", "/x")}
+    logged = sandbox.decisions(lambda d: d["path"] in ("/logged", "/x"), 2)
+    records = {d["path"]: d for d in logged}
     assert records["/logged"]["allow"] is True
     assert records["/x"]["allow"] is False and records["/x"]["rule"] == "default_deny"
     assert "secret" not in sandbox.decision_log.read_text()

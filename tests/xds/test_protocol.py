@@ -17,13 +17,17 @@ from intercept_proxy.xds import protos
 from intercept_proxy.xds.certificates import certificate_resolver
 from intercept_proxy.xds.resources import (
     CLUSTER,
+    HTTP_LISTENER,
     LISTENER,
     NO_SNI_SECRET,
     SECRET,
+    TLS_LISTENER,
     DataPlane,
     clusters,
     listeners,
+    route_configurations,
 )
+from intercept_proxy.xds.routes import ROUTE
 from intercept_proxy.xds.server import (
     AggregatedDiscoveryService,
     Resource,
@@ -41,6 +45,7 @@ def snapshot(connect_timeout: float = 10.0) -> Snapshot:
         {
             CLUSTER: {c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp, PEM)},
             LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
+            ROUTE: {r["name"]: protos.to_message(ROUTE, r) for r in route_configurations("r1")},
         }
     )
 
@@ -121,6 +126,25 @@ def test_wildcard_types_ack_nack_and_pushes(caplog):
             response_nonce=listeners_response.nonce,
         )
         assert await envoy.silent()
+        assert not ads.in_sync()  # routes not subscribed yet
+        # Routes are subscribed by name (one per listener, as Envoy's RDS asks): each response
+        # holds the names asked for, and a changed subscription is answered at once.
+        envoy.send(type_url=ROUTE, resource_names=[TLS_LISTENER])
+        routes_response = await envoy.receive()
+        assert len(routes_response.resources) == 1
+        both = [TLS_LISTENER, HTTP_LISTENER]
+        for expected in (2, None):  # ACK, subscribing to both; then ACK the answer
+            envoy.send(
+                type_url=ROUTE,
+                version_info=routes_response.version_info,
+                response_nonce=routes_response.nonce,
+                resource_names=both,
+            )
+            if expected is None:
+                assert await envoy.silent()
+            else:
+                routes_response = await envoy.receive()
+                assert len(routes_response.resources) == expected
         assert ads.in_sync()
 
         # An unchanged snapshot set again pushes nothing; a changed one pushes that type only.
@@ -159,8 +183,9 @@ def test_wildcard_types_ack_nack_and_pushes(caplog):
 
     counts = asyncio.run(scenario())
     assert counts["nack"] == ["Cluster"]
-    assert counts["ack"] == ["Cluster", "Listener", "Cluster"]
-    assert counts["push"] == ["Cluster", "Listener", "Cluster", "Cluster"]
+    routes = ["RouteConfiguration"] * 2
+    assert counts["ack"] == ["Cluster", "Listener", *routes, "Cluster"]
+    assert counts["push"] == ["Cluster", "Listener", *routes, "Cluster", "Cluster"]
     assert "Envoy rejected Cluster version" in caplog.text
     assert "bad cluster for testing" in caplog.text
 

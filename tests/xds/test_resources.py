@@ -8,14 +8,14 @@ import subprocess
 
 import pytest
 
-from intercept_proxy.xds import protos, resources
+from intercept_proxy.xds import protos, resources, routes
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import envoy_binary
 from tests.golden import assert_golden
 
 PEM = "-----BEGIN CERTIFICATE-----\n(the upstream CA bundle)\n-----END CERTIFICATE-----\n"
 DEFAULT = resources.DataPlane()
-LAB = resources.DataPlane(dns_resolvers=("198.18.0.53", "fd00::53"), access_log_path="/tmp/a.log")
+LAB = resources.DataPlane(dns_resolvers=("198.18.0.53", "fd00::53"), decision_log_path="/tmp/a.log")
 
 
 @pytest.mark.parametrize(("name", "dp"), [("default", DEFAULT), ("resolvers", LAB)])
@@ -51,16 +51,17 @@ def test_listeners_are_dual_stack_and_loopback_only():
         assert [a["socket_address"]["address"] for a in addresses] == ["127.0.0.1", "::1"]
 
 
-def test_ext_authz_fails_closed_on_every_listener():
+def test_gate_first_and_ext_authz_fails_closed_on_every_listener():
     for listener in resources.listeners(DEFAULT):
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         names = [f["name"] for f in hcm["http_filters"]]
-        assert names[0] == "envoy.filters.http.ext_authz"
+        assert names[:2] == ["envoy.filters.http.lua", "envoy.filters.http.ext_authz"]
         assert names[-1] == "envoy.filters.http.router"
-        authz = hcm["http_filters"][0]["typed_config"]
+        authz = hcm["http_filters"][1]["typed_config"]
         assert authz["failure_mode_allow"] is False
-        # No total route timeout: long polls and event streams pass.
-        assert hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"] == "0s"
+        # A client's own mark or request id never survives to the gate.
+        removed = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+        assert {m["remove"] for m in removed} == {"x-request-id", routes.NATIVE_HEADER}
 
 
 def test_bootstrap_is_accepted_by_envoy(tmp_path):

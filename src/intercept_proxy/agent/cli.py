@@ -65,9 +65,10 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="DNS server for Envoy's upstream lookups (repeatable; default: resolv.conf)",
     )
     run_.add_argument(
-        "--decision-log", default="-", help="file to append decisions to, - for stdout"
+        "--decision-log",
+        help="the file Envoy appends decisions to, one JSON line per request (default: Envoy's"
+        " stdout)",
     )
-    run_.add_argument("--access-log", help="Envoy's access log file (default: Envoy's stdout)")
     run_.add_argument("--bind", default="127.0.0.1", help="address of the agent's listeners")
     run_.add_argument(
         "--health-address",
@@ -120,7 +121,6 @@ def _run(args: argparse.Namespace) -> int:
         pod_policy=args.pod_policy,
         pod_policy_mode=OverrideMode(args.pod_policy_mode),
         health_addresses=tuple(args.health_address or ["127.0.0.1"]),
-        decision_log=args.decision_log,
         bind_address=args.bind,
         xds_port=args.xds_port,
         http_port=args.http_port,
@@ -135,7 +135,7 @@ def _run(args: argparse.Namespace) -> int:
             authz_address=args.bind,
             authz_port=args.authz_port,
             dns_resolvers=tuple(args.dns_resolver),
-            access_log_path=args.access_log,
+            decision_log_path=args.decision_log,
         ),
     )
     try:

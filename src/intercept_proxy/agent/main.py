@@ -1,11 +1,14 @@
-"""Wiring of the agent: policy store, CA, ADS (with on-demand certificates), ext_authz, health."""
+"""Wiring of the agent: policy store, CA, ADS (with on-demand certificates and the compiled
+policy's routes), ext_authz, health."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,13 +21,14 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from intercept_proxy import ports
 from intercept_proxy.agent.health import health_app
 from intercept_proxy.agent.metrics import Metrics
-from intercept_proxy.authz.decisionlog import DecisionLog
 from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
 from intercept_proxy.pki.files import write_public
 from intercept_proxy.policy.combined import CombinedEngine, OverrideMode
-from intercept_proxy.policy.engine import PolicyEngine
+from intercept_proxy.policy.engine import PolicyEngine, RegorusEngine
+from intercept_proxy.policy.model import Policy
+from intercept_proxy.policy.native import compile_policy
 from intercept_proxy.policy.store import PolicyStore
 from intercept_proxy.watch import watch
 from intercept_proxy.xds import protos
@@ -36,7 +40,9 @@ from intercept_proxy.xds.resources import (
     DataPlane,
     clusters,
     listeners,
+    route_configurations,
 )
+from intercept_proxy.xds.routes import ROUTE
 from intercept_proxy.xds.server import AggregatedDiscoveryService, Snapshot, SnapshotCache
 
 log = logging.getLogger(__name__)
@@ -56,7 +62,6 @@ class AgentSettings:
     upstream_ca: Path = SYSTEM_CA_BUNDLE
     # Where to write the bundle the workload trusts: the sandbox CA plus the system roots.
     trust_bundle: Path | None = None
-    decision_log: str = "-"
     bind_address: str = "127.0.0.1"
     # Where health and metrics listen: loopback, or "::" for kubelet probes and scrapers.
     health_addresses: tuple[str, ...] = ("127.0.0.1",)
@@ -75,14 +80,25 @@ class AgentSettings:
     data_plane: DataPlane = field(default_factory=DataPlane)
 
 
-def build_snapshot(dp: DataPlane, upstream_ca_pem: str) -> Snapshot:
+def build_snapshot(dp: DataPlane, upstream_ca_pem: str, routes: list[dict[str, Any]]) -> Snapshot:
     return Snapshot(
         {
             CLUSTER: {
                 c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp, upstream_ca_pem)
             },
             LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
+            ROUTE: {r["name"]: protos.to_message(ROUTE, r) for r in routes},
         }
+    )
+
+
+def native_routes(policy: Policy, revision: str) -> list[dict[str, Any]]:
+    """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
+    engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
+    return route_configurations(
+        revision,
+        compile_policy(policy, engine, tls=True),
+        compile_policy(policy, engine, tls=False),
     )
 
 
@@ -100,9 +116,9 @@ class Agent:
         self.settings = settings
         self.metrics = Metrics()
         # Both raise on invalid input: without a valid policy and CA the agent does not start.
-        self.policy = PolicyStore(settings.policy, self.metrics.observe_reload)
+        self.policy = PolicyStore(settings.policy, self._reloaded)
         self.pod_policy = (
-            PolicyStore(settings.pod_policy, self.metrics.observe_reload, optional=True)
+            PolicyStore(settings.pod_policy, self._reloaded, optional=True)
             if settings.pod_policy is not None and settings.pod_policy_mode is not OverrideMode.NONE
             else None
         )
@@ -116,7 +132,6 @@ class Agent:
             on_mint=self.metrics.observe_mint,
         )
         self.metrics.track_certificates(self.certificates)
-        self.decision_log = DecisionLog(settings.decision_log)
         self.snapshots = SnapshotCache()
         self.ads = AggregatedDiscoveryService(
             self.snapshots,
@@ -129,18 +144,67 @@ class Agent:
             )
         except ValueError as e:  # HostnameError included: a bad suffix
             raise AgentError(f"DNS sinkhole: {e}") from None
-        self.authz = AuthorizationService(
-            self.engine, self.decision_log, self.metrics.observe_decision
-        )
+        self.authz = AuthorizationService(self.engine, self.metrics.observe_decision)
+        self._bundle: str | None = None
+        # Until the policy is compiled (and whenever it cannot be), the agent judges everything.
+        self._routes = route_configurations(self.engine().revision)
+        self._compiled = False
+        self._generation = itertools.count()
+        self._current = next(self._generation)
+        self._compiler = ThreadPoolExecutor(1, thread_name_prefix="compile")
+        self._compiling: asyncio.Task[None] | None = None
         self.update_snapshot()
+
+    def _publish(self) -> None:
+        if self._bundle is not None:
+            dp = self.settings.data_plane
+            self.snapshots.set(build_snapshot(dp, self._bundle, self._routes))
 
     def update_snapshot(self) -> None:
         try:
-            bundle = self.settings.upstream_ca.read_text()
+            self._bundle = self.settings.upstream_ca.read_text()
         except (OSError, ValueError) as e:
             log.error("cannot read the upstream CA bundle, keeping the previous one: %s", e)
             return
-        self.snapshots.set(build_snapshot(self.settings.data_plane, bundle))
+        self._publish()
+
+    def _reloaded(self, ok: bool) -> None:
+        self.metrics.observe_reload(ok)
+        if ok:
+            self.policy_changed()
+
+    def native_policy(self) -> Policy | None:
+        """The policy Envoy can apply by itself, if any: not one with custom Rego modules, and
+        not two at once (a pod's own narrowing the default)."""
+        pod = self.pod_policy.engine if self.pod_policy is not None else None
+        if pod is not None and self.settings.pod_policy_mode is OverrideMode.REPLACE:
+            return pod.policy
+        if pod is not None and self.settings.pod_policy_mode is OverrideMode.NARROW:
+            return None
+        default = self.policy.engine.policy
+        return None if default.rego_modules else default
+
+    def policy_changed(self) -> None:
+        """The agent judges the new policy at once; Envoy takes over once it is compiled."""
+        self._current = next(self._generation)
+        revision = self.engine().revision
+        self._routes, self._compiled = route_configurations(revision), False
+        self._publish()
+        policy = self.native_policy()
+        if policy is not None:
+            self._compiling = asyncio.create_task(self._compile(self._current, policy, revision))
+
+    async def _compile(self, generation: int, policy: Policy, revision: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            routes = await loop.run_in_executor(self._compiler, native_routes, policy, revision)
+        except Exception:  # the agent keeps judging: correct, only slower
+            log.exception("compiling policy %s into Envoy routes failed", revision)
+            return
+        if generation == self._current:  # not overtaken by a newer policy
+            self._routes, self._compiled = routes, True
+            self._publish()
+            log.info("policy %s compiled into Envoy routes", revision)
 
     def engine(self) -> PolicyEngine:
         """The policy in force now: the default one, and the pod's own where it has one."""
@@ -158,6 +222,8 @@ class Agent:
             "envoy_in_sync": in_sync,
             "ca_expires": ca_expires.isoformat(),
             "policy_revision": self.engine().revision,
+            # "envoy": the policy is compiled into Envoy's routes (the agent judges the rest).
+            "judged_by": "envoy" if self._compiled else "agent",
             "certificates_cached": len(self.certificates),
         }
 
@@ -195,6 +261,7 @@ class Agent:
                 log.warning("health on IPv4 only (%s: %s)", address, e)  # a pod without IPv6
         await xds.start()
         await authz.start()
+        self.policy_changed()
         if s.dns_port:
             await self._start_dns(s.dns_port)
         tasks = [
@@ -226,7 +293,7 @@ class Agent:
             await authz.stop(grace=1)
             await xds.stop(grace=1)
             await runner.cleanup()
-            self.decision_log.close()
+            self._compiler.shutdown(wait=False, cancel_futures=True)
 
 
 def run(settings: AgentSettings) -> None:

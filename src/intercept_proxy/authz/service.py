@@ -1,8 +1,9 @@
 """Envoy's ext_authz (gRPC v3) backed by the policy engine.
 
-Every request Envoy sees becomes an OPA-Envoy shaped input, gets a decision with an id, a line in
-the decision log, and either passes (with the decision id as a response header) or is answered
-403 with a JSON body explaining why.
+Every request Envoy asks about becomes an OPA-Envoy shaped input and gets a decision, which either
+passes (with the decision id as a response header) or is answered 403 with a JSON body explaining
+why. The decision goes back to Envoy as dynamic metadata too: Envoy's decision log records it.
+The decision id is Envoy's request id, the one Envoy logs for decisions it makes itself.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from intercept_proxy.authz.decisionlog import DecisionLog, decision_record
 from intercept_proxy.policy.engine import Decision, PolicyEngine
 from intercept_proxy.policy.input import INPUT_VERSION
-from intercept_proxy.xds.resources import DECISION_HEADER, TRANSPORT_KEY
+from intercept_proxy.xds.routes import DECISION_HEADER, TRANSPORT_KEY
 
 DecisionObserver = Callable[[Decision, float], None]
 
@@ -84,33 +85,56 @@ def denial_body(decision: Decision, decision_id: str) -> str:
     )
 
 
-def check_response(decision: Decision, decision_id: str) -> external_auth_pb2.CheckResponse:
+def _metadata(decision: Decision, revision: str, eval_ms: float) -> struct_pb2.Struct:
+    metadata = struct_pb2.Struct()
+    metadata.update(
+        {
+            "allow": decision.allow,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "policy_revision": revision,
+            "eval_ms": round(eval_ms, 3),
+        }
+    )
+    return metadata
+
+
+def check_response(
+    decision: Decision, decision_id: str, metadata: struct_pb2.Struct | None = None
+) -> external_auth_pb2.CheckResponse:
     id_header = _header(DECISION_HEADER, decision_id)
     if decision.allow:
-        return external_auth_pb2.CheckResponse(
+        response = external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(response_headers_to_add=[id_header]),
         )
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=decision.reason),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
-            headers=[_header("content-type", "application/json"), id_header],
-            body=denial_body(decision, decision_id),
-        ),
-    )
+    else:
+        response = external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=decision.reason),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=http_status_pb2.Forbidden),
+                headers=[_header("content-type", "application/json"), id_header],
+                body=denial_body(decision, decision_id),
+            ),
+        )
+    if metadata is not None:
+        response.dynamic_metadata.CopyFrom(metadata)
+    return response
+
+
+def decision_id(request: external_auth_pb2.CheckRequest) -> str:
+    """Envoy's request id (it drops any the client sent); a fresh one for other callers."""
+    return request.attributes.request.http.headers.get("x-request-id") or uuid.uuid4().hex
 
 
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(
         self,
         engine: Callable[[], PolicyEngine],
-        log: DecisionLog,
         observe: DecisionObserver = lambda decision, seconds: None,
     ) -> None:
         """`engine` returns the engine in force now (it changes when the policy reloads)."""
         self._engine = engine
-        self._log = log
         self._observe = observe
 
     async def Check(  # noqa: N802 - gRPC method name
@@ -121,20 +145,6 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         started = time.perf_counter()
         decision = engine.evaluate(input_doc)
         elapsed = time.perf_counter() - started
-        decision_id = uuid.uuid4().hex
-        http = request.attributes.request.http
-        self._log.write(
-            decision_record(
-                decision_id=decision_id,
-                decision=decision,
-                method=http.method,
-                scheme=http.scheme,
-                host=http.host,
-                path=http.path,
-                sni=request.attributes.tls_session.sni if is_tls(request) else None,
-                eval_ms=elapsed * 1000,
-                policy_revision=engine.revision,
-            )
-        )
         self._observe(decision, elapsed)
-        return check_response(decision, decision_id)
+        metadata = _metadata(decision, engine.revision, elapsed * 1000)
+        return check_response(decision, decision_id(request), metadata)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from intercept_proxy import netns
-from intercept_proxy.injector.pod import AGENT
+from intercept_proxy.injector.pod import ENVOY
 from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import (
     Executables,
@@ -212,7 +212,7 @@ class LocalPod:
                 start_new_session=True,
             )
         stdout: Any = subprocess.PIPE
-        if name == AGENT:  # the agent prints its decisions on stdout
+        if name == ENVOY:  # Envoy prints its decision log on stdout
             # Never through a symlink: a workload could leave one where the next run's
             # (root's) decision log goes.
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW

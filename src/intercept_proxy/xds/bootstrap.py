@@ -42,6 +42,19 @@ def bootstrap(b: Bootstrap) -> dict[str, Any]:
             "lds_config": ads,
         },
         "static_resources": {"clusters": [grpc_cluster(XDS_CLUSTER, b.xds_address, b.xds_port)]},
+        # The policy's routes match repository names case-insensitively: RE2 programs beyond
+        # Envoy's default size limit (100) for long names.
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "regex-limits",
+                    "static_layer": {
+                        "re2.max_program_size.error_level": 2000,
+                        "re2.max_program_size.warn_level": 1000,
+                    },
+                }
+            ]
+        },
         "overload_manager": {
             "resource_monitors": [
                 {

@@ -11,6 +11,7 @@ from typing import Any
 from envoy.config.bootstrap.v3 import bootstrap_pb2  # noqa: F401
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
@@ -18,12 +19,16 @@ from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (  # noqa: F4
     dynamic_forward_proxy_pb2,
 )
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
 from envoy.extensions.formatter.req_without_query.v3 import req_without_query_pb2  # noqa: F401
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: F401
+    header_mutation_pb2,
+)
 from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2  # noqa: F401
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
     downstream_connections_pb2,
@@ -35,10 +40,12 @@ from google.protobuf.message import Message
 from xds.type.v3 import typed_struct_pb2  # noqa: F401
 
 from intercept_proxy.xds.resources import CLUSTER, LISTENER
+from intercept_proxy.xds.routes import ROUTE
 
 _MESSAGES: dict[str, type[Message]] = {
     CLUSTER: cluster_pb2.Cluster,
     LISTENER: listener_pb2.Listener,
+    ROUTE: route_pb2.RouteConfiguration,
 }
 
 

@@ -1,8 +1,8 @@
-"""Envoy resources for the data path, as pure functions of the data-plane settings.
+"""Envoy's clusters and listeners, as pure functions of the data-plane settings.
 
 Resources are plain dicts in the proto3 JSON shape (golden-tested), converted to protobuf only
-when served (`intercept_proxy.xds.protos`). Nothing here depends on the policy: the policy is
-enforced by ext_authz, so a policy change never drains a listener.
+when served (`intercept_proxy.xds.protos`). Nothing here depends on the policy: the listeners
+take their routes over RDS (routes.py), so a policy change never drains a listener.
 """
 
 from __future__ import annotations
@@ -11,6 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy import ports
+from intercept_proxy.policy.native import NativePolicy
+from intercept_proxy.xds.routes import (
+    METADATA_KEY,
+    NATIVE_HEADER,
+    gate_source,
+    route_configuration,
+    target,
+)
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -26,9 +34,7 @@ DNS_CACHE = "upstream_dns"
 # The secret name for a TLS connection without SNI: such a client cannot be identified, and the
 # policy denies it; the name is reserved (RFC 2606), so it is never a real host.
 NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
-DECISION_HEADER = "x-intercept-decision-id"
-# ext_authz context extension naming the listener's transport: "tls" or "plain".
-TRANSPORT_KEY = "intercept_transport"
+AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 
 
 def _type(name: str) -> str:
@@ -51,8 +57,8 @@ class DataPlane:
     upstream_connect_timeout_s: float = 10.0
     # No total request timeout (streams, long polls); a stream idle this long is closed.
     stream_idle_timeout_s: float = 300.0
-    # None: Envoy's own stdout (no file to open, whoever owns it).
-    access_log_path: str | None = None
+    # The decision log. None: Envoy's own stdout (no file to open, whoever owns it).
+    decision_log_path: str | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -224,18 +230,19 @@ def local_reply_config() -> dict[str, Any]:
     return {"mappers": mappers}
 
 
-ACCESS_LOG_FORMAT = {
+# The decision log is Envoy's access log: one line per request, whoever decided it.
+_REQUEST_FIELDS = {
     "time": "%START_TIME%",
+    "decision_id": "%STREAM_ID%",
     "method": "%REQ(:METHOD)%",
-    "authority": "%REQ(:AUTHORITY)%",
-    # Never the query string: it may carry credentials.
+    "scheme": "%REQ(:SCHEME)%",
+    "host": "%REQ(:AUTHORITY)%",
+    # Never the query string: it may carry credentials. Never a header value.
     "path": "%REQ_WITHOUT_QUERY(:PATH)%",
-    "protocol": "%PROTOCOL%",
     "sni": "%REQUESTED_SERVER_NAME%",
     "status": "%RESPONSE_CODE%",
     "details": "%RESPONSE_CODE_DETAILS%",
     "flags": "%RESPONSE_FLAGS%",
-    "decision_id": "%RESP(X-INTERCEPT-DECISION-ID)%",
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
     "duration_ms": "%DURATION%",
@@ -244,41 +251,83 @@ ACCESS_LOG_FORMAT = {
 }
 
 
-def access_log(path: str | None) -> dict[str, Any]:
-    log_format = {
-        "json_format": ACCESS_LOG_FORMAT,
-        "formatters": [
-            {
-                "name": "envoy.formatter.req_without_query",
+def _route_field(key: str) -> str:
+    return f"%METADATA(ROUTE:{METADATA_KEY}:{key})%"
+
+
+def _agent_field(key: str) -> str:
+    return f"%DYNAMIC_METADATA({AUTHZ_FILTER}:{key})%"
+
+
+def decision_fields(*, tls: bool, by_agent: bool) -> dict[str, str]:
+    """A decision the agent returned (ext_authz metadata), or the route's own."""
+    if by_agent:
+        decision = {
+            "judge": "agent",
+            **{k: _agent_field(k) for k in ("allow", "rule", "reason", "policy_revision")},
+            "eval_ms": _agent_field("eval_ms"),
+        }
+    else:
+        decision = {
+            "judge": "envoy",
+            "allow": _route_field("allow"),
+            "rule": _route_field("rule"),
+            "reason": target(tls=tls) + _route_field("reason"),
+            "policy_revision": _route_field("revision"),
+        }
+    return {**decision, **_REQUEST_FIELDS}
+
+
+def _by_agent(*, present: bool) -> dict[str, Any]:
+    """Whether the agent's answer carried a decision (it always does, unless it failed)."""
+    matcher = {
+        "filter": AUTHZ_FILTER,
+        "path": [{"key": "rule"}],
+        "value": {"present_match": present},
+    }
+    return {"metadata_filter": {"matcher": matcher, "match_if_key_not_found": not present}}
+
+
+def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
+    """Two loggers into one sink, each for the requests its filter selects."""
+    out = []
+    for by_agent in (False, True):
+        log_format = {
+            "json_format": decision_fields(tls=tls, by_agent=by_agent),
+            "formatters": [
+                {
+                    "name": "envoy.formatter.req_without_query",
+                    "typed_config": {
+                        "@type": _type(
+                            "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
+                        )
+                    },
+                }
+            ],
+        }
+        if path is None:
+            sink = {
+                "name": "envoy.access_loggers.stdout",
                 "typed_config": {
-                    "@type": _type(
-                        "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
-                    )
+                    "@type": _type("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
+                    "log_format": log_format,
                 },
             }
-        ],
-    }
-    if path is None:
-        return {
-            "name": "envoy.access_loggers.stdout",
-            "typed_config": {
-                "@type": _type("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
-                "log_format": log_format,
-            },
-        }
-    return {
-        "name": "envoy.access_loggers.file",
-        "typed_config": {
-            "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
-            "path": path,
-            "log_format": log_format,
-        },
-    }
+        else:
+            sink = {
+                "name": "envoy.access_loggers.file",
+                "typed_config": {
+                    "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
+                    "path": path,
+                    "log_format": log_format,
+                },
+            }
+        out.append({**sink, "filter": _by_agent(present=by_agent)})
+    return out
 
 
 def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
     name = TLS_LISTENER if tls else HTTP_LISTENER
-    cluster = UPSTREAM_TLS_CLUSTER if tls else UPSTREAM_PLAIN_CLUSTER
     return {
         "@type": _type(
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -298,39 +347,36 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         "request_timeout": "0s",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "local_reply_config": local_reply_config(),
-        "access_log": [access_log(dp.access_log_path)],
-        "route_config": {
-            "name": name,
-            "virtual_hosts": [
-                {
-                    "name": "any",
-                    "domains": ["*"],
-                    # Tells the agent which listener a request came through: Envoy reports a TLS
-                    # session attribute for plain connections too.
-                    "typed_per_filter_config": {
-                        "envoy.filters.http.ext_authz": {
-                            "@type": _type(
-                                "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
-                            ),
-                            "check_settings": {
-                                "context_extensions": {TRANSPORT_KEY: "tls" if tls else "plain"}
-                            },
-                        }
-                    },
-                    "routes": [
-                        {
-                            "match": {"prefix": "/"},
-                            "route": {"cluster": cluster, "timeout": "0s"},
-                        }
-                    ],
-                }
-            ],
-            # What the workload sent goes upstream unchanged: no proxy fingerprints.
-            "request_headers_to_remove": ["x-forwarded-proto", "x-request-id"],
+        "access_log": decision_logs(dp.decision_log_path, tls=tls),
+        # Only Envoy's own request ids: the decision id is one, and a client must not choose
+        # it; only the gate marks requests.
+        "early_header_mutation_extensions": [
+            {
+                "name": "envoy.http.early_header_mutation.header_mutation",
+                "typed_config": {
+                    "@type": _type(
+                        "envoy.extensions.http.early_header_mutation.header_mutation.v3."
+                        "HeaderMutation"
+                    ),
+                    "mutations": [{"remove": "x-request-id"}, {"remove": NATIVE_HEADER}],
+                },
+            }
+        ],
+        # Routes come over ADS (RDS): a policy change replaces them without touching listeners.
+        "rds": {
+            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "route_config_name": name,
         },
         "http_filters": [
             {
-                "name": "envoy.filters.http.ext_authz",
+                "name": "envoy.filters.http.lua",
+                "typed_config": {
+                    "@type": _type("envoy.extensions.filters.http.lua.v3.Lua"),
+                    "default_source_code": {"inline_string": gate_source(tls=tls)},
+                },
+            },
+            {
+                "name": AUTHZ_FILTER,
                 "typed_config": {
                     "@type": _type("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
                     "grpc_service": {
@@ -444,3 +490,13 @@ def listeners(dp: DataPlane) -> list[dict[str, Any]]:
         "filter_chains": [{"filters": [_hcm_filter(dp, tls=False)]}],
     }
     return [tls_listener, http_listener]
+
+
+def route_configurations(
+    revision: str, tls: NativePolicy | None = None, plain: NativePolicy | None = None
+) -> list[dict[str, Any]]:
+    """Both listeners' routes: the compiled policy's, or (None) the agent's for everything."""
+    return [
+        route_configuration(TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, revision, tls=True),
+        route_configuration(HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, plain, revision, tls=False),
+    ]

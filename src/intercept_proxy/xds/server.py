@@ -4,11 +4,13 @@ The application builds resources and sets snapshots (`SnapshotCache.set`), and r
 resources Envoy asks for by name on demand (certificates for any SNI); this module owns the
 protocol, in the shape of go-control-plane:
 
-- Snapshot types (clusters, listeners) are wildcard subscriptions, sent whole. Their version is
-  a digest of their content, so an unchanged type is never pushed again. Every response has a
-  fresh nonce; an ACK or NACK answering an older response than the latest is ignored, since the
-  latest replaces it. A NACK is logged with Envoy's error, and the rejected version is not
-  pushed again; a new snapshot reaches every stream, clusters before listeners.
+- Snapshot types (clusters, listeners, routes) are sent whole: all of the type for a wildcard
+  subscription (clusters, listeners), the names subscribed otherwise (routes), again whenever
+  the subscription changes. Their version is a digest of their content, so an unchanged type is
+  never pushed again. Every response has a fresh nonce; an ACK or NACK answering an older
+  response than the latest is ignored, since the latest replaces it. A NACK is logged with
+  Envoy's error, and the rejected version is not pushed again; a new snapshot reaches every
+  stream, clusters before listeners before routes.
 - On-demand types (secrets) are subscribed by name and sent incrementally: a response carries
   only names that are new or changed, and Envoy keeps the others. Each response is answered on
   its own, so the server tracks what every outstanding nonce carried: a NACK restores what Envoy
@@ -32,12 +34,13 @@ from google.protobuf.message import Message
 
 from intercept_proxy.xds.protos import pack
 from intercept_proxy.xds.resources import CLUSTER, LISTENER
+from intercept_proxy.xds.routes import ROUTE
 from intercept_proxy.xds.streams import merged
 
 log = logging.getLogger(__name__)
 
-# Make-before-break: clusters before the listeners that route to them.
-PUSH_ORDER = (CLUSTER, LISTENER)
+# Make-before-break: clusters before the listeners and routes that use them.
+PUSH_ORDER = (CLUSTER, LISTENER, ROUTE)
 
 
 def short_type(type_url: str) -> str:
@@ -111,6 +114,7 @@ class _SnapshotType:
     acked: bool = False
     sent_version: str | None = None
     nacked_version: str | None = None
+    names: frozenset[str] = frozenset()  # empty: all of the type (a wildcard subscription)
 
 
 @dataclass(frozen=True)
@@ -160,7 +164,8 @@ class _Stream:
         if not force and version in (state.sent_version, state.nacked_version):
             return None
         available = snapshot.resources.get(type_url, {})
-        response = self._response(type_url, version, [available[n] for n in sorted(available)])
+        names = sorted(n for n in available if not state.names or n in state.names)
+        response = self._response(type_url, version, [available[n] for n in names])
         state.sent_version, state.nonce, state.acked = version, response.nonce, False
         return response
 
@@ -169,7 +174,9 @@ class _Stream:
     ) -> discovery_pb2.DiscoveryResponse | None:
         type_url = request.type_url
         state = self.snapshot_types.setdefault(type_url, _SnapshotType())
+        names = frozenset(request.resource_names)
         if not request.response_nonce:  # a stream's first request gets the type whole
+            state.names = names
             return self._snapshot_response(type_url, force=True)
         if request.response_nonce != state.nonce:
             return None
@@ -179,6 +186,9 @@ class _Stream:
         else:
             state.acked = True
             self.server.events.on_ack(short_type(type_url))
+        if names != state.names:  # subscribed to other names: they get what they asked for
+            state.names = names
+            return self._snapshot_response(type_url, force=True)
         return None
 
     # -- on-demand types ---------------------------------------------------------------------

@@ -1,0 +1,344 @@
+"""The policy compiled into routes that Envoy decides itself, without asking the agent.
+
+The Rego policy stays the one definition of every decision: compiling asks it. Requests are
+split into classes within which the policy cannot tell two requests apart (the same grants,
+explanations and reason, but for the request's own method and host, which Envoy writes into the
+reason itself). The policy is evaluated on representatives of each class, and the class becomes
+a route with that decision. A class is only decided natively when two different representatives
+get the same decision; otherwise, and for every request the classes do not describe, the route
+asks the agent.
+
+What a class is made of:
+
+- the host: each exact name the policy mentions (its entries, the GitHub hosts, the allowed AWS
+  services' global endpoints) is a class; each wildcard `*.s` holds the names below `s` that no
+  more specific entry covers; `*` holds the rest. Envoy's virtual hosts make the same choice
+  (the most specific domain wins), so a class is a virtual host;
+- within a host: AWS regional endpoints (an authority pattern) and, on the GitHub hosts, the
+  paths the policy judges (git smart HTTP, the REST API's repositories, unjudgeable paths);
+- the method.
+
+Only canonical requests reach these routes: Envoy's gate (`intercept_proxy/xds/gate.lua`) sends
+anything else to the agent: a host name that is not lower case, has a port or a trailing dot; an
+SNI that is not the host; a read that sends a body or upgrades; an unusual method or scheme; a
+path with more than 64 segments. For those, the request's target is `METHOD host:port` with the
+listener's default port.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from intercept_proxy.policy.engine import PolicyEngine
+from intercept_proxy.policy.input import http_input
+from intercept_proxy.policy.model import Policy
+
+# The methods Envoy's gate lets through to native routes; any other goes to the agent.
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# As in intercept.rego (github_read_hosts); a test compares the two.
+GITHUB_HOSTS = (
+    "api.github.com",
+    "codeload.github.com",
+    "github.com",
+    "objects.githubusercontent.com",
+    "raw.githubusercontent.com",
+)
+# As in intercept.rego (_aws_service_region).
+AWS_REGION = r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]+"
+AWS_SUFFIX = "amazonaws.com"
+# Regions for representatives of AWS regional endpoints.
+_REGIONS = ("us-east-1", "eu-west-3", "ap-southeast-2", "us-gov-west-1", "ca-central-1")
+# Labels for representative host names: underscores keep them clear of AWS service names.
+_REP_LABELS = ("rep_a", "rep_b.rep_c")
+_UNMATCHED = "intercept-unmatched"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A class's decision: `allow` None means the agent decides. `reason` is the policy's reason
+    after the request's target (`METHOD host:port`), which Envoy prepends."""
+
+    allow: bool | None
+    rule: str = ""
+    reason: str = ""
+
+
+ASK_AGENT = Outcome(None)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Requests with one of `methods` whose path (without query), path with query and authority
+    match the RE2 patterns given (None: any) get `outcome`."""
+
+    methods: tuple[str, ...]
+    outcome: Outcome
+    path: str | None = None
+    path_and_query: str | None = None
+    authority: str | None = None
+
+
+@dataclass(frozen=True)
+class VirtualHost:
+    domain: str  # an exact name, `*.suffix`, or `*`
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class NativePolicy:
+    tls: bool
+    hosts: tuple[VirtualHost, ...]
+
+
+@dataclass(frozen=True)
+class _Subclass:
+    """Part of a host class: the route's patterns and two representatives (host, path)."""
+
+    representatives: tuple[tuple[str, str], ...]
+    path: str | None = None
+    path_and_query: str | None = None
+    authority: str | None = None
+    fixed: Outcome | None = None  # decided without asking the policy
+
+
+@dataclass
+class _Hosts:
+    """The host classes of a policy: exact names and wildcard suffixes."""
+
+    exact: set[str] = field(default_factory=set)
+    suffixes: set[str] = field(default_factory=set)
+
+    def owner(self, host: str) -> str:
+        """The class a host belongs to, as Envoy picks its virtual host."""
+        if host in self.exact:
+            return host
+        matching = [s for s in self.suffixes if host.endswith("." + s)]
+        return f"*.{max(matching, key=len)}" if matching else "*"
+
+
+def _host_classes(policy: Policy) -> _Hosts:
+    hosts = _Hosts(exact=set(GITHUB_HOSTS))
+    for entry in (*policy.allowed_domains, *policy.unrestricted_domains):
+        (hosts.suffixes if entry.wildcard else hosts.exact).add(entry.host)
+    if policy.aws_access_enabled:
+        hosts.exact |= {f"{s}.{AWS_SUFFIX}" for s in policy.aws_allowed_services}
+    return hosts
+
+
+def _in_class(hosts: _Hosts, domain: str, candidates: Iterable[str]) -> list[str]:
+    return [h for h in candidates if hosts.owner(h) == domain]
+
+
+def _first_in_class(hosts: _Hosts, domain: str, make: Callable[[str], str]) -> str:
+    """make(padding) for the shortest padding that lands in the class (an entry could name the
+    obvious candidate)."""
+    padding = ""
+    while hosts.owner(make(padding)) != domain:
+        padding += "x"
+    return make(padding)
+
+
+def _representative_hosts(hosts: _Hosts, domain: str) -> tuple[str, ...]:
+    if domain == "*":
+        return tuple(
+            _first_in_class(hosts, domain, lambda pad, label=label: f"{label}.{_UNMATCHED}{pad}")
+            for label in _REP_LABELS
+        )
+    if domain.startswith("*."):
+        return tuple(
+            _first_in_class(hosts, domain, lambda pad, label=label: f"{label}{pad}.{domain[2:]}")
+            for label in _REP_LABELS
+        )
+    return (domain,)
+
+
+def _aws_subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclass]:
+    """Regional endpoints (`{service}.{region}.amazonaws.com`) of allowed services in a wildcard
+    or the `*` class: the only hosts there whose decision depends on the name."""
+    if not policy.aws_access_enabled or not (domain == "*" or domain.startswith("*.")):
+        return []
+    out = []
+    for service in policy.aws_allowed_services:
+        candidates = [f"{service}.{r}.{AWS_SUFFIX}" for r in _REGIONS]
+        if domain.startswith("*."):
+            label = domain[2:].removesuffix("." + AWS_SUFFIX)
+            if re.fullmatch(AWS_REGION, label):  # `*.{region}.amazonaws.com`
+                candidates.append(f"{service}.{label}.{AWS_SUFFIX}")
+        hosts_here = _in_class(hosts, domain, candidates)[:2]
+        if hosts_here:
+            pattern = rf"{re.escape(service)}\.{AWS_REGION}\.{re.escape(AWS_SUFFIX)}"
+            out.append(_Subclass(tuple((h, "/") for h in hosts_here), authority=pattern))
+    return out
+
+
+def _case_variants(text: str) -> tuple[str, str]:
+    return text, text.upper()
+
+
+def _repo_pattern(repos: Iterable[str]) -> str:
+    return "(?i:" + "|".join(re.escape(r) for r in repos) + ")"
+
+
+# Percent-encoded slashes or backslashes, or a backslash: the policy cannot judge the path.
+_UNJUDGEABLE = r".*(%2[fF]|%5[cC]|\\).*"
+_SEGMENT = "[^/]+"
+
+
+def _github_subclasses(policy: Policy, host: str) -> list[_Subclass]:
+    """The paths the policy judges on a GitHub host, most specific first."""
+    out = [_Subclass((("", "/a%2Fb/c"), ("", r"/x/y%5cz")), path=_UNJUDGEABLE)]
+    repos = policy.github_allowed_repos
+    owners = policy.github_allowed_users
+    if host == "api.github.com":
+        rest = rf"(/{_SEGMENT})+/?"
+        for repo in repos:  # the reason names the repository: one route each
+            upper, lower = _case_variants(repo)
+            out.append(
+                _Subclass(
+                    (("", f"/repos/{lower}/issues"), ("", f"/repos/{upper}/pulls/1/")),
+                    path=f"/repos/{_repo_pattern([repo])}{rest}",
+                )
+            )
+        for owner in owners:
+            out.append(
+                _Subclass(
+                    (("", f"/repos/{owner}/rep_a/issues"), ("", f"/repos/{owner}/rep_b/x/y")),
+                    path=f"/repos/{_repo_pattern([owner])}/{_SEGMENT}{rest}",
+                )
+            )
+        out.append(
+            _Subclass(
+                (("", "/repos/rep_a/rep_b/issues"), ("", "/repos/rep_c/rep_d/pulls/1/")),
+                path=f"/repos/{_SEGMENT}/{_SEGMENT}{rest}",
+            )
+        )
+    if host == "github.com":
+        out += _git_subclasses(repos, owners)
+    out.append(_Subclass((("", "/"), ("", "/rep_a/rep_b/issues"))))
+    return out
+
+
+def _push_subclasses(pattern: str, first: str, second: str) -> list[_Subclass]:
+    """Pushes (discovery, then the pack) to the repositories `pattern` matches, represented by
+    the repository paths `first` and `second`."""
+    return [
+        _Subclass(
+            (
+                ("", f"{first}/info/refs?service=git-receive-pack"),
+                ("", f"{second}/info/refs/?service=git-receive-pack"),
+            ),
+            path_and_query=rf"/{pattern}/info/refs/?\?service=git-receive-pack",
+        ),
+        _Subclass(
+            (("", f"{first}/git-receive-pack"), ("", f"{second}/git-receive-pack/")),
+            path=f"/{pattern}/git-receive-pack/?",
+        ),
+    ]
+
+
+def _git_subclasses(repos: tuple[str, ...], owners: tuple[str, ...]) -> list[_Subclass]:
+    """git smart HTTP on github.com: discovery (info/refs), fetch, push."""
+    out = []
+    for repo in repos:
+        upper, lower = _case_variants(repo)
+        out += _push_subclasses(_repo_pattern([repo]) + r"(\.git)?", f"/{lower}", f"/{upper}.git")
+    for owner in owners:
+        pattern = f"{_repo_pattern([owner])}/{_SEGMENT}"
+        out += _push_subclasses(pattern, f"/{owner}/rep_a", f"/{owner}/rep_b.git")
+    refs = r"/info/refs/?"
+    any_repo = f"/{_SEGMENT}/{_SEGMENT}"
+    return [
+        *out,
+        _Subclass(
+            (
+                ("", "/rep_a/rep_b/info/refs?service=git-upload-pack"),
+                ("", "/rep_c/rep_d.git/info/refs/"),
+            ),
+            path_and_query=rf"{any_repo}{refs}(\?service=git-upload-pack)?",
+        ),
+        # Any other query of a discovery: only the agent parses it as the policy does.
+        _Subclass((), path=rf"{any_repo}{refs}", fixed=ASK_AGENT),
+        _Subclass(
+            (
+                ("", "/rep_a/rep_b/git-receive-pack"),
+                ("", "/rep_c/rep_d.git/git-receive-pack/"),
+            ),
+            path=f"{any_repo}/git-receive-pack/?",
+        ),
+        _Subclass(
+            (("", "/rep_a/rep_b/git-upload-pack"), ("", "/rep_c/rep_d.git/git-upload-pack/")),
+            path=f"{any_repo}/git-upload-pack/?",
+        ),
+    ]
+
+
+def _subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclass]:
+    representatives = _representative_hosts(hosts, domain)
+    if domain in GITHUB_HOSTS:
+        subclasses = _github_subclasses(policy, domain)
+    else:
+        subclasses = [*_aws_subclasses(policy, hosts, domain), _Subclass((("", "/"),) * 2)]
+    out = []
+    for sub in subclasses:
+        # Subclasses name paths; their hosts are the class's own unless they name one.
+        pairs = tuple(
+            dict.fromkeys(
+                (host or representatives[i % len(representatives)], path)
+                for i, (host, path) in enumerate(sub.representatives)
+            )
+        )
+        out.append(_Subclass(pairs, sub.path, sub.path_and_query, sub.authority, sub.fixed))
+    return out
+
+
+def _outcome(engine: PolicyEngine, tls: bool, method: str, host: str, path: str) -> Outcome:
+    port = 443 if tls else 80
+    scheme = "https" if tls else "http"
+    request = http_input(
+        method=method,
+        host=host,
+        path=path,
+        scheme=scheme,
+        headers={":authority": host, ":method": method, ":path": path, ":scheme": scheme},
+        sni=host if tls else None,
+    )
+    request["attributes"]["contextExtensions"] = {"intercept_transport": "tls" if tls else "plain"}
+    decision = engine.evaluate(request)
+    target = f"{method} {host}:{port}"
+    if decision.rule == "evaluation_error" or not decision.reason.startswith(target):
+        return ASK_AGENT
+    return Outcome(decision.allow, decision.rule, decision.reason[len(target) :])
+
+
+def _routes(engine: PolicyEngine, tls: bool, sub: _Subclass) -> list[Route]:
+    by_outcome: dict[Outcome, list[str]] = {}
+    for method in METHODS:
+        if sub.fixed is not None:
+            outcome = sub.fixed
+        else:
+            outcomes = {_outcome(engine, tls, method, h, p) for h, p in sub.representatives}
+            outcome = outcomes.pop() if len(outcomes) == 1 else ASK_AGENT
+        by_outcome.setdefault(outcome, []).append(method)
+    return [
+        Route(tuple(methods), outcome, sub.path, sub.path_and_query, sub.authority)
+        for outcome, methods in by_outcome.items()
+    ]
+
+
+def compile_policy(policy: Policy, engine: PolicyEngine, *, tls: bool) -> NativePolicy:
+    """`engine` evaluates `policy` alone (no custom modules: those only the agent can run)."""
+    if policy.rego_modules:
+        raise ValueError("a policy with custom Rego modules is judged by the agent alone")
+    hosts = _host_classes(policy)
+    domains = sorted(hosts.exact) + sorted(f"*.{s}" for s in hosts.suffixes) + ["*"]
+    virtual_hosts = []
+    for domain in domains:
+        routes = [
+            route
+            for sub in _subclasses(policy, hosts, domain)
+            for route in _routes(engine, tls, sub)
+        ]
+        virtual_hosts.append(VirtualHost(domain, tuple(routes)))
+    return NativePolicy(tls, tuple(virtual_hosts))

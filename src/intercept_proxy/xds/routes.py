@@ -1,0 +1,195 @@
+"""The listeners' route configurations (RDS), as pure functions of the compiled policy.
+
+Every virtual host starts with the route for requests the gate did not mark (gate.lua): the agent
+judges those over ext_authz. The policy's own routes follow (intercept_proxy.policy.native): an
+allow forwards upstream without asking the agent, a denial is answered by Envoy with the same
+JSON body the agent writes, and a class the policy could not decide natively asks the agent.
+Without a compiled policy (custom Rego modules, a pod's policy narrowing the default), one
+virtual host sends everything to the agent.
+
+Each route carries its decision in its metadata, where the decision log (an access log, see
+resources.py) reads it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from intercept_proxy.policy.native import METHODS, NativePolicy, Outcome, Route, VirtualHost
+
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+NATIVE_HEADER = "x-intercept-native"
+DECISION_HEADER = "x-intercept-decision-id"
+# ext_authz context extension naming the listener's transport: "tls" or "plain".
+TRANSPORT_KEY = "intercept_transport"
+METADATA_KEY = "intercept"
+# What the decision log says of a request whose agent did not answer (Envoy answered 503).
+UNAVAILABLE = Outcome(
+    False,
+    "policy_unavailable",
+    ": the policy service did not answer; the request was blocked (fail closed)",
+)
+
+
+def _type(name: str) -> str:
+    return f"type.googleapis.com/{name}"
+
+
+def gate_source(*, tls: bool) -> str:
+    """The gate's Lua code for one listener."""
+    settings = (
+        f"local TLS = {'true' if tls else 'false'}\n"
+        f'local SCHEME = "{"https" if tls else "http"}"\n'
+        f'local MARK = "{NATIVE_HEADER}"\n'
+    )
+    return settings + resources.files(__package__).joinpath("gate.lua").read_text()
+
+
+def target(*, tls: bool) -> str:
+    """The request's target as the policy's reasons begin, in Envoy's format language."""
+    return f"%REQ(:METHOD)% %REQ(:AUTHORITY)%:{443 if tls else 80}"
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")
+
+
+def _metadata(outcome: Outcome, revision: str) -> dict[str, Any]:
+    decision = {"allow": outcome.allow, "rule": outcome.rule, "reason": outcome.reason}
+    return {"filter_metadata": {METADATA_KEY: {**decision, "revision": revision}}}
+
+
+def _authz_per_route(*, tls: bool) -> dict[str, Any]:
+    return {
+        "envoy.filters.http.ext_authz": {
+            "@type": _type("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
+            "check_settings": {"context_extensions": {TRANSPORT_KEY: "tls" if tls else "plain"}},
+        }
+    }
+
+
+_NO_AUTHZ = {
+    "envoy.filters.http.ext_authz": {
+        "@type": _type("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
+        "disabled": True,
+    }
+}
+_DECISION_ID = [
+    {
+        "header": {"key": DECISION_HEADER, "value": "%STREAM_ID%"},
+        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+    }
+]
+
+
+def _forward(cluster: str) -> dict[str, Any]:
+    # No total timeout: streams and long polls; the listener's idle timeout applies.
+    return {"cluster": cluster, "timeout": "0s"}
+
+
+def agent_route(cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
+    """Judged by the agent (ext_authz), then forwarded."""
+    return {
+        "name": "agent",
+        "match": {"prefix": "/"},
+        "route": _forward(cluster),
+        "typed_per_filter_config": _authz_per_route(tls=tls),
+        "metadata": _metadata(UNAVAILABLE, revision),
+    }
+
+
+def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
+    return {
+        "status": 403,
+        "body_format": {
+            "content_type": "application/json",
+            "json_format": {
+                "error": {
+                    "code": "POLICY_BLOCKED",
+                    "message": target(tls=tls) + _escape(outcome.reason),
+                    "rule": outcome.rule,
+                    "decision_id": "%STREAM_ID%",
+                }
+            },
+        },
+    }
+
+
+def _match(route: Route) -> dict[str, Any]:
+    match: dict[str, Any] = (
+        {"safe_regex": {"regex": route.path}} if route.path is not None else {"prefix": "/"}
+    )
+    headers = []
+    if set(route.methods) != set(METHODS):
+        methods = "|".join(route.methods)
+        headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": methods}}})
+    if route.path_and_query is not None:
+        regex = {"safe_regex": {"regex": route.path_and_query}}
+        headers.append({"name": ":path", "string_match": regex})
+    if route.authority is not None:
+        regex = {"safe_regex": {"regex": route.authority}}
+        headers.append({"name": ":authority", "string_match": regex})
+    if headers:
+        match["headers"] = headers
+    return match
+
+
+def policy_route(
+    route: Route, name: str, cluster: str, revision: str, *, tls: bool
+) -> dict[str, Any]:
+    outcome = route.outcome
+    if outcome.allow is None:
+        return {**agent_route(cluster, revision, tls=tls), "name": name, "match": _match(route)}
+    # Envoy decides: ext_authz (before the router, which answers a direct response) stays out.
+    out: dict[str, Any] = {
+        "name": name,
+        "match": _match(route),
+        "typed_per_filter_config": _NO_AUTHZ,
+    }
+    if outcome.allow:
+        out["route"] = _forward(cluster)
+    else:
+        out["direct_response"] = _denial(outcome, tls=tls)
+    out["metadata"] = _metadata(outcome, revision)
+    out["response_headers_to_add"] = _DECISION_ID
+    return out
+
+
+def _unmarked(cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
+    route = agent_route(cluster, revision, tls=tls)
+    mark = {"name": NATIVE_HEADER, "present_match": True, "invert_match": True}
+    return {**route, "name": "unmarked", "match": {"prefix": "/", "headers": [mark]}}
+
+
+def _virtual_host(host: VirtualHost, cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
+    name = "any" if host.domain == "*" else host.domain
+    routes = [_unmarked(cluster, revision, tls=tls)]
+    routes += [
+        policy_route(route, f"{i}:{route.outcome.rule or 'agent'}", cluster, revision, tls=tls)
+        for i, route in enumerate(host.routes)
+    ]
+    return {"name": name, "domains": [host.domain], "routes": routes}
+
+
+def route_configuration(
+    name: str, cluster: str, policy: NativePolicy | None, revision: str, *, tls: bool
+) -> dict[str, Any]:
+    """`policy` None: the agent judges every request."""
+    if policy is not None and policy.tls != tls:
+        raise ValueError(
+            f"route configuration {name}: the policy was compiled for the other listener"
+        )
+    if policy is None:
+        virtual_hosts = [
+            {"name": "any", "domains": ["*"], "routes": [agent_route(cluster, revision, tls=tls)]}
+        ]
+    else:
+        virtual_hosts = [_virtual_host(h, cluster, revision, tls=tls) for h in policy.hosts]
+    return {
+        "name": name,
+        "virtual_hosts": virtual_hosts,
+        # What the workload sent goes upstream, with the decision id (x-request-id: the decision
+        # log and the response header read it from there); not the gate's mark.
+        "request_headers_to_remove": ["x-forwarded-proto", NATIVE_HEADER],
+    }

@@ -1,0 +1,61 @@
+"""Send a corpus of requests to Envoy's listeners, exactly as written (host header, SNI, method,
+path, body), and print each response's status and decision id as JSON lines.
+
+Runs inside the test's namespace: `python corpus_client.py CA_CERT < corpus.json`. Requests go
+one at a time over keep-alive connections, one per (listener, SNI)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import sys
+
+from intercept_proxy import ports
+
+
+def _connect(context: ssl.SSLContext, tls: bool, sni: str | None) -> http.client.HTTPConnection:
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", ports.ENVOY_TLS if tls else ports.ENVOY_HTTP, timeout=30
+    )
+    sock = socket.create_connection((conn.host, conn.port), timeout=30)
+    conn.sock = context.wrap_socket(sock, server_hostname=sni) if tls else sock
+    return conn
+
+
+def _send(conn: http.client.HTTPConnection, request: dict) -> tuple[int, str]:
+    conn.putrequest(request["method"], request["path"], skip_host=True, skip_accept_encoding=True)
+    conn.putheader("Host", request["host"])
+    body = request.get("body")
+    if body is not None:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body.encode() if body is not None else None)
+    response = conn.getresponse()
+    response.read()
+    decision_id = response.getheader("x-intercept-decision-id") or ""
+    return response.status, decision_id
+
+
+def main() -> None:
+    context = ssl.create_default_context(cafile=sys.argv[1])
+    context.check_hostname = False  # the SNI may be absent or differ from the host on purpose
+    connections: dict[tuple[bool, str | None], http.client.HTTPConnection] = {}
+    for request in json.load(sys.stdin):
+        key = (request["tls"], request.get("sni"))
+        for attempt in (1, 2):  # Envoy may close a connection after an error reply
+            conn = connections.get(key) or _connect(context, *key)
+            connections[key] = conn
+            try:
+                status, decision_id = _send(conn, request)
+                break
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                del connections[key]
+                if attempt == 2:
+                    raise
+        print(json.dumps({"status": status, "decision_id": decision_id}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

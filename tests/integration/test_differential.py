@@ -1,0 +1,186 @@
+"""The policy compiled into Envoy's routes decides exactly as the Rego policy does.
+
+A generated corpus of requests (names in every spelling, SNIs that match or not, every method,
+GitHub and AWS paths with their traps, bodies on reads) goes through the real Envoy twice: once
+with the policy compiled into routes, once with the agent judging everything (a custom module
+that grants nothing forces that mode). Every decision must be the same: allow, rule, reason and
+status. Requests Envoy must not decide itself must have gone to the agent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from intercept_proxy import netns
+from intercept_proxy.policy.model import parse_policy
+from intercept_proxy.policy.native import METHODS
+from tests.decisions import read_decisions
+
+pytestmark = pytest.mark.netns
+
+POLICY = """\
+allowed_domains: [pypi.org, "*.pythonhosted.org", "example.com:8443", "*.deep.example.net"]
+unrestricted_domains: [api.anthropic.com, "*.corp.test", upload.pypi.org, "*.sub.deep.example.net"]
+github_read_access_enabled: true
+github_allowed_repos: [octo/hello, Acme/Widgets]
+github_allowed_users: [trusted]
+aws_access_enabled: true
+aws_allowed_services: [s3, sts, bedrock-runtime]
+"""
+# Grants nothing the corpus asks for, but only the agent can run a custom module.
+AGENT_ONLY_MODULE = """\
+package intercept.custom
+
+allow contains {"rule": "never", "reason": "never used"} if {
+\tdata.intercept.request.host == "never.invalid"
+}
+"""
+
+HOSTS = [
+    "pypi.org", "upload.pypi.org", "files.pythonhosted.org", "a.b.pythonhosted.org",
+    "pythonhosted.org", "example.com", "x.deep.example.net", "y.sub.deep.example.net",
+    "sub.deep.example.net", "api.anthropic.com", "x.corp.test", "corp.test", "github.com",
+    "api.github.com", "raw.githubusercontent.com", "codeload.github.com",
+    "objects.githubusercontent.com", "gist.github.com", "s3.amazonaws.com",
+    "s3.us-east-1.amazonaws.com", "s3.eu-central-2.amazonaws.com", "sts.amazonaws.com",
+    "ec2.amazonaws.com", "s3.badregion.amazonaws.com",
+    "bedrock-runtime.us-gov-west-1.amazonaws.com", "x.s3.amazonaws.com", "unknown.example",
+    "evil-pypi.org", "pypi.org.evil.test",
+    "xn--bcher-kva.example", "198.18.1.1", "[fd00::1]", "under_score.corp.test", "-bad.corp.test",
+]  # fmt: skip
+PATHS = [
+    "/", "/simple/requests/", "/a/./b/../c", "//double//slash", "/x?y=1&z=2",
+    "/repos/octo/hello/issues", "/repos/OCTO/Hello/pulls/1/", "/repos/octo/hello",
+    "/repos/octo/hello/", "/repos/octo/other/issues", "/repos/trusted/x/issues",
+    "/repos/Trusted/y/git/refs", "/repos/acme/widgets/releases", "/repos/octo",
+    "/repos/octo/hello/../other/issues", "/repos//octo/hello/issues",
+    "/repos/octo%2Fhello/issues", "/repos/octo/hello%2f..%2fx", "/repos/octo/hello\\x",
+    "/octo/hello.git/info/refs?service=git-upload-pack",
+    "/octo/hello/info/refs?service=git-receive-pack", "/octo/hello/info/refs/",
+    "/octo/other/info/refs?service=git-receive-pack",
+    "/octo/hello/info/refs?service=git-receive-pack&x=1",
+    "/octo/hello/info/refs?x=1&service=git-receive-pack", "/octo/hello/info/refs?service=",
+    "/Octo/Hello.git/git-receive-pack", "/octo/hello/git-receive-pack/",
+    "/octo/other/git-receive-pack", "/trusted/repo/git-receive-pack",
+    "/trusted/repo.git/info/refs?service=git-receive-pack", "/octo/hello/git-upload-pack",
+    "/acme/widgets.git/git-receive-pack", "/octo/hello.git.git/git-receive-pack",
+    "/" + "/".join(["d"] * 70),
+]  # fmt: skip
+# (A lower-case method never reaches a decision: Envoy's codec answers 400 first.)
+EXTRA_METHODS = ("PROPFIND", "TRACE", "MKCOL")
+
+
+def _spellings(host: str) -> list[str]:
+    return [host, host.upper(), host.capitalize(), host + ".", f"{host}:443", f"{host}:80",
+            f"{host}:8443", f"{host}:444"]  # fmt: skip
+
+
+def generate(count: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    corpus = []
+    for _ in range(count):
+        base = rng.choice(HOSTS)
+        tls = rng.random() < 0.8
+        host = base if rng.random() < 0.6 else rng.choice(_spellings(base))
+        method = rng.choice(METHODS) if rng.random() < 0.9 else rng.choice(EXTRA_METHODS)
+        request = {"tls": tls, "host": host, "method": method, "path": rng.choice(PATHS)}
+        if tls:
+            roll = rng.random()
+            request["sni"] = (
+                base.strip("[]") if roll < 0.85 else None if roll < 0.9 else rng.choice(HOSTS)
+            )
+        if rng.random() < 0.08:
+            request["body"] = "payload"
+        corpus.append(request)
+    return corpus
+
+
+_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9_.-]+$")
+
+
+def gate_may_mark(request: dict) -> bool:
+    """What the gate could let Envoy decide: anything else must reach the agent."""
+    host = request["host"].removesuffix(".")  # Envoy strips one trailing dot first
+    if not _NAME.match(host) or (request["tls"] and request.get("sni") != host):
+        return False
+    reads = request["method"] in ("GET", "HEAD")
+    return request["method"] in METHODS and not (reads and request.get("body"))
+
+
+def run_corpus(interceptor, corpus: list[dict]) -> list[dict]:
+    """Each request's decision record, found by the decision id of its response."""
+    client = Path(__file__).with_name("corpus_client.py")
+    result = subprocess.run(
+        netns.exec_argv(interceptor.ns, [sys.executable, str(client), str(interceptor.ca_cert)]),
+        input=json.dumps(corpus),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    responses = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(responses) == len(corpus)
+    ids = [r["decision_id"] for r in responses]
+    undecided = [c for c, r in zip(corpus, responses, strict=True) if not r["decision_id"]]
+    assert not undecided, undecided[:5]
+    wanted = set(ids)
+    deadline = time.monotonic() + 10  # Envoy flushes its log every second
+    while True:
+        by_id = {r["decision_id"]: r for r in read_decisions(interceptor.decision_log)}
+        missing = wanted - by_id.keys()
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not missing, f"{len(missing)} decisions not logged"
+    for record, response in zip((by_id[i] for i in ids), responses, strict=True):
+        assert record["status"] == response["status"]
+    return [by_id[i] for i in ids]
+
+
+def _decision(record: dict) -> tuple:
+    return (record["allow"], record["rule"], record["reason"], record["status"])
+
+
+def test_compiled_routes_decide_as_the_agent(interceptor):
+    corpus = generate(1500, seed=20261122)
+    interceptor.write_policy(POLICY)
+    interceptor.wait_ready(judged_by="envoy", revision=parse_policy(POLICY).revision)
+    native = run_corpus(interceptor, corpus)
+
+    module = interceptor.dir / "agent_only.rego"
+    module.write_text(AGENT_ONLY_MODULE)
+    with_module = POLICY + f"rego_modules: [{module}]\n"
+    interceptor.write_policy(with_module)
+    interceptor.wait_ready(judged_by="agent", revision=parse_policy(with_module).revision)
+    agent = run_corpus(interceptor, corpus)
+
+    assert {r["judge"] for r in agent} == {"agent"}
+    differences = [
+        (request, _decision(n), _decision(a))
+        for request, n, a in zip(corpus, native, agent, strict=True)
+        if _decision(n) != _decision(a)
+    ]
+    assert not differences, f"{len(differences)} differ, first ones: {differences[:5]}"
+
+    wrongly_native = [
+        request
+        for request, record in zip(corpus, native, strict=True)
+        if record["judge"] == "envoy" and not gate_may_mark(request)
+    ]
+    assert not wrongly_native, wrongly_native[:5]
+    by_envoy = sum(record["judge"] == "envoy" for record in native)
+    eligible = sum(map(gate_may_mark, corpus))
+    # Most canonical requests are Envoy's own; only a few path classes ask the agent.
+    assert by_envoy >= 0.8 * eligible, (by_envoy, eligible)
+    # Both outcomes, many rules: the corpus exercises the policy, not one corner of it.
+    assert {r["allow"] for r in native} == {True, False}
+    assert len({r["rule"] for r in native}) >= 8
