@@ -74,3 +74,15 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+
+
+def test_decision_counter_tags_come_from_decisions_never_from_requests():
+    for listener in resources.listeners(DEFAULT):
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        counters = [a for a in hcm["access_log"] if a["name"] == "envoy.access_loggers.stats"]
+        assert len(counters) == 2  # one per judge, selected like the decision log's lines
+        for counter in counters:
+            (stat,) = counter["typed_config"]["value"]["counters"]
+            for tag in stat["stat"]["tags"]:
+                value = tag["value_format"]
+                assert value in ("envoy", "agent") or value.startswith(("%METADATA(", "%DYNAMIC"))

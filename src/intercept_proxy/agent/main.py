@@ -250,7 +250,10 @@ class Agent:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.authz, authz)
         dp = s.data_plane
         authz.add_insecure_port(f"{dp.authz_address}:{dp.authz_port}")
-        runner = web.AppRunner(health_app(self.readiness, self.metrics.registry), access_log=None)
+        app = health_app(
+            self.readiness, self.metrics.registry, self.metrics.envoy_decisions.refresh
+        )
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         for address in s.health_addresses:
             try:

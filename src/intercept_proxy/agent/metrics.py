@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterator
 
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.parser import text_string_to_metric_families
+
+from intercept_proxy import ports
 from intercept_proxy.dns import QueryEvent
 from intercept_proxy.pki import LeafCache
 from intercept_proxy.policy.engine import Decision
@@ -17,12 +23,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.decisions = Counter(
-            "intercept_decisions", "Policy decisions", ["result", "rule"], registry=r
-        )
+        self.envoy_decisions = EnvoyDecisions()
+        r.register(self.envoy_decisions)
         self.decision_seconds = Histogram(
             "intercept_decision_seconds",
-            "Policy evaluation time",
+            "Policy evaluation time of the decisions the agent makes",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
@@ -57,8 +62,7 @@ class Metrics:
     def observe_dns(self, event: QueryEvent) -> None:
         self.dns_queries.labels(event.qtype or "none", event.outcome).inc()
 
-    def observe_decision(self, decision: Decision, seconds: float) -> None:
-        self.decisions.labels("allow" if decision.allow else "deny", decision.rule).inc()
+    def observe_decision(self, _decision: Decision, seconds: float) -> None:
         self.decision_seconds.observe(seconds)
 
     def observe_reload(self, ok: bool) -> None:
@@ -77,3 +81,39 @@ class Metrics:
             on_ack=lambda t: self.xds_acks.labels(t).inc(),
             on_nack=lambda t: self.xds_nacks.labels(t).inc(),
         )
+
+
+# Envoy counts every decision, its own and the agent's (xds/resources.py: decision_counter).
+_ENVOY_STATS = (
+    f"http://127.0.0.1:{ports.ENVOY_ADMIN}/stats/prometheus?usedonly&filter=^intercept\\.decisions"
+)
+
+
+class EnvoyDecisions:
+    """`intercept_decisions_total{judge,result,rule}`, read from Envoy's statistics at each
+    scrape: one place to scrape, whoever decided. Absent while Envoy does not answer."""
+
+    def __init__(self) -> None:
+        self._samples: list[tuple[dict[str, str], float]] = []
+
+    async def refresh(self, session: aiohttp.ClientSession) -> None:
+        try:
+            async with session.get(_ENVOY_STATS) as response:
+                text = await response.text() if response.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError):
+            text = ""
+        self._samples = [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            if family.name == "envoy_intercept_decisions"
+            for sample in family.samples
+        ]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "intercept_decisions", "Policy decisions", labels=["judge", "result", "rule"]
+        )
+        for labels, value in self._samples:
+            result = "allow" if labels.get("allow") == "true" else "deny"
+            family.add_metric([labels.get("judge", ""), result, labels.get("rule", "")], value)
+        yield family

@@ -322,8 +322,35 @@ def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
                     "log_format": log_format,
                 },
             }
-        out.append({**sink, "filter": _by_agent(present=by_agent)})
+        selected = _by_agent(present=by_agent)
+        out += [
+            {**sink, "filter": selected},
+            {**decision_counter(by_agent=by_agent), "filter": selected},
+        ]
     return out
+
+
+def decision_counter(*, by_agent: bool) -> dict[str, Any]:
+    """Counts every decision, whoever made it, in Envoy's statistics, tagged by judge, result
+    and rule (the agent serves them among its metrics)."""
+    field = _agent_field if by_agent else _route_field
+    tags = [
+        {"name": "judge", "value_format": "agent" if by_agent else "envoy"},
+        {"name": "allow", "value_format": field("allow")},
+        {"name": "rule", "value_format": field("rule")},
+    ]
+    return {
+        "name": "envoy.access_loggers.stats",
+        # A TypedStruct: the Python API package predates `stats_scope` (`stat_prefix` is
+        # deprecated). Tags come from our decisions only, never from the request: few values.
+        "typed_config": _typed_struct(
+            "envoy.extensions.access_loggers.stats.v3.Config",
+            {
+                "stats_scope": {"prefix": "intercept"},
+                "counters": [{"stat": {"name": "decisions", "tags": tags}, "value_fixed": 1}],
+            },
+        ),
+    }
 
 
 def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
