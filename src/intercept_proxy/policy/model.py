@@ -6,6 +6,7 @@ enforced. `Policy.to_data()` is the data document the Rego policy reads (`data.i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -93,7 +94,7 @@ class Policy:
             }
         }
 
-    @property
+    @functools.cached_property  # read for every decision the agent makes
     def revision(self) -> str:
         """A short digest of everything that decides: data and custom modules."""
         digest = hashlib.sha256(json.dumps(self.to_data(), sort_keys=True).encode())
