@@ -1,5 +1,6 @@
 """Send a corpus of requests to Envoy's listeners, exactly as written (host header, SNI, method,
-path, body), and print each response's status and decision id as JSON lines.
+target, extra headers, body, plain or chunked), and print each response's status and decision
+id as JSON lines.
 
 Runs inside the test's namespace: `python corpus_client.py CA_CERT < corpus.json`. Requests go
 one at a time over keep-alive connections, one per (listener, SNI)."""
@@ -27,10 +28,17 @@ def _connect(context: ssl.SSLContext, tls: bool, sni: str | None) -> http.client
 def _send(conn: http.client.HTTPConnection, request: dict) -> tuple[int, str]:
     conn.putrequest(request["method"], request["path"], skip_host=True, skip_accept_encoding=True)
     conn.putheader("Host", request["host"])
+    for name, value in request.get("headers", []):
+        conn.putheader(name, value)
     body = request.get("body")
     if body is not None:
         conn.putheader("Content-Length", str(len(body)))
-    conn.endheaders(body.encode() if body is not None else None)
+        conn.endheaders(body.encode())
+    elif request.get("chunked"):
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders(b"7\r\npayload\r\n0\r\n\r\n")
+    else:
+        conn.endheaders()
     response = conn.getresponse()
     response.read()
     decision_id = response.getheader("x-intercept-decision-id") or ""

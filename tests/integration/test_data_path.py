@@ -88,6 +88,37 @@ def test_denied_post_answers_403_json_and_reaches_nothing(interceptor, lab):
     assert len(received(lab, "pypi.org")) == before
 
 
+@pytest.mark.parametrize(
+    ("protocol", "size"),
+    [
+        ("--http1.1", 100_000),
+        ("--http2", 100_000),
+        ("--http1.1", 2_000_000),
+        ("--http2", 2_000_000),
+        # Beyond what Envoy reads (16 MiB), the same denial, early: HTTP/1.1 clients read it,
+        # curl's HTTP/2 takes the reset that follows it for an error.
+        ("--http1.1", 20_000_000),
+    ],
+)
+def test_denied_upload_gets_its_explanation(interceptor, lab, protocol, size):
+    """Envoy reads the upload before it answers: an HTTP/2 client such as curl takes an answer
+    that overtakes its upload for a stream error."""
+    before = len(received(lab, "pypi.org"))
+    upload = interceptor.dir / f"upload-{size}"
+    upload.write_bytes(b"x" * size)
+    upload.chmod(0o644)
+    r = interceptor.curl(
+        "POST", "https://pypi.org/legacy/", protocol, "--data-binary", f"@{upload}"
+    )
+    assert r.status == 403, r.stderr
+    error = r.json()["error"]
+    assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "method_not_allowed")
+    assert error["message"].startswith("POST pypi.org:443: pypi.org is in allowed_domains")
+    d = decision(interceptor, error["decision_id"])
+    assert (d["allow"], d["rule"], d["judge"]) == (False, "method_not_allowed", "envoy")
+    assert len(received(lab, "pypi.org")) == before
+
+
 def test_unknown_domain_is_denied_with_an_explanation_and_nothing_received(interceptor, lab):
     r = interceptor.curl("GET", "https://unknown.example/")
     assert r.status == 403

@@ -27,7 +27,10 @@ from tests.decisions import read_decisions
 pytestmark = pytest.mark.netns
 
 POLICY = """\
-allowed_domains: [pypi.org, "*.pythonhosted.org", "example.com:8443", "*.deep.example.net"]
+allowed_domains: [pypi.org, "*.pythonhosted.org", "example.com:8443", "*.deep.example.net",
+  # Every region the compiler samples: the other regional endpoints are left to the agent.
+  "*.us-east-1.amazonaws.com", "*.eu-west-3.amazonaws.com", "*.ap-southeast-2.amazonaws.com",
+  "*.us-gov-west-1.amazonaws.com", "*.ca-central-1.amazonaws.com"]
 unrestricted_domains: [api.anthropic.com, "*.corp.test", upload.pypi.org, "*.sub.deep.example.net"]
 github_read_access_enabled: true
 github_allowed_repos: [octo/hello, Acme/Widgets]
@@ -72,7 +75,9 @@ PATHS = [
     "/octo/other/git-receive-pack", "/trusted/repo/git-receive-pack",
     "/trusted/repo.git/info/refs?service=git-receive-pack", "/octo/hello/git-upload-pack",
     "/acme/widgets.git/git-receive-pack", "/octo/hello.git.git/git-receive-pack",
-    "/" + "/".join(["d"] * 70),
+    "/" + "/".join(["d"] * 70), "/repos/octo/hello/%2e%2e/%2e%2e/evil/repo/issues",
+    "/repos/trusted/%2E%2E/octo/other/issues", "/octo/hello%2egit/git-receive-pack",
+    "/repos/octo/hell%6f/issues", "https://pypi.org/absolute-form", "http://github.com/x",
 ]  # fmt: skip
 # (A lower-case method never reaches a decision: Envoy's codec answers 400 first.)
 EXTRA_METHODS = ("PROPFIND", "TRACE", "MKCOL")
@@ -97,8 +102,15 @@ def generate(count: int, seed: int) -> list[dict]:
             request["sni"] = (
                 base.strip("[]") if roll < 0.85 else None if roll < 0.9 else rng.choice(HOSTS)
             )
-        if rng.random() < 0.08:
+        roll = rng.random()
+        if roll < 0.08:
             request["body"] = "payload"
+        elif roll < 0.11:
+            request["chunked"] = True
+        elif roll < 0.13:  # a second Host header
+            request["headers"] = [["Host", rng.choice(HOSTS)]]
+        elif roll < 0.15:  # a forged mark: Envoy removes it before the gate
+            request["headers"] = [["X-Intercept-Native", "1"]]
         corpus.append(request)
     return corpus
 
@@ -108,11 +120,15 @@ _NAME = re.compile(r"^(?=.*[a-z])[a-z0-9_.-]+$")
 
 def gate_may_mark(request: dict) -> bool:
     """What the gate could let Envoy decide: anything else must reach the agent."""
-    host = request["host"].removesuffix(".")  # Envoy strips one trailing dot first
+    # An absolute-form target names the host (Envoy ignores Host then); one trailing dot goes.
+    absolute = re.match(r"^https?://([^/]*)", request["path"])
+    host = (absolute.group(1) if absolute else request["host"]).removesuffix(".")
     if not _NAME.match(host) or (request["tls"] and request.get("sni") != host):
         return False
     reads = request["method"] in ("GET", "HEAD")
-    return request["method"] in METHODS and not (reads and request.get("body"))
+    sends = request.get("body") or request.get("chunked")
+    twice = any(k == "Host" for k, _ in request.get("headers", []))
+    return request["method"] in METHODS and not (reads and sends) and not twice
 
 
 def run_corpus(interceptor, corpus: list[dict]) -> list[dict]:
@@ -130,7 +146,7 @@ def run_corpus(interceptor, corpus: list[dict]) -> list[dict]:
     responses = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(responses) == len(corpus)
     ids = [r["decision_id"] for r in responses]
-    undecided = [c for c, r in zip(corpus, responses, strict=True) if not r["decision_id"]]
+    undecided = [(c, r) for c, r in zip(corpus, responses, strict=True) if not r["decision_id"]]
     assert not undecided, undecided[:5]
     wanted = set(ids)
     deadline = time.monotonic() + 10  # Envoy flushes its log every second

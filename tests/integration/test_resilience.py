@@ -44,7 +44,8 @@ def test_agent_down_fails_closed_and_recovers(interceptor, lab):
         (logged,) = interceptor.decisions(
             lambda d: d["path"] == "/during" and d["scheme"] == "http"
         )
-        assert (logged["allow"], logged["rule"]) == (False, "policy_unavailable")
+        assert (logged["allow"], logged["rule"], logged["judge"]) == (False, "no_decision", "none")
+        assert (logged["flags"], logged["status"]) == ("UAEX", 503)
         time.sleep(0.2)
         assert len([r for r in lab.receipts() if r["host"] == "pypi.org"]) == before
         # Envoy still applies the policy compiled into its routes, both ways.

@@ -51,6 +51,8 @@ def test_prototype_keys_are_accepted_unchanged():
         ("github_allowed_repos: [a/b/c]", "github_allowed_repos[0]", "owner/repository"),
         ("github_allowed_repos: ['a/..']", "github_allowed_repos[0]", "owner/repository"),
         ("github_allowed_users: ['my user']", "github_allowed_users[0]", "GitHub user"),
+        ('github_allowed_users: ["octo\\n"]', "github_allowed_users[0]", "GitHub user"),
+        ('github_allowed_repos: ["octo/hello\\n"]', "github_allowed_repos[0]", "owner/repository"),
         ("aws_allowed_services: ['S3 ']", "aws_allowed_services[0]", "AWS service"),
         ("rego_modules: [missing.rego]", "rego_modules[0]", "cannot read"),
     ],

@@ -108,3 +108,25 @@ def test_custom_modules_are_for_the_agent_alone():
     )
     with pytest.raises(ValueError, match="custom Rego modules"):
         native.compile_policy(custom, RegorusEngine(policy), tls=True)
+
+
+def test_regional_endpoints_no_sample_reaches_ask_the_agent():
+    """Wildcards naming every sample region leave the other regions to the `*` class: there, no
+    representative exists, so the agent decides (never the generic default route)."""
+    regions = ("us-east-1", "eu-west-3", "ap-southeast-2", "us-gov-west-1", "ca-central-1")
+    text = (
+        "allowed_domains: ["
+        + ", ".join(f'"*.{r}.amazonaws.com"' for r in regions)
+        + "]\naws_access_enabled: true\naws_allowed_services: [s3]\n"
+    )
+    policy = parse_policy(text)
+    compiled = native.compile_policy(policy, RegorusEngine(policy), tls=True)
+    regional = [r for r in host(compiled, "*").routes if r.authority is not None]
+    assert [r.outcome for r in regional] == [native.ASK_AGENT]
+    assert re.fullmatch(regional[0].authority, "s3.eu-central-2.amazonaws.com")
+    # A wildcard that cannot hold an AWS endpoint gets no regional route at all.
+    other = parse_policy(
+        "allowed_domains: ['*.example.org']\naws_access_enabled: true\naws_allowed_services: [s3]\n"
+    )
+    compiled = native.compile_policy(other, RegorusEngine(other), tls=True)
+    assert not [r for r in host(compiled, "*.example.org").routes if r.authority is not None]

@@ -64,9 +64,11 @@ def test_envoy_decisions_skip_ext_authz_and_carry_their_decision(compiled):
                 per_filter = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
                 if route.get("direct_response") or per_filter.get("disabled"):
                     assert decision["allow"] in (True, False)
+                    assert decision["judge"] == "envoy"
                     assert per_filter.get("disabled") is True
                 else:  # the agent decides; if it cannot answer, the log says so
-                    assert decision == {**routes.UNAVAILABLE.__dict__, "revision": REVISION}
+                    expected = {**routes.NO_DECISION.__dict__, "judge": "none"}
+                    assert decision == {**expected, "revision": REVISION}
 
 
 def test_a_policy_compiled_for_one_listener_is_refused_for_the_other():

@@ -115,5 +115,7 @@ class EnvoyDecisions:
         )
         for labels, value in self._samples:
             result = "allow" if labels.get("allow") == "true" else "deny"
-            family.add_metric([labels.get("judge", ""), result, labels.get("rule", "")], value)
+            # No judge: a request refused before any route (a protocol error, no route).
+            judge = labels.get("judge") or "none"
+            family.add_metric([judge, result, labels.get("rule", "")], value)
         yield family

@@ -198,7 +198,7 @@ def _matching(
     values = []
     for where, item in _strings(doc, key, source):
         value = item.lower()
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise PolicyError(source, where, f"{item!r} is not {what}")
         values.append(value)
     return tuple(values)
@@ -210,8 +210,8 @@ def _repos(doc: dict[str, Any], key: str, source: str) -> tuple[str, ...]:
         parts = item.lower().removesuffix(".git").split("/")
         if (
             len(parts) != 2
-            or not _GITHUB_USER.match(parts[0])
-            or not _GITHUB_REPO.match(parts[1])
+            or not _GITHUB_USER.fullmatch(parts[0])
+            or not _GITHUB_REPO.fullmatch(parts[1])
             or parts[1] in (".", "..")
         ):
             raise PolicyError(source, where, f"{item!r} is not an 'owner/repository' name")

@@ -167,10 +167,22 @@ def _aws_subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclas
             if re.fullmatch(AWS_REGION, label):  # `*.{region}.amazonaws.com`
                 candidates.append(f"{service}.{label}.{AWS_SUFFIX}")
         hosts_here = _in_class(hosts, domain, candidates)[:2]
+        pattern = rf"{re.escape(service)}\.{AWS_REGION}\.{re.escape(AWS_SUFFIX)}"
         if hosts_here:
-            pattern = rf"{re.escape(service)}\.{AWS_REGION}\.{re.escape(AWS_SUFFIX)}"
             out.append(_Subclass(tuple((h, "/") for h in hosts_here), authority=pattern))
+        elif _may_hold_regional(domain):
+            # Other entries name every sample region: the agent decides what is left here.
+            out.append(_Subclass((), authority=pattern, fixed=ASK_AGENT))
     return out
+
+
+def _may_hold_regional(domain: str) -> bool:
+    """Whether `{service}.{region}.amazonaws.com` can be in this wildcard (or `*`) class."""
+    suffix = domain[2:]
+    if domain == "*" or f".{AWS_SUFFIX}".endswith(f".{suffix}"):
+        return True
+    label = suffix.removesuffix(f".{AWS_SUFFIX}")
+    return label != suffix and re.fullmatch(AWS_REGION, label) is not None
 
 
 def _case_variants(text: str) -> tuple[str, str]:

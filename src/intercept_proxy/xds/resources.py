@@ -13,9 +13,11 @@ from typing import Any
 from intercept_proxy import ports
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.routes import (
+    GATE_FILTER,
     METADATA_KEY,
     NATIVE_HEADER,
     gate_source,
+    oversized_denial,
     route_configuration,
     target,
 )
@@ -193,7 +195,7 @@ def _flag_mapper(flag: str, status: int, code: str, message: str) -> dict[str, A
     }
 
 
-def local_reply_config() -> dict[str, Any]:
+def local_reply_config(*, tls: bool) -> dict[str, Any]:
     """Explained JSON bodies for Envoy's own error replies. Policy denials carry their own body
     from the agent and match none of these."""
     mappers = [
@@ -226,6 +228,7 @@ def local_reply_config() -> dict[str, Any]:
             "UF", 502, "UPSTREAM_CONNECT_FAILURE", "the upstream host could not be reached"
         ),
         _flag_mapper("UT", 504, "UPSTREAM_TIMEOUT", "the upstream host did not answer in time"),
+        oversized_denial(tls=tls),
     ]
     return {"mappers": mappers}
 
@@ -268,8 +271,10 @@ def decision_fields(*, tls: bool, by_agent: bool) -> dict[str, str]:
             "eval_ms": _agent_field("eval_ms"),
         }
     else:
+        # "envoy", "none" (an agent route without the agent's answer), or null: no route at
+        # all (a protocol error, a request no route matches); details say why.
         decision = {
-            "judge": "envoy",
+            "judge": _route_field("judge"),
             "allow": _route_field("allow"),
             "rule": _route_field("rule"),
             "reason": target(tls=tls) + _route_field("reason"),
@@ -335,7 +340,7 @@ def decision_counter(*, by_agent: bool) -> dict[str, Any]:
     and rule (the agent serves them among its metrics)."""
     field = _agent_field if by_agent else _route_field
     tags = [
-        {"name": "judge", "value_format": "agent" if by_agent else "envoy"},
+        {"name": "judge", "value_format": "agent" if by_agent else _route_field("judge")},
         {"name": "allow", "value_format": field("allow")},
         {"name": "rule", "value_format": field("rule")},
     ]
@@ -373,7 +378,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         "stream_idle_timeout": _duration(dp.stream_idle_timeout_s),
         "request_timeout": "0s",
         "upgrade_configs": [{"upgrade_type": "websocket"}],
-        "local_reply_config": local_reply_config(),
+        "local_reply_config": local_reply_config(tls=tls),
         "access_log": decision_logs(dp.decision_log_path, tls=tls),
         # Only Envoy's own request ids: the decision id is one, and a client must not choose
         # it; only the gate marks requests.
@@ -396,7 +401,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         },
         "http_filters": [
             {
-                "name": "envoy.filters.http.lua",
+                "name": GATE_FILTER,
                 "typed_config": {
                     "@type": _type("envoy.extensions.filters.http.lua.v3.Lua"),
                     "default_source_code": {"inline_string": gate_source(tls=tls)},

@@ -24,11 +24,16 @@ DECISION_HEADER = "x-intercept-decision-id"
 # ext_authz context extension naming the listener's transport: "tls" or "plain".
 TRANSPORT_KEY = "intercept_transport"
 METADATA_KEY = "intercept"
-# What the decision log says of a request whose agent did not answer (Envoy answered 503).
-UNAVAILABLE = Outcome(
+GATE_FILTER = "envoy.filters.http.lua"
+# Uploads to a denied route are read before the answer, up to this size (then Envoy answers 413).
+DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+# What the decision log says of a request sent to the agent that got no answer from it: the
+# agent did not answer (flags UAEX, Envoy answered 503), or Envoy refused the request first (its
+# details say why: a failed upgrade, a client gone).
+NO_DECISION = Outcome(
     False,
-    "policy_unavailable",
-    ": the policy service did not answer; the request was blocked (fail closed)",
+    "no_decision",
+    ": no policy decision was made; the request was not forwarded (see flags and details)",
 )
 
 
@@ -55,9 +60,10 @@ def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def _metadata(outcome: Outcome, revision: str) -> dict[str, Any]:
+def _metadata(outcome: Outcome, revision: str, *, judge: str) -> dict[str, Any]:
+    """`judge` "envoy": the route decides; "none": the agent should have (it logs its own)."""
     decision = {"allow": outcome.allow, "rule": outcome.rule, "reason": outcome.reason}
-    return {"filter_metadata": {METADATA_KEY: {**decision, "revision": revision}}}
+    return {"filter_metadata": {METADATA_KEY: {**decision, "judge": judge, "revision": revision}}}
 
 
 def _authz_per_route(*, tls: bool) -> dict[str, Any]:
@@ -95,24 +101,45 @@ def agent_route(cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
         "match": {"prefix": "/"},
         "route": _forward(cluster),
         "typed_per_filter_config": _authz_per_route(tls=tls),
-        "metadata": _metadata(UNAVAILABLE, revision),
+        "metadata": _metadata(NO_DECISION, revision, judge="none"),
+    }
+
+
+def denial_body(rule: str, reason: str, *, tls: bool) -> dict[str, Any]:
+    """The agent's JSON denial, in Envoy's format language (`reason` follows the target)."""
+    return {
+        "content_type": "application/json",
+        "json_format": {
+            "error": {
+                "code": "POLICY_BLOCKED",
+                "message": target(tls=tls) + reason,
+                "rule": rule,
+                "decision_id": "%STREAM_ID%",
+            }
+        },
     }
 
 
 def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
+    body = denial_body(_escape(outcome.rule), _escape(outcome.reason), tls=tls)
+    return {"status": 403, "body_format": body}
+
+
+def oversized_denial(*, tls: bool) -> dict[str, Any]:
+    """A local-reply mapper: an upload too large to read to its end (only denying routes read
+    one, see gate.lua) still gets its route's denial."""
+    decision = {k: f"%METADATA(ROUTE:{METADATA_KEY}:{k})%" for k in ("rule", "reason")}
     return {
-        "status": 403,
-        "body_format": {
-            "content_type": "application/json",
-            "json_format": {
-                "error": {
-                    "code": "POLICY_BLOCKED",
-                    "message": target(tls=tls) + _escape(outcome.reason),
-                    "rule": outcome.rule,
-                    "decision_id": "%STREAM_ID%",
+        "filter": {
+            "status_code_filter": {
+                "comparison": {
+                    "op": "EQ",
+                    "value": {"default_value": 413, "runtime_key": "intercept.drain_status"},
                 }
-            },
+            }
         },
+        "status_code": 403,
+        "body_format_override": denial_body(decision["rule"], decision["reason"], tls=tls),
     }
 
 
@@ -147,11 +174,14 @@ def policy_route(
         "match": _match(route),
         "typed_per_filter_config": _NO_AUTHZ,
     }
+    out["metadata"] = _metadata(outcome, revision, judge="envoy")
     if outcome.allow:
         out["route"] = _forward(cluster)
     else:
         out["direct_response"] = _denial(outcome, tls=tls)
-    out["metadata"] = _metadata(outcome, revision)
+        # The gate reads the upload to its end first (gate.lua), up to this much.
+        out["metadata"]["filter_metadata"][GATE_FILTER] = {"drain": True}
+        out["request_body_buffer_limit"] = DRAIN_LIMIT_BYTES
     out["response_headers_to_add"] = _DECISION_ID
     return out
 
