@@ -23,6 +23,7 @@ def test_demo():
     assert "POST https://api.anthropic.com/v1/messages -> HTTP 200" in out
     # a denied write, a denied unknown host
     assert "POST https://api.github.com/repos/octo/hello/issues -> HTTP 403" in out
+    assert "POST https://pypi.org/legacy/ -> HTTP 403" in out  # an upload, explained
     assert "GET https://exfil.attacker.example/collect?token=secret -> HTTP 403" in out
     # raw-socket exfiltration blocked
     assert "raw TCP to exfil.attacker.example:4444 -> refused" in out
