@@ -2,9 +2,9 @@
 VENV ?= .venv
 SYSTEM_PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables util-linux
+DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables nghttp2-client util-linux
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo bench clean
 .DEFAULT_GOAL := test
 
 install: $(VENV)/.installed
@@ -26,6 +26,11 @@ test: lint
 
 demo: install
 	scripts/demo
+
+# The side-by-side benchmark (about 10 minutes): Squid and mitmproxy first, outside our venv.
+bench: install
+	scripts/install-bench-tools
+	$(VENV)/bin/intercept bench --json docs/performance.json --markdown docs/performance.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from intercept_proxy import __version__
 from intercept_proxy.agent import cli as agent_cli
 from intercept_proxy.authz import cli as decisions_cli
+from intercept_proxy.bench import cli as bench_cli
 from intercept_proxy.injector import cli as inject_cli
 from intercept_proxy.lab import cli as lab_cli
 from intercept_proxy.netfilter import cli as netfilter_cli
@@ -28,6 +29,7 @@ COMPONENTS = (
     netfilter_cli,
     pki_cli,
     lab_cli,
+    bench_cli,
 )
 
 

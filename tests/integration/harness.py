@@ -18,23 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns, ports
+from intercept_proxy.runtime.containers import as_user
 from tests.decisions import Record, decisions
 
 ENVOY_UID = 101
 AGENT_UID = 102
 WORKLOAD_UID = 12345
 INTERCEPT = Path(sys.executable).with_name("intercept")
-
-
-def as_user(uid: int, argv: list[str]) -> list[str]:
-    return [
-        "setpriv",
-        f"--reuid={uid}",
-        f"--regid={uid}",
-        "--clear-groups",
-        "--no-new-privs",
-        *argv,
-    ]
 
 
 @dataclass

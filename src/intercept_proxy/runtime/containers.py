@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,9 @@ def setpriv_argv(who: Identity) -> list[str]:
     if who.no_new_privileges:
         argv.append("--no-new-privs")
     return argv
+
+
+def as_user(uid: int, argv: Sequence[str]) -> list[str]:
+    """`argv` as `uid` (and its group): no other group, no capability, no way to gain any."""
+    who = Identity(uid, uid, (), (), no_new_privileges=True, read_only_root=False, seccomp=False)
+    return [*setpriv_argv(who), "--", *argv]

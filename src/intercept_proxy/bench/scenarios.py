@@ -1,0 +1,344 @@
+"""The scenarios: one client namespace each, attached to the shared lab, with its proxy
+processes started (pinned to the proxy core) and checked to judge like the others."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from intercept_proxy import netns, ports
+from intercept_proxy.bench import configs
+from intercept_proxy.lab import Lab
+from intercept_proxy.netfilter.apply import apply as apply_rules
+from intercept_proxy.netfilter.builder import render
+from intercept_proxy.netfilter.config import AGENT_UID, ENVOY_UID, CaptureConfig
+from intercept_proxy.pki import CertificateAuthority
+from intercept_proxy.pki.files import write_private, write_public
+from intercept_proxy.policy.engine import builtin_rego
+from intercept_proxy.policy.model import load_policy
+from intercept_proxy.runtime.containers import as_user
+from intercept_proxy.xds.envoy import envoy_command
+
+CLIENT_UID = 12345
+INTERCEPT = Path(sys.executable).with_name("intercept")
+MITM_VENV = Path(os.environ.get("MITM_VENV", "/opt/intercept-bench/mitmproxy-venv"))
+SQUID = Path("/usr/sbin/squid")
+CERTGEN = Path("/usr/lib/squid/security_file_certgen")
+ALL = ("direct", "envoy-only", "intercept", "intercept-agent", "mitmproxy", "squid")
+PROXY_PORT = 15443  # envoy-only, squid, mitmproxy: a port of their own namespace
+ENVOY_ONLY_ADMIN = 15000
+READY_TIMEOUT = 60.0
+
+
+class BenchError(RuntimeError):
+    """A scenario that cannot start or does not judge as the others do."""
+
+
+def pinned(core: int | None, argv: Sequence[str]) -> list[str]:
+    """`argv` on one core (taskset execs, so the pid stays the program's)."""
+    return ["taskset", "-c", str(core), *argv] if core is not None else list(argv)
+
+
+def missing_tools(names: Sequence[str]) -> list[str]:
+    """Why scenarios in `names` cannot run here (their competitor is not installed)."""
+    problems = []
+    if "mitmproxy" in names and not (MITM_VENV / "bin" / "mitmdump").exists():
+        problems.append(f"mitmproxy: no {MITM_VENV}/bin/mitmdump (run scripts/install-bench-tools)")
+    if "squid" in names and not (SQUID.exists() and CERTGEN.exists()):
+        problems.append("squid: squid-openssl is not installed (run scripts/install-bench-tools)")
+    return problems
+
+
+class Scenario:
+    """A client namespace and the proxy processes serving it."""
+
+    name = ""
+    judges = True  # refuses what the allowlist does not grant
+
+    def __init__(self, lab: Lab, ns: str, workdir: Path, proxy_core: int | None) -> None:
+        self.lab = lab
+        self.ns = ns
+        self.dir = workdir / self.name
+        self.proxy_core = proxy_core
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.client_ca = lab.ca_cert_path
+
+    def start(self) -> None:
+        self.dir.mkdir(mode=0o755)
+        self.dir.chmod(0o755)
+        netns.create(self.ns)
+        self.lab.connect(self.ns)
+        netns.set_nameservers(self.ns, self.lab.dns_servers)
+        self._setup()
+
+    def _setup(self) -> None:
+        self._hosts_file()
+
+    def _hosts_file(self) -> None:
+        path = netns.NETNS_ETC_DIR / self.ns / "hosts"
+        path.write_text(configs.hosts_file(len(self.lab.hosts) - 1))
+        path.chmod(0o644)
+
+    def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        log = (self.dir / f"{name}.log").open("ab")
+        self.processes[name] = subprocess.Popen(
+            netns.exec_argv(self.ns, pinned(self.proxy_core, argv)),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own group: stopped with its helpers (Squid's)
+            env=env,
+        )
+        log.close()
+
+    def _redirect(self, port: int) -> None:
+        result = netns.run(
+            self.ns, ["iptables-restore"], input=configs.redirect_rules(CLIENT_UID, port)
+        )
+        if result.returncode != 0:
+            raise BenchError(f"{self.name}: iptables-restore: {result.stderr.strip()}")
+
+    def _wait_port(self, port: int) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            self._check_alive()
+            # Listening, read from the socket table: a connection that was not redirected
+            # makes Squid's NAT lookup fail, and then its listener accepts nothing more.
+            listening = netns.run(self.ns, ["ss", "-Hltn", f"sport = :{port}"])
+            if listening.stdout.strip():
+                return
+            time.sleep(0.2)
+        raise BenchError(f"{self.name}: nothing listens on {port} after {READY_TIMEOUT}s")
+
+    def _check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise BenchError(
+                    f"{self.name}: {name} exited with {process.returncode}:\n{self.logs()}"
+                )
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted(self.dir.glob("*.log")):
+            out.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-3000:]}")
+        return "\n".join(out)
+
+    def check(self) -> None:
+        """A read passes; a write is refused where the scenario judges requests."""
+        status = self.curl("GET", f"https://{configs.HOST}/")
+        if status != 200:
+            raise BenchError(f"{self.name}: GET answered {status}, not 200:\n{self.logs()}")
+        if self.judges:
+            status = self.curl("POST", f"https://{configs.HOST}/")
+            if status != 403:
+                raise BenchError(f"{self.name}: POST answered {status}, not 403")
+
+    def curl(self, method: str, url: str) -> int:
+        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]
+        argv += ["--cacert", str(self.client_ca), "--max-time", "20", url]
+        result = netns.run(self.ns, as_user(CLIENT_UID, argv), timeout=30)
+        return int(result.stdout or 0)
+
+    def pids(self) -> dict[str, int]:
+        """The proxy processes whose memory and CPU are reported (children included)."""
+        return {name: p.pid for name, p in self.processes.items()}
+
+    def envoy_stats(self) -> dict[str, Any]:
+        return {}
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        # Whatever is left in the namespace (helpers that left the group) dies with it.
+        netns.delete(self.ns)
+
+
+class Direct(Scenario):
+    name = "direct"
+    judges = False
+
+
+class EnvoyOnly(Scenario):
+    name = "envoy-only"
+    judges = False
+
+    def __init__(self, *args: Any, ca: CertificateAuthority, ca_cert: Path) -> None:
+        super().__init__(*args)
+        self.ca = ca
+        self.client_ca = ca_cert
+
+    def _setup(self) -> None:
+        self._hosts_file()
+        leaf = self.ca.issue([configs.HOST, f"*.{configs.HOST}"])
+        cert, key = self.dir / "leaf.pem", self.dir / "leaf.key"
+        write_public(cert, leaf.cert_pem)
+        write_private(key, leaf.key_pem)
+        bootstrap = configs.envoy_only_bootstrap(
+            port=PROXY_PORT,
+            admin_port=ENVOY_ONLY_ADMIN,
+            cert=cert,
+            key=key,
+            upstream_ca=self.lab.ca_cert_path,
+        )
+        config = self.dir / "envoy.json"
+        config.write_text(json.dumps(bootstrap, indent=2))
+        self._spawn("envoy", envoy_command(config, ["--concurrency", "1", "-l", "warning"]))
+        self._wait_port(PROXY_PORT)
+        self._redirect(PROXY_PORT)
+
+
+class _MintingProxy(Scenario):
+    """A competitor that mints its leaves from the bench's own CA (certificate and key)."""
+
+    def __init__(self, *args: Any, ca_files: tuple[Path, Path]) -> None:
+        super().__init__(*args)
+        self.ca_cert, self.ca_key = ca_files
+        self.client_ca = self.ca_cert
+
+
+class Squid(_MintingProxy):
+    name = "squid"
+
+    def _setup(self) -> None:
+        self._hosts_file()
+        db = self.dir / "ssl_db"
+        subprocess.run([str(CERTGEN), "-c", "-s", str(db), "-M", "16MB"], check=True)
+        key = self.dir / "ca.key"  # Squid reads it again as `proxy`, after dropping root
+        shutil.copyfile(self.ca_key, key)
+        for path in (self.dir, db, *db.rglob("*"), key):
+            shutil.chown(path, "proxy", "proxy")
+        conf = self.dir / "squid.conf"
+        conf.write_text(
+            configs.squid_conf(
+                port=PROXY_PORT,
+                state_dir=self.dir,
+                ca_cert=self.ca_cert,
+                ca_key=key,
+                upstream_ca=self.lab.ca_cert_path,
+                dns_servers=self.lab.dns_servers,
+            )
+        )
+        self._spawn("squid", [str(SQUID), "-N", "-f", str(conf)])
+        self._wait_port(PROXY_PORT)
+        self._redirect(PROXY_PORT)
+
+
+class Mitmproxy(_MintingProxy):
+    name = "mitmproxy"
+
+    def _setup(self) -> None:
+        self._hosts_file()
+        confdir = self.dir / "conf"
+        confdir.mkdir()
+        # mitmproxy's CA file is key and certificate in one; it signs every leaf with that key.
+        write_private(
+            confdir / "mitmproxy-ca.pem", self.ca_key.read_bytes() + self.ca_cert.read_bytes()
+        )
+        policy_path = self.dir / "policy.yaml"
+        policy_path.write_text(configs.policy_yaml())
+        rego, data = self.dir / "intercept.rego", self.dir / "data.json"
+        rego.write_text(builtin_rego())
+        data.write_text(json.dumps(load_policy(policy_path).to_data()))
+        addon = self.dir / "addon.py"
+        addon.write_text(configs.mitm_addon(rego, data))
+        argv = [
+            str(MITM_VENV / "bin" / "mitmdump"),
+            "--mode", f"transparent@127.0.0.1:{PROXY_PORT}",
+            "--set", f"confdir={confdir}",
+            "--set", f"ssl_verify_upstream_trusted_ca={self.lab.ca_cert_path}",
+            "--set", "stream_large_bodies=1m",  # else the 10 MB body is buffered whole
+            "--set", "termlog_verbosity=error",
+            "--set", "flow_detail=0",
+            "-s", str(addon),
+        ]  # fmt: skip
+        self._spawn("mitmdump", argv, env={"HOME": str(self.dir), "PATH": os.environ["PATH"]})
+        self._wait_port(PROXY_PORT)
+        self._redirect(PROXY_PORT)
+
+
+class Intercept(Scenario):
+    """The agent and Envoy as in a pod, the client captured by proxy-init's rules."""
+
+    name = "intercept"
+    judged_by = "envoy"
+
+    def _setup(self) -> None:
+        # No hosts file: the client resolves through the agent's DNS sinkhole, as in a pod.
+        custom = None
+        if self.judged_by == "agent":
+            (self.dir / "custom.rego").write_text(configs.CUSTOM_REGO)
+            custom = "custom.rego"
+        policy = self.dir / "policy.yaml"
+        policy.write_text(configs.policy_yaml(custom))
+        upstream_ca = self.dir / "upstream-ca.pem"
+        shutil.copyfile(self.lab.ca_cert_path, upstream_ca)
+        ca_dir = self.dir / "ca"
+        ca_dir.mkdir()
+        os.chown(ca_dir, AGENT_UID, AGENT_UID)
+        self.client_ca = ca_dir / "ca.pem"
+        decision_log = self.dir / "decisions.log"  # Envoy writes it
+        decision_log.touch()
+        os.chown(decision_log, ENVOY_UID, ENVOY_UID)
+        agent = [
+            str(INTERCEPT), "--log-level", "warning", "agent", "run",
+            "--policy", str(policy),
+            "--ca-cert", str(self.client_ca),
+            "--ca-key", str(ca_dir / "ca.key"),
+            "--upstream-ca", str(upstream_ca),
+            "--decision-log", str(decision_log),
+        ]  # fmt: skip
+        for server in self.lab.dns_servers:
+            agent += ["--dns-resolver", server]
+        self._spawn("agent", as_user(AGENT_UID, agent))
+        envoy = [str(INTERCEPT), "envoy", "run", "--node-id", f"bench-{self.ns}", "--"]
+        self._spawn("envoy", as_user(ENVOY_UID, [*envoy, "-l", "warning", "--concurrency", "1"]))
+        apply_rules(render(CaptureConfig()), self.ns)
+        self._wait_ready()
+
+    def _sidecar_get(self, url: str) -> str:
+        # proxy-init closes the sidecar ports to every other UID, root included.
+        result = netns.run(self.ns, as_user(AGENT_UID, ["curl", "-s", url]), timeout=10)
+        return result.stdout
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        readiness: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(json.JSONDecodeError):
+                readiness = json.loads(
+                    self._sidecar_get(f"http://127.0.0.1:{ports.AGENT_HTTP}/readyz")
+                )
+            if readiness.get("ready") and readiness.get("judged_by") == self.judged_by:
+                return
+            time.sleep(0.2)
+        raise BenchError(
+            f"{self.name}: not ready (judged by {self.judged_by}) after {READY_TIMEOUT}s: "
+            f"{readiness}\n{self.logs()}"
+        )
+
+    def envoy_stats(self) -> dict[str, Any]:
+        text = self._sidecar_get(f"http://127.0.0.1:{ports.ENVOY_ADMIN}/stats?format=json")
+        return json.loads(text) if text else {}
+
+
+class InterceptAgent(Intercept):
+    name = "intercept-agent"
+    judged_by = "agent"

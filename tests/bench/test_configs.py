@@ -1,0 +1,117 @@
+"""The benchmark's generated configurations: golden files, and checks that each one is
+accepted by what runs it and judges like our policy."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from intercept_proxy.bench import configs
+from intercept_proxy.lab import LabSpec
+from intercept_proxy.pki import CertificateAuthority
+from intercept_proxy.policy.engine import RegorusEngine
+from intercept_proxy.policy.input import http_input
+from intercept_proxy.policy.model import load_policy, parse_policy
+from intercept_proxy.xds.envoy import envoy_command
+from tests.golden import assert_golden, assert_golden_text
+
+FILES = Path("/run/bench")  # paths only appear in the output; nothing is read there
+
+
+def test_squid_conf():
+    text = configs.squid_conf(
+        port=15443,
+        state_dir=FILES / "squid",
+        ca_cert=FILES / "ca.pem",
+        ca_key=FILES / "squid" / "ca.key",
+        upstream_ca=FILES / "upstream-ca.pem",
+        dns_servers=("198.18.0.53", "fd00::53"),
+    )
+    assert_golden_text("bench/squid.conf", text)
+
+
+def test_envoy_only_bootstrap():
+    bootstrap = configs.envoy_only_bootstrap(
+        port=15443,
+        admin_port=15000,
+        cert=FILES / "leaf.pem",
+        key=FILES / "leaf.key",
+        upstream_ca=FILES / "upstream-ca.pem",
+    )
+    assert_golden("bench/envoy-only.json", bootstrap)
+
+
+def test_envoy_only_bootstrap_is_valid_for_our_envoy(tmp_path):
+    ca = CertificateAuthority.generate()
+    leaf = ca.issue([configs.HOST])
+    (tmp_path / "leaf.pem").write_bytes(leaf.cert_pem)
+    (tmp_path / "leaf.key").write_bytes(leaf.key_pem)
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    bootstrap = configs.envoy_only_bootstrap(
+        port=15443,
+        admin_port=15000,
+        cert=tmp_path / "leaf.pem",
+        key=tmp_path / "leaf.key",
+        upstream_ca=tmp_path / "ca.pem",
+    )
+    config = tmp_path / "envoy.json"
+    config.write_text(json.dumps(bootstrap))
+    result = subprocess.run(
+        envoy_command(config, ["--mode", "validate", "-l", "error"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mitm_addon():
+    text = configs.mitm_addon(FILES / "intercept.rego", FILES / "data.json")
+    assert_golden_text("bench/mitm_addon.py.txt", text)
+    compile(text, "addon.py", "exec")
+
+
+def test_redirect_rules():
+    assert_golden_text("bench/redirect.rules", configs.redirect_rules(12345, 15443))
+
+
+def test_lab_spec_and_hosts_file():
+    spec = LabSpec.from_dict(configs.lab_spec(3))
+    assert [h.name for h in spec.hosts] == [
+        "bench.test",
+        "new0.bench.test",
+        "new1.bench.test",
+        "new2.bench.test",
+    ]
+    assert {(h.ipv4, h.ipv6) for h in spec.hosts} == {(configs.HOST_IPV4, configs.HOST_IPV6)}
+    assert_golden_text("bench/hosts", configs.hosts_file(3))
+
+
+def _decide(engine: RegorusEngine, method: str, host: str) -> bool:
+    doc = http_input(method=method, host=host, path="/", scheme="https", headers={}, sni=host)
+    return engine.evaluate(doc).allow
+
+
+@pytest.mark.parametrize("custom", [False, True])
+def test_policy_grants_reads_on_bench_names_only(tmp_path, custom):
+    """The allowlist every scenario enforces (Squid's and the addon's are the same by
+    construction: same names, same methods)."""
+    module = None
+    if custom:
+        (tmp_path / "custom.rego").write_text(configs.CUSTOM_REGO)
+        module = "custom.rego"
+    path = tmp_path / "policy.yaml"
+    path.write_text(configs.policy_yaml(module))
+    engine = RegorusEngine(load_policy(path))
+    assert _decide(engine, "GET", "bench.test")
+    assert _decide(engine, "HEAD", configs.new_host(7))
+    assert not _decide(engine, "POST", "bench.test")
+    assert not _decide(engine, "GET", "other.test")
+    # The custom module grants a name no benchmark request uses.
+    assert _decide(engine, "GET", "never.invalid") is custom
+
+
+def test_policy_without_module_is_plain():
+    assert parse_policy(configs.policy_yaml()).rego_modules == ()
