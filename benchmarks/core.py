@@ -1,6 +1,7 @@
 """Figures for the core data path, printed (not asserted):
 
-- the authorization call's latency as Envoy sees it (its ext_authz cluster's request time),
+- requests decided by Envoy's routes, then by the agent, and the authorization call's latency
+  as Envoy sees it (its ext_authz cluster's request time),
 - the time to mint a leaf certificate (in-process, and in the agent under a flood),
 - the agent's and Envoy's memory after a flood of distinct server names.
 
@@ -21,16 +22,14 @@ from tests.integration.conftest import LAB_SPEC, POLICY
 from tests.integration.harness import WORKLOAD_UID, Interceptor, as_user
 
 from intercept_proxy import netns
+from intercept_proxy.bench.configs import CUSTOM_REGO
+from intercept_proxy.bench.results import envoy_quantiles, percentile
 from intercept_proxy.lab import Lab, LabSpec
 from intercept_proxy.pki import CertificateAuthority
+from intercept_proxy.policy.model import parse_policy
 
 HERE = Path(__file__).parent
 FLOOD = HERE.parent / "tests" / "integration" / "sni_flood.py"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def proc_status(pid: int) -> dict[str, float]:
@@ -44,18 +43,7 @@ def proc_status(pid: int) -> dict[str, float]:
 
 def envoy_histogram(icp: Interceptor, name: str) -> dict[str, float]:
     out = netns.run(icp.ns, ["curl", "-s", "127.0.0.1:15000/stats?format=json&filter=" + name])
-    for stat in json.loads(out.stdout)["stats"]:
-        if "histograms" in stat:
-            for h in stat["histograms"]["computed_quantiles"]:
-                if h["name"] == name:
-                    quantiles = stat["histograms"]["supported_quantiles"]
-                    values = h["values"]
-                    return {
-                        f"p{q:g}": v["cumulative"]
-                        for q, v in zip(quantiles, values, strict=True)
-                        if q in (50, 90, 99)
-                    }
-    return {}
+    return envoy_quantiles(json.loads(out.stdout), name)
 
 
 def mint_figures(count: int = 1000) -> dict[str, float]:
@@ -84,12 +72,23 @@ def main() -> None:
             lab.connect(ns)
             icp.start()
             client = [sys.executable, str(HERE / "keepalive_client.py"), str(icp.ca_cert)]
-            result = netns.run(ns, as_user(WORKLOAD_UID, [*client, "pypi.org", str(args.requests)]))
-            latencies = json.loads(result.stdout)
-            print(
-                f"{args.requests} keep-alive requests, client-side latency: median "
-                f"{statistics.median(latencies):.2f} ms, p99 {percentile(latencies, 0.99):.2f} ms"
-            )
+            module = icp.dir / "agent_only.rego"
+            module.write_text(CUSTOM_REGO)
+            # Decided by Envoy's routes, then by the agent (a custom module needs it).
+            for judge, policy in (
+                ("envoy", POLICY),
+                ("agent", f"{POLICY}rego_modules: [{module}]\n"),
+            ):
+                icp.write_policy(policy)
+                icp.wait_ready(judged_by=judge, revision=parse_policy(policy).revision)
+                argv = [*client, "pypi.org", str(args.requests)]
+                latencies = json.loads(netns.run(ns, as_user(WORKLOAD_UID, argv)).stdout)
+                print(
+                    f"{args.requests} keep-alive requests judged by {judge}, client-side latency:"
+                    f" median {statistics.median(latencies):.2f} ms,"
+                    f" p99 {percentile(latencies, 0.99):.2f} ms"
+                )
+            time.sleep(5.5)  # Envoy computes histogram quantiles when it flushes stats (5 s)
             print(
                 "ext_authz call as Envoy sees it (ms):",
                 envoy_histogram(icp, "cluster.intercept_authz.upstream_rq_time"),

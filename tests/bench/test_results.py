@@ -78,9 +78,9 @@ def test_envoy_quantiles():
     }
     name = "cluster.intercept_authz.upstream_rq_time"
     assert results.envoy_quantiles(stats, name) == {
-        "authz_p50_ms": 2,
-        "authz_p90_ms": 4,
-        "authz_p99_ms": 6,
+        "p50_ms": 2,
+        "p90_ms": 4,
+        "p99_ms": 6,
     }
     assert results.envoy_quantiles(stats, "cluster.other.upstream_rq_time") == {}
 

@@ -71,12 +71,19 @@ def intercept_run(tmp_path, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def wait_running(marker: Path, process: subprocess.Popen[str], timeout: float = 60) -> None:
+def start_sleeping(workdir: Path, timeout: float = 60) -> subprocess.Popen[str]:
+    """`intercept run` of a workload that sleeps, once the workload runs."""
+    marker = workdir / "running"
+    process = intercept_run(
+        workdir, "--lab", "lab.yaml", "--user", "12345", "--",
+        "sh", "-c", f"touch {marker}; sleep 600",
+    )  # fmt: skip
     deadline = time.monotonic() + timeout
     while not marker.exists():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the workload never started"
         time.sleep(0.1)
+    return process
 
 
 @pytest.fixture
@@ -108,12 +115,7 @@ def test_normal_exit_status_and_nothing_left(workdir):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_while_running(workdir, sig):
     before = snapshot()
-    marker = workdir / "running"
-    process = intercept_run(
-        workdir, "--lab", "lab.yaml", "--user", "12345", "--",
-        "sh", "-c", f"touch {marker}; sleep 600",
-    )  # fmt: skip
-    wait_running(marker, process)
+    process = start_sleeping(workdir)
     os.kill(process.pid, sig)
     process.wait(60)
     assert process.returncode != 0
@@ -147,12 +149,7 @@ def test_a_killed_runtime_is_cleaned_up_by_the_next(workdir):
     """SIGKILL gives no chance to clean up: the sandbox's processes die with the runtime, and
     `intercept cleanup` (which every `intercept run` starts with) removes the rest."""
     before = snapshot()
-    marker = workdir / "running"
-    process = intercept_run(
-        workdir, "--lab", "lab.yaml", "--user", "12345", "--",
-        "sh", "-c", f"touch {marker}; sleep 600",
-    )  # fmt: skip
-    wait_running(marker, process)
+    process = start_sleeping(workdir)
     process.kill()
     process.wait(30)
     cleanup = subprocess.run(

@@ -152,7 +152,7 @@ class Agent:
         self._generation = itertools.count()
         self._current = next(self._generation)
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="compile")
-        self._compiling: asyncio.Task[None] | None = None
+        self._compiling: asyncio.Task[None] | None = None  # referenced: the loop's is weak
         self.update_snapshot()
 
     def _publish(self) -> None:

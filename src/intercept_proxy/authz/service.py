@@ -100,7 +100,7 @@ def _metadata(decision: Decision, revision: str, eval_ms: float) -> struct_pb2.S
 
 
 def check_response(
-    decision: Decision, decision_id: str, metadata: struct_pb2.Struct | None = None
+    decision: Decision, decision_id: str, metadata: struct_pb2.Struct
 ) -> external_auth_pb2.CheckResponse:
     id_header = _header(DECISION_HEADER, decision_id)
     if decision.allow:
@@ -117,8 +117,7 @@ def check_response(
                 body=denial_body(decision, decision_id),
             ),
         )
-    if metadata is not None:
-        response.dynamic_metadata.CopyFrom(metadata)
+    response.dynamic_metadata.CopyFrom(metadata)
     return response
 
 

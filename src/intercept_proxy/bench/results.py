@@ -98,7 +98,7 @@ def envoy_quantiles(stats: Mapping[str, Any], name: str) -> dict[str, float]:
             if histogram["name"] != name:
                 continue
             figures = {
-                f"authz_p{q:g}_ms": value["cumulative"]
+                f"p{q:g}_ms": value["cumulative"]
                 for q, value in zip(supported, histogram["values"], strict=True)
                 if q in (50, 90, 99) and value.get("cumulative") is not None
             }

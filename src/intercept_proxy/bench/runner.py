@@ -307,7 +307,8 @@ class Bench:
         stats = scenario.envoy_stats()
         if not stats:
             return {}
-        figures: dict[str, Any] = results.envoy_quantiles(stats, AUTHZ_HISTOGRAM)
+        quantiles = results.envoy_quantiles(stats, AUTHZ_HISTOGRAM)
+        figures: dict[str, Any] = {f"authz_{k}": v for k, v in quantiles.items()}
         for stat in stats.get("stats", []):
             if stat.get("name") == AUTHZ_COUNTER:
                 figures["authz_calls"] = stat["value"]

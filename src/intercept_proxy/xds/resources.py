@@ -14,11 +14,11 @@ from intercept_proxy import ports
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.routes import (
     GATE_FILTER,
-    METADATA_KEY,
     NATIVE_HEADER,
     gate_source,
     oversized_denial,
     route_configuration,
+    route_field,
     target,
 )
 
@@ -254,10 +254,6 @@ _REQUEST_FIELDS = {
 }
 
 
-def _route_field(key: str) -> str:
-    return f"%METADATA(ROUTE:{METADATA_KEY}:{key})%"
-
-
 def _agent_field(key: str) -> str:
     return f"%DYNAMIC_METADATA({AUTHZ_FILTER}:{key})%"
 
@@ -267,18 +263,20 @@ def decision_fields(*, tls: bool, by_agent: bool) -> dict[str, str]:
     if by_agent:
         decision = {
             "judge": "agent",
-            **{k: _agent_field(k) for k in ("allow", "rule", "reason", "policy_revision")},
-            "eval_ms": _agent_field("eval_ms"),
+            **{
+                k: _agent_field(k)
+                for k in ("allow", "rule", "reason", "policy_revision", "eval_ms")
+            },
         }
     else:
         # "envoy", "none" (an agent route without the agent's answer), or null: no route at
         # all (a protocol error, a request no route matches); details say why.
         decision = {
-            "judge": _route_field("judge"),
-            "allow": _route_field("allow"),
-            "rule": _route_field("rule"),
-            "reason": target(tls=tls) + _route_field("reason"),
-            "policy_revision": _route_field("revision"),
+            "judge": route_field("judge"),
+            "allow": route_field("allow"),
+            "rule": route_field("rule"),
+            "reason": target(tls=tls) + route_field("reason"),
+            "policy_revision": route_field("revision"),
         }
     return {**decision, **_REQUEST_FIELDS}
 
@@ -338,9 +336,9 @@ def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
 def decision_counter(*, by_agent: bool) -> dict[str, Any]:
     """Counts every decision, whoever made it, in Envoy's statistics, tagged by judge, result
     and rule (the agent serves them among its metrics)."""
-    field = _agent_field if by_agent else _route_field
+    field = _agent_field if by_agent else route_field
     tags = [
-        {"name": "judge", "value_format": "agent" if by_agent else _route_field("judge")},
+        {"name": "judge", "value_format": "agent" if by_agent else route_field("judge")},
         {"name": "allow", "value_format": field("allow")},
         {"name": "rule", "value_format": field("rule")},
     ]

@@ -56,6 +56,11 @@ def target(*, tls: bool) -> str:
     return f"%REQ(:METHOD)% %REQ(:AUTHORITY)%:{443 if tls else 80}"
 
 
+def route_field(key: str) -> str:
+    """A field of the route's decision (its metadata), in Envoy's format language."""
+    return f"%METADATA(ROUTE:{METADATA_KEY}:{key})%"
+
+
 def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
@@ -128,7 +133,6 @@ def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
 def oversized_denial(*, tls: bool) -> dict[str, Any]:
     """A local-reply mapper: an upload too large to read to its end (only denying routes read
     one, see gate.lua) still gets its route's denial."""
-    decision = {k: f"%METADATA(ROUTE:{METADATA_KEY}:{k})%" for k in ("rule", "reason")}
     return {
         "filter": {
             "status_code_filter": {
@@ -139,7 +143,7 @@ def oversized_denial(*, tls: bool) -> dict[str, Any]:
             }
         },
         "status_code": 403,
-        "body_format_override": denial_body(decision["rule"], decision["reason"], tls=tls),
+        "body_format_override": denial_body(route_field("rule"), route_field("reason"), tls=tls),
     }
 
 
@@ -147,16 +151,16 @@ def _match(route: Route) -> dict[str, Any]:
     match: dict[str, Any] = (
         {"safe_regex": {"regex": route.path}} if route.path is not None else {"prefix": "/"}
     )
-    headers = []
-    if set(route.methods) != set(METHODS):
-        methods = "|".join(route.methods)
-        headers.append({"name": ":method", "string_match": {"safe_regex": {"regex": methods}}})
-    if route.path_and_query is not None:
-        regex = {"safe_regex": {"regex": route.path_and_query}}
-        headers.append({"name": ":path", "string_match": regex})
-    if route.authority is not None:
-        regex = {"safe_regex": {"regex": route.authority}}
-        headers.append({"name": ":authority", "string_match": regex})
+    methods = "|".join(route.methods) if set(route.methods) != set(METHODS) else None
+    headers = [
+        {"name": name, "string_match": {"safe_regex": {"regex": regex}}}
+        for name, regex in (
+            (":method", methods),
+            (":path", route.path_and_query),
+            (":authority", route.authority),
+        )
+        if regex is not None
+    ]
     if headers:
         match["headers"] = headers
     return match
@@ -173,8 +177,8 @@ def policy_route(
         "name": name,
         "match": _match(route),
         "typed_per_filter_config": _NO_AUTHZ,
+        "metadata": _metadata(outcome, revision, judge="envoy"),
     }
-    out["metadata"] = _metadata(outcome, revision, judge="envoy")
     if outcome.allow:
         out["route"] = _forward(cluster)
     else:
