@@ -48,7 +48,12 @@ def test_bench_runs_and_reports(tmp_path):
             assert figures["rss_mb"] and all(v > 0 for v in figures["rss_mb"].values()), name
             assert figures["cpu_ms_per_req"] > 0, name
     assert set(report["scenarios"]["intercept"]["rss_mb"]) == {"agent", "envoy"}
-    assert report["scenarios"]["intercept"]["p99_half_sat_ms"] > 0
+    # At half of intercept's rate the latency run either met its rate, or is flagged as
+    # saturated and left out (a one-second run on a shared machine may miss it by a little).
+    for name in ("direct", "intercept"):
+        figures = report["scenarios"][name]
+        saturated = [f for f in figures.get("flags", []) if "(saturated)" in f]
+        assert figures.get("p99_half_sat_ms", 0) > 0 or saturated, (name, figures)
     # Every request of intercept-agent is judged by the agent, and Envoy timed each call.
     agent = report["scenarios"]["intercept-agent"]
     assert agent["authz_calls"] > 0 and agent["authz_p50_ms"] > 0

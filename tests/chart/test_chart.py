@@ -466,3 +466,28 @@ def test_notes_name_the_next_steps():
     ):
         assert step in notes
     assert "kubernetesApiCidrs is empty" not in render.rendered("cert-manager")[render.NOTES]
+
+
+PORTS = (0, 1, 52, 53, 54, 80, 443, 8080, 14999, 15000, 15001, 15002, 15020, 15022, 15053, 15099)
+PORTS += (15100, 65535, 65536)
+
+
+@pytest.mark.parametrize("key", ["tlsPorts", "httpPorts", "inboundPorts"])
+def test_the_schema_and_proxy_init_accept_the_same_ports(key):
+    """One rule, applied everywhere: a port helm accepts is one proxy-init accepts in the pod
+    (53 passed the chart and the injector once, and failed in every pod at start-up)."""
+    import jsonschema
+
+    chart = render.chart()
+    schema = jsonschema.Draft7Validator(chart.schema)
+    # The two captured lists apart (a port in both is refused when rendering, see above).
+    others = {"tlsPorts": [444], "httpPorts": [81]}
+    for port in PORTS:
+        capture = {**others, key: [port]}
+        helm = schema.is_valid({**chart.values, "capture": chart.values["capture"] | capture})
+        try:
+            settings_from_values({"capture": capture}, "x")
+            injector = True
+        except SettingsError:
+            injector = False
+        assert helm == injector, f"capture.{key}: [{port}]: helm {helm}, proxy-init {injector}"

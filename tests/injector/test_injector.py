@@ -228,8 +228,10 @@ def test_pod_level_reserved_uid_is_refused():
     ("kwargs", "message"),
     [
         ({"envoy_uid": 102}, "distinct"),
-        ({"tls_ports": (15001,)}, "outside 15000-15099"),
-        ({"tls_ports": (443,), "http_ports": (443,)}, "overlap"),
+        ({"tls_ports": (15001,)}, "in the sidecar range 15000-15099"),
+        ({"tls_ports": (53,)}, "53 is DNS"),
+        ({"tls_ports": (443,), "http_ports": (443,)}, "443 is also in tls_ports"),
+        ({"inbound_ports": (15053,)}, "15053 is dns_port"),
         ({"allowed_cidrs": ("10.0.0.0/33",)}, "allowed_cidrs"),
         ({"image": "intercept-proxy/intercept-proxy:latest"}, "pinned"),
         ({"envoy_image": "envoyproxy/envoy"}, "pinned"),

@@ -50,8 +50,14 @@ def client_ns(lab, netns_prefix):
 
 
 @pytest.fixture(scope="module")
-def interceptor(lab, client_ns):
-    icp = Interceptor(client_ns, POLICY, lab.ca_cert_path, lab.dns_servers)
+def policy():
+    """The interceptor's policy; a module overrides it with a fixture of the same name."""
+    return POLICY
+
+
+@pytest.fixture(scope="module")
+def interceptor(lab, client_ns, policy):
+    icp = Interceptor(client_ns, policy, lab.ca_cert_path, lab.dns_servers)
     try:
         yield icp.start()
     finally:

@@ -138,7 +138,7 @@ class Interceptor:
             return {}
 
     def metrics(self) -> str:
-        url = f"http://127.0.0.1:{ports.AGENT_HTTP}/metrics"
+        url = f"http://127.0.0.1:{ports.AGENT_METRICS}/metrics"
         return netns.run(self.ns, ["curl", "-sf", url], timeout=5).stdout
 
     def metric(self, name: str, labels: str = "") -> float:

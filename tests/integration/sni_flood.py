@@ -1,5 +1,6 @@
-"""Run inside the client namespace: TLS handshakes with COUNT distinct server names against
-Envoy's TLS listener, each certificate verified for its name; prints how many succeeded."""
+"""Run inside the client namespace: TLS handshakes with COUNT distinct server names
+(PREFIX{i}.flood.test) against Envoy's TLS listener, each certificate verified for its name;
+prints how many succeeded. `python sni_flood.py CA_CERT COUNT [PREFIX]`"""
 
 import socket
 import ssl
@@ -7,11 +8,12 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 ca_file, count = sys.argv[1], int(sys.argv[2])
+prefix = sys.argv[3] if len(sys.argv) > 3 else "host"
 context = ssl.create_default_context(cafile=ca_file)
 
 
 def handshake(i: int) -> bool:
-    name = f"host{i}.flood.test"
+    name = f"{prefix}{i}.flood.test"
     with (
         socket.create_connection(("127.0.0.1", 15001), timeout=10) as raw,
         context.wrap_socket(raw, server_hostname=name) as tls,

@@ -349,7 +349,7 @@ def test_envoy_rejects_a_bad_push_and_keeps_serving(interceptor):
             assert time.monotonic() < deadline, interceptor.logs()
             time.sleep(0.1)
         log = (interceptor.dir / "agent.log").read_text()
-        assert "Envoy rejected Cluster version" in log
+        assert "Envoy rejected Cluster upstream_tls" in log
         assert "Failed to load trusted CA" in log
         assert interceptor.readiness()["envoy_in_sync"] is False
         # The previous clusters stay in force.

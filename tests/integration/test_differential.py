@@ -30,8 +30,11 @@ POLICY = """\
 allowed_domains: [pypi.org, "*.pythonhosted.org", "example.com:8443", "*.deep.example.net",
   # Every region the compiler samples: the other regional endpoints are left to the agent.
   "*.us-east-1.amazonaws.com", "*.eu-west-3.amazonaws.com", "*.ap-southeast-2.amazonaws.com",
-  "*.us-gov-west-1.amazonaws.com", "*.ca-central-1.amazonaws.com"]
-unrestricted_domains: [api.anthropic.com, "*.corp.test", upload.pypi.org, "*.sub.deep.example.net"]
+  "*.us-gov-west-1.amazonaws.com", "*.ca-central-1.amazonaws.com",
+  # Grants that must not decide GitHub writes.
+  github.com]
+unrestricted_domains: [api.anthropic.com, "*.corp.test", upload.pypi.org, "*.sub.deep.example.net",
+  uploads.github.com]
 github_read_access_enabled: true
 github_allowed_repos: [octo/hello, Acme/Widgets]
 github_allowed_users: [trusted]
@@ -52,7 +55,7 @@ HOSTS = [
     "pythonhosted.org", "example.com", "x.deep.example.net", "y.sub.deep.example.net",
     "sub.deep.example.net", "api.anthropic.com", "x.corp.test", "corp.test", "github.com",
     "api.github.com", "raw.githubusercontent.com", "codeload.github.com",
-    "objects.githubusercontent.com", "gist.github.com", "s3.amazonaws.com",
+    "objects.githubusercontent.com", "gist.github.com", "uploads.github.com", "s3.amazonaws.com",
     "s3.us-east-1.amazonaws.com", "s3.eu-central-2.amazonaws.com", "sts.amazonaws.com",
     "ec2.amazonaws.com", "s3.badregion.amazonaws.com",
     "bedrock-runtime.us-gov-west-1.amazonaws.com", "x.s3.amazonaws.com", "unknown.example",
@@ -78,9 +81,18 @@ PATHS = [
     "/" + "/".join(["d"] * 70), "/repos/octo/hello/%2e%2e/%2e%2e/evil/repo/issues",
     "/repos/trusted/%2E%2E/octo/other/issues", "/octo/hello%2egit/git-receive-pack",
     "/repos/octo/hell%6f/issues", "https://pypi.org/absolute-form", "http://github.com/x",
+    # Repository administration, and its traps.
+    "/repos/octo/hello/hooks", "/repos/OCTO/hello/Keys/1",
+    "/repos/trusted/x/branches/a/b/protection", "/repos/octo/hello/actions/secrets/T",
+    "/repos/octo/hello/pages", "/repos/octo/hello/pages/builds",
+    "/repos/acme/widgets/%68ooks", "/repos/octo/other/collaborators/u", "/repos/Trusted/y/transfer",
+    "/REPOS/octo/hello/issues", "/octo/other/INFO/refs?service=git-receive-pack",
+    "/octo/hello.GIT/Git-Receive-Pack",
 ]  # fmt: skip
-# (A lower-case method never reaches a decision: Envoy's codec answers 400 first.)
 EXTRA_METHODS = ("PROPFIND", "TRACE", "MKCOL")
+# Methods are case-sensitive: over HTTP/1 Envoy's codec refuses these before any decision, over
+# HTTP/2 they reach one (and go upstream as written).
+ODD_CASE_METHODS = ("get", "Get", "post", "pOST", "delete", "Patch", "put", "options")
 
 
 def _spellings(host: str) -> list[str]:
@@ -102,6 +114,16 @@ def generate(count: int, seed: int) -> list[dict]:
             request["sni"] = (
                 base.strip("[]") if roll < 0.85 else None if roll < 0.9 else rng.choice(HOSTS)
             )
+        roll = rng.random()
+        h2_able = tls and request["sni"] and ":" not in request["sni"]
+        if h2_able and request["path"].startswith("/") and roll < 0.12:
+            # Over HTTP/2, with a method in any case.
+            request["h2"] = True
+            request["method"] = rng.choice((*ODD_CASE_METHODS, *METHODS[:4]))
+            if request["method"] in ("HEAD", "head"):
+                request["method"] = "GET"
+            corpus.append(request)
+            continue
         roll = rng.random()
         if roll < 0.08:
             request["body"] = "payload"
@@ -167,7 +189,7 @@ def _decision(record: dict) -> tuple:
 
 
 def test_compiled_routes_decide_as_the_agent(interceptor):
-    corpus = generate(1500, seed=20261122)
+    corpus = generate(1800, seed=20261202)
     interceptor.write_policy(POLICY)
     interceptor.wait_ready(judged_by="envoy", revision=parse_policy(POLICY).revision)
     native = run_corpus(interceptor, corpus)
@@ -200,3 +222,7 @@ def test_compiled_routes_decide_as_the_agent(interceptor):
     # Both outcomes, many rules: the corpus exercises the policy, not one corner of it.
     assert {r["allow"] for r in native} == {True, False}
     assert len({r["rule"] for r in native}) >= 8
+    # Methods in other cases than their canonical one got decisions, from the agent.
+    odd = [r for q, r in zip(corpus, native, strict=True) if q["method"] in ODD_CASE_METHODS]
+    assert len(odd) > 50 and {r["judge"] for r in odd} == {"agent"}
+    assert not any(r["allow"] and r["rule"] in ("allowed_domains", "github_read") for r in odd)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from intercept_proxy import netns
+from intercept_proxy import netns, ports
 from tests.integration.harness import WORKLOAD_UID, as_user
 
 pytestmark = pytest.mark.netns
@@ -88,3 +88,16 @@ def test_flood_of_names_keeps_the_agent_bounded(interceptor):
     )
     assert minted >= names
     assert cached <= 200  # the harness runs the agent with --cert-cache-size 200
+    # Envoy holds no more certificates than the agent keeps leaves: the agent removes the least
+    # recently asked-for, and Envoy's selector releases them.
+    deadline = time.monotonic() + 10
+    while (held := envoy_certificates(interceptor)) > 200:
+        assert time.monotonic() < deadline, held
+        time.sleep(0.2)
+    print(f"Envoy holds {held} certificates")
+
+
+def envoy_certificates(icp) -> int:
+    url = f"http://127.0.0.1:{ports.ENVOY_ADMIN}/stats?filter=on_demand_secret.cert_active$"
+    out = netns.run(icp.ns, ["curl", "-s", url], timeout=5).stdout
+    return sum(int(line.rsplit(" ", 1)[1]) for line in out.splitlines() if line.strip())

@@ -46,7 +46,8 @@ def test_each_family_gets_only_its_own_cidrs_and_icmp():
     assert re.findall(allowed, rules.ipv4) == ["10.96.0.0/12", "192.168.7.7/32"] * 2
     assert re.findall(allowed, rules.ipv6) == ["2001:db8::1/128", "fd00:10:96::/112"] * 2
     assert "icmp6" not in rules.ipv4 and "ipv6-icmp" not in rules.ipv4
-    assert re.findall(r"--icmpv6-type (\d+)", rules.ipv6) == ["133", "134", "135", "136"]
+    # Neighbour discovery in (INPUT) and out (OUTPUT).
+    assert re.findall(r"--icmpv6-type (\d+)", rules.ipv6) == ["133", "134", "135", "136"] * 2
     assert re.findall(r"reject-with (\S+)", rules.ipv6).count("icmp-port-unreachable") == 0
 
 

@@ -85,10 +85,15 @@ def test_invalid_configurations_name_the_field(kwargs, field, problem):
 
 @pytest.mark.parametrize(
     ("ports_", "problem"),
-    [((8080,), "8080 is not a sidecar port"), ((15001,), "is tls_redirect_port, not a service")],
+    [
+        ((15001,), "15001 is tls_redirect_port: only the pod's own may reach it"),
+        ((15053,), "15053 is dns_port"),
+        ((0,), "outside 1-65535"),
+    ],
 )
-def test_inbound_ports_are_sidecar_services(ports_, problem):
+def test_inbound_ports_are_services_not_the_redirect_targets(ports_, problem):
     with pytest.raises(CaptureConfigError) as e:
         CaptureConfig(inbound_ports=ports_)
     assert e.value.field == "inbound_ports"
     assert problem in e.value.problem
+    assert CaptureConfig(inbound_ports=(8080, 15020, 8080)).inbound_ports == (8080, 15020)

@@ -47,6 +47,12 @@ def test_prototype_keys_are_accepted_unchanged():
         ("unrestricted_domains: ['-bad.com']", "unrestricted_domains[0]", "invalid label"),
         ("github_read_access_enabled: 'yes'", "github_read_access_enabled", "true or false"),
         ("aws_access_enabled: 1", "aws_access_enabled", "true or false"),
+        ("github_admin_access_enabled: 'no'", "github_admin_access_enabled", "true or false"),
+        (
+            "github_admin_access_enabled: true",
+            "github_admin_access_enabled",
+            "applies only to the repositories in github_allowed_repos and github_allowed_users",
+        ),
         ("github_allowed_repos: [myrepo]", "github_allowed_repos[0]", "owner/repository"),
         ("github_allowed_repos: [a/b/c]", "github_allowed_repos[0]", "owner/repository"),
         ("github_allowed_repos: ['a/..']", "github_allowed_repos[0]", "owner/repository"),
@@ -116,3 +122,10 @@ def test_revision_changes_with_content_only():
     c = parse_policy("allowed_domains: [files.pythonhosted.org]", "a.yaml")
     assert a.revision == b.revision
     assert a.revision != c.revision
+
+
+def test_github_administration_is_an_explicit_opt_in():
+    assert parse_policy("github_allowed_repos: [octo/hello]").github_admin_access_enabled is False
+    policy = parse_policy("github_allowed_repos: [octo/hello]\ngithub_admin_access_enabled: true")
+    assert policy.github_admin_access_enabled is True
+    assert policy.to_data()["intercept_policy"]["github_admin_access_enabled"] is True

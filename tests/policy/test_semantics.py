@@ -10,7 +10,7 @@ import pytest
 
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.input import http_input, url_input
-from intercept_proxy.policy.model import parse_policy
+from intercept_proxy.policy.model import load_policy, parse_policy
 
 POLICY = """
 allowed_domains:
@@ -202,7 +202,23 @@ CASES = [
         False,
         "github_write_not_allowed",
     ),
-    ("DELETE", "https://api.github.com/repos/octo/hello", [], None, False, "default_deny"),
+    # the repository itself is administration (settings, rename, visibility, deletion)
+    (
+        "DELETE",
+        "https://api.github.com/repos/octo/hello",
+        [],
+        None,
+        False,
+        "github_admin_not_allowed",
+    ),
+    (
+        "PATCH",
+        "https://api.github.com/repos/octo/hello/",
+        [],
+        None,
+        False,
+        "github_admin_not_allowed",
+    ),
     # repository names match whole segments (prototype flaw: prefix match)
     (
         "POST",
@@ -308,6 +324,22 @@ CASES = [
     ("PUT", "https://s3.dualstack.amazonaws.com/x", [], None, False, "default_deny"),
     ("GET", "https://s3.amazonaws.com.evil.test/", [], None, False, "default_deny"),
     ("GET", "https://evils3.amazonaws.com/", [], None, False, "default_deny"),
+    # methods are case-sensitive (RFC 9110): `get` is not GET, so it is no read
+    ("get", "https://pypi.org/", [], None, False, "method_not_allowed"),
+    ("Get", "https://pypi.org/", [], None, False, "method_not_allowed"),
+    ("head", "https://github.com/octo/hello", [], None, False, "default_deny"),
+    ("post", "https://github.com/octo/hello.git/git-upload-pack", [], None, False, "default_deny"),
+    ("delete", "https://api.anthropic.com/x", [], None, True, "unrestricted_domains"),
+    # ... nor a write the github_* keys grant, but a write to a repository all the same
+    ("post", "https://api.github.com/repos/octo/hello/issues", [], None, False, "default_deny"),
+    (
+        "post",
+        "https://api.github.com/repos/octo/other/issues",
+        [],
+        None,
+        False,
+        "github_write_not_allowed",
+    ),
     # everything else
     ("GET", "https://unknown.test/", [], None, False, "default_deny"),
 ]
@@ -366,3 +398,133 @@ def test_empty_policy_denies_everything():
     engine = RegorusEngine(parse_policy("{}"))
     for url in ("https://pypi.org/", "https://github.com/", "https://s3.amazonaws.com/"):
         assert engine.evaluate(url_input("GET", url)).rule == "default_deny"
+
+
+# GitHub writes are decided by the github_* keys alone, whatever else matches the host.
+GRANTS_EVERYTHING = """
+allowed_domains: [github.com, "*.github.com"]
+unrestricted_domains: [api.github.com, github.com, uploads.github.com]
+github_read_access_enabled: true
+github_allowed_repos: [octo/hello]
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "rule"),
+    [
+        # a push's first step, allowed as a read by allowed_domains before
+        ("GET", "https://github.com/octo/other.git/info/refs?service=git-receive-pack",
+         "github_write_not_allowed"),
+        ("HEAD", "https://github.com/octo/other/info/refs?service=git-receive-pack",
+         "github_write_not_allowed"),
+        ("POST", "https://github.com/octo/other/info/refs?service=git-receive-pack",
+         "github_write_not_allowed"),
+        ("POST", "https://github.com/octo/other.git/git-receive-pack", "github_write_not_allowed"),
+        ("PUT", "https://github.com/octo/other/git-receive-pack", "github_write_not_allowed"),
+        ("POST", "https://api.github.com/repos/octo/other/issues", "github_write_not_allowed"),
+        ("DELETE", "https://api.github.com/repos/octo/other", "github_write_not_allowed"),
+        ("PATCH", "https://api.github.com/Repos/Octo/Other/pulls/1", "github_write_not_allowed"),
+        ("PROPPATCH", "https://api.github.com/repos/octo/other/x", "github_write_not_allowed"),
+        ("post", "https://api.github.com/repos/octo/other/issues", "github_write_not_allowed"),
+        ("POST", "https://uploads.github.com/repos/octo/other/releases/1/assets",
+         "github_write_not_allowed"),
+        ("POST", "https://api.github.com/repos/octo%2Fother/issues", "invalid_path"),
+        ("POST", "https://api.github.com/repos/octo/hell%6f/../other/issues",
+         "github_write_not_allowed"),
+        # administration of an allowed repository needs its own opt-in
+        ("DELETE", "https://api.github.com/repos/octo/hello", "github_admin_not_allowed"),
+        ("POST", "https://api.github.com/repos/octo/hello/hooks", "github_admin_not_allowed"),
+        ("PATCH", "https://api.github.com/repos/octo/hello/%68ooks/1", "github_admin_not_allowed"),
+        # what stays with the other grants: reads, and GitHub paths that name no repository
+        ("GET", "https://github.com/octo/other/info/refs?service=git-upload-pack",
+         "allowed_domains"),
+        ("POST", "https://github.com/octo/other/git-upload-pack", "github_read"),
+        ("GET", "https://api.github.com/repos/octo/other/hooks", "allowed_domains"),
+        ("OPTIONS", "https://api.github.com/repos/octo/other/issues", "unrestricted_domains"),
+        ("POST", "https://api.github.com/graphql", "unrestricted_domains"),
+        ("POST", "https://api.github.com/user/repos", "unrestricted_domains"),
+        ("POST", "https://api.github.com/repos/octo/hello/issues", "github_write"),
+        ("POST", "https://github.com/octo/hello.git/git-receive-pack", "github_write"),
+    ],
+)  # fmt: skip
+def test_github_writes_whatever_other_grant_matches(method, url, rule):
+    engine = RegorusEngine(parse_policy(GRANTS_EVERYTHING))
+    decision = engine.evaluate(url_input(method, url))
+    assert decision.rule == rule, decision.reason
+    granted = {"allowed_domains", "github_read", "github_write", "unrestricted_domains"}
+    assert decision.allow is (rule in granted)
+
+
+def test_a_custom_allow_cannot_grant_a_github_write(tmp_path):
+    (tmp_path / "allow.rego").write_text(
+        "package intercept.custom\n"
+        'allow contains {"rule": "everything", "reason": "all of it"} if true\n'
+    )
+    path = tmp_path / "p.yaml"
+    path.write_text("github_allowed_repos: [octo/hello]\nrego_modules: [allow.rego]\n")
+    engine = RegorusEngine(load_policy(path))
+    other = engine.evaluate(url_input("POST", "https://api.github.com/repos/octo/other/issues"))
+    assert other.rule == "github_write_not_allowed"
+    admin = engine.evaluate(url_input("DELETE", "https://api.github.com/repos/octo/hello"))
+    assert admin.rule == "github_admin_not_allowed"
+    assert engine.evaluate(url_input("POST", "https://api.github.com/graphql")).allow
+
+
+# Administration: what needs the repository's admin role on GitHub (its "Administration"
+# permission), and its webhooks, secrets and variables (docs/policy.md lists them).
+ADMIN_PATHS = [
+    ("PATCH", ""), ("DELETE", ""), ("POST", "/transfer"), ("POST", "/hooks"),
+    ("PATCH", "/hooks/1/config"), ("POST", "/hooks/1/deliveries/2/attempts"), ("POST", "/keys"),
+    ("DELETE", "/keys/1"), ("PUT", "/collaborators/someone"), ("PATCH", "/invitations/1"),
+    ("PUT", "/branches/main/protection"),
+    ("POST", "/branches/release/v1/protection/enforce_admins"),
+    ("DELETE", "/branches/main/protection/restrictions/users"), ("POST", "/rulesets"),
+    ("PUT", "/rulesets/1"), ("PUT", "/environments/prod"),
+    ("PUT", "/environments/prod/secrets/TOKEN"), ("POST", "/environments/prod/variables"),
+    ("POST", "/environments/prod/deployment-branch-policies"), ("PUT", "/actions/secrets/TOKEN"),
+    ("POST", "/actions/variables"), ("PUT", "/actions/permissions"),
+    ("PUT", "/actions/permissions/workflow"), ("POST", "/actions/runners/registration-token"),
+    ("DELETE", "/actions/runners/1"), ("PUT", "/actions/oidc/customization/sub"),
+    ("PUT", "/actions/cache/retention-limit"), ("PUT", "/dependabot/secrets/TOKEN"),
+    ("PUT", "/codespaces/secrets/TOKEN"), ("PUT", "/agents/secrets/TOKEN"),
+    ("POST", "/agents/variables"), ("POST", "/pages"), ("PUT", "/pages"), ("DELETE", "/pages"),
+    ("POST", "/autolinks"), ("PUT", "/vulnerability-alerts"),
+    ("DELETE", "/automated-security-fixes"), ("PUT", "/private-vulnerability-reporting"),
+    ("PATCH", "/code-scanning/default-setup"), ("PATCH", "/code-quality/setup"),
+    ("PUT", "/interaction-limits"), ("PATCH", "/interaction-limits/pulls/creation-cap"),
+    ("PUT", "/teams"), ("PATCH", "/properties/values"), ("POST", "/tags/protection"),
+    ("PUT", "/immutable-releases"), ("PUT", "/topics"), ("POST", "/forks"), ("POST", "/generate"),
+    ("POST", "/security-advisories/GHSA-xxxx/forks"), ("PUT", "/HOOKS"),
+]  # fmt: skip
+CONTRIBUTION_PATHS = [
+    ("POST", "/issues"), ("PATCH", "/pulls/1"), ("PUT", "/pulls/1/merge"),
+    ("PUT", "/contents/README.md"), ("DELETE", "/git/refs/heads/x"), ("POST", "/releases"),
+    ("POST", "/branches/main/rename"), ("POST", "/pages/builds"), ("POST", "/dispatches"),
+    ("DELETE", "/actions/caches"), ("POST", "/actions/workflows/ci.yml/dispatches"),
+    ("PATCH", "/code-scanning/alerts/1"), ("POST", "/security-advisories"),
+    ("POST", "/statuses/abc"), ("PUT", "/branches/protection"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("method", "suffix"), ADMIN_PATHS)
+def test_administration_needs_the_opt_in(method, suffix):
+    url = f"https://api.github.com/repos/octo/hello{suffix}"
+    denied = RegorusEngine(parse_policy("github_allowed_repos: [octo/hello]"))
+    decision = denied.evaluate(url_input(method, url))
+    assert (decision.allow, decision.rule) == (False, "github_admin_not_allowed")
+    assert "set github_admin_access_enabled: true" in decision.reason
+    opted_in = RegorusEngine(
+        parse_policy("github_allowed_users: [octo]\ngithub_admin_access_enabled: true")
+    )
+    decision = opted_in.evaluate(url_input(method, url))
+    assert (decision.allow, decision.rule) == (True, "github_admin")
+    # Reading the same endpoint is a read.
+    reader = RegorusEngine(parse_policy("github_read_access_enabled: true"))
+    assert reader.evaluate(url_input("GET", url)).rule == "github_read"
+
+
+@pytest.mark.parametrize(("method", "suffix"), CONTRIBUTION_PATHS)
+def test_contribution_is_no_administration(method, suffix):
+    url = f"https://api.github.com/repos/octo/hello{suffix}"
+    engine = RegorusEngine(parse_policy("github_allowed_repos: [octo/hello]"))
+    assert engine.evaluate(url_input(method, url)).rule == "github_write"

@@ -49,8 +49,11 @@ def snapshot() -> dict[str, set[str]]:
         "iptables": lines(["iptables-save"]) | lines(["ip6tables-save"]),
         "processes": processes,
         "tmp": {p.name for p in Path("/tmp").glob("intercept-*")},
+        # Records, not the directories holding them (made on first use, kept like /run/netns).
         "run": {
-            str(p) for p in Path("/run/intercept-proxy").rglob("*") if not p.name.startswith(".")
+            str(p)
+            for p in Path("/run/intercept-proxy").rglob("*")
+            if p.is_file() and not p.name.startswith(".")
         },
         "etc": {p.name for p in Path("/etc/netns").glob("*")}
         if Path("/etc/netns").exists()

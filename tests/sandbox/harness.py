@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns
-from intercept_proxy.injector.pod import inject_pod
+from intercept_proxy.injector.pod import SIDECARS, inject_pod
 from intercept_proxy.injector.settings import InjectorSettings
 from intercept_proxy.lab import Lab, LabSpec
 from intercept_proxy.runtime.cli import WORKLOAD, _executables, command_pod, policy_config_map
@@ -63,6 +63,7 @@ class RunningPod:
             executables=_executables(),
             prefix=self.prefix,
             writable=dict(writable or {}),
+            trusted=frozenset(SIDECARS),
             decision_log=self.decision_log,
         )
         self.pod = LocalPod(pod, objects, options)
@@ -123,8 +124,7 @@ class Sandbox(RunningPod):
         policy_dir = Path(tempfile.mkdtemp(prefix="intercept-policy-", dir="/tmp"))
         (policy_dir / "policy.yaml").write_text(policy)
         settings = InjectorSettings(dns_forward_suffixes=())
-        prefix = netns.unique_prefix("isx")
-        pod = inject_pod(command_pod(["sleep", "infinity"], WORKLOAD_UID, prefix), settings)
+        pod = inject_pod(command_pod(["sleep", "infinity"], WORKLOAD_UID), settings)
         config_map = policy_config_map(policy_dir / "policy.yaml", settings.policy_config_map)
         shutil.rmtree(policy_dir)
         # As `intercept run` gives, but /tmp only: the tests' working directory is the repo.

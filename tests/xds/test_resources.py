@@ -86,3 +86,40 @@ def test_decision_counter_tags_come_from_decisions_never_from_requests():
             for tag in stat["stat"]["tags"]:
                 value = tag["value_format"]
                 assert value in ("envoy", "agent") or value.startswith(("%METADATA(", "%DYNAMIC"))
+
+
+def test_slow_clients_are_bounded_but_streams_are_not():
+    """Slowloris: first bytes, TLS handshake, headers and idle connections are bounded; a
+    request under way only by the stream idle timeout (long polls, WebSockets)."""
+    tls, plain = resources.listeners(DEFAULT)
+    for listener in (tls, plain):
+        assert listener["listener_filters_timeout"] == "10s"
+        assert listener["listener_filters"]  # something waits for the first bytes
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        assert hcm["request_headers_timeout"] == "10s"
+        assert hcm["common_http_protocol_options"] == {"idle_timeout": "60s"}
+        assert hcm["http2_protocol_options"] == {"max_concurrent_streams": 100}
+        assert (hcm["request_timeout"], hcm["stream_idle_timeout"]) == ("0s", "300s")
+    assert tls["filter_chains"][0]["transport_socket_connect_timeout"] == "10s"
+    monitor = bootstrap(Bootstrap(node_id="x"))["overload_manager"]["resource_monitors"][0]
+    assert monitor["typed_config"]["max_active_downstream_connections"] == 10000
+
+
+def test_server_names_that_are_not_printable_ascii_get_no_filter_chain():
+    """Their connection is closed before any certificate is asked for: the agent could not
+    read such a name (a proto3 string is UTF-8)."""
+    tls = resources.listeners(DEFAULT)[0]
+    (chain,) = tls["filter_chains"]
+    matcher = tls["filter_chain_matcher"]
+    printable, anything = matcher["matcher_list"]["matchers"]
+    regex = printable["predicate"]["single_predicate"]["value_match"]["safe_regex"]["regex"]
+    assert regex == "[!-~]+"
+    assert printable["on_match"]["action"]["name"] == chain["name"]
+    assert anything["on_match"]["action"]["name"] not in {c["name"] for c in tls["filter_chains"]}
+    assert matcher["on_no_match"]["action"]["name"] == chain["name"]  # no SNI: the policy says
+
+
+def test_incremental_xds():
+    """The agent releases certificates Envoy holds: only delta xDS can say a secret is gone."""
+    ads = bootstrap(Bootstrap(node_id="x"))["dynamic_resources"]["ads_config"]
+    assert ads["api_type"] == "DELTA_GRPC"

@@ -197,6 +197,10 @@ command:
   {{- end }}
   - --inbound-port
   - "15020"
+  {{- range .Values.capture.inboundPorts }}
+  - --inbound-port
+  - {{ . | int | toString | quote }}
+  {{- end }}
 resources: {{ include "intercept-proxy.resources" .Values.proxyInit.resources }}
 securityContext:
   runAsUser: 0

@@ -78,7 +78,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     run_.add_argument("--xds-port", type=int, default=ports.AGENT_XDS)
     run_.add_argument("--authz-port", type=int, default=ports.AGENT_AUTHZ)
-    run_.add_argument("--http-port", type=int, default=ports.AGENT_HTTP, help="health and metrics")
+    run_.add_argument("--http-port", type=int, default=ports.AGENT_HTTP, help="health (probes)")
+    run_.add_argument("--metrics-port", type=int, default=ports.AGENT_METRICS, help="metrics")
     run_.add_argument("--tls-port", type=int, default=ports.ENVOY_TLS, help="Envoy's TLS listener")
     run_.add_argument(
         "--plain-port", type=int, default=ports.ENVOY_HTTP, help="Envoy's plain-HTTP listener"
@@ -106,7 +107,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--cert-validity-hours", type=float, default=12.0, help="leaf certificate validity"
     )
     run_.add_argument(
-        "--cert-cache-size", type=int, default=1024, help="leaf certificates kept in memory"
+        "--cert-cache-size",
+        type=int,
+        default=1024,
+        help="leaf certificates kept in memory, and held by Envoy (beyond, the least recently "
+        "used are released)",
     )
     run_.set_defaults(func=_run)
 
@@ -124,6 +129,7 @@ def _run(args: argparse.Namespace) -> int:
         bind_address=args.bind,
         xds_port=args.xds_port,
         http_port=args.http_port,
+        metrics_port=args.metrics_port,
         cert_validity=dt.timedelta(hours=args.cert_validity_hours),
         cert_cache_size=args.cert_cache_size,
         dns_port=args.dns_port,

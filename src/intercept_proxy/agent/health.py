@@ -1,4 +1,6 @@
-"""Liveness, readiness and metrics over HTTP."""
+"""Liveness and readiness, and metrics, over HTTP: two applications on two ports, so that the
+probes' port may be open to the kubelet while the metrics stay closed to whoever else can route
+to the pod."""
 
 from __future__ import annotations
 
@@ -10,14 +12,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 
-def health_app(
-    readiness: Callable[[], dict[str, Any]],
-    registry: CollectorRegistry,
-    before_scrape: Callable[[aiohttp.ClientSession], Awaitable[None]] | None = None,
-) -> web.Application:
-    """`readiness()` returns a JSON-able status whose "ready" key decides 200 or 503;
-    `before_scrape` gathers what the registry reports from elsewhere (Envoy)."""
-    session: aiohttp.ClientSession | None = None
+def health_app(readiness: Callable[[], dict[str, Any]]) -> web.Application:
+    """`readiness()` returns a JSON-able status whose "ready" key decides 200 or 503."""
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"live": True})
@@ -25,6 +21,19 @@ def health_app(
     async def ready(_: web.Request) -> web.Response:
         status = readiness()
         return web.json_response(status, status=200 if status["ready"] else 503)
+
+    app = web.Application()
+    app.router.add_get("/healthz", live)
+    app.router.add_get("/readyz", ready)
+    return app
+
+
+def metrics_app(
+    registry: CollectorRegistry,
+    before_scrape: Callable[[aiohttp.ClientSession], Awaitable[None]] | None = None,
+) -> web.Application:
+    """`/metrics`; `before_scrape` gathers what the registry reports from elsewhere (Envoy)."""
+    session: aiohttp.ClientSession | None = None
 
     async def metrics(_: web.Request) -> web.Response:
         nonlocal session
@@ -42,7 +51,5 @@ def health_app(
 
     app = web.Application()
     app.on_cleanup.append(close)
-    app.router.add_get("/healthz", live)
-    app.router.add_get("/readyz", ready)
     app.router.add_get("/metrics", metrics)
     return app

@@ -16,10 +16,9 @@ from typing import Any
 import grpc
 from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from intercept_proxy import ports
-from intercept_proxy.agent.health import health_app
+from intercept_proxy.agent.health import health_app, metrics_app
 from intercept_proxy.agent.metrics import Metrics
 from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.dns import DnsSinkhole
@@ -63,13 +62,15 @@ class AgentSettings:
     # Where to write the bundle the workload trusts: the sandbox CA plus the system roots.
     trust_bundle: Path | None = None
     bind_address: str = "127.0.0.1"
-    # Where health and metrics listen: loopback, or "::" for kubelet probes and scrapers.
+    # Where health and metrics listen: loopback, or "::" for kubelet probes and scrapers (in a
+    # pod, proxy-init's rules decide which of the two ports is open from outside).
     health_addresses: tuple[str, ...] = ("127.0.0.1",)
     # A pod's own policy (from its annotation, through a downwardAPI file) and what it may do.
     pod_policy: Path | None = None
     pod_policy_mode: OverrideMode = OverrideMode.NARROW
     xds_port: int = ports.AGENT_XDS
     http_port: int = ports.AGENT_HTTP
+    metrics_port: int = ports.AGENT_METRICS
     cert_validity: dt.timedelta = dt.timedelta(hours=12)
     cert_cache_size: int = 1024
     # The DNS sinkhole (0: off), the names it resolves for real, and whom it asks (None: the
@@ -244,24 +245,30 @@ class Agent:
     async def serve(self, stop: asyncio.Event) -> None:
         s = self.settings
         xds = grpc.aio.server()
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self.ads, xds)
+        self.ads.add_to_server(xds)  # tolerant of names that are not UTF-8 (xds/wire.py)
         xds.add_insecure_port(f"{s.bind_address}:{s.xds_port}")
         authz = grpc.aio.server()
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.authz, authz)
         dp = s.data_plane
         authz.add_insecure_port(f"{dp.authz_address}:{dp.authz_port}")
-        app = health_app(
-            self.readiness, self.metrics.registry, self.metrics.envoy_decisions.refresh
-        )
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        for address in s.health_addresses:
-            try:
-                await web.TCPSite(runner, address, s.http_port).start()
-            except OSError as e:
-                if ":" not in address:
-                    raise
-                log.warning("health on IPv4 only (%s: %s)", address, e)  # a pod without IPv6
+        runners = []
+        for app, port in (
+            (health_app(self.readiness), s.http_port),
+            (
+                metrics_app(self.metrics.registry, self.metrics.envoy_decisions.refresh),
+                s.metrics_port,
+            ),
+        ):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            runners.append(runner)
+            for address in s.health_addresses:
+                try:
+                    await web.TCPSite(runner, address, port).start()
+                except OSError as e:
+                    if ":" not in address:
+                        raise
+                    log.warning("%d on IPv4 only (%s: %s)", port, address, e)  # no IPv6 here
         await xds.start()
         await authz.start()
         self.policy_changed()
@@ -278,13 +285,14 @@ class Agent:
             asyncio.create_task(self._renew_certificates()),
         ]
         log.info(
-            "agent ready: xDS %s:%d, ext_authz %s:%d, health %s:%d, policy revision %s",
+            "agent ready: xDS %s:%d, ext_authz %s:%d, health %s:%d, metrics :%d, revision %s",
             s.bind_address,
             s.xds_port,
             dp.authz_address,
             dp.authz_port,
             ",".join(s.health_addresses),
             s.http_port,
+            s.metrics_port,
             self.engine().revision,
         )
         try:
@@ -295,7 +303,8 @@ class Agent:
             await self.dns.close()
             await authz.stop(grace=1)
             await xds.stop(grace=1)
-            await runner.cleanup()
+            for runner in runners:
+                await runner.cleanup()
             self._compiler.shutdown(wait=False, cancel_futures=True)
 
 

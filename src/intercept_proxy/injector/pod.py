@@ -148,15 +148,18 @@ def _masked(s: InjectorSettings) -> dict[str, Any]:
 
 
 def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
-    command = ["intercept", "proxy-init", "--envoy-uid", str(s.envoy_uid)]
-    command += ["--agent-uid", str(s.agent_uid)]
-    for port in s.tls_ports:
-        command += ["--tls-port", str(port)]
-    for port in s.http_ports:
-        command += ["--http-port", str(port)]
-    for cidr in s.allowed_cidrs:
-        command += ["--allow-cidr", cidr]
-    command += ["--inbound-port", str(ports.AGENT_HTTP)]  # kubelet probes reach the agent
+    capture = s.capture_config()
+    command = ["intercept", "proxy-init", "--envoy-uid", str(capture.envoy_uid)]
+    command += ["--agent-uid", str(capture.agent_uid)]
+    for option, values in (
+        ("--tls-port", s.tls_ports),
+        ("--http-port", s.http_ports),
+        ("--allow-cidr", s.allowed_cidrs),
+        # The agent's health port first (kubelet probes), then the operator's.
+        ("--inbound-port", (ports.AGENT_HTTP, *s.inbound_ports)),
+    ):
+        for value in values:
+            command += [option, str(value)]
     return {
         "name": PROXY_INIT,
         "image": s.image,

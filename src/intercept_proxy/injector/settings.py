@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from intercept_proxy import __version__, ports
+from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
 from intercept_proxy.policy.combined import OverrideMode
 
 # Container images. Never `latest`: what runs is what was tested.
@@ -97,6 +97,9 @@ class InjectorSettings:
     http_ports: tuple[int, ...] = (80,)
     # Destinations the workload may reach directly (cluster-internal services), v4 and v6.
     allowed_cidrs: tuple[str, ...] = ()
+    # TCP ports of the pod open to connections from outside it, besides the agent's health
+    # port (kubelet probes): a server of the workload's, the agent's metrics for a scraper.
+    inbound_ports: tuple[int, ...] = ()
     # DNS names the agent resolves for real (everything else gets a synthetic answer).
     dns_forward_suffixes: tuple[str, ...] = ("cluster.local",)
     # The ConfigMap holding `policy.yaml`, the policy every injected pod enforces by default.
@@ -119,17 +122,10 @@ class InjectorSettings:
         reserved = {0, self.envoy_uid, self.agent_uid}
         if len(reserved) != 3:
             raise SettingsError("envoy_uid and agent_uid must be distinct and not 0")
-        for name in ("tls_ports", "http_ports"):
-            for port in getattr(self, name):
-                if not 0 < port < 65536 or ports.SIDECAR_RANGE[0] <= port <= ports.SIDECAR_RANGE[1]:
-                    raise SettingsError(f"{name}: {port} is not a port outside 15000-15099")
-        if set(self.tls_ports) & set(self.http_ports):
-            raise SettingsError("tls_ports and http_ports overlap")
-        for cidr in self.allowed_cidrs:
-            try:
-                ipaddress.ip_network(cidr)
-            except ValueError as e:
-                raise SettingsError(f"allowed_cidrs: {e}") from None
+        try:  # proxy-init's own check, here: a pod it would refuse is never injected
+            self.capture_config()
+        except CaptureConfigError as e:
+            raise SettingsError(str(e)) from None
         if self.ca_mode not in ("ephemeral", "secret"):
             raise SettingsError(f"ca_mode: {self.ca_mode!r} is not 'ephemeral' or 'secret'")
         if (self.ca_mode == "secret") != bool(self.ca_secret):
@@ -146,6 +142,17 @@ class InjectorSettings:
             )
         for name in ("agent_resources", "envoy_resources", "init_resources"):
             getattr(self, name).check(name)
+
+    def capture_config(self) -> CaptureConfig:
+        """What proxy-init installs in every injected pod."""
+        return CaptureConfig(
+            envoy_uid=self.envoy_uid,
+            agent_uid=self.agent_uid,
+            tls_ports=self.tls_ports,
+            http_ports=self.http_ports,
+            allowed_cidrs=self.allowed_cidrs,
+            inbound_ports=(ports.AGENT_HTTP, *self.inbound_ports),
+        )
 
     @property
     def reserved_uids(self) -> tuple[int, ...]:

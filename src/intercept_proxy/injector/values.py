@@ -56,6 +56,7 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
             "tlsPorts": list(s.tls_ports),
             "httpPorts": list(s.http_ports),
             "allowedCidrs": list(s.allowed_cidrs),
+            "inboundPorts": list(s.inbound_ports),
         },
         "dns": {"forwardSuffixes": list(s.dns_forward_suffixes)},
         "policy": {"podOverride": str(s.policy_override), "default": IGNORED},
@@ -75,6 +76,7 @@ ITEM_TYPES: dict[str, type] = {
     "capture.tlsPorts": int,
     "capture.httpPorts": int,
     "capture.allowedCidrs": str,
+    "capture.inboundPorts": int,
     "dns.forwardSuffixes": str,
 }
 QUANTITY_MAPS = frozenset(
@@ -174,6 +176,7 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         tls_ports=tuple(values["capture"]["tlsPorts"]),
         http_ports=tuple(values["capture"]["httpPorts"]),
         allowed_cidrs=tuple(values["capture"]["allowedCidrs"]),
+        inbound_ports=tuple(values["capture"]["inboundPorts"]),
         dns_forward_suffixes=tuple(values["dns"]["forwardSuffixes"]),
         policy_config_map=f"{release}-policy",
         policy_override=OverrideMode(values["policy"]["podOverride"]),

@@ -6,7 +6,8 @@ applying twice leaves one copy of every rule). Both families have the same layou
     nat     OUTPUT -> INTERCEPT_REDIRECT   sidecars untouched; DNS (any destination) to the agent;
                                            local destinations and allowed CIDRs untouched; TLS and
                                            HTTP ports to Envoy
-    filter  INPUT  -> INTERCEPT_INPUT      the sidecar range is closed to anything not on lo
+    filter  INPUT  -> INTERCEPT_INPUT      loopback; replies; the inbound ports; (IPv6) neighbour
+                                           discovery; every other connection from outside refused
             OUTPUT -> INTERCEPT_OUTPUT     sidecars; replies; our redirections; the sidecar range
                                            rejected; local; allowed CIDRs; (IPv6) neighbour
                                            discovery; everything else rejected
@@ -135,10 +136,12 @@ def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
     reset = "REJECT --reject-with tcp-reset"
     unreachable = f"REJECT --reject-with {_UNREACHABLE[family]}"
     rules = [
-        _rule("INPUT", "", "intercept: sidecar ports are for the pod only", INPUT_CHAIN),
+        _rule("INPUT", "", "intercept: nothing reaches the pod but replies", INPUT_CHAIN),
         _rule("OUTPUT", "", "intercept: nothing leaves but through the sidecars", OUTPUT_CHAIN),
     ]
 
+    # Inbound: anyone who can route to the pod (in a cluster, every pod) could otherwise talk to
+    # the workload's servers, a channel the policy never sees.
     chain = INPUT_CHAIN
     rules += [
         _rule(chain, "-i lo", "loopback: the pod itself", "RETURN"),
@@ -149,13 +152,15 @@ def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
             "RETURN",
         ),
         *(
-            _rule(chain, f"-p tcp --dport {port}", "sidecar health: kubelet probes", "RETURN")
+            _rule(chain, f"-p tcp --dport {port}", "inbound port: open", "RETURN")
             for port in config.inbound_ports
         ),
-        _rule(chain, f"-p tcp --dport {sidecar_ports}", "sidecar ports: not from outside", reset),
-        _rule(
-            chain, f"-p udp --dport {sidecar_ports}", "sidecar ports: not from outside", unreachable
-        ),
+    ]
+    if family == "ipv6":
+        rules += _neighbour_discovery(chain, "RETURN")
+    rules += [
+        _rule(chain, "-p tcp", "inbound: refused", reset),
+        _rule(chain, "", "inbound: refused", unreachable),
     ]
 
     chain = OUTPUT_CHAIN
@@ -215,10 +220,7 @@ def _filter_rules(config: CaptureConfig, family: Family) -> list[str]:
         _rule(chain, f"-d {cidr}", "allowed CIDR", "ACCEPT") for cidr in _cidrs(config, family)
     ]
     if family == "ipv6":
-        rules += [
-            _rule(chain, f"-p ipv6-icmp --icmpv6-type {icmp_type}", "neighbour discovery", "ACCEPT")
-            for icmp_type in _NEIGHBOUR_DISCOVERY
-        ]
+        rules += _neighbour_discovery(chain, "ACCEPT")
     rules += [
         _rule(chain, "-p tcp", "everything else: refused", reset),
         _rule(chain, "", "everything else: refused", unreachable),
@@ -230,6 +232,13 @@ _ENVOY_FORBIDDEN = {
     "ipv4": ("169.254.0.0/16",),
     "ipv6": ("fe80::/10", "fd00:ec2::254/128"),
 }
+
+
+def _neighbour_discovery(chain: str, target: str) -> list[str]:
+    return [
+        _rule(chain, f"-p ipv6-icmp --icmpv6-type {icmp_type}", "neighbour discovery", target)
+        for icmp_type in _NEIGHBOUR_DISCOVERY
+    ]
 
 
 def _sidecar_rules(config: CaptureConfig, chain: str, what: str, target: str) -> list[str]:

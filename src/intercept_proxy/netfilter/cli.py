@@ -74,7 +74,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="append",
         type=int,
         metavar="PORT",
-        help="a sidecar port reachable from outside the pod, e.g. the health port (repeatable)",
+        help="a TCP port of the pod open to connections from outside it, e.g. the agent's health "
+        "port for kubelet probes (repeatable); every other inbound connection is refused",
     )
     parser.add_argument(
         "--netns", metavar="NAME", help="a named network namespace (default: this one)"

@@ -43,7 +43,8 @@ class CaptureConfig:
     sidecar_port_range: tuple[int, int] = ports.SIDECAR_RANGE
     # Cluster-internal destinations the workload may reach directly, IPv4 and IPv6 mixed.
     allowed_cidrs: tuple[str, ...] = ()
-    # Sidecar ports reachable from outside the pod: the agent's health port, for kubelet probes.
+    # TCP ports of the pod open to connections from outside it (the agent's health port, for
+    # kubelet probes; a server of the workload's); every other inbound connection is refused.
     inbound_ports: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -85,11 +86,9 @@ class CaptureConfig:
         for port in self._set(
             "inbound_ports", tuple(sorted(set(_port_tuple("inbound_ports", self))))
         ):
-            if not low <= port <= high:
-                raise CaptureConfigError("inbound_ports", f"{port} is not a sidecar port")
             if port in targets:
                 raise CaptureConfigError(
-                    "inbound_ports", f"{port} is {targets[port]}, not a service"
+                    "inbound_ports", f"{port} is {targets[port]}: only the pod's own may reach it"
                 )
 
     def _set(self, name: str, value: Any) -> Any:

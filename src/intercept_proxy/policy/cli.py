@@ -31,7 +31,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "whatever the decision, 2 when the policy or the request is invalid.",
     )
     evaluate.add_argument("--policy", type=Path, required=True)
-    evaluate.add_argument("--method", required=True, help="HTTP method, e.g. GET")
+    evaluate.add_argument(
+        "--method", required=True, help="HTTP method, case-sensitive as on the wire (GET, not get)"
+    )
     evaluate.add_argument("--url", required=True, help="e.g. https://api.github.com/user")
     evaluate.add_argument(
         "--header",

@@ -73,9 +73,10 @@ def url_input(
             sni = parts.hostname or ""
     elif sni is not None:
         raise InputError("--sni only applies to https URLs")
-    header_map = {":authority": authority, ":method": method.upper(), ":path": path} | header_map
+    # As written: methods are case-sensitive (RFC 9110), and Envoy forwards `get` as `get`.
+    header_map = {":authority": authority, ":method": method, ":path": path} | header_map
     return http_input(
-        method=method.upper(),
+        method=method,
         host=authority,
         path=path,
         scheme=parts.scheme,

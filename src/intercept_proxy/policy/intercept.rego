@@ -63,7 +63,9 @@ request := {
 	"target": target,
 }
 
-method := upper(object.get(http, "method", ""))
+# Methods are case-sensitive (RFC 9110): `get` is not GET, and goes upstream as `get`. It is
+# judged as written: it is no read, and no write a grant names.
+method := object.get(http, "method", "")
 
 scheme := lower(object.get(http, "scheme", ""))
 
@@ -174,14 +176,21 @@ _depth := [_clamped_depth(k) | some k, _ in _steps]
 
 _clamped_depth(k) := _prefix[k] - min(array.concat([0], array.slice(_prefix, 0, k + 1)))
 
-# A segment survives when the stack never drops below the depth at which it was pushed.
-segments := [s |
+# A segment survives when the stack never drops below the depth at which it was pushed. Other
+# percent-encodings are decoded as the upstream decodes them (`hell%6f` is `hello`); a segment
+# with a malformed one is kept as it is.
+segments := [_decoded(s) |
 	some i, s in _raw_segments
 	s != ".."
 	every j in numbers.range(i, count(_raw_segments) - 1) {
 		_depth[j] >= _depth[i]
 	}
 ] if not path_unjudgeable
+
+_decoded(s) := urlquery.decode(replace(s, "+", "%2B")) if {
+	contains(s, "%")
+	regex.match(`^([^%]|%[0-9A-Fa-f]{2})*$`, s)
+} else := s
 
 default _segments_or_null := null
 
@@ -315,9 +324,19 @@ grants contains {"rule": "github_read", "reason": reason} if {
 }
 
 grants contains {"rule": "github_write", "reason": reason} if {
-	github_write_target
-	github_repo_allowed(github_write_target)
+	_github_write_granted
+	not github_admin_request
 	reason := sprintf("%s: write to GitHub repository %s is allowed", [target, github_write_target])
+}
+
+grants contains {"rule": "github_admin", "reason": reason} if {
+	_github_write_granted
+	github_admin_request
+	cfg.github_admin_access_enabled
+	reason := sprintf(
+		"%s: administration of GitHub repository %s is allowed (github_admin_access_enabled)",
+		[target, github_write_target],
+	)
 }
 
 grants contains {"rule": "aws", "reason": reason} if {
@@ -340,7 +359,10 @@ grants contains {"priority": 60, "rule": g.rule, "reason": g.reason} if {
 
 # ---------------------------------------------------------------------------------------------
 # GitHub. Reads: GET/HEAD on its hosts, plus the git smart-HTTP fetch. Writes: the REST API under
-# /repos/{owner}/{repo}/..., and the git smart-HTTP push, for allowed repositories only.
+# /repos/{owner}/{repo}, and the git smart-HTTP push, for allowed repositories only, and without
+# repository administration unless github_admin_access_enabled. A write to a repository that is
+# not allowed, or an administration request, is denied whatever other grant matches the host
+# (allowed_domains, unrestricted_domains, a custom allow): only the github_* keys decide them.
 
 github_read_hosts := {
 	"github.com",
@@ -350,8 +372,20 @@ github_read_hosts := {
 	"objects.githubusercontent.com",
 }
 
+# Where the REST API writes to repositories (uploads.github.com: release assets).
+github_api_hosts := {"api.github.com", "uploads.github.com"}
+
+# The methods that change nothing on GitHub. Any other (`post`, `PROPPATCH`, ...) on a
+# repository's path is judged as a write; only POST, PUT, PATCH and DELETE are granted.
+github_safe_methods := {"GET", "HEAD", "OPTIONS"}
+
 _github_host(name) if {
 	name in github_read_hosts
+	port in {80, 443}
+}
+
+_github_api_host if {
+	host in github_api_hosts
 	port in {80, 443}
 }
 
@@ -375,7 +409,7 @@ _git_repo_path := {"owner": lower(s[0]), "repo": trim_suffix(lower(s[1]), ".git"
 	host == "github.com"
 	s := segments
 	count(s) in {3, 4}
-	op := _git_op(array.slice(s, 2, count(s)))
+	op := _git_op([lower(x) | some x in array.slice(s, 2, count(s))])
 }
 
 _git_op(["info", "refs"]) := "refs"
@@ -399,29 +433,128 @@ github_read_request if {
 	_git_repo_path.op == "upload-pack"
 }
 
-github_write_target := concat("/", [lower(s[1]), lower(s[2])]) if {
-	_github_host(host)
-	host == "api.github.com"
-	method in write_methods
+# A write to a GitHub repository, or the first step of one: {"repo": "owner/name", "kind": ...}.
+github_write := {"repo": concat("/", [lower(s[1]), lower(s[2])]), "kind": "api"} if {
+	_github_api_host
+	not method in github_safe_methods
 	s := segments
-	count(s) >= 4
-	s[0] == "repos"
-} else := concat("/", [r.owner, r.repo]) if {
+	count(s) >= 3
+	lower(s[0]) == "repos"
+} else := {"repo": concat("/", [r.owner, r.repo]), "kind": "discovery"} if {
 	_github_host(host)
 	r := _git_repo_path
-	r.op == "refs"
-	method in read_methods
 	git_receive_pack_discovery
-} else := concat("/", [r.owner, r.repo]) if {
+} else := {"repo": concat("/", [r.owner, r.repo]), "kind": "push"} if {
 	_github_host(host)
 	r := _git_repo_path
 	r.op == "receive-pack"
-	method == "POST"
+	not method in github_safe_methods
 }
+
+github_write_target := github_write.repo
 
 github_repo_allowed(repo) if repo in cfg.github_allowed_repos
 
 github_repo_allowed(repo) if split(repo, "/")[0] in cfg.github_allowed_users
+
+# The writes the github_* keys grant, with their exact methods.
+_github_write_granted if {
+	github_repo_allowed(github_write_target)
+	_github_write_method(github_write.kind)
+}
+
+_github_write_method("api") if method in write_methods
+
+_github_write_method("discovery") if method in read_methods
+
+_github_write_method("push") if method == "POST"
+
+# Repository administration: what needs the repository's admin role on GitHub (its
+# "Administration" permission), plus the repository's webhooks, secrets and variables. Compared
+# lower-case, below /repos/{owner}/{repo}; reads of these endpoints are reads.
+github_admin_request if {
+	github_write.kind == "api"
+	_github_admin_path([lower(x) | some x in array.slice(segments, 3, count(segments))])
+}
+
+# The repository itself: PATCH (settings, rename, visibility, archiving) and DELETE.
+_github_admin_path([]) := true
+
+_github_admin_path(rest) if rest[0] in {
+	"autolinks", "automated-security-fixes", "collaborators", "environments", "forks",
+	"generate", "hooks", "immutable-releases", "interaction-limits", "invitations", "keys",
+	"private-vulnerability-reporting", "rulesets", "teams", "topics", "transfer",
+	"vulnerability-alerts",
+}
+
+_github_admin_path(["pages"]) := true
+
+# Branch protection; a branch name may hold slashes.
+_github_admin_path(rest) if {
+	rest[0] == "branches"
+	"protection" in array.slice(rest, 2, count(rest))
+}
+
+_github_admin_path(rest) if {
+	rest[0] == "actions"
+	rest[1] in {"oidc", "permissions", "runners", "secrets", "variables"}
+}
+
+_github_admin_path(["actions", "cache", x]) if x in {"retention-limit", "storage-limit"}
+
+_github_admin_path(rest) if {
+	rest[0] in {"agents", "codespaces", "dependabot"}
+	rest[1] == "secrets"
+}
+
+_github_admin_path(rest) if {
+	rest[0] == "agents"
+	rest[1] == "variables"
+}
+
+_github_admin_path(["code-quality", "setup"]) := true
+
+_github_admin_path(["code-scanning", "default-setup"]) := true
+
+_github_admin_path(["properties", "values"]) := true
+
+_github_admin_path(rest) if {
+	rest[0] == "tags"
+	rest[1] == "protection"
+}
+
+_github_admin_path(["security-advisories", _, "forks"]) := true
+
+denials contains {"priority": 11, "rule": "invalid_path", "reason": reason} if {
+	valid_host
+	_github_host_or_api
+	not method in github_safe_methods
+	path_unjudgeable
+	reason := sprintf("%s: the path has encoded slashes, backslashes or too many segments", [target])
+}
+
+_github_host_or_api if _github_host(host)
+
+_github_host_or_api if _github_api_host
+
+denials contains {"priority": 12, "rule": "github_write_not_allowed", "reason": reason} if {
+	repo := github_write_target
+	not github_repo_allowed(repo)
+	reason := sprintf(
+		"%s: write to GitHub repository %s is not allowed (add %s to github_allowed_repos or %s to github_allowed_users)",
+		[target, repo, repo, split(repo, "/")[0]],
+	)
+}
+
+denials contains {"priority": 13, "rule": "github_admin_not_allowed", "reason": reason} if {
+	github_admin_request
+	github_repo_allowed(github_write_target)
+	not cfg.github_admin_access_enabled
+	reason := sprintf(
+		"%s: administration of GitHub repository %s (settings, webhooks, keys, collaborators, protection, secrets) is not allowed (set github_admin_access_enabled: true to allow it)",
+		[target, github_write_target],
+	)
+}
 
 # ---------------------------------------------------------------------------------------------
 # AWS: {service}.amazonaws.com and {service}.{region}.amazonaws.com. The region must look like
@@ -455,18 +588,9 @@ explanations contains {"priority": 20, "rule": "not_read_only", "reason": reason
 	)
 }
 
-explanations contains {"priority": 21, "rule": "github_write_not_allowed", "reason": reason} if {
-	repo := github_write_target
-	not github_repo_allowed(repo)
-	reason := sprintf(
-		"%s: write to GitHub repository %s is not allowed (add %s to github_allowed_repos or %s to github_allowed_users)",
-		[target, repo, repo, split(repo, "/")[0]],
-	)
-}
-
 explanations contains {"priority": 22, "rule": "invalid_path", "reason": reason} if {
 	valid_host
-	_github_host(host)
+	_github_host_or_api
 	path_unjudgeable
 	reason := sprintf("%s: the path has encoded slashes, backslashes or too many segments", [target])
 }

@@ -221,8 +221,53 @@ test_github_repository_names_match_whole_segments if {
 	not decide(req("POST", "api.github.com", "/repos/myuser2/x/issues")).allow
 }
 
-test_github_repository_level_writes_are_not_granted if {
-	not decide(req("DELETE", "api.github.com", "/repos/octo/hello")).allow
+test_github_repository_level_writes_are_administration if {
+	decide(req("DELETE", "api.github.com", "/repos/octo/hello")).rule == "github_admin_not_allowed"
+	decide(req("PATCH", "api.github.com", "/repos/octo/hello/")).rule == "github_admin_not_allowed"
+}
+
+test_github_administration_needs_the_opt_in if {
+	decide(req("POST", "api.github.com", "/repos/octo/hello/hooks")).rule == "github_admin_not_allowed"
+	decide(req("PUT", "api.github.com", "/repos/octo/hello/branches/a/b/protection")).rule == "github_admin_not_allowed"
+	decide(req("PUT", "api.github.com", "/repos/myuser/x/actions/secrets/T")).rule == "github_admin_not_allowed"
+	decide(req("GET", "api.github.com", "/repos/octo/hello/hooks")).rule == "github_read"
+	admin := object.union(cfg, {"github_admin_access_enabled": true})
+	d := intercept.decision with input as req("POST", "api.github.com", "/repos/octo/hello/hooks") with data.intercept_policy as admin
+	d.rule == "github_admin"
+	d.allow
+	# Not for other repositories.
+	e := intercept.decision with input as req("POST", "api.github.com", "/repos/octo/other/hooks") with data.intercept_policy as admin
+	e.rule == "github_write_not_allowed"
+}
+
+test_github_writes_are_denied_whatever_other_grant_matches if {
+	open := object.union(cfg, {
+		"allowed_domains": [{"entry": "github.com", "host": "github.com", "wildcard": false, "port": null}],
+		"unrestricted_domains": [{"entry": "*.github.com", "host": "github.com", "wildcard": true, "port": null}],
+	})
+	push := intercept.decision with input as req("GET", "github.com", "/octo/other.git/info/refs?service=git-receive-pack") with data.intercept_policy as open
+	push.rule == "github_write_not_allowed"
+	api := intercept.decision with input as req("POST", "api.github.com", "/repos/octo/other/issues") with data.intercept_policy as open
+	api.rule == "github_write_not_allowed"
+	graphql := intercept.decision with input as req("POST", "api.github.com", "/graphql") with data.intercept_policy as open
+	graphql.rule == "unrestricted_domains"
+	fetch := intercept.decision with input as req("GET", "github.com", "/octo/other.git/info/refs?service=git-upload-pack") with data.intercept_policy as open
+	fetch.allow
+}
+
+test_methods_are_case_sensitive if {
+	decide(req("get", "pypi.org", "/")).rule == "method_not_allowed"
+	decide(req("Get", "github.com", "/x")).rule == "default_deny"
+	decide(req("post", "api.github.com", "/repos/octo/other/issues")).rule == "github_write_not_allowed"
+	not decide(req("post", "api.github.com", "/repos/octo/hello/issues")).allow
+	intercept.request.method == "get" with input as req("get", "pypi.org", "/") with data.intercept_policy as cfg
+}
+
+test_percent_encodings_are_decoded_as_the_upstream_decodes_them if {
+	segments_of("/repos/octo/hell%6f/%68ooks") == ["repos", "octo", "hello", "hooks"]
+	segments_of("/a/100%/b") == ["a", "100%", "b"]
+	segments_of("/a/x+y%2b") == ["a", "x+y+"]
+	decide(req("POST", "api.github.com", "/repos/octo/hello/%68ooks")).rule == "github_admin_not_allowed"
 }
 
 test_github_dot_segments_cannot_smuggle_a_repository if {

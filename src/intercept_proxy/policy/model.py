@@ -77,6 +77,8 @@ class Policy:
     github_read_access_enabled: bool = False
     github_allowed_users: tuple[str, ...] = ()
     github_allowed_repos: tuple[str, ...] = ()
+    # Administration of those repositories (settings, webhooks, keys, secrets, ...).
+    github_admin_access_enabled: bool = False
     aws_access_enabled: bool = False
     aws_allowed_services: tuple[str, ...] = ()
     rego_modules: tuple[RegoModule, ...] = field(default=())
@@ -89,6 +91,7 @@ class Policy:
                 "github_read_access_enabled": self.github_read_access_enabled,
                 "github_allowed_users": list(self.github_allowed_users),
                 "github_allowed_repos": list(self.github_allowed_repos),
+                "github_admin_access_enabled": self.github_admin_access_enabled,
                 "aws_access_enabled": self.aws_access_enabled,
                 "aws_allowed_services": list(self.aws_allowed_services),
             }
@@ -240,6 +243,7 @@ KEYS = (
     "github_read_access_enabled",
     "github_allowed_users",
     "github_allowed_repos",
+    "github_admin_access_enabled",
     "aws_access_enabled",
     "aws_allowed_services",
     "rego_modules",
@@ -262,15 +266,26 @@ def parse_policy(
             raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
     if not modules and doc.get("rego_modules"):
         raise PolicyError(source, "rego_modules", "not allowed in a pod's policy")
+    github_allowed_users = _matching(
+        doc, "github_allowed_users", source, _GITHUB_USER, "a GitHub user or organisation"
+    )
+    github_allowed_repos = _repos(doc, "github_allowed_repos", source)
+    github_admin = _bool(doc, "github_admin_access_enabled", source)
+    if github_admin and not (github_allowed_users or github_allowed_repos):
+        raise PolicyError(
+            source,
+            "github_admin_access_enabled",
+            "applies only to the repositories in github_allowed_repos and github_allowed_users,"
+            " and both are empty: list the repositories it is meant for",
+        )
     return Policy(
         source=source,
         allowed_domains=_domains(doc, "allowed_domains", source),
         unrestricted_domains=_domains(doc, "unrestricted_domains", source),
         github_read_access_enabled=_bool(doc, "github_read_access_enabled", source),
-        github_allowed_users=_matching(
-            doc, "github_allowed_users", source, _GITHUB_USER, "a GitHub user or organisation"
-        ),
-        github_allowed_repos=_repos(doc, "github_allowed_repos", source),
+        github_allowed_users=github_allowed_users,
+        github_allowed_repos=github_allowed_repos,
+        github_admin_access_enabled=github_admin,
         aws_access_enabled=_bool(doc, "aws_access_enabled", source),
         aws_allowed_services=_matching(
             doc, "aws_allowed_services", source, _AWS_SERVICE, "an AWS service name (e.g. 's3')"

@@ -37,7 +37,7 @@ from intercept_proxy.policy.model import Policy
 
 # The methods Envoy's gate lets through to native routes; any other goes to the agent.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# As in intercept.rego (github_read_hosts); a test compares the two.
+# As in intercept.rego (github_read_hosts, github_api_hosts); a test compares them.
 GITHUB_HOSTS = (
     "api.github.com",
     "codeload.github.com",
@@ -45,6 +45,7 @@ GITHUB_HOSTS = (
     "objects.githubusercontent.com",
     "raw.githubusercontent.com",
 )
+GITHUB_API_HOSTS = ("api.github.com", "uploads.github.com")
 # As in intercept.rego (_aws_service_region).
 AWS_REGION = r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]+"
 AWS_SUFFIX = "amazonaws.com"
@@ -119,7 +120,7 @@ class _Hosts:
 
 
 def _host_classes(policy: Policy) -> _Hosts:
-    hosts = _Hosts(exact=set(GITHUB_HOSTS))
+    hosts = _Hosts(exact={*GITHUB_HOSTS, *GITHUB_API_HOSTS})
     for entry in (*policy.allowed_domains, *policy.unrestricted_domains):
         (hosts.suffixes if entry.wildcard else hosts.exact).add(entry.host)
     if policy.aws_access_enabled:
@@ -195,41 +196,92 @@ def _repo_pattern(repos: Iterable[str]) -> str:
 
 # Percent-encoded slashes or backslashes, or a backslash: the policy cannot judge the path.
 _UNJUDGEABLE = r".*(%2[fF]|%5[cC]|\\).*"
+# Any other percent-encoding: the upstream decodes it (`hoo%6bs` is `hooks`), and so does the
+# policy; these paths go to the agent.
+_ENCODED = r".*%.*"
 _SEGMENT = "[^/]+"
+# Zero or more segments, and a trailing slash: the policy judges segments.
+_SEGMENTS = rf"(/{_SEGMENT})*/?"
+# As intercept.rego's _github_admin_path: what follows /repos/{owner}/{repo} in a request that
+# administers the repository (case-insensitive, as the policy lower-cases the segments).
+_ADMIN_WORDS = (
+    "autolinks|automated-security-fixes|collaborators|environments|forks|generate|hooks|"
+    "immutable-releases|interaction-limits|invitations|keys|private-vulnerability-reporting|"
+    "rulesets|teams|topics|transfer|vulnerability-alerts"
+)
+_ADMIN_SUFFIX = (
+    "(?:/?"
+    f"|/(?i:{_ADMIN_WORDS}){_SEGMENTS}"
+    "|/(?i:pages)/?"
+    f"|/(?i:branches)(/{_SEGMENT})+/(?i:protection){_SEGMENTS}"
+    f"|/(?i:actions)/(?i:oidc|permissions|runners|secrets|variables){_SEGMENTS}"
+    "|/(?i:actions)/(?i:cache)/(?i:retention-limit|storage-limit)/?"
+    f"|/(?i:agents|codespaces|dependabot)/(?i:secrets){_SEGMENTS}"
+    f"|/(?i:agents)/(?i:variables){_SEGMENTS}"
+    "|/(?i:code-quality)/(?i:setup)/?"
+    "|/(?i:code-scanning)/(?i:default-setup)/?"
+    "|/(?i:properties)/(?i:values)/?"
+    f"|/(?i:tags)/(?i:protection){_SEGMENTS}"
+    f"|/(?i:security-advisories)/{_SEGMENT}/(?i:forks)/?"
+    ")"
+)
+_REPOS = "/(?i:repos)"
 
 
 def _github_subclasses(policy: Policy, host: str) -> list[_Subclass]:
     """The paths the policy judges on a GitHub host, most specific first."""
-    out = [_Subclass((("", "/a%2Fb/c"), ("", r"/x/y%5cz")), path=_UNJUDGEABLE)]
-    repos = policy.github_allowed_repos
-    owners = policy.github_allowed_users
-    if host == "api.github.com":
-        rest = rf"(/{_SEGMENT})+/?"
-        for repo in repos:  # the reason names the repository: one route each
-            upper, lower = _case_variants(repo)
-            out.append(
-                _Subclass(
-                    (("", f"/repos/{lower}/issues"), ("", f"/repos/{upper}/pulls/1/")),
-                    path=f"/repos/{_repo_pattern([repo])}{rest}",
-                )
-            )
-        for owner in owners:
-            out.append(
-                _Subclass(
-                    (("", f"/repos/{owner}/rep_a/issues"), ("", f"/repos/{owner}/rep_b/x/y")),
-                    path=f"/repos/{_repo_pattern([owner])}/{_SEGMENT}{rest}",
-                )
-            )
-        out.append(
-            _Subclass(
-                (("", "/repos/rep_a/rep_b/issues"), ("", "/repos/rep_c/rep_d/pulls/1/")),
-                path=f"/repos/{_SEGMENT}/{_SEGMENT}{rest}",
-            )
-        )
+    out = [
+        _Subclass((("", "/a%2Fb/c"), ("", r"/x/y%5cz")), path=_UNJUDGEABLE),
+        _Subclass((), path=_ENCODED, fixed=ASK_AGENT),
+    ]
+    if host in GITHUB_API_HOSTS:
+        out += _api_subclasses(policy)
     if host == "github.com":
-        out += _git_subclasses(repos, owners)
+        out += _git_subclasses(policy.github_allowed_repos, policy.github_allowed_users)
     out.append(_Subclass((("", "/"), ("", "/rep_a/rep_b/issues"))))
     return out
+
+
+def _repository_subclasses(
+    pattern: str, admin: tuple[str, str], other: tuple[str, str]
+) -> list[_Subclass]:
+    """The REST API of the repositories `pattern` matches: their administration (represented
+    by the paths `admin`), then everything else below them (`other`)."""
+    return [
+        _Subclass(tuple(("", p) for p in admin), path=pattern + _ADMIN_SUFFIX),
+        _Subclass(tuple(("", p) for p in other), path=pattern + _SEGMENTS),
+    ]
+
+
+def _api_subclasses(policy: Policy) -> list[_Subclass]:
+    """The REST API's repositories: each allowed one (the reason names it), each allowed owner's,
+    then any other."""
+    out = []
+    for repo in policy.github_allowed_repos:
+        upper, lower = _case_variants(repo)
+        out += _repository_subclasses(
+            f"{_REPOS}/{_repo_pattern([repo])}",
+            (f"/repos/{lower}", f"/REPOS/{upper}/Hooks/1/"),
+            (f"/repos/{lower}/issues", f"/Repos/{upper}/pulls/1/"),
+        )
+    for owner in policy.github_allowed_users:
+        out += _repository_subclasses(
+            f"{_REPOS}/{_repo_pattern([owner])}/{_SEGMENT}",
+            (f"/repos/{owner}/rep_a/", f"/repos/{owner}/rep_b/keys"),
+            (f"/repos/{owner}/rep_a/issues", f"/repos/{owner}/rep_b/x/y"),
+        )
+    out.append(
+        _Subclass(
+            (("", "/repos/rep_a/rep_b/issues"), ("", "/repos/rep_c/rep_d/pulls/1/")),
+            path=f"{_REPOS}/{_SEGMENT}/{_SEGMENT}{_SEGMENTS}",
+        )
+    )
+    return out
+
+
+_RECEIVE_PACK = "(?i:git-receive-pack)"
+_UPLOAD_PACK = "(?i:git-upload-pack)"
+_REFS = "/(?i:info/refs)/?"
 
 
 def _push_subclasses(pattern: str, first: str, second: str) -> list[_Subclass]:
@@ -239,13 +291,13 @@ def _push_subclasses(pattern: str, first: str, second: str) -> list[_Subclass]:
         _Subclass(
             (
                 ("", f"{first}/info/refs?service=git-receive-pack"),
-                ("", f"{second}/info/refs/?service=git-receive-pack"),
+                ("", f"{second}/Info/Refs/?service=git-receive-pack"),
             ),
-            path_and_query=rf"/{pattern}/info/refs/?\?service=git-receive-pack",
+            path_and_query=rf"/{pattern}{_REFS}\?service=git-receive-pack",
         ),
         _Subclass(
-            (("", f"{first}/git-receive-pack"), ("", f"{second}/git-receive-pack/")),
-            path=f"/{pattern}/git-receive-pack/?",
+            (("", f"{first}/git-receive-pack"), ("", f"{second}/Git-Receive-Pack/")),
+            path=f"/{pattern}/{_RECEIVE_PACK}/?",
         ),
     ]
 
@@ -253,42 +305,42 @@ def _push_subclasses(pattern: str, first: str, second: str) -> list[_Subclass]:
 def _git_subclasses(repos: tuple[str, ...], owners: tuple[str, ...]) -> list[_Subclass]:
     """git smart HTTP on github.com: discovery (info/refs), fetch, push."""
     out = []
+    dot_git = r"(?i:\.git)?"
     for repo in repos:
         upper, lower = _case_variants(repo)
-        out += _push_subclasses(_repo_pattern([repo]) + r"(\.git)?", f"/{lower}", f"/{upper}.git")
+        out += _push_subclasses(_repo_pattern([repo]) + dot_git, f"/{lower}", f"/{upper}.GIT")
     for owner in owners:
         pattern = f"{_repo_pattern([owner])}/{_SEGMENT}"
         out += _push_subclasses(pattern, f"/{owner}/rep_a", f"/{owner}/rep_b.git")
-    refs = r"/info/refs/?"
     any_repo = f"/{_SEGMENT}/{_SEGMENT}"
     return [
         *out,
         _Subclass(
             (
                 ("", "/rep_a/rep_b/info/refs?service=git-upload-pack"),
-                ("", "/rep_c/rep_d.git/info/refs/"),
+                ("", "/rep_c/rep_d.git/INFO/refs/"),
             ),
-            path_and_query=rf"{any_repo}{refs}(\?service=git-upload-pack)?",
+            path_and_query=rf"{any_repo}{_REFS}(\?service=git-upload-pack)?",
         ),
         # Any other query of a discovery: only the agent parses it as the policy does.
-        _Subclass((), path=rf"{any_repo}{refs}", fixed=ASK_AGENT),
+        _Subclass((), path=rf"{any_repo}{_REFS}", fixed=ASK_AGENT),
         _Subclass(
             (
                 ("", "/rep_a/rep_b/git-receive-pack"),
-                ("", "/rep_c/rep_d.git/git-receive-pack/"),
+                ("", "/rep_c/rep_d.git/GIT-receive-pack/"),
             ),
-            path=f"{any_repo}/git-receive-pack/?",
+            path=f"{any_repo}/{_RECEIVE_PACK}/?",
         ),
         _Subclass(
-            (("", "/rep_a/rep_b/git-upload-pack"), ("", "/rep_c/rep_d.git/git-upload-pack/")),
-            path=f"{any_repo}/git-upload-pack/?",
+            (("", "/rep_a/rep_b/git-upload-pack"), ("", "/rep_c/rep_d.git/git-Upload-pack/")),
+            path=f"{any_repo}/{_UPLOAD_PACK}/?",
         ),
     ]
 
 
 def _subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclass]:
     representatives = _representative_hosts(hosts, domain)
-    if domain in GITHUB_HOSTS:
+    if domain in GITHUB_HOSTS or domain in GITHUB_API_HOSTS:
         subclasses = _github_subclasses(policy, domain)
     else:
         subclasses = [*_aws_subclasses(policy, hosts, domain), _Subclass((("", "/"),) * 2)]

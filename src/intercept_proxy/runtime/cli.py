@@ -17,32 +17,39 @@ from typing import Any
 import yaml
 
 from intercept_proxy import netns
+from intercept_proxy.argv import after_separator
 from intercept_proxy.injector.pod import (
+    SIDECARS,
     TRUST_VARIABLES,
     InjectionError,
     inject_pod,
-    is_enabled,
 )
 from intercept_proxy.injector.settings import (
-    AGENT_UID,
     ENABLED_LABEL,
-    ENVOY_UID,
     InjectorSettings,
 )
 from intercept_proxy.lab import Lab, LabError, LabSpec, LabSpecError
 from intercept_proxy.policy.model import PolicyError, load_policy
+from intercept_proxy.runtime.admission import MAX_ID, MIN_GROUP, AdmissionError
 from intercept_proxy.runtime.containers import ContainerError, Executables
 from intercept_proxy.runtime.network import HostUplink, LabUplink, NetworkError, Uplink
 from intercept_proxy.runtime.pod import LocalPod, Options, PodError, cleanup_stale
 from intercept_proxy.runtime.volumes import VolumeError
+from intercept_proxy.runtime.workdir import WorkdirError, created_repositories, git_metadata
 from intercept_proxy.xds.envoy import envoy_binary
 
 WORKLOAD = "workload"
+HOME = "/home/sandbox"
 # A sandboxed command finds no proxy: its traffic is captured whatever it believes.
 PROXY_VARIABLES = frozenset(
     v
     for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
     for v in (name, name.upper())
+)
+# Sockets of the caller's session (agents, buses): none of them is in the sandbox's /run or
+# /tmp, and none may be reached from it.
+SESSION_VARIABLES = frozenset(
+    {"SSH_AUTH_SOCK", "GPG_AGENT_INFO", "DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR"}
 )
 USAGE_ERROR = 2
 
@@ -63,7 +70,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--lab", type=Path, metavar="SPEC", help="use a lab as the internet")
     run.add_argument("--lab-log", type=Path, metavar="FILE", help="the lab's receipt log")
     run.add_argument("--decision-log", type=Path, metavar="FILE", help="append decisions here")
-    run.add_argument("--user", type=int, metavar="UID", help="the workload's UID")
+    run.add_argument(
+        "--user",
+        type=int,
+        metavar="UID",
+        help=f"the workload's UID (and group), from {MIN_GROUP} to {MAX_ID}",
+    )
     run.add_argument("--pod", type=Path, metavar="FILE", help="run this Pod manifest instead")
     run.add_argument(
         "-v", "--verbose", action="store_true", help="show the sidecars' output as it comes"
@@ -84,24 +96,39 @@ def _executables() -> Executables:
     return Executables(intercept=intercept, envoy=envoy_binary())
 
 
+NOBODY = 65534
+
+
 def default_uid() -> int:
     """The invoking user's UID behind sudo (files it writes stay theirs), else nobody."""
     sudo = os.environ.get("SUDO_UID", "")
-    if sudo.isdigit() and int(sudo) not in (0, ENVOY_UID, AGENT_UID):
+    if sudo.isdigit() and MIN_GROUP <= int(sudo) <= MAX_ID:
         return int(sudo)
-    return 65534
+    return NOBODY
 
 
-def command_pod(argv: list[str], uid: int, prefix: str) -> dict[str, Any]:
+def check_user(uid: int, settings: InjectorSettings) -> None:
+    """`--user`: also the workload's group, so neither root's nor a system group."""
+    if not MIN_GROUP <= uid <= MAX_ID:
+        raise RunError(
+            f"--user {uid}: give a UID from {MIN_GROUP} to {MAX_ID} (it is also the workload's "
+            "group, and a system group would be a key to this machine's files)"
+        )
+    if uid in settings.reserved_uids:
+        raise RunError(f"--user {uid}: the interceptor's sidecars run as {uid}")
+
+
+def command_pod(argv: list[str], uid: int) -> dict[str, Any]:
     """A one-container pod for `argv`, run where and as it was asked, with the caller's
-    environment. This machine's files are read-only to it but for the working directory and
-    /tmp (see `writable_paths`), and its HOME is a scratch directory: nothing it leaves behind
-    (a shell profile, a git hook) runs later outside the sandbox."""
+    environment. Its root filesystem is this machine's, read-only; it writes its working
+    directory (git metadata aside, see `workdir.py`), and a HOME, /tmp and /var/tmp of its own,
+    gone when it ends: nothing it leaves behind (a shell profile, a git hook) runs later outside
+    the sandbox, and nothing of another sandbox's temporary files is in reach."""
     # Without the caller's proxy and CA-bundle variables: the sandbox sets the bundle itself.
-    dropped = PROXY_VARIABLES | set(TRUST_VARIABLES)
+    dropped = PROXY_VARIABLES | set(TRUST_VARIABLES) | SESSION_VARIABLES
     env = {k: v for k, v in os.environ.items() if k not in dropped}
-    home = f"/tmp/intercept-home-{prefix}"
-    env["HOME"] = home
+    env["HOME"] = HOME
+    scratch = {"home": HOME, "tmp": "/tmp", "var-tmp": "/var/tmp"}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -116,7 +143,9 @@ def command_pod(argv: list[str], uid: int, prefix: str) -> dict[str, Any]:
                     "command": [a.replace("$", "$$") for a in argv],
                     "workingDir": str(Path.cwd()),
                     "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-                    "volumeMounts": [{"name": "home", "mountPath": home}],
+                    "volumeMounts": [
+                        {"name": name, "mountPath": path} for name, path in scratch.items()
+                    ],
                     "securityContext": {
                         "runAsUser": uid,
                         "runAsGroup": uid,
@@ -126,15 +155,41 @@ def command_pod(argv: list[str], uid: int, prefix: str) -> dict[str, Any]:
                     },
                 }
             ],
-            "volumes": [{"name": "home", "emptyDir": {}}],
+            "volumes": [{"name": name, "emptyDir": {}} for name in scratch],
         },
     }
 
 
-def writable_paths() -> tuple[Path, ...]:
-    """What `intercept run`'s workload may write besides its HOME: where it was started, and
-    the temporary directories (shared with this machine, as for any program)."""
-    return tuple(dict.fromkeys([Path.cwd(), Path("/tmp"), Path("/var/tmp")]))
+def interceptor_objects(settings: InjectorSettings) -> set[tuple[str, str]]:
+    """The objects the interceptor reads, which a Pod file may not bring along."""
+    names = {("ConfigMap", settings.policy_config_map)}
+    if settings.ca_secret:
+        names.add(("Secret", settings.ca_secret))
+    return names
+
+
+def pod_objects(
+    manifests: list[dict[str, Any]], source: Path, settings: InjectorSettings
+) -> list[dict[str, Any]]:
+    """The ConfigMaps and Secrets of a Pod file: none of the interceptor's, none twice."""
+    reserved = interceptor_objects(settings)
+    seen: set[tuple[str, str]] = set()
+    objects = []
+    for manifest in manifests:
+        kind = manifest.get("kind")
+        if kind not in ("ConfigMap", "Secret"):
+            continue
+        key = (str(kind), str((manifest.get("metadata") or {}).get("name")))
+        if key in reserved:
+            raise RunError(
+                f"{source}: {key[0]} {key[1]!r} is the interceptor's (its policy comes from "
+                "--policy); give yours another name"
+            )
+        if key in seen:
+            raise RunError(f"{source}: {key[0]} {key[1]!r} appears twice")
+        seen.add(key)
+        objects.append(manifest)
+    return objects
 
 
 def policy_config_map(policy: Path | None, name: str) -> dict[str, Any]:
@@ -192,7 +247,7 @@ def _cleanup(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    command = [a for a in args.command if a != "--"] if args.command[:1] == ["--"] else args.command
+    command = after_separator(args.command)
     if bool(command) == bool(args.pod):
         print("intercept run: give either -- CMD [ARGS...] or --pod FILE", file=sys.stderr)
         return USAGE_ERROR
@@ -212,21 +267,33 @@ def _run(args: argparse.Namespace) -> int:
         decision_log = scratch = Path(name)
     try:
         objects = [policy_config_map(args.policy, settings.policy_config_map)]
+        writable: dict[str, tuple[Path, ...]] = {}
+        read_only: dict[str, tuple[Path, ...]] = {}
         if args.pod:
             manifests = load_manifests(args.pod)
             pods = [m for m in manifests if m.get("kind") == "Pod"]
             if len(pods) != 1:
                 raise RunError(f"{args.pod}: expected exactly one Pod, found {len(pods)}")
             pod = pods[0]
-            objects += [m for m in manifests if m.get("kind") in ("ConfigMap", "Secret")]
+            labels = (pod.get("metadata") or {}).get("labels") or {}
+            if labels.get(ENABLED_LABEL, "true") != "true":
+                raise RunError(
+                    f"{args.pod}: the Pod is labelled {ENABLED_LABEL}: "
+                    f"{labels[ENABLED_LABEL]!r}; intercept run runs intercepted pods only"
+                )
+            objects += pod_objects(manifests, args.pod, settings)
             attached = None
         else:
             uid = args.user if args.user is not None else default_uid()
-            pod = command_pod(command, uid, prefix)
+            check_user(uid, settings)
+            pod = command_pod(command, uid)
             attached = WORKLOAD
-        meta = pod.get("metadata") or {}
-        if is_enabled(meta):  # an injected one is verified to be this injection's
-            pod = inject_pod(pod, settings)
+            workdir = Path.cwd()
+            repositories = git_metadata(workdir)
+            writable[WORKLOAD] = (workdir,)
+            read_only[WORKLOAD] = tuple(repositories)
+        # Every pod is intercepted here; one injected already is verified to be this injection's.
+        pod = inject_pod(pod, settings)
         by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
         with _uplink(args, prefix) as uplink:
             options = Options(
@@ -234,7 +301,9 @@ def _run(args: argparse.Namespace) -> int:
                 executables=_executables(),
                 prefix=prefix,
                 attached=attached,
-                writable={WORKLOAD: writable_paths()} if attached else {},
+                writable=writable,
+                read_only=read_only,
+                trusted=frozenset(SIDECARS),
                 decision_log=decision_log,
                 # Without a terminal of its own the workload's output and the sidecars' mix.
                 output=sys.stderr if args.verbose or attached is None else None,
@@ -246,6 +315,14 @@ def _run(args: argparse.Namespace) -> int:
                 for lines in local.recent.values():
                     sys.stderr.writelines(lines)
                 raise
+        if attached is not None:
+            for repository in created_repositories(repositories, git_metadata(workdir)):
+                print(
+                    f"intercept run: the workload created a git repository in {repository}: "
+                    "its hooks and configuration are the workload's, inspect them before "
+                    "running git there",
+                    file=sys.stderr,
+                )
         if sys.stderr.isatty():
             print(summarize(decision_log), file=sys.stderr)
         return status
@@ -253,6 +330,8 @@ def _run(args: argparse.Namespace) -> int:
         RunError,
         PolicyError,
         InjectionError,
+        AdmissionError,
+        WorkdirError,
         ContainerError,
         VolumeError,
         NetworkError,
@@ -262,7 +341,8 @@ def _run(args: argparse.Namespace) -> int:
         OSError,
     ) as e:
         print(f"intercept run: {e}", file=sys.stderr)
-        return USAGE_ERROR if isinstance(e, RunError | PolicyError | InjectionError) else 1
+        usage = RunError | PolicyError | InjectionError | AdmissionError | WorkdirError
+        return USAGE_ERROR if isinstance(e, usage) else 1
     finally:
         if scratch is not None:
             scratch.unlink(missing_ok=True)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from intercept_proxy.runtime import privileges
+
 PROJECT_IMAGE = "intercept-proxy/intercept-proxy"
 ENVOY_IMAGE = "envoyproxy/envoy"
 
@@ -24,9 +26,6 @@ DEFAULT_ROOT_CAPABILITIES = (
     "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
     "NET_BIND_SERVICE", "NET_RAW", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
 )  # fmt: skip
-
-
-MIN_EXTRA_GROUP = 1000
 
 
 class ContainerError(ValueError):
@@ -104,60 +103,39 @@ def local_argv(container: dict[str, Any], env: dict[str, str], exe: Executables)
 
 
 @dataclass(frozen=True)
-class Identity:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    capabilities: tuple[str, ...]
-    no_new_privileges: bool
-    read_only_root: bool
-    seccomp: bool
+class Identity(privileges.Identity):
+    read_only_root: bool = False
+    seccomp: bool = True
 
 
-def identity(container: dict[str, Any], pod_spec: dict[str, Any]) -> Identity:
-    """The user, groups and capabilities a container runs with, from both security contexts."""
-    name = container.get("name", "?")
+def identity(container: dict[str, Any], pod_spec: dict[str, Any], trusted: bool) -> Identity:
+    """The user, groups and capabilities a container runs with, from both security contexts
+    of a pod `admission.check_pod` accepted. A container of the workload (not `trusted`) never
+    gains privileges and always gets the runtime's seccomp filter."""
     pod_ctx = pod_spec.get("securityContext") or {}
     ctx = container.get("securityContext") or {}
     uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
-    for field, value in (("runAsUser", uid), ("runAsGroup", ctx.get("runAsGroup"))):
-        if value is not None and type(value) is not int:
-            raise ContainerError(f"container {name!r}: {field} {value!r} is not an integer")
-    if uid is None:
-        raise ContainerError(
-            f"container {name!r}: no runAsUser; images are not run here, so there is no image "
-            "default user: set securityContext.runAsUser"
-        )
-    if uid == 0 and ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")):
-        raise ContainerError(f"container {name!r}: runAsUser 0 contradicts runAsNonRoot")
-    if ctx.get("privileged"):
-        raise ContainerError(f"container {name!r}: privileged containers are not supported")
     gid = ctx.get("runAsGroup", pod_ctx.get("runAsGroup", uid))
+    if type(uid) is not int or type(gid) is not int:  # admission refuses these first
+        raise ContainerError(f"container {container.get('name')!r}: no valid runAsUser")
     groups = [*pod_ctx.get("supplementalGroups", [])]
     if "fsGroup" in pod_ctx:
         groups.append(pod_ctx["fsGroup"])
-    # On this machine, a system group is a key to its files (disk, shadow, docker, ...).
-    system = [g for g in groups if type(g) is not int or g < MIN_EXTRA_GROUP]
-    if system:
-        raise ContainerError(
-            f"container {name!r}: groups {system}: supplementalGroups and fsGroup must be "
-            f"integers from {MIN_EXTRA_GROUP} (this runtime shares the machine's files)"
-        )
     caps = ctx.get("capabilities") or {}
     dropped = {c.upper() for c in caps.get("drop") or []}
     granted = set() if "ALL" in dropped else set(DEFAULT_ROOT_CAPABILITIES) - dropped
     if uid != 0:
         granted = set()  # a non-root process keeps no capability across exec by default
     granted |= {c.upper() for c in caps.get("add") or []}
+    profile = (ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
     return Identity(
-        uid=int(uid),
-        gid=int(gid),
+        uid=uid,
+        gid=gid,
         groups=tuple(sorted(set(groups))),
         capabilities=tuple(sorted(granted)),
-        no_new_privileges=ctx.get("allowPrivilegeEscalation") is False,
+        no_new_privileges=not trusted or ctx.get("allowPrivilegeEscalation") is False,
         read_only_root=bool(ctx.get("readOnlyRootFilesystem")),
-        seccomp=(ctx.get("seccompProfile") or pod_ctx.get("seccompProfile") or {}).get("type")
-        == "RuntimeDefault",
+        seccomp=not trusted or profile == "RuntimeDefault",
     )
 
 
@@ -176,5 +154,5 @@ def setpriv_argv(who: Identity) -> list[str]:
 
 def as_user(uid: int, argv: Sequence[str]) -> list[str]:
     """`argv` as `uid` (and its group): no other group, no capability, no way to gain any."""
-    who = Identity(uid, uid, (), (), no_new_privileges=True, read_only_root=False, seccomp=False)
+    who = Identity(uid, uid, (), (), no_new_privileges=True)
     return [*setpriv_argv(who), "--", *argv]

@@ -1,22 +1,22 @@
 """The first step of every local container, run as root inside the pod's network namespace, a
-fresh private mount namespace and a fresh PID namespace
-(`unshare --mount --propagation private --pid --fork --mount-proc`): bind the container's volumes
-at their mount paths, make the root filesystem read-only if asked, then start the container's
-process through `setpriv` with exactly the identity it was given.
-
-Every container also gets its own IPC and UTS namespaces, a private /dev/shm and a sysfs of
-its network namespace; a container whose seccomp profile is RuntimeDefault gets the runtime's
-filter (`seccomp.py`).
+fresh private mount namespace and a fresh PID namespace (`unshare --mount --propagation private
+--pid --fork`, plus IPC and UTS): build the container's root filesystem (`rootfs.py`) and make it
+the root, then start the container's program with exactly the identity it was given
+(`privileges.py`), under the runtime's seccomp filter (`seccomp.py`) and a session keyring of
+its own.
 
 This process stays on as the namespace's init (PID 1), like `docker run --init`: it forwards
 signals to the container's process (a PID 1 without handlers would ignore them: Ctrl-C would
 not stop `sleep`), reaps orphans, and exits with the container's status. The container sees
 only its own processes, never the machine's.
 
-Usage: python -m intercept_proxy.runtime.enter SPEC_JSON
-SPEC: {"mounts": [{"source", "target", "read_only"}], "read_only_root": bool, "seccomp": bool,
-       "terminal": bool (stdin is a pseudo-terminal to take as the controlling one),
-       "working_dir": str | null, "env": {...}, "argv": [...] (setpriv ... -- command)}
+Usage: python -I -m intercept_proxy.runtime.enter SPEC_FD
+SPEC_FD: an inherited descriptor (a memfd) holding the JSON specification, read and closed at
+once: a container's specification (its environment included) never appears on a command line.
+SPEC: {"scratch": str, "binds": [{"source", "target", "read_only"}], "read_only_root": bool,
+       "excluded": [str], "seccomp": bool, "terminal": bool (stdin is a pseudo-terminal to take
+       as the controlling one), "working_dir": str | null, "env": {...}, "argv": [...],
+       "identity": {"uid", "gid", "groups", "capabilities", "no_new_privileges"}}
 Mounts die with the mount namespace, so a container leaves none behind.
 """
 
@@ -26,51 +26,71 @@ import fcntl
 import json
 import os
 import signal
-import subprocess
 import sys
 import termios
+from pathlib import Path
 from typing import Any
 
-from intercept_proxy.runtime import seccomp
+from intercept_proxy.runtime import privileges, rootfs, seccomp
 
 # Not SIGINT: a terminal's Ctrl-C reaches the container's process directly (same process group);
 # forwarding it too would deliver it twice.
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+# What the container's program exits with when it could not be started as specified.
+CANNOT_START = 126
 
 
-def _mount(*args: str) -> None:
-    result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"intercept runtime: mount {' '.join(args)}: {result.stderr.strip()}")
+def read_spec(fd: int) -> dict[str, Any]:
+    with os.fdopen(fd, "rb") as spec:
+        spec.seek(0)
+        return json.loads(spec.read())
+
+
+def identity(spec: dict[str, Any]) -> privileges.Identity:
+    who = spec["identity"]
+    return privileges.Identity(
+        uid=who["uid"],
+        gid=who["gid"],
+        groups=tuple(who["groups"]),
+        capabilities=tuple(who["capabilities"]),
+        no_new_privileges=who["no_new_privileges"],
+    )
 
 
 def prepare(spec: dict[str, Any]) -> None:
-    _mount("-t", "tmpfs", "-o", "nosuid,nodev,mode=1777", "tmpfs", "/dev/shm")
-    _mount("-t", "sysfs", "-o", "ro,nosuid,nodev,noexec", "sysfs", "/sys")
-    for mount in spec["mounts"]:
-        _mount("--bind", mount["source"], mount["target"])
-        if mount.get("read_only"):
-            _mount("-o", "remount,bind,ro", mount["target"])
-    # After the binds: a volume bound from a read-only filesystem would be read-only too.
-    if spec.get("read_only_root"):
-        _mount("-o", "remount,bind,ro", "/")
+    binds = [rootfs.Bind(b["source"], b["target"], bool(b.get("read_only"))) for b in spec["binds"]]
+    rootfs.prepare(Path(spec["scratch"]), binds, spec["read_only_root"], spec.get("excluded", ()))
+
+
+def _start(spec: dict[str, Any]) -> None:
+    """In the forked child: become the container's process (never returns)."""
+    try:
+        for sig in (*FORWARDED, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
+        # As root, as before: a working directory the user may not enter is still its own.
+        if spec.get("working_dir"):
+            os.chdir(spec["working_dir"])
+        privileges.new_session_keyring()
+        if spec["seccomp"]:
+            seccomp.install()
+        who = identity(spec)
+        privileges.become(who)
+        privileges.verify(who, seccomp=spec["seccomp"])
+        argv = spec["argv"]
+        os.execvpe(argv[0], argv, spec["env"])
+    except (OSError, privileges.PrivilegeError) as e:
+        print(f"intercept runtime: cannot start {spec['argv'][0]!r}: {e}", file=sys.stderr)
+    os._exit(CANNOT_START)
 
 
 def supervise(spec: dict[str, Any]) -> int:
     """Start the container's process and wait for it as its namespace's init."""
-    argv = spec["argv"]
     if spec.get("terminal"):  # stdin is the container's own pseudo-terminal: make it ours
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     child = os.fork()
     if child == 0:
-        for sig in (*FORWARDED, signal.SIGINT):
-            signal.signal(sig, signal.SIG_DFL)
-        if spec.get("working_dir"):
-            os.chdir(spec["working_dir"])
-        if spec.get("seccomp"):
-            seccomp.install()
-        os.execvpe(argv[0], argv, spec["env"])
+        _start(spec)
     for sig in FORWARDED:
         signal.signal(sig, lambda signum, frame: os.kill(child, signum))
     signal.signal(signal.SIGINT, lambda signum, frame: None)  # the child got it already
@@ -90,6 +110,9 @@ def supervise(spec: dict[str, Any]) -> int:
 
 
 if __name__ == "__main__":
-    specification = json.loads(sys.argv[1])
-    prepare(specification)
+    specification = read_spec(int(sys.argv[1]))
+    try:
+        prepare(specification)
+    except OSError as error:
+        sys.exit(f"intercept runtime: {error}")
     sys.exit(supervise(specification))

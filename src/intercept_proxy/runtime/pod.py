@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -28,9 +29,10 @@ from typing import IO, Any
 
 from intercept_proxy import netns
 from intercept_proxy.injector.pod import ENVOY
-from intercept_proxy.runtime import state
+from intercept_proxy.runtime import admission, state
 from intercept_proxy.runtime.containers import (
     Executables,
+    Identity,
     container_env,
     identity,
     local_argv,
@@ -46,6 +48,8 @@ POD_ROOT = Path("/tmp")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
 STOP_GRACE_S = 5.0
+# Lines of each container's output kept to explain a failure (proxy-init prints ~100 rules).
+RECENT_LINES = 200
 
 
 class PodError(RuntimeError):
@@ -61,9 +65,13 @@ class Options:
     # every other container's output is written to `output` line by line with its name in
     # front, or, without `output`, only kept (the last lines) to explain a failure.
     attached: str | None = None
-    # Paths of this machine bound writable into a container (by name) whose root filesystem is
-    # read-only.
+    # Paths of this machine bound into a container (by name), at the same path: writable
+    # ones first, then read-only ones, which may lie inside them.
     writable: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
+    read_only: Mapping[str, tuple[Path, ...]] = field(default_factory=dict)
+    # The interceptor's own containers, verified to be the injector's by the caller: the only
+    # ones that may run as root, as the sidecar users, with capabilities.
+    trusted: frozenset[str] = frozenset()
     decision_log: Path | None = None
     output: IO[str] | None = None
 
@@ -83,6 +91,7 @@ class LocalPod:
         objects: Mapping[tuple[str, str], dict[str, Any]],
         options: Options,
     ) -> None:
+        admission.check_pod(pod, options.trusted)
         self.pod = pod
         self.spec = pod.get("spec") or {}
         self.options = options
@@ -98,8 +107,9 @@ class LocalPod:
         self._node_trust: Path | None = None
         self._resolv_conf = self.dir / "resolv.conf"
         self._terminal: PseudoTerminal | None = None
+        self._serial = itertools.count()
         self.recent: dict[str, collections.deque[str]] = collections.defaultdict(
-            lambda: collections.deque(maxlen=40)
+            lambda: collections.deque(maxlen=RECENT_LINES)
         )
 
     # -- set-up and clean-up ------------------------------------------------------------------
@@ -143,56 +153,83 @@ class LocalPod:
 
     # -- containers ---------------------------------------------------------------------------
 
-    def _mounts(self, container: dict[str, Any]) -> list[dict[str, Any]]:
-        # Writable paths first: a bind of /tmp made after a volume mounted below it would hide it.
-        mounts = [
-            {"source": str(path), "target": str(path)}
-            for path in self.options.writable.get(container["name"], ())
-        ]
-        for m in container.get("volumeMounts") or []:
-            if m.get("subPath"):
-                raise PodError(f"container {container['name']!r}: subPath is not supported")
-            target = Path(m["mountPath"])
-            state.ensure_mount_point(self.options.prefix, target)
-            mounts.append(
-                {
-                    "source": str(self.volumes.path(m["name"])),
-                    "target": str(target),
-                    "read_only": bool(m.get("readOnly")),
-                }
-            )
-        mounts.append({"source": str(self._resolv_conf), "target": "/etc/resolv.conf"})
-        if self._node_trust is not None:
-            mounts.append({"source": str(self._node_trust), "target": str(SYSTEM_TRUST)})
-        return mounts
+    def _identity(self, container: dict[str, Any]) -> Identity:
+        return identity(container, self.spec, container["name"] in self.options.trusted)
 
-    def _argv(
-        self, container: dict[str, Any], command: list[str] | None = None, terminal: bool = False
-    ) -> list[str]:
+    def _binds(self, container: dict[str, Any]) -> list[dict[str, Any]]:
+        name = container["name"]
+        binds = [
+            {"source": str(path), "target": str(path), "read_only": read_only}
+            for read_only, paths in ((False, self.options.writable), (True, self.options.read_only))
+            for path in paths.get(name, ())
+        ]
+        binds += [
+            {
+                "source": str(self.volumes.path(m["name"])),
+                "target": m["mountPath"],
+                "read_only": bool(m.get("readOnly")),
+            }
+            for m in container.get("volumeMounts") or []
+        ]
+        node = {"/etc/resolv.conf": self._resolv_conf, str(SYSTEM_TRUST): self._node_trust}
+        binds += [
+            {"source": str(source), "target": target, "read_only": True}
+            for target, source in node.items()
+            if source is not None
+        ]
+        return binds
+
+    def _popen(
+        self,
+        container: dict[str, Any],
+        command: list[str] | None = None,
+        terminal: bool = False,
+        **popen: Any,
+    ) -> subprocess.Popen[bytes]:
+        """The container's process: `enter` builds its root and starts its program (or
+        `command`, for an exec probe) as its identity. The specification (its environment
+        included) travels in a memfd, never on a command line."""
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.pod.get("metadata", {}).get("name", "")}
         env |= container_env(container, self.pod)
-        who = identity(container, self.spec)
-        argv = command or local_argv(container, env, self.options.executables)
+        who = self._identity(container)
+        scratch = self.dir / "containers" / f"{container['name']}-{next(self._serial)}"
+        scratch.mkdir(mode=0o700, parents=True)
         spec = {
-            "mounts": self._mounts(container),
+            "scratch": str(scratch),
+            "binds": self._binds(container),
             "read_only_root": who.read_only_root,
+            "excluded": [str(POD_ROOT)],
             "seccomp": who.seccomp,
             "terminal": terminal,
             "working_dir": container.get("workingDir"),
             "env": env,
-            "argv": [shutil.which("setpriv") or "setpriv", *setpriv_argv(who)[1:], "--", *argv],
+            "argv": command or local_argv(container, env, self.options.executables),
+            "identity": {
+                "uid": who.uid,
+                "gid": who.gid,
+                "groups": list(who.groups),
+                "capabilities": list(who.capabilities),
+                "no_new_privileges": who.no_new_privileges,
+            },
         }
-        # -I: root's interpreter must not import from the working directory (the workload's).
-        python = str(self.options.executables.python)
-        launcher = [python, "-I", "-m", "intercept_proxy.runtime.enter", json.dumps(spec)]
-        # Dies with the runtime (even a SIGKILLed one); its own mount, PID, IPC and UTS
-        # namespaces in the pod's network namespace; `enter` becomes the PID namespace's init.
-        return [
-            "setpriv", "--pdeathsig", "KILL", "--",
-            "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
-            "unshare", "--mount", "--propagation", "private", "--ipc", "--uts",
-            "--pid", "--fork", "--kill-child", "--mount-proc", "--", *launcher,
-        ]  # fmt: skip
+        fd = os.memfd_create(f"intercept-{container['name']}")
+        try:
+            os.write(fd, json.dumps(spec).encode())
+            # -I: root's interpreter must not import from the working directory (the
+            # workload's). Dies with the runtime (even a SIGKILLed one); its own mount, PID, IPC
+            # and UTS namespaces in the pod's network namespace; `enter` becomes the PID
+            # namespace's init.
+            python = str(self.options.executables.python)
+            argv = [
+                "setpriv", "--pdeathsig", "KILL", "--",
+                "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
+                "unshare", "--mount", "--propagation", "private", "--ipc", "--uts",
+                "--pid", "--fork", "--kill-child", "--",
+                python, "-I", "-m", "intercept_proxy.runtime.enter", str(fd),
+            ]  # fmt: skip
+            return subprocess.Popen(argv, cwd="/", pass_fds=(fd,), **popen)
+        finally:
+            os.close(fd)
 
     def _start(self, container: dict[str, Any]) -> subprocess.Popen[bytes]:
         name = container["name"]
@@ -200,12 +237,12 @@ class LocalPod:
             # Never the caller's terminal itself: a session of its own, and a terminal of its
             # own when there is one to relay.
             if not sys.stdin.isatty():
-                return subprocess.Popen(self._argv(container), cwd="/", start_new_session=True)
+                return self._popen(container, start_new_session=True)
             self._terminal = PseudoTerminal()
             slave = self._terminal.slave
-            return subprocess.Popen(
-                self._argv(container, terminal=True),
-                cwd="/",
+            return self._popen(
+                container,
+                terminal=True,
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
@@ -217,9 +254,8 @@ class LocalPod:
             # (root's) decision log goes.
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
             stdout = os.fdopen(os.open(self.decision_log, flags, 0o644), "ab")
-        process = subprocess.Popen(
-            self._argv(container),
-            cwd="/",
+        process = self._popen(
+            container,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=subprocess.PIPE,
@@ -239,21 +275,25 @@ class LocalPod:
                 out.write(line)
                 out.flush()
 
-    def _probe(self, container: dict[str, Any], probe: dict[str, Any]) -> bool:
+    def _probe(
+        self, container: dict[str, Any], process: subprocess.Popen[bytes], probe: dict[str, Any]
+    ) -> bool:
         """A kubelet probe, run inside the pod as the container's user."""
         timeout = probe.get("timeoutSeconds", 1)
         if "httpGet" in probe:
             get = probe["httpGet"]
             url = f"http://127.0.0.1:{get['port']}{get.get('path', '/')}"
-            who = identity(container, self.spec)
+            who = self._identity(container)
             command = ["curl", "-sf", "-o", "/dev/null", "--max-time", str(timeout), url]
             argv = netns.exec_argv(self.name, [*setpriv_argv(who), "--", *command])
-        elif "exec" in probe:
-            argv = self._argv(container, probe["exec"]["command"])
-        else:
-            raise PodError(f"container {container['name']!r}: only httpGet and exec probes")
+            try:
+                return (
+                    subprocess.run(argv, capture_output=True, timeout=timeout + 5).returncode == 0
+                )
+            except subprocess.TimeoutExpired:
+                return False
         try:
-            return subprocess.run(argv, capture_output=True, timeout=timeout + 5).returncode == 0
+            return self._exec(process, container, probe["exec"]["command"], timeout).returncode == 0
         except subprocess.TimeoutExpired:
             return False
 
@@ -267,7 +307,7 @@ class LocalPod:
                 raise PodError(
                     f"sidecar {container['name']!r} exited {process.returncode} while starting"
                 )
-            if self._probe(container, probe):
+            if self._probe(container, process, probe):
                 return
             if self._stopping.wait(period):
                 raise PodError("stopped")
@@ -351,23 +391,26 @@ class LocalPod:
         """What `kubectl exec` does: `argv` in a running container's namespaces, as its user,
         with its environment."""
         spec = next(c for c in self.spec.get("containers") or [] if c["name"] == container)
-        env = {"PATH": DEFAULT_PATH} | container_env(spec, self.pod)
-        who = identity(spec, self.spec)
-        pid = _started_process(self._apps[container])
-        enter = ["nsenter", "-t", str(pid), "-m", "-n", "-p", "-i", "-u", "--wd=/"]
+        return self._exec(self._apps[container], spec, argv, timeout)
+
+    def _exec(
+        self,
+        process: subprocess.Popen[bytes],
+        container: dict[str, Any],
+        argv: list[str],
+        timeout: float,
+    ) -> subprocess.CompletedProcess[bytes]:
+        env = {"PATH": DEFAULT_PATH} | container_env(container, self.pod)
+        who = self._identity(container)
+        pid = _started_process(process)
+        # The root and working directory of its init: its own root filesystem.
+        enter = ["nsenter", "-t", str(pid), "-m", "-n", "-p", "-i", "-u", "-r", "-w"]
         if who.seccomp:  # installed before entering: the container may not see our interpreter
             python = str(self.options.executables.python)
             enter = [python, "-I", "-m", "intercept_proxy.runtime.seccomp", *enter]
-        command = [
-            *enter,
-            *setpriv_argv(who),
-            "--",
-            "env",
-            "-i",
-            *(f"{k}={v}" for k, v in env.items()),
-            *argv,
-        ]
-        return subprocess.run(command, capture_output=True, timeout=timeout, check=False)
+        command = [*enter, *setpriv_argv(who), "--", *argv]
+        # The environment as the environment, never as arguments anyone may read in `ps`.
+        return subprocess.run(command, capture_output=True, timeout=timeout, env=env, check=False)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -6,6 +6,11 @@ profile does about the ways out that iptables cannot see.
 - TIOCSTI and TIOCLINUX fail (EPERM): no typing into a terminal;
 - new user namespaces fail (EPERM), and clone3 (whose flags a filter cannot read) reports ENOSYS
   so that the C library falls back to clone;
+- io_uring fails (EPERM): its operations create sockets and open files without the system calls
+  this filter checks (an AF_VSOCK socket through IORING_OP_SOCKET);
+- the kernel keyrings fail (EPERM): add_key, request_key and keyctl reach keys shared by every
+  process of the same UID on this machine, other sandboxes included;
+- bpf, perf_event_open and userfaultfd fail (EPERM), as in container runtimes' default profiles;
 - system calls of another ABI (i386 or x32 on x86-64) fail (ENOSYS): they would dodge the checks.
 
 `program()` is a pure function (classic BPF as bytes); `install()` loads it into the calling
@@ -40,6 +45,7 @@ ALLOWED_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 CLONE_NEWUSER = 0x10000000
 X32_BIT = 0x40000000
+_IO_URING = (425, 426, 427)
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,31 @@ class Abi:
     ioctl: int
     unshare: int
     clone: int
+    # Refused outright (EPERM): keyrings (add_key, request_key, keyctl), bpf, perf_event_open,
+    # userfaultfd, then io_uring (setup, enter, register; the same numbers on every ABI).
+    refused: tuple[int, ...]
     clone3: int = 435
 
 
 ABIS = {
-    "x86_64": Abi(arch=0xC000003E, socket=41, socketpair=53, ioctl=16, unshare=272, clone=56),
-    "aarch64": Abi(arch=0xC00000B7, socket=198, socketpair=199, ioctl=29, unshare=97, clone=220),
+    "x86_64": Abi(
+        arch=0xC000003E,
+        socket=41,
+        socketpair=53,
+        ioctl=16,
+        unshare=272,
+        clone=56,
+        refused=(248, 249, 250, 321, 298, 323, *_IO_URING),
+    ),
+    "aarch64": Abi(
+        arch=0xC00000B7,
+        socket=198,
+        socketpair=199,
+        ioctl=29,
+        unshare=97,
+        clone=220,
+        refused=(217, 218, 219, 280, 241, 282, *_IO_URING),
+    ),
 }
 
 
@@ -97,6 +122,10 @@ def program(abi: Abi) -> bytes:
         ("label", "not_unshare"),
         (_JEQ, abi.clone, "namespaces", "not_clone"),
         ("label", "not_clone"),
+    ]
+    for i, number in enumerate(abi.refused):
+        code += [(_JEQ, number, "eperm", f"not_refused{i}"), ("label", f"not_refused{i}")]
+    code += [
         (_JEQ, abi.clone3, "enosys", "allow"),
         ("label", "family"),
         (_LD_W_ABS, _arg(0)),

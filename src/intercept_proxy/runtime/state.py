@@ -1,9 +1,7 @@
-"""Host-wide state of local pods: which are alive, and the mount points they had to create.
-
-A container's volume must be bound at its mount path, which may not exist on this machine;
-the runtime creates it and removes it again when the last pod needing it is gone. Records live
-under /run (cleared at boot), guarded by a lock, so concurrent pods and a crashed run are safe.
-"""
+"""Host-wide state of local pods: which are alive, so that what a runtime killed without
+warning left behind can be found and removed. Records live under /run (cleared at boot), guarded
+by a lock, so concurrent pods and a crashed run are safe. (Mount points are never made on this
+machine: each container's root has its own writable layer.)"""
 
 from __future__ import annotations
 
@@ -51,42 +49,13 @@ def _alive(record: dict[str, object]) -> bool:
 
 def register(pod: str, netns_name: str) -> None:
     with _locked():
-        data = {"pid": os.getpid(), "netns": netns_name, "created": [], "uses": []}
-        _record(pod).write_text(json.dumps(data))
-
-
-def ensure_mount_point(pod: str, target: Path) -> None:
-    """Create `target` (and missing parents) if absent; remember what this pod created and
-    that it uses `target`, so another pod never removes a mount point still in use."""
-    with _locked():
-        missing = []
-        path = target
-        while not path.exists():
-            missing.append(path)
-            path = path.parent
-        for p in reversed(missing):
-            p.mkdir(mode=0o755)
-        record = _read(_record(pod))
-        record["created"] = [*record.get("created", []), *(str(p) for p in missing)]  # type: ignore[misc]
-        record["uses"] = [*record.get("uses", []), str(target)]  # type: ignore[misc]
-        _record(pod).write_text(json.dumps(record))
+        _record(pod).write_text(json.dumps({"pid": os.getpid(), "netns": netns_name}))
 
 
 def release(pod: str) -> None:
-    """Forget `pod`; remove the mount points it created that no living pod still needs."""
+    """Forget `pod`."""
     with _locked():
-        record = _read(_record(pod))
         _record(pod).unlink(missing_ok=True)
-        needed: set[str] = set()
-        for other in STATE_DIR.glob("*.json"):
-            data = _read(other)
-            if _alive(data):
-                needed.update(data.get("uses", []))  # type: ignore[arg-type]
-        # Deepest first: a created parent is removed after its created children.
-        for path in sorted(record.get("created", []), key=len, reverse=True):  # type: ignore[arg-type]
-            if path not in needed:
-                with contextlib.suppress(OSError):
-                    Path(path).rmdir()  # only if empty: never anything but our own mount point
 
 
 def stale() -> list[dict[str, object]]:

@@ -1,6 +1,7 @@
 """Envoy's bootstrap: only the node identity, the admin endpoint and the way to the agent.
 
-Everything else (listeners, clusters, secrets) arrives over ADS from the agent.
+Everything else (listeners, clusters, secrets) arrives over ADS from the agent, incremental
+(delta) xDS: the agent can tell Envoy to drop a certificate (see `intercept_proxy.xds.server`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def bootstrap(b: Bootstrap) -> dict[str, Any]:
         },
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC",
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],

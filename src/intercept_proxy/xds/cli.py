@@ -8,6 +8,7 @@ import os
 import sys
 
 from intercept_proxy import ports
+from intercept_proxy.argv import after_separator
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import envoy_command
 
@@ -44,6 +45,6 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    argv = envoy_command(_config(args), [a for a in args.envoy_args if a != "--"])
+    argv = envoy_command(_config(args), after_separator(args.envoy_args))
     os.execv(argv[0], argv)
     return 0  # not reached

@@ -22,6 +22,7 @@ from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (  # noqa: F4
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
@@ -30,13 +31,14 @@ from envoy.extensions.formatter.req_without_query.v3 import req_without_query_pb
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: F401
     header_mutation_pb2,
 )
+from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: F401
 from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2  # noqa: F401
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
     downstream_connections_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2, json_format, wrappers_pb2  # noqa: F401
 from google.protobuf.message import Message
 from xds.type.v3 import typed_struct_pb2  # noqa: F401
 

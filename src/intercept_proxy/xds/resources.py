@@ -32,6 +32,7 @@ UPSTREAM_TLS_CLUSTER = "upstream_tls"
 UPSTREAM_PLAIN_CLUSTER = "upstream_plain"
 TLS_LISTENER = "intercept_tls"
 HTTP_LISTENER = "intercept_http"
+TLS_CHAIN = "intercept"
 DNS_CACHE = "upstream_dns"
 # The secret name for a TLS connection without SNI: such a client cannot be identified, and the
 # policy denies it; the name is reserved (RFC 2606), so it is never a real host.
@@ -59,6 +60,16 @@ class DataPlane:
     upstream_connect_timeout_s: float = 10.0
     # No total request timeout (streams, long polls); a stream idle this long is closed.
     stream_idle_timeout_s: float = 300.0
+    # Slow or silent clients (slowloris) hold a connection no longer than this: its first bytes
+    # (a ClientHello, a request line), the TLS handshake, a request's headers once they begin,
+    # a connection without a request. A request under way (a long poll, a WebSocket) is bound
+    # by the stream idle timeout alone.
+    first_bytes_timeout_s: float = 10.0
+    tls_handshake_timeout_s: float = 10.0
+    request_headers_timeout_s: float = 10.0
+    connection_idle_timeout_s: float = 60.0
+    # Streams of one HTTP/2 connection at once.
+    max_concurrent_streams: int = 100
     # The decision log. None: Envoy's own stdout (no file to open, whoever owns it).
     decision_log_path: str | None = None
 
@@ -375,6 +386,9 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         "strip_trailing_host_dot": True,
         "stream_idle_timeout": _duration(dp.stream_idle_timeout_s),
         "request_timeout": "0s",
+        "request_headers_timeout": _duration(dp.request_headers_timeout_s),
+        "common_http_protocol_options": {"idle_timeout": _duration(dp.connection_idle_timeout_s)},
+        "http2_protocol_options": {"max_concurrent_streams": dp.max_concurrent_streams},
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "local_reply_config": local_reply_config(tls=tls),
         "access_log": decision_logs(dp.decision_log_path, tls=tls),
@@ -490,6 +504,51 @@ def _hcm_filter(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
     }
 
 
+def _string_action(name: str) -> dict[str, Any]:
+    return {
+        "action": {
+            "name": name,
+            "typed_config": {"@type": _type("google.protobuf.StringValue"), "value": name},
+        }
+    }
+
+
+def _server_name_matches(regex: str) -> dict[str, Any]:
+    return {
+        "single_predicate": {
+            "input": {
+                "name": "server_name",
+                "typed_config": {
+                    "@type": _type(
+                        "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput"
+                    )
+                },
+            },
+            "value_match": {"safe_regex": {"google_re2": {}, "regex": regex}},
+        }
+    }
+
+
+def server_name_matcher() -> dict[str, Any]:
+    """The TLS listener's one filter chain, for a ClientHello without a server name or with one
+    in printable ASCII (RFC 6066: a host name in ASCII). Any other server name would become a
+    certificate subscription that the agent cannot read (a proto3 string is UTF-8): that
+    connection is closed (its action names no filter chain), and nothing else notices."""
+    return {
+        "matcher_list": {
+            "matchers": [
+                {
+                    "predicate": _server_name_matches("[!-~]+"),
+                    "on_match": _string_action(TLS_CHAIN),
+                },
+                # \C: any byte, UTF-8 or not.
+                {"predicate": _server_name_matches(r"\C+"), "on_match": _string_action("refused")},
+            ]
+        },
+        "on_no_match": _string_action(TLS_CHAIN),  # no server name: the policy says why not
+    }
+
+
 def listeners(dp: DataPlane) -> list[dict[str, Any]]:
     tls_listener = {
         "name": TLS_LISTENER,
@@ -504,19 +563,37 @@ def listeners(dp: DataPlane) -> list[dict[str, Any]]:
                 },
             }
         ],
+        # The ClientHello; then the handshake (its certificate fetched on demand) has its own.
+        "listener_filters_timeout": _duration(dp.first_bytes_timeout_s),
         "filter_chains": [
             {
+                "name": TLS_CHAIN,
                 "filters": [_hcm_filter(dp, tls=True)],
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": downstream_tls_context(),
                 },
+                "transport_socket_connect_timeout": _duration(dp.tls_handshake_timeout_s),
             }
         ],
+        "filter_chain_matcher": server_name_matcher(),
     }
     http_listener = {
         "name": HTTP_LISTENER,
         **_listener_addresses(dp, dp.http_port),
+        # It waits for the request line: a connection that sends nothing (or next to nothing)
+        # is closed after the same time as on the TLS listener.
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.http_inspector",
+                "typed_config": {
+                    "@type": _type(
+                        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+                    )
+                },
+            }
+        ],
+        "listener_filters_timeout": _duration(dp.first_bytes_timeout_s),
         "filter_chains": [{"filters": [_hcm_filter(dp, tls=False)]}],
     }
     return [tls_listener, http_listener]

@@ -1,0 +1,269 @@
+"""What the local runtime refuses to run: a Pod manifest is untrusted input. Pure functions.
+
+The kubelet may trust what an API server validated; this runtime runs on the machine it shares
+with its caller, so it checks every field it uses itself, and names the field in its refusal:
+
+- identities: user and group IDs are integers from 1 to 2^31-1 (the kernel reads (uid_t)-1 as
+  "unchanged"); no container but the interceptor's own (`trusted`, verified by the injector) runs
+  as root or as the interceptor's users, and none uses a system group (below 1000) of this
+  machine, whose files it shares;
+- privileges: no privileged container, no capability but NET_BIND_SERVICE, no privilege
+  escalation (this machine's setuid programs are in every container's root), no profile that
+  turns the runtime's seccomp filter off;
+- names and paths: container and volume names are DNS labels (they name directories), keys and
+  item paths are relative and never climb out (`..`), as the API server requires;
+- probes: an HTTP probe's port is a number and its path a path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from typing import Any
+
+from intercept_proxy.runtime.privileges import CAPABILITIES
+
+MAX_ID = 2**31 - 1
+MIN_GROUP = 1000  # below: this machine's system groups (disk, shadow, docker, ...)
+ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
+VOLUME_TYPES = ("emptyDir", "configMap", "secret", "downwardAPI")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+class AdmissionError(ValueError):
+    """A manifest this runtime will not run; the message names the field and the problem."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+def _label(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _LABEL.fullmatch(value):
+        raise AdmissionError(where, f"{value!r} is not a DNS label (a-z, 0-9, '-', at most 63)")
+    return value
+
+
+def _int(value: object, where: str, low: int, what: str) -> int:
+    if type(value) is not int or not low <= value <= MAX_ID:
+        raise AdmissionError(where, f"{value!r} is not {what} (an integer from {low} to {MAX_ID})")
+    return value
+
+
+def _key(value: object, where: str) -> None:
+    if not isinstance(value, str) or not _KEY.fullmatch(value) or value.startswith(".."):
+        raise AdmissionError(
+            where, f"{value!r} is not a key (letters, digits, '-', '_', '.'; not starting '..')"
+        )
+    if value == ".":
+        raise AdmissionError(where, "'.' is not a key")
+
+
+def _relative_path(value: object, where: str) -> None:
+    """A file inside a volume: relative, never climbing out, no empty or odd component."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise AdmissionError(where, f"{value!r} is not a path")
+    if value.startswith("/"):
+        raise AdmissionError(where, f"{value!r} is absolute: it must be relative to the volume")
+    if ".." in value.split("/") or value.startswith(".."):
+        raise AdmissionError(where, f"{value!r} climbs out of the volume ('..')")
+
+
+def _mode(value: object, where: str) -> None:
+    if value is not None and (type(value) is not int or not 0 <= value <= 0o777):
+        raise AdmissionError(where, f"{value!r} is not a file mode (0 to 0777)")
+
+
+def _items(items: object, where: str, keyed: bool) -> None:
+    if items is None:
+        return
+    if not isinstance(items, list):
+        raise AdmissionError(where, "is not a list")
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            raise AdmissionError(at, "is not an object")
+        if keyed:
+            _key(item.get("key"), f"{at}.key")
+        _relative_path(item.get("path"), f"{at}.path")
+        _mode(item.get("mode"), f"{at}.mode")
+
+
+def check_volume(volume: object, where: str) -> str:
+    if not isinstance(volume, dict):
+        raise AdmissionError(where, "is not an object")
+    name = _label(volume.get("name"), f"{where}.name")
+    kinds = sorted(set(volume) - {"name"})
+    if len(kinds) != 1 or kinds[0] not in VOLUME_TYPES:
+        raise AdmissionError(
+            where,
+            f"volume type {kinds} is not supported here: only one of {', '.join(VOLUME_TYPES)} "
+            "(hostPath and network storage would reach this machine's files or network)",
+        )
+    source = volume[kinds[0]]
+    if not isinstance(source, dict):
+        raise AdmissionError(f"{where}.{kinds[0]}", "is not an object")
+    _mode(source.get("defaultMode"), f"{where}.{kinds[0]}.defaultMode")
+    _items(source.get("items"), f"{where}.{kinds[0]}.items", keyed=kinds[0] != "downwardAPI")
+    return name
+
+
+def _capabilities(context: dict[str, Any], where: str, trusted: bool) -> None:
+    caps = context.get("capabilities") or {}
+    for kind in ("add", "drop"):
+        for i, cap in enumerate(caps.get(kind) or []):
+            name = cap.upper() if isinstance(cap, str) else cap
+            known = name in CAPABILITIES or (kind == "drop" and name == "ALL")
+            if not known:
+                raise AdmissionError(f"{where}.capabilities.{kind}[{i}]", f"unknown {cap!r}")
+            if kind == "add" and not trusted and name not in ALLOWED_CAPABILITIES:
+                raise AdmissionError(
+                    f"{where}.capabilities.add[{i}]",
+                    f"{cap} is not allowed: only {', '.join(sorted(ALLOWED_CAPABILITIES))}",
+                )
+
+
+def _profile(context: dict[str, Any], where: str) -> None:
+    kind = (context.get("seccompProfile") or {}).get("type")
+    if kind not in (None, "RuntimeDefault"):
+        raise AdmissionError(
+            f"{where}.seccompProfile.type",
+            f"{kind!r} is not supported: every container gets the runtime's default profile",
+        )
+
+
+def _security(context: object, where: str, trusted: bool) -> dict[str, Any]:
+    if context is None:
+        return {}
+    if not isinstance(context, dict):
+        raise AdmissionError(where, "is not an object")
+    if context.get("privileged"):
+        raise AdmissionError(f"{where}.privileged", "privileged containers are not supported")
+    if not trusted:
+        if context.get("allowPrivilegeEscalation") is True:
+            raise AdmissionError(
+                f"{where}.allowPrivilegeEscalation",
+                "true is not allowed: this machine's setuid programs are in every container",
+            )
+        _profile(context, where)
+    _capabilities(context, where, trusted)
+    return context
+
+
+def _identity(
+    container: dict[str, Any],
+    pod_context: dict[str, Any],
+    where: str,
+    trusted: bool,
+    reserved: Collection[int],
+) -> tuple[int, int]:
+    context = container.get("securityContext") or {}
+    field = "runAsUser"
+    at = f"{where}.securityContext.{field}" if field in context else f"spec.securityContext.{field}"
+    uid = context.get(field, pod_context.get(field))
+    if uid is None:
+        raise AdmissionError(
+            f"{where}.securityContext.runAsUser",
+            "missing: images are not run here, so there is no image default user",
+        )
+    uid = _int(uid, at, 0 if trusted else 1, "a user ID")
+    if not trusted and uid in reserved:
+        raise AdmissionError(at, f"{uid} is the interceptor's (root or a sidecar's)")
+    if uid == 0 and context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+        raise AdmissionError(at, "0 contradicts runAsNonRoot")
+    field = "runAsGroup"
+    at = f"{where}.securityContext.{field}" if field in context else f"spec.securityContext.{field}"
+    gid = context.get(field, pod_context.get(field, uid))
+    if field not in context and field not in pod_context:
+        at += f" (defaults to runAsUser {uid})"
+    gid = _int(gid, at, 0 if trusted else MIN_GROUP, "a group ID of no system group")
+    return uid, gid
+
+
+def check_pod(pod: object, trusted: Collection[str] = ()) -> None:
+    """Refuse `pod` unless this runtime can run it safely. `trusted`: the names of the
+    interceptor's own containers (verified to be the injector's), which alone may be root."""
+    if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
+        raise AdmissionError("spec", "missing")
+    spec = pod["spec"]
+    pod_context = _security(spec.get("securityContext"), "spec.securityContext", trusted=False)
+    for field in ("supplementalGroups", "fsGroup"):
+        values = pod_context.get(field)
+        for i, gid in enumerate(values if isinstance(values, list) else [values]):
+            if gid is not None:
+                at = f"spec.securityContext.{field}" + (f"[{i}]" if field != "fsGroup" else "")
+                _int(gid, at, MIN_GROUP, "a group ID of no system group")
+    volumes = {
+        check_volume(v, f"spec.volumes[{i}]") for i, v in enumerate(spec.get("volumes") or [])
+    }
+    if len(volumes) != len(spec.get("volumes") or []):
+        raise AdmissionError("spec.volumes", "two volumes have the same name")
+    entries = [
+        (f"spec.{kind}[{i}]", c)
+        for kind in ("initContainers", "containers")
+        for i, c in enumerate(spec.get(kind) or [])
+    ]
+    names = [_label((c or {}).get("name"), f"{where}.name") for where, c in entries]
+    if len(set(names)) != len(names):
+        raise AdmissionError("spec", "two containers have the same name")
+    ids = {
+        name: _identity(c, pod_context, where, True, ())
+        for (where, c), name in zip(entries, names, strict=True)
+        if name in trusted
+    }
+    reserved = {0} | {uid for uid, _ in ids.values()} | {gid for _, gid in ids.values()}
+    for (where, container), name in zip(entries, names, strict=True):
+        check_container(container, where, volumes, name in trusted, pod_context, reserved)
+
+
+def check_container(
+    container: dict[str, Any],
+    where: str,
+    volumes: Collection[str],
+    trusted: bool,
+    pod_context: dict[str, Any],
+    reserved: Collection[int],
+) -> None:
+    _security(container.get("securityContext"), f"{where}.securityContext", trusted)
+    _, gid = _identity(container, pod_context, where, trusted, reserved)
+    if not trusted and gid in reserved:
+        raise AdmissionError(f"{where}.securityContext.runAsGroup", f"{gid} is the interceptor's")
+    for i, mount in enumerate(container.get("volumeMounts") or []):
+        at = f"{where}.volumeMounts[{i}]"
+        if mount.get("name") not in volumes:
+            raise AdmissionError(f"{at}.name", f"no volume named {mount.get('name')!r}")
+        path = mount.get("mountPath")
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            raise AdmissionError(f"{at}.mountPath", f"{path!r} is not an absolute path")
+        if mount.get("subPath") or mount.get("subPathExpr"):
+            raise AdmissionError(f"{at}.subPath", "not supported here")
+    restart = container.get("restartPolicy")
+    if restart not in (None, "Always") or (restart and not where.startswith("spec.initContainers")):
+        raise AdmissionError(f"{where}.restartPolicy", f"{restart!r}: only Always, of sidecars")
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.get(kind)
+        if probe is not None:
+            _probe(probe, f"{where}.{kind}")
+
+
+def _probe(probe: dict[str, Any], where: str) -> None:
+    if "httpGet" in probe:
+        get = probe["httpGet"]
+        port, path = get.get("port"), get.get("path", "/")
+        if type(port) is not int or not 0 < port < 65536:
+            raise AdmissionError(f"{where}.httpGet.port", f"{port!r} is not a port number")
+        if not isinstance(path, str) or not path.startswith("/") or not path.isprintable():
+            raise AdmissionError(f"{where}.httpGet.path", f"{path!r} is not a path")
+        if " " in path:
+            raise AdmissionError(f"{where}.httpGet.path", f"{path!r} has a space")
+    elif "exec" in probe:
+        command = probe["exec"].get("command")
+        if (
+            not isinstance(command, list)
+            or not command
+            or not all(isinstance(a, str) for a in command)
+        ):
+            raise AdmissionError(f"{where}.exec.command", "is not a list of strings")
+    else:
+        raise AdmissionError(where, "only httpGet and exec probes are supported")

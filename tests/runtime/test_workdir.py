@@ -1,0 +1,55 @@
+"""What `intercept run` keeps read-only in the working directory it lets the workload write."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from intercept_proxy.runtime import workdir
+from intercept_proxy.runtime.workdir import WorkdirError, created_repositories, git_metadata
+
+
+def git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_every_git_directory_inside_is_found_parents_first(tmp_path):
+    git("init", "-q", cwd=tmp_path)
+    (tmp_path / "vendor" / "lib").mkdir(parents=True)
+    git("init", "-q", cwd=tmp_path / "vendor" / "lib")
+    # A worktree-style .git file naming a git directory inside the working directory.
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / ".git").write_text("gitdir: ../.git/worktrees/linked\n")
+    (tmp_path / ".git" / "worktrees" / "linked").mkdir(parents=True)
+    # Dependency trees are not searched.
+    (tmp_path / "node_modules" / "dep").mkdir(parents=True)
+    git("init", "-q", cwd=tmp_path / "node_modules" / "dep")
+    assert git_metadata(tmp_path) == [
+        tmp_path / ".git",
+        tmp_path / "linked" / ".git",
+        tmp_path / ".git" / "worktrees" / "linked",
+        tmp_path / "vendor" / "lib" / ".git",
+    ]
+
+
+def test_a_git_directory_above_the_working_directory_is_left_alone(tmp_path):
+    git("init", "-q", cwd=tmp_path)
+    (tmp_path / "src").mkdir()
+    assert git_metadata(tmp_path / "src") == []  # outside what the workload may write
+
+
+def test_repositories_created_during_the_run(tmp_path):
+    git("init", "-q", cwd=tmp_path)
+    before = git_metadata(tmp_path)
+    (tmp_path / "new").mkdir()
+    git("init", "-q", cwd=tmp_path / "new")
+    assert created_repositories(before, git_metadata(tmp_path)) == [tmp_path / "new"]
+
+
+def test_a_working_directory_too_large_to_search_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(workdir, "MAX_DIRECTORIES", 3)
+    for name in "abcd":
+        (tmp_path / name).mkdir()
+    with pytest.raises(WorkdirError, match="smaller working directory"):
+        git_metadata(tmp_path)
