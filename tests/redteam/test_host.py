@@ -99,7 +99,7 @@ def run_pod(
         ({"runAsUser": WORKLOAD_UID, "runAsGroup": -1}, "spec.securityContext.runAsGroup"),
         ({"runAsUser": WORKLOAD_UID, "runAsGroup": 6}, "spec.securityContext.runAsGroup"),
         ({"runAsUser": WORKLOAD_UID, "runAsGroup": 4294967295}, "spec.securityContext.runAsGroup"),
-        ({"runAsUser": 500}, "spec.securityContext.runAsGroup (defaults to runAsUser 500)"),
+        ({"runAsUser": 500}, "spec.securityContext.runAsUser"),  # a system account's range
         ({"runAsUser": WORKLOAD_UID, "fsGroup": 42}, "spec.securityContext.fsGroup"),
     ],
     ids=lambda v: json.dumps(v) if isinstance(v, dict) else v,
@@ -277,7 +277,7 @@ def test_git_metadata_is_read_only_and_nothing_runs_at_the_next_commit(workdir):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["EDITED", "INIT"], result.stdout + result.stderr
-    assert f"the workload created a git repository in {repo / 'sub'}" in result.stderr
+    assert f"the workload created the git repository {repo / 'sub' / '.git'}" in result.stderr
     assert (repo / "tracked.txt").read_text() == "v2\n"
     assert sorted(str(p.relative_to(repo)) for p in (repo / ".git").rglob("*")) == before
     assert (repo / ".git" / "config").read_text() == config
@@ -453,3 +453,210 @@ def test_no_specification_or_environment_on_any_command_line(workdir):
     finally:
         process.terminate()
         process.communicate(timeout=60)
+
+
+# -- found by a later red team --------------------------------------------------------------------
+
+
+def test_configmap_keys_never_name_host_files(workdir):
+    """A key of the object itself (no `items`): it used to become a file anywhere, as root."""
+    name = f"intercept-redteam-{secrets.token_hex(4)}"
+    planted = (
+        "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n"
+        f'data: {{"../../../../../etc/{name}": "#!/bin/sh\\n", "/etc/{name}-abs": "x"}}\n'
+    )
+    volume = {"name": "c", "configMap": {"name": "c", "defaultMode": 0o755}}
+    mount = {"name": "c", "mountPath": "/c"}
+    result = run_pod(workdir, mounts=[mount], volumes=[volume], extra=planted)
+    assert result.returncode == 2, result.stderr
+    assert "intercept run: ConfigMap c: data[" in result.stderr
+    assert not (Path("/etc") / name).exists() and not (Path("/etc") / f"{name}-abs").exists()
+
+
+def test_an_exec_probe_never_runs_the_containers_programs_as_root(workdir):
+    """A probe joins the container as its user: nothing found through the container's PATH or
+    environment runs before the process is that user."""
+    plant = (
+        "mkdir -p /evil; for p in setpriv nsenter env sh test id; do "
+        "printf '#!/bin/sh\\ntouch /shared/ran-as-$(/usr/bin/id -u)\\nexec /usr/bin/'$p' \"$@\"\\n'"
+        " > /evil/$p; chmod 755 /evil/$p; done; sleep 600"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "probe", "labels": {"intercept-proxy/enabled": "true"}},
+        "spec": {
+            "securityContext": {"runAsUser": WORKLOAD_UID},
+            "volumes": [{"name": "shared", "emptyDir": {}}],
+            "initContainers": [
+                {
+                    "name": "side",
+                    "image": "busybox:1.36",
+                    "restartPolicy": "Always",
+                    "env": [
+                        {"name": "PATH", "value": "/evil:/usr/sbin:/usr/bin:/sbin:/bin"},
+                        {"name": "LD_PRELOAD", "value": "/evil/nothing.so"},
+                    ],
+                    "command": ["/bin/sh", "-c", plant],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                    "startupProbe": {
+                        "exec": {"command": ["sh", "-c", "id -u > /shared/probe-uid"]},
+                        "periodSeconds": 1,
+                        "failureThreshold": 30,
+                    },
+                }
+            ],
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "busybox:1.36",
+                    "command": ["/bin/sh", "-c", "cat /shared/probe-uid; ls /shared"],
+                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+                }
+            ],
+        },
+    }
+    (workdir / "pod.yaml").write_text(json.dumps(pod))
+    result = run(workdir, "--pod", "pod.yaml")
+    assert result.returncode == 0, result.stderr
+    assert f"[app] {WORKLOAD_UID}" in result.stderr  # the probe ran, as the container's user
+    assert "ran-as-0" not in result.stderr
+
+
+def test_a_planted_git_link_binds_nothing_into_the_next_run(workdir):
+    hidden = Path(tempfile.mkdtemp(prefix="redteam-hidden-", dir="/tmp"))
+    (hidden / "secret.txt").write_text("host secret\n")
+    hidden.chmod(0o755)
+    workdir.chmod(0o777)
+    try:
+        first = run(
+            workdir,
+            "--user",
+            str(WORKLOAD_UID),
+            "--",
+            "sh",
+            "-c",
+            f"mkdir leak; ln -s {hidden} leak/.git",
+        )
+        assert first.returncode == 0, first.stderr
+        second = run(
+            workdir, "--user", str(WORKLOAD_UID), "--", "sh", "-c", "cat leak/.git/secret.txt"
+        )
+        assert "host secret" not in second.stdout
+    finally:
+        shutil.rmtree(hidden)
+
+
+def test_a_working_directory_the_user_may_not_enter_stays_closed(workdir):
+    # 0700, root's, in the image (this machine's /tmp is not: it starts empty in a container).
+    closed = Path(tempfile.mkdtemp(prefix="intercept-redteam-", dir="/var/lib"))
+    (closed / "open").mkdir(mode=0o755)
+    (closed / "open" / "secret.txt").write_text("root's\n")
+    try:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "wd", "labels": {"intercept-proxy/enabled": "true"}},
+            "spec": {
+                "securityContext": {"runAsUser": WORKLOAD_UID},
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "busybox:1.36",
+                        "workingDir": str(closed / "open"),
+                        "command": ["cat", "secret.txt"],
+                    }
+                ],
+            },
+        }
+        (workdir / "pod.yaml").write_text(json.dumps(pod))
+        result = run(workdir, "--pod", "pod.yaml")
+        assert "root's" not in result.stderr
+        assert "Permission denied" in result.stderr
+    finally:
+        shutil.rmtree(closed)
+
+
+def test_nested_repositories_cannot_be_moved_aside_and_bare_ones_are_named(workdir):
+    repo = workdir / "repo"
+    (repo / "sub").mkdir(parents=True)
+    for path in (repo, repo / "sub"):
+        subprocess.run(["git", "init", "-q", str(path)], check=True)
+    subprocess.run(["chown", "-R", f"{WORKLOAD_UID}:{WORKLOAD_UID}", str(repo)], check=True)
+    shutil.copy(workdir / "lab.yaml", repo)
+    script = "mv sub sub-orig && echo MOVED; git init -q --bare notes && echo BARE"
+    result = subprocess.run(
+        [*intercept("--user", str(WORKLOAD_UID), "--"), "sh", "-c", script],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.stdout.split() == ["BARE"], result.stdout + result.stderr
+    assert (repo / "sub" / ".git").is_dir() and not (repo / "sub-orig").exists()
+    assert f"the workload created the git repository {repo / 'notes'}" in result.stderr
+
+
+def test_setuid_and_setgid_bits_are_never_set(workdir):
+    workdir.chmod(0o777)
+    script = (
+        "cp /bin/true mine; chmod 4755 mine; chmod 2755 mine; "
+        "python3 -c \"import os; os.open('made', os.O_CREAT | os.O_WRONLY, 0o4755)\"; "
+        "ls -l mine made"
+    )
+    result = run(workdir, "--user", str(WORKLOAD_UID), "--", "sh", "-c", script)
+    assert "Operation not permitted" in result.stderr
+    for name in ("mine", "made"):
+        mode = (workdir / name).stat().st_mode if (workdir / name).exists() else 0
+        assert not mode & 0o6000, name
+
+
+def test_without_sudo_the_workload_gets_a_uid_of_its_own(workdir):
+    env = {k: v for k, v in os.environ.items() if k not in ("SUDO_UID", "SUDO_GID", "SUDO_USER")}
+    result = run(workdir, "--", "id", "-u", env=env)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 2_000_000_000  # no account's, not nobody's
+
+
+def test_the_callers_terminal_is_never_handed_over(workdir):
+    """stdin from a pipe, stdout on a terminal: the workload gets a pipe, never the terminal
+    (whose descriptor would read what the caller types)."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [
+                *intercept("--user", str(WORKLOAD_UID), "--"),
+                "python3",
+                "-c",
+                "import os; print(os.isatty(1), os.isatty(2))",
+            ],
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=slave,
+            stderr=slave,
+        )
+        process.wait(120)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+    assert b"False False" in out, out
+
+
+def test_memory_volumes_are_in_memory(sandbox):
+    """The agent's CA key is written to an in-memory volume, as its manifest says."""
+    ca = str(sandbox.pod.volumes.path("intercept-ca"))
+    mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+    (line,) = [m for m in mounts if m.split()[4] == ca]
+    assert line.split(" - ")[1].split()[0] == "tmpfs"

@@ -10,7 +10,7 @@ import pytest
 
 from intercept_proxy.injector.pod import SIDECARS, inject_pod
 from intercept_proxy.injector.settings import InjectorSettings
-from intercept_proxy.runtime.admission import AdmissionError, check_pod
+from intercept_proxy.runtime.admission import Accounts, AdmissionError, check_pod
 
 APP = {"name": "app", "image": "busybox:1.36", "command": ["true"]}
 BASE = {
@@ -65,12 +65,25 @@ def test_run_as_group_is_checked_like_the_other_groups(gid):
     )
 
 
+def test_system_users_are_refused():
+    refused(pod(securityContext={"runAsUser": 33}), "spec.securityContext.runAsUser", "system")
+
+
 def test_the_default_group_is_the_user_and_is_checked_too():
-    refused(
-        pod(securityContext={"runAsUser": 33}),
-        "spec.securityContext.runAsGroup (defaults to runAsUser 33)",
-        "group ID of no system group",
-    )
+    # 5000 is no system account, but this machine has a group 5000.
+    accounts = Accounts(users=frozenset(), groups=frozenset({5000}))
+    with pytest.raises(AdmissionError) as error:
+        check_pod(pod(securityContext={"runAsUser": 5000}), (), accounts)
+    assert error.value.field == "spec.securityContext.runAsGroup (defaults to runAsUser 5000)"
+    assert "is a group of this machine" in str(error.value)
+
+
+def test_this_machines_accounts_are_refused_unless_the_operator_chose_them():
+    accounts = Accounts(users=frozenset({1000}), groups=frozenset({1000}))
+    manifest = pod(securityContext={"runAsUser": 1000})
+    with pytest.raises(AdmissionError, match="1000 is an account of this machine"):
+        check_pod(manifest, (), accounts)
+    check_pod(manifest, (), Accounts(accounts.users, accounts.groups, frozenset({1000})))
 
 
 @pytest.mark.parametrize(

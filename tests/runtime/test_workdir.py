@@ -25,18 +25,26 @@ def test_every_git_directory_inside_is_found_parents_first(tmp_path):
     # Dependency trees are not searched.
     (tmp_path / "node_modules" / "dep").mkdir(parents=True)
     git("init", "-q", cwd=tmp_path / "node_modules" / "dep")
-    assert git_metadata(tmp_path) == [
+    # A bare repository, and a link named .git to a directory outside (never bound).
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "mirror")], check=True)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / ".git").symlink_to("/etc")
+    found = git_metadata(tmp_path)
+    assert found.git_dirs == (
         tmp_path / ".git",
+        tmp_path / "mirror",
         tmp_path / "linked" / ".git",
         tmp_path / ".git" / "worktrees" / "linked",
         tmp_path / "vendor" / "lib" / ".git",
-    ]
+    )
+    # Every directory between the working directory and a git directory is pinned.
+    assert found.pinned == (tmp_path / "linked", tmp_path / "vendor", tmp_path / "vendor" / "lib")
 
 
 def test_a_git_directory_above_the_working_directory_is_left_alone(tmp_path):
     git("init", "-q", cwd=tmp_path)
     (tmp_path / "src").mkdir()
-    assert git_metadata(tmp_path / "src") == []  # outside what the workload may write
+    assert git_metadata(tmp_path / "src").git_dirs == ()  # outside what it may write
 
 
 def test_repositories_created_during_the_run(tmp_path):
@@ -44,7 +52,13 @@ def test_repositories_created_during_the_run(tmp_path):
     before = git_metadata(tmp_path)
     (tmp_path / "new").mkdir()
     git("init", "-q", cwd=tmp_path / "new")
-    assert created_repositories(before, git_metadata(tmp_path)) == [tmp_path / "new"]
+    assert created_repositories(before, git_metadata(tmp_path)) == [tmp_path / "new" / ".git"]
+    # Renamed: still the same repository, and the new one in its place is named.
+    (tmp_path / "new").rename(tmp_path / "moved")
+    (tmp_path / "new").mkdir()
+    git("init", "-q", cwd=tmp_path / "new")
+    created = created_repositories(before, git_metadata(tmp_path))
+    assert created == [tmp_path / "moved" / ".git", tmp_path / "new" / ".git"]
 
 
 def test_a_working_directory_too_large_to_search_is_refused(tmp_path, monkeypatch):

@@ -3,10 +3,11 @@
 The kubelet may trust what an API server validated; this runtime runs on the machine it shares
 with its caller, so it checks every field it uses itself, and names the field in its refusal:
 
-- identities: user and group IDs are integers from 1 to 2^31-1 (the kernel reads (uid_t)-1 as
-  "unchanged"); no container but the interceptor's own (`trusted`, verified by the injector) runs
-  as root or as the interceptor's users, and none uses a system group (below 1000) of this
-  machine, whose files it shares;
+- identities: user and group IDs are integers from 1000 to 2^31-1 (below: system accounts; the
+  kernel reads (uid_t)-1 as "unchanged"), never an account or group of this machine (whose files
+  every container shares) but those the operator chose (`intercept run --user`); only the
+  interceptor's own containers (`trusted`, verified by the injector) run as root or as the
+  interceptor's users;
 - privileges: no privileged container, no capability but NET_BIND_SERVICE, no privilege
   escalation (this machine's setuid programs are in every container's root), no profile that
   turns the runtime's seccomp filter off;
@@ -17,18 +18,42 @@ with its caller, so it checks every field it uses itself, and names the field in
 
 from __future__ import annotations
 
+import grp
+import pwd
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy.runtime.privileges import CAPABILITIES
+from intercept_proxy.runtime.volumes import VolumeError, quantity_bytes
 
 MAX_ID = 2**31 - 1
-MIN_GROUP = 1000  # below: this machine's system groups (disk, shadow, docker, ...)
+MIN_GROUP = 1000  # below: this machine's system accounts and groups (disk, shadow, docker, ...)
 ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 VOLUME_TYPES = ("emptyDir", "configMap", "secret", "downwardAPI")
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+@dataclass(frozen=True)
+class Accounts:
+    """The user and group IDs of this machine's accounts, and those the operator chose."""
+
+    users: frozenset[int] = frozenset()
+    groups: frozenset[int] = frozenset()
+    chosen: frozenset[int] = frozenset()
+
+    @classmethod
+    def of_this_machine(cls, chosen: frozenset[int] = frozenset()) -> Accounts:
+        return cls(
+            frozenset(u.pw_uid for u in pwd.getpwall()),
+            frozenset(g.gr_gid for g in grp.getgrall()),
+            chosen,
+        )
+
+    def taken(self, value: int, group: bool) -> bool:
+        return value not in self.chosen and value in (self.groups if group else self.users)
 
 
 class AdmissionError(ValueError):
@@ -105,6 +130,11 @@ def check_volume(volume: object, where: str) -> str:
     if not isinstance(source, dict):
         raise AdmissionError(f"{where}.{kinds[0]}", "is not an object")
     _mode(source.get("defaultMode"), f"{where}.{kinds[0]}.defaultMode")
+    if kinds[0] == "emptyDir" and source.get("sizeLimit") is not None:
+        try:
+            quantity_bytes(source["sizeLimit"])
+        except VolumeError as e:
+            raise AdmissionError(f"{where}.emptyDir.sizeLimit", str(e)) from None
     _items(source.get("items"), f"{where}.{kinds[0]}.items", keyed=kinds[0] != "downwardAPI")
     return name
 
@@ -157,6 +187,7 @@ def _identity(
     where: str,
     trusted: bool,
     reserved: Collection[int],
+    accounts: Accounts,
 ) -> tuple[int, int]:
     context = container.get("securityContext") or {}
     field = "runAsUser"
@@ -170,6 +201,10 @@ def _identity(
     uid = _int(uid, at, 0 if trusted else 1, "a user ID")
     if not trusted and uid in reserved:
         raise AdmissionError(at, f"{uid} is the interceptor's (root or a sidecar's)")
+    if not trusted and uid not in accounts.chosen:
+        _int(uid, at, MIN_GROUP, "a user ID of no system account")
+        if accounts.taken(uid, group=False):
+            raise AdmissionError(at, f"{uid} is an account of this machine: its files are its own")
     if uid == 0 and context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
         raise AdmissionError(at, "0 contradicts runAsNonRoot")
     field = "runAsGroup"
@@ -178,12 +213,26 @@ def _identity(
     if field not in context and field not in pod_context:
         at += f" (defaults to runAsUser {uid})"
     gid = _int(gid, at, 0 if trusted else MIN_GROUP, "a group ID of no system group")
+    if not trusted and accounts.taken(gid, group=True):
+        raise AdmissionError(at, f"{gid} is a group of this machine: its files are its own")
     return uid, gid
 
 
-def check_pod(pod: object, trusted: Collection[str] = ()) -> None:
+def check_objects(objects: Mapping[tuple[str, str], dict[str, Any]]) -> None:
+    """The ConfigMaps and Secrets a pod's volumes read: every key names a file of a volume."""
+    for (kind, name), obj in objects.items():
+        for field in ("data", "binaryData", "stringData"):
+            section = obj.get(field) or {}
+            if not isinstance(section, dict):
+                raise AdmissionError(f"{kind} {name}: {field}", "is not a mapping")
+            for key in section:
+                _key(key, f"{kind} {name}: {field}[{key!r}]")
+
+
+def check_pod(pod: object, trusted: Collection[str] = (), accounts: Accounts = Accounts()) -> None:
     """Refuse `pod` unless this runtime can run it safely. `trusted`: the names of the
-    interceptor's own containers (verified to be the injector's), which alone may be root."""
+    interceptor's own containers (verified to be the injector's), which alone may be root;
+    `accounts`: this machine's, which no other container may use."""
     if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
         raise AdmissionError("spec", "missing")
     spec = pod["spec"]
@@ -194,6 +243,8 @@ def check_pod(pod: object, trusted: Collection[str] = ()) -> None:
             if gid is not None:
                 at = f"spec.securityContext.{field}" + (f"[{i}]" if field != "fsGroup" else "")
                 _int(gid, at, MIN_GROUP, "a group ID of no system group")
+                if accounts.taken(gid, group=True):
+                    raise AdmissionError(at, f"{gid} is a group of this machine")
     volumes = {
         check_volume(v, f"spec.volumes[{i}]") for i, v in enumerate(spec.get("volumes") or [])
     }
@@ -208,13 +259,13 @@ def check_pod(pod: object, trusted: Collection[str] = ()) -> None:
     if len(set(names)) != len(names):
         raise AdmissionError("spec", "two containers have the same name")
     ids = {
-        name: _identity(c, pod_context, where, True, ())
+        name: _identity(c, pod_context, where, True, (), accounts)
         for (where, c), name in zip(entries, names, strict=True)
         if name in trusted
     }
     reserved = {0} | {uid for uid, _ in ids.values()} | {gid for _, gid in ids.values()}
     for (where, container), name in zip(entries, names, strict=True):
-        check_container(container, where, volumes, name in trusted, pod_context, reserved)
+        check_container(container, where, volumes, name in trusted, pod_context, reserved, accounts)
 
 
 def check_container(
@@ -224,9 +275,10 @@ def check_container(
     trusted: bool,
     pod_context: dict[str, Any],
     reserved: Collection[int],
+    accounts: Accounts,
 ) -> None:
     _security(container.get("securityContext"), f"{where}.securityContext", trusted)
-    _, gid = _identity(container, pod_context, where, trusted, reserved)
+    _, gid = _identity(container, pod_context, where, trusted, reserved, accounts)
     if not trusted and gid in reserved:
         raise AdmissionError(f"{where}.securityContext.runAsGroup", f"{gid} is the interceptor's")
     for i, mount in enumerate(container.get("volumeMounts") or []):

@@ -8,6 +8,8 @@ import collections
 import contextlib
 import json
 import os
+import pwd
+import secrets
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -74,7 +76,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--user",
         type=int,
         metavar="UID",
-        help=f"the workload's UID (and group), from {MIN_GROUP} to {MAX_ID}",
+        help=f"the workload's UID (and group), from {MIN_GROUP} to {MAX_ID} (default: yours "
+        "behind sudo, else a UID of the sandbox's own)",
     )
     run.add_argument("--pod", type=Path, metavar="FILE", help="run this Pod manifest instead")
     run.add_argument(
@@ -96,15 +99,36 @@ def _executables() -> Executables:
     return Executables(intercept=intercept, envoy=envoy_binary())
 
 
-NOBODY = 65534
+# Where a sandbox's own UID is taken from when the caller names none: far above the accounts a
+# machine hands out.
+SANDBOX_UIDS = range(2_000_000_000, 2_100_000_000)
+
+
+def _in_use(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        pass
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("Uid:") and str(uid) in line.split()[1:]:
+                    return True
+    return False
 
 
 def default_uid() -> int:
-    """The invoking user's UID behind sudo (files it writes stay theirs), else nobody."""
+    """The invoking user's UID behind sudo (files it writes stay theirs), else a UID of this
+    sandbox's own, which no account and no other process has (not `nobody`: every process of
+    a shared UID may read the others' environment and files)."""
     sudo = os.environ.get("SUDO_UID", "")
     if sudo.isdigit() and MIN_GROUP <= int(sudo) <= MAX_ID:
         return int(sudo)
-    return NOBODY
+    while True:
+        uid = secrets.choice(SANDBOX_UIDS)
+        if not _in_use(uid):
+            return uid
 
 
 def check_user(uid: int, settings: InjectorSettings) -> None:
@@ -269,6 +293,7 @@ def _run(args: argparse.Namespace) -> int:
         objects = [policy_config_map(args.policy, settings.policy_config_map)]
         writable: dict[str, tuple[Path, ...]] = {}
         read_only: dict[str, tuple[Path, ...]] = {}
+        operator_ids: frozenset[int] = frozenset()  # IDs the caller chose: theirs to use
         if args.pod:
             manifests = load_manifests(args.pod)
             pods = [m for m in manifests if m.get("kind") == "Pod"]
@@ -286,12 +311,19 @@ def _run(args: argparse.Namespace) -> int:
         else:
             uid = args.user if args.user is not None else default_uid()
             check_user(uid, settings)
+            operator_ids = frozenset({uid})
             pod = command_pod(command, uid)
             attached = WORKLOAD
             workdir = Path.cwd()
-            repositories = git_metadata(workdir)
-            writable[WORKLOAD] = (workdir,)
-            read_only[WORKLOAD] = tuple(repositories)
+            protection = git_metadata(workdir)
+            writable[WORKLOAD] = (workdir, *protection.pinned)
+            # The operator's own files, where the workload could otherwise loosen them for the
+            # next run.
+            operators = [p.resolve() for p in (args.policy, args.lab) if p is not None]
+            read_only[WORKLOAD] = (
+                *protection.git_dirs,
+                *(p for p in operators if p.is_relative_to(workdir)),
+            )
         # Every pod is intercepted here; one injected already is verified to be this injection's.
         pod = inject_pod(pod, settings)
         by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
@@ -304,6 +336,7 @@ def _run(args: argparse.Namespace) -> int:
                 writable=writable,
                 read_only=read_only,
                 trusted=frozenset(SIDECARS),
+                operator_ids=operator_ids,
                 decision_log=decision_log,
                 # Without a terminal of its own the workload's output and the sidecars' mix.
                 output=sys.stderr if args.verbose or attached is None else None,
@@ -316,11 +349,11 @@ def _run(args: argparse.Namespace) -> int:
                     sys.stderr.writelines(lines)
                 raise
         if attached is not None:
-            for repository in created_repositories(repositories, git_metadata(workdir)):
+            for git_dir in created_repositories(protection, git_metadata(workdir)):
                 print(
-                    f"intercept run: the workload created a git repository in {repository}: "
-                    "its hooks and configuration are the workload's, inspect them before "
-                    "running git there",
+                    f"intercept run: the workload created the git repository {git_dir}: its "
+                    "hooks and configuration are the workload's, inspect them before running "
+                    "git there",
                     file=sys.stderr,
                 )
         if sys.stderr.isatty():

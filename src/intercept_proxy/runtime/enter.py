@@ -67,15 +67,15 @@ def _start(spec: dict[str, Any]) -> None:
     try:
         for sig in (*FORWARDED, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        # As root, as before: a working directory the user may not enter is still its own.
-        if spec.get("working_dir"):
-            os.chdir(spec["working_dir"])
         privileges.new_session_keyring()
         if spec["seccomp"]:
             seccomp.install()
         who = identity(spec)
         privileges.become(who)
         privileges.verify(who, seccomp=spec["seccomp"])
+        # As the container's user: a directory it may not enter (under a 0700 home) stays so.
+        if spec.get("working_dir"):
+            os.chdir(spec["working_dir"])
         argv = spec["argv"]
         os.execvpe(argv[0], argv, spec["env"])
     except (OSError, privileges.PrivilegeError) as e:

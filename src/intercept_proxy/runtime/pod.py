@@ -38,6 +38,7 @@ from intercept_proxy.runtime.containers import (
     local_argv,
     setpriv_argv,
 )
+from intercept_proxy.runtime.mounts import unmount_under
 from intercept_proxy.runtime.network import Uplink, release_host_uplink
 from intercept_proxy.runtime.terminal import PseudoTerminal
 from intercept_proxy.runtime.volumes import PodVolumes
@@ -72,6 +73,9 @@ class Options:
     # The interceptor's own containers, verified to be the injector's by the caller: the only
     # ones that may run as root, as the sidecar users, with capabilities.
     trusted: frozenset[str] = frozenset()
+    # User and group IDs the operator chose (intercept run --user): accounts of this machine
+    # that a manifest may not otherwise name.
+    operator_ids: frozenset[int] = frozenset()
     decision_log: Path | None = None
     output: IO[str] | None = None
 
@@ -91,7 +95,10 @@ class LocalPod:
         objects: Mapping[tuple[str, str], dict[str, Any]],
         options: Options,
     ) -> None:
-        admission.check_pod(pod, options.trusted)
+        admission.check_pod(
+            pod, options.trusted, admission.Accounts.of_this_machine(options.operator_ids)
+        )
+        admission.check_objects(objects)
         self.pod = pod
         self.spec = pod.get("spec") or {}
         self.options = options
@@ -108,6 +115,7 @@ class LocalPod:
         self._resolv_conf = self.dir / "resolv.conf"
         self._terminal: PseudoTerminal | None = None
         self._serial = itertools.count()
+        self._copies: list[threading.Thread] = []  # output relayed to the caller
         self.recent: dict[str, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=RECENT_LINES)
         )
@@ -180,15 +188,10 @@ class LocalPod:
         return binds
 
     def _popen(
-        self,
-        container: dict[str, Any],
-        command: list[str] | None = None,
-        terminal: bool = False,
-        **popen: Any,
+        self, container: dict[str, Any], terminal: bool = False, **popen: Any
     ) -> subprocess.Popen[bytes]:
-        """The container's process: `enter` builds its root and starts its program (or
-        `command`, for an exec probe) as its identity. The specification (its environment
-        included) travels in a memfd, never on a command line."""
+        """The container's process: `enter` builds its root and starts its program as its
+        identity."""
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.pod.get("metadata", {}).get("name", "")}
         env |= container_env(container, self.pod)
         who = self._identity(container)
@@ -203,31 +206,36 @@ class LocalPod:
             "terminal": terminal,
             "working_dir": container.get("workingDir"),
             "env": env,
-            "argv": command or local_argv(container, env, self.options.executables),
-            "identity": {
-                "uid": who.uid,
-                "gid": who.gid,
-                "groups": list(who.groups),
-                "capabilities": list(who.capabilities),
-                "no_new_privileges": who.no_new_privileges,
-            },
+            "argv": local_argv(container, env, self.options.executables),
+            "identity": _identity_spec(who),
         }
-        fd = os.memfd_create(f"intercept-{container['name']}")
+        # Dies with the runtime (even a SIGKILLed one); its own mount, PID, IPC and UTS
+        # namespaces in the pod's network namespace; `enter` becomes the PID namespace's init.
+        namespaces = [
+            "setpriv", "--pdeathsig", "KILL", "--",
+            "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
+            "unshare", "--mount", "--propagation", "private", "--ipc", "--uts",
+            "--pid", "--fork", "--kill-child", "--",
+        ]  # fmt: skip
+        return self._launch("enter", spec, namespaces, subprocess.Popen, **popen)
+
+    def _launch(
+        self,
+        module: str,
+        spec: dict[str, Any],
+        before: list[str],
+        launcher: Callable[..., Any],
+        **popen: Any,
+    ) -> Any:
+        """`python -I -m intercept_proxy.runtime.<module>` (after `before`), its specification
+        (a container's environment included) in a memfd: never on a command line. -I: root's
+        interpreter must not import from the working directory (the workload's)."""
+        fd = os.memfd_create(f"intercept-{module}")
         try:
             os.write(fd, json.dumps(spec).encode())
-            # -I: root's interpreter must not import from the working directory (the
-            # workload's). Dies with the runtime (even a SIGKILLed one); its own mount, PID, IPC
-            # and UTS namespaces in the pod's network namespace; `enter` becomes the PID
-            # namespace's init.
             python = str(self.options.executables.python)
-            argv = [
-                "setpriv", "--pdeathsig", "KILL", "--",
-                "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
-                "unshare", "--mount", "--propagation", "private", "--ipc", "--uts",
-                "--pid", "--fork", "--kill-child", "--",
-                python, "-I", "-m", "intercept_proxy.runtime.enter", str(fd),
-            ]  # fmt: skip
-            return subprocess.Popen(argv, cwd="/", pass_fds=(fd,), **popen)
+            argv = [*before, python, "-I", "-m", f"intercept_proxy.runtime.{module}", str(fd)]
+            return launcher(argv, cwd="/", pass_fds=(fd,), **popen)
         finally:
             os.close(fd)
 
@@ -235,9 +243,18 @@ class LocalPod:
         name = container["name"]
         if name == self.options.attached:
             # Never the caller's terminal itself: a session of its own, and a terminal of its
-            # own when there is one to relay.
+            # own when there is one to relay. Without one, output that goes to a terminal goes
+            # through a pipe: a terminal's descriptor would read what the caller types.
             if not sys.stdin.isatty():
-                return self._popen(container, start_new_session=True)
+                targets = {"stdout": sys.stdout, "stderr": sys.stderr}
+                piped = {k: subprocess.PIPE for k, f in targets.items() if f.isatty()}
+                process = self._popen(container, start_new_session=True, **piped)
+                for key in piped:
+                    source, target = getattr(process, key), targets[key]
+                    copy = threading.Thread(target=_copy, args=(source, target), daemon=True)
+                    copy.start()
+                    self._copies.append(copy)
+                return process
             self._terminal = PseudoTerminal()
             slave = self._terminal.slave
             return self._popen(
@@ -355,6 +372,8 @@ class LocalPod:
             relay = self._terminal.relaying() if self._terminal else contextlib.nullcontext()
             with relay:
                 statuses = [self._wait(p) for p in apps.values()]
+            for copy in self._copies:
+                copy.join(5)  # its last output
             return statuses[0] if statuses else 0
         finally:
             self._teardown()
@@ -400,23 +419,41 @@ class LocalPod:
         argv: list[str],
         timeout: float,
     ) -> subprocess.CompletedProcess[bytes]:
-        env = {"PATH": DEFAULT_PATH} | container_env(container, self.pod)
         who = self._identity(container)
-        pid = _started_process(process)
-        # The root and working directory of its init: its own root filesystem.
-        enter = ["nsenter", "-t", str(pid), "-m", "-n", "-p", "-i", "-u", "-r", "-w"]
-        if who.seccomp:  # installed before entering: the container may not see our interpreter
-            python = str(self.options.executables.python)
-            enter = [python, "-I", "-m", "intercept_proxy.runtime.seccomp", *enter]
-        command = [*enter, *setpriv_argv(who), "--", *argv]
-        # The environment as the environment, never as arguments anyone may read in `ps`.
-        return subprocess.run(command, capture_output=True, timeout=timeout, env=env, check=False)
+        spec = {
+            "pid": _started_process(process),
+            "identity": _identity_spec(who),
+            "seccomp": who.seccomp,
+            "working_dir": container.get("workingDir"),
+            "env": {"PATH": DEFAULT_PATH} | container_env(container, self.pod),
+            "argv": argv,
+        }
+        return self._launch(
+            "join", spec, [], subprocess.run, capture_output=True, timeout=timeout, check=False
+        )
 
     def stop(self) -> None:
         self._stopping.set()
 
     def set_annotations(self, annotations: dict[str, str]) -> None:
         self.volumes.set_annotations(annotations)
+
+
+def _copy(source: IO[bytes], target: IO[str]) -> None:
+    """Bytes as they come (an interactive program's prompt has no newline)."""
+    while data := os.read(source.fileno(), 65536):
+        target.buffer.write(data)
+        target.flush()
+
+
+def _identity_spec(who: Identity) -> dict[str, Any]:
+    return {
+        "uid": who.uid,
+        "gid": who.gid,
+        "groups": list(who.groups),
+        "capabilities": list(who.capabilities),
+        "no_new_privileges": who.no_new_privileges,
+    }
 
 
 def _children(pid: int) -> list[int]:
@@ -478,6 +515,7 @@ def cleanup_stale() -> list[str]:
         state.release(prefix)
         for leftover in POD_ROOT.glob(f"intercept-*-{prefix}*"):
             if leftover.is_dir():
+                unmount_under(leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)

@@ -26,15 +26,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from intercept_proxy.runtime.mounts import (
+    ATTR_NODEV,
+    ATTR_NOSUID,
+    ATTR_RDONLY,
     MS_BIND,
     MS_NODEV,
     MS_NOEXEC,
     MS_NOSUID,
     MS_RDONLY,
     MS_REMOUNT,
+    MountError,
     beneath,
+    bind_fd,
     fd_path,
     mount,
+    open_beneath,
     pivot_root,
 )
 
@@ -115,7 +121,9 @@ def _layer(scratch: Path) -> tuple[Path, Path, Path]:
 
 def _dev(root: int) -> None:
     with beneath(root, "/dev") as dev:
-        mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+        # nodev: no device a container could make (mknod) works; the binds below are mounts
+        # of this machine's own nodes.
+        mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k")
     for name in DEVICES:
         with beneath(root, f"/dev/{name}", file=True) as target:
             mount(f"/dev/{name}", target, None, MS_BIND)
@@ -135,17 +143,24 @@ def _dev(root: int) -> None:
 
 
 def bind(root: int, b: Bind) -> None:
-    """`b.source` (a path of this machine) at `b.target` inside the container's root."""
-    source = os.open(b.source, os.O_PATH | os.O_CLOEXEC)
+    """`b.source` (a path of this machine, never through a symbolic link) at `b.target` inside
+    the container's root, nosuid and nodev, read-only if asked, from the moment it appears."""
     try:
-        is_dir = stat.S_ISDIR(os.fstat(source).st_mode)
-        with beneath(root, b.target, file=not is_dir) as target:
-            mount(fd_path(source), target, None, MS_BIND)
+        source = os.open(b.source, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise MountError(e.errno, f"{b.source}: {e.strerror}") from None
+    try:
+        info = os.fstat(source)
+        if stat.S_ISLNK(info.st_mode):
+            raise MountError(0, f"{b.source} is a symbolic link: never bound")
+        target = open_beneath(root, b.target, file=not stat.S_ISDIR(info.st_mode))
+        try:
+            attributes = ATTR_NOSUID | ATTR_NODEV | (ATTR_RDONLY if b.read_only else 0)
+            bind_fd(source, target, attributes, f"{b.source} on {b.target}")
+        finally:
+            os.close(target)
     finally:
         os.close(source)
-    flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | (MS_RDONLY if b.read_only else 0)
-    with beneath(root, b.target) as target:  # the new mount, now on top
-        mount(None, target, None, flags)
 
 
 def prepare(scratch: Path, binds: list[Bind], read_only: bool, excluded: Iterable[str]) -> None:

@@ -11,6 +11,10 @@ profile does about the ways out that iptables cannot see.
 - the kernel keyrings fail (EPERM): add_key, request_key and keyctl reach keys shared by every
   process of the same UID on this machine, other sandboxes included;
 - bpf, perf_event_open and userfaultfd fail (EPERM), as in container runtimes' default profiles;
+- setting the setuid or setgid bit fails (EPERM: chmod, fchmod, fchmodat, fchmodat2, open,
+  openat, creat, mknod, mknodat with such a mode; openat2, whose mode a filter cannot read,
+  reports ENOSYS so that the C library falls back to openat): a file the workload leaves in its
+  working directory never lends its user to whoever runs it later;
 - system calls of another ABI (i386 or x32 on x86-64) fail (ENOSYS): they would dodge the checks.
 
 `program()` is a pure function (classic BPF as bytes); `install()` loads it into the calling
@@ -45,6 +49,7 @@ ALLOWED_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 CLONE_NEWUSER = 0x10000000
 X32_BIT = 0x40000000
+SET_ID_BITS = 0o6000  # S_ISUID | S_ISGID
 _IO_URING = (425, 426, 427)
 
 
@@ -59,7 +64,10 @@ class Abi:
     # Refused outright (EPERM): keyrings (add_key, request_key, keyctl), bpf, perf_event_open,
     # userfaultfd, then io_uring (setup, enter, register; the same numbers on every ABI).
     refused: tuple[int, ...]
+    # (system call, index of its mode argument): refused with a setuid or setgid bit.
+    modes: tuple[tuple[int, int], ...]
     clone3: int = 435
+    openat2: int = 437
 
 
 ABIS = {
@@ -71,6 +79,8 @@ ABIS = {
         unshare=272,
         clone=56,
         refused=(248, 249, 250, 321, 298, 323, *_IO_URING),
+        # chmod, fchmod, fchmodat, fchmodat2, open, openat, creat, mknod, mknodat
+        modes=((90, 1), (91, 1), (268, 2), (452, 2), (2, 2), (257, 3), (85, 1), (133, 1), (259, 2)),
     ),
     "aarch64": Abi(
         arch=0xC00000B7,
@@ -80,6 +90,8 @@ ABIS = {
         unshare=97,
         clone=220,
         refused=(217, 218, 219, 280, 241, 282, *_IO_URING),
+        # fchmod, fchmodat, fchmodat2, openat, mknodat
+        modes=((52, 1), (53, 2), (452, 2), (56, 3), (33, 2)),
     ),
 }
 
@@ -98,6 +110,8 @@ def _assemble(code: list[tuple]) -> bytes:
             continue
         op, k, *targets = item
         jt, jf = (labels[t] - position - 1 if t else 0 for t in (targets or [None, None]))
+        if not (0 <= jt < 256 and 0 <= jf < 256):  # a classic BPF jump is one byte forward
+            raise ValueError(f"a jump too far at instruction {position}")
         out += struct.pack("=HBBI", op, jt, jf, k)
         position += 1
     return out
@@ -125,7 +139,11 @@ def program(abi: Abi) -> bytes:
     ]
     for i, number in enumerate(abi.refused):
         code += [(_JEQ, number, "eperm", f"not_refused{i}"), ("label", f"not_refused{i}")]
+    for i, (number, _) in enumerate(abi.modes):
+        code += [(_JEQ, number, f"mode{i}", f"not_mode{i}"), ("label", f"not_mode{i}")]
     code += [
+        (_JEQ, abi.openat2, "enosys", "not_openat2"),
+        ("label", "not_openat2"),
         (_JEQ, abi.clone3, "enosys", "allow"),
         ("label", "family"),
         (_LD_W_ABS, _arg(0)),
@@ -142,6 +160,14 @@ def program(abi: Abi) -> bytes:
         ("label", "namespaces"),
         (_LD_W_ABS, _arg(0)),
         (_JSET, CLONE_NEWUSER, "eperm", "allow"),
+    ]
+    for i, (_, index) in enumerate(abi.modes):
+        code += [
+            ("label", f"mode{i}"),
+            (_LD_W_ABS, _arg(index)),
+            (_JSET, SET_ID_BITS, "eperm", "allow"),
+        ]
+    code += [
         ("label", "allow"),
         (_RET, _ALLOW),
         ("label", "eperm"),

@@ -16,10 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy.pki.files import write_file
+from intercept_proxy.runtime.mounts import MS_NODEV, MS_NOSUID, mount, unmount_under
 
 
 class VolumeError(ValueError):
     """A volume this runtime cannot provide; the message names it."""
+
+
+_SUFFIXES = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_SUFFIXES |= {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def quantity_bytes(quantity: object) -> int:
+    """A size as Kubernetes writes it (`64Mi`, `1G`, `1048576`), in bytes."""
+    text = str(quantity)
+    number = text.rstrip("kMGTi")
+    suffix = text[len(number) :]
+    if suffix not in _SUFFIXES or not number.isdigit():
+        raise VolumeError(f"sizeLimit {quantity!r}: a size such as 64Mi or 1G")
+    return int(number) * _SUFFIXES[suffix]
 
 
 def _key_files(
@@ -72,6 +87,13 @@ def _publish(directory: Path, files: dict[str, tuple[bytes, int]], uid: int, gid
     stamp.mkdir(mode=0o755)
     for name, (content, mode) in files.items():
         path = stamp / name
+        # Admission checked every name; nothing written here ever leaves the volume, whatever.
+        if (
+            name.startswith("/")
+            or ".." in name.split("/")
+            or not path.resolve().is_relative_to(stamp.resolve())
+        ):
+            raise VolumeError(f"{directory.name}: {name!r} is not a file inside the volume")
         write_file(path, content, mode)
         os.chown(path, uid, gid)
     data_link = directory / "..data"
@@ -130,6 +152,11 @@ class PodVolumes:
         if "emptyDir" in volume:
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o777)  # as the kubelet makes them: any container user may write
+            source = volume["emptyDir"] or {}
+            if source.get("medium") == "Memory":  # in memory, as asked: a CA key never on disk
+                limit = source.get("sizeLimit")
+                size = f",size={quantity_bytes(limit)}" if limit is not None else ""
+                mount("tmpfs", str(path), "tmpfs", MS_NOSUID | MS_NODEV, f"mode=0777{size}")
         elif "configMap" in volume:
             source = volume["configMap"]
             data = self._data("ConfigMap", source["name"], name, source.get("optional", False))
@@ -159,4 +186,5 @@ class PodVolumes:
                 self.update_downward_api(volume)
 
     def remove(self) -> None:
+        unmount_under(self.root)
         shutil.rmtree(self.root, ignore_errors=True)

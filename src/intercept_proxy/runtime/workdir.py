@@ -4,15 +4,19 @@ The workload edits the files where it was started: that is its job, and its chan
 caller's to review. Git's metadata is different: hooks, `config` (core.fsmonitor, aliases,
 filters), `commondir`, submodules' and worktrees' directories are run or read by the next `git`
 on this machine, outside the sandbox, without anyone reviewing them. So every git directory in
-reach is read-only inside the sandbox: the one of the repository the working directory belongs
-to (when it lies inside the working directory) and those of repositories nested below it. The
-workload reads history, diffs and status; commits are made outside. Repositories the workload
-creates are listed when it ends (`created_repositories`): nothing in them is the caller's.
+reach is read-only inside the sandbox: `.git` directories and files, the git directories a `.git`
+file or link names inside the working directory, and bare repositories; and every directory
+between the working directory and one of them is pinned (a mount point cannot be renamed), so
+that no repository can be moved aside and replaced by one of the workload's. The workload reads
+history, diffs and status; commits are made outside. Repositories the workload creates are named
+when it ends (`created_repositories`), by the identity of their git directory (device, inode), so
+that a rename cannot hide one.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 GIT = ".git"
@@ -26,6 +30,15 @@ class WorkdirError(RuntimeError):
     """The working directory cannot be protected; the message says why and what to do."""
 
 
+@dataclass(frozen=True)
+class Protection:
+    """Git directories (read-only inside) and the directories pinned above them."""
+
+    git_dirs: tuple[Path, ...]
+    pinned: tuple[Path, ...]
+    identities: frozenset[tuple[int, int]]
+
+
 def _gitdir(dotgit: Path) -> Path | None:
     """Where a `.git` file (a worktree's, a submodule's) says the git directory is."""
     try:
@@ -37,28 +50,56 @@ def _gitdir(dotgit: Path) -> Path | None:
     return (dotgit.parent / text.removeprefix("gitdir:").strip()).resolve()
 
 
-def git_metadata(workdir: Path) -> list[Path]:
-    """Every git directory inside `workdir`: each `.git` (directory or file) and the directory
-    a `.git` file names when it lies inside `workdir`, parents first (a later read-only bind
-    never hides an earlier one). A git directory above `workdir` is read-only already."""
-    found = []
+def _is_bare(directory: str, subdirectories: list[str], files: list[str]) -> bool:
+    return "HEAD" in files and {"objects", "refs"} <= set(subdirectories)
+
+
+def git_metadata(workdir: Path) -> Protection:
+    """Every git directory inside `workdir` (a git directory above it is read-only already)."""
+    found: list[Path] = []
     for count, (directory, subdirectories, files) in enumerate(os.walk(workdir), 1):
         if count > MAX_DIRECTORIES:
             raise WorkdirError(
                 f"{workdir} has more than {MAX_DIRECTORIES} directories to search for git "
                 "metadata; start intercept run in a smaller working directory"
             )
+        here = Path(directory)
+        if here != workdir and _is_bare(directory, subdirectories, files):
+            found.append(here)
+            subdirectories[:] = []
+            continue
         if GIT in subdirectories or GIT in files:
-            dotgit = Path(directory) / GIT
-            found.append(dotgit)
-            target = _gitdir(dotgit) if dotgit.is_file() else None
-            if target is not None and target.is_relative_to(workdir):
+            dotgit = here / GIT
+            if dotgit.is_symlink():
+                target = dotgit.resolve()  # its target, where it lies inside: never the link
+            elif dotgit.is_file():
+                found.append(dotgit)
+                target = _gitdir(dotgit)
+            else:
+                target = dotgit
+            if target is not None and target.is_relative_to(workdir) and target.exists():
                 found.append(target)
-        subdirectories[:] = sorted(d for d in subdirectories if d != GIT and d not in SKIPPED)
-    return sorted(dict.fromkeys(found), key=lambda p: len(p.parts))
+        subdirectories[:] = sorted(
+            d
+            for d in subdirectories
+            if d != GIT and d not in SKIPPED and not (here / d).is_symlink()
+        )
+    git_dirs = sorted(dict.fromkeys(found), key=lambda p: len(p.parts))
+    # Never a directory inside a git directory: pinned means a writable mount of its own.
+    pinned = {
+        parent
+        for g in git_dirs
+        for parent in g.parents
+        if parent.is_relative_to(workdir)
+        and parent != workdir
+        and not any(parent.is_relative_to(h) for h in git_dirs)
+    }
+    identities = frozenset((p.stat().st_dev, p.stat().st_ino) for p in git_dirs)
+    order = sorted(pinned, key=lambda p: (len(p.parts), str(p)))
+    return Protection(tuple(git_dirs), tuple(order), identities)
 
 
-def created_repositories(before: list[Path], after: list[Path]) -> list[Path]:
-    """The repositories found after the run that were not there before (by their `.git`)."""
-    known = set(before)
-    return [path.parent for path in after if path.name == GIT and path not in known]
+def created_repositories(before: Protection, after: Protection) -> list[Path]:
+    """The git directories found after the run that were not there before, by identity."""
+    known = before.identities
+    return [g for g in after.git_dirs if (g.stat().st_dev, g.stat().st_ino) not in known]
