@@ -4,10 +4,15 @@ SYSTEM_PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables nghttp2-client util-linux
 
-.PHONY: install test lint demo bench clean
+.PHONY: install tools test lint demo bench clean
 .DEFAULT_GOAL := test
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed tools
+
+# The real engines (kube-apiserver, etcd, Kyverno, OPA, Helm) from their Go modules, pinned in
+# tools/ and cached in /opt/intercept-tools: built once (long), then a check of a second.
+tools:
+	scripts/install-tools
 
 # Re-run only when the dependency list changes; every step is idempotent anyway.
 $(VENV)/.installed: pyproject.toml scripts/install-debian-packages scripts/check-reachable

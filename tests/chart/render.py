@@ -1,18 +1,22 @@
-"""The chart rendered by real Helm (helm-python-sdk), for named sets of values."""
+"""The chart rendered by real Helm (the pinned CLI scripts/install-tools builds), for named sets of
+values: what `helm install` would create, hooks and tests included, and its notes."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import helm_python
 import yaml
+
+from tests.tools import tool
 
 CHART_DIR = Path(__file__).resolve().parents[2] / "charts" / "intercept-proxy"
 NAMESPACE = "intercept-system"
-NOTES = "intercept-proxy/templates/NOTES.txt"
 
 # name: (release, values given to helm install)
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -29,9 +33,9 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                 "tlsPorts": [443, 8443],
                 "httpPorts": [80, 8080],
                 "allowedCidrs": ["10.96.0.0/12", "fd00:10:96::/112"],
+                "inboundPorts": [8080, 15022],
             },
             "dns": {"forwardSuffixes": ["cluster.local", "corp.example"]},
-            # A limit without a request is requested too, as the API server defaults it.
             "envoy": {
                 "uid": 1001,
                 "resources": {"limits": {"cpu": 2, "memory": "1Gi", "ephemeral-storage": "1Gi"}},
@@ -47,7 +51,6 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         "agents",
         {
             "image": {"tag": "0.1.1", "pullPolicy": "Always"},
-            # Written back by the API server as 1 and 1Gi: the injection writes them so.
             "proxyInit": {
                 "resources": {
                     "requests": {"cpu": "500m"},
@@ -72,44 +75,110 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-@functools.cache
-def chart() -> helm_python.Chart:
-    return helm_python.Chart.load(CHART_DIR)
+class HelmError(RuntimeError):
+    """Helm refused: its message (a schema violation names the value: `at '/capture/...'`)."""
+
+
+def helm(*args: str, values: dict[str, Any] | None = None) -> str:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as file:
+        json.dump(values or {}, file)
+        file.flush()
+        result = subprocess.run(
+            [str(tool("helm")), *args, "-f", file.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise HelmError(result.stderr.strip())
+    return result.stdout
 
 
 def release(case: str) -> str:
     return CASES[case][0]
 
 
+def given(case: str) -> dict[str, Any]:
+    """The values the case gives (the rest are the chart's defaults)."""
+    return copy.deepcopy(CASES[case][1])
+
+
+def install_dry_run(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """What `helm install` would do, as Helm reports it: the release with its manifest, hooks
+    and notes."""
+    out = helm(
+        "install", name, str(CHART_DIR), "-n", NAMESPACE, "--dry-run=client", "-o", "json",
+        values=overrides,
+    )  # fmt: skip
+    return json.loads(out)
+
+
 @functools.cache
 def _values(case: str) -> dict[str, Any]:
-    return chart().merge_values(CASES[case][1])
+    name, overrides = CASES[case]
+    text = helm(
+        "install", name, str(CHART_DIR), "-n", NAMESPACE, "--dry-run=client", "--debug",
+        values=overrides,
+    )  # fmt: skip
+    computed = text.partition("\nCOMPUTED VALUES:\n")[2].partition("\nHOOKS:\n")[0]
+    return dict(yaml.safe_load(computed))
 
 
 def values(case: str) -> dict[str, Any]:
-    """The values the templates see: the chart's defaults with the case's on top."""
+    """The values the templates see, as Helm computes them (the chart's, the case's on top)."""
     return copy.deepcopy(_values(case))
 
 
 @functools.cache
+def _release(case: str) -> dict[str, Any]:
+    return install_dry_run(*CASES[case])
+
+
+def notes(case: str) -> str:
+    return str(_release(case)["info"]["notes"])
+
+
+def _sources(manifest: str) -> dict[str, str]:
+    """`# Source: PATH` sections of a manifest, by path."""
+    out: dict[str, str] = {}
+    for part in manifest.split("---\n"):
+        header, _, body = part.partition("\n")
+        if header.startswith("# Source: "):
+            path = header.removeprefix("# Source: ")
+            out[path] = f"{out[path]}---\n{body}" if path in out else body
+    return out
+
+
+@functools.cache
 def rendered(case: str) -> dict[str, str]:
-    """Template path -> rendered text, as `helm install` would render it offline."""
-    name, overrides = CASES[case]
-    return chart().render(overrides, name=name, namespace=NAMESPACE, is_install=True)
+    """Template path -> rendered text, hooks included."""
+    found = _release(case)
+    out = _sources(found["manifest"])
+    for hook in found.get("hooks") or []:
+        before = out.get(hook["path"])
+        out[hook["path"]] = f"{before}---\n{hook['manifest']}" if before else hook["manifest"]
+    return out
 
 
 @functools.cache
 def _objects(case: str) -> tuple[dict[str, Any], ...]:
     out = []
-    for path, text in sorted(rendered(case).items()):
-        if path != NOTES:
-            out.extend(d for d in yaml.safe_load_all(text) if d is not None)
+    for _, text in sorted(rendered(case).items()):
+        out.extend(d for d in yaml.safe_load_all(text) if d is not None)
     return tuple(out)
 
 
 def objects(case: str) -> list[dict[str, Any]]:
     """Every manifest the release would create (hooks and tests included)."""
     return copy.deepcopy(list(_objects(case)))
+
+
+def find_in(release: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    """The object of that kind named `<release>-<name>` in what `install_dry_run` returned."""
+    full = f"{release['name']}-{name}"
+    objects = [d for d in yaml.safe_load_all(release["manifest"]) if d]
+    (found,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == full]
+    return dict(found)
 
 
 def find(case: str, kind: str, name: str) -> dict[str, Any]:

@@ -1,57 +1,24 @@
-"""The chart's Kyverno policies do what the injector does: for every set of values, sample pods
-admitted through <release>-inject-proxy come out exactly as inject_object() makes them, the pods
-the injector refuses are refused by <release>-validate-pods (and what it accepts is admitted),
-and a running pod's changes are held to the same rules (<release>-validate-pod-changes).
-
-The admission is simulated (tests/chart/kyverno.py, tests/chart/jmespath.py), after Kyverno's
-engine (>= 1.13), for the features the chart's policies use and no others (anything else raises
-UnsupportedError):
-- rules in order, each matched against the pod as the rules before it left it: kinds (a
-  subresource such as Pod/ephemeralcontainers matched only by its own kind), operations (CREATE,
-  UPDATE), selector.matchLabels, annotations (with wildcards), `any` blocks of match/exclude;
-- preconditions and deny conditions (`any`/`all`) with Equals, NotEquals, AnyIn, AnyNotIn and
-  GreaterThan, for the types the chart compares (numbers with Equals, strings with AnyIn, maps
-  and lists with Equals/NotEquals as reflect.DeepEqual);
-- variables: Kyverno's regular expression, a string that is one variable replaced by its value,
-  values written into text (strings raw, the rest as Go's JSON) and the text scanned again,
-  escaped `\\{{`; `$(...)` references are not simulated (and must not occur);
-- JMESPath: the subset listed in jmespath.py, with Kyverno's failure on a missing key and its
-  retry of a top-level `||` chain operand by operand;
-- foreach: the list evaluated once (a non-list value is a one-element list, null elements
-  skipped), `order`, per-element preconditions, nesting with element<N>/elementIndex<N>;
-- patchesJson6902 parsed as YAML and applied per RFC 6902 (add, remove, replace), strictly:
-  Kyverno's leniency (missing parents created, removals of missing paths ignored) is not used;
-- patchStrategicMerge: maps merged, scalars and lists of scalars replaced, `+(key)` added only
-  when absent, lists of maps patched through a `(name)` conditional anchor;
-- request.object catching up with the patched pod after each rule and/or each foreach
-  declaration, or never: all four combinations must give the same pod;
-- validate rules: `deny` and `foreach` with `deny`, on the pod as the mutations left it,
-  request.oldObject on an UPDATE, and `failureAction` with `allowExistingViolations`: an
-  enforced rule the old pod fails as well (evaluated as if created) is skipped on an UPDATE.
-
-The API server around Kyverno is modelled in tests/chart/apiserver.py: the ServiceAccount
-plugin's token before the webhooks, defaulting between mutation and validation, its refusal of
-duplicate names and of ephemeral containers in a new pod. Not simulated: other admission
-plugins and webhooks, autogen (disabled by the policies' annotation), background scans,
-generate rules, PolicyExceptions, and Kyverno's own checks of a policy when it is created (the
-JSON patches' shape is checked in test_chart).
+"""The chart's Kyverno policies do what the injector does, in the real Kyverno engine
+(`kubectl-kyverno apply`, tests/chart/kyverno_cli.py): for every set of values, sample pods come
+out of <release>-inject-proxy exactly as inject_object() makes them, the pods the injector
+refuses are refused by <release>-validate-pods, and what it accepts is admitted. What needs the
+API server around Kyverno (its defaulting, the ServiceAccount plugin, updates of a running pod,
+subresources) is tested on a real control plane in tests/kubernetes.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
+import functools
 from collections.abc import Callable
 from typing import Any
 
-import kubernetes_validate
 import pytest
 
 from intercept_proxy.injector.pod import InjectionError
 from intercept_proxy.injector.values import settings_from_values
 from intercept_proxy.injector.workloads import inject_object
-from tests.chart import apiserver, render
-from tests.chart.kyverno import Admission, violations
+from tests.chart import kyverno_cli, render
 
 LABELS = {"intercept-proxy/enabled": "true"}
 
@@ -166,94 +133,18 @@ EMPTY_LISTS = pod(
     annotations={},
 )
 
-UNLABELLED = {**MINIMAL, "metadata": {"name": "unlabelled", "labels": {"app": "x"}}}
+UNLABELLED = {
+    **MINIMAL,
+    "metadata": {"name": "unlabelled", "namespace": "agents", "labels": {"app": "x"}},
+}
 
 SAMPLES = {
     p["metadata"]["name"]: p for p in (MINIMAL, INIT_AND_OVERRIDE, RICH, EMPTY_LISTS, UNLABELLED)
 }
-CONTEXT_MODES = list(itertools.product([True, False], repeat=2))
 
 
 def settings(case: str) -> Any:
-    return settings_from_values(render.values(case), render.release(case))
-
-
-def admit(case: str, sample: dict[str, Any], **modes: bool) -> dict[str, Any]:
-    policy = render.find(case, "ClusterPolicy", "inject-proxy")
-    return Admission(sample, **modes).mutate(policy)
-
-
-@pytest.mark.parametrize("case", render.CASES)
-@pytest.mark.parametrize("sample", SAMPLES)
-def test_the_policy_injects_exactly_what_the_injector_does(case, sample):
-    expected = inject_object(SAMPLES[sample], settings(case))
-    for after_rule, after_foreach in CONTEXT_MODES:
-        admitted = admit(
-            case,
-            SAMPLES[sample],
-            refresh_after_rule=after_rule,
-            refresh_after_foreach=after_foreach,
-        )
-        assert admitted == expected, (
-            f"{case}/{sample}: the Kyverno policy and the injector disagree "
-            f"(request.object refreshed after rules: {after_rule}, after foreach: {after_foreach})"
-        )
-
-
-@pytest.mark.parametrize("case", render.CASES)
-def test_the_projected_token_is_unmounted_unless_automount_is_on(case):
-    automount = render.values(case)["serviceAccountToken"]["automount"]
-    spec = admit(case, RICH)["spec"]
-    volumes = [v["name"] for v in spec["volumes"]]
-    mounts = [m["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])]
-    assert (TOKEN["name"] in volumes) == automount
-    assert (TOKEN["name"] in mounts) == automount
-    assert ("cache" in volumes) and ("cache" in mounts)
-    assert spec.get("automountServiceAccountToken", True) == automount
-
-
-@pytest.mark.parametrize("case", render.CASES)
-def test_injected_pods_are_valid_pods(case):
-    for sample in (MINIMAL, RICH, EMPTY_LISTS):
-        kubernetes_validate.validate(admit(case, sample), "1.31", strict=True)
-
-
-@pytest.mark.parametrize("case", render.CASES)
-def test_the_api_servers_defaulting_changes_nothing_of_the_interceptor(case):
-    # The validation compares the sidecars and volumes, as stored, with the chart's rendering.
-    injected = inject_object(INIT_AND_OVERRIDE, settings(case))
-    stored = apiserver.defaulted(injected)
-    assert stored["spec"]["initContainers"][:3] == injected["spec"]["initContainers"][:3]
-    assert stored["spec"]["volumes"] == injected["spec"]["volumes"]
-
-
-def validate_pods(case: str) -> dict[str, Any]:
-    return render.find(case, "ClusterPolicy", "validate-pods")
-
-
-def validate_changes(case: str) -> dict[str, Any]:
-    return render.find(case, "ClusterPolicy", "validate-pod-changes")
-
-
-def stored(case: str, sample: dict[str, Any]) -> dict[str, Any]:
-    """The pod the cluster would store: token, mutation, defaulting."""
-    return apiserver.defaulted(admit(case, apiserver.with_service_account_token(sample)))
-
-
-def refusals(case: str, sample: dict[str, Any]) -> list[str]:
-    """Why the cluster refuses to create the pod, if it does."""
-    created = stored(case, sample)
-    return apiserver.refusals(created) + violations(validate_pods(case), created)
-
-
-def update_refusals(case: str, old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Why the cluster refuses an update of a stored pod, if it does."""
-    new = apiserver.defaulted(new)
-    return apiserver.refusals(new, created=False) + [
-        refused
-        for policy in (validate_pods(case), validate_changes(case))
-        for refused in violations(policy, new, "UPDATE", old)
-    ]
+    return settings_from_values(render.given(case), render.release(case))
 
 
 def _app(p: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +161,7 @@ def _spec(p: dict[str, Any]) -> dict[str, Any]:
 
 def _set(where: Callable[[dict], dict], key: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def change(p: dict[str, Any]) -> None:
-        where(p)[key] = value
+        where(p)[key] = copy.deepcopy(value)  # each pod its own: the CA's name is filled in
 
     return change
 
@@ -288,7 +179,7 @@ def _pod_context(**fields: Any) -> Callable[[dict[str, Any]], None]:
 
 def _volume(volume: dict[str, Any], mount: bool = True) -> Callable[[dict[str, Any]], None]:
     def change(p: dict[str, Any]) -> None:
-        p["spec"]["volumes"].append(volume)
+        p["spec"]["volumes"].append(copy.deepcopy(volume))
         if mount:
             mounts = _app(p).setdefault("volumeMounts", [])
             mounts.append({"name": volume["name"], "mountPath": "/x"})
@@ -335,7 +226,6 @@ REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
     "iscsi": _volume(
         {"name": "disk", "iscsi": {"targetPortal": "10.0.0.1", "iqn": "x", "lun": 0}}, mount=False
     ),
-    "named-envoy": _set(_app, "name", "envoy"),
     "named-proxy-init": _set(_init, "name", "proxy-init"),
     "reserved-volume": _set(_spec, "volumes", [{"name": "intercept-ca", "emptyDir": {}}]),
     "interceptor-like-volume": _volume({"name": "intercept-extra", "emptyDir": {}}, mount=False),
@@ -343,7 +233,12 @@ REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
     "mounts-the-trust-bundle-writable": _set(
         _app, "volumeMounts", [{"name": "intercept-trust", "mountPath": "/trust"}]
     ),
-    # kubectl debug adds them through a subresource; a new pod may not carry them.
+}
+# Refused by the API server itself, around Kyverno (tests/kubernetes sends them to one): a name
+# twice among a pod's containers; ephemeral containers in a new pod (kubectl debug adds them
+# through a subresource).
+API_SERVER_REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
+    "named-envoy": _set(_app, "name", "envoy"),
     "ephemeral-containers": _set(_spec, "ephemeralContainers", [container("debug")]),
 }
 # Refused only where the values make them so.
@@ -372,8 +267,9 @@ NO_TOKEN_REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
-def refused_pod(case: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def refused_pod(case: str, change: Callable[[dict[str, Any]], None], name: str) -> dict[str, Any]:
     p = copy.deepcopy(INIT_AND_OVERRIDE)
+    p["metadata"]["name"] = name
     change(p)
     s = settings(case)
     for holder in [p["spec"], *p["spec"]["containers"], *p["spec"]["initContainers"]]:
@@ -394,62 +290,13 @@ def refused_pod(case: str, change: Callable[[dict[str, Any]], None]) -> dict[str
     return p
 
 
-def assert_both_refuse(case: str, p: dict[str, Any], reason: str) -> None:
-    with pytest.raises(InjectionError):
-        inject_object(p, settings(case))
-    assert refusals(case, p), f"{reason}: admitted by the chart, refused by the injector"
-
-
-@pytest.mark.parametrize("case", ["default", "secret-ca"])
-@pytest.mark.parametrize("reason", REFUSED)
-def test_what_the_injector_refuses_the_cluster_refuses(case, reason):
-    assert_both_refuse(case, refused_pod(case, REFUSED[reason]), reason)
-
-
-@pytest.mark.parametrize("reason", SECRET_CA_REFUSED)
-def test_no_workload_reads_a_shared_cas_secret(reason):
-    assert_both_refuse("secret-ca", refused_pod("secret-ca", SECRET_CA_REFUSED[reason]), reason)
-    # With an ephemeral CA there is no such Secret: a Secret of that name is any other.
-    p = refused_pod("secret-ca", SECRET_CA_REFUSED[reason])
-    inject_object(p, settings("default"))
-    assert refusals("default", p) == []
-
-
-@pytest.mark.parametrize("reason", NO_TOKEN_REFUSED)
-def test_no_token_is_projected_unless_automount_is_on(reason):
-    p = refused_pod("default", NO_TOKEN_REFUSED[reason])
-    assert_both_refuse("default", p, reason)
-    inject_object(p, settings("secret-ca"))
-    assert refusals("secret-ca", p) == []
-
-
-@pytest.mark.parametrize("case", render.CASES)
-@pytest.mark.parametrize("sample", ["minimal", "init-and-override", "rich", "empty-lists"])
-def test_what_the_injector_accepts_the_cluster_admits(case, sample):
-    inject_object(SAMPLES[sample], settings(case))
-    assert refusals(case, SAMPLES[sample]) == []
-
-
-def test_the_validation_sees_through_the_mutation():
-    # Forcing allowPrivilegeEscalation false would hide the request from the validation.
-    p = refused_pod("default", REFUSED["privilege-escalation"])
-    fetch = admit("default", p)["spec"]["initContainers"][3]
-    assert fetch["name"] == "fetch"
-    assert fetch["securityContext"]["allowPrivilegeEscalation"] is True
-    assert refusals("default", p) == ["workload-initcontainers/fetch"]
-
-
-def test_a_uid_on_the_pod_alone_is_enough():
-    p = copy.deepcopy(INIT_AND_OVERRIDE)
-    assert "runAsUser" not in _app(p).get("securityContext", {})
-    inject_object(p, settings("default"))
-    assert refusals("default", p) == []
-
-
 # Injected ahead of time (intercept inject): the mutation skips the pod, the validation and the
 # injector compare its interceptor with their own.
-def pre_injected(case: str, change: Callable[[dict[str, Any]], None] | None = None) -> dict:
+def pre_injected(
+    case: str, change: Callable[[dict[str, Any]], None] | None = None, name: str = "pre"
+) -> dict:
     p = inject_object(INIT_AND_OVERRIDE, settings(case))
+    p["metadata"]["name"] = name
     if change is not None:
         change(p)
     return p
@@ -481,88 +328,140 @@ FAKED: dict[str, Callable[[dict[str, Any]], None]] = {
 }
 
 
+def debug_copy(case: str) -> dict[str, Any]:
+    # A labelled copy to debug: the whole pod with one more container (no trust bundle).
+    p = pre_injected(case, name="debug-copy")
+    p["spec"]["containers"].append(container("debugger", stdin=True, tty=True))
+    return p
+
+
+def _pods(case: str) -> list[dict[str, Any]]:
+    """Every pod a case's tests ask about, each named after its test: one Kyverno run a case."""
+    pods = [*SAMPLES.values(), pre_injected(case), debug_copy(case)]
+    pods.append(pre_injected("secret-ca" if case == "default" else "default", name="other-values"))
+    for group in (REFUSED, SECRET_CA_REFUSED, NO_TOKEN_REFUSED):
+        pods += [refused_pod(case, change, f"r-{reason}") for reason, change in group.items()]
+    pods += [pre_injected(case, change, f"f-{reason}") for reason, change in FAKED.items()]
+    return pods
+
+
+@functools.cache
+def _applied(case: str) -> kyverno_cli.Applied:
+    policies = [render.find(case, "ClusterPolicy", n) for n in ("inject-proxy", "validate-pods")]
+    return kyverno_cli.apply(policies, _pods(case))
+
+
+def admitted(case: str, name: str) -> dict[str, Any]:
+    """The pod as the case's Kyverno policies leave it."""
+    return copy.deepcopy(_applied(case).mutated[name])
+
+
+def refusals(case: str, name: str) -> list[str]:
+    """The rules of <release>-validate-pods the pod fails."""
+    return _applied(case).failed[name]
+
+
+def pod_named(case: str, name: str) -> dict[str, Any]:
+    return next(p for p in _pods(case) if p["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("case", render.CASES)
+@pytest.mark.parametrize("sample", SAMPLES)
+def test_the_policy_injects_exactly_what_the_injector_does(case, sample):
+    expected = inject_object(SAMPLES[sample], settings(case))
+    assert admitted(case, sample) == expected, f"{case}/{sample}: Kyverno and the injector disagree"
+
+
+@pytest.mark.parametrize("case", render.CASES)
+def test_the_projected_token_is_unmounted_unless_automount_is_on(case):
+    automount = settings(case).automount_service_account_token
+    spec = admitted(case, "rich")["spec"]
+    volumes = [v["name"] for v in spec["volumes"]]
+    mounts = [m["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])]
+    assert (TOKEN["name"] in volumes) == automount
+    assert (TOKEN["name"] in mounts) == automount
+    assert ("cache" in volumes) and ("cache" in mounts)
+    assert spec.get("automountServiceAccountToken", True) == automount
+
+
+def assert_both_refuse(case: str, name: str) -> None:
+    with pytest.raises(InjectionError):
+        inject_object(pod_named(case, name), settings(case))
+    assert refusals(case, name), f"{name}: admitted by the chart, refused by the injector"
+
+
+def assert_both_admit(case: str, name: str) -> None:
+    inject_object(pod_named(case, name), settings(case))
+    assert refusals(case, name) == [], _applied(case).messages.get(name)
+
+
+@pytest.mark.parametrize("case", ["default", "secret-ca"])
+@pytest.mark.parametrize("reason", REFUSED)
+def test_what_the_injector_refuses_the_cluster_refuses(case, reason):
+    assert_both_refuse(case, f"r-{reason}")
+
+
+@pytest.mark.parametrize("reason", API_SERVER_REFUSED)
+def test_what_the_api_server_refuses_the_injector_refuses(reason):
+    with pytest.raises(InjectionError):
+        inject_object(
+            refused_pod("default", API_SERVER_REFUSED[reason], reason), settings("default")
+        )
+
+
+@pytest.mark.parametrize("reason", SECRET_CA_REFUSED)
+def test_no_workload_reads_a_shared_cas_secret(reason):
+    assert_both_refuse("secret-ca", f"r-{reason}")
+    # With an ephemeral CA there is no such Secret: a Secret of that name is any other.
+    assert_both_admit("default", f"r-{reason}")
+
+
+@pytest.mark.parametrize("reason", NO_TOKEN_REFUSED)
+def test_no_token_is_projected_unless_automount_is_on(reason):
+    assert_both_refuse("default", f"r-{reason}")
+    assert_both_admit("secret-ca", f"r-{reason}")
+
+
+@pytest.mark.parametrize("case", render.CASES)
+@pytest.mark.parametrize("sample", ["minimal", "init-and-override", "rich", "empty-lists"])
+def test_what_the_injector_accepts_the_cluster_admits(case, sample):
+    assert_both_admit(case, sample)
+
+
+def test_the_validation_sees_through_the_mutation():
+    # Forcing allowPrivilegeEscalation false would hide the request from the validation.
+    name = "r-privilege-escalation"
+    fetch = admitted("default", name)["spec"]["initContainers"][3]
+    assert fetch["name"] == "fetch"
+    assert fetch["securityContext"]["allowPrivilegeEscalation"] is True
+    assert refusals("default", name) == ["workload-initcontainers"]
+
+
+def test_a_uid_on_the_pod_alone_is_enough():
+    assert "runAsUser" not in _app(INIT_AND_OVERRIDE).get("securityContext", {})
+    assert_both_admit("default", "init-and-override")
+
+
 @pytest.mark.parametrize("case", render.CASES)
 def test_a_pod_injected_ahead_of_time_is_admitted(case):
-    p = pre_injected(case)
+    p = pod_named(case, "pre")
     assert inject_object(p, settings(case)) == p
-    assert refusals(case, p) == []
-    assert stored(case, p)["spec"]["initContainers"][:3] == p["spec"]["initContainers"][:3]
+    assert admitted(case, "pre") == p
+    assert_both_admit(case, "pre")
 
 
 @pytest.mark.parametrize("reason", FAKED)
 def test_a_pod_cannot_fake_its_own_injection(reason):
-    assert_both_refuse("default", pre_injected("default", FAKED[reason]), reason)
+    assert_both_refuse("default", f"f-{reason}")
 
 
 def test_a_pod_injected_with_other_values_is_refused():
     # Another release's or version's sidecars: not this release's interceptor.
-    p = pre_injected("secret-ca")
-    assert_both_refuse("default", p, "secret-ca's injection under default's values")
-    assert "interceptor-present" in refusals("default", p)
+    assert_both_refuse("default", "other-values")
+    assert "interceptor-present" in refusals("default", "other-values")
 
 
 def test_a_debug_copy_of_an_injected_pod_is_admitted():
-    # A labelled copy to debug: the whole pod with one more container (no trust bundle).
-    p = pre_injected("default")
-    p["spec"]["containers"].append(container("debugger", stdin=True, tty=True))
+    p = pod_named("default", "debug-copy")
     assert inject_object(p, settings("default")) == p
-    assert refusals("default", p) == []
-
-
-# Updates of a running pod.
-def running(case: str = "default") -> dict[str, Any]:
-    return stored(case, INIT_AND_OVERRIDE)
-
-
-def test_an_annotation_change_is_admitted():
-    old = running()
-    new = copy.deepcopy(old)
-    new["metadata"]["annotations"]["intercept-proxy/opa-data"] = "allowed_domains: []\n"
-    assert update_refusals("default", old, new) == []
-
-
-@pytest.mark.parametrize("index", range(3))
-def test_a_sidecars_image_cannot_change(index):
-    old = running()
-    new = copy.deepcopy(old)
-    new["spec"]["initContainers"][index]["image"] = "attacker/payload:1"
-    refused = update_refusals("default", old, new)
-    assert {"interceptor-present", "interceptor-unchanged"} <= set(refused)
-
-
-def test_a_pod_of_an_earlier_injection_can_be_updated_but_its_sidecars_not_changed():
-    # Injected with other values (before an upgrade): interceptor-present fails for the old pod
-    # too, so it is not enforced (a Job's finalizer must still be removable) ...
-    old = stored("secret-ca", INIT_AND_OVERRIDE)
-    new = copy.deepcopy(old)
-    new["metadata"]["finalizers"] = []
-    assert update_refusals("default", old, new) == []
-    # ... but its sidecars still cannot change.
-    new["spec"]["initContainers"][2]["image"] = "attacker/payload:1"
-    assert update_refusals("default", old, new) == ["interceptor-unchanged"]
-
-
-def test_labelling_a_pod_that_was_not_injected_is_refused():
-    old = apiserver.defaulted(copy.deepcopy(UNLABELLED))
-    new = copy.deepcopy(old)
-    new["metadata"]["labels"] = dict(LABELS)
-    assert "interceptor-present" in update_refusals("default", old, new)
-
-
-def test_an_ephemeral_container_is_refused():
-    old = running()
-    new = copy.deepcopy(old)
-    new["spec"]["ephemeralContainers"] = [
-        {"name": "debugger", "image": "busybox:1.36", "targetContainerName": "app"}
-    ]
-    new = apiserver.defaulted(new)
-    refused = violations(validate_changes("default"), new, "UPDATE", old, "ephemeralcontainers")
-    assert refused == ["no-ephemeral-containers"]
-    # The pod's own rules are not asked about a subresource (Kyverno matches kind Pod alone).
-    assert violations(validate_pods("default"), new, "UPDATE", old, "ephemeralcontainers") == []
-    unlabelled = copy.deepcopy(new)
-    del unlabelled["metadata"]["labels"]
-    assert (
-        violations(validate_changes("default"), unlabelled, "UPDATE", old, "ephemeralcontainers")
-        == []
-    )
+    assert_both_admit("default", "debug-copy")

@@ -51,11 +51,11 @@ def test_a_partial_values_file_keeps_the_other_defaults():
     assert s.envoy_uid == 101
 
 
-def test_a_null_quantity_removes_it_and_quantities_are_canonical():
+def test_a_null_quantity_removes_it_and_quantities_are_kept_as_given():
     s = settings_from_values(
         {"proxyInit": {"resources": {"requests": {"cpu": None}, "limits": {"cpu": 2000}}}}, "r"
     )
-    assert s.init_resources == Resources({"memory": "32Mi"}, {"memory": "128Mi", "cpu": "2k"})
+    assert s.init_resources == Resources({"memory": "32Mi"}, {"memory": "128Mi", "cpu": 2000})
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,10 @@ def test_a_null_quantity_removes_it_and_quantities_are_canonical():
         ({"image": {"pullPolicy": "Sometimes"}}, "values: image.pullPolicy: 'Sometimes'"),
         ({"image": None}, "values: image: a value is needed"),
         ({"image": "repo:tag"}, "values: image: 'repo:tag' is not a mapping"),
-        ({"agent": {"resources": {"limits": {"cpu": "0.5"}}}}, "agent.resources.limits.cpu: '0.5'"),
+        (
+            {"agent": {"resources": {"limits": {"cpu": "half"}}}},
+            "agent.resources.limits.cpu: 'half'",
+        ),
         ({"agent": {"resources": {"limits": ["1"]}}}, "agent.resources.limits: ['1'] is not a map"),
         (["image"], "values: the file: ['image'] is not a mapping"),
         # Values the chart's templates refuse too.

@@ -1,219 +1,239 @@
-"""Injected pods, as the chart's Kyverno policy makes them, executed on the local runtime against
-a lab: the prototype's end-to-end suite, re-expressed on the very pod spec a cluster would run."""
+"""The prototype's end-to-end suite on a real control plane: pods created with kubectl, injected
+and validated by the real Kyverno from the chart installed by the real Helm, stored by the real
+API server (with AlwaysPullImages rewriting them too) and run by the cluster's node against its
+lab."""
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 from cryptography import x509
 
-from intercept_proxy import netns
-from intercept_proxy.injector.pod import inject_pod
+from intercept_proxy.injector.pod import inject_pod, verified
 from intercept_proxy.injector.values import settings_from_values
-from tests.sandbox.harness import RunningPod
+from tests.cluster.harness import MEASUREMENTS, WORKLOAD_UID
+from tests.kubernetes.chart import (
+    der,
+    installed,
+    labelled_pod,
+    probe,
+    result,
+    results,
+)
 
 pytestmark = pytest.mark.netns
 
-CHART = Path(__file__).parent.parent.parent / "charts" / "intercept-proxy"
 RELEASE = "intercept-proxy"
-DEFAULT_POLICY = """\
-allowed_domains: [pypi.org, api.github.com, example.com]
-unrestricted_domains: [api.anthropic.com]
-"""
-# What the chart's ConfigMap clone puts into every namespace with intercepted pods.
-OBJECTS = {
-    ("ConfigMap", f"{RELEASE}-policy"): {
-        "kind": "ConfigMap",
-        "metadata": {"name": f"{RELEASE}-policy"},
-        "data": {"policy.yaml": DEFAULT_POLICY},
+VALUES = {
+    "policy": {
+        "default": {
+            "allowed_domains": ["pypi.org", "example.com"],
+            "unrestricted_domains": ["api.anthropic.com"],
+        }
     }
 }
-FETCH = (
+SIDECAR_PORTS = (15000, 15001, 15002, 15020, 15021, 15022, 15053, 15090)
+FROM_INIT = (
     "for u in https://pypi.org/from-init https://unknown.example/from-init; do"
-    ' curl -s -o /dev/null -w "$u %{http_code}\\n" $u; done > /data/init.txt'
+    ' curl -s -o /dev/null -w "$u %{http_code}\\n" $u; done'
 )
 
 
-def settings():
-    return settings_from_values(yaml.safe_load((CHART / "values.yaml").read_text()), RELEASE)
-
-
-def pod(name: str, own_policy: str) -> dict:
-    """A labelled pod with an init container of its own and an annotation policy."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "labels": {"intercept-proxy/enabled": "true"},
-            "annotations": {"intercept-proxy/opa-data": own_policy},
-        },
-        "spec": {
-            "securityContext": {"runAsUser": 12345, "runAsGroup": 12345},
-            "initContainers": [
-                {"name": "fetch", "image": "curlimages/curl:8.11.1", "command": ["sh", "-c", FETCH],
-                 "volumeMounts": [{"name": "work", "mountPath": "/data"}]},
-            ],
-            "containers": [
-                {"name": "app", "image": "busybox:1.36", "command": ["sleep", "infinity"],
-                 "volumeMounts": [{"name": "work", "mountPath": "/data"}]},
-            ],
-            "volumes": [{"name": "work", "emptyDir": {}}],
-        },
-    }  # fmt: skip
+@pytest.fixture(scope="module")
+def release(kube):
+    with installed(kube, RELEASE, "intercept-proxy", VALUES):
+        yield settings_from_values(VALUES, RELEASE)
 
 
 @pytest.fixture(scope="module")
-def pods(sandbox_lab):
-    """Two pods side by side, each with its own policy narrowing the default."""
-    started = []
-    try:
-        for name, own in (
-            ("pod-a", "allowed_domains: [pypi.org]\n"),
-            ("pod-b", "allowed_domains: [example.com]\n"),
-        ):
-            injected = inject_pod(pod(name, own), settings())
-            started.append(RunningPod(sandbox_lab, injected, OBJECTS).start())
-        yield dict(zip(("a", "b"), started, strict=True))
-    finally:
-        for running in started:
-            running.close()
+def space(kube, release):
+    """A namespace of this module's, with the default policy cloned into it."""
+    name = f"pods-{int(time.time() * 1000) % 100000}"
+    kube.kubectl("create", "namespace", name)
+    kube.wait_object(name, "configmap", f"{RELEASE}-policy")
+    yield name
+    kube.kubectl("delete", "namespace", name, "--wait=false")
 
 
-def curl(running: RunningPod, *args: str) -> tuple[int, str]:
-    out = running.exec("app", ["curl", "-s", "-w", "\n%{http_code}", *args]).stdout.decode()
-    body, _, status = out.rpartition("\n")
-    return int(status), body
-
-
-def test_the_injected_pod_and_its_processes(pods):
-    spec = pods["a"].spec["spec"]
-    assert [c["name"] for c in spec["initContainers"]] == [
-        "proxy-init",
-        "intercept-agent",
-        "envoy",
-        "fetch",
+def checks(cluster) -> list[list]:
+    lab = cluster.lab.host("pypi.org")
+    return [
+        ["request", "GET", "https://pypi.org/simple/"],
+        ["request", "GET", "http://pypi.org/simple/"],
+        ["request", "POST", "https://pypi.org/upload"],
+        ["request", "GET", "https://unknown.example/"],
+        ["request", "GET", "https://example.com/"],
+        ["request", "POST", "https://api.anthropic.com/v1/messages"],
+        ["certificate", "pypi.org", "pypi.org"],
+        # Straight to the lab's addresses, no DNS: captured all the same, in both families.
+        ["certificate", lab.ipv4, "pypi.org"],
+        ["certificate", lab.ipv6, "pypi.org"],
+        ["connect", *[[a, p] for a in ("127.0.0.1", "::1") for p in SIDECAR_PORTS]],
     ]
-    uids = {c["name"]: c["securityContext"]["runAsUser"] for c in spec["initContainers"][:3]}
+
+
+@pytest.fixture(scope="module")
+def pods(kube, space, cluster):
+    """Two labelled pods side by side, each narrowing the default policy its own way; pod a
+    has an init container of its own."""
+    start = time.monotonic()
+    a = labelled_pod(
+        "pod-a",
+        probe(*checks(cluster)),
+        metadata={"annotations": {"intercept-proxy/opa-data": "allowed_domains: [pypi.org]\n"}},
+        initContainers=[{"name": "fetch", "image": "curlimages/curl:8.11.1",
+                         "command": ["sh", "-c", FROM_INIT]}],
+    )  # fmt: skip
+    b = labelled_pod(
+        "pod-b",
+        probe(*checks(cluster)),
+        metadata={"annotations": {"intercept-proxy/opa-data": "allowed_domains: [example.com]\n"}},
+    )
+    kube.apply(space, a, b)
+    done = {
+        name: kube.wait_phase(space, name, "Succeeded", timeout=120) for name in ("pod-a", "pod-b")
+    }
+    MEASUREMENTS["kubectl apply of 2 labelled pods to both Succeeded (Kyverno-injected), s"] = (
+        round(time.monotonic() - start, 2)
+    )
+    return {
+        key: {"pod": done[name], "results": results(kube, space, name)}
+        for key, name in (("a", "pod-a"), ("b", "pod-b"))
+    }
+
+
+def test_kyverno_injects_what_the_injector_writes(pods, release):
+    """The stored pod's interceptor is, field by field that matters, what `intercept inject`
+    writes for the same values; the API server's AlwaysPullImages changed it besides."""
+    stored = pods["a"]["pod"]
+    init = stored["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["proxy-init", "intercept-agent", "envoy", "fetch"]
+    submitted = labelled_pod("pod-a", ["true"], initContainers=[{"name": "fetch"}])
+    expected = inject_pod(submitted, release)["spec"]["initContainers"][:3]
+    assert [verified(c) for c in init[:3]] == [verified(c) for c in expected]
+    assert {c["imagePullPolicy"] for c in init} == {"Always"}
+    uids = {c["name"]: c["securityContext"]["runAsUser"] for c in init[:3]}
     assert uids == {"proxy-init": 0, "intercept-agent": 102, "envoy": 101}
-    assert spec["automountServiceAccountToken"] is False
-    # The processes run as the spec says.
-    owners = {}
-    for pid in netns.pids(pods["a"].netns):
-        status = Path(f"/proc/{pid}/status").read_text()
-        name = status.split("\n", 1)[0].split()[-1]
-        uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
-        owners.setdefault(name, set()).add(uid)
-    assert owners["envoy"] == {101}
-    assert owners["sleep"] == {12345}
-    assert 102 in owners["python"] or 102 in owners.get("intercept", set())
+    assert init[0]["securityContext"]["capabilities"]["add"] == ["NET_ADMIN", "NET_RAW"]
+    assert stored["spec"]["automountServiceAccountToken"] is False
+    assert not [v for v in stored["spec"]["volumes"] if v["name"].startswith("kube-api-access")]
+    assert pods["a"]["results"]["bundle"]["uid"] == WORKLOAD_UID
 
 
-def test_proxy_init_logs_its_rules(pods):
-    log = pods["a"].output("proxy-init")
+def test_proxy_init_ran_and_logged_its_rules(kube, space, pods):
+    log = kube.logs(space, "pod-a", "-c", "proxy-init")
     assert "-j REDIRECT --to-ports 15001" in log
     assert "rules applied and verified (ipv4, ipv6: nat, filter)" in log
+    status = {s["name"]: s for s in pods["a"]["pod"]["status"]["initContainerStatuses"]}
+    assert status["proxy-init"]["state"]["terminated"]["exitCode"] == 0
 
 
-def test_the_certificate_is_issued_by_the_pods_own_ca(pods):
-    issuers = []
-    for running in pods.values():
-        out = running.exec(
-            "app",
-            ["sh", "-c", "openssl s_client -connect pypi.org:443 -servername pypi.org"
-             " </dev/null 2>/dev/null | openssl x509"],
-        ).stdout  # fmt: skip
-        cert = x509.load_pem_x509_certificate(out)
-        ca_file = running.pod.volumes.path("intercept-ca") / "ca.pem"
-        ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
-        cert.verify_directly_issued_by(ca)
-        issuers.append(ca.fingerprint(ca.signature_hash_algorithm))
-    assert issuers[0] != issuers[1]  # an ephemeral CA per pod
+def test_the_certificate_is_the_pods_own_cas(pods, cluster):
+    """Whatever address the workload dials, the certificate is minted by its pod's CA (first in
+    the bundle its variables name), which the workload verified; each pod has its own."""
+    cas = []
+    lab = cluster.lab.host("pypi.org")
+    for key in ("a", "b"):
+        found = pods[key]["results"]
+        ca = x509.load_pem_x509_certificate(found["bundle"]["first"].encode())
+        for address in ("pypi.org", lab.ipv4, lab.ipv6):
+            leaf = x509.load_der_x509_certificate(
+                der(result(found, "certificate", address, "pypi.org"))
+            )
+            leaf.verify_directly_issued_by(ca)
+        cas.append(ca.fingerprint(ca.signature_hash_algorithm))
+    assert cas[0] != cas[1]
 
 
-def test_allowed_get_denied_post_unknown_host_plain_and_tls(pods, sandbox_lab):
-    a = pods["a"]
-    assert curl(a, "https://pypi.org/simple/")[0] == 200
-    assert curl(a, "http://pypi.org/simple/")[0] == 200
-    status, body = curl(a, "-X", "POST", "https://pypi.org/upload")
-    assert status == 403
-    assert json.loads(body)["error"]["rule"] == "method_not_allowed"
-    before = len(a.received("unknown.example"))
-    status, body = curl(a, "https://unknown.example/")
-    assert status == 403
-    assert "is not allowed by the policy" in json.loads(body)["error"]["message"]
-    time.sleep(0.2)
-    assert len(a.received("unknown.example")) == before
+def status_of(found, *check) -> int | None:
+    return result(found, *check)["status"]
+
+
+def error_of(found, *check) -> dict:
+    return json.loads(result(found, *check)["body"])["error"]
+
+
+def test_allowed_get_denied_post_unknown_host_plain_and_tls(pods, cluster):
+    a = pods["a"]["results"]
+    assert status_of(a, "request", "GET", "https://pypi.org/simple/") == 200
+    assert status_of(a, "request", "GET", "http://pypi.org/simple/") == 200
+    assert status_of(a, "request", "POST", "https://pypi.org/upload") == 403
+    assert error_of(a, "request", "POST", "https://pypi.org/upload")["rule"] == "method_not_allowed"
+    assert status_of(a, "request", "GET", "https://unknown.example/") == 403
+    error = error_of(a, "request", "GET", "https://unknown.example/")
+    assert error["code"] == "POLICY_BLOCKED"
+    assert "is not allowed by the policy" in error["message"]
+    receipts = cluster.lab.receipts()
+    assert [r["path"] for r in receipts if r.get("host") == "pypi.org"].count("/upload") == 0
+    assert "/simple/" in [r["path"] for r in receipts if r.get("host") == "pypi.org"]
 
 
 def test_sidecar_ports_are_unreachable_from_the_workload(pods):
-    for port in (15000, 15001, 15020, 15021, 15090):
-        result = pods["a"].exec(
-            "app", ["curl", "-s", "--max-time", "3", f"http://127.0.0.1:{port}/"]
-        )
-        assert result.returncode != 0, port
+    for key in ("a", "b"):
+        (connections,) = [v["results"] for k, v in pods[key]["results"].items() if "connect" in k]
+        assert len(connections) == 2 * len(SIDECAR_PORTS)
+        assert "connected" not in connections.values(), connections
 
 
 def test_each_pod_gets_its_own_policy(pods):
-    status, body = curl(pods["a"], "https://example.com/")
-    assert status == 403
-    error = json.loads(body)["error"]
+    a, b = pods["a"]["results"], pods["b"]["results"]
+    assert status_of(a, "request", "GET", "https://example.com/") == 403
+    error = error_of(a, "request", "GET", "https://example.com/")
     assert error["rule"] == "pod:default_deny"
     assert "this pod's own policy" in error["message"]
-    assert curl(pods["b"], "https://example.com/")[0] == 200
-    assert curl(pods["b"], "https://pypi.org/")[0] == 403
+    assert status_of(b, "request", "GET", "https://example.com/") == 200
+    assert status_of(b, "request", "GET", "https://pypi.org/simple/") == 403
     # A pod's policy only narrows: api.anthropic.com is the default's, not pod-b's.
-    assert curl(pods["b"], "-X", "POST", "https://api.anthropic.com/v1/messages")[0] == 403
+    assert status_of(b, "request", "POST", "https://api.anthropic.com/v1/messages") == 403
 
 
-def test_an_annotation_change_is_enforced_without_a_restart(pods):
-    a = pods["a"]
-    agent_pids = {
-        p for p in netns.pids(a.netns) if b"agent" in Path(f"/proc/{p}/cmdline").read_bytes()
-    }
-    assert curl(a, "https://example.com/")[0] == 403
-    a.pod.set_annotations(
-        {"intercept-proxy/opa-data": "allowed_domains: [pypi.org, example.com]\n"}
-    )
-    deadline = time.monotonic() + 10
-    while curl(a, "https://example.com/")[0] != 200:
-        assert time.monotonic() < deadline, a.output("intercept-agent")
-        time.sleep(0.2)
-    still = {p for p in netns.pids(a.netns) if b"agent" in Path(f"/proc/{p}/cmdline").read_bytes()}
-    assert agent_pids and still == agent_pids  # the same agent process: no restart
-
-
-def test_the_workloads_own_init_container_is_intercepted(pods):
-    out = pods["a"].exec("app", ["cat", "/data/init.txt"]).stdout.decode().split("\n")
-    assert "https://pypi.org/from-init 200" in out
-    assert "https://unknown.example/from-init 403" in out
-    logged = pods["a"].decisions(lambda d: d["path"] == "/from-init")
-    rules = {d["path"]: d["rule"] for d in logged}
-    assert rules  # decided by the interceptor, with the init container's traffic
-
-
-def test_a_job_completes(sandbox_lab):
-    job = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {"name": "fetch-once"},
-        "spec": {"template": pod("job", "")},
-    }
-    template = job["spec"]["template"]
-    template["spec"]["restartPolicy"] = "Never"
-    template["spec"]["containers"][0]["command"] = [
-        "sh",
-        "-c",
-        "curl -sf https://pypi.org/ >/dev/null",
+def test_the_workloads_own_init_container_is_intercepted(kube, space, pods):
+    lines = kube.logs(space, "pod-a", "-c", "fetch").splitlines()
+    assert lines == ["https://pypi.org/from-init 200", "https://unknown.example/from-init 403"]
+    decisions = [
+        json.loads(line)
+        for line in kube.logs(space, "pod-a", "-c", "envoy").splitlines()
+        if line.startswith("{")
     ]
-    running = RunningPod(sandbox_lab, inject_pod(template, settings()), OBJECTS)
-    try:
-        running.start()
-        assert running.wait(120) == 0, running.output()
-    finally:
-        running.close()
-    assert not netns.exists(running.netns)
+    from_init = [(d["host"], d["allow"]) for d in decisions if d["path"] == "/from-init"]
+    assert from_init == [("pypi.org", True), ("unknown.example", False)]
+
+
+def test_an_annotation_change_is_enforced_without_a_restart(kube, space):
+    script = (
+        "while true; do curl -s -o /dev/null -w '%{http_code}\\n' https://example.com/;"
+        " sleep 0.3; done"
+    )
+    start = time.monotonic()
+    kube.apply(space, labelled_pod("looper", ["sh", "-c", script], restartPolicy="Always"))
+    ready = kube.wait_ready(space, "looper", timeout=120)
+    MEASUREMENTS["labelled pod: kubectl apply to Ready (injected, sidecars ready), s"] = round(
+        time.monotonic() - start, 2
+    )
+    sidecars = {s["name"]: s for s in ready["status"]["initContainerStatuses"]}
+    assert sidecars["envoy"]["ready"] and sidecars["intercept-agent"]["started"]
+
+    def codes() -> list[str]:
+        return kube.logs(space, "looper", "-c", "app").split()
+
+    deadline = time.monotonic() + 30
+    while "200" not in codes():
+        assert time.monotonic() < deadline, codes()
+        time.sleep(0.3)
+    kube.kubectl(
+        "annotate", "pod", "-n", space, "looper", "--overwrite",
+        "intercept-proxy/opa-data=allowed_domains: [pypi.org]",
+    )  # fmt: skip
+    start, seen = time.monotonic(), len(codes())
+    while "403" not in codes()[seen:]:
+        assert time.monotonic() - start < 30, codes()
+        time.sleep(0.3)
+    MEASUREMENTS["kubectl annotate to the first denial under the new policy, s"] = round(
+        time.monotonic() - start, 2
+    )
+    statuses = kube.pod(space, "looper")["status"]
+    restarts = [s["restartCount"] for s in statuses["initContainerStatuses"]]
+    restarts += [s["restartCount"] for s in statuses["containerStatuses"]]
+    assert restarts == [0, 0, 0, 0]

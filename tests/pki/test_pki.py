@@ -34,7 +34,42 @@ def test_leaf_has_only_its_name_short_validity_backdating_and_server_auth(ca):
     cert.verify_directly_issued_by(ca.cert)
 
 
-def test_leaf_verifies_with_openssl(ca, tmp_path):
+def _ca_with_another_key_identifier(tmp_path) -> CertificateAuthority:
+    """A CA made elsewhere: its key identifier is not the SHA-1 of its key (Helm's genCA, built
+    with Go >= 1.25, uses truncated SHA-256; any issuer may use its own)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name.from_rfc4514_string("CN=made elsewhere")
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier(b"\x01" * 20), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "other.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "other.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return CertificateAuthority.load(tmp_path / "other.crt", tmp_path / "other.key")
+
+
+@pytest.mark.parametrize("made_elsewhere", [False, True], ids=["ours", "made-elsewhere"])
+def test_leaf_verifies_with_openssl(ca, tmp_path, made_elsewhere):
+    if made_elsewhere:
+        ca = _ca_with_another_key_identifier(tmp_path)
     leaf = ca.issue(["files.pythonhosted.org"])
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
     (tmp_path / "leaf.pem").write_bytes(leaf.cert_pem)

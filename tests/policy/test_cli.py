@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -94,9 +95,55 @@ def test_compile_bundle_holds_data_and_rego(policy, tmp_path):
     data = json.loads(result.stdout)
     assert data["intercept_policy"]["allowed_domains"][0]["host"] == "pypi.org"
     bundle = tmp_path / "bundle"
-    assert intercept("policy", "compile", str(policy), "--bundle", str(bundle)).returncode == 0
-    assert json.loads((bundle / "data.json").read_text()) == data
+    result = intercept("policy", "compile", str(policy), "--bundle", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert (
+        json.loads((bundle / "intercept_policy" / "data.json").read_text())
+        == data["intercept_policy"]
+    )
+    assert json.loads((bundle / ".manifest").read_text())["roots"] == [
+        "intercept",
+        "intercept_policy",
+    ]
     assert (bundle / "intercept.rego").read_text().startswith("# intercept-proxy egress policy")
+
+
+def test_compile_bundle_replaces_its_own_bundle_only(policy, tmp_path):
+    """A module dropped from the policy must not stay behind in the bundle (OPA would load
+    it); a directory that holds something else is not touched."""
+    module = tmp_path / "extra.rego"
+    module.write_text("package intercept.custom\n\ndeny if false\n")
+    with_module = tmp_path / "with_module.yaml"
+    with_module.write_text(POLICY + "rego_modules: [extra.rego]\n")
+    bundle = tmp_path / "bundle"
+    assert intercept("policy", "compile", str(with_module), "--bundle", str(bundle)).returncode == 0
+    assert (bundle / "custom" / "0_extra.rego").exists()
+    assert intercept("policy", "compile", str(policy), "--bundle", str(bundle)).returncode == 0
+    assert not (bundle / "custom").exists()
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    result = intercept("policy", "compile", str(policy), "--bundle", str(other))
+    assert result.returncode == 2
+    assert "holds no bundle written by `intercept policy compile`" in result.stderr
+    assert [p.name for p in other.iterdir()] == ["mine.txt"]
+
+
+def test_compile_bundle_as_a_tarball(policy, tmp_path):
+    tarball = tmp_path / "bundle.tar.gz"
+    written = []
+    for _ in range(2):
+        result = intercept("policy", "compile", str(policy), "--bundle", str(tarball))
+        assert result.returncode == 0, result.stderr
+        written.append(tarball.read_bytes())
+    assert written[0] == written[1]  # reproducible: no times, no owners
+    with tarfile.open(tarball) as tar:
+        assert sorted(tar.getnames()) == [
+            "/.manifest",
+            "/intercept.rego",
+            "/intercept_policy/data.json",
+        ]
 
 
 def test_test_command_runs_builtin_and_user_tests(tmp_path):

@@ -126,3 +126,52 @@ def test_malformed_custom_allow_grants_nothing(tmp_path, module):
     path = write_policy(tmp_path, f"package intercept.custom\n{module}\n", "allowed_domains: []\n")
     engine = RegorusEngine(load_policy(path))
     assert engine.evaluate(url_input("GET", "https://other.test/")).rule == "default_deny"
+
+
+@pytest.mark.parametrize(
+    "module", ["deny(x) := x == 1", "default deny(_) := false", "allow(x) := true if x"]
+)
+def test_deny_or_allow_as_a_function_is_refused(tmp_path, module):
+    """regorus would read such a `deny` as undefined (denying nothing), OPA refuses to compile
+    it: the agent refuses it too, saying what to write instead."""
+    path = write_policy(tmp_path, f"package intercept.custom\n{module}\n")
+    with pytest.raises(PolicyError, match="is a function; define it as a rule") as e:
+        RegorusEngine(load_policy(path))
+    assert e.value.key == "rego_modules[0]"
+
+
+def test_other_functions_are_helpers(tmp_path):
+    module = (
+        "package intercept.custom\n"
+        'blocked(h) if h == "pypi.org"\n'
+        'deny contains {"rule": "b", "reason": "r"} if blocked(data.intercept.request.host)\n'
+    )
+    engine = RegorusEngine(load_policy(write_policy(tmp_path, module)))
+    assert engine.evaluate(url_input("GET", "https://pypi.org/")).rule == "b"
+
+
+def test_a_module_that_depends_on_the_decision_is_refused_readably(tmp_path):
+    path = write_policy(tmp_path, "package intercept.custom\ndeny if data.intercept.allow\n")
+    with pytest.raises(PolicyError, match="evaluation fails") as e:
+        RegorusEngine(load_policy(path))
+    assert "recursion" in str(e.value)
+    assert "backtrace" not in str(e.value) and len(str(e.value).splitlines()) <= 6
+
+
+def test_mistyped_input_is_denied_not_an_evaluation_error(tmp_path):
+    engine = RegorusEngine(load_policy(write_policy(tmp_path, CUSTOM)))
+    for doc in ("GET /", [], {"attributes": {"request": {"http": {"host": 7}}}}):
+        assert engine.evaluate(doc).rule == "invalid_request"
+
+
+def test_http_send_is_refused(tmp_path):
+    """regorus reads http.send as undefined: a deny that asks a service would never deny."""
+    module = (
+        "package intercept.custom\n"
+        "deny if {\n"
+        '\tr := http.send({"method": "GET", "url": "http://allowlist.corp/check"})\n'
+        "\tr.status_code != 200\n"
+        "}\n"
+    )
+    with pytest.raises(PolicyError, match=r"http\.send is not available"):
+        RegorusEngine(load_policy(write_policy(tmp_path, module)))

@@ -339,6 +339,7 @@ def test_the_workload_is_isolated_from_this_machine(sandbox):
 def test_the_launcher_never_imports_from_the_working_directory(tmp_path):
     """The workload may write where it runs; root's launcher must not load code from there."""
     work = Path(tempfile.mkdtemp(prefix="redteam-plant-", dir="/tmp"))
+    work.chmod(0o755)  # the workload's user enters its working directory (mkdtemp: 0700)
     try:
         marker = work / "planted-code-ran"
         (work / "intercept_proxy").mkdir()

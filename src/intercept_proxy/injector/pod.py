@@ -30,7 +30,6 @@ from intercept_proxy.injector.settings import (
     POLICY_ANNOTATION,
     InjectorSettings,
 )
-from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
 
@@ -55,9 +54,8 @@ POD_POLICY_FIELD = f"metadata.annotations['{POLICY_ANNOTATION}']"
 # The ServiceAccount admission plugin projects the token into this volume before any webhook
 # runs, so `automountServiceAccountToken: false` set by the injection alone would not unmount it.
 TOKEN_VOLUME_PREFIX = "kube-api-access-"
-# Where it mounts the token into every container with nothing mounted there. With the token
-# mounted (serviceAccountToken.automount), the sidecars hold an empty volume there: they have no
-# use for it, and a pod injected ahead of time must reach Kyverno with its sidecars as injected.
+# Where it mounts the token into every container with nothing mounted there. The sidecars hold
+# an empty volume there: they have no use for a token, whatever serviceAccountToken.automount.
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 NO_TOKEN_VOLUME = "intercept-no-token"
 NO_TOKEN_MOUNT = {"name": NO_TOKEN_VOLUME, "mountPath": TOKEN_PATH, "readOnly": True}
@@ -67,13 +65,6 @@ AGENT = "intercept-agent"
 ENVOY = "envoy"
 SIDECARS = (PROXY_INIT, AGENT, ENVOY)
 
-# What the API server fills in where a container or volume leaves it out, before validating
-# webhooks see the pod: written out, so that the sidecars Kyverno compares with the chart's
-# rendering arrive as rendered (tests/chart/apiserver.py lists the defaults).
-TERMINATION_MESSAGE = {
-    "terminationMessagePath": "/dev/termination-log",
-    "terminationMessagePolicy": "File",
-}
 DEFAULT_MODE = 0o644
 
 # Variables through which common clients find their CA bundle.
@@ -137,14 +128,10 @@ def _http_probe(path: str, failures: int) -> dict[str, Any]:
     }
 
 
-def _token_masks(s: InjectorSettings) -> list[dict[str, Any]]:
-    return [dict(NO_TOKEN_MOUNT)] if s.automount_service_account_token else []
-
-
-def _masked(s: InjectorSettings) -> dict[str, Any]:
-    """The volumeMounts of a sidecar that mounts nothing else."""
-    masks = _token_masks(s)
-    return {"volumeMounts": masks} if masks else {}
+# What decides whether a sidecar is the interceptor's: verified in an injected pod, where other
+# admission plugins may have set resources (LimitRanger), the pull policy (AlwaysPullImages),
+# probes or environment. Its mounts are compared for the interceptor's volumes only.
+VERIFIED_FIELDS = ("name", "image", "command", "args", "restartPolicy", "securityContext")
 
 
 def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
@@ -176,15 +163,15 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        **_masked(s),
-        **TERMINATION_MESSAGE,
+        "volumeMounts": [dict(NO_TOKEN_MOUNT)],
     }
 
 
 def agent_container(s: InjectorSettings) -> dict[str, Any]:
     # A shared CA comes from a Secret in its kubernetes.io/tls layout; an ephemeral one is made
     # by the agent itself on first start.
-    cert, key = ("tls.crt", "tls.key") if s.ca_mode == "secret" else ("ca.pem", "ca.key")
+    shared = s.ca_mode == "secret"
+    cert, key = ("tls.crt", "tls.key") if shared else ("ca.pem", "ca.key")
     command = [
         "intercept", "agent", "run",
         "--policy", POLICY_FILE,
@@ -194,18 +181,14 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         "--cert-validity-hours", f"{s.cert_validity_hours:g}",
         # Kubelet probes come to the pod's address.
         "--health-address", "0.0.0.0", "--health-address", "::",
+        # Always given: with `none`, the agent ignores the pod's own policy.
+        "--pod-policy", POD_POLICY_FILE, "--pod-policy-mode", str(s.policy_override),
     ]  # fmt: skip
     for suffix in s.dns_forward_suffixes:
         command += ["--dns-forward-suffix", suffix]
-    mounts = [
-        {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
-        {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": s.ca_mode == "secret"},
-        {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
-    ]
-    if s.policy_override is not OverrideMode.NONE:
-        command += ["--pod-policy", POD_POLICY_FILE, "--pod-policy-mode", str(s.policy_override)]
-        mounts.append({"name": POD_POLICY_VOLUME, "mountPath": POD_POLICY_DIR, "readOnly": True})
-    mounts += _token_masks(s)
+    # readOnly only when true: the API server drops a false one, and the pod stored would no
+    # longer be the pod rendered.
+    ca_mount = {"name": CA_VOLUME, "mountPath": CA_DIR} | ({"readOnly": True} if shared else {})
     return {
         "name": AGENT,
         "image": s.image,
@@ -216,8 +199,13 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         "securityContext": _restricted(s.agent_uid),
         "startupProbe": _http_probe("/healthz", failures=60),
         "livenessProbe": _http_probe("/healthz", failures=10),
-        "volumeMounts": mounts,
-        **TERMINATION_MESSAGE,
+        "volumeMounts": [
+            {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
+            ca_mount,
+            {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
+            {"name": POD_POLICY_VOLUME, "mountPath": POD_POLICY_DIR, "readOnly": True},
+            dict(NO_TOKEN_MOUNT),
+        ],
     }
 
 
@@ -235,8 +223,7 @@ def envoy_container(s: InjectorSettings) -> dict[str, Any]:
         # starts only once its traffic can be judged.
         "startupProbe": _http_probe("/readyz", failures=120),
         "readinessProbe": _http_probe("/readyz", failures=3),
-        **_masked(s),
-        **TERMINATION_MESSAGE,
+        "volumeMounts": [dict(NO_TOKEN_MOUNT)],
     }
 
 
@@ -253,28 +240,33 @@ def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
         if s.ca_mode == "secret"
         else {"emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
     )
-    out = [
+    # The pod's own policy, followed when the annotation changes (the kubelet rewrites the file,
+    # the agent reloads it): no restart.
+    field = {"apiVersion": "v1", "fieldPath": POD_POLICY_FIELD}
+    return [
         {
             "name": POLICY_VOLUME,
             "configMap": {"name": s.policy_config_map, "defaultMode": DEFAULT_MODE},
         },
         {"name": CA_VOLUME, **ca},
         {"name": TRUST_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "4Mi"}},
+        {
+            "name": POD_POLICY_VOLUME,
+            "downwardAPI": {
+                "items": [{"path": "policy.yaml", "fieldRef": field}],
+                "defaultMode": DEFAULT_MODE,
+            },
+        },
+        {"name": NO_TOKEN_VOLUME, "emptyDir": {}},
     ]
-    if s.policy_override is not OverrideMode.NONE:
-        # The pod's own policy, followed when the annotation changes (the kubelet rewrites the
-        # file, the agent reloads it): no restart.
-        field = {"apiVersion": "v1", "fieldPath": POD_POLICY_FIELD}
-        items = [{"path": "policy.yaml", "fieldRef": field}]
-        out.append(
-            {
-                "name": POD_POLICY_VOLUME,
-                "downwardAPI": {"items": items, "defaultMode": DEFAULT_MODE},
-            }
-        )
-    if s.automount_service_account_token:
-        out.append({"name": NO_TOKEN_VOLUME, "emptyDir": {}})
-    return out
+
+
+def verified(container: Any) -> dict[str, Any]:
+    """What of a sidecar must be exactly the injection's (and its interceptor mounts)."""
+    if not isinstance(container, dict):
+        return {}
+    mounts = [m for m in container.get("volumeMounts") or [] if _is_interceptors(m)]
+    return {f: container.get(f) for f in VERIFIED_FIELDS} | {"volumeMounts": mounts}
 
 
 def _id(value: Any, where: str) -> int | None:
@@ -442,10 +434,11 @@ def check_injected(spec: dict[str, Any], s: InjectorSettings) -> None:
     so its interceptor must be exactly what this injection adds, and the rest of it passes the
     checks of a pod about to be injected."""
     init = spec.get("initContainers") or []
-    for index, expected in enumerate(interceptor_containers(s)):
-        actual = init[index] if index < len(init) else None
+    for index, container in enumerate(interceptor_containers(s)):
+        actual = verified(init[index] if index < len(init) else None)
+        expected = verified(container)
         if actual != expected:
-            difference = _difference(actual, expected)
+            difference = _difference(actual or None, expected)
             raise InjectionError(
                 f"spec.initContainers[{index}] ({expected['name']}): {difference} (the pod is "
                 f"annotated {INJECTED_ANNOTATION}, but this is not the interceptor)"

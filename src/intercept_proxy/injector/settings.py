@@ -30,59 +30,35 @@ class SettingsError(ValueError):
     """Settings that cannot produce a safe pod; the message names the setting."""
 
 
-# A resource quantity as this injection (and the chart) accepts it: an integer, with a suffix.
-# At most 18 digits: Helm's templates compute in int64.
-_QUANTITY = re.compile(r"(0|[1-9][0-9]{0,17})(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?")
-_DECIMAL_SUFFIXES = ("m", "", "k", "M", "G", "T", "P", "E")
-_BINARY_SUFFIXES = ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+# A resource quantity as the API server reads it (resource.Quantity): a decimal number with an
+# optional exponent or suffix. Kept as written; the API server is its judge.
+QUANTITY = re.compile(
+    r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?"
+)
 
 
-def canonical_quantity(value: object, where: str) -> str:
-    """`value` as the API server writes a quantity back (resource.Quantity's canonical form: the
-    largest suffix of its family that keeps the number an integer, 1000m -> 1, 1024Mi -> 1Gi):
-    a sidecar compared with its rendering must not be rewritten on its way in."""
-    text = str(value) if type(value) is int else value
-    match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise SettingsError(
-            f"{where}: {value!r} is not an integer with an optional suffix "
-            "(write 500m rather than 0.5, 1Gi rather than 1.0Gi)"
-        )
-    number, suffix = int(match[1]), match[2] or ""
-    if number == 0:
-        return "0"
-    suffixes, base = (
-        (_BINARY_SUFFIXES, 1024) if suffix in _BINARY_SUFFIXES else (_DECIMAL_SUFFIXES, 1000)
-    )
-    index = suffixes.index(suffix)
-    while number % base == 0 and index + 1 < len(suffixes):
-        number, index = number // base, index + 1
-    return f"{number}{suffixes[index]}"
+def check_quantity(value: Any, where: str) -> Any:
+    """`value` unchanged (a number stays a number, as Helm writes it) once it reads as one."""
+    text = str(value) if type(value) in (int, float) else value
+    if not isinstance(text, str) or not QUANTITY.fullmatch(text):
+        raise SettingsError(f"{where}: {value!r} is not a resource quantity (500m, 1Gi, 2)")
+    return value
 
 
 @dataclass(frozen=True)
 class Resources:
+    """A sidecar's requests and limits, as given."""
+
     requests: dict[str, str] = field(default_factory=lambda: {"cpu": "50m", "memory": "64Mi"})
     limits: dict[str, str] = field(default_factory=lambda: {"cpu": "1", "memory": "512Mi"})
 
     def to_k8s(self) -> dict[str, Any]:
-        """As the API server would store it: a limit without a request is requested too, and
-        an empty map is left out (it would not be written back)."""
-        requests = {**self.limits, **self.requests}
-        return {k: v for k, v in (("requests", requests), ("limits", dict(self.limits))) if v}
+        return {"requests": dict(self.requests), "limits": dict(self.limits)}
 
     def check(self, name: str) -> None:
-        """Every quantity as the API server writes it back: the sidecars are compared, as
-        stored, with their rendering."""
         for kind in ("requests", "limits"):
             for resource, quantity in getattr(self, kind).items():
-                where = f"{name}.{kind}.{resource}"
-                canonical = canonical_quantity(quantity, where)
-                if quantity != canonical:
-                    raise SettingsError(
-                        f"{where}: {quantity!r} is written {canonical!r} by the API server; "
-                        f"give {canonical!r}"
-                    )
+                check_quantity(quantity, f"{name}.{kind}.{resource}")
 
 
 @dataclass(frozen=True)

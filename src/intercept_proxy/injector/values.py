@@ -10,6 +10,7 @@ a value of the wrong type, is an error naming the key.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy import __version__
@@ -21,7 +22,7 @@ from intercept_proxy.injector.settings import (
     InjectorSettings,
     Resources,
     SettingsError,
-    canonical_quantity,
+    check_quantity,
 )
 from intercept_proxy.policy.combined import OverrideMode
 
@@ -62,8 +63,10 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
         "policy": {"podOverride": str(s.policy_override), "default": IGNORED},
         "ca": {"mode": s.ca_mode, "secretName": s.ca_secret, "certManager": IGNORED},
         "serviceAccountToken": {"automount": s.automount_service_account_token},
+        "injection": IGNORED,
         "clone": IGNORED,
         "networkPolicy": IGNORED,
+        "podSecurity": IGNORED,
         "kyverno": IGNORED,
         "helmTest": IGNORED,
         "cleanup": IGNORED,
@@ -125,7 +128,7 @@ def _quantities(value: Any, default: dict[str, Any], where: str) -> dict[str, st
     if not isinstance(value, dict):
         raise SettingsError(f"values: {where}: {value!r} is not a mapping")
     merged = {k: v for k, v in {**default, **value}.items() if v is not None}
-    return {k: canonical_quantity(v, f"values: {where}.{k}") for k, v in merged.items()}
+    return {k: check_quantity(v, f"values: {where}.{k}") for k, v in merged.items()}
 
 
 def _merge(default: dict[str, Any], given: Any, where: str) -> dict[str, Any]:
@@ -188,3 +191,65 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         envoy_resources=_resources(values["envoy"]["resources"]),
         init_resources=_resources(values["proxyInit"]["resources"]),
     )
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """How one setting reaches the chart's templates, beside `settings_from_values` above: its
+    Helm pipeline over the same values, and what stands for it when the injection is rendered
+    into the chart (intercept_proxy.injector.template). A `sentinel` is a valid value no
+    rendering otherwise contains (two items for a list, each rendered by the pipeline `item`
+    applied to `.`); a setting whose value shapes the rendering lists its `choices` instead."""
+
+    helm: str
+    sentinel: Any = None
+    item: str = ". | toString"
+    choices: tuple[Any, ...] = ()
+    # (setting, value): the sentinel stands only when that setting has that value.
+    only_with: tuple[str, Any] | None = None
+
+
+_PORT = ". | int | toString"
+HELM_PARAMETERS: dict[str, Parameter] = {
+    "image": Parameter(
+        'printf "%s:%s" .Values.image.repository .Values.image.tag', "sentinel.invalid/image:s1"
+    ),
+    "envoy_image": Parameter(
+        'printf "%s:%s" .Values.envoy.image.repository .Values.envoy.image.tag',
+        "sentinel.invalid/envoy:s2",
+    ),
+    "image_pull_policy": Parameter(".Values.image.pullPolicy", choices=PULL_POLICIES),
+    "envoy_uid": Parameter(".Values.envoy.uid | int", 990101),
+    "agent_uid": Parameter(".Values.agent.uid | int", 990102),
+    "tls_ports": Parameter(".Values.capture.tlsPorts", (61443, 61444), _PORT),
+    "http_ports": Parameter(".Values.capture.httpPorts", (61080, 61081), _PORT),
+    "allowed_cidrs": Parameter(".Values.capture.allowedCidrs", ("192.0.2.1/32", "192.0.2.2/32")),
+    "inbound_ports": Parameter(".Values.capture.inboundPorts", (61900, 61901), _PORT),
+    "dns_forward_suffixes": Parameter(
+        ".Values.dns.forwardSuffixes", ("s1.sentinel.invalid", "s2.sentinel.invalid")
+    ),
+    "policy_config_map": Parameter('printf "%s-policy" .Release.Name', "sentinel-policy"),
+    "policy_override": Parameter(".Values.policy.podOverride", choices=tuple(OverrideMode)),
+    "ca_mode": Parameter(
+        'ternary "ephemeral" "secret" (eq .Values.ca.mode "ephemeral")',
+        choices=("ephemeral", "secret"),
+    ),
+    "ca_secret": Parameter(
+        'include "intercept-proxy.caSecret" .',
+        "sentinel-ca-secret",
+        only_with=("ca_mode", "secret"),
+    ),
+    "cert_validity_hours": Parameter(".Values.agent.certValidityHours | float64", 990.25),
+    "automount_service_account_token": Parameter(
+        ".Values.serviceAccountToken.automount", choices=(False, True)
+    ),
+    "agent_resources": Parameter(
+        ".Values.agent.resources", Resources({"cpu": "990001m"}, {"memory": "990001Mi"})
+    ),
+    "envoy_resources": Parameter(
+        ".Values.envoy.resources", Resources({"cpu": "990002m"}, {"memory": "990002Mi"})
+    ),
+    "init_resources": Parameter(
+        ".Values.proxyInit.resources", Resources({"cpu": "990003m"}, {"memory": "990003Mi"})
+    ),
+}

@@ -146,6 +146,16 @@ class CertificateAuthority:
         write_private(key_path, self.key_pem())
         write_public(cert_path, self.cert_pem)
 
+    def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
+        """The CA's own key identifier, as its certificate states it: CAs made elsewhere (Helm's
+        genCA, cert-manager) derive it in other ways (Go >= 1.25: truncated SHA-256), and a
+        verifier matches the two as written."""
+        try:
+            ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        except x509.ExtensionNotFound:
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value)
+
     def issue(
         self,
         names: Sequence[str],
@@ -184,10 +194,7 @@ class CertificateAuthority:
                 critical=len(subject) == 0,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
+            .add_extension(self._authority_key_identifier(), critical=False)
             .sign(self.key, hashes.SHA256())
         )
         key_pem = key.private_bytes(

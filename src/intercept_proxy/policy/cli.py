@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from intercept_proxy.pki.files import write_public
-from intercept_proxy.policy.engine import BUILTIN_MODULE, RegorusEngine, builtin_rego
+from intercept_proxy.policy.bundle import BundleError, write_bundle
+from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.input import InputError, url_input
 from intercept_proxy.policy.model import Policy, PolicyError, RegoModule, load_policy
 from intercept_proxy.policy.testing import builtin_tests, run_tests
@@ -49,12 +49,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     compile_ = sub.add_parser(
         "compile",
-        help="print the data document the Rego policy reads (for OPA)",
+        help="print the data document the Rego policy reads, or write an OPA bundle",
         description="Print the validated policy as the JSON data document of the Rego policy. "
-        "With --bundle, write a directory that `opa eval -b DIR` or `opa run -b DIR` loads.",
+        "With --bundle, write an OPA bundle instead (.manifest, data, the Rego policy and the "
+        "custom modules): a directory that `opa run --server -b DIR` or `opa eval -b DIR` "
+        "loads, or, for a name ending in .tar.gz, the same files as the tarball OPA's bundle "
+        "service serves. An existing directory must be empty or hold a bundle written by this "
+        "command, which is replaced.",
     )
     compile_.add_argument("policy", type=Path)
-    compile_.add_argument("--bundle", type=Path, metavar="DIR")
+    compile_.add_argument("--bundle", type=Path, metavar="DIR|FILE.tar.gz")
     compile_.set_defaults(func=_compile)
 
     test = sub.add_parser(
@@ -116,15 +120,14 @@ def _compile(args: argparse.Namespace) -> int:
         policy, _ = _load(args.policy)
     except PolicyError as e:
         return _fail(str(e))
-    data = json.dumps(policy.to_data(), indent=2, sort_keys=True) + "\n"
     if args.bundle is None:
-        sys.stdout.write(data)
+        sys.stdout.write(json.dumps(policy.to_data(), indent=2, sort_keys=True) + "\n")
         return 0
-    write_public(args.bundle / "data.json", data.encode())
-    write_public(args.bundle / BUILTIN_MODULE, builtin_rego().encode())
-    for i, module in enumerate(policy.rego_modules):
-        write_public(args.bundle / f"custom_{i}_{Path(module.path).name}", module.text.encode())
-    print(f"bundle written to {args.bundle}")
+    try:
+        write_bundle(policy, args.bundle)
+    except (BundleError, OSError) as e:
+        return _fail(f"cannot write the bundle: {e}")
+    print(f"bundle written to {args.bundle} (revision {policy.revision})")
     return 0
 
 

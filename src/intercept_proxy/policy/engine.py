@@ -6,6 +6,7 @@ denial with rule `evaluation_error`, so a broken policy fails closed.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from importlib import resources
@@ -64,7 +65,9 @@ class RegorusEngine:
         try:
             self._decide(_PROBE_INPUT)
         except (RuntimeError, ValueError) as e:
-            raise PolicyError(policy.source, "rego_modules", f"evaluation fails: {e}") from None
+            raise PolicyError(
+                policy.source, "rego_modules", f"evaluation fails: {_first_lines(e)}"
+            ) from None
 
     def _add_custom_module(self, index: int, module: RegoModule) -> None:
         where = f"rego_modules[{index}]"
@@ -82,6 +85,19 @@ class RegorusEngine:
             raise PolicyError(
                 self._policy.source, where, f"{module.path}: {_first_lines(e)}"
             ) from None
+        functions, calls = _functions_and_calls(module)
+        if package == CUSTOM_PACKAGE:
+            for name in sorted(functions & {"allow", "deny"}):
+                # regorus reads a function as undefined (a deny that denies nothing), OPA
+                # refuses to compile the policy: refuse it here too, and say why.
+                raise PolicyError(
+                    self._policy.source,
+                    where,
+                    f"{module.path}: `{name}` is a function; define it as a rule: "
+                    f'`{name} contains {{"rule": ..., "reason": ...}} if {{...}}`',
+                )
+        for name in sorted(calls & _UNAVAILABLE.keys()):
+            raise PolicyError(self._policy.source, where, f"{module.path}: {_UNAVAILABLE[name]}")
 
     @property
     def policy(self) -> Policy:
@@ -111,6 +127,58 @@ class RegorusEngine:
             return Decision(
                 False, "evaluation_error", f"policy evaluation failed: {_first_lines(e)}"
             )
+
+
+# Built-ins regorus knows but does not run: it reads a call as undefined, where OPA runs it.
+_UNAVAILABLE = {
+    "http.send": "http.send is not available: the agent makes no network request to decide, "
+    "and its engine (regorus) reads the call as undefined, so a rule using it would never hold",
+}
+
+
+def _functions_and_calls(module: RegoModule) -> tuple[set[str], set[str]]:
+    """The names of the functions a module defines at its top level (`deny(x) := ...`), and the
+    dotted names it calls (`http.send`), from regorus's AST."""
+    parser = regorus.Engine()
+    parser.add_policy(module.path, module.text)
+    functions: set[str] = set()
+    calls: set[str] = set()
+    for parsed in json.loads(parser.get_ast_as_json()):
+        for rule in parsed["ast"]["rules"]:
+            # {"Spec": {"head": {"Func": {"refr": ..., "args": [...]}}}} or
+            # {"Default": {"refr": ..., "args": [...]}}: a function has arguments.
+            head = rule.get("Default") or rule.get("Spec", {}).get("head", {}).get("Func") or {}
+            name = _dotted(head.get("refr"))
+            if head.get("args") and name:
+                functions.add(name)
+        _collect_calls(parsed["ast"]["rules"], calls)
+    return functions, calls
+
+
+def _collect_calls(node: Any, calls: set[str]) -> None:
+    if isinstance(node, dict):
+        call = node.get("Call")
+        if isinstance(call, dict) and (name := _dotted(call.get("fcn"))):
+            calls.add(name)
+        for value in node.values():
+            _collect_calls(value, calls)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_calls(value, calls)
+
+
+def _dotted(ref: Any) -> str | None:
+    """`a.b.c` for regorus's {"RefDot": {"refr": ..., "field": [span, "c"]}} chains over a Var."""
+    if not isinstance(ref, dict):
+        return None
+    if "Var" in ref:
+        return ref["Var"].get("value")
+    dot = ref.get("RefDot")
+    if isinstance(dot, dict):
+        base, field = _dotted(dot.get("refr")), dot.get("field")
+        if base and isinstance(field, list) and field and isinstance(field[-1], str):
+            return f"{base}.{field[-1]}"
+    return None
 
 
 def _first_lines(error: Exception, limit: int = 6) -> str:

@@ -6,20 +6,40 @@
 #   input.attributes.contextExtensions.intercept_transport   ("tls" or "plain", set per listener)
 # data.intercept_policy: the validated policy file (`intercept policy compile FILE`).
 #
-# Result: data.intercept.decision = {"allow": bool, "rule": string, "reason": string}
-# (data.intercept.allow is the same boolean, for OPA-Envoy's default decision path).
+# Result: data.intercept.decision = {"allow": bool, "rule": string, "reason": string};
+# data.intercept.allow is the same boolean, and data.intercept.envoy_response the same decision
+# as OPA-Envoy's output document (for its `path: intercept/allow` or `intercept/envoy_response`).
 #
 # Extension point: modules in package intercept.custom may define the sets `allow` and `deny` of
 # {"rule": ..., "reason": ...} objects; they read the normalised request in data.intercept.request.
 # A custom deny overrides every grant, whatever its shape (a malformed entry, or `deny` as a
 # boolean, still denies); a custom allow must be well-formed and cannot override the request
-# checks (invalid host, missing SNI, SNI/Host mismatch).
+# checks (invalid host, missing SNI, SNI/Host mismatch). Both engines this policy is tested on,
+# regorus (the agent's) and OPA, accept the same custom modules and decide alike (docs/policy.md).
 package intercept
 
 cfg := data.intercept_policy
 
-# Anything missing from the input reads as empty, which no rule grants: unknown input is denied.
-http := object.get(input, ["attributes", "request", "http"], {})
+# Anything missing from the input, or not of the type Envoy sends, reads as empty, which no rule
+# grants: unknown input is denied. The types are settled here, once: a built-in given a wrong type
+# is undefined in OPA but an error in regorus, and both must judge such input alike.
+_input := input if {
+	is_object(input)
+} else := {}
+
+_attributes := _object_at(_input, "attributes")
+
+http := _object_at(_object_at(_attributes, "request"), "http")
+
+_object_at(x, key) := v if {
+	v := x[key]
+	is_object(v)
+} else := {}
+
+_string_at(x, key, fallback) := v if {
+	v := x[key]
+	is_string(v)
+} else := fallback
 
 default allow := false
 
@@ -39,6 +59,35 @@ decision := _deny(d) if {
 _allow(g) := {"allow": true, "rule": g.rule, "reason": g.reason}
 
 _deny(d) := {"allow": false, "rule": d.rule, "reason": d.reason}
+
+# For OPA-Envoy (plugins.envoy_ext_authz_grpc.path: intercept/envoy_response): the decision as its
+# output document. A denial is answered as the agent answers it: 403, a JSON body that explains
+# it, the decision id (Envoy's x-request-id) in a header; the decision goes to Envoy's dynamic
+# metadata either way.
+envoy_response := {
+	"allowed": true,
+	"response_headers_to_add": _decision_id_header,
+	"dynamic_metadata": decision,
+} if {
+	decision.allow
+} else := {
+	"allowed": false,
+	"http_status": 403,
+	"headers": object.union({"content-type": "application/json"}, _decision_id_header),
+	"body": json.marshal({"error": {
+		"code": "POLICY_BLOCKED",
+		"rule": decision.rule,
+		"message": decision.reason,
+		"decision_id": object.get(_decision_id_header, "x-intercept-decision-id", ""),
+	}}),
+	"dynamic_metadata": decision,
+}
+
+_decision_id_header := {"x-intercept-decision-id": id} if {
+	id := _headers["x-request-id"]
+	is_string(id)
+	id != ""
+} else := {}
 
 # The candidate with the lowest priority number, ties broken by rule name: deterministic.
 _first(candidates) := c if {
@@ -65,11 +114,11 @@ request := {
 
 # Methods are case-sensitive (RFC 9110): `get` is not GET, and goes upstream as `get`. It is
 # judged as written: it is no read, and no write a grant names.
-method := object.get(http, "method", "")
+method := _string_at(http, "method", "")
 
-scheme := lower(object.get(http, "scheme", ""))
+scheme := lower(_string_at(http, "scheme", ""))
 
-_raw_sni := object.get(input, ["attributes", "tlsSession", "sni"], "")
+_raw_sni := _string_at(_object_at(_attributes, "tlsSession"), "sni", "")
 
 sni := _strip_dot(lower(_raw_sni))
 
@@ -77,7 +126,7 @@ sni := _strip_dot(lower(_raw_sni))
 # by the listener (the context extension the interceptor's configuration sets) or by an SNI.
 tls if scheme == "https"
 
-tls if object.get(input, ["attributes", "contextExtensions", "intercept_transport"], "") == "tls"
+tls if _object_at(_attributes, "contextExtensions").intercept_transport == "tls"
 
 tls if sni != ""
 
@@ -89,7 +138,7 @@ else := 443 if tls
 
 else := 80
 
-_raw_authority := object.get(http, "host", "")
+_raw_authority := _string_at(http, "host", "")
 
 authority := lower(_raw_authority)
 
@@ -139,10 +188,10 @@ target := sprintf("%s %s:%d", [method, host, port]) if valid_host
 
 else := sprintf("%s %q", [method, authority])
 
-path := split(object.get(http, "path", "/"), "?")[0]
+path := split(_string_at(http, "path", "/"), "?")[0]
 
 query := substring(p, count(path) + 1, -1) if {
-	p := object.get(http, "path", "")
+	p := _string_at(http, "path", "")
 	count(p) > count(path)
 } else := ""
 
@@ -235,21 +284,38 @@ denials contains {"priority": 3, "rule": "sni_mismatch", "reason": reason} if {
 	reason := sprintf("Host %q does not match the TLS server name %q", [host, sni])
 }
 
-denials contains {"priority": 10, "rule": rule, "reason": reason} if {
-	x := data.intercept.custom.deny
-	_is_collection(x)
-	some d in x
-	rule := _field(d, "rule", "custom_deny")
-	reason := _field(d, "reason", sprintf("denied by a custom module: %v", [d]))
+# ---------------------------------------------------------------------------------------------
+# Custom modules (package intercept.custom): `deny` and `allow`, in whatever shape a module gives
+# them. Read through object.get, whose result OPA's type checker types `any`: a direct reference
+# carries the type of the module's own rule, and OPA then rejects this module whenever that type
+# does not fit one of the branches below (`deny if ...` is a boolean, `some d in deny` needs a
+# collection). Every shape is judged here, at evaluation time, by OPA and regorus alike. (When a
+# module defines no `deny`, the object is undefined, and so is _custom_deny: the default of
+# object.get is never used.)
+
+_custom_deny := object.get({"v": data.intercept.custom.deny}, "v", null)
+
+_custom_allow := object.get({"v": data.intercept.custom.allow}, "v", null)
+
+# A custom deny denies whatever its shape, because a mistake in a module meant to restrict must
+# not let requests through: every entry of a set or an array, a non-empty object (a single
+# decision, or a partial object), `true` (`deny if {...}`), a string, a number, null. Only
+# `false`, an empty set, array or object, and an undefined `deny` deny nothing.
+_custom_denials contains d if {
+	_is_collection(_custom_deny)
+	some d in _custom_deny
 }
 
-# `deny` written as a boolean (deny if {...}), or as anything else that is not a set: a mistake
-# in a module meant to restrict must not let requests through.
-denials contains {"priority": 10, "rule": "custom_deny", "reason": reason} if {
-	x := data.intercept.custom.deny
+_custom_denials contains x if {
+	x := _custom_deny
 	not _is_collection(x)
-	x != false
-	reason := sprintf("denied by a custom module (deny = %v)", [x])
+	not x in {false, {}}
+}
+
+denials contains {"priority": 10, "rule": rule, "reason": reason} if {
+	some d in _custom_denials
+	rule := _field(d, "rule", "custom_deny")
+	reason := _field(d, "reason", _custom_reason(d))
 }
 
 _is_collection(x) if is_set(x)
@@ -261,12 +327,31 @@ _field(d, key, fallback) := d[key] if {
 	is_string(d[key])
 } else := fallback
 
+# Values are described, never printed with %v: OPA and regorus print numbers (`1e6`) and empty
+# sets differently, and the reason must not depend on the engine.
+_custom_reason(d) := sprintf("denied by a custom module: %s", [d]) if {
+	is_string(d)
+} else := sprintf("denied by a custom module (rule %s gives no reason)", [d.rule]) if {
+	is_object(d)
+	is_string(d.rule)
+} else := sprintf("denied by a custom module (deny holds %v)", [d]) if {
+	is_boolean(d)
+} else := sprintf("denied by a custom module (deny holds %s)", [_a_value_of_type[type_name(d)]])
+
+_a_value_of_type := {
+	"null": "null",
+	"number": "a number",
+	"array": "an array",
+	"set": "a set",
+	"object": "an object with no rule",
+}
+
 # ---------------------------------------------------------------------------------------------
 # Grants.
 
 read_methods := {"GET", "HEAD"}
 
-_headers := object.get(http, "headers", {})
+_headers := _object_at(http, "headers")
 
 # A read sends nothing: no body (a length other than 0, or chunked) and no protocol upgrade (a
 # WebSocket is a two-way channel opened with a GET).
@@ -348,11 +433,13 @@ grants contains {"rule": "aws", "reason": reason} if {
 	reason := sprintf("%s: AWS service %s is allowed", [target, service])
 }
 
+# A custom allow grants only with well-formed {"rule": ..., "reason": ...} entries of a set or an
+# array: anything else (`allow if {...}`, strings, an entry without a reason) grants nothing.
 grants contains {"priority": 60, "rule": g.rule, "reason": g.reason} if {
 	valid_host
-	x := data.intercept.custom.allow
-	_is_collection(x)
-	some g in x
+	_is_collection(_custom_allow)
+	some g in _custom_allow
+	is_object(g)
 	is_string(g.rule)
 	is_string(g.reason)
 }

@@ -68,6 +68,31 @@ test_missing_input_is_denied if {
 	not intercept.decision.allow with input as {} with data.intercept_policy as cfg
 }
 
+# OPA reads a built-in given a wrong type as undefined, regorus fails the evaluation: the policy
+# settles the types first, so both judge such input alike (and no error reaches the agent).
+test_mistyped_input_is_denied_as_invalid if {
+	every i in [
+		"GET https://pypi.org/",
+		[],
+		{"attributes": "x"},
+		{"attributes": {"request": {"http": "x"}}},
+		{"attributes": {"request": {"http": {"method": "GET", "host": 7, "path": "/"}}}},
+		{"attributes": {"request": {"http": {"method": "GET", "host": "pypi.org", "path": 5}}}},
+		{"attributes": {"request": {"http": {"method": ["GET"], "host": "pypi.org", "path": "/"}}}},
+	] {
+		decide(i).rule == "invalid_request"
+	}
+}
+
+test_mistyped_optional_fields_read_as_absent if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "pypi.org", "path": "/", "scheme": 5, "headers": "x"}},
+		"tlsSession": {"sni": 5},
+		"contextExtensions": "x",
+	}}
+	decide(i).rule == "allowed_domains"
+}
+
 # --- domains ----------------------------------------------------------------------------------
 
 test_exact_domain_is_not_a_substring_or_suffix_match if {
@@ -235,6 +260,7 @@ test_github_administration_needs_the_opt_in if {
 	d := intercept.decision with input as req("POST", "api.github.com", "/repos/octo/hello/hooks") with data.intercept_policy as admin
 	d.rule == "github_admin"
 	d.allow
+
 	# Not for other repositories.
 	e := intercept.decision with input as req("POST", "api.github.com", "/repos/octo/other/hooks") with data.intercept_policy as admin
 	e.rule == "github_write_not_allowed"
@@ -339,12 +365,97 @@ test_s3_bucket_hosts_are_not_services if {
 	decide(req("PUT", "s3.us-gov-west-1.amazonaws.com", "/")).allow
 }
 
+# --- custom modules: every shape of deny and allow (both engines, see tests/policy/test_opa.py) --
+
+custom_deny_decision(x) := d if {
+	d := intercept.decision with input as req("GET", "pypi.org", "/") with data.intercept_policy as cfg with data.intercept.custom.deny as x
+}
+
+custom_allow_decision(x) := d if {
+	d := intercept.decision with input as req("GET", "nope.test", "/") with data.intercept_policy as cfg with data.intercept.custom.allow as x
+}
+
 test_custom_deny_of_any_shape_denies if {
-	i := req("GET", "pypi.org", "/")
-	d1 := intercept.decision with input as i with data.intercept_policy as cfg with data.intercept.custom.deny as true
-	d1.rule == "custom_deny"
-	d2 := intercept.decision with input as i with data.intercept_policy as cfg with data.intercept.custom.deny as {"a string"}
-	d2 == {"allow": false, "rule": "custom_deny", "reason": "denied by a custom module: a string"}
-	d3 := intercept.decision with input as i with data.intercept_policy as cfg with data.intercept.custom.deny as false
-	d3.allow
+	every x, want in {
+		true: {"rule": "custom_deny", "reason": "denied by a custom module (deny holds true)"},
+		"no": {"rule": "custom_deny", "reason": "denied by a custom module: no"},
+		1e6: {"rule": "custom_deny", "reason": "denied by a custom module (deny holds a number)"},
+		null: {"rule": "custom_deny", "reason": "denied by a custom module (deny holds null)"},
+		{"a string"}: {"rule": "custom_deny", "reason": "denied by a custom module: a string"},
+		{{"rule": "r"}}: {"rule": "r", "reason": "denied by a custom module (rule r gives no reason)"},
+		{{"rule": 1, "reason": 2}}: {"rule": "custom_deny", "reason": "denied by a custom module (deny holds an object with no rule)"},
+		{set()}: {"rule": "custom_deny", "reason": "denied by a custom module (deny holds a set)"},
+		[[]]: {"rule": "custom_deny", "reason": "denied by a custom module (deny holds an array)"},
+		[{"rule": "r", "reason": "why"}]: {"rule": "r", "reason": "why"},
+		{"rule": "r", "reason": "why"}: {"rule": "r", "reason": "why"},
+		{"pypi.org": "blocked"}: {"rule": "custom_deny", "reason": "denied by a custom module (deny holds an object with no rule)"},
+	} {
+		custom_deny_decision(x) == object.union({"allow": false}, want)
+	}
+}
+
+test_custom_deny_that_is_empty_or_false_denies_nothing if {
+	every x in [false, set(), [], {}] {
+		custom_deny_decision(x).rule == "allowed_domains"
+	}
+}
+
+test_custom_deny_entries_decide_in_rule_order if {
+	d := custom_deny_decision({{"rule": "b", "reason": "1"}, {"rule": "a", "reason": "2"}, "x"})
+	d == {"allow": false, "rule": "a", "reason": "2"}
+}
+
+test_custom_deny_comes_after_the_request_checks if {
+	d := intercept.decision with input as req("GET", "1.2.3.4", "/") with data.intercept_policy as cfg with data.intercept.custom.deny as true
+	d.rule == "invalid_host"
+}
+
+test_custom_allow_grants_only_well_formed_entries if {
+	every x in [{{"rule": "r", "reason": "why"}}, [{"rule": "r", "reason": "why"}]] {
+		custom_allow_decision(x) == {"allow": true, "rule": "r", "reason": "why"}
+	}
+	every x in [true, "r", {"r"}, {{"rule": "r"}}, {{"rule": "r", "reason": 1}}, {"rule": "r", "reason": "why"}, {"r": {"rule": "r", "reason": "why"}}, null] {
+		custom_allow_decision(x).rule == "default_deny"
+	}
+}
+
+test_custom_allow_cannot_grant_a_github_write if {
+	d := intercept.decision with input as req("POST", "api.github.com", "/repos/octo/other/issues") with data.intercept_policy as cfg with data.intercept.custom.allow as {{"rule": "r", "reason": "why"}}
+	d.rule == "github_write_not_allowed"
+}
+
+# --- OPA-Envoy's output document -----------------------------------------------------------------
+
+envoy(i) := r if {
+	r := intercept.envoy_response with input as i with data.intercept_policy as cfg
+}
+
+test_envoy_response_allows_with_the_decision_id if {
+	r := envoy(with_headers(req("GET", "pypi.org", "/"), {"x-request-id": "id-1"}))
+	r.allowed
+	r.response_headers_to_add == {"x-intercept-decision-id": "id-1"}
+	r.dynamic_metadata == decide(req("GET", "pypi.org", "/"))
+	not r.http_status
+}
+
+test_envoy_response_denies_as_the_agent_does if {
+	i := with_headers(req("POST", "pypi.org", "/"), {"x-request-id": "id-2"})
+	r := envoy(i)
+	r.allowed == false
+	r.http_status == 403
+	r.headers == {"content-type": "application/json", "x-intercept-decision-id": "id-2"}
+	json.unmarshal(r.body) == {"error": {
+		"code": "POLICY_BLOCKED",
+		"rule": "method_not_allowed",
+		"message": decide(i).reason,
+		"decision_id": "id-2",
+	}}
+	r.dynamic_metadata == decide(i)
+}
+
+test_envoy_response_without_a_request_id if {
+	r := envoy(req("GET", "nope.test", "/"))
+	r.headers == {"content-type": "application/json"}
+	json.unmarshal(r.body).error.decision_id == ""
+	envoy(req("GET", "pypi.org", "/")).response_headers_to_add == {}
 }

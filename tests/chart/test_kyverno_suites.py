@@ -1,0 +1,184 @@
+"""`kyverno test` suites, the Kyverno ecosystem's convention, for every ClusterPolicy of the chart
+as rendered for each set of values: a `kyverno-test.yaml` with its policies, resources and
+expected results per rule, written from the rendering and the injector and run by the real
+`kubectl-kyverno test`. Seconds, no cluster: the fast check before tests/kubernetes.
+
+`UPDATE` in `kyverno test` sets the old object to the new one: changes to a running pod are
+tested on the cluster (tests/kubernetes/test_admission.py)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from intercept_proxy.injector.values import settings_from_values
+from intercept_proxy.injector.workloads import inject_object
+from tests.chart import render
+from tests.tools import tool
+
+NAMESPACE = "agents"
+LABEL = {"intercept-proxy/enabled": "true"}
+
+
+def labelled_pod(name: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "securityContext": {"runAsUser": 12345, "runAsGroup": 12345},
+        "containers": [{"name": "app", "image": "python:3.12-slim", "command": ["true"]}],
+        **spec,
+    }
+    metadata = {"name": name, "namespace": NAMESPACE, "labels": dict(LABEL)}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": body}
+
+
+def hostile(injected: dict[str, Any], name: str, change: Any) -> dict[str, Any]:
+    """The injected pod with one thing a labelled pod may not have."""
+    pod = copy.deepcopy(injected)
+    pod["metadata"]["name"] = name
+    change(pod["spec"])
+    return pod
+
+
+# name: (what makes the injected pod hostile, the validate-pods rule that refuses it)
+HOSTILE = {
+    "root": (lambda s: s["securityContext"].update(runAsUser=0), "pod-security-context"),
+    "host-network": (lambda s: s.update(hostNetwork=True), "host-namespaces"),
+    "privileged": (
+        lambda s: s["containers"][0]["securityContext"].update(privileged=True),
+        "workload-containers",
+    ),
+    "host-path": (
+        lambda s: s["volumes"].append({"name": "root", "hostPath": {"path": "/"}}),
+        "pod-volumes",
+    ),
+}
+
+
+def namespace_labels(case: str) -> dict[str, str]:
+    """Labels that put the namespace in every selector of the case's values."""
+    values = render.values(case)
+    labels = {
+        "kubernetes.io/metadata.name": NAMESPACE,
+        "intercept-proxy/pod-security": "restricted",
+    }
+    for part in ("injection", "clone"):
+        labels |= values[part]["namespaceSelector"].get("matchLabels", {})
+    return labels
+
+
+def policy_names(case: str) -> dict[str, str]:
+    """ClusterPolicy name by its template's base name (`inject-proxy`, `clone`, `egress`, ...)."""
+    release = render.release(case)
+    out = {}
+    for obj in render.objects(case):
+        if obj["kind"] == "ClusterPolicy":
+            name = obj["metadata"]["name"].removeprefix(f"{release}-")
+            base = name.rpartition("-")[0] if name.startswith(("clone-", "egress-")) else name
+            out[base] = obj["metadata"]["name"]
+    return out
+
+
+def write_suite(case: str, directory: Path) -> int:
+    """The case's suite in `directory`; the number of results it expects."""
+    settings = settings_from_values(render.given(case), render.release(case))
+    names = policy_names(case)
+    policies = [o for o in render.objects(case) if o["kind"] == "ClusterPolicy"]
+    plain = labelled_pod("plain")
+    injected = inject_object(labelled_pod("injected"), settings)
+    unlabelled = labelled_pod("unlabelled")
+    unlabelled["metadata"]["labels"] = {}
+    pods = [plain, injected, unlabelled]
+    pods += [hostile(injected, n, change) for n, (change, _) in HOSTILE.items()]
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": NAMESPACE, "labels": namespace_labels(case)},
+    }
+    files = {
+        "policies.yaml": policies,
+        "resources.yaml": [*pods, namespace],
+        "injected.yaml": [inject_object(plain, settings)],
+    }
+    results: list[dict[str, Any]] = []
+
+    def expect(policy: str, rule: str, kind: str, resource: str, result: str, **more: str):
+        results.append({"policy": names[policy], "rule": rule, "kind": kind,
+                        "resources": [resource], "result": result, **more})  # fmt: skip
+
+    expect(
+        "inject-proxy", "mark-injected", "Pod", "plain", "pass", patchedResources="injected.yaml"
+    )
+    expect("inject-proxy", "mark-injected", "Pod", "injected", "skip")
+    validate = [r["name"] for p in policies if p["metadata"]["name"] == names["validate-pods"]
+                for r in p["spec"]["rules"]]  # fmt: skip
+    for rule in validate:
+        expect("validate-pods", rule, "Pod", "injected", "pass")
+    for name, (_, rule) in HOSTILE.items():
+        expect("validate-pods", rule, "Pod", name, "fail")
+        expect("validate-pods", "interceptor-present", "Pod", name, "pass")
+    expect("validate-pod-changes", "interceptor-unchanged", "Pod", "injected", "pass",
+           operation="UPDATE")  # fmt: skip
+    if "pod-security" in names:
+        expect("pod-security", "restricted-intercepted-pods", "Pod", "injected", "pass")
+        expect("pod-security", "restricted-intercepted-pods", "Pod", "host-network", "fail")
+        expect("pod-security", "restricted-other-pods", "Pod", "unlabelled", "fail")
+    clones = [
+        o
+        for o in render.objects(case)
+        if o["kind"] in ("ConfigMap", "Secret")
+        and o["metadata"]["name"].endswith(("-policy", "-ca"))
+    ]
+    for source in clones:
+        kind, name = source["kind"], source["metadata"]["name"]
+        copy_ = copy.deepcopy(source)
+        # A clone is the source in the namespace, marked as Kyverno's.
+        copy_["metadata"]["namespace"] = NAMESPACE
+        copy_["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "kyverno"
+        files[f"source-{name}.yaml"] = [source]
+        files[f"clone-{name}.yaml"] = [copy_]
+        rule = "clone-policy" if kind == "ConfigMap" else "clone-ca"
+        expect("clone", rule, "Namespace", NAMESPACE, "pass",
+               cloneSourceResource=f"source-{name}.yaml",
+               generatedResource=f"clone-{name}.yaml")  # fmt: skip
+    if "egress" in names:
+        (egress,) = [p for p in policies if p["metadata"]["name"] == names["egress"]]
+        generate = egress["spec"]["rules"][0]["generate"]
+        files["egress.yaml"] = [{
+            "apiVersion": generate["apiVersion"], "kind": generate["kind"],
+            "metadata": {"name": generate["name"], "namespace": NAMESPACE,
+                         **generate["data"]["metadata"]},
+            "spec": generate["data"]["spec"],
+        }]  # fmt: skip
+        expect("egress", "egress-guard", "Namespace", NAMESPACE, "pass",
+               generatedResource="egress.yaml")  # fmt: skip
+    for file, docs in files.items():
+        (directory / file).write_text(yaml.safe_dump_all(docs))
+    test = {
+        "apiVersion": "cli.kyverno.io/v1alpha1",
+        "kind": "Test",
+        "metadata": {"name": f"intercept-proxy-{case}"},
+        "policies": ["policies.yaml"],
+        "resources": ["resources.yaml"],
+        "values": {"namespaceSelector": [{"name": NAMESPACE, "labels": namespace_labels(case)}]},
+        "results": results,
+    }
+    (directory / "kyverno-test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    tested = {names[p] for p in names} - {r["policy"] for r in results}
+    assert not tested, f"ClusterPolicies without a result: {tested}"
+    return len(results)
+
+
+@pytest.mark.parametrize("case", render.CASES)
+def test_kyverno_test_suite_passes(case, tmp_path):
+    expected = write_suite(case, tmp_path)
+    result = subprocess.run(
+        [str(tool("kubectl-kyverno")), "test", str(tmp_path), "--remove-color",
+         "--detailed-results"], capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert f"Test Summary: {expected} tests passed and 0 tests failed" in out, out
