@@ -43,6 +43,15 @@ def generating(case: str, base: str) -> dict[str, Any]:
     return found
 
 
+def kinds_of(overrides: dict[str, Any], release: str = "sandbox") -> dict[str, list[dict]]:
+    """What `helm install` would create with these values, by kind."""
+    out: dict[str, list[dict]] = {}
+    for obj in yaml.safe_load_all(render.install_dry_run(release, overrides)["manifest"]):
+        if obj:
+            out.setdefault(obj["kind"], []).append(obj)
+    return out
+
+
 @pytest.mark.parametrize("case", render.CASES)
 def test_helm_lint_strict_is_clean(case):
     out = render.helm("lint", "--strict", str(render.CHART_DIR), "-n", render.NAMESPACE,
@@ -174,15 +183,16 @@ def test_the_clones_are_what_the_injected_pods_mount(case):
         (match,) = rule["match"]["any"]
         assert match["resources"]["kinds"] == ["Namespace"]
         assert match["resources"].get("selector", {}) == selector
+        # Never into the excluded namespaces: whoever reads Secrets there would get the CA key.
+        excluded = [render.NAMESPACE, *render.values(case)["clone"]["excludedNamespaces"]]
         assert rule["exclude"]["any"] == [
-            {"resources": {"kinds": ["Namespace"], "names": [render.NAMESPACE]}}
+            {"resources": {"kinds": ["Namespace"], "names": excluded}}
         ]
         generate = rule["generate"]
         assert generate["clone"] == {"namespace": render.NAMESPACE, "name": generate["name"]}
         assert generate["synchronize"] is True
         assert generate["generateExisting"] is True
         assert generate["namespace"] == "{{ request.object.metadata.name }}"
-    assert generating(case, "clone")["spec"].get("background", True)
 
 
 def test_a_ca_issued_later_is_cloned_when_it_appears():
@@ -214,12 +224,7 @@ def test_a_generating_policy_is_renamed_when_its_rules_change():
     upgrade that changes them installs a policy of another name, which adopts the clones."""
 
     def names(overrides: dict[str, Any]) -> set[str]:
-        manifest = render.install_dry_run("sandbox", overrides)["manifest"]
-        return {
-            o["metadata"]["name"]
-            for o in yaml.safe_load_all(manifest)
-            if o and o["kind"] == "ClusterPolicy"
-        }
+        return {p["metadata"]["name"] for p in kinds_of(overrides)["ClusterPolicy"]}
 
     before = names({})
     assert names({"image": {"tag": "9.9.9"}}) == before
@@ -324,7 +329,8 @@ def test_every_validate_rule_has_the_failure_action(case):
     # Kyverno >= 1.13's per-rule fields, not the deprecated spec-level ones.
     expected = render.values(case)["kyverno"]["validationFailureAction"]
     rules = [r for p in policies(case).values() for r in p["spec"]["rules"] if "validate" in r]
-    assert len(rules) == 8 + 4 * render.values(case)["podSecurity"]["enabled"]
+    shared_ca = render.values(case)["ca"]["mode"] != "ephemeral"  # ca-secret-elsewhere
+    assert len(rules) == 9 + shared_ca + 4 * render.values(case)["podSecurity"]["enabled"]
     for rule in rules:
         assert rule["validate"]["failureAction"] == expected, rule["name"]
     for policy in policies(case).values():
@@ -349,6 +355,7 @@ def test_pods_are_validated_on_creation_and_on_every_change(case):
     }
     assert kinds == {
         "interceptor-unchanged": ["Pod"],
+        "label-kept": ["Pod"],
         "no-ephemeral-containers": ["Pod/ephemeralcontainers"],
     }
 
@@ -445,7 +452,7 @@ def test_notes_name_the_next_steps():
     for step in (
         'intercept-proxy/enabled: "true"',
         "kubectl logs POD -c proxy-init",
-        "kubectl logs POD -c intercept-agent",
+        "kubectl logs POD -c envoy",
         "intercept-proxy/opa-data",
         "helm test intercept-proxy",
         "kubernetesApiCidrs is empty",
@@ -480,3 +487,24 @@ def test_the_schema_and_proxy_init_accept_the_same_ports(key):
         except SettingsError:
             injector = False
         assert helm == injector, f"capture.{key}: [{port}]: helm {helm}, proxy-init {injector}"
+
+
+def test_a_release_name_too_long_for_its_policies_is_refused():
+    # Kyverno refuses a policy name over 63 characters: <release>-validate-pod-changes.
+    with pytest.raises(render.HelmError, match="at most 42"):
+        render.install_dry_run("r" * 43, {})
+    policies = kinds_of({}, "r" * 42)["ClusterPolicy"]
+    assert max(len(p["metadata"]["name"]) for p in policies) == 63
+
+
+def test_the_exceptions_hold_only_where_the_release_injects():
+    """Elsewhere a labelled pod is neither injected nor checked: no exemption either, and
+    another release's pods are held by that release's own Pod Security rules."""
+    selector = {"matchLabels": {"team": "a"}}
+    found = kinds_of({"injection": {"namespaceSelector": selector}})
+    (exception,) = found["PolicyException"]
+    assert exception["spec"]["match"]["any"][0]["resources"]["namespaceSelector"] == selector
+    (security,) = [p for p in found["ClusterPolicy"] if p["metadata"]["name"].endswith("-security")]
+    for rule in security["spec"]["rules"]:
+        labels = rule["match"]["any"][0]["resources"]["namespaceSelector"]["matchLabels"]
+        assert labels["team"] == "a" and "intercept-proxy/pod-security" in labels

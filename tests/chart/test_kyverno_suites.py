@@ -55,6 +55,30 @@ HOSTILE = {
         lambda s: s["volumes"].append({"name": "root", "hostPath": {"path": "/"}}),
         "pod-volumes",
     ),
+    "unconfined": (
+        lambda s: s["securityContext"].update(seccompProfile={"type": "Unconfined"}),
+        "pod-security-context",
+    ),
+    "escalation": (
+        lambda s: s["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
+        "workload-containers",
+    ),
+    "own-init-as-root": (
+        lambda s: s["initContainers"].append(
+            {
+                "name": "setup",
+                "image": "busybox:1.36",
+                "command": ["true"],
+                "securityContext": {"runAsUser": 0},
+            }
+        ),
+        "workload-initcontainers",
+    ),
+    # envoy's traffic is never captured: code of the pod's making must not run in it.
+    "preloaded-envoy": (
+        lambda s: s["initContainers"][2].update(env=[{"name": "LD_PRELOAD", "value": "/x.so"}]),
+        "interceptor-present",
+    ),
 }
 
 
@@ -68,6 +92,32 @@ def namespace_labels(case: str) -> dict[str, str]:
     for part in ("injection", "clone"):
         labels |= values[part]["namespaceSelector"].get("matchLabels", {})
     return labels
+
+
+def expected_network_policy(case: str) -> dict[str, Any]:
+    """The NetworkPolicy the values describe, written from them (not from the policy)."""
+    values = render.values(case)["networkPolicy"]
+    blocked = values["kubernetesApiCidrs"] + values["metadataCidrs"]
+    everything = [
+        {"ipBlock": {"cidr": cidr, "except": [c for c in blocked if (":" in c) == v6]}}
+        for cidr, v6 in (("0.0.0.0/0", False), ("::/0", True))
+    ]
+    dns = {k: values["dns"][k] for k in ("namespaceSelector", "podSelector")}
+    release = render.release(case)
+    labels = {"app.kubernetes.io/name": "intercept-proxy", "app.kubernetes.io/instance": release}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{release}-egress", "namespace": NAMESPACE, "labels": labels},
+        "spec": {
+            "podSelector": {"matchLabels": LABEL},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {"to": [dns], "ports": [{"protocol": p, "port": 53} for p in ("UDP", "TCP")]},
+                {"to": everything},
+            ],
+        },
+    }
 
 
 def policy_names(case: str) -> dict[str, str]:
@@ -91,8 +141,16 @@ def write_suite(case: str, directory: Path) -> int:
     injected = inject_object(labelled_pod("injected"), settings)
     unlabelled = labelled_pod("unlabelled")
     unlabelled["metadata"]["labels"] = {}
-    pods = [plain, injected, unlabelled]
+    forged = labelled_pod("forged")  # says it was injected, and was not
+    forged["metadata"]["annotations"] = {"intercept-proxy/injected": "true"}
+    pods = [plain, injected, unlabelled, forged]
     pods += [hostile(injected, n, change) for n, (change, _) in HOSTILE.items()]
+    ca_secret = settings.ca_secret if settings.ca_mode != "ephemeral" else None
+    if ca_secret:
+        key_reader = copy.deepcopy(unlabelled)
+        key_reader["metadata"]["name"] = "key-reader"
+        key_reader["spec"]["volumes"] = [{"name": "key", "secret": {"secretName": ca_secret}}]
+        pods.append(key_reader)
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -116,10 +174,20 @@ def write_suite(case: str, directory: Path) -> int:
     validate = [r["name"] for p in policies if p["metadata"]["name"] == names["validate-pods"]
                 for r in p["spec"]["rules"]]  # fmt: skip
     for rule in validate:
-        expect("validate-pods", rule, "Pod", "injected", "pass")
+        if rule != "ca-secret-elsewhere":  # labelled pods are the other rules' business
+            expect("validate-pods", rule, "Pod", "injected", "pass")
     for name, (_, rule) in HOSTILE.items():
         expect("validate-pods", rule, "Pod", name, "fail")
-        expect("validate-pods", "interceptor-present", "Pod", name, "pass")
+        if rule != "interceptor-present":  # refused for what it added, not for its sidecars
+            expect("validate-pods", "interceptor-present", "Pod", name, "pass")
+    expect("validate-pods", "interceptor-present", "Pod", "forged", "fail")
+    if ca_secret:
+        expect("validate-pods", "ca-secret-elsewhere", "Pod", "unlabelled", "pass")
+        expect("validate-pods", "ca-secret-elsewhere", "Pod", "key-reader", "fail")
+    refused = {r["rule"] for r in results if r["result"] == "fail"}
+    assert set(validate) <= refused, (
+        f"validate-pods rules no case refuses: {set(validate) - refused}"
+    )
     expect("validate-pod-changes", "interceptor-unchanged", "Pod", "injected", "pass",
            operation="UPDATE")  # fmt: skip
     if "pod-security" in names:
@@ -145,14 +213,7 @@ def write_suite(case: str, directory: Path) -> int:
                cloneSourceResource=f"source-{name}.yaml",
                generatedResource=f"clone-{name}.yaml")  # fmt: skip
     if "egress" in names:
-        (egress,) = [p for p in policies if p["metadata"]["name"] == names["egress"]]
-        generate = egress["spec"]["rules"][0]["generate"]
-        files["egress.yaml"] = [{
-            "apiVersion": generate["apiVersion"], "kind": generate["kind"],
-            "metadata": {"name": generate["name"], "namespace": NAMESPACE,
-                         **generate["data"]["metadata"]},
-            "spec": generate["data"]["spec"],
-        }]  # fmt: skip
+        files["egress.yaml"] = [expected_network_policy(case)]
         expect("egress", "egress-guard", "Namespace", NAMESPACE, "pass",
                generatedResource="egress.yaml")  # fmt: skip
     for file, docs in files.items():

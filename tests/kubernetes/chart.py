@@ -150,7 +150,10 @@ for check in json.loads(sys.argv[1]):
     elif kind == "certificate":
         result = certificate(*args)
     else:
-        result = {"results": {f"{a}:{p}": connect(a, p) for a, p in args}}
+        # The control: a listener of the workload's own, which it must reach.
+        control = socket.create_server(("127.0.0.1", 0))
+        found = {f"{a}:{p}": connect(a, p) for a, p in args}
+        result = {"results": found, "control": connect("127.0.0.1", control.getsockname()[1])}
     print(json.dumps({"check": check, **result}), flush=True)
 """
 

@@ -91,7 +91,7 @@ def test_install_and_helm_test(chart):
     assert {f"{RELEASE}-inject-proxy", f"{RELEASE}-validate-pods"} <= policies
 
 
-def test_ephemeral_mode_gives_each_pod_its_own_ca(chart):
+def test_ephemeral_mode_a_pods_certificates_come_from_its_own_ca(chart):
     a = run_pod(chart, TEAM_A, "eph")
     assert a["status"] == 200
     a["leaf"].verify_directly_issued_by(a["bundle"])
@@ -101,18 +101,20 @@ def test_ephemeral_mode_gives_each_pod_its_own_ca(chart):
     (dns,) = egress["spec"]["egress"][0]["to"]
     assert dns["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
     # A namespace may opt out; the policy is withdrawn from it.
+    chart.wait_object(TEAM_B, "networkpolicy", f"{RELEASE}-egress")
     chart.kubectl("label", "namespace", TEAM_B, "intercept-proxy/network-policy=disabled")
     chart.wait_object(TEAM_B, "networkpolicy", f"{RELEASE}-egress", gone=True)
 
 
 def test_upgrade_to_a_shared_secret_ca_with_selectors_and_cidrs(chart):
     before = cluster_policies(chart, RELEASE)
-    upgrade(chart, RELEASE, NAMESPACE, values(
+    given = values(
         ca={"mode": "secret"},
         injection={"namespaceSelector": SELECT_A},
         clone={"namespaceSelector": SELECT_A},
         networkPolicy={"kubernetesApiCidrs": [API_CIDR]},
-    ))  # fmt: skip
+    )
+    upgrade(chart, RELEASE, NAMESPACE, given)
     after = cluster_policies(chart, RELEASE)
     renamed = {n.rpartition("-")[0] for n in before ^ after}
     assert renamed == {f"{RELEASE}-clone", f"{RELEASE}-egress"}, (before, after)
@@ -125,12 +127,24 @@ def test_upgrade_to_a_shared_secret_ca_with_selectors_and_cidrs(chart):
     egress = chart.get(TEAM_A, "networkpolicy", f"{RELEASE}-egress")
     excepted = [b["ipBlock"].get("except", []) for b in egress["spec"]["egress"][1]["to"]]
     assert API_CIDR in excepted[0]
-    # Team b is no longer selected: nothing cloned there any more, its pods are not injected.
-    leftover = chart.kubectl("get", "secret,configmap", "-n", TEAM_B, "-o", "name").stdout
-    assert f"{RELEASE}-" not in leftover, leftover
+    # Team b is no longer selected: its copies go, its pods are not injected.
+    chart.wait_object(TEAM_B, "configmap", f"{RELEASE}-policy", gone=True)
     chart.apply(TEAM_B, labelled_pod("unselected", ["true"]))
     assert "initContainers" not in chart.pod(TEAM_B, "unselected")["spec"]
     chart.kubectl("delete", "pod", "-n", TEAM_B, "unselected", "--wait=false")
+    # No other pod may hold the CA's key, labelled or not.
+    reader = labelled_pod(
+        "reader", ["true"], volumes=[{"name": "key", "secret": {"secretName": f"{RELEASE}-ca"}}]
+    )
+    reader["metadata"]["labels"] = {}
+    refused = chart.kubectl(
+        "apply", "--dry-run=server", "-n", TEAM_A, "-f", "-", input=json.dumps(reader),
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "ca-secret-elsewhere:" in refused.stderr, refused.stderr
+    # An upgrade keeps the CA the running pods trust.
+    upgrade(chart, RELEASE, NAMESPACE, given)
+    assert secret_ca(chart, NAMESPACE, f"{RELEASE}-ca") == ca
 
 
 def test_upgrade_to_cert_manager_clones_the_ca_once_issued(chart):

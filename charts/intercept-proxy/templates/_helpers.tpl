@@ -55,6 +55,10 @@ any:
 
 {{/* Fails the rendering on values the injector refuses too (InjectorSettings). */}}
 {{- define "intercept-proxy.checkValues" -}}
+{{- /* Kyverno refuses policy names over 63 characters: <release>-validate-pod-changes is the longest. */}}
+{{- if gt (len .Release.Name) 42 }}
+{{- fail (printf "the release name %q has %d characters: at most 42, for the ClusterPolicy %s-validate-pod-changes to stay within Kubernetes' 63" .Release.Name (len .Release.Name) .Release.Name) }}
+{{- end }}
 {{- if eq (.Values.envoy.uid | int) (.Values.agent.uid | int) }}
 {{- fail "envoy.uid and agent.uid must differ: each sidecar is exempted from the capture by its own UID" }}
 {{- end }}

@@ -306,6 +306,22 @@ Each definition is a JSON document for this release's values.
         {{- end }}
       ],
       "args": null,
+      "workingDir": null,
+      "env": null,
+      "envFrom": null,
+      "ports": null,
+      "volumeMounts": [
+        {
+          "name": "intercept-no-token",
+          "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+          "readOnly": true
+        }
+      ],
+      "volumeDevices": null,
+      "lifecycle": null,
+      "startupProbe": null,
+      "readinessProbe": null,
+      "livenessProbe": null,
       "restartPolicy": null,
       "securityContext": {
         "runAsUser": 0,
@@ -327,13 +343,8 @@ Each definition is a JSON document for this release's values.
           "type": "RuntimeDefault"
         }
       },
-      "volumeMounts": [
-        {
-          "name": "intercept-no-token",
-          "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-          "readOnly": true
-        }
-      ]
+      "stdin": null,
+      "tty": null
     },
     {
       "name": "intercept-agent",
@@ -365,23 +376,10 @@ Each definition is a JSON document for this release's values.
         {{- end }}
       ],
       "args": null,
-      "restartPolicy": "Always",
-      "securityContext": {
-        "runAsUser": {{ .Values.agent.uid | int | toJson }},
-        "runAsGroup": {{ .Values.agent.uid | int | toJson }},
-        "runAsNonRoot": true,
-        "allowPrivilegeEscalation": false,
-        "privileged": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {
-          "drop": [
-            "ALL"
-          ]
-        },
-        "seccompProfile": {
-          "type": "RuntimeDefault"
-        }
-      },
+      "workingDir": null,
+      "env": null,
+      "envFrom": null,
+      "ports": null,
       "volumeMounts": [
         {
           "name": "intercept-policy",
@@ -410,7 +408,51 @@ Each definition is a JSON document for this release's values.
           "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
           "readOnly": true
         }
-      ]
+      ],
+      "volumeDevices": null,
+      "lifecycle": null,
+      "startupProbe": {
+        "httpGet": {
+          "path": "/healthz",
+          "port": 15020,
+          "scheme": "HTTP"
+        },
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
+        "failureThreshold": 60
+      },
+      "readinessProbe": null,
+      "livenessProbe": {
+        "httpGet": {
+          "path": "/healthz",
+          "port": 15020,
+          "scheme": "HTTP"
+        },
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
+        "failureThreshold": 10
+      },
+      "restartPolicy": "Always",
+      "securityContext": {
+        "runAsUser": {{ .Values.agent.uid | int | toJson }},
+        "runAsGroup": {{ .Values.agent.uid | int | toJson }},
+        "runAsNonRoot": true,
+        "allowPrivilegeEscalation": false,
+        "privileged": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {
+          "drop": [
+            "ALL"
+          ]
+        },
+        "seccompProfile": {
+          "type": "RuntimeDefault"
+        }
+      },
+      "stdin": null,
+      "tty": null
     },
     {
       "name": "envoy",
@@ -426,6 +468,42 @@ Each definition is a JSON document for this release's values.
         "warning"
       ],
       "args": null,
+      "workingDir": null,
+      "env": null,
+      "envFrom": null,
+      "ports": null,
+      "volumeMounts": [
+        {
+          "name": "intercept-no-token",
+          "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+          "readOnly": true
+        }
+      ],
+      "volumeDevices": null,
+      "lifecycle": null,
+      "startupProbe": {
+        "httpGet": {
+          "path": "/readyz",
+          "port": 15020,
+          "scheme": "HTTP"
+        },
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
+        "failureThreshold": 120
+      },
+      "readinessProbe": {
+        "httpGet": {
+          "path": "/readyz",
+          "port": 15020,
+          "scheme": "HTTP"
+        },
+        "periodSeconds": 1,
+        "timeoutSeconds": 1,
+        "successThreshold": 1,
+        "failureThreshold": 3
+      },
+      "livenessProbe": null,
       "restartPolicy": "Always",
       "securityContext": {
         "runAsUser": {{ .Values.envoy.uid | int | toJson }},
@@ -443,13 +521,8 @@ Each definition is a JSON document for this release's values.
           "type": "RuntimeDefault"
         }
       },
-      "volumeMounts": [
-        {
-          "name": "intercept-no-token",
-          "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-          "readOnly": true
-        }
-      ]
+      "stdin": null,
+      "tty": null
     }
   ],
   "volumes": [

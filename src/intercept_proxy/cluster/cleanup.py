@@ -96,11 +96,14 @@ def cleanup(prefix: str, state_dir: Path) -> list[str]:
     if not prefix or not state_dir.name:
         raise ValueError("cleanup needs a prefix and a state dir")
     removed = []
-    pids = processes_of(state_dir)
-    for name in netns.namespaces():
-        if name.startswith(prefix):
-            pids += netns.pids(name)
-    if pids:
+    # Again until none is left: a process may fork (a probe, a restart) while it is killed.
+    for _ in range(10):
+        pids = processes_of(state_dir)
+        for name in netns.namespaces():
+            if name.startswith(prefix):
+                pids += netns.pids(name)
+        if not pids:
+            break
         kill_all(sorted(set(pids)))
         removed += [f"process {pid}" for pid in sorted(set(pids))]
     removed += netns.cleanup(prefix)

@@ -128,10 +128,17 @@ def _http_probe(path: str, failures: int) -> dict[str, Any]:
     }
 
 
-# What decides whether a sidecar is the interceptor's: verified in an injected pod, where other
-# admission plugins may have set resources (LimitRanger), the pull policy (AlwaysPullImages),
-# probes or environment. Its mounts are compared for the interceptor's volumes only.
-VERIFIED_FIELDS = ("name", "image", "command", "args", "restartPolicy", "securityContext")
+# What decides whether a sidecar is the interceptor's, verified in an injected pod: everything
+# that runs code in it or changes what it runs (environment such as LD_PRELOAD, hooks, exec
+# probes, mounts over its programs), so that a pod injected ahead of time cannot bring a sidecar
+# of its own making. Left to other admission plugins: resources (LimitRanger, ResourceQuota),
+# the pull policy (AlwaysPullImages), termination messages. The probes are written with every
+# default the API server would add, so that the stored pod compares equal.
+VERIFIED_FIELDS = (
+    "name", "image", "command", "args", "workingDir", "env", "envFrom", "ports",
+    "volumeMounts", "volumeDevices", "lifecycle", "startupProbe", "readinessProbe",
+    "livenessProbe", "restartPolicy", "securityContext", "stdin", "tty",
+)  # fmt: skip
 
 
 def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
@@ -262,11 +269,10 @@ def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
 
 
 def verified(container: Any) -> dict[str, Any]:
-    """What of a sidecar must be exactly the injection's (and its interceptor mounts)."""
+    """What of a sidecar must be exactly the injection's."""
     if not isinstance(container, dict):
         return {}
-    mounts = [m for m in container.get("volumeMounts") or [] if _is_interceptors(m)]
-    return {f: container.get(f) for f in VERIFIED_FIELDS} | {"volumeMounts": mounts}
+    return {f: container.get(f) for f in VERIFIED_FIELDS}
 
 
 def _id(value: Any, where: str) -> int | None:

@@ -7,7 +7,7 @@ release is known by its injection ClusterPolicy (`<release>-inject-proxy`, label
 `app.kubernetes.io/name: intercept-proxy`): cluster-scoped, so only who may change the cluster's
 admission may describe one, and it holds the very containers and volumes Kyverno adds. What is
 compared is what the chart's validation compares (`injector.pod.verified`): other admission
-plugins may have set resources, pull policies, probes. Any other pod runs untrusted: the local
+plugins may have set resources and pull policies. Any other pod runs untrusted: the local
 runtime's admission then refuses root and the sidecar users.
 """
 
