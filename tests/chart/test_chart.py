@@ -330,7 +330,7 @@ def test_every_validate_rule_has_the_failure_action(case):
     expected = render.values(case)["kyverno"]["validationFailureAction"]
     rules = [r for p in policies(case).values() for r in p["spec"]["rules"] if "validate" in r]
     shared_ca = render.values(case)["ca"]["mode"] != "ephemeral"  # ca-secret-elsewhere
-    assert len(rules) == 9 + shared_ca + 4 * render.values(case)["podSecurity"]["enabled"]
+    assert len(rules) == 11 + shared_ca + 4 * render.values(case)["podSecurity"]["enabled"]
     for rule in rules:
         assert rule["validate"]["failureAction"] == expected, rule["name"]
     for policy in policies(case).values():
@@ -355,8 +355,9 @@ def test_pods_are_validated_on_creation_and_on_every_change(case):
     }
     assert kinds == {
         "interceptor-unchanged": ["Pod"],
-        "label-kept": ["Pod"],
+        "label-kept": ["Pod", "Pod/status"],
         "no-ephemeral-containers": ["Pod/ephemeralcontainers"],
+        "no-exec-into-sidecars": ["Pod/exec", "Pod/attach"],
     }
 
 

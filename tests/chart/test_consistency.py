@@ -329,9 +329,17 @@ FAKED: dict[str, Callable[[dict[str, Any]], None]] = {
 
 
 def debug_copy(case: str) -> dict[str, Any]:
-    # A labelled copy to debug: the whole pod with one more container (no trust bundle).
+    # A labelled copy to debug: the whole pod with one more container (no trust bundle),
+    # hardened as the injection hardens the workload.
     p = pre_injected(case, name="debug-copy")
-    p["spec"]["containers"].append(container("debugger", stdin=True, tty=True))
+    hardened = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    p["spec"]["containers"].append(
+        container("debugger", stdin=True, tty=True, securityContext=hardened)
+    )
     return p
 
 

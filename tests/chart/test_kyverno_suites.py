@@ -74,6 +74,19 @@ HOSTILE = {
         ),
         "workload-initcontainers",
     ),
+    "own-nameserver": (
+        lambda s: s.update(dnsConfig={"nameservers": ["203.0.113.7"]}),
+        "pod-dns",
+    ),
+    "host-alias": (
+        lambda s: s.update(hostAliases=[{"ip": "203.0.113.7", "hostnames": ["pypi.org"]}]),
+        "pod-dns",
+    ),
+    # Without no_new_privs, a file capability in the image could make it a sidecar's UID.
+    "not-hardened": (
+        lambda s: s["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
+        "workload-containers",
+    ),
     # envoy's traffic is never captured: code of the pod's making must not run in it.
     "preloaded-envoy": (
         lambda s: s["initContainers"][2].update(env=[{"name": "LD_PRELOAD", "value": "/x.so"}]),

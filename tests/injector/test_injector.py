@@ -376,11 +376,48 @@ def test_a_pod_injected_with_other_settings_is_refused():
         inject_pod(injected(tls_ports=(443, 8443)), InjectorSettings())
 
 
+HARDENED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def test_a_debug_copy_of_an_injected_pod_is_accepted():
-    # A copy to debug: one more container, without the trust bundle.
+    # A copy to debug: one more container, without the trust bundle, hardened as the
+    # injection hardens the workload.
     pod = injected()
-    pod["spec"]["containers"].append({"name": "debugger", "image": "busybox:1.36"})
+    debugger = {"name": "debugger", "image": "busybox:1.36", "securityContext": dict(HARDENED)}
+    pod["spec"]["containers"].append(debugger)
     assert inject_pod(pod, InjectorSettings()) == pod
+
+
+@pytest.mark.parametrize("missing", sorted(HARDENED))
+def test_a_pod_injected_ahead_of_time_keeps_the_workloads_hardening(missing):
+    """Without no_new_privs a file capability in the image could make the workload a
+    sidecar's UID, whose traffic is never captured."""
+    pod = injected()
+    context = {k: v for k, v in HARDENED.items() if k != missing}
+    pod["spec"]["containers"].append({"name": "debugger", "securityContext": context})
+    with pytest.raises(
+        InjectionError, match="'debugger': securityContext: allowPrivilegeEscalation"
+    ):
+        inject_pod(pod, InjectorSettings())
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"dnsPolicy": "None", "dnsConfig": {"nameservers": ["203.0.113.7"]}},
+        {"dnsConfig": {"nameservers": ["203.0.113.7"]}},
+        {"hostAliases": [{"ip": "203.0.113.7", "hostnames": ["pypi.org"]}]},
+    ],
+)
+def test_the_pods_own_name_resolution_is_refused(field):
+    pod = {"metadata": {}, "spec": {"securityContext": {"runAsUser": 12345}, **field,
+           "containers": [{"name": "app", "image": "busybox:1.36"}]}}  # fmt: skip
+    with pytest.raises(InjectionError, match=f"spec.{next(iter(field))}"):
+        inject_pod(pod, InjectorSettings())
 
 
 @pytest.mark.parametrize("quantity", ["0.5", "1e3", "lots", "1.5.2", "", None, [1]], ids=repr)

@@ -75,6 +75,18 @@ HOSTILE = {
     "privileged": (with_security(privileged=True), "workload-containers"),
     "NET_ADMIN": (with_security(capabilities={"add": ["NET_ADMIN"]}), "workload-containers"),
     "hostNetwork": (labelled_pod("hostile", ["true"], hostNetwork=True), "host-namespaces"),
+    "its own nameservers": (
+        labelled_pod(
+            "hostile", ["true"], dnsPolicy="None", dnsConfig={"nameservers": ["198.18.0.53"]}
+        ),
+        "pod-dns",
+    ),
+    "host aliases": (
+        labelled_pod(
+            "hostile", ["true"], hostAliases=[{"ip": "198.18.0.9", "hostnames": ["pypi.org"]}]
+        ),
+        "pod-dns",
+    ),
     "hostPath": (
         labelled_pod("hostile", ["true"], volumes=[{"name": "root", "hostPath": {"path": "/"}}]),
         "pod-volumes",
@@ -116,12 +128,21 @@ def test_labelling_a_running_pod_is_refused(kube, space):
     assert "intercept-proxy/enabled" not in kube.pod(space, "late")["metadata"].get("labels", {})
 
 
-@pytest.mark.parametrize("label", ["intercept-proxy/enabled-", "intercept-proxy/enabled=false"])
-def test_the_label_of_a_running_pod_cannot_go(kube, space, label):
+UNLABEL = {
+    "removed": ["label", "--overwrite", "pod", "labelled", "intercept-proxy/enabled-"],
+    "changed": ["label", "--overwrite", "pod", "labelled", "intercept-proxy/enabled=false"],
+    # pods/status keeps metadata changes
+    "removed through status": [
+        "patch", "pod", "labelled", "--subresource=status", "--type=json",
+        "-p", '[{"op": "remove", "path": "/metadata/labels/intercept-proxy~1enabled"}]',
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("how", UNLABEL)
+def test_the_label_of_a_running_pod_cannot_go(kube, space, how):
     kube.apply(space, sleeper("labelled"))
-    result = kube.kubectl(
-        "label", "pod", "-n", space, "labelled", "--overwrite", label, check=False
-    )
+    result = kube.kubectl("-n", space, *UNLABEL[how], check=False)
     assert result.returncode != 0
     assert "label-kept:" in result.stderr, result.stderr
     assert kube.pod(space, "labelled")["metadata"]["labels"] == LABEL
@@ -134,7 +155,9 @@ def running(kube, space):
     return "running"
 
 
-def test_a_running_pod_keeps_its_interceptor_and_takes_no_debug_container(kube, space, running):
+def test_a_running_pod_keeps_its_interceptor_and_takes_no_debug_container_or_shell(
+    kube, space, running
+):
     before = kube.pod(space, running)["spec"]["initContainers"][:3]
     changed = kube.kubectl(
         "set", "image", "-n", space, f"pod/{running}", "envoy=envoyproxy/envoy:v1.0.0",
@@ -151,6 +174,11 @@ def test_a_running_pod_keeps_its_interceptor_and_takes_no_debug_container(kube, 
     after = kube.pod(space, running)
     assert after["spec"]["initContainers"][:3] == before
     assert "ephemeralContainers" not in after["spec"]
+    # Nor a shell in a sidecar: its traffic is not captured, the agent holds the CA's key.
+    for sidecar in ("intercept-agent", "envoy"):
+        shell = kube.kubectl("exec", "-n", space, running, "-c", sidecar, "--", "true", check=False)
+        assert shell.returncode != 0
+        assert "no-exec-into-sidecars:" in shell.stderr, shell.stderr
 
 
 def test_a_pod_injected_ahead_of_time_is_admitted_as_it_is_and_runs(kube, space, release):
@@ -187,6 +215,13 @@ def test_a_sidecar_of_the_pods_own_making_is_refused(kube, space, release, chang
     envoy["startupProbe"] = {k: v for k, v in envoy["startupProbe"].items() if v is not None}
     message = refusal(kube, space, pod)
     assert "interceptor-present:" in message, message
+
+
+def test_a_pod_injected_ahead_of_time_keeps_the_workloads_hardening(kube, space, release):
+    pod = inject_pod(labelled_pod("unhardened", ["true"]), release)
+    del pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"]
+    message = refusal(kube, space, pod)
+    assert "workload-containers:" in message, message
 
 
 def test_a_forged_injected_annotation_is_refused(kube, space):

@@ -329,6 +329,24 @@ def check_pod(spec: dict[str, Any], s: InjectorSettings) -> None:
     for field in HOST_NAMESPACES:
         if spec.get(field):
             raise InjectionError(f"spec.{field}: not allowed: it would share the node's namespaces")
+    # The sidecars resolve through the pod's resolv.conf and /etc/hosts: nameservers or host
+    # entries of the pod's choosing would carry data out through the agent (whose DNS is
+    # forwarded, never captured) or send Envoy's requests for an allowed host elsewhere.
+    own_dns = {
+        "spec.dnsPolicy": spec.get("dnsPolicy") == "None",
+        "spec.dnsConfig.nameservers": bool((spec.get("dnsConfig") or {}).get("nameservers")),
+    }
+    chosen = [field for field, set_here in own_dns.items() if set_here]
+    if chosen:
+        raise InjectionError(
+            f"{chosen[0]}: nameservers of the pod's own are not allowed: the interceptor "
+            "resolves through the pod's DNS settings, which must be the cluster's"
+        )
+    if spec.get("hostAliases"):
+        raise InjectionError(
+            "spec.hostAliases: not allowed: the interceptor would resolve the pod's own host "
+            "entries"
+        )
     if spec.get("ephemeralContainers"):
         raise InjectionError(
             "spec.ephemeralContainers: not allowed: a debug container would join the pod "
@@ -464,6 +482,9 @@ def check_injected(spec: dict[str, Any], s: InjectorSettings) -> None:
             "spec.automountServiceAccountToken: must be false: the service account token is not "
             "mounted into intercepted pods (serviceAccountToken.automount)"
         )
+    pod_context = spec.get("securityContext") or {}
+    for container in [*init[len(SIDECARS) :], *(spec.get("containers") or [])]:
+        check_hardened(container, pod_context)
     workload = {
         **spec,
         "initContainers": init[len(SIDECARS) :],
@@ -475,6 +496,20 @@ def check_injected(spec: dict[str, Any], s: InjectorSettings) -> None:
 
 def _is_token(volume: dict[str, Any]) -> bool:
     return str(volume.get("name", "")).startswith(TOKEN_VOLUME_PREFIX)
+
+
+def check_hardened(container: dict[str, Any], pod_context: dict[str, Any]) -> None:
+    """A workload container of a pod injected ahead of time has what workload_container sets:
+    without no_new_privs a file capability in its image could make it a sidecar's UID."""
+    where = f"container {container.get('name', '?')!r}: securityContext"
+    context = container.get("securityContext") or {}
+    dropped = {str(c).upper() for c in (context.get("capabilities") or {}).get("drop") or []}
+    seccomp = context.get("seccompProfile") or pod_context.get("seccompProfile")
+    if context.get("allowPrivilegeEscalation") is not False or "ALL" not in dropped or not seccomp:
+        raise InjectionError(
+            f"{where}: allowPrivilegeEscalation false, capabilities.drop [ALL] and a "
+            "seccompProfile are required, as the injection writes them"
+        )
 
 
 def workload_container(container: dict[str, Any], s: InjectorSettings) -> dict[str, Any]:
