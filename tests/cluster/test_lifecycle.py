@@ -98,15 +98,15 @@ def test_up_prints_assignments_that_work_and_down_leaves_nothing(spec_file):
         lines = up.stdout.splitlines()
         assert len(lines) == 3, up.stdout  # assignments only
         assert lines[0] == f"KUBECONFIG={cluster.kubeconfig}"
-        assert lines[1].startswith("PATH=/opt/intercept-tools/bin:")
+        assert lines[1].startswith(f"PATH={cluster.tools.bin}:")  # $INTERCEPT_TOOLS honoured
         assert lines[2] == "export KUBECONFIG PATH"
 
         used = shell(up.stdout, "kubectl get nodes -o name; command -v kubectl helm")
         assert used.returncode == 0, used.stderr
         assert used.stdout.splitlines() == [
             f"node/{name}-node",
-            "/opt/intercept-tools/bin/kubectl",
-            "/opt/intercept-tools/bin/helm",
+            str(cluster.tools.binary("kubectl")),
+            str(cluster.tools.binary("helm")),
         ]
         ready = shell(up.stdout, "kubectl get node -o jsonpath='{.items[0].status.conditions}'")
         assert '"type":"Ready"' in ready.stdout and '"status":"True","type":"Ready"' in ready.stdout
