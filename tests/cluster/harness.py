@@ -65,11 +65,17 @@ class Kube:
         self.wait_policies(release)
         return result
 
+    def policies(self, release: str) -> set[str]:
+        """The names of the release's ClusterPolicies."""
+        return set(
+            self.kubectl(
+                "get", "clusterpolicy", "-l", f"app.kubernetes.io/instance={release}",
+                "-o", "jsonpath={.items[*].metadata.name}",
+            ).stdout.split()
+        )  # fmt: skip
+
     def wait_policies(self, release: str, timeout: float = 60.0) -> None:
-        names = self.kubectl(
-            "get", "clusterpolicy", "-l", f"app.kubernetes.io/instance={release}",
-            "-o", "jsonpath={.items[*].metadata.name}",
-        ).stdout.split()  # fmt: skip
+        names = sorted(self.policies(release))
         assert names, f"release {release} has no ClusterPolicy"
         for name in names:
             self.kubectl(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,6 +50,24 @@ def run_cleanup_hook(kube: Kube, release: str, namespace: str) -> None:
         kube.kubectl(f"--as={account}", *container["args"])
     finally:
         kube.kubectl("delete", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(rbac))
+
+
+def refusal(kube: Kube, namespace: str, *objects: dict[str, Any], settle: float = 10.0) -> str:
+    """The API server's answer to creating the objects (a server-side dry run: every admission
+    webhook and plugin, nothing stored), which must be a refusal. Asked again for `settle`
+    seconds while it is not: Kyverno and PodSecurity see a namespace's new labels through their
+    caches."""
+    deadline = time.monotonic() + settle
+    while True:
+        result = kube.kubectl(
+            "apply", "--dry-run=server", "-n", namespace, "-f", "-",
+            input=yaml.safe_dump_all(objects), check=False,
+        )  # fmt: skip
+        if result.returncode != 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.returncode != 0, f"admitted: {result.stdout}"
+    return " ".join(result.stderr.split())
 
 
 def uninstall(kube: Kube, release: str, namespace: str) -> None:

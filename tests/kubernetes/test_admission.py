@@ -5,15 +5,13 @@ namespaces with default limits and quotas), and running pods that try to change.
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-import yaml
 
 from intercept_proxy.injector.pod import inject_pod
 from intercept_proxy.injector.values import settings_from_values
 from tests.cluster.harness import WORKLOAD_UID, deployment
-from tests.kubernetes.chart import LABEL, installed, labelled_pod
+from tests.kubernetes.chart import LABEL, installed, labelled_pod, refusal
 
 pytestmark = pytest.mark.netns
 
@@ -33,24 +31,6 @@ def space(kube, release, namespace):
     """The test's namespace, once the default policy has been cloned into it."""
     kube.wait_object(namespace, "configmap", f"{RELEASE}-policy")
     return namespace
-
-
-def refusal(kube, namespace: str, *objects: dict, settle: float = 10.0) -> str:
-    """The API server's answer to creating the objects (a server-side dry run: every admission
-    webhook and plugin, nothing stored), which must be a refusal. Asked again for `settle`
-    seconds while it is not: Kyverno and PodSecurity see a namespace's new labels through their
-    caches."""
-    deadline = time.monotonic() + settle
-    while True:
-        result = kube.kubectl(
-            "apply", "--dry-run=server", "-n", namespace, "-f", "-",
-            input=yaml.safe_dump_all(objects), check=False,
-        )  # fmt: skip
-        if result.returncode != 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert result.returncode != 0, f"admitted: {result.stdout}"
-    return " ".join(result.stderr.split())
 
 
 def sleeper(name: str, **spec) -> dict:
