@@ -4,6 +4,7 @@ listeners with explicit addressing (transparent redirection is the sandbox's job
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,14 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from intercept_proxy import netns, ports
 from intercept_proxy.runtime.containers import as_user
 from tests.decisions import Record, decisions
+
+T = TypeVar("T")
 
 ENVOY_UID = 101
 AGENT_UID = 102
@@ -46,7 +49,7 @@ class Interceptor:
         self.dir.chmod(0o755)
         self.policy_path = self.dir / "policy.yaml"
         self.upstream_ca = self.dir / "upstream-ca.pem"
-        self.upstream_ca.write_bytes(upstream_ca.read_bytes())
+        self.set_upstream_ca(upstream_ca.read_bytes())
         self.ca_dir = self.dir / "ca"
         self.ca_dir.mkdir()
         os.chown(self.ca_dir, AGENT_UID, AGENT_UID)
@@ -60,9 +63,34 @@ class Interceptor:
         self.envoy: subprocess.Popen[bytes] | None = None
 
     def write_policy(self, text: str) -> None:
-        tmp = self.dir / ".policy.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.policy_path)
+        self._replace(self.policy_path, text.encode())
+
+    def set_upstream_ca(self, pem: bytes) -> None:
+        self._replace(self.upstream_ca, pem)
+
+    @contextlib.contextmanager
+    def upstream_ca_replaced(self, pem: bytes) -> Iterator[None]:
+        """The upstream CA bundle replaced by `pem`, the original back afterwards."""
+        good = self.upstream_ca.read_bytes()
+        self.set_upstream_ca(pem)
+        try:
+            yield
+        finally:
+            self.set_upstream_ca(good)
+
+    def until(self, condition: Callable[[], T], timeout: float = 10) -> T:
+        """`condition()` once it is true; failing with the logs after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not (value := condition()):
+            assert time.monotonic() < deadline, self.logs()
+            time.sleep(0.1)
+        return value
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """Atomically, as Kubernetes swaps a volume: the agent never reads a half-written file."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
 
     # -- processes ----------------------------------------------------------------------------
 

@@ -340,44 +340,42 @@ def test_policy_hot_reload(interceptor):
 
 def test_envoy_rejects_a_bad_push_and_keeps_serving(interceptor):
     """A broken upstream CA bundle reaches Envoy in a cluster it must refuse (a NACK)."""
-    good = interceptor.upstream_ca.read_bytes()
     nacks = interceptor.metric("intercept_xds_nacks_total", 'type="Cluster"')
-    try:
-        interceptor.upstream_ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n")
-        deadline = time.monotonic() + 10
-        while interceptor.metric("intercept_xds_nacks_total", 'type="Cluster"') == nacks:
-            assert time.monotonic() < deadline, interceptor.logs()
-            time.sleep(0.1)
+    with interceptor.upstream_ca_replaced(b"-----BEGIN CERTIFICATE-----\nnot base64\n"):
+        interceptor.until(
+            lambda: interceptor.metric("intercept_xds_nacks_total", 'type="Cluster"') > nacks
+        )
         log = (interceptor.dir / "agent.log").read_text()
         assert "Envoy rejected Cluster upstream_tls" in log
         assert "Failed to load trusted CA" in log
         assert interceptor.readiness()["envoy_in_sync"] is False
         # The previous clusters stay in force.
         assert interceptor.curl("GET", "https://pypi.org/after-nack").status == 200
-    finally:
-        interceptor.upstream_ca.write_bytes(good)
-    deadline = time.monotonic() + 10
-    while not interceptor.readiness().get("envoy_in_sync"):
-        assert time.monotonic() < deadline, interceptor.logs()
-        time.sleep(0.1)
+    interceptor.until(lambda: interceptor.readiness().get("envoy_in_sync"))
+
+
+def test_an_empty_upstream_ca_bundle_is_not_pushed(interceptor):
+    """A bundle caught empty (truncated, not yet written) keeps the previous one in force."""
+    nacks = interceptor.metric("intercept_xds_nacks_total", 'type="Cluster"')
+    with interceptor.upstream_ca_replaced(b""):
+        interceptor.until(
+            lambda: "upstream-ca.pem is empty" in (interceptor.dir / "agent.log").read_text()
+        )
+        assert interceptor.curl("GET", "https://pypi.org/after-empty").status == 200
+        assert interceptor.metric("intercept_xds_nacks_total", 'type="Cluster"') == nacks
+        assert interceptor.readiness()["envoy_in_sync"] is True
 
 
 def test_upstream_certificates_are_verified(interceptor):
     """With the system roots instead of the lab's CA, no lab server is trusted: 502, explained."""
-    good = interceptor.upstream_ca.read_bytes()
-    try:
-        interceptor.upstream_ca.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
-        deadline = time.monotonic() + 10
-        while (r := interceptor.curl("GET", "https://trust.test/untrusted")).status != 502:
-            assert time.monotonic() < deadline, r.body
-            time.sleep(0.2)
+    with interceptor.upstream_ca_replaced(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()):
+        r = interceptor.until(
+            lambda: (
+                (r := interceptor.curl("GET", "https://trust.test/untrusted")).status == 502 and r
+            )
+        )
         assert r.json()["error"]["code"] == "UPSTREAM_CONNECT_FAILURE"
-    finally:
-        interceptor.upstream_ca.write_bytes(good)
-    deadline = time.monotonic() + 10
-    while interceptor.curl("GET", "https://trust.test/trusted-again").status != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    interceptor.until(lambda: interceptor.curl("GET", "https://trust.test/again").status == 200)
 
 
 def test_dns_sinkhole_answers_every_name_with_a_synthetic_address(interceptor):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from intercept_proxy.runtime.mounts import MountError, open_beneath
-from intercept_proxy.runtime.rootfs import mirrored
+from intercept_proxy.runtime.rootfs import hidden, mirrored
 
 MOUNTINFO = r"""22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
 23 22 0:21 / /proc rw,nosuid shared:2 - proc proc rw
@@ -36,6 +36,14 @@ def test_only_this_machines_other_real_filesystems_are_mirrored_parents_first():
         "/boot",
         "/boot/efi",
         "/home/alice/My Data",
+    ]
+
+
+def test_only_the_parts_of_an_installation_in_directories_that_start_empty_are_bound():
+    paths = [Path(p) for p in ("/tmp/c/.venv", "/tmp/c/src", "/tmp/c/.venv/lib", "/tmp", "/srv/x",
+                                "/var/tmp/y", "/run/z", "/tmpx/w")]  # fmt: skip
+    assert hidden(paths) == [
+        Path(p) for p in ("/run/z", "/tmp/c/.venv", "/tmp/c/src", "/var/tmp/y")
     ]
 
 

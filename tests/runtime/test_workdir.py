@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from intercept_proxy.runtime import workdir
-from intercept_proxy.runtime.workdir import WorkdirError, created_repositories, git_metadata
+from intercept_proxy.runtime.workdir import (
+    WorkdirError,
+    check_workdir,
+    created_repositories,
+    git_metadata,
+)
 
 
 def git(*args, cwd):
@@ -67,3 +73,23 @@ def test_a_working_directory_too_large_to_search_is_refused(tmp_path, monkeypatc
         (tmp_path / name).mkdir()
     with pytest.raises(WorkdirError, match="smaller working directory"):
         git_metadata(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("/", "holds /proc"),
+        ("/var", "holds /var/tmp"),
+        ("/tmp", "holds /tmp"),
+        ("/run/user/0", "lies in /run"),
+        ("/proc/self", "lies in /proc"),
+    ],
+)
+def test_a_working_directory_holding_what_each_container_gets_its_own_of_is_refused(path, problem):
+    with pytest.raises(WorkdirError, match=problem):
+        check_workdir(Path(path))
+
+
+@pytest.mark.parametrize("path", ["/tmp/project", "/srv/work", "/home/alice", "/usr/src"])
+def test_project_directories_are_working_directories(path):
+    check_workdir(Path(path))

@@ -163,10 +163,17 @@ class Agent:
 
     def update_snapshot(self) -> None:
         try:
-            self._bundle = self.settings.upstream_ca.read_text()
+            bundle = self.settings.upstream_ca.read_text()
         except (OSError, ValueError) as e:
             log.error("cannot read the upstream CA bundle, keeping the previous one: %s", e)
             return
+        if not bundle.strip():  # caught between truncation and write: the next change completes it
+            log.error(
+                "the upstream CA bundle %s is empty, keeping the previous one",
+                self.settings.upstream_ca,
+            )
+            return
+        self._bundle = bundle
         self._publish()
 
     def _reloaded(self, ok: bool) -> None:

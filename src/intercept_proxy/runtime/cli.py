@@ -37,7 +37,12 @@ from intercept_proxy.runtime.containers import ContainerError, Executables
 from intercept_proxy.runtime.network import HostUplink, LabUplink, NetworkError, Uplink
 from intercept_proxy.runtime.pod import LocalPod, Options, PodError, cleanup_stale
 from intercept_proxy.runtime.volumes import VolumeError
-from intercept_proxy.runtime.workdir import WorkdirError, created_repositories, git_metadata
+from intercept_proxy.runtime.workdir import (
+    WorkdirError,
+    check_workdir,
+    created_repositories,
+    git_metadata,
+)
 from intercept_proxy.xds.envoy import envoy_binary
 
 WORKLOAD = "workload"
@@ -315,6 +320,7 @@ def _run(args: argparse.Namespace) -> int:
             pod = command_pod(command, uid)
             attached = WORKLOAD
             workdir = Path.cwd()
+            check_workdir(workdir)
             protection = git_metadata(workdir)
             writable[WORKLOAD] = (workdir, *protection.pinned)
             # The operator's own files, where the workload could otherwise loosen them for the

@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import intercept_proxy
 from intercept_proxy.runtime import privileges
 
 PROJECT_IMAGE = "intercept-proxy/intercept-proxy"
@@ -32,13 +33,21 @@ class ContainerError(ValueError):
     """A container this runtime cannot run as specified; the message names it and the field."""
 
 
+def installation() -> tuple[Path, ...]:
+    """The directories the mapped images run from: this interpreter's environment and the
+    package itself (an editable install keeps it outside the environment)."""
+    package = Path(next(iter(intercept_proxy.__path__))).resolve().parent
+    return (Path(sys.prefix).resolve(), package)
+
+
 @dataclass(frozen=True)
 class Executables:
-    """What the mapped images run on this machine."""
+    """What the mapped images run on this machine, and from where."""
 
     intercept: Path
     envoy: Path
     python: Path = Path(sys.executable)
+    installation: tuple[Path, ...] = field(default_factory=installation)
 
 
 def _repository(image: str) -> str:

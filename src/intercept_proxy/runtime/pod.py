@@ -29,7 +29,7 @@ from typing import IO, Any
 
 from intercept_proxy import netns
 from intercept_proxy.injector.pod import ENVOY
-from intercept_proxy.runtime import admission, state
+from intercept_proxy.runtime import admission, rootfs, state
 from intercept_proxy.runtime.containers import (
     Executables,
     Identity,
@@ -178,6 +178,11 @@ class LocalPod:
                 "read_only": bool(m.get("readOnly")),
             }
             for m in container.get("volumeMounts") or []
+        ]
+        # An installation under /tmp (a fresh clone) is part of every container's "image".
+        binds += [
+            {"source": str(path), "target": str(path), "read_only": True}
+            for path in rootfs.hidden(self.options.executables.installation)
         ]
         node = {"/etc/resolv.conf": self._resolv_conf, str(SYSTEM_TRUST): self._node_trust}
         binds += [

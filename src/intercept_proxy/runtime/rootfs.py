@@ -98,6 +98,14 @@ def mirrored(mountinfo: str, excluded: Iterable[str] = ()) -> list[str]:
     return sorted(dict.fromkeys(points), key=lambda p: p.count("/"))
 
 
+def hidden(paths: Iterable[Path]) -> list[Path]:
+    """Those of `paths` (absolute, resolved) a container would not see because they lie in a
+    directory that starts empty, outermost first and without the ones inside them. Pure."""
+    empty = [Path("/", relative) for relative in EMPTY]
+    inside = sorted({p for p in paths if any(p.is_relative_to(e) and p != e for e in empty)})
+    return [p for i, p in enumerate(inside) if not any(p.is_relative_to(q) for q in inside[:i])]
+
+
 def _layer(scratch: Path) -> tuple[Path, Path, Path]:
     """The container's writable layer on a filesystem of its own, with the empty directories."""
     mount("tmpfs", str(scratch), "tmpfs", MS_NOSUID | MS_NODEV, f"size={LAYER_SIZE},mode=0700")

@@ -39,6 +39,26 @@ class Protection:
     identities: frozenset[tuple[int, int]]
 
 
+# What the runtime makes for each container itself: a working directory holding one of them
+# would replace it with this machine's own, writable. Those of the first kind are not files to
+# work on at any depth.
+NOT_FILES = tuple(Path(p) for p in ("/proc", "/sys", "/dev", "/run"))
+CONTAINER_OWN = (*NOT_FILES, Path("/tmp"), Path("/var/tmp"))
+
+
+def check_workdir(workdir: Path) -> None:
+    """Refuse a working directory that cannot be handed to the workload. Pure."""
+    for own in CONTAINER_OWN:
+        if own.is_relative_to(workdir):
+            raise WorkdirError(
+                f"the working directory {workdir} holds {own}, of which the sandbox gives the "
+                "workload its own; start intercept run in the directory it should work in"
+            )
+    for kernel in NOT_FILES:
+        if workdir.is_relative_to(kernel):
+            raise WorkdirError(f"the working directory {workdir} lies in {kernel}: not files")
+
+
 def _gitdir(dotgit: Path) -> Path | None:
     """Where a `.git` file (a worktree's, a submodule's) says the git directory is."""
     try:
