@@ -25,6 +25,7 @@ $(VENV)/.installed: pyproject.toml scripts/install-debian-packages scripts/check
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 test: lint
 	$(VENV)/bin/pytest

@@ -18,18 +18,20 @@ import sys
 import time
 from pathlib import Path
 
-from tests.integration.conftest import LAB_SPEC, POLICY
-from tests.integration.harness import WORKLOAD_UID, Interceptor, as_user
-
 from intercept_proxy import netns
 from intercept_proxy.bench.configs import CUSTOM_REGO
 from intercept_proxy.bench.results import envoy_quantiles, percentile
 from intercept_proxy.lab import Lab, LabSpec
+from intercept_proxy.lab.interceptor import Interceptor
 from intercept_proxy.pki import CertificateAuthority
 from intercept_proxy.policy.model import parse_policy
+from intercept_proxy.runtime.containers import as_user
 
 HERE = Path(__file__).parent
-FLOOD = HERE.parent / "tests" / "integration" / "sni_flood.py"
+FLOOD = HERE.parent / "tests" / "integration" / "sni_flood.py"  # a script, run as the client
+WORKLOAD_UID = 12345
+LAB_SPEC = {"hosts": [{"name": "pypi.org"}]}
+POLICY = "allowed_domains: [pypi.org]\n"
 
 
 def proc_status(pid: int) -> dict[str, float]:
@@ -42,8 +44,7 @@ def proc_status(pid: int) -> dict[str, float]:
 
 
 def envoy_histogram(icp: Interceptor, name: str) -> dict[str, float]:
-    out = netns.run(icp.ns, ["curl", "-s", "127.0.0.1:15000/stats?format=json&filter=" + name])
-    return envoy_quantiles(json.loads(out.stdout), name)
+    return envoy_quantiles(icp.envoy_stats(name), name)
 
 
 def mint_figures(count: int = 1000) -> dict[str, float]:

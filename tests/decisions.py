@@ -3,17 +3,19 @@ Envoy flushes (every second), so readers wait for the lines they expect."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from intercept_proxy.decision import parse_log
+
 Record = dict[str, Any]
 
 
 def read_decisions(path: Path) -> list[Record]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    """Every line, each a decision event of the one schema (an error otherwise)."""
+    return [event.as_dict() for event in parse_log(path.read_text(), strict=True)]
 
 
 def decisions(

@@ -15,7 +15,7 @@ Signature = tuple[tuple[int, int, int] | None, ...]
 
 def signature(paths: Sequence[Path]) -> Signature:
     """What changes when any of `paths` is written, replaced, created or removed."""
-    out = []
+    out: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = path.stat()  # follows symlinks: a swapped ..data link changes the inode
@@ -28,7 +28,7 @@ def signature(paths: Sequence[Path]) -> Signature:
 
 async def watch(
     paths: Callable[[], Sequence[Path]],
-    on_change: Callable[[], None],
+    on_change: Callable[[], object],
     interval_s: float = 0.2,
 ) -> None:
     """Call `on_change` whenever the files `paths()` names change; runs until cancelled."""

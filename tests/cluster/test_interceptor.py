@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from intercept_proxy.decision import parse_log
 from intercept_proxy.injector.pod import inject_pod
 from intercept_proxy.injector.values import settings_from_values
 from tests.cluster.harness import MEASUREMENTS, pod
@@ -67,12 +68,8 @@ def test_an_injected_pod_reaches_the_lab_through_its_interceptor(kube, namespace
     assert inits["proxy-init"]["state"]["terminated"]["exitCode"] == 0
     assert set(inits) == {"proxy-init", "intercept-agent", "envoy"}
     # Envoy's log is the decision log.
-    decisions = [
-        json.loads(line)
-        for line in kube.logs(namespace, "agent", "-c", "envoy").splitlines()
-        if line.startswith("{")
-    ]
-    assert [(d["host"], d["allow"]) for d in decisions] == [
+    decisions = parse_log(kube.logs(namespace, "agent", "-c", "envoy"))
+    assert [(d.host, d.allow) for d in decisions] == [
         ("pypi.org", True),
         ("exfil.attacker.example", False),
     ]

@@ -37,16 +37,13 @@ from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.certificates import certificate_resolver
 from intercept_proxy.xds.envoy import envoy_command
 from intercept_proxy.xds.resources import (
-    CLUSTER,
-    LISTENER,
-    SECRET,
     DataPlane,
     clusters,
     listeners,
     route_configurations,
 )
-from intercept_proxy.xds.routes import ROUTE
 from intercept_proxy.xds.server import AggregatedDiscoveryService, OnDemand, Snapshot, SnapshotCache
+from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE, SECRET
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 FLOOD = Path(__file__).with_name("sni_flood.py")

@@ -11,6 +11,7 @@ import time
 import pytest
 from cryptography import x509
 
+from intercept_proxy.decision import parse_log
 from intercept_proxy.injector.pod import inject_pod, verified
 from intercept_proxy.injector.values import settings_from_values
 from tests.cluster.harness import MEASUREMENTS, WORKLOAD_UID
@@ -193,12 +194,8 @@ def test_each_pod_gets_its_own_policy(pods):
 def test_the_workloads_own_init_container_is_intercepted(kube, space, pods):
     lines = kube.logs(space, "pod-a", "-c", "fetch").splitlines()
     assert lines == ["https://pypi.org/from-init 200", "https://unknown.example/from-init 403"]
-    decisions = [
-        json.loads(line)
-        for line in kube.logs(space, "pod-a", "-c", "envoy").splitlines()
-        if line.startswith("{")
-    ]
-    from_init = [(d["host"], d["allow"]) for d in decisions if d["path"] == "/from-init"]
+    decisions = parse_log(kube.logs(space, "pod-a", "-c", "envoy"))
+    from_init = [(d.host, d.allow) for d in decisions if d.path == "/from-init"]
     assert from_init == [("pypi.org", True), ("unknown.example", False)]
 
 

@@ -3,7 +3,6 @@ containers' output comes prefixed by their names, and the exit status is the wor
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from intercept_proxy.decision import parse_log
 from intercept_proxy.lab.control import read_receipts
 
 pytestmark = pytest.mark.netns
@@ -63,8 +63,8 @@ def test_a_pod_manifest_runs_injected_against_a_lab(workdir):
     assert "[app] 403 https://exfil.attacker.example/upload" in lines
     assert any(line.startswith("[proxy-init] -A INTERCEPT_REDIRECT") for line in lines)
 
-    decisions = [json.loads(line) for line in (workdir / "decisions.log").read_text().splitlines()]
-    assert [(d["host"], d["allow"]) for d in decisions] == [
+    decisions = parse_log((workdir / "decisions.log").read_text(), strict=True)
+    assert [(d.host, d.allow) for d in decisions] == [
         ("pypi.org", True),
         ("exfil.attacker.example", False),
     ]

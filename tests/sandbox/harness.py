@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns
-from intercept_proxy.injector.pod import SIDECARS, inject_pod
+from intercept_proxy.injector.pod import ENVOY, SIDECARS, inject_pod
 from intercept_proxy.injector.settings import InjectorSettings
 from intercept_proxy.lab import Lab, LabSpec
 from intercept_proxy.runtime.cli import WORKLOAD, _executables, command_pod, policy_config_map
@@ -44,13 +44,16 @@ github_allowed_repos: [octo/hello]
 """
 
 
+TESTS = Path(__file__).resolve().parents[1]
+
+
 class RunningPod:
     def __init__(
         self,
         lab: Lab,
         pod: dict[str, Any],
         objects: Mapping[tuple[str, str], dict[str, Any]],
-        writable: Mapping[str, tuple[Path, ...]] | None = None,
+        read_only: Mapping[str, tuple[Path, ...]] | None = None,
     ) -> None:
         self.lab = lab
         self.dir = Path(tempfile.mkdtemp(prefix="intercept-testpod-", dir="/tmp"))
@@ -62,9 +65,9 @@ class RunningPod:
             uplink=LabUplink(lab),
             executables=_executables(),
             prefix=self.prefix,
-            writable=dict(writable or {}),
+            read_only=dict(read_only or {}),
             trusted=frozenset(SIDECARS),
-            decision_log=self.decision_log,
+            stdout_files={ENVOY: self.decision_log},
         )
         self.pod = LocalPod(pod, objects, options)
         self.status: int | None = None
@@ -127,12 +130,13 @@ class Sandbox(RunningPod):
         pod = inject_pod(command_pod(["sleep", "infinity"], WORKLOAD_UID), settings)
         config_map = policy_config_map(policy_dir / "policy.yaml", settings.policy_config_map)
         shutil.rmtree(policy_dir)
-        # As `intercept run` gives, but /tmp only: the tests' working directory is the repo.
+        # In place of `intercept run`'s working directory, the tests' own scripts (probes),
+        # read-only: a clone under /tmp is not in the image.
         super().__init__(
             lab,
             pod,
             {("ConfigMap", settings.policy_config_map): config_map},
-            writable={WORKLOAD: (Path("/tmp"),)},
+            read_only={WORKLOAD: (TESTS,)},
         )
 
     def exec(self, argv: list[str], timeout: float = 60.0) -> Any:  # type: ignore[override]

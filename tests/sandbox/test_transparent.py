@@ -95,3 +95,21 @@ def test_every_request_is_in_the_decision_log(sandbox):
     assert records["/logged"]["allow"] is True
     assert records["/x"]["allow"] is False and records["/x"]["rule"] == "default_deny"
     assert "secret" not in sandbox.decision_log.read_text()
+
+
+def test_a_sidecar_that_dies_is_started_again(sandbox):
+    """restartPolicy Always: the agent killed, the runtime starts it again and traffic flows."""
+    from intercept_proxy.injector.pod import AGENT
+
+    (agent,) = [r for r in sandbox.pod._sidecars if r.name == AGENT]
+    dead = agent.process
+    dead.kill()
+    dead.wait(10)
+    deadline = time.monotonic() + 30
+    while agent.process is dead or agent.due is not None:
+        assert time.monotonic() < deadline, sandbox.output(AGENT)
+        time.sleep(0.1)
+    assert agent.restarts == 1
+    while sandbox.sh("curl -sS --fail https://pypi.org/after-restart", 10).returncode != 0:
+        assert time.monotonic() < deadline, sandbox.output(AGENT)
+        time.sleep(0.5)

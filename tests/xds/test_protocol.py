@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,18 +21,14 @@ from intercept_proxy.pki import CertificateAuthority, LeafCache
 from intercept_proxy.xds import protos
 from intercept_proxy.xds.certificates import certificate_resolver
 from intercept_proxy.xds.resources import (
-    CLUSTER,
     HTTP_LISTENER,
-    LISTENER,
     NO_SNI_SECRET,
-    SECRET,
     TLS_LISTENER,
     DataPlane,
     clusters,
     listeners,
     route_configurations,
 )
-from intercept_proxy.xds.routes import ROUTE
 from intercept_proxy.xds.server import (
     ADS_SERVICE,
     AggregatedDiscoveryService,
@@ -40,6 +38,7 @@ from intercept_proxy.xds.server import (
     SnapshotCache,
     XdsEvents,
 )
+from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE, SECRET
 
 PEM = "-----BEGIN CERTIFICATE-----\n(bundle)\n-----END CERTIFICATE-----\n"
 
@@ -533,3 +532,14 @@ def test_state_of_the_world_is_refused_with_an_explanation(caplog):
     assert error.code() == grpc.StatusCode.UNIMPLEMENTED
     assert "DELTA_GRPC" in error.details()
     assert "Envoy asked for state-of-the-world ADS" in caplog.text
+
+
+def test_the_xds_server_does_not_load_the_policy_engine():
+    """The control plane serves what it is given: importing it loads no policy code."""
+    code = (
+        "import sys, intercept_proxy.xds.server\n"
+        "print(sorted(m for m in sys.modules if m == 'regorus' or m.startswith("
+        "'intercept_proxy.policy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

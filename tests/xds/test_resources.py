@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from intercept_proxy.xds import protos, resources, routes
+from intercept_proxy.xds import protos, resources, routes, types
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import envoy_binary
 from tests.golden import assert_golden
@@ -34,15 +34,15 @@ def test_bootstrap_golden():
 
 def test_every_resource_parses_as_protobuf():
     for cluster in resources.clusters(LAB, PEM):
-        assert protos.to_message(resources.CLUSTER, cluster).name == cluster["name"]
+        assert protos.to_message(types.CLUSTER, cluster).name == cluster["name"]
     for listener in resources.listeners(LAB):
-        assert protos.to_message(resources.LISTENER, listener).name == listener["name"]
+        assert protos.to_message(types.LISTENER, listener).name == listener["name"]
 
 
 def test_unknown_fields_are_errors_not_dropped():
     bad = resources.clusters(DEFAULT, PEM)[0] | {"conect_timeout": "1s"}
     with pytest.raises(Exception, match="conect_timeout"):
-        protos.to_message(resources.CLUSTER, bad)
+        protos.to_message(types.CLUSTER, bad)
 
 
 def test_listeners_are_dual_stack_and_loopback_only():

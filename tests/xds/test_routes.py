@@ -8,7 +8,7 @@ import pytest
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.policy.native import compile_policy
-from intercept_proxy.xds import protos, resources, routes
+from intercept_proxy.xds import protos, resources, routes, types
 from tests.golden import assert_golden
 
 POLICY = parse_policy(
@@ -44,7 +44,7 @@ def test_agent_routes_golden():
 
 def test_every_route_configuration_parses_as_protobuf(compiled):
     for config in [*compiled, *resources.route_configurations(REVISION)]:
-        assert protos.to_message(routes.ROUTE, config).name == config["name"]
+        assert protos.to_message(types.ROUTE, config).name == config["name"]
 
 
 def test_unmarked_requests_always_reach_the_agent_first(compiled):
@@ -68,7 +68,7 @@ def test_envoy_decisions_skip_ext_authz_and_carry_their_decision(compiled):
                     assert per_filter.get("disabled") is True
                 else:  # the agent decides; if it cannot answer, the log says so
                     expected = {**routes.NO_DECISION.__dict__, "judge": "none"}
-                    assert decision == {**expected, "revision": REVISION}
+                    assert decision == {**expected, "policy_revision": REVISION}
 
 
 def test_a_policy_compiled_for_one_listener_is_refused_for_the_other():

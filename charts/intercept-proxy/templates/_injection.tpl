@@ -78,8 +78,6 @@ Each definition is a JSON document for this release's values.
       {{ if eq (ternary "ephemeral" "secret" (eq .Values.ca.mode "ephemeral")) "ephemeral" }}"/var/run/intercept/ca/ca.key"{{ else }}"/var/run/intercept/ca/tls.key"{{ end }},
       "--trust-bundle",
       "/var/run/intercept/trust/ca-bundle.pem",
-      "--cert-validity-hours",
-      {{ .Values.agent.certValidityHours | float64 | toString | toJson }},
       "--health-address",
       "0.0.0.0",
       "--health-address",
@@ -87,7 +85,9 @@ Each definition is a JSON document for this release's values.
       "--pod-policy",
       "/etc/intercept/pod/policy.yaml",
       "--pod-policy-mode",
-      {{ .Values.policy.podOverride | toJson }}
+      {{ .Values.policy.podOverride | toJson }},
+      "--cert-validity-hours",
+      {{ .Values.agent.certValidityHours | float64 | toString | toJson }}
       {{- range .Values.dns.forwardSuffixes }},
       "--dns-forward-suffix", {{ . | toString | toJson }}
       {{- end }}
@@ -361,8 +361,6 @@ Each definition is a JSON document for this release's values.
         {{ if eq (ternary "ephemeral" "secret" (eq .Values.ca.mode "ephemeral")) "ephemeral" }}"/var/run/intercept/ca/ca.key"{{ else }}"/var/run/intercept/ca/tls.key"{{ end }},
         "--trust-bundle",
         "/var/run/intercept/trust/ca-bundle.pem",
-        "--cert-validity-hours",
-        {{ .Values.agent.certValidityHours | float64 | toString | toJson }},
         "--health-address",
         "0.0.0.0",
         "--health-address",
@@ -370,7 +368,9 @@ Each definition is a JSON document for this release's values.
         "--pod-policy",
         "/etc/intercept/pod/policy.yaml",
         "--pod-policy-mode",
-        {{ .Values.policy.podOverride | toJson }}
+        {{ .Values.policy.podOverride | toJson }},
+        "--cert-validity-hours",
+        {{ .Values.agent.certValidityHours | float64 | toString | toJson }}
         {{- range .Values.dns.forwardSuffixes }},
         "--dns-forward-suffix", {{ . | toString | toJson }}
         {{- end }}

@@ -9,7 +9,6 @@ import itertools
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +16,9 @@ import grpc
 from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from intercept_proxy import ports
 from intercept_proxy.agent.health import health_app, metrics_app
 from intercept_proxy.agent.metrics import Metrics
+from intercept_proxy.agent.settings import SYSTEM_CA_BUNDLE, AgentSettings
 from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
@@ -31,64 +30,36 @@ from intercept_proxy.policy.native import compile_policy
 from intercept_proxy.policy.store import PolicyStore
 from intercept_proxy.watch import watch
 from intercept_proxy.xds import protos
+from intercept_proxy.xds.bootstrap import STATIC_CLUSTERS
 from intercept_proxy.xds.certificates import certificate_resolver
-from intercept_proxy.xds.resources import (
-    CLUSTER,
-    LISTENER,
-    SECRET,
-    DataPlane,
-    clusters,
-    listeners,
-    route_configurations,
-)
-from intercept_proxy.xds.routes import ROUTE
+from intercept_proxy.xds.consistency import inconsistencies
+from intercept_proxy.xds.resources import DataPlane, clusters, listeners, route_configurations
 from intercept_proxy.xds.server import AggregatedDiscoveryService, Snapshot, SnapshotCache
+from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE, SECRET
 
 log = logging.getLogger(__name__)
-
-SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 class AgentError(Exception):
     """Settings the agent cannot start with; the message says which."""
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    policy: Path
-    ca_cert: Path
-    ca_key: Path
-    upstream_ca: Path = SYSTEM_CA_BUNDLE
-    # Where to write the bundle the workload trusts: the sandbox CA plus the system roots.
-    trust_bundle: Path | None = None
-    bind_address: str = "127.0.0.1"
-    # Where health and metrics listen: loopback, or "::" for kubelet probes and scrapers (in a
-    # pod, proxy-init's rules decide which of the two ports is open from outside).
-    health_addresses: tuple[str, ...] = ("127.0.0.1",)
-    # A pod's own policy (from its annotation, through a downwardAPI file) and what it may do.
-    pod_policy: Path | None = None
-    pod_policy_mode: OverrideMode = OverrideMode.NARROW
-    xds_port: int = ports.AGENT_XDS
-    http_port: int = ports.AGENT_HTTP
-    metrics_port: int = ports.AGENT_METRICS
-    cert_validity: dt.timedelta = dt.timedelta(hours=12)
-    cert_cache_size: int = 1024
-    # The DNS sinkhole (0: off), the names it resolves for real, and whom it asks (None: the
-    # nameservers of resolv.conf).
-    dns_port: int = ports.AGENT_DNS
-    dns_forward_suffixes: tuple[str, ...] = ()
-    dns_upstream: tuple[str, ...] | None = None
-    data_plane: DataPlane = field(default_factory=DataPlane)
-
-
 def build_snapshot(dp: DataPlane, upstream_ca_pem: str, routes: list[dict[str, Any]]) -> Snapshot:
+    """The resources Envoy gets; refused (AgentError) if they name one they do not hold."""
+    resources = {
+        CLUSTER: clusters(dp, upstream_ca_pem),
+        LISTENER: listeners(dp),
+        ROUTE: routes,
+    }
+    problems = inconsistencies(
+        resources[CLUSTER], resources[LISTENER], resources[ROUTE], STATIC_CLUSTERS
+    )
+    if problems:
+        raise AgentError("inconsistent xDS snapshot, not published: " + "; ".join(problems))
     return Snapshot(
         {
-            CLUSTER: {
-                c["name"]: protos.to_message(CLUSTER, c) for c in clusters(dp, upstream_ca_pem)
-            },
-            LISTENER: {lst["name"]: protos.to_message(LISTENER, lst) for lst in listeners(dp)},
-            ROUTE: {r["name"]: protos.to_message(ROUTE, r) for r in routes},
+            type_url: {r["name"]: protos.to_message(type_url, r) for r in items}
+            for type_url, items in resources.items()
         }
     )
 
@@ -189,7 +160,7 @@ class Agent:
             return pod.policy
         if pod is not None and self.settings.pod_policy_mode is OverrideMode.NARROW:
             return None
-        default = self.policy.engine.policy
+        default = self.policy.required.policy
         return None if default.rego_modules else default
 
     def policy_changed(self) -> None:
@@ -217,9 +188,9 @@ class Agent:
     def engine(self) -> PolicyEngine:
         """The policy in force now: the default one, and the pod's own where it has one."""
         if self.pod_policy is None:
-            return self.policy.engine
+            return self.policy.required
         mode = self.settings.pod_policy_mode
-        return CombinedEngine(self.policy.engine, self.pod_policy.engine, mode)
+        return CombinedEngine(self.policy.required, self.pod_policy.engine, mode)
 
     def readiness(self) -> dict[str, Any]:
         in_sync = self.ads.in_sync()
@@ -253,14 +224,14 @@ class Agent:
         s = self.settings
         xds = grpc.aio.server()
         self.ads.add_to_server(xds)  # tolerant of names that are not UTF-8 (xds/wire.py)
-        xds.add_insecure_port(f"{s.bind_address}:{s.xds_port}")
+        xds.add_insecure_port(f"{s.data_plane.authz_address}:{s.xds_port}")
         authz = grpc.aio.server()
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.authz, authz)
         dp = s.data_plane
         authz.add_insecure_port(f"{dp.authz_address}:{dp.authz_port}")
         runners = []
         for app, port in (
-            (health_app(self.readiness), s.http_port),
+            (health_app(self.readiness), s.health_port),
             (
                 metrics_app(self.metrics.registry, self.metrics.envoy_decisions.refresh),
                 s.metrics_port,
@@ -293,12 +264,12 @@ class Agent:
         ]
         log.info(
             "agent ready: xDS %s:%d, ext_authz %s:%d, health %s:%d, metrics :%d, revision %s",
-            s.bind_address,
+            s.data_plane.authz_address,
             s.xds_port,
             dp.authz_address,
             dp.authz_port,
             ",".join(s.health_addresses),
-            s.http_port,
+            s.health_port,
             s.metrics_port,
             self.engine().revision,
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 from intercept_proxy.authz.report import decision_table, read_decisions
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "decisions",
         help="show a decision log as a table",
@@ -22,6 +22,6 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _show(args: argparse.Namespace) -> int:
     records = read_decisions(args.log)
     if args.denied:
-        records = [r for r in records if not r.get("allow")]
+        records = [r for r in records if not r.allow]
     print(decision_table(records))
     return 0

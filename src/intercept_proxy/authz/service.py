@@ -21,9 +21,10 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, error_body
 from intercept_proxy.policy.engine import Decision, PolicyEngine
 from intercept_proxy.policy.input import INPUT_VERSION
-from intercept_proxy.xds.routes import DECISION_HEADER, TRANSPORT_KEY
+from intercept_proxy.xds.routes import TRANSPORT_KEY
 
 DecisionObserver = Callable[[Decision, float], None]
 
@@ -73,29 +74,14 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def denial_body(decision: Decision, decision_id: str) -> str:
-    return json.dumps(
-        {
-            "error": {
-                "code": "POLICY_BLOCKED",
-                "message": decision.reason,
-                "rule": decision.rule,
-                "decision_id": decision_id,
-            }
-        }
-    )
+    body = error_body(POLICY_BLOCKED, decision.reason, rule=decision.rule, decision_id=decision_id)
+    return json.dumps(body)
 
 
 def _metadata(decision: Decision, revision: str, eval_ms: float) -> struct_pb2.Struct:
     metadata = struct_pb2.Struct()
-    metadata.update(
-        {
-            "allow": decision.allow,
-            "rule": decision.rule,
-            "reason": decision.reason,
-            "policy_revision": revision,
-            "eval_ms": round(eval_ms, 3),
-        }
-    )
+    verdict = (decision.allow, decision.rule, decision.reason, revision)
+    metadata.update({**dict(zip(VERDICT, verdict, strict=True)), "eval_ms": round(eval_ms, 3)})
     return metadata
 
 

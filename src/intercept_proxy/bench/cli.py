@@ -16,7 +16,7 @@ from intercept_proxy.bench.scenarios import ALL, missing_tools
 PLOT_NAME = "performance-latency.png"
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     defaults = Settings()
     parser = commands.add_parser(
         "bench",

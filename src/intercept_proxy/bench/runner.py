@@ -38,12 +38,12 @@ from intercept_proxy.bench.scenarios import (
     Mitmproxy,
     Scenario,
     Squid,
-    as_user,
     pinned,
 )
 from intercept_proxy.lab import Lab, LabSpec
 from intercept_proxy.pki import CertificateAuthority
 from intercept_proxy.pki.files import write_private, write_public
+from intercept_proxy.runtime.containers import as_user
 from intercept_proxy.xds.envoy import envoy_binary
 
 AUTHZ_HISTOGRAM = "cluster.intercept_authz.upstream_rq_time"

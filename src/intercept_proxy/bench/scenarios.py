@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from intercept_proxy import netns, ports
+from intercept_proxy import netns
 from intercept_proxy.bench import configs
 from intercept_proxy.lab import Lab
+from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netfilter.apply import apply as apply_rules
 from intercept_proxy.netfilter.builder import render
-from intercept_proxy.netfilter.config import AGENT_UID, ENVOY_UID, CaptureConfig
+from intercept_proxy.netfilter.config import CaptureConfig
 from intercept_proxy.pki import CertificateAuthority
 from intercept_proxy.pki.files import write_private, write_public
 from intercept_proxy.policy.engine import builtin_rego
@@ -279,64 +280,44 @@ class Intercept(Scenario):
     name = "intercept"
     judged_by = "envoy"
 
+    interceptor: Interceptor | None = None
+
     def _setup(self) -> None:
         # No hosts file: the client resolves through the agent's DNS sinkhole, as in a pod.
-        custom = None
-        if self.judged_by == "agent":
-            (self.dir / "custom.rego").write_text(configs.CUSTOM_REGO)
-            custom = "custom.rego"
-        policy = self.dir / "policy.yaml"
-        policy.write_text(configs.policy_yaml(custom))
-        upstream_ca = self.dir / "upstream-ca.pem"
-        shutil.copyfile(self.lab.ca_cert_path, upstream_ca)
-        ca_dir = self.dir / "ca"
-        ca_dir.mkdir()
-        os.chown(ca_dir, AGENT_UID, AGENT_UID)
-        self.client_ca = ca_dir / "ca.pem"
-        decision_log = self.dir / "decisions.log"  # Envoy writes it
-        decision_log.touch()
-        os.chown(decision_log, ENVOY_UID, ENVOY_UID)
-        agent = [
-            str(INTERCEPT), "--log-level", "warning", "agent", "run",
-            "--policy", str(policy),
-            "--ca-cert", str(self.client_ca),
-            "--ca-key", str(ca_dir / "ca.key"),
-            "--upstream-ca", str(upstream_ca),
-            "--decision-log", str(decision_log),
-        ]  # fmt: skip
-        for server in self.lab.dns_servers:
-            agent += ["--dns-resolver", server]
-        self._spawn("agent", as_user(AGENT_UID, agent))
-        envoy = [str(INTERCEPT), "envoy", "run", "--node-id", f"bench-{self.ns}", "--"]
-        self._spawn("envoy", as_user(ENVOY_UID, [*envoy, "-l", "warning", "--concurrency", "1"]))
-        apply_rules(render(CaptureConfig()), self.ns)
-        self._wait_ready()
-
-    def _sidecar_get(self, url: str) -> str:
-        # proxy-init closes the sidecar ports to every other UID, root included.
-        result = netns.run(self.ns, as_user(AGENT_UID, ["curl", "-s", url]), timeout=10)
-        return result.stdout
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        readiness: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            self._check_alive()
-            with contextlib.suppress(json.JSONDecodeError):
-                readiness = json.loads(
-                    self._sidecar_get(f"http://127.0.0.1:{ports.AGENT_HTTP}/readyz")
-                )
-            if readiness.get("ready") and readiness.get("judged_by") == self.judged_by:
-                return
-            time.sleep(0.2)
-        raise BenchError(
-            f"{self.name}: not ready (judged by {self.judged_by}) after {READY_TIMEOUT}s: "
-            f"{readiness}\n{self.logs()}"
+        icp = self.interceptor = Interceptor(
+            self.ns,
+            configs.policy_yaml(),
+            self.lab.ca_cert_path,
+            self.lab.dns_servers,
+            log_level="warning",
+            core=self.proxy_core,
+            envoy_args=("-l", "warning", "--concurrency", "1"),
         )
+        if self.judged_by == "agent":
+            (icp.dir / "custom.rego").write_text(configs.CUSTOM_REGO)
+            icp.write_policy(configs.policy_yaml("custom.rego"))
+        self.client_ca = icp.ca_cert
+        icp.start_agent()
+        icp.start_envoy()
+        assert icp.agent is not None and icp.envoy is not None
+        self.processes |= {"agent": icp.agent, "envoy": icp.envoy}
+        apply_rules(render(CaptureConfig()), self.ns)
+        try:
+            icp.wait_ready(READY_TIMEOUT, judged_by=self.judged_by)
+        except InterceptorError as e:
+            raise BenchError(f"{self.name}: {e}") from None
+
+    def logs(self) -> str:
+        return self.interceptor.logs() if self.interceptor is not None else ""
 
     def envoy_stats(self) -> dict[str, Any]:
-        text = self._sidecar_get(f"http://127.0.0.1:{ports.ENVOY_ADMIN}/stats?format=json")
-        return json.loads(text) if text else {}
+        return self.interceptor.envoy_stats() if self.interceptor is not None else {}
+
+    def stop(self) -> None:
+        if self.interceptor is not None:
+            self.interceptor.close()
+        self.processes.clear()
+        super().stop()
 
 
 class InterceptAgent(Intercept):

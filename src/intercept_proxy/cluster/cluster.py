@@ -64,7 +64,8 @@ class ClusterError(RuntimeError):
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _lab_dict(lab_spec: LabSpec | Mapping[str, Any] | Path | str | None) -> dict[str, Any] | None:
@@ -147,7 +148,9 @@ class Cluster:
     @property
     def timings(self) -> dict[str, float]:
         with contextlib.suppress(OSError, ValueError):
-            return json.loads((self.state_dir / "ready").read_text())["timings"]
+            ready = json.loads((self.state_dir / "ready").read_text())
+            timings: dict[str, float] = ready["timings"]
+            return timings
         return {}
 
     def running(self) -> bool:

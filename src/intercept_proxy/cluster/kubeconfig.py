@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,7 +19,7 @@ def kubeconfig(
     key: Path | None = None,
     token: str | None = None,
     cluster: str = "intercept",
-) -> dict:
+) -> dict[str, Any]:
     if (cert is None) == (token is None):
         raise ValueError("a kubeconfig needs a client certificate or a token")
     credentials = (
@@ -39,6 +40,6 @@ def kubeconfig(
     }
 
 
-def write_kubeconfig(path: Path, config: dict) -> Path:
+def write_kubeconfig(path: Path, config: dict[str, Any]) -> Path:
     write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
     return path

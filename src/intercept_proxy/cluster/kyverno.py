@@ -166,7 +166,8 @@ def request_token(client: KubeClient, service_account: str, seconds: int = TOKEN
         "kind": "TokenRequest",
         "spec": {"expirationSeconds": seconds},
     }
-    return client.create(path, body)["status"]["token"]
+    token: str = client.create(path, body)["status"]["token"]
+    return token
 
 
 def write_controller_kubeconfig(

@@ -183,7 +183,7 @@ class Supervisor:
         self.wait("kube-apiserver /readyz", lambda: admin.request("GET", "/readyz", raw=True))
         self.mark("apiserver")
 
-    def _bootstrap(self, crds: Future, documents: Future, lab: Future) -> None:
+    def _bootstrap(self, crds: Future[Any], documents: Future[Any], lab: Future[Any]) -> None:
         config, admin = self.config, self.admin
         assert admin is not None
         admin.apply(

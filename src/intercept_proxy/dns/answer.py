@@ -34,7 +34,10 @@ TTL = 5  # short: a synthetic answer is cheap to ask again, and nothing should h
 # TCP 80/443 connection to them to Envoy, which routes by SNI or Host, never by address.
 SYNTHETIC_V4 = ipaddress.IPv4Network("198.51.100.0/24")
 SYNTHETIC_V6 = ipaddress.IPv6Network("2001:db8::/32")
-_SYNTHETIC = {4: SYNTHETIC_V4, 6: SYNTHETIC_V6}
+_SYNTHETIC: dict[int, ipaddress.IPv4Network | ipaddress.IPv6Network] = {
+    4: SYNTHETIC_V4,
+    6: SYNTHETIC_V6,
+}
 _LOCALHOST = {QTYPE.A: A("127.0.0.1"), QTYPE.AAAA: AAAA("::1")}
 # Label bytes shown as themselves in event names; anything else is written \DDD (RFC 1035).
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -82,7 +85,8 @@ class Forward:
 
     def upstream_query(self, query_id: int) -> bytes:
         header = DNSHeader(id=query_id, rd=self.header.rd)
-        return DNSRecord(header, q=self.question).pack()
+        packed: bytes = DNSRecord(header, q=self.question).pack()
+        return packed
 
     def is_answer(self, data: bytes, query_id: int) -> bool:
         """Whether `data` answers upstream_query(query_id): same id, a response, same question."""
@@ -192,7 +196,7 @@ def _event_name(qname: DNSLabel) -> str:
 
 
 def _type_name(qtype: int) -> str:
-    return QTYPE.forward.get(qtype, "other")
+    return str(QTYPE.forward.get(qtype, "other"))
 
 
 def _reply(

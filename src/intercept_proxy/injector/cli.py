@@ -14,7 +14,7 @@ from intercept_proxy.injector.values import settings_from_values
 from intercept_proxy.injector.workloads import TEMPLATE_PATHS, inject_object
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "inject",
         help="add the interceptor to labelled workloads in manifests",

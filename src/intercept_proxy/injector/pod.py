@@ -20,16 +20,20 @@ The local runtime and Kubernetes run the very same output.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
+from pathlib import Path
 from typing import Any
 
 from intercept_proxy import ports
+from intercept_proxy.agent.settings import agent_command
 from intercept_proxy.injector.settings import (
     ENABLED_LABEL,
     INJECTED_ANNOTATION,
     POLICY_ANNOTATION,
     InjectorSettings,
 )
+from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
 
@@ -179,20 +183,18 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
     # by the agent itself on first start.
     shared = s.ca_mode == "secret"
     cert, key = ("tls.crt", "tls.key") if shared else ("ca.pem", "ca.key")
-    command = [
-        "intercept", "agent", "run",
-        "--policy", POLICY_FILE,
-        "--ca-cert", f"{CA_DIR}/{cert}",
-        "--ca-key", f"{CA_DIR}/{key}",
-        "--trust-bundle", TRUST_BUNDLE,
-        "--cert-validity-hours", f"{s.cert_validity_hours:g}",
-        # Kubelet probes come to the pod's address.
-        "--health-address", "0.0.0.0", "--health-address", "::",
+    command = agent_command(
+        policy=Path(POLICY_FILE),
+        ca_cert=Path(CA_DIR, cert),
+        ca_key=Path(CA_DIR, key),
+        trust_bundle=Path(TRUST_BUNDLE),
+        cert_validity=dt.timedelta(hours=s.cert_validity_hours),
+        health_addresses=("0.0.0.0", "::"),  # kubelet probes come to the pod's address
         # Always given: with `none`, the agent ignores the pod's own policy.
-        "--pod-policy", POD_POLICY_FILE, "--pod-policy-mode", str(s.policy_override),
-    ]  # fmt: skip
-    for suffix in s.dns_forward_suffixes:
-        command += ["--dns-forward-suffix", suffix]
+        pod_policy=Path(POD_POLICY_FILE),
+        pod_policy_mode=OverrideMode(s.policy_override),
+        dns_forward_suffixes=s.dns_forward_suffixes,
+    )
     # readOnly only when true: the API server drops a false one, and the pod stored would no
     # longer be the pod rendered.
     ca_mount = {"name": CA_VOLUME, "mountPath": CA_DIR} | ({"readOnly": True} if shared else {})

@@ -174,7 +174,7 @@ def _differences(a: Any, b: Any, path: Path = ()) -> Iterator[Path]:
 
 def _at(node: Any, path: Path) -> Any:
     for k in path:
-        node = node[k]  # type: ignore[index]
+        node = node[k]
     return node
 
 

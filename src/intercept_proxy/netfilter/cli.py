@@ -25,7 +25,7 @@ _OPTIONS = {
 }
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "proxy-init",
         help="capture the workload's traffic: iptables and ip6tables rules",

@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from intercept_proxy.pki.files import write_private, write_public
@@ -111,7 +112,7 @@ class CertificateAuthority:
             raise PkiError(f"{key_path}: cannot load the CA private key: {e}") from e
         if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
             raise PkiError(f"{key_path}: only EC and RSA CA keys are supported")
-        if key.public_key().public_numbers() != cert.public_key().public_numbers():
+        if _spki(key.public_key()) != _spki(cert.public_key()):
             raise PkiError(f"{key_path}: the private key does not belong to {cert_path}")
         try:
             constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -204,3 +205,9 @@ class CertificateAuthority:
         )
         cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         return Leaf(tuple(names), cert_pem, key_pem, start, end)
+
+
+def _spki(key: PublicKeyTypes) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )

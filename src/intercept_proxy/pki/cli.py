@@ -8,7 +8,7 @@ from pathlib import Path
 from intercept_proxy.pki.ca import KEY_TYPES, CertificateAuthority
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("pki", help="the sandbox certificate authority")
     sub = parser.add_subparsers(dest="pki_command", metavar="COMMAND", required=True)
     init = sub.add_parser(

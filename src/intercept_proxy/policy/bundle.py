@@ -57,7 +57,7 @@ def bundle_files(policy: Policy) -> dict[str, bytes]:
 def _ours(directory: Path) -> bool:
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
-        return manifest["metadata"]["generator"] == GENERATOR
+        return bool(manifest["metadata"]["generator"] == GENERATOR)
     except (OSError, ValueError, KeyError, TypeError):
         return False
 

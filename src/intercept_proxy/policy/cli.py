@@ -16,7 +16,7 @@ from intercept_proxy.policy.testing import builtin_tests, run_tests
 USAGE_ERROR = 2
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("policy", help="check, evaluate, compile and test policies")
     sub = parser.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
 

@@ -172,7 +172,8 @@ def _dotted(ref: Any) -> str | None:
     if not isinstance(ref, dict):
         return None
     if "Var" in ref:
-        return ref["Var"].get("value")
+        value = ref["Var"].get("value")
+        return value if isinstance(value, str) else None
     dot = ref.get("RefDot")
     if isinstance(dot, dict):
         base, field = _dotted(dot.get("refr")), dot.get("field")

@@ -142,17 +142,15 @@ def _first_in_class(hosts: _Hosts, domain: str, make: Callable[[str], str]) -> s
 
 
 def _representative_hosts(hosts: _Hosts, domain: str) -> tuple[str, ...]:
-    if domain == "*":
-        return tuple(
-            _first_in_class(hosts, domain, lambda pad, label=label: f"{label}.{_UNMATCHED}{pad}")
-            for label in _REP_LABELS
-        )
-    if domain.startswith("*."):
-        return tuple(
-            _first_in_class(hosts, domain, lambda pad, label=label: f"{label}{pad}.{domain[2:]}")
-            for label in _REP_LABELS
-        )
-    return (domain,)
+    if not domain.startswith("*"):
+        return (domain,)
+
+    def candidate(label: str) -> Callable[[str], str]:
+        if domain == "*":
+            return lambda pad: f"{label}.{_UNMATCHED}{pad}"
+        return lambda pad: f"{label}{pad}.{domain[2:]}"
+
+    return tuple(_first_in_class(hosts, domain, candidate(label)) for label in _REP_LABELS)
 
 
 def _aws_subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclass]:

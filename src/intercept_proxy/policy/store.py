@@ -42,6 +42,13 @@ class PolicyStore:
         return RegorusEngine(load_policy(self.path, modules=not self._optional))
 
     @property
+    def required(self) -> RegorusEngine:
+        """The engine of a store that is not optional: loaded at the start, only ever replaced."""
+        if self.engine is None:
+            raise RuntimeError(f"{self.path}: an optional policy store used as a required one")
+        return self.engine
+
+    @property
     def revision(self) -> str:
         return self.engine.revision if self.engine is not None else "none"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import pwd
 import secrets
@@ -20,7 +19,9 @@ import yaml
 
 from intercept_proxy import netns
 from intercept_proxy.argv import after_separator
+from intercept_proxy.decision import parse_log
 from intercept_proxy.injector.pod import (
+    ENVOY,
     SIDECARS,
     TRUST_VARIABLES,
     InjectionError,
@@ -65,7 +66,7 @@ class RunError(Exception):
     """A problem with what `intercept run` was asked to do; the message says what."""
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = commands.add_parser(
         "run",
         help="run a command (or a Pod manifest) in the sandbox",
@@ -255,14 +256,12 @@ def _uplink(args: argparse.Namespace, prefix: str) -> Iterator[Uplink]:
 def summarize(decision_log: Path) -> str:
     allowed, denied, hosts = 0, 0, collections.Counter[str]()
     with contextlib.suppress(OSError):
-        for line in decision_log.read_text().splitlines():
-            with contextlib.suppress(ValueError):
-                record = json.loads(line)
-                if record.get("allow"):
-                    allowed += 1
-                else:
-                    denied += 1
-                    hosts[str(record.get("host"))] += 1
+        for event in parse_log(decision_log.read_text()):
+            if event.allow:
+                allowed += 1
+            else:
+                denied += 1
+                hosts[str(event.host)] += 1
     lines = [f"intercept: {allowed} requests allowed, {denied} denied"]
     for host, count in hosts.most_common(5):
         lines.append(f"  denied {count:>4}  {host}")
@@ -343,7 +342,7 @@ def _run(args: argparse.Namespace) -> int:
                 read_only=read_only,
                 trusted=frozenset(SIDECARS),
                 operator_ids=operator_ids,
-                decision_log=decision_log,
+                stdout_files={ENVOY: decision_log},  # Envoy prints its decision log there
                 # Without a terminal of its own the workload's output and the sidecars' mix.
                 output=sys.stderr if args.verbose or attached is None else None,
             )

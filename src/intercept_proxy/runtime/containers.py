@@ -9,6 +9,7 @@ securityContext grants.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -34,10 +35,12 @@ class ContainerError(ValueError):
 
 
 def installation() -> tuple[Path, ...]:
-    """The directories the mapped images run from: this interpreter's environment and the
-    package itself (an editable install keeps it outside the environment)."""
+    """The directories the mapped images run from: this interpreter's environment, the package
+    itself (an editable install keeps it outside the environment) and what else it imports from
+    (directories .pth files add); never sys.path[0], the script's or the working directory."""
     package = Path(next(iter(intercept_proxy.__path__))).resolve().parent
-    return (Path(sys.prefix).resolve(), package)
+    imported = [Path(p).resolve() for p in sys.path[1:] if os.path.isabs(p) and os.path.isdir(p)]
+    return tuple(dict.fromkeys([Path(sys.prefix).resolve(), package, *imported]))
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ CANNOT_START = 126
 def read_spec(fd: int) -> dict[str, Any]:
     with os.fdopen(fd, "rb") as spec:
         spec.seek(0)
-        return json.loads(spec.read())
+        loaded: dict[str, Any] = json.loads(spec.read())
+        return loaded
 
 
 def identity(spec: dict[str, Any]) -> privileges.Identity:

@@ -104,7 +104,9 @@ def _used_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return used
 
 
-def free_subnet(candidates: ipaddress.IPv4Network, used: list) -> ipaddress.IPv4Network:
+def free_subnet(
+    candidates: ipaddress.IPv4Network, used: list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+) -> ipaddress.IPv4Network:
     """The first /30 of `candidates` that overlaps nothing routed on this host."""
     for subnet in candidates.subnets(new_prefix=30):
         if not any(subnet.overlaps(n) for n in used if n.version == 4):

@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TextIO, TypeVar
 
 from intercept_proxy import netns
-from intercept_proxy.injector.pod import ENVOY
 from intercept_proxy.runtime import admission, rootfs, state
 from intercept_proxy.runtime.containers import (
     Executables,
@@ -44,6 +43,7 @@ from intercept_proxy.runtime.terminal import PseudoTerminal
 from intercept_proxy.runtime.volumes import PodVolumes
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POD_ROOT = Path("/tmp")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -76,8 +76,21 @@ class Options:
     # User and group IDs the operator chose (intercept run --user): accounts of this machine
     # that a manifest may not otherwise name.
     operator_ids: frozenset[int] = frozenset()
-    decision_log: Path | None = None
+    # Containers whose standard output is appended to a file of this machine (Envoy's decision
+    # log for `intercept run`) instead of going to `output`.
+    stdout_files: Mapping[str, Path] = field(default_factory=dict)
     output: IO[str] | None = None
+
+
+# A sidecar that exits is started again after 0.5 s, 1 s, 2 s, ... up to 10 s; one that ran this
+# long before it exited starts the count again (the kubelet's back-off, shorter).
+BACKOFF_BASE_S, BACKOFF_MAX_S, BACKOFF_RESET_S = 0.5, 10.0, 60.0
+
+
+def backoff(restarts: int, ran_for: float) -> tuple[int, float]:
+    """(the restart count after this exit, the delay before the restart). Pure."""
+    count = 1 if ran_for >= BACKOFF_RESET_S else restarts + 1
+    return count, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (count - 1))
 
 
 @dataclass
@@ -86,6 +99,8 @@ class _Running:
     process: subprocess.Popen[bytes]
     spec: dict[str, Any]
     restarts: int = 0
+    started: float = field(default_factory=time.monotonic)
+    due: float | None = None  # when it is to be started again, once it exited
 
 
 class LocalPod:
@@ -105,7 +120,6 @@ class LocalPod:
         self.name = f"{options.prefix}-pod"
         self.dir = POD_ROOT / f"intercept-pod-{options.prefix}"
         self.volumes = PodVolumes(self.dir / "volumes", pod, objects)
-        self.decision_log = options.decision_log or self.dir / "decisions.log"
         self._sidecars: list[_Running] = []
         self._stopping = threading.Event()
         self.started = threading.Event()  # set once the app containers run
@@ -229,9 +243,9 @@ class LocalPod:
         module: str,
         spec: dict[str, Any],
         before: list[str],
-        launcher: Callable[..., Any],
+        launcher: Callable[..., T],
         **popen: Any,
-    ) -> Any:
+    ) -> T:
         """`python -I -m intercept_proxy.runtime.<module>` (after `before`), its specification
         (a container's environment included) in a memfd: never on a command line. -I: root's
         interpreter must not import from the working directory (the workload's)."""
@@ -252,7 +266,9 @@ class LocalPod:
             # through a pipe: a terminal's descriptor would read what the caller types.
             if not sys.stdin.isatty():
                 targets = {"stdout": sys.stdout, "stderr": sys.stderr}
-                piped = {k: subprocess.PIPE for k, f in targets.items() if f.isatty()}
+                piped: dict[str, Any] = {
+                    k: subprocess.PIPE for k, f in targets.items() if f.isatty()
+                }
                 process = self._popen(container, start_new_session=True, **piped)
                 for key in piped:
                     source, target = getattr(process, key), targets[key]
@@ -271,11 +287,11 @@ class LocalPod:
                 start_new_session=True,
             )
         stdout: Any = subprocess.PIPE
-        if name == ENVOY:  # Envoy prints its decision log on stdout
+        if name in self.options.stdout_files:
             # Never through a symlink: a workload could leave one where the next run's
-            # (root's) decision log goes.
+            # (root's) file goes.
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
-            stdout = os.fdopen(os.open(self.decision_log, flags, 0o644), "ab")
+            stdout = os.fdopen(os.open(self.options.stdout_files[name], flags, 0o644), "ab")
         process = self._popen(
             container,
             stdin=subprocess.DEVNULL,
@@ -336,20 +352,28 @@ class LocalPod:
         raise PodError(f"sidecar {container['name']!r}: startup probe never passed")
 
     def _watch_sidecars(self) -> None:
-        """restartPolicy Always: a sidecar that exits is started again, with a back-off."""
-        while not self._stopping.wait(0.5):
+        """restartPolicy Always: a sidecar that exits is started again, with a back-off. What to
+        do is decided under the lock; the waiting and the starting happen outside it, where the
+        teardown never waits for them."""
+        while not self._stopping.wait(0.2):
+            now = time.monotonic()
             with self._lock:
                 for r in self._sidecars:
-                    if r.process.poll() is not None and not self._stopping.is_set():
-                        r.restarts += 1
+                    if r.due is None and r.process.poll() is not None:
+                        r.restarts, delay = backoff(r.restarts, now - r.started)
+                        r.due = now + delay
                         log.warning(
-                            "sidecar %s exited %s; restart %d",
-                            r.name,
-                            r.process.returncode,
-                            r.restarts,
-                        )
-                        time.sleep(min(10.0, 0.5 * 2**r.restarts))
-                        r.process = self._start(r.spec)
+                            "sidecar %s exited %s; restart %d in %.1f s",
+                            r.name, r.process.returncode, r.restarts, delay,
+                        )  # fmt: skip
+                due = [r for r in self._sidecars if r.due is not None and r.due <= now]
+            for r in due:
+                process = self._start(r.spec)
+                with self._lock:
+                    r.process, r.started, r.due = process, time.monotonic(), None
+                    stopping = self._stopping.is_set()
+                if stopping:  # the teardown may have read the list before this start
+                    _terminate(process)
 
     # -- the pod ------------------------------------------------------------------------------
 
@@ -444,7 +468,7 @@ class LocalPod:
         self.volumes.set_annotations(annotations)
 
 
-def _copy(source: IO[bytes], target: IO[str]) -> None:
+def _copy(source: IO[bytes], target: TextIO) -> None:
     """Bytes as they come (an interactive program's prompt has no newline)."""
     while data := os.read(source.fileno(), 65536):
         target.buffer.write(data)

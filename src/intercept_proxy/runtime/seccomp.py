@@ -96,9 +96,14 @@ ABIS = {
 }
 
 
-def _assemble(code: list[tuple]) -> bytes:
+# An instruction (op, k) or (op, k, then, else) with jumps to labels, or ("label", name).
+Instruction = tuple[int | str, ...]
+
+
+def _assemble(code: list[Instruction]) -> bytes:
     """Instructions with labels: (op, k, then, else) jumps name labels, ("label", name) marks."""
-    labels, position = {}, 0
+    labels: dict[int | str, int] = {}
+    position = 0
     for item in code:
         if item[0] == "label":
             labels[item[1]] = position
@@ -109,7 +114,7 @@ def _assemble(code: list[tuple]) -> bytes:
         if item[0] == "label":
             continue
         op, k, *targets = item
-        jt, jf = (labels[t] - position - 1 if t else 0 for t in (targets or [None, None]))
+        jt, jf = (labels[t] - position - 1 if t else 0 for t in (targets or ("", "")))
         if not (0 <= jt < 256 and 0 <= jf < 256):  # a classic BPF jump is one byte forward
             raise ValueError(f"a jump too far at instruction {position}")
         out += struct.pack("=HBBI", op, jt, jf, k)
@@ -118,8 +123,11 @@ def _assemble(code: list[tuple]) -> bytes:
 
 
 def program(abi: Abi) -> bytes:
-    errno = lambda e: _ERRNO | e  # noqa: E731 - a table of return values reads best this way
-    code: list[tuple] = [
+
+    def errno(e: int) -> int:
+        return _ERRNO | e
+
+    code: list[Instruction] = [
         (_LD_W_ABS, _OFFSET_ARCH),
         (_JEQ, abi.arch, "native", "foreign"),
         ("label", "native"),

@@ -29,7 +29,8 @@ def _record(pod: str) -> Path:
 
 def _read(path: Path) -> dict[str, object]:
     try:
-        return json.loads(path.read_text())
+        loaded: dict[str, object] = json.loads(path.read_text())
+        return loaded
     except (OSError, ValueError):
         return {}
 

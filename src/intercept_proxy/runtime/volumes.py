@@ -61,7 +61,7 @@ def _downward_value(field: str, metadata: dict[str, Any]) -> str:
     for kind in ("labels", "annotations"):
         prefix = f"metadata.{kind}['"
         if field.startswith(prefix) and field.endswith("']"):
-            return (metadata.get(kind) or {}).get(field[len(prefix) : -2], "")
+            return str((metadata.get(kind) or {}).get(field[len(prefix) : -2], ""))
     if field in ("metadata.name", "metadata.namespace", "metadata.uid"):
         return str(metadata.get(field.split(".")[1], ""))
     raise VolumeError(f"downwardAPI field {field!r} is not supported")

@@ -90,6 +90,7 @@ def git_metadata(workdir: Path) -> Protection:
             continue
         if GIT in subdirectories or GIT in files:
             dotgit = here / GIT
+            target: Path | None
             if dotgit.is_symlink():
                 target = dotgit.resolve()  # its target, where it lies inside: never the link
             elif dotgit.is_file():

@@ -12,6 +12,9 @@ from typing import Any
 from intercept_proxy import ports
 from intercept_proxy.xds.resources import XDS_CLUSTER, grpc_cluster
 
+# The clusters Envoy has before any xDS: the one that brings it the rest.
+STATIC_CLUSTERS = (XDS_CLUSTER,)
+
 
 @dataclass(frozen=True)
 class Bootstrap:
@@ -42,7 +45,9 @@ def bootstrap(b: Bootstrap) -> dict[str, Any]:
             "cds_config": ads,
             "lds_config": ads,
         },
-        "static_resources": {"clusters": [grpc_cluster(XDS_CLUSTER, b.xds_address, b.xds_port)]},
+        "static_resources": {
+            "clusters": [grpc_cluster(name, b.xds_address, b.xds_port) for name in STATIC_CLUSTERS]
+        },
         # The policy's routes match repository names case-insensitively: RE2 programs beyond
         # Envoy's default size limit (100) for long names.
         "layered_runtime": {

@@ -13,7 +13,7 @@ from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import envoy_command
 
 
-def register(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("envoy", help="Envoy's bootstrap and launcher")
     sub = parser.add_subparsers(dest="envoy_command", metavar="COMMAND", required=True)
     for name, func, help_ in (
@@ -47,4 +47,3 @@ def _bootstrap(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     argv = envoy_command(_config(args), after_separator(args.envoy_args))
     os.execv(argv[0], argv)
-    return 0  # not reached

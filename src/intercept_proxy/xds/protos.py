@@ -42,8 +42,7 @@ from google.protobuf import any_pb2, json_format, wrappers_pb2  # noqa: F401
 from google.protobuf.message import Message
 from xds.type.v3 import typed_struct_pb2  # noqa: F401
 
-from intercept_proxy.xds.resources import CLUSTER, LISTENER
-from intercept_proxy.xds.routes import ROUTE
+from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE
 
 _MESSAGES: dict[str, type[Message]] = {
     CLUSTER: cluster_pb2.Cluster,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy import ports
+from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, Judge, error_body
+from intercept_proxy.options import option
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.routes import (
     GATE_FILTER,
@@ -21,10 +23,7 @@ from intercept_proxy.xds.routes import (
     route_field,
     target,
 )
-
-CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
-LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
-SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+from intercept_proxy.xds.types import type_url
 
 AUTHZ_CLUSTER = "intercept_authz"
 XDS_CLUSTER = "intercept_xds"
@@ -40,22 +39,29 @@ NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
 AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 
 
-def _type(name: str) -> str:
-    return f"type.googleapis.com/{name}"
-
-
 @dataclass(frozen=True)
 class DataPlane:
     """What the generated Envoy configuration depends on."""
 
     listen_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
-    tls_port: int = ports.ENVOY_TLS
-    http_port: int = ports.ENVOY_HTTP
-    authz_address: str = "127.0.0.1"
-    authz_port: int = ports.AGENT_AUTHZ
+    tls_port: int = option("--tls-port", "Envoy's TLS listener", default=ports.ENVOY_TLS, parse=int)
+    http_port: int = option(
+        "--plain-port", "Envoy's plain-HTTP listener", default=ports.ENVOY_HTTP, parse=int
+    )
+    # The agent's own listeners for Envoy (xDS, ext_authz).
+    authz_address: str = option(
+        "--bind", "address of the agent's listeners", default="127.0.0.1", metavar="ADDRESS"
+    )
+    authz_port: int = option("--authz-port", "ext_authz", default=ports.AGENT_AUTHZ, parse=int)
     authz_timeout_s: float = 1.0
     # Empty: the system resolver configuration (resolv.conf).
-    dns_resolvers: tuple[str, ...] = ()
+    dns_resolvers: tuple[str, ...] = option(
+        "--dns-resolver",
+        "DNS server for Envoy's upstream lookups (repeatable; default: resolv.conf)",
+        default=(),
+        repeatable=True,
+        metavar="ADDRESS",
+    )
     dns_cache_max_hosts: int = 1024
     upstream_connect_timeout_s: float = 10.0
     # No total request timeout (streams, long polls); a stream idle this long is closed.
@@ -71,7 +77,11 @@ class DataPlane:
     # Streams of one HTTP/2 connection at once.
     max_concurrent_streams: int = 100
     # The decision log. None: Envoy's own stdout (no file to open, whoever owns it).
-    decision_log_path: str | None = None
+    decision_log_path: str | None = option(
+        "--decision-log",
+        "the file Envoy appends decisions to, one JSON line per request (default: Envoy's stdout)",
+        default=None,
+    )
 
 
 def _duration(seconds: float) -> str:
@@ -93,7 +103,7 @@ def _listener_addresses(dp: DataPlane, port: int) -> dict[str, Any]:
 def _http2_options() -> dict[str, Any]:
     return {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+            "@type": type_url("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
             "explicit_http_config": {"http2_protocol_options": {}},
         }
     }
@@ -126,7 +136,7 @@ def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
         config["typed_dns_resolver_config"] = {
             "name": "envoy.network.dns_resolver.cares",
             "typed_config": {
-                "@type": _type(
+                "@type": type_url(
                     "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
                 ),
                 "resolvers": [_socket_address(r, 53) for r in dp.dns_resolvers],
@@ -148,7 +158,9 @@ def forward_proxy_cluster(dp: DataPlane, upstream_ca_pem: str | None) -> dict[st
         "cluster_type": {
             "name": "envoy.clusters.dynamic_forward_proxy",
             "typed_config": {
-                "@type": _type("envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"),
+                "@type": type_url(
+                    "envoy.extensions.clusters.dynamic_forward_proxy.v3.ClusterConfig"
+                ),
                 "dns_cache_config": dns_cache_config(dp),
                 # Plain HTTP upstream has no SNI or SAN to check.
                 "allow_insecure_cluster_options": not tls,
@@ -159,7 +171,7 @@ def forward_proxy_cluster(dp: DataPlane, upstream_ca_pem: str | None) -> dict[st
         cluster["transport_socket"] = {
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
-                "@type": _type("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
+                "@type": type_url("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
                 "common_tls_context": {
                     "alpn_protocols": ["h2", "http/1.1"],
                     # Inline, not an SDS secret: secret names are the workload's to choose (any
@@ -176,7 +188,7 @@ def forward_proxy_cluster(dp: DataPlane, upstream_ca_pem: str | None) -> dict[st
         protocol = {"explicit_http_config": {"http_protocol_options": {}}}
     cluster["typed_extension_protocol_options"] = {
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": _type("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+            "@type": type_url("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
             **protocol,
         }
     }
@@ -193,7 +205,7 @@ def clusters(dp: DataPlane, upstream_ca_pem: str) -> list[dict[str, Any]]:
 
 def _json_error(code: str, message: str) -> dict[str, Any]:
     return {
-        "json_format": {"error": {"code": code, "message": message}},
+        "json_format": error_body(code, message),
         "content_type": "application/json",
     }
 
@@ -244,59 +256,31 @@ def local_reply_config(*, tls: bool) -> dict[str, Any]:
     return {"mappers": mappers}
 
 
-# The decision log is Envoy's access log: one line per request, whoever decided it.
-_REQUEST_FIELDS = {
-    "time": "%START_TIME%",
-    "decision_id": "%STREAM_ID%",
-    "method": "%REQ(:METHOD)%",
-    "scheme": "%REQ(:SCHEME)%",
-    "host": "%REQ(:AUTHORITY)%",
-    # Never the query string: it may carry credentials. Never a header value.
-    "path": "%REQ_WITHOUT_QUERY(:PATH)%",
-    "sni": "%REQUESTED_SERVER_NAME%",
-    "status": "%RESPONSE_CODE%",
-    "details": "%RESPONSE_CODE_DETAILS%",
-    "flags": "%RESPONSE_FLAGS%",
-    "bytes_received": "%BYTES_RECEIVED%",
-    "bytes_sent": "%BYTES_SENT%",
-    "duration_ms": "%DURATION%",
-    "upstream": "%UPSTREAM_HOST%",
-    "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-}
-
-
 def _agent_field(key: str) -> str:
     return f"%DYNAMIC_METADATA({AUTHZ_FILTER}:{key})%"
 
 
 def decision_fields(*, tls: bool, by_agent: bool) -> dict[str, str]:
-    """A decision the agent returned (ext_authz metadata), or the route's own."""
+    """The decision log's line (Envoy's access log): a decision the agent returned (ext_authz
+    metadata), or the route's own."""
     if by_agent:
-        decision = {
-            "judge": "agent",
-            **{
-                k: _agent_field(k)
-                for k in ("allow", "rule", "reason", "policy_revision", "eval_ms")
-            },
+        verdict = {
+            "judge": Judge.AGENT.value,
+            **{k: _agent_field(k) for k in (*VERDICT, "eval_ms")},
         }
     else:
         # "envoy", "none" (an agent route without the agent's answer), or null: no route at
         # all (a protocol error, a request no route matches); details say why.
-        decision = {
-            "judge": route_field("judge"),
-            "allow": route_field("allow"),
-            "rule": route_field("rule"),
-            "reason": target(tls=tls) + route_field("reason"),
-            "policy_revision": route_field("revision"),
-        }
-    return {**decision, **_REQUEST_FIELDS}
+        verdict = {k: route_field(k) for k in ("judge", *VERDICT)}
+        verdict["reason"] = target(tls=tls) + route_field("reason")
+    return {"schema": SCHEMA, **verdict, **REQUEST_FIELDS}
 
 
 def _by_agent(*, present: bool) -> dict[str, Any]:
     """Whether the agent's answer carried a decision (it always does, unless it failed)."""
     matcher = {
         "filter": AUTHZ_FILTER,
-        "path": [{"key": "rule"}],
+        "path": [{"key": "rule"}],  # one of VERDICT: the agent always sends it
         "value": {"present_match": present},
     }
     return {"metadata_filter": {"matcher": matcher, "match_if_key_not_found": not present}}
@@ -312,7 +296,7 @@ def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
                 {
                     "name": "envoy.formatter.req_without_query",
                     "typed_config": {
-                        "@type": _type(
+                        "@type": type_url(
                             "envoy.extensions.formatter.req_without_query.v3.ReqWithoutQuery"
                         )
                     },
@@ -323,7 +307,7 @@ def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
             sink = {
                 "name": "envoy.access_loggers.stdout",
                 "typed_config": {
-                    "@type": _type("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
+                    "@type": type_url("envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"),
                     "log_format": log_format,
                 },
             }
@@ -331,7 +315,7 @@ def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
             sink = {
                 "name": "envoy.access_loggers.file",
                 "typed_config": {
-                    "@type": _type("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
+                    "@type": type_url("envoy.extensions.access_loggers.file.v3.FileAccessLog"),
                     "path": path,
                     "log_format": log_format,
                 },
@@ -370,7 +354,7 @@ def decision_counter(*, by_agent: bool) -> dict[str, Any]:
 def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
     name = TLS_LISTENER if tls else HTTP_LISTENER
     return {
-        "@type": _type(
+        "@type": type_url(
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
         ),
         "stat_prefix": name,
@@ -398,7 +382,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
             {
                 "name": "envoy.http.early_header_mutation.header_mutation",
                 "typed_config": {
-                    "@type": _type(
+                    "@type": type_url(
                         "envoy.extensions.http.early_header_mutation.header_mutation.v3."
                         "HeaderMutation"
                     ),
@@ -415,14 +399,14 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
             {
                 "name": GATE_FILTER,
                 "typed_config": {
-                    "@type": _type("envoy.extensions.filters.http.lua.v3.Lua"),
+                    "@type": type_url("envoy.extensions.filters.http.lua.v3.Lua"),
                     "default_source_code": {"inline_string": gate_source(tls=tls)},
                 },
             },
             {
                 "name": AUTHZ_FILTER,
                 "typed_config": {
-                    "@type": _type("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
+                    "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
                     "grpc_service": {
                         "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
                         "timeout": _duration(dp.authz_timeout_s),
@@ -443,7 +427,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
             {
                 "name": "envoy.filters.http.dynamic_forward_proxy",
                 "typed_config": {
-                    "@type": _type(
+                    "@type": type_url(
                         "envoy.extensions.filters.http.dynamic_forward_proxy.v3.FilterConfig"
                     ),
                     "dns_cache_config": dns_cache_config(dp),
@@ -452,7 +436,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
-                    "@type": _type("envoy.extensions.filters.http.router.v3.Router"),
+                    "@type": type_url("envoy.extensions.filters.http.router.v3.Router"),
                     "suppress_envoy_headers": True,
                 },
             },
@@ -462,7 +446,11 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
 
 def _typed_struct(type_name: str, value: dict[str, Any]) -> dict[str, Any]:
     """An extension whose proto the Python API package lacks; Envoy converts it by type URL."""
-    return {"@type": _type("xds.type.v3.TypedStruct"), "type_url": _type(type_name), "value": value}
+    return {
+        "@type": type_url("xds.type.v3.TypedStruct"),
+        "type_url": type_url(type_name),
+        "value": value,
+    }
 
 
 def downstream_tls_context() -> dict[str, Any]:
@@ -482,7 +470,7 @@ def downstream_tls_context() -> dict[str, Any]:
         },
     )
     return {
-        "@type": _type("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"),
+        "@type": type_url("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"),
         # On-demand certificates require both kinds of session resumption off; it also keeps
         # every connection's certificate choice tied to its own SNI.
         "disable_stateless_session_resumption": True,
@@ -508,7 +496,7 @@ def _string_action(name: str) -> dict[str, Any]:
     return {
         "action": {
             "name": name,
-            "typed_config": {"@type": _type("google.protobuf.StringValue"), "value": name},
+            "typed_config": {"@type": type_url("google.protobuf.StringValue"), "value": name},
         }
     }
 
@@ -519,7 +507,7 @@ def _server_name_matches(regex: str) -> dict[str, Any]:
             "input": {
                 "name": "server_name",
                 "typed_config": {
-                    "@type": _type(
+                    "@type": type_url(
                         "envoy.extensions.matching.common_inputs.network.v3.ServerNameInput"
                     )
                 },
@@ -557,7 +545,7 @@ def listeners(dp: DataPlane) -> list[dict[str, Any]]:
             {
                 "name": "envoy.filters.listener.tls_inspector",
                 "typed_config": {
-                    "@type": _type(
+                    "@type": type_url(
                         "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
                     )
                 },
@@ -587,7 +575,7 @@ def listeners(dp: DataPlane) -> list[dict[str, Any]]:
             {
                 "name": "envoy.filters.listener.http_inspector",
                 "typed_config": {
-                    "@type": _type(
+                    "@type": type_url(
                         "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
                     )
                 },

@@ -16,11 +16,11 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, Judge, error_body
 from intercept_proxy.policy.native import METHODS, NativePolicy, Outcome, Route, VirtualHost
+from intercept_proxy.xds.types import type_url
 
-ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 NATIVE_HEADER = "x-intercept-native"
-DECISION_HEADER = "x-intercept-decision-id"
 # ext_authz context extension naming the listener's transport: "tls" or "plain".
 TRANSPORT_KEY = "intercept_transport"
 METADATA_KEY = "intercept"
@@ -35,10 +35,6 @@ NO_DECISION = Outcome(
     "no_decision",
     ": no policy decision was made; the request was not forwarded (see flags and details)",
 )
-
-
-def _type(name: str) -> str:
-    return f"type.googleapis.com/{name}"
 
 
 def gate_source(*, tls: bool) -> str:
@@ -65,16 +61,18 @@ def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def _metadata(outcome: Outcome, revision: str, *, judge: str) -> dict[str, Any]:
-    """`judge` "envoy": the route decides; "none": the agent should have (it logs its own)."""
-    decision = {"allow": outcome.allow, "rule": outcome.rule, "reason": outcome.reason}
-    return {"filter_metadata": {METADATA_KEY: {**decision, "judge": judge, "revision": revision}}}
+def _metadata(outcome: Outcome, revision: str, *, judge: Judge) -> dict[str, Any]:
+    """`judge` ENVOY: the route decides; NONE: the agent should have (it logs its own)."""
+    verdict = dict(
+        zip(VERDICT, (outcome.allow, outcome.rule, outcome.reason, revision), strict=True)
+    )
+    return {"filter_metadata": {METADATA_KEY: {**verdict, "judge": judge.value}}}
 
 
 def _authz_per_route(*, tls: bool) -> dict[str, Any]:
     return {
         "envoy.filters.http.ext_authz": {
-            "@type": _type("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
+            "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
             "check_settings": {"context_extensions": {TRANSPORT_KEY: "tls" if tls else "plain"}},
         }
     }
@@ -82,7 +80,7 @@ def _authz_per_route(*, tls: bool) -> dict[str, Any]:
 
 _NO_AUTHZ = {
     "envoy.filters.http.ext_authz": {
-        "@type": _type("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
+        "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
         "disabled": True,
     }
 }
@@ -106,7 +104,7 @@ def agent_route(cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
         "match": {"prefix": "/"},
         "route": _forward(cluster),
         "typed_per_filter_config": _authz_per_route(tls=tls),
-        "metadata": _metadata(NO_DECISION, revision, judge="none"),
+        "metadata": _metadata(NO_DECISION, revision, judge=Judge.NONE),
     }
 
 
@@ -114,14 +112,9 @@ def denial_body(rule: str, reason: str, *, tls: bool) -> dict[str, Any]:
     """The agent's JSON denial, in Envoy's format language (`reason` follows the target)."""
     return {
         "content_type": "application/json",
-        "json_format": {
-            "error": {
-                "code": "POLICY_BLOCKED",
-                "message": target(tls=tls) + reason,
-                "rule": rule,
-                "decision_id": "%STREAM_ID%",
-            }
-        },
+        "json_format": error_body(
+            POLICY_BLOCKED, target(tls=tls) + reason, rule=rule, decision_id="%STREAM_ID%"
+        ),
     }
 
 
@@ -177,7 +170,7 @@ def policy_route(
         "name": name,
         "match": _match(route),
         "typed_per_filter_config": _NO_AUTHZ,
-        "metadata": _metadata(outcome, revision, judge="envoy"),
+        "metadata": _metadata(outcome, revision, judge=Judge.ENVOY),
     }
     if outcome.allow:
         out["route"] = _forward(cluster)

@@ -43,9 +43,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf.message import Message
 
 from intercept_proxy.xds.protos import pack
-from intercept_proxy.xds.resources import CLUSTER, LISTENER
-from intercept_proxy.xds.routes import ROUTE
 from intercept_proxy.xds.streams import merged
+from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE
 from intercept_proxy.xds.wire import lenient_delta_request
 
 log = logging.getLogger(__name__)

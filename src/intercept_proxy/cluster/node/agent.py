@@ -115,7 +115,9 @@ class NodeAgent:
 
     def read_object(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         plural = "configmaps" if kind == prep.CONFIG_MAP else "secrets"
-        obj = self.client.get_or_none(f"/api/v1/namespaces/{namespace}/{plural}/{name}")
+        obj: dict[str, Any] | None = self.client.get_or_none(
+            f"/api/v1/namespaces/{namespace}/{plural}/{name}"
+        )
         if obj is not None:
             obj.setdefault("kind", kind)
         return obj
@@ -136,7 +138,8 @@ class NodeAgent:
             spec["audiences"] = [audience]
         path = f"/api/v1/namespaces/{meta['namespace']}/serviceaccounts/{account}/token"
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
-        return self.client.create(path, body)["status"]["token"]
+        token: str = self.client.create(path, body)["status"]["token"]
+        return token
 
     def patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         meta = pod["metadata"]
@@ -367,12 +370,16 @@ class NodeAgent:
 
     def _binder(self) -> None:
         selector = "spec.nodeName=,status.phase!=Succeeded,status.phase!=Failed"
-        self._list_watch(
-            self.scheduler,
-            selector,
-            lambda kind, pod: self._bind(pod) if kind != "DELETED" else None,
-            resync=lambda pods: [self._bind(p) for p in pods],
-        )
+
+        def event(kind: str, pod: dict[str, Any]) -> None:
+            if kind != "DELETED":
+                self._bind(pod)
+
+        def resync(pods: list[dict[str, Any]]) -> None:
+            for pod in pods:
+                self._bind(pod)
+
+        self._list_watch(self.scheduler, selector, event, resync)
 
     # -- the pods bound here ------------------------------------------------------------------
 

@@ -10,8 +10,6 @@ import contextlib
 import copy
 import json
 import logging
-import os
-import select
 import subprocess
 import threading
 import time
@@ -109,7 +107,6 @@ class ClusterPod(LocalPod):
             logs.known.add(state.name)
         self.sandbox = False
         self.pod_ips: tuple[str, ...] = ()
-        self._fifo_stop = threading.Event()
         self._records_lock = threading.Lock()
 
     # -- the network and the runtime's hooks --------------------------------------------------
@@ -120,7 +117,6 @@ class ClusterPod(LocalPod):
         self.pod_ips = pod_addresses(self.name)
         self.facts.pod_ips = self.pod_ips
         prep.fill_pod_ips(self.spec, self.pod, self.facts)
-        self._start_decision_fifo()
         self.sandbox = True
         threading.Thread(target=self._probe_loop, name=f"probes-{self.name}", daemon=True).start()
         self.on_sandbox(self)
@@ -129,7 +125,6 @@ class ClusterPod(LocalPod):
         try:
             super()._teardown()
         finally:
-            self._fifo_stop.set()
             self.reap()
             for name in list(self.logs.active):
                 self.logs.stopped(name)
@@ -171,38 +166,6 @@ class ClusterPod(LocalPod):
         for raw in stream:
             self.logs.write(name, raw)
             self.recent[name].append(f"[{name}] {raw.decode(errors='replace')}")
-
-    def _start_decision_fifo(self) -> None:
-        """Envoy's stdout (the runtime writes it to the decision log) becomes its log."""
-        path = self.decision_log
-        path.unlink(missing_ok=True)
-        os.mkfifo(path, 0o600)
-        # Read and write: never EOF while Envoy restarts, and Envoy's open never blocks.
-        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-        threading.Thread(target=self._read_fifo, args=(fd,), daemon=True).start()
-
-    def _read_fifo(self, fd: int) -> None:
-        from intercept_proxy.injector.pod import ENVOY
-
-        pending = b""
-        try:
-            while not self._fifo_stop.is_set():
-                readable, _, _ = select.select([fd], [], [], 0.5)
-                if not readable:
-                    continue
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    self.logs.write(ENVOY, line + b"\n")
-            if pending:
-                self.logs.write(ENVOY, pending)
-        finally:
-            os.close(fd)
-            self.decision_log.unlink(missing_ok=True)
 
     # -- what the node reports ----------------------------------------------------------------
 
@@ -368,7 +331,6 @@ class PodWorker:
             executables=self.agent.executables,
             prefix=prefix,
             trusted=trust.trusted,
-            decision_log=self.logs.dir / ".envoy-stdout",
         )
         try:
             local = ClusterPod(
@@ -464,7 +426,7 @@ class PodWorker:
                 changed.add(key)
         if not changed:
             return
-        local.volumes.objects = self._objects  # type: ignore[misc]
+        local.volumes.objects = self._objects
         for volume in local.spec.get("volumes") or []:
             source = volume.get("configMap") or volume.get("secret") or {}
             kind = "ConfigMap" if "configMap" in volume else "Secret"
@@ -508,7 +470,7 @@ class PodWorker:
             volume, self.pod, self._objects, self.agent.facts(), self._token
         )
         self._objects[("Secret", projection.secret_name)] = secret
-        local.volumes.objects = self._objects  # type: ignore[misc]
+        local.volumes.objects = self._objects
         if projection.tokens:
             self._token_times[projection.volume] = time.monotonic()
         self._republish(replacement)

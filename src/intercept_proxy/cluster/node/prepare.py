@@ -347,17 +347,15 @@ def project(
                 reason="CreateContainerConfigError",
             )
     data = {f"f{i}": base64.b64encode(content).decode() for i, (_, content, _) in enumerate(files)}
-    items = []
-    for i, (path, _, mode) in enumerate(files):
-        item: dict[str, Any] = {"key": f"f{i}", "path": path}
-        if mode is not None:
-            item["mode"] = mode
-        items.append(item)
-    source: dict[str, Any] = {"secretName": projection.secret_name, "items": items}
+    items = [
+        {"key": f"f{i}", "path": path, **({"mode": mode} if mode is not None else {})}
+        for i, (path, _, mode) in enumerate(files)
+    ]
+    replacement: dict[str, Any] = {"secretName": projection.secret_name, "items": items}
     if "defaultMode" in projected:
-        source["defaultMode"] = projected["defaultMode"]
+        replacement["defaultMode"] = projected["defaultMode"]
     secret = {"kind": SECRET, "metadata": {"name": projection.secret_name}, "data": data}
-    return {"name": name, "secret": source}, secret, projection
+    return {"name": name, "secret": replacement}, secret, projection
 
 
 @dataclass

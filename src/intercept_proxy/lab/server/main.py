@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from intercept_proxy.lab.config import (
@@ -75,10 +76,10 @@ async def serve(config: ServerConfig, ready_fd: int) -> None:
             await loop.create_server(recording(log, site, port, Discard), sock=sock)
     for sock, site, port in datagram:
         if port == DNS_PORT:
-            await loop.create_datagram_endpoint(lambda s=site: DnsServer(log, s, zone), sock=sock)
+            await loop.create_datagram_endpoint(partial(DnsServer, log, site, zone), sock=sock)
         else:
             await loop.create_datagram_endpoint(
-                lambda s=site, p=port: RecordDatagrams(log, s, p), sock=sock
+                partial(RecordDatagrams, log, site, port), sock=sock
             )
 
     os.write(ready_fd, READY)

@@ -1,0 +1,202 @@
+"""The interceptor's agent and Envoy started by hand in a network namespace, without a pod: for
+the tests and the bench. They run as an injected pod runs them: as their own users, the agent
+with the command line the injector writes (`agent_command`), Envoy through `intercept envoy run`
+(it execs Envoy, so the pid stays Envoy's). Capturing a client's traffic is left to the caller
+(proxy-init's rules, or a client that addresses the listeners itself)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from intercept_proxy import netns, ports
+from intercept_proxy.agent.settings import agent_command
+from intercept_proxy.netfilter.config import AGENT_UID, ENVOY_UID
+from intercept_proxy.runtime.containers import as_user
+
+INTERCEPT = Path(sys.executable).with_name("intercept")
+
+
+class InterceptorError(RuntimeError):
+    """A sidecar exited, or did not become ready; the message holds their logs."""
+
+
+class Interceptor:
+    """One agent and one Envoy in `ns`, their files in a directory of their own under /tmp (not
+    a 0700 one: the sidecars run as other users)."""
+
+    def __init__(
+        self,
+        ns: str,
+        policy: str,
+        upstream_ca: Path,
+        dns: Sequence[str],
+        *,
+        log_level: str = "info",
+        core: int | None = None,
+        envoy_args: Sequence[str] = (),
+        **agent: Any,
+    ) -> None:
+        """`core`: both pinned to that CPU; `agent`: more of the agent's settings."""
+        self.ns = ns
+        self.dir = Path(tempfile.mkdtemp(prefix="intercept-sidecars-", dir="/tmp"))
+        self.dir.chmod(0o755)
+        self.policy_path = self.dir / "policy.yaml"
+        self.upstream_ca = self.dir / "upstream-ca.pem"
+        self.ca_dir = self.dir / "ca"
+        self.ca_cert = self.ca_dir / "ca.pem"
+        self.decision_log = self.dir / "decisions.log"  # Envoy writes it
+        self.write_policy(policy)
+        self.set_upstream_ca(upstream_ca.read_bytes())
+        self.ca_dir.mkdir()
+        os.chown(self.ca_dir, AGENT_UID, AGENT_UID)
+        self.decision_log.touch()
+        os.chown(self.decision_log, ENVOY_UID, ENVOY_UID)
+        self._agent_argv = [
+            str(INTERCEPT), "--log-level", log_level,
+            *agent_command(
+                policy=self.policy_path,
+                ca_cert=self.ca_cert,
+                ca_key=self.ca_dir / "ca.key",
+                upstream_ca=self.upstream_ca,
+                decision_log_path=str(self.decision_log),
+                dns_resolvers=tuple(dns),
+                **agent,
+            )[1:],
+        ]  # fmt: skip
+        self._envoy_argv = [
+            str(INTERCEPT), "envoy", "run", "--node-id", f"sidecars-{ns}", "--", *envoy_args
+        ]  # fmt: skip
+        self._core = core
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.envoy: subprocess.Popen[bytes] | None = None
+
+    # -- files ------------------------------------------------------------------------------
+
+    def write_policy(self, text: str) -> None:
+        self._replace(self.policy_path, text.encode())
+
+    def set_upstream_ca(self, pem: bytes) -> None:
+        self._replace(self.upstream_ca, pem)
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        """Atomically, as Kubernetes swaps a volume: the agent never reads a half-written file."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+
+    # -- processes --------------------------------------------------------------------------
+
+    def _spawn(self, name: str, uid: int, argv: list[str]) -> subprocess.Popen[bytes]:
+        pinned = ["taskset", "-c", str(self._core)] if self._core is not None else []
+        with (self.dir / f"{name}.log").open("ab") as log:
+            return subprocess.Popen(
+                netns.exec_argv(self.ns, [*pinned, *as_user(uid, argv)]),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+
+    def start_agent(self) -> None:
+        self.agent = self._spawn("agent", AGENT_UID, self._agent_argv)
+
+    def start_envoy(self) -> None:
+        self.envoy = self._spawn("envoy", ENVOY_UID, self._envoy_argv)
+
+    def start(self, judged_by: str = "envoy") -> Interceptor:
+        self.start_agent()
+        self.start_envoy()
+        self.wait_ready(judged_by=judged_by)
+        return self
+
+    def check_alive(self) -> None:
+        for proc, name in ((self.agent, "agent"), (self.envoy, "envoy")):
+            if proc is not None and proc.poll() is not None:
+                raise InterceptorError(f"{name} exited {proc.returncode}:\n{self.logs()}")
+
+    def wait_ready(
+        self, timeout: float = 30.0, judged_by: str = "envoy", revision: str | None = None
+    ) -> None:
+        """Ready when Envoy has accepted the agent's whole configuration, with the policy
+        (of `revision`, if given) compiled into its routes (judged_by "envoy") unless told
+        otherwise."""
+        deadline = time.monotonic() + timeout
+        readiness: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self.check_alive()
+            readiness = self.readiness()
+            if (
+                readiness.get("ready")
+                and readiness.get("judged_by") == judged_by
+                and revision in (None, readiness.get("policy_revision"))
+            ):
+                return
+            time.sleep(0.1)
+        raise InterceptorError(f"not ready after {timeout}s: {readiness}\n{self.logs()}")
+
+    def sidecar_get(self, port: int, path: str) -> str:
+        """A GET to a sidecar's own port, as the agent's user (proxy-init's rules, where there
+        are some, close those ports to every other UID)."""
+        argv = ["curl", "-s", f"http://127.0.0.1:{port}{path}"]
+        return netns.run(self.ns, as_user(AGENT_UID, argv), timeout=10).stdout
+
+    def readiness(self) -> dict[str, Any]:
+        try:
+            readiness: dict[str, Any] = json.loads(self.sidecar_get(ports.AGENT_HTTP, "/readyz"))
+        except json.JSONDecodeError:
+            return {}
+        return readiness
+
+    def metrics(self) -> str:
+        return self.sidecar_get(ports.AGENT_METRICS, "/metrics")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+        for line in self.metrics().splitlines():
+            if line.startswith(prefix):
+                return float(line.split()[-1])
+        return 0.0
+
+    def envoy_stats(self, name_filter: str = "") -> dict[str, Any]:
+        query = f"/stats?format=json&filter={name_filter}" if name_filter else "/stats?format=json"
+        text = self.sidecar_get(ports.ENVOY_ADMIN, query)
+        stats: dict[str, Any] = json.loads(text) if text else {}
+        return stats
+
+    def stop_process(self, proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        self.stop_process(self.envoy)
+        self.stop_process(self.agent)
+
+    def close(self) -> None:
+        """Stop both processes and remove every file of this interceptor."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs(self) -> str:
+        out = []
+        for name in ("agent.log", "envoy.log"):
+            path = self.dir / name
+            with contextlib.suppress(OSError):
+                text = path.read_text(errors="replace")
+                out.append(f"--- {name} ---\n{text[-3000:]}")
+        return "\n".join(out)
