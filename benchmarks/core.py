@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from intercept_proxy import netns
+from intercept_proxy import netns, procfs
 from intercept_proxy.bench.configs import CUSTOM_REGO
 from intercept_proxy.bench.results import envoy_quantiles, percentile
 from intercept_proxy.lab import Lab, LabSpec
@@ -35,12 +35,8 @@ POLICY = "allowed_domains: [pypi.org]\n"
 
 
 def proc_status(pid: int) -> dict[str, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
+    fields = procfs.status(pid)
+    return {name: procfs.memory_mib(fields, name) for name in ("VmRSS", "VmHWM")}
 
 
 def envoy_histogram(icp: Interceptor, name: str) -> dict[str, float]:

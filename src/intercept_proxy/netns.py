@@ -17,6 +17,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from intercept_proxy import resolvconf
+
 NETNS_RUN_DIR = Path("/run/netns")
 # `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/*, e.g. a per-namespace resolv.conf.
 NETNS_ETC_DIR = Path("/etc/netns")
@@ -118,7 +120,7 @@ def set_nameservers(name: str, servers: Sequence[str]) -> Path:
     """Give commands run with `ip netns exec name` a resolv.conf naming `servers`."""
     path = NETNS_ETC_DIR / name / "resolv.conf"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"nameserver {server}\n" for server in servers))
+    path.write_text(resolvconf.text(servers))
     return path
 
 

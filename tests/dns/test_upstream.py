@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from intercept_proxy.dns import DnsSinkhole
-from intercept_proxy.dns.upstream import parse_upstream, resolv_conf_nameservers
+from intercept_proxy.dns.upstream import parse_upstream
 from intercept_proxy.hostnames import HostnameError
+from intercept_proxy.resolvconf import nameservers
 
 
 @pytest.mark.parametrize(
@@ -31,15 +32,15 @@ def test_bad_upstreams(text):
         parse_upstream(text)
 
 
-def test_resolv_conf_nameservers(tmp_path):
+def test_nameservers(tmp_path):
     conf = tmp_path / "resolv.conf"
     conf.write_text(
         "# generated\nsearch default.svc.cluster.local svc.cluster.local\n"
         "nameserver 10.96.0.10\nnameserver   fd00::10  \nnameserver bogus\n"
         "nameserver\noptions ndots:5\n"
     )
-    assert resolv_conf_nameservers(conf) == ["10.96.0.10", "fd00::10"]
-    assert resolv_conf_nameservers(tmp_path / "missing") == []
+    assert nameservers(conf) == ["10.96.0.10", "fd00::10"]
+    assert nameservers(tmp_path / "missing") == []
 
 
 def test_suffixes_must_be_host_names_below_the_root():

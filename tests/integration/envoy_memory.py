@@ -32,6 +32,7 @@ import grpc
 
 from intercept_proxy import netns, ports
 from intercept_proxy.pki import CertificateAuthority, LeafCache
+from intercept_proxy.procfs import memory_mib, status
 from intercept_proxy.xds import protos
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.certificates import certificate_resolver
@@ -50,10 +51,7 @@ FLOOD = Path(__file__).with_name("sni_flood.py")
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
+    return memory_mib(status(pid))
 
 
 def admin(path: str) -> str:

@@ -11,16 +11,10 @@ from pathlib import Path
 import pytest
 
 from intercept_proxy import netns, ports
+from intercept_proxy.procfs import memory_mib, status
 from tests.integration.harness import WORKLOAD_UID, as_user
 
 pytestmark = pytest.mark.netns
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def agent_pid(icp) -> int:
@@ -68,7 +62,7 @@ def test_flood_of_names_keeps_the_agent_bounded(interceptor):
     """Distinct SNIs, each a real handshake through Envoy and a certificate minted on demand."""
     names = 1500
     script = Path(__file__).with_name("sni_flood.py")
-    start_rss = rss_mib(agent_pid(interceptor))
+    start_rss = memory_mib(status(agent_pid(interceptor)))
     started = time.monotonic()
     result = netns.run(
         interceptor.ns,
@@ -79,7 +73,7 @@ def test_flood_of_names_keeps_the_agent_bounded(interceptor):
     assert result.returncode == 0, result.stderr
     handshakes = int(result.stdout)
     assert handshakes == names
-    end_rss = rss_mib(agent_pid(interceptor))
+    end_rss = memory_mib(status(agent_pid(interceptor)))
     minted = interceptor.metric("intercept_certificates_minted_total")
     cached = interceptor.metric("intercept_certificates_cached")
     print(

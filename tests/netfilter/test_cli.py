@@ -87,7 +87,7 @@ def test_options_set_the_configuration(capsys):
         (["--tls-port", "15001"], "--tls-port: 15001 is in the sidecar range 15000-15099"),
         (["--http-port", "443"], "--http-port: 443 is also in tls_ports"),
         (["--agent-uid", "101"], "--agent-uid: must differ from envoy_uid (101)"),
-        (["--envoy-uid", "0"], "--envoy-uid: 0 is outside 1-4294967294"),
+        (["--envoy-uid", "0"], "--envoy-uid: 0 is outside 1-2147483647"),
         (["--allow-cidr", "10.0.0.1/8"], "--allow-cidr: '10.0.0.1/8' is not a CIDR"),
     ],
 )

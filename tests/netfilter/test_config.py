@@ -44,7 +44,9 @@ def test_is_frozen():
 @pytest.mark.parametrize(
     ("kwargs", "field", "problem"),
     [
-        ({"envoy_uid": 0}, "envoy_uid", "0 is outside 1-4294967294"),
+        ({"envoy_uid": 0}, "envoy_uid", "0 is outside 1-2147483647"),
+        # Kubernetes' limit, as the chart and the runtime: beyond it the kernel's -1 aliases.
+        ({"agent_uid": 2**31}, "agent_uid", "2147483648 is outside 1-2147483647"),
         ({"agent_uid": -1}, "agent_uid", "-1 is outside"),
         ({"agent_uid": 2**32 - 1}, "agent_uid", "4294967295 is outside"),
         ({"envoy_uid": "101"}, "envoy_uid", "'101' is not a UID"),

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from intercept_proxy import procfs
+
 # Per-round figures reduced to median, min and max (higher or lower is better, per figure).
 FIGURES = (
     "rps",
@@ -108,11 +110,7 @@ def envoy_quantiles(stats: Mapping[str, Any], name: str) -> dict[str, float]:
 
 def rss_total_mb(statuses: Iterable[str]) -> float:
     """Summed VmRSS (MiB) of /proc/PID/status texts: a process and its children."""
-    total_kb = 0
-    for text in statuses:
-        match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
-        total_kb += int(match.group(1)) if match else 0
-    return round(total_kb / 1024, 1)
+    return round(sum(procfs.memory_mib(procfs.parse_status(text)) for text in statuses), 1)
 
 
 def aggregate(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

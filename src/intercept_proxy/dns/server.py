@@ -11,8 +11,9 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from intercept_proxy import resolvconf
 from intercept_proxy.dns.answer import Forward, QueryEvent, Reply, answer
-from intercept_proxy.dns.upstream import ask, parse_upstream, resolv_conf_nameservers
+from intercept_proxy.dns.upstream import ask, parse_upstream
 from intercept_proxy.hostnames import normalize_hostname
 
 
@@ -37,7 +38,7 @@ class DnsSinkhole:
         max_forwards: int = 64,
     ) -> None:
         self._forward = frozenset(normalize_hostname(s) for s in forward_suffixes)
-        servers = resolv_conf_nameservers() if upstream is None else upstream
+        servers = resolvconf.nameservers() if upstream is None else upstream
         self._upstreams = [parse_upstream(s) for s in servers]
         if self._forward and not self._upstreams:
             raise ValueError("forward suffixes are configured but there is no upstream resolver")

@@ -12,12 +12,10 @@ import ipaddress
 import secrets
 from collections.abc import Callable, Sequence
 from functools import partial
-from pathlib import Path
 
 from intercept_proxy.dns.answer import Forward, Reply
 
 DNS_PORT = 53
-RESOLV_CONF = Path("/etc/resolv.conf")
 
 Upstream = tuple[str, int]
 
@@ -37,23 +35,6 @@ def parse_upstream(text: str) -> Upstream:
     if not 0 < port < 65536:
         raise ValueError(f"{text!r}: port {port} is out of range")
     return str(ipaddress.ip_address(host)), port
-
-
-def resolv_conf_nameservers(path: Path = RESOLV_CONF) -> list[str]:
-    """The `nameserver` addresses of a resolv.conf; like the C library, skip what is not one."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return []
-    servers = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) >= 2 and fields[0] == "nameserver":
-            try:
-                servers.append(str(ipaddress.ip_address(fields[1])))
-            except ValueError:
-                continue
-    return servers
 
 
 async def ask(

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intercept_proxy import __version__, ports
+from intercept_proxy.identities import AGENT_UID, ENVOY_UID
 from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
 from intercept_proxy.policy.combined import OverrideMode
 
@@ -21,8 +22,6 @@ ENABLED_LABEL = "intercept-proxy/enabled"
 INJECTED_ANNOTATION = "intercept-proxy/injected"
 POLICY_ANNOTATION = "intercept-proxy/opa-data"
 
-ENVOY_UID = 101
-AGENT_UID = 102
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from intercept_proxy import netns, ports
 from intercept_proxy.agent.settings import agent_command
-from intercept_proxy.netfilter.config import AGENT_UID, ENVOY_UID
+from intercept_proxy.identities import AGENT_UID, ENVOY_UID
 from intercept_proxy.runtime.containers import as_user
 
 INTERCEPT = Path(sys.executable).with_name("intercept")

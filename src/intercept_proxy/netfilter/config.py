@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy import ports
+from intercept_proxy.identities import AGENT_UID, ENVOY_UID, MAX_ID
 
 DNS = 53
-ENVOY_UID = 101
-AGENT_UID = 102
-_MAX_UID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel
 
 
 class CaptureConfigError(ValueError):
@@ -49,7 +47,7 @@ class CaptureConfig:
 
     def __post_init__(self) -> None:
         for name in ("envoy_uid", "agent_uid"):
-            _check_int(name, getattr(self, name), 1, _MAX_UID, "a UID (root is not a sidecar)")
+            _check_int(name, getattr(self, name), 1, MAX_ID, "a UID (root is not a sidecar)")
         if self.envoy_uid == self.agent_uid:
             raise CaptureConfigError("agent_uid", f"must differ from envoy_uid ({self.envoy_uid})")
 

@@ -25,10 +25,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from intercept_proxy.identities import MAX_ID
 from intercept_proxy.runtime.privileges import CAPABILITIES
 from intercept_proxy.runtime.volumes import VolumeError, quantity_bytes
 
-MAX_ID = 2**31 - 1
 MIN_GROUP = 1000  # below: this machine's system accounts and groups (disk, shadow, docker, ...)
 ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 VOLUME_TYPES = ("emptyDir", "configMap", "secret", "downwardAPI")

@@ -20,6 +20,7 @@ import yaml
 from intercept_proxy import netns
 from intercept_proxy.argv import after_separator
 from intercept_proxy.decision import parse_log
+from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector.pod import (
     ENVOY,
     SIDECARS,
@@ -33,7 +34,7 @@ from intercept_proxy.injector.settings import (
 )
 from intercept_proxy.lab import Lab, LabError, LabSpec, LabSpecError
 from intercept_proxy.policy.model import PolicyError, load_policy
-from intercept_proxy.runtime.admission import MAX_ID, MIN_GROUP, AdmissionError
+from intercept_proxy.runtime.admission import MIN_GROUP, AdmissionError
 from intercept_proxy.runtime.containers import ContainerError, Executables
 from intercept_proxy.runtime.network import HostUplink, LabUplink, NetworkError, Uplink
 from intercept_proxy.runtime.pod import LocalPod, Options, PodError, cleanup_stale

@@ -9,7 +9,6 @@ securityContext grants.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -39,7 +38,8 @@ def installation() -> tuple[Path, ...]:
     itself (an editable install keeps it outside the environment) and what else it imports from
     (directories .pth files add); never sys.path[0], the script's or the working directory."""
     package = Path(next(iter(intercept_proxy.__path__))).resolve().parent
-    imported = [Path(p).resolve() for p in sys.path[1:] if os.path.isabs(p) and os.path.isdir(p)]
+    entries = [Path(p) for p in sys.path[1:]]
+    imported = [p.resolve() for p in entries if p.is_absolute() and p.is_dir()]
     return tuple(dict.fromkeys([Path(sys.prefix).resolve(), package, *imported]))
 
 

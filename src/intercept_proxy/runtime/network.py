@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from intercept_proxy import netns
+from intercept_proxy import netns, resolvconf
 from intercept_proxy.lab import Lab
 
-HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 # One file per pod routed through this host: forwarding is restored when the last one leaves.
 UPLINKS = Path("/run/intercept-proxy/uplinks")
 # systemd-resolved's real upstreams, when /etc/resolv.conf names its loopback stub.
@@ -72,18 +71,11 @@ class LabUplink:
         return self.lab.ca_cert_path
 
 
-def host_nameservers(resolv_conf: Path = HOST_RESOLV_CONF) -> tuple[str, ...]:
+def host_nameservers(resolv_conf: Path = resolvconf.RESOLV_CONF) -> tuple[str, ...]:
     """Nameservers a pod can reach: loopback stubs are useless from another namespace."""
 
     def read(path: Path) -> list[str]:
-        try:
-            lines = path.read_text().splitlines()
-        except OSError:
-            return []
-        servers = [
-            ln.split()[1] for ln in lines if ln.startswith("nameserver") and len(ln.split()) > 1
-        ]
-        return [s for s in servers if not ipaddress.ip_address(s.split("%")[0]).is_loopback]
+        return [s for s in resolvconf.nameservers(path) if not ipaddress.ip_address(s).is_loopback]
 
     servers = read(resolv_conf) or read(RESOLVED_UPSTREAMS)
     if not servers:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
 
-from intercept_proxy import netns
+from intercept_proxy import netns, resolvconf
 from intercept_proxy.runtime import admission, rootfs, state
 from intercept_proxy.runtime.containers import (
     Executables,
@@ -145,7 +145,7 @@ class LocalPod:
         # Envoy's own lookups (and forwarded suffixes) use the uplink's real resolvers; the
         # workload's lookups never reach them (they are redirected to the agent).
         servers = self.options.uplink.nameservers
-        self._resolv_conf.write_text("".join(f"nameserver {s}\n" for s in servers))
+        self._resolv_conf.write_text(resolvconf.text(servers))
         self._resolv_conf.chmod(0o644)
         extra = self.options.uplink.extra_trust
         if extra is not None:

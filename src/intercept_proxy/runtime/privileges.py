@@ -14,6 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from intercept_proxy import procfs
+
 # Capability numbers (linux/capability.h) of the names a Pod spec may use.
 CAPABILITIES = {
     name: number
@@ -127,14 +129,9 @@ def become(who: Identity) -> None:
         _prctl(_PR_SET_KEEPCAPS, 0, what="keepcaps")
 
 
-def _status() -> dict[str, str]:
-    lines = Path("/proc/self/status").read_text().splitlines()
-    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
-
-
 def verify(who: Identity, seccomp: bool) -> None:
     """What the kernel says of this process is exactly `who` (and its seccomp filter)."""
-    status = _status()
+    status = procfs.status()
     mask = who.capability_mask
     expected = {
         "Uid": " ".join([str(who.uid)] * 4),
