@@ -188,15 +188,16 @@ def _decision(record: dict) -> tuple:
     return (record["allow"], record["rule"], record["reason"], record["status"])
 
 
-def test_compiled_routes_decide_as_the_agent(interceptor):
-    corpus = generate(1800, seed=20261202)
-    interceptor.write_policy(POLICY)
-    interceptor.wait_ready(judged_by="envoy", revision=parse_policy(POLICY).revision)
+def judged_both_ways(interceptor, policy: str, corpus: list[dict]) -> list[dict]:
+    """Each request's record with `policy` compiled into routes, after checking that the agent
+    judging everything decides every request alike."""
+    interceptor.write_policy(policy)
+    interceptor.wait_ready(judged_by="envoy", revision=parse_policy(policy).revision)
     native = run_corpus(interceptor, corpus)
 
     module = interceptor.dir / "agent_only.rego"
     module.write_text(AGENT_ONLY_MODULE)
-    with_module = POLICY + f"rego_modules: [{module}]\n"
+    with_module = policy + f"rego_modules: [{module}]\n"
     interceptor.write_policy(with_module)
     interceptor.wait_ready(judged_by="agent", revision=parse_policy(with_module).revision)
     agent = run_corpus(interceptor, corpus)
@@ -208,6 +209,12 @@ def test_compiled_routes_decide_as_the_agent(interceptor):
         if _decision(n) != _decision(a)
     ]
     assert not differences, f"{len(differences)} differ, first ones: {differences[:5]}"
+    return native
+
+
+def test_compiled_routes_decide_as_the_agent(interceptor):
+    corpus = generate(1800, seed=20261202)
+    native = judged_both_ways(interceptor, POLICY, corpus)
 
     wrongly_native = [
         request

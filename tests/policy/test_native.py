@@ -10,7 +10,7 @@ import re
 import pytest
 
 from intercept_proxy.policy import native
-from intercept_proxy.policy.engine import RegorusEngine, builtin_rego
+from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.input import url_input
 from intercept_proxy.policy.model import RegoModule, parse_policy
 
@@ -39,24 +39,23 @@ def outcomes(vhost: native.VirtualHost, path: str | None = None) -> dict[str, na
     return {m: r.outcome for r in vhost.routes if r.path == path for m in r.methods}
 
 
-def test_github_hosts_and_aws_regions_are_the_regos():
-    rego = builtin_rego()
-    for name, hosts in (
-        ("github_read_hosts", native.GITHUB_HOSTS),
-        ("github_api_hosts", native.GITHUB_API_HOSTS),
-    ):
-        block = re.search(name + r" := \{(.*?)\}", rego, re.S)
-        assert block is not None
-        assert set(re.findall(r'"([^"]+)"', block.group(1))) == set(hosts)
-    assert native.AWS_REGION in rego
+def test_the_compilers_facts_are_read_from_the_rego():
+    facts = native.rego_facts()
+    assert "github.com" in facts.github_hosts and "uploads.github.com" in facts.github_api_hosts
+    region = re.compile(facts.aws_region)
+    assert all(region.fullmatch(r) for r in ("us-east-1", "us-gov-west-1", "eu-isob-east-1"))
+    assert not any(region.fullmatch(r) for r in ("mybucket", "us-east", "s3"))
 
 
 def test_virtual_hosts_most_specific_first_then_any(compiled):
     domains = [h.domain for h in compiled.hosts]
     assert domains[-1] == "*"
-    assert {"pypi.org", "api.anthropic.com", "s3.amazonaws.com", *native.GITHUB_HOSTS} <= set(
-        domains
-    )
+    assert {
+        "pypi.org",
+        "api.anthropic.com",
+        "s3.amazonaws.com",
+        *native.rego_facts().github_hosts,
+    } <= set(domains)
     assert {"*.pythonhosted.org", "*.files.pythonhosted.org"} <= set(domains)
 
 
@@ -112,7 +111,7 @@ def test_github_writes_to_allowed_repositories(compiled):
 def test_percent_encoded_github_paths_ask_the_agent(compiled):
     """The upstream decodes `%68ooks` into `hooks`: only the agent, which decodes it too, may
     judge such a path."""
-    for domain in (*native.GITHUB_HOSTS, *native.GITHUB_API_HOSTS):
+    for domain in native.rego_facts().github_hosts | native.rego_facts().github_api_hosts:
         encoded = [r for r in host(compiled, domain).routes if r.path == native._ENCODED]
         assert [r.outcome for r in encoded] == [native.ASK_AGENT]
 

@@ -50,6 +50,14 @@ _PROBE_INPUT = {
 }
 
 
+def rego_values(*rules: str) -> dict[str, Any]:
+    """The values of rules of the built-in policy that depend on neither input nor data (the
+    facts other code must share with it rather than copy)."""
+    engine = regorus.Engine()
+    engine.add_policy(BUILTIN_MODULE, builtin_rego())
+    return {rule: engine.eval_rule(f"data.intercept.{rule}") for rule in rules}
+
+
 class RegorusEngine:
     """Not thread-safe: the agent evaluates from its single event-loop thread; the lock only
     protects callers that share an engine across threads."""

@@ -647,8 +647,11 @@ denials contains {"priority": 13, "rule": "github_admin_not_allowed", "reason": 
 # AWS: {service}.amazonaws.com and {service}.{region}.amazonaws.com. The region must look like
 # one (us-east-1, us-gov-west-1, ...): `{bucket}.s3.amazonaws.com` is somebody's S3 bucket.
 
+# What a region looks like (read by the compiler of Envoy routes too, never copied).
+aws_region := `[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]+`
+
 _aws_service_region := [m[1], m[2]] if {
-	pattern := `^([a-z0-9-]+)(?:\.([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]+))?\.amazonaws\.com$`
+	pattern := concat("", [`^([a-z0-9-]+)(?:\.(`, aws_region, `))?\.amazonaws\.com$`])
 	m := regex.find_all_string_submatch_n(pattern, host, 1)[0]
 }
 

@@ -27,33 +27,42 @@ listener's default port.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from intercept_proxy.policy.engine import PolicyEngine
+from intercept_proxy.policy.engine import PolicyEngine, rego_values
 from intercept_proxy.policy.input import http_input
 from intercept_proxy.policy.model import Policy
 
 # The methods Envoy's gate lets through to native routes; any other goes to the agent.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-# As in intercept.rego (github_read_hosts, github_api_hosts); a test compares them.
-GITHUB_HOSTS = (
-    "api.github.com",
-    "codeload.github.com",
-    "github.com",
-    "objects.githubusercontent.com",
-    "raw.githubusercontent.com",
-)
-GITHUB_API_HOSTS = ("api.github.com", "uploads.github.com")
-# As in intercept.rego (_aws_service_region).
-AWS_REGION = r"[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-[0-9]+"
 AWS_SUFFIX = "amazonaws.com"
 # Regions for representatives of AWS regional endpoints.
 _REGIONS = ("us-east-1", "eu-west-3", "ap-southeast-2", "us-gov-west-1", "ca-central-1")
 # Labels for representative host names: underscores keep them clear of AWS service names.
 _REP_LABELS = ("rep_a", "rep_b.rep_c")
 _UNMATCHED = "intercept-unmatched"
+
+
+@dataclass(frozen=True)
+class RegoFacts:
+    """What the compiler must know of the Rego's structure: read from it, never copied."""
+
+    github_hosts: frozenset[str]  # github_read_hosts
+    github_api_hosts: frozenset[str]
+    aws_region: str  # a regular expression (RE2 and Python alike)
+
+
+@functools.cache
+def rego_facts() -> RegoFacts:
+    values = rego_values("github_read_hosts", "github_api_hosts", "aws_region")
+    return RegoFacts(
+        frozenset(values["github_read_hosts"]),
+        frozenset(values["github_api_hosts"]),
+        str(values["aws_region"]),
+    )
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,8 @@ class _Hosts:
 
 
 def _host_classes(policy: Policy) -> _Hosts:
-    hosts = _Hosts(exact={*GITHUB_HOSTS, *GITHUB_API_HOSTS})
+    facts = rego_facts()
+    hosts = _Hosts(exact={*facts.github_hosts, *facts.github_api_hosts})
     for entry in (*policy.allowed_domains, *policy.unrestricted_domains):
         (hosts.suffixes if entry.wildcard else hosts.exact).add(entry.host)
     if policy.aws_access_enabled:
@@ -163,10 +173,11 @@ def _aws_subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclas
         candidates = [f"{service}.{r}.{AWS_SUFFIX}" for r in _REGIONS]
         if domain.startswith("*."):
             label = domain[2:].removesuffix("." + AWS_SUFFIX)
-            if re.fullmatch(AWS_REGION, label):  # `*.{region}.amazonaws.com`
+            if re.fullmatch(rego_facts().aws_region, label):  # `*.{region}.amazonaws.com`
                 candidates.append(f"{service}.{label}.{AWS_SUFFIX}")
         hosts_here = _in_class(hosts, domain, candidates)[:2]
-        pattern = rf"{re.escape(service)}\.{AWS_REGION}\.{re.escape(AWS_SUFFIX)}"
+        region = rego_facts().aws_region
+        pattern = rf"{re.escape(service)}\.{region}\.{re.escape(AWS_SUFFIX)}"
         if hosts_here:
             out.append(_Subclass(tuple((h, "/") for h in hosts_here), authority=pattern))
         elif _may_hold_regional(domain):
@@ -181,7 +192,7 @@ def _may_hold_regional(domain: str) -> bool:
     if domain == "*" or f".{AWS_SUFFIX}".endswith(f".{suffix}"):
         return True
     label = suffix.removesuffix(f".{AWS_SUFFIX}")
-    return label != suffix and re.fullmatch(AWS_REGION, label) is not None
+    return label != suffix and re.fullmatch(rego_facts().aws_region, label) is not None
 
 
 def _case_variants(text: str) -> tuple[str, str]:
@@ -232,7 +243,7 @@ def _github_subclasses(policy: Policy, host: str) -> list[_Subclass]:
         _Subclass((("", "/a%2Fb/c"), ("", r"/x/y%5cz")), path=_UNJUDGEABLE),
         _Subclass((), path=_ENCODED, fixed=ASK_AGENT),
     ]
-    if host in GITHUB_API_HOSTS:
+    if host in rego_facts().github_api_hosts:
         out += _api_subclasses(policy)
     if host == "github.com":
         out += _git_subclasses(policy.github_allowed_repos, policy.github_allowed_users)
@@ -338,7 +349,7 @@ def _git_subclasses(repos: tuple[str, ...], owners: tuple[str, ...]) -> list[_Su
 
 def _subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclass]:
     representatives = _representative_hosts(hosts, domain)
-    if domain in GITHUB_HOSTS or domain in GITHUB_API_HOSTS:
+    if domain in rego_facts().github_hosts | rego_facts().github_api_hosts:
         subclasses = _github_subclasses(policy, domain)
     else:
         subclasses = [*_aws_subclasses(policy, hosts, domain), _Subclass((("", "/"),) * 2)]
