@@ -3,34 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from intercept_proxy import __version__
-from intercept_proxy.agent import cli as agent_cli
-from intercept_proxy.authz import cli as decisions_cli
-from intercept_proxy.bench import cli as bench_cli
-from intercept_proxy.injector import cli as inject_cli
-from intercept_proxy.lab import cli as lab_cli
-from intercept_proxy.netfilter import cli as netfilter_cli
-from intercept_proxy.pki import cli as pki_cli
-from intercept_proxy.policy import cli as policy_cli
-from intercept_proxy.runtime import cli as run_cli
-from intercept_proxy.xds import cli as envoy_cli
 
+# Each command is a component's `cli` module, in the order `intercept --help` lists them.
 COMPONENTS = (
-    run_cli,
-    inject_cli,
-    decisions_cli,
-    policy_cli,
-    agent_cli,
-    envoy_cli,
-    netfilter_cli,
-    pki_cli,
-    lab_cli,
-    bench_cli,
-)
+    "runtime", "injector", "authz", "policy", "agent", "xds", "netfilter", "pki", "lab", "bench",
+)  # fmt: skip
+# Packages the sidecar image leaves out (images/Dockerfile): a command that needs one is offered
+# only where it is installed.
+NOT_IN_IMAGE = ("lab", "bench")
+
+
+def components() -> list[ModuleType]:
+    found = []
+    for name in COMPONENTS:
+        try:
+            found.append(importlib.import_module(f"intercept_proxy.{name}.cli"))
+        except ModuleNotFoundError as e:
+            if e.name not in {f"intercept_proxy.{p}" for p in NOT_IN_IMAGE}:
+                raise
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for component in COMPONENTS:
+    for component in components():
         component.register(commands)
     return parser
 
