@@ -64,6 +64,11 @@ def _options(cls: type) -> list[tuple[tuple[str, ...], dataclasses.Field[Any], F
     return out
 
 
+def flag_of(cls: type, name: str) -> str | None:
+    """The flag that sets field `name` (groups flattened), for messages about its value."""
+    return next((flag.name for path, _, flag in _options(cls) if path[-1] == name), None)
+
+
 def _dest(path: tuple[str, ...]) -> str:
     return "__".join(path)
 

@@ -33,6 +33,8 @@ from intercept_proxy.injector.settings import (
     POLICY_ANNOTATION,
     InjectorSettings,
 )
+from intercept_proxy.netfilter.config import CaptureConfig
+from intercept_proxy.options import command_line
 from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
@@ -65,6 +67,7 @@ NO_TOKEN_VOLUME = "intercept-no-token"
 NO_TOKEN_MOUNT = {"name": NO_TOKEN_VOLUME, "mountPath": TOKEN_PATH, "readOnly": True}
 
 PROXY_INIT = "proxy-init"
+PROXY_INIT_COMMAND = ["intercept", "proxy-init"]
 AGENT = "intercept-agent"
 ENVOY = "envoy"
 SIDECARS = (PROXY_INIT, AGENT, ENVOY)
@@ -147,17 +150,16 @@ VERIFIED_FIELDS = (
 
 def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
     capture = s.capture_config()
-    command = ["intercept", "proxy-init", "--envoy-uid", str(capture.envoy_uid)]
-    command += ["--agent-uid", str(capture.agent_uid)]
-    for option, values in (
-        ("--tls-port", s.tls_ports),
-        ("--http-port", s.http_ports),
-        ("--allow-cidr", s.allowed_cidrs),
+    command = PROXY_INIT_COMMAND + command_line(
+        CaptureConfig,
+        envoy_uid=capture.envoy_uid,
+        agent_uid=capture.agent_uid,
+        tls_ports=s.tls_ports,
+        http_ports=s.http_ports,
+        allowed_cidrs=s.allowed_cidrs,
         # The agent's health port first (kubelet probes), then the operator's.
-        ("--inbound-port", (ports.AGENT_HTTP, *s.inbound_ports)),
-    ):
-        for value in values:
-            command += [option, str(value)]
+        inbound_ports=(ports.AGENT_HTTP, *s.inbound_ports),
+    )
     return {
         "name": PROXY_INIT,
         "image": s.image,

@@ -12,17 +12,9 @@ import sys
 from intercept_proxy.netfilter.apply import NetfilterError, apply, verify
 from intercept_proxy.netfilter.builder import FAMILIES, Rules, render
 from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
+from intercept_proxy.options import add_arguments, flag_of, from_arguments
 
 _PROG = "intercept proxy-init"
-# Configuration field -> the option that sets it, for error messages.
-_OPTIONS = {
-    "tls_ports": "--tls-port",
-    "http_ports": "--http-port",
-    "envoy_uid": "--envoy-uid",
-    "agent_uid": "--agent-uid",
-    "allowed_cidrs": "--allow-cidr",
-    "inbound_ports": "--inbound-port",
-}
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,50 +25,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "DNS goes to the agent, its TLS and HTTP to Envoy, and nothing else leaves; then check "
         "the rules in force. Needs root or CAP_NET_ADMIN in the network namespace.",
     )
-    defaults = CaptureConfig()
-    parser.add_argument(
-        "--tls-port",
-        dest="tls_ports",
-        type=int,
-        action="append",
-        metavar="PORT",
-        help=f"TCP port redirected to Envoy's TLS listener (repeatable; replaces the default "
-        f"{_ports(defaults.tls_ports)})",
-    )
-    parser.add_argument(
-        "--http-port",
-        dest="http_ports",
-        type=int,
-        action="append",
-        metavar="PORT",
-        help=f"TCP port redirected to Envoy's HTTP listener (repeatable; replaces the default "
-        f"{_ports(defaults.http_ports)})",
-    )
-    parser.add_argument(
-        "--envoy-uid", type=int, metavar="UID", help=f"Envoy's UID (default {defaults.envoy_uid})"
-    )
-    parser.add_argument(
-        "--agent-uid",
-        type=int,
-        metavar="UID",
-        help=f"the agent's UID (default {defaults.agent_uid})",
-    )
-    parser.add_argument(
-        "--allow-cidr",
-        dest="allowed_cidrs",
-        action="append",
-        metavar="CIDR",
-        help="a destination the workload may reach directly, IPv4 or IPv6 (repeatable)",
-    )
-    parser.add_argument(
-        "--inbound-port",
-        dest="inbound_ports",
-        action="append",
-        type=int,
-        metavar="PORT",
-        help="a TCP port of the pod open to connections from outside it, e.g. the agent's health "
-        "port for kubelet probes (repeatable); every other inbound connection is refused",
-    )
+    add_arguments(parser, CaptureConfig)
     parser.add_argument(
         "--netns", metavar="NAME", help="a named network namespace (default: this one)"
     )
@@ -91,11 +40,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def _proxy_init(args: argparse.Namespace) -> int:
-    given = {name: getattr(args, name) for name in _OPTIONS if getattr(args, name) is not None}
     try:
-        rules = render(CaptureConfig(**given))
+        rules = render(from_arguments(CaptureConfig, args))
     except CaptureConfigError as e:
-        raise SystemExit(f"{_PROG}: {_OPTIONS.get(e.field, e.field)}: {e.problem}") from None
+        raise SystemExit(
+            f"{_PROG}: {flag_of(CaptureConfig, e.field) or e.field}: {e.problem}"
+        ) from None
     if args.dry_run:
         _print(rules)
         return 0
@@ -120,7 +70,3 @@ def _print(rules: Rules) -> None:
     # Every table starts with a comment line naming its family and table.
     for family in FAMILIES:
         print(rules.of(family), flush=True)
-
-
-def _ports(ports: tuple[int, ...]) -> str:
-    return ", ".join(map(str, ports))

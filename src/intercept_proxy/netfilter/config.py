@@ -14,6 +14,7 @@ from typing import Any
 
 from intercept_proxy import ports
 from intercept_proxy.identities import AGENT_UID, ENVOY_UID, MAX_ID
+from intercept_proxy.options import option
 
 DNS = 53
 
@@ -31,19 +32,51 @@ class CaptureConfigError(ValueError):
 class CaptureConfig:
     """The workload's traffic capture in a pod's network namespace (both IP families)."""
 
-    envoy_uid: int = ENVOY_UID
-    agent_uid: int = AGENT_UID
-    tls_ports: tuple[int, ...] = (443,)
-    http_ports: tuple[int, ...] = (80,)
+    envoy_uid: int = option(
+        "--envoy-uid", "Envoy's UID", default=ENVOY_UID, parse=int, metavar="UID"
+    )
+    agent_uid: int = option(
+        "--agent-uid", "the agent's UID", default=AGENT_UID, parse=int, metavar="UID"
+    )
+    tls_ports: tuple[int, ...] = option(
+        "--tls-port",
+        "TCP port redirected to Envoy's TLS listener (repeatable; replaces the default)",
+        default=(443,),
+        parse=int,
+        repeatable=True,
+        metavar="PORT",
+    )
+    http_ports: tuple[int, ...] = option(
+        "--http-port",
+        "TCP port redirected to Envoy's HTTP listener (repeatable; replaces the default)",
+        default=(80,),
+        parse=int,
+        repeatable=True,
+        metavar="PORT",
+    )
     tls_redirect_port: int = ports.ENVOY_TLS
     http_redirect_port: int = ports.ENVOY_HTTP
     dns_port: int = ports.AGENT_DNS
     sidecar_port_range: tuple[int, int] = ports.SIDECAR_RANGE
     # Cluster-internal destinations the workload may reach directly, IPv4 and IPv6 mixed.
-    allowed_cidrs: tuple[str, ...] = ()
+    allowed_cidrs: tuple[str, ...] = option(
+        "--allow-cidr",
+        "a destination the workload may reach directly, IPv4 or IPv6 (repeatable)",
+        default=(),
+        repeatable=True,
+        metavar="CIDR",
+    )
     # TCP ports of the pod open to connections from outside it (the agent's health port, for
     # kubelet probes; a server of the workload's); every other inbound connection is refused.
-    inbound_ports: tuple[int, ...] = ()
+    inbound_ports: tuple[int, ...] = option(
+        "--inbound-port",
+        "a TCP port of the pod open to connections from outside it, e.g. the agent's health "
+        "port for kubelet probes (repeatable); every other inbound connection is refused",
+        default=(),
+        parse=int,
+        repeatable=True,
+        metavar="PORT",
+    )
 
     def __post_init__(self) -> None:
         for name in ("envoy_uid", "agent_uid"):
