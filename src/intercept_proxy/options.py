@@ -116,7 +116,8 @@ def from_arguments(cls: type[T], args: argparse.Namespace) -> T:
 
 
 def command_line(cls: type, **values: Any) -> list[str]:
-    """The options that give `values` (field names, groups flattened), in declaration order."""
+    """The options that give `values` (field names, groups flattened), in declaration order;
+    a value of None is no option (the default)."""
     known = {path[-1]: (path, flag) for path, _, flag in _options(cls)}
     if len(known) != len(_options(cls)):
         raise TypeError(f"{cls.__name__}: two options of the same field name")
@@ -125,7 +126,7 @@ def command_line(cls: type, **values: Any) -> list[str]:
         raise TypeError(f"{cls.__name__} has no option {', '.join(unknown)}")
     argv: list[str] = []
     for name, (_, flag) in known.items():
-        if name not in values:
+        if values.get(name) is None:
             continue
         value = values[name]
         items: Sequence[Any] = value if flag.repeatable else (value,)

@@ -93,3 +93,12 @@ def test_a_working_directory_holding_what_each_container_gets_its_own_of_is_refu
 @pytest.mark.parametrize("path", ["/tmp/project", "/srv/work", "/home/alice", "/usr/src"])
 def test_project_directories_are_working_directories(path):
     check_workdir(Path(path))
+
+
+def test_the_installation_in_the_working_directory_is_protected_and_pinned():
+    install = (Path("/w/clone/.venv"), Path("/w/clone/src"), Path("/w/clone/.venv/lib"))
+    own = workdir.installation_inside(Path("/w"), (*install, Path("/usr/lib/python3")))
+    assert own == [Path("/w/clone/.venv"), Path("/w/clone/src")]
+    assert workdir.pinned(Path("/w"), own) == (Path("/w/clone"),)
+    with pytest.raises(WorkdirError, match="own installation"):
+        workdir.installation_inside(Path("/w/clone/src/pkg"), install)

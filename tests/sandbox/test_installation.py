@@ -27,11 +27,11 @@ sys.exit(main())
 """
 
 
-@pytest.fixture
-def installation() -> Iterator[Path]:
-    """A virtual environment under /tmp whose own copy of the package is the one imported; the
-    dependencies come from the project's environment (outside /tmp)."""
-    top = Path(tempfile.mkdtemp(prefix="intercept-installation-", dir="/tmp"))
+@pytest.fixture(params=["/tmp"])
+def installation(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A virtual environment (under /tmp unless parametrized) whose own copy of the package is
+    the one imported; the dependencies come from the project's environment."""
+    top = Path(tempfile.mkdtemp(prefix="intercept-installation-", dir=request.param))
     try:
         top.chmod(0o755)
         package = Path(next(iter(intercept_proxy.__path__)))
@@ -78,3 +78,38 @@ def test_an_installation_under_tmp_runs_an_intercepted_workload(installation):
     assert sorted(rest[: rest.index("hidden")]) == [".venv", "src", "work"]
     assert rest[-1] == "read-only"
     assert not (installation / "src" / "planted").exists()
+
+
+def run_from(installation: Path, cwd: Path, script: str) -> subprocess.CompletedProcess[str]:
+    argv = [installation / ".venv" / "bin" / "intercept", "run", "--lab",
+            installation / "lab.yaml", "--policy", installation / "policy.yaml", "--",
+            "sh", "-c", script]  # fmt: skip
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+# Under /tmp the installation is bound into containers anyway; elsewhere it is the image's.
+@pytest.mark.parametrize("installation", ["/tmp", "/srv"], indirect=True)
+def test_the_workload_never_writes_the_installation_in_its_working_directory(installation):
+    """Root runs that code (the runtime, the sidecars): in the working directory it is
+    read-only, and cannot be moved aside and replaced."""
+    attempts = [
+        "touch src/planted.py", "touch .venv/bin/planted", "mv src moved", "mv .venv moved",
+        "mv src/intercept_proxy src/other",
+    ]  # fmt: skip
+    script = "".join(f"{a} 2>/dev/null && echo 'done: {a}'; " for a in attempts)
+    installation.chmod(0o777)  # the workload's own directory: only the mounts protect
+    result = run_from(installation, installation, script + "touch mine && echo wrote")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["wrote"]
+    assert (installation / "mine").exists()
+    assert sorted(p.name for p in installation.iterdir()) == [
+        ".venv", "lab.yaml", "mine", "policy.yaml", "secret", "src", "work",
+    ]  # fmt: skip
+    assert [p.name for p in (installation / "src").iterdir()] == ["intercept_proxy"]
+    assert not (installation / "src" / "planted.py").exists()
+
+
+def test_a_working_directory_inside_the_installation_is_refused(installation):
+    result = run_from(installation, installation / "src" / "intercept_proxy", "true")
+    assert result.returncode == 2
+    assert "intercept-proxy's own installation" in result.stderr

@@ -127,10 +127,17 @@ class Agent:
         self._compiling: asyncio.Task[None] | None = None  # referenced: the loop's is weak
         self.update_snapshot()
 
-    def _publish(self) -> None:
+    def _publish(
+        self, routes: list[dict[str, Any]] | None = None, *, compiled: bool = False
+    ) -> None:
+        """Envoy's resources with `routes` (None: those in force, as they are); in force only
+        once the snapshot is built (AgentError otherwise, and nothing changes)."""
+        if routes is None:
+            routes, compiled = self._routes, self._compiled
         if self._bundle is not None:
-            dp = self.settings.data_plane
-            self.snapshots.set(build_snapshot(dp, self._bundle, self._routes))
+            snapshot = build_snapshot(self.settings.data_plane, self._bundle, routes)
+            self.snapshots.set(snapshot)
+        self._routes, self._compiled = routes, compiled
 
     def update_snapshot(self) -> None:
         try:
@@ -167,8 +174,7 @@ class Agent:
         """The agent judges the new policy at once; Envoy takes over once it is compiled."""
         self._current = next(self._generation)
         revision = self.engine().revision
-        self._routes, self._compiled = route_configurations(revision), False
-        self._publish()
+        self._publish(route_configurations(revision), compiled=False)
         policy = self.native_policy()
         if policy is not None:
             self._compiling = asyncio.create_task(self._compile(self._current, policy, revision))
@@ -181,8 +187,11 @@ class Agent:
             log.exception("compiling policy %s into Envoy routes failed", revision)
             return
         if generation == self._current:  # not overtaken by a newer policy
-            self._routes, self._compiled = routes, True
-            self._publish()
+            try:
+                self._publish(routes, compiled=True)
+            except AgentError:  # the agent keeps judging: correct, only slower
+                log.exception("the routes of policy %s were not published", revision)
+                return
             log.info("policy %s compiled into Envoy routes", revision)
 
     def engine(self) -> PolicyEngine:

@@ -105,6 +105,7 @@ class Interceptor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                start_new_session=True,  # a terminal's Ctrl-C is for the caller alone
             )
 
     def start_agent(self) -> None:

@@ -44,6 +44,8 @@ from intercept_proxy.runtime.workdir import (
     check_workdir,
     created_repositories,
     git_metadata,
+    installation_inside,
+    pinned,
 )
 from intercept_proxy.xds.envoy import envoy_binary
 
@@ -296,6 +298,7 @@ def _run(args: argparse.Namespace) -> int:
         decision_log = scratch = Path(name)
     try:
         objects = [policy_config_map(args.policy, settings.policy_config_map)]
+        executables = _executables()
         writable: dict[str, tuple[Path, ...]] = {}
         read_only: dict[str, tuple[Path, ...]] = {}
         operator_ids: frozenset[int] = frozenset()  # IDs the caller chose: theirs to use
@@ -322,12 +325,14 @@ def _run(args: argparse.Namespace) -> int:
             workdir = Path.cwd()
             check_workdir(workdir)
             protection = git_metadata(workdir)
-            writable[WORKLOAD] = (workdir, *protection.pinned)
+            own = installation_inside(workdir, executables.installation)
+            writable[WORKLOAD] = (workdir, *protection.pinned, *pinned(workdir, own))
             # The operator's own files, where the workload could otherwise loosen them for the
             # next run.
             operators = [p.resolve() for p in (args.policy, args.lab) if p is not None]
             read_only[WORKLOAD] = (
                 *protection.git_dirs,
+                *own,
                 *(p for p in operators if p.is_relative_to(workdir)),
             )
         # Every pod is intercepted here; one injected already is verified to be this injection's.
@@ -336,7 +341,7 @@ def _run(args: argparse.Namespace) -> int:
         with _uplink(args, prefix) as uplink:
             options = Options(
                 uplink=uplink,
-                executables=_executables(),
+                executables=executables,
                 prefix=prefix,
                 attached=attached,
                 writable=writable,

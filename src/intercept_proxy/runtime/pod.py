@@ -125,6 +125,8 @@ class LocalPod:
         self.started = threading.Event()  # set once the app containers run
         self._apps: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
+        self._restarting = threading.Lock()
+        self._torn_down = threading.Event()
         self._node_trust: Path | None = None
         self._resolv_conf = self.dir / "resolv.conf"
         self._terminal: PseudoTerminal | None = None
@@ -156,6 +158,8 @@ class LocalPod:
 
     def _teardown(self) -> None:
         self._stopping.set()
+        with self._restarting:  # a restart under way ends first; none begins after it
+            pass
         with self._lock:
             running = list(self._sidecars)
         for r in reversed(running):
@@ -172,6 +176,7 @@ class LocalPod:
                 step()
             except Exception:  # every step runs, whatever an earlier one did
                 log.exception("clean-up of %s failed", what)
+        self._torn_down.set()
 
     # -- containers ---------------------------------------------------------------------------
 
@@ -353,27 +358,41 @@ class LocalPod:
 
     def _watch_sidecars(self) -> None:
         """restartPolicy Always: a sidecar that exits is started again, with a back-off. What to
-        do is decided under the lock; the waiting and the starting happen outside it, where the
-        teardown never waits for them."""
-        while not self._stopping.wait(0.2):
-            now = time.monotonic()
-            with self._lock:
-                for r in self._sidecars:
-                    if r.due is None and r.process.poll() is not None:
-                        r.restarts, delay = backoff(r.restarts, now - r.started)
-                        r.due = now + delay
-                        log.warning(
-                            "sidecar %s exited %s; restart %d in %.1f s",
-                            r.name, r.process.returncode, r.restarts, delay,
-                        )  # fmt: skip
-                due = [r for r in self._sidecars if r.due is not None and r.due <= now]
-            for r in due:
-                process = self._start(r.spec)
+        do is decided under the lock, the starting happens outside it (the teardown waits for a
+        start under way, and none begins after it)."""
+        try:
+            while not self._stopping.wait(0.2):
+                self._restart_due(time.monotonic())
+        finally:
+            # The parent of the sidecars it restarted (their pdeathsig): alive until the
+            # teardown has stopped them, gracefully.
+            self._torn_down.wait()
+
+    def _restart_due(self, now: float) -> None:
+        with self._lock:
+            for r in self._sidecars:
+                if r.due is None and r.process.poll() is not None:
+                    r.restarts, delay = backoff(r.restarts, now - r.started)
+                    r.due = now + delay
+                    log.warning(
+                        "sidecar %s exited %s; restart %d in %.1f s",
+                        r.name, r.process.returncode, r.restarts, delay,
+                    )  # fmt: skip
+            due = [r for r in self._sidecars if r.due is not None and r.due <= now]
+        for r in due:
+            with self._restarting:
+                if self._stopping.is_set():
+                    return
+                try:
+                    process = self._start(r.spec)
+                except Exception:  # tried again after the next back-off
+                    log.exception("restarting sidecar %s failed", r.name)
+                    with self._lock:
+                        r.restarts, delay = backoff(r.restarts, 0.0)
+                        r.due = time.monotonic() + delay
+                    continue
                 with self._lock:
                     r.process, r.started, r.due = process, time.monotonic(), None
-                    stopping = self._stopping.is_set()
-                if stopping:  # the teardown may have read the list before this start
-                    _terminate(process)
 
     # -- the pod ------------------------------------------------------------------------------
 

@@ -107,17 +107,37 @@ def git_metadata(workdir: Path) -> Protection:
         )
     git_dirs = sorted(dict.fromkeys(found), key=lambda p: len(p.parts))
     # Never a directory inside a git directory: pinned means a writable mount of its own.
-    pinned = {
+    identities = frozenset((p.stat().st_dev, p.stat().st_ino) for p in git_dirs)
+    return Protection(tuple(git_dirs), pinned(workdir, git_dirs), identities)
+
+
+def pinned(workdir: Path, protected: list[Path]) -> tuple[Path, ...]:
+    """The directories between `workdir` and each of `protected` (read-only inside): bound
+    writable at their own path, they become mount points, which cannot be renamed, so no
+    protected directory can be moved aside and replaced. Never one inside a protected one. Pure."""
+    between = {
         parent
-        for g in git_dirs
+        for g in protected
         for parent in g.parents
         if parent.is_relative_to(workdir)
         and parent != workdir
-        and not any(parent.is_relative_to(h) for h in git_dirs)
+        and not any(parent.is_relative_to(h) for h in protected)
     }
-    identities = frozenset((p.stat().st_dev, p.stat().st_ino) for p in git_dirs)
-    order = sorted(pinned, key=lambda p: (len(p.parts), str(p)))
-    return Protection(tuple(git_dirs), tuple(order), identities)
+    return tuple(sorted(between, key=lambda p: (len(p.parts), str(p))))
+
+
+def installation_inside(workdir: Path, installation: tuple[Path, ...]) -> list[Path]:
+    """The parts of this interceptor's installation in `workdir`: root runs that code (the
+    runtime, the sidecars), so the workload must never write it. A working directory inside
+    the installation is refused. Pure."""
+    for path in installation:
+        if workdir.is_relative_to(path):
+            raise WorkdirError(
+                f"the working directory {workdir} lies in {path}, intercept-proxy's own "
+                "installation, which root runs: start intercept run elsewhere"
+            )
+    inside = sorted({p for p in installation if p.is_relative_to(workdir)})
+    return [p for i, p in enumerate(inside) if not any(p.is_relative_to(q) for q in inside[:i])]
 
 
 def created_repositories(before: Protection, after: Protection) -> list[Path]:

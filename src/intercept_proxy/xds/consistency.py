@@ -8,11 +8,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+# Subtrees that hold text, not references: log formats, metadata.
+NOT_REFERENCES = frozenset({"access_log", "metadata", "json_format", "filter_metadata"})
+
 
 def references(node: Any, key: str) -> Iterator[str]:
-    """Every string value under `key`, at any depth."""
+    """Every string value under `key`, at any depth (but in NOT_REFERENCES)."""
     if isinstance(node, Mapping):
         for k, value in node.items():
+            if k in NOT_REFERENCES:
+                continue
             if k == key and isinstance(value, str):
                 yield value
             else:
