@@ -149,17 +149,7 @@ VERIFIED_FIELDS = (
 
 
 def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
-    capture = s.capture_config()
-    command = PROXY_INIT_COMMAND + command_line(
-        CaptureConfig,
-        envoy_uid=capture.envoy_uid,
-        agent_uid=capture.agent_uid,
-        tls_ports=s.tls_ports,
-        http_ports=s.http_ports,
-        allowed_cidrs=s.allowed_cidrs,
-        # The agent's health port first (kubelet probes), then the operator's.
-        inbound_ports=(ports.AGENT_HTTP, *s.inbound_ports),
-    )
+    command = PROXY_INIT_COMMAND + command_line(CaptureConfig, **s.capture_values())
     return {
         "name": PROXY_INIT,
         "image": s.image,

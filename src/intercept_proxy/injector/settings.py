@@ -118,16 +118,22 @@ class InjectorSettings:
         for name in ("agent_resources", "envoy_resources", "init_resources"):
             getattr(self, name).check(name)
 
+    def capture_values(self) -> dict[str, Any]:
+        """proxy-init's settings in every injected pod, as given (its command line keeps their
+        order; CaptureConfig normalises them)."""
+        return {
+            "envoy_uid": self.envoy_uid,
+            "agent_uid": self.agent_uid,
+            "tls_ports": self.tls_ports,
+            "http_ports": self.http_ports,
+            "allowed_cidrs": self.allowed_cidrs,
+            # The agent's health port first (kubelet probes), then the operator's.
+            "inbound_ports": (ports.AGENT_HTTP, *self.inbound_ports),
+        }
+
     def capture_config(self) -> CaptureConfig:
         """What proxy-init installs in every injected pod."""
-        return CaptureConfig(
-            envoy_uid=self.envoy_uid,
-            agent_uid=self.agent_uid,
-            tls_ports=self.tls_ports,
-            http_ports=self.http_ports,
-            allowed_cidrs=self.allowed_cidrs,
-            inbound_ports=(ports.AGENT_HTTP, *self.inbound_ports),
-        )
+        return CaptureConfig(**self.capture_values())
 
     @property
     def reserved_uids(self) -> tuple[int, ...]:
