@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 from intercept_proxy.authz.service import denial_body
+from intercept_proxy.identities import MAX_ID
+from intercept_proxy.injector import schema
 from intercept_proxy.injector.pod import proxy_init_container
 from intercept_proxy.injector.settings import SettingsError
 from intercept_proxy.injector.values import settings_from_values
@@ -94,6 +97,17 @@ def test_the_schema_covers_every_value():
     assert set(policy) == set(KEYS) - {"rego_modules"}  # the chart mounts policy.yaml only
 
 
+def test_the_schema_is_rendered_from_its_declaration():
+    text = schema.chart_schema()
+    path = render.CHART_DIR / "values.schema.json"
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert path.read_text() == text, (
+        f"{schema.PATH} is stale: regenerate it with UPDATE_GOLDEN=1 (or "
+        "python -m intercept_proxy.injector.schema) and review the diff"
+    )
+
+
 BAD_VALUES = [
     ({"policy": {"podOverride": "maybe"}}, "/policy/podOverride"),
     ({"capture": {"tlsPorts": ["443"]}}, "/capture/tlsPorts/0"),
@@ -118,8 +132,14 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("overrides", "where"), BAD_VALUES)
 def test_the_schema_refuses_bad_values(overrides, where):
+    """Helm refuses, and so does `intercept inject`, naming the same value."""
     with pytest.raises(render.HelmError, match=f"at '{where}'"):
         render.install_dry_run("x", overrides)
+    if overrides == {"ca": {"mode": "certManager"}}:
+        return  # refused for the chart's empty issuer, a value the injector does not read
+    named = re.sub(r"/(\d+)", r"[\1]", where).replace("/", ".").lstrip(".")
+    with pytest.raises(SettingsError, match=f"^values: {re.escape(named)}[.:]"):
+        settings_from_values(overrides, "x")
 
 
 @pytest.mark.parametrize(
@@ -467,27 +487,38 @@ def test_notes_name_the_next_steps():
 
 PORTS = (0, 1, 52, 53, 54, 80, 443, 8080, 14999, 15000, 15001, 15002, 15020, 15022, 15053, 15099)
 PORTS += (15100, 65535, 65536)
+CIDRS = ("10.0.0.0/8", "10.0.0.1/8", "10.96.0.0/12", "10.96.0.0/11", "192.168.1.7/32", "0.0.0.0/0")
+CIDRS += ("256.0.0.0/8", "10.0.0.0/33", "10.0.0.0", "01.2.3.4/32", "fd00::/8", "fd00::1/8")
+CIDRS += ("fd00:10:96::/112", "fd00:10:96::1/112", "2001:db8::/31", "::/0", "::1/128")
+CIDRS += ("2001:db8:0:0:0:0:0:0/32", "fd00::/129", "fd00::/-1", "fd00::/08", "fe80::/9")
+UIDS = (-1, 0, 1, 101, 102, 65534, MAX_ID, MAX_ID + 1, 2**32 - 1, 2**32)
+# (the values, a value of the list under test): a port in both captured lists is refused when
+# rendering (above), and the two UIDs must differ.
+SAME_VALUES = [({"capture": {"tlsPorts": [p], "httpPorts": [81]}}, p) for p in PORTS] + [
+    ({"capture": {"httpPorts": [p], "tlsPorts": [444]}}, p) for p in PORTS
+]
+SAME_VALUES += [({"capture": {"inboundPorts": [p]}}, p) for p in PORTS]
+SAME_VALUES += [({"capture": {"allowedCidrs": [c]}}, c) for c in CIDRS]
+SAME_VALUES += [({"envoy": {"uid": u}, "agent": {"uid": 7}}, u) for u in UIDS]
+SAME_VALUES += [({"agent": {"uid": u}}, u) for u in UIDS]
 
 
-@pytest.mark.parametrize("key", ["tlsPorts", "httpPorts", "inboundPorts"])
-def test_the_schema_and_proxy_init_accept_the_same_ports(key):
-    """One rule, applied everywhere: a port helm accepts is one proxy-init accepts in the pod
-    (53 passed the chart and the injector once, and failed in every pod at start-up)."""
-    # The two captured lists apart (a port in both is refused when rendering, see above).
-    others = {"tlsPorts": [444], "httpPorts": [81]}
-    for port in PORTS:
-        capture = {**others, key: [port]}
+def test_the_schema_and_proxy_init_accept_the_same_values():
+    """One rule, applied everywhere: a value helm accepts is one proxy-init accepts in the pod
+    (port 53 and 10.0.0.1/8 once passed the chart and the injector, and failed in every pod at
+    start-up). `settings_from_values` builds proxy-init's CaptureConfig."""
+    for values, value in SAME_VALUES:
         try:
-            render.install_dry_run("x", {"capture": capture})
+            render.install_dry_run("x", values)
             helm = True
         except render.HelmError:
             helm = False
         try:
-            settings_from_values({"capture": capture}, "x")
+            settings_from_values(values, "x")
             injector = True
         except SettingsError:
             injector = False
-        assert helm == injector, f"capture.{key}: [{port}]: helm {helm}, proxy-init {injector}"
+        assert helm == injector, f"{values}: helm {helm}, proxy-init {injector} ({value})"
 
 
 def test_a_release_name_too_long_for_its_policies_is_refused():

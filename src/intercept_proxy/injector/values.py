@@ -3,8 +3,9 @@
 
 A values file may give any part of the values, as for `helm install -f`: what it leaves out is
 the chart's default, which is also the injector's (`DEFAULTS`, built from `InjectorSettings()`;
-a test holds it equal to charts/intercept-proxy/values.yaml). A key the chart does not have, or
-a value of the wrong type, is an error naming the key.
+a test holds it equal to charts/intercept-proxy/values.yaml). What it gives is checked against
+the chart's schema (schema.py), as Helm checks it: the same values pass or fail both, and an
+error names the value.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from jsonschema import Draft7Validator
+from jsonschema.exceptions import ValidationError, best_match
+
 from intercept_proxy import __version__
+from intercept_proxy.injector.schema import DEFINITIONS, VALUES_SCHEMA
 from intercept_proxy.injector.settings import (
     ENVOY_REPOSITORY,
     ENVOY_TAG,
@@ -22,12 +27,8 @@ from intercept_proxy.injector.settings import (
     InjectorSettings,
     Resources,
     SettingsError,
-    check_quantity,
 )
 from intercept_proxy.policy.combined import OverrideMode
-
-# A part of the chart's values the injection does not read (the chart's schema checks it).
-IGNORED = object()
 
 
 def _resources_values(resources: Resources) -> dict[str, Any]:
@@ -35,8 +36,8 @@ def _resources_values(resources: Resources) -> dict[str, Any]:
 
 
 def _defaults(s: InjectorSettings) -> dict[str, Any]:
+    """The chart's defaults of the values the injection reads (the rest it does not)."""
     return {
-        "global": IGNORED,  # Helm's own
         "image": {
             "repository": IMAGE_REPOSITORY,
             "tag": __version__,
@@ -60,100 +61,116 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
             "inboundPorts": list(s.inbound_ports),
         },
         "dns": {"forwardSuffixes": list(s.dns_forward_suffixes)},
-        "policy": {"podOverride": str(s.policy_override), "default": IGNORED},
-        "ca": {"mode": s.ca_mode, "secretName": s.ca_secret, "certManager": IGNORED},
+        "policy": {"podOverride": str(s.policy_override)},
+        "ca": {"mode": s.ca_mode, "secretName": s.ca_secret},
         "serviceAccountToken": {"automount": s.automount_service_account_token},
-        "injection": IGNORED,
-        "clone": IGNORED,
-        "networkPolicy": IGNORED,
-        "podSecurity": IGNORED,
-        "kyverno": IGNORED,
-        "helmTest": IGNORED,
-        "cleanup": IGNORED,
     }
 
 
 DEFAULTS = _defaults(InjectorSettings())
-# The items of the lists (the defaults may be empty), and the maps whose keys are free.
-ITEM_TYPES: dict[str, type] = {
-    "capture.tlsPorts": int,
-    "capture.httpPorts": int,
-    "capture.allowedCidrs": str,
-    "capture.inboundPorts": int,
-    "dns.forwardSuffixes": str,
+
+
+def _optional(node: Any) -> Any:
+    """The schema without `required`: the values the injection does not read have no defaults
+    here, so a part given alone is checked for what it holds (`_check_present` checks that the
+    values read are all there)."""
+    if isinstance(node, dict):
+        return {k: _optional(v) for k, v in node.items() if k != "required"}
+    if isinstance(node, list):
+        return [_optional(v) for v in node]
+    return node
+
+
+_VALIDATOR = Draft7Validator(_optional(VALUES_SCHEMA))
+_TYPES = {
+    "object": "a mapping",
+    "array": "a list",
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
 }
-QUANTITY_MAPS = frozenset(
-    f"{section}.resources.{kind}"
-    for section in ("envoy", "agent", "proxyInit")
-    for kind in ("requests", "limits")
-)
-CHOICES: dict[str, tuple[str, ...]] = {
-    "image.pullPolicy": PULL_POLICIES,
-    "policy.podOverride": tuple(str(m) for m in OverrideMode),
-    "ca.mode": ("ephemeral", "secret", "certManager"),
-}
 
 
-def _type_name(kind: type) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+def _where(path: Any) -> str:
+    where = ""
+    for part in path:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return where
 
 
-def _is(value: Any, kind: type) -> bool:
-    """JSON's types: a boolean is not a number, an integer is a number."""
-    if isinstance(value, bool) or kind is bool:
-        return isinstance(value, bool) and kind is bool
-    return isinstance(value, int | float) if kind is float else isinstance(value, kind)
+def _problem(error: ValidationError) -> tuple[str, str]:
+    """(where, what is wrong) in the words of the values file, not of JSON Schema."""
+    where = _where(error.absolute_path)
+    # What the error holds is the values' and the schema's JSON (typed Any | Unset).
+    value: Any = error.instance
+    schema: Any = error.schema
+    expected: Any = error.validator_value
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(value) - set(schema.get("properties", {})))
+        return _where([*error.absolute_path, unknown[0]]), "the chart has no such value"
+    if error.validator == "type":
+        names = [_TYPES[k] for k in ([expected] if isinstance(expected, str) else expected)]
+        return where, f"{value!r} is not {' or '.join(names)}"
+    if error.validator == "enum":
+        return where, f"{value!r} is not one of {tuple(expected)}"
+    described = _description(error.absolute_schema_path)
+    if not described:
+        return where, error.message
+    if error.validator in ("pattern", "not"):  # JSON Schema would quote the rule, not say it
+        return where, f"{value!r} is not valid: {described}"
+    return where, f"{error.message} ({described.rstrip('.')})"
 
 
-def _scalar(value: Any, default: Any, where: str) -> Any:
-    if not _is(value, type(default)):
-        raise SettingsError(f"values: {where}: {value!r} is not {_type_name(type(default))}")
-    if where in CHOICES and value not in CHOICES[where]:
-        raise SettingsError(f"values: {where}: {value!r} is not one of {CHOICES[where]}")
-    return value
+def _resolve(node: Any) -> Any:
+    return DEFINITIONS[node["$ref"].rpartition("/")[2]] if "$ref" in node else node
 
 
-def _list(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise SettingsError(f"values: {where}: {value!r} is not a list")
-    for i, item in enumerate(value):
-        if not _is(item, ITEM_TYPES[where]):
-            raise SettingsError(
-                f"values: {where}[{i}]: {item!r} is not {_type_name(ITEM_TYPES[where])}"
-            )
-    return value
+def _description(schema_path: Any) -> str | None:
+    """The description nearest the keyword that failed (a pattern chosen by an `if` has none
+    of its own, the network it is part of has)."""
+    node, found = VALUES_SCHEMA, None
+    for part in list(schema_path)[:-1]:
+        node = node[part]
+        if isinstance(node, dict):
+            node = _resolve(node)
+            found = node.get("description", found)
+    return found
 
 
-def _quantities(value: Any, default: dict[str, Any], where: str) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise SettingsError(f"values: {where}: {value!r} is not a mapping")
-    merged = {k: v for k, v in {**default, **value}.items() if v is not None}
-    return {k: check_quantity(v, f"values: {where}.{k}") for k, v in merged.items()}
+def check_values(values: Any) -> None:
+    """Refuse values Helm's check of the chart's schema would refuse."""
+    error = best_match(_VALIDATOR.iter_errors(values))
+    if error is not None:
+        where, problem = _problem(error)
+        raise SettingsError(f"values: {where or 'the file'}: {problem}")
 
 
-def _merge(default: dict[str, Any], given: Any, where: str) -> dict[str, Any]:
-    """`given` over `default`, as Helm coalesces values: maps merged key by key, lists and
-    scalars replaced."""
-    if not isinstance(given, dict):
-        raise SettingsError(f"values: {where or 'the file'}: {given!r} is not a mapping")
-    out = dict(default)
-    for key, value in given.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in default:
-            raise SettingsError(f"values: {path}: the chart has no such value")
-        if default[key] is IGNORED:
-            continue
-        if value is None:
+def _check_present(defaults: dict[str, Any], values: dict[str, Any], node: Any, where: str) -> None:
+    """Every value the injection reads is there (a null given for it removed it)."""
+    node = _resolve(node)
+    if "properties" not in node:
+        return  # a map of free keys (quantities): a null removes one, as in Helm
+    for key, default in defaults.items():
+        path = f"{where}.{key}" if where else key
+        if key not in values:
             raise SettingsError(f"values: {path}: a value is needed")
-        if path in QUANTITY_MAPS:
-            out[key] = _quantities(value, default[key], path)
-        elif isinstance(default[key], dict):
-            out[key] = _merge(default[key], value, path)
-        elif isinstance(default[key], list):
-            out[key] = _list(value, path)
+        if isinstance(default, dict):
+            _check_present(default, values[key], node["properties"][key], path)
+
+
+def _coalesce(default: Any, given: Any) -> Any:
+    """`given` over `default` as Helm coalesces values: maps merged key by key (a null removes
+    the key), lists and scalars replaced."""
+    if not (isinstance(default, dict) and isinstance(given, dict)):
+        return given
+    merged = dict(default)
+    for key, value in given.items():
+        if value is None:
+            merged.pop(key, None)
         else:
-            out[key] = _scalar(value, default[key], path)
-    return out
+            merged[key] = _coalesce(default.get(key), value)
+    return merged
 
 
 def _image(section: Mapping[str, Any]) -> str:
@@ -167,7 +184,9 @@ def _resources(section: Mapping[str, Any]) -> Resources:
 def settings_from_values(given: Mapping[str, Any] | None, release: str) -> InjectorSettings:
     """The settings of the chart installed as `release` with the values `given` (a values
     file's content: any part of the chart's values; None for an empty file)."""
-    values = _merge(DEFAULTS, {} if given is None else given, "")
+    values = _coalesce(DEFAULTS, {} if given is None else given)
+    check_values(values)
+    _check_present(DEFAULTS, values, VALUES_SCHEMA, "")
     ca = values["ca"]
     secret = {"secret": ca["secretName"] or f"{release}-ca", "certManager": f"{release}-ca"}
     return InjectorSettings(

@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +69,33 @@ class RegoModule:
         return match.group(1) if match else None
 
 
+def _key(default: Any, help_: str) -> Any:
+    return field(default=default, metadata={"help": help_})
+
+
 @dataclass(frozen=True)
 class Policy:
     source: str = "<default>"
-    allowed_domains: tuple[DomainEntry, ...] = ()
-    unrestricted_domains: tuple[DomainEntry, ...] = ()
-    github_read_access_enabled: bool = False
-    github_allowed_users: tuple[str, ...] = ()
-    github_allowed_repos: tuple[str, ...] = ()
-    # Administration of those repositories (settings, webhooks, keys, secrets, ...).
-    github_admin_access_enabled: bool = False
-    aws_access_enabled: bool = False
-    aws_allowed_services: tuple[str, ...] = ()
-    rego_modules: tuple[RegoModule, ...] = field(default=())
+    # Each key's help is its description in the chart's values schema (injector/schema.py).
+    allowed_domains: tuple[DomainEntry, ...] = _key(
+        (), "Domains allowed for reads (GET and HEAD, without a body)."
+    )
+    unrestricted_domains: tuple[DomainEntry, ...] = _key((), "Domains allowed for every method.")
+    github_read_access_enabled: bool = _key(False, "Reads of GitHub.")
+    github_allowed_users: tuple[str, ...] = _key(
+        (), "GitHub users and organisations that may be written to."
+    )
+    github_allowed_repos: tuple[str, ...] = _key(
+        (), "GitHub repositories (owner/name) that may be written to."
+    )
+    github_admin_access_enabled: bool = _key(
+        False,
+        "Administration (settings, hooks, keys, collaborators, secrets, ...) of the repositories "
+        "that may be written to.",
+    )
+    aws_access_enabled: bool = _key(False, "Access to AWS.")
+    aws_allowed_services: tuple[str, ...] = _key((), "AWS services allowed (e.g. s3).")
+    rego_modules: tuple[RegoModule, ...] = _key((), "Rego modules of package intercept.custom.")
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -237,17 +251,8 @@ def _modules(doc: dict[str, Any], source: str, base: Path | None) -> tuple[RegoM
     return tuple(modules)
 
 
-KEYS = (
-    "allowed_domains",
-    "unrestricted_domains",
-    "github_read_access_enabled",
-    "github_allowed_users",
-    "github_allowed_repos",
-    "github_admin_access_enabled",
-    "aws_access_enabled",
-    "aws_allowed_services",
-    "rego_modules",
-)
+# The policy file's keys: the fields that have a help.
+KEYS = tuple(f.name for f in fields(Policy) if "help" in f.metadata)
 
 
 def parse_policy(

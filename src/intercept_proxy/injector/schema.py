@@ -1,0 +1,392 @@
+"""The chart's values schema, declared here beside the facts it states: the sidecars' users
+(identities), the ports proxy-init captures or keeps (CaptureConfig, ports), the choices the
+injector knows, the policy file's keys (policy.model). charts/intercept-proxy/values.schema.json
+is this, rendered (`python -m intercept_proxy.injector.schema`; a test fails when it is stale),
+and `intercept inject` checks its values against the same schema Helm does (values.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from intercept_proxy.identities import MAX_ID
+from intercept_proxy.injector.networks import network_schema
+from intercept_proxy.injector.settings import PULL_POLICIES, QUANTITY
+from intercept_proxy.netfilter.config import DNS, CaptureConfig
+from intercept_proxy.policy.combined import OverrideMode
+from intercept_proxy.policy.model import Policy
+
+PATH = "charts/intercept-proxy/values.schema.json"
+CA_MODES = ("ephemeral", "secret", "certManager")
+
+_CAPTURE = CaptureConfig()
+_SIDECARS = _CAPTURE.sidecar_port_range
+_REDIRECTS = (_CAPTURE.tls_redirect_port, _CAPTURE.http_redirect_port, _CAPTURE.dns_port)
+
+
+def _ref(name: str, description: str = "") -> dict[str, Any]:
+    return {
+        "$ref": f"#/definitions/{name}",
+        **({"description": description} if description else {}),
+    }
+
+
+def _object(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """A mapping holding exactly `properties`, all of them required."""
+    node = {"type": "object", "description": description} if description else {"type": "object"}
+    return {
+        **node,
+        "additionalProperties": False,
+        "required": list(properties),
+        "properties": properties,
+        **extra,
+    }
+
+
+def _list(description: str, items: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "description": description,
+        "items": items,
+        "uniqueItems": True,
+        **extra,
+    }
+
+
+def _choice(description: str, choices: tuple[str, ...]) -> dict[str, Any]:
+    return {"type": "string", "enum": list(choices), "description": description}
+
+
+def _image(description: str) -> dict[str, Any]:
+    return _object(description, {"repository": _ref("repository"), "tag": _ref("tag")})
+
+
+def _resources(whose: str) -> dict[str, Any]:
+    quantities = {"requests": _ref("quantities"), "limits": _ref("quantities")}
+    return _object(f"{whose} requests and limits.", quantities)
+
+
+DEFINITIONS: dict[str, Any] = {
+    "repository": {
+        "type": "string",
+        "description": "An image repository, without tag or digest.",
+        "pattern": "^([a-zA-Z0-9.-]+(:[0-9]+)?/)?[a-z0-9]+([._/-][a-z0-9]+)*$",
+    },
+    "tag": {
+        "type": "string",
+        "description": "A version tag: what runs is what was tested, never latest.",
+        "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        "not": {"const": "latest"},
+    },
+    "uid": {
+        "type": "integer",
+        "description": f"A user ID other than root, at most {MAX_ID}, Kubernetes' limit.",
+        "minimum": 1,
+        "maximum": MAX_ID,
+    },
+    "port": {
+        "type": "integer",
+        "description": f"A captured TCP port: outside the sidecars' range {_SIDECARS[0]}-"
+        f"{_SIDECARS[1]}, and not {DNS} (DNS always goes to the agent).",
+        "minimum": 1,
+        "maximum": 65535,
+        "not": {
+            "anyOf": [{"minimum": _SIDECARS[0], "maximum": _SIDECARS[1]}, {"const": DNS}],
+        },
+    },
+    "inboundPort": {
+        "type": "integer",
+        "description": "A TCP port open from outside the pod: not one of the ports the "
+        f"workload's traffic is redirected to ({', '.join(map(str, _REDIRECTS))}).",
+        "minimum": 1,
+        "maximum": 65535,
+        "not": {"enum": list(_REDIRECTS)},
+    },
+    "cidr": network_schema(
+        "An IPv4 or IPv6 network in CIDR notation, without host bits (10.0.0.0/8, "
+        "fd00:10:96::/112); IPv6 in lower case, its leading groups then ::."
+    ),
+    "dnsName": {
+        "type": "string",
+        "pattern": "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+        "maxLength": 253,
+    },
+    "quantities": {
+        "type": "object",
+        "description": "Resource quantities (cpu, memory, ...) as Kubernetes reads them: "
+        "500m, 0.5, 1Gi, 2.",
+        "additionalProperties": {
+            "type": ["string", "number"],
+            "pattern": f"^({QUANTITY.pattern})$",
+        },
+    },
+    "domains": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
+    "labelSelector": {
+        "type": "object",
+        "description": "A Kubernetes label selector.",
+        "additionalProperties": False,
+        "properties": {
+            "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "matchExpressions": {
+                "type": "array",
+                "items": _object(
+                    "",
+                    {
+                        "key": {"type": "string", "minLength": 1},
+                        "operator": _choice(
+                            "How the label's value is matched.",
+                            ("In", "NotIn", "Exists", "DoesNotExist"),
+                        ),
+                        "values": {"type": "array", "items": {"type": "string"}},
+                    },
+                    required=["key", "operator"],
+                ),
+            },
+        },
+    },
+}
+
+
+def _policy_key(key: dataclasses.Field[Any]) -> dict[str, Any]:
+    node = {"type": "boolean"} if key.type == "bool" else _ref("domains")
+    return {**node, "description": key.metadata["help"]}
+
+
+# The chart mounts policy.yaml alone: a Rego module cannot come with it.
+_POLICY_KEYS = {
+    f.name: _policy_key(f)
+    for f in dataclasses.fields(Policy)
+    if "help" in f.metadata and f.name != "rego_modules"
+}
+
+PROPERTIES: dict[str, Any] = {
+    "global": {"type": "object", "description": "Helm's values shared with subcharts (none here)."},
+    "image": _object(
+        "The project's image: the agent and proxy-init.",
+        {
+            "repository": _ref("repository"),
+            "tag": _ref("tag"),
+            "pullPolicy": _choice("Pull policy of every injected container.", PULL_POLICIES),
+        },
+    ),
+    "envoy": _object(
+        "",
+        {
+            "image": _image("Envoy's upstream image."),
+            "uid": _ref("uid", "Envoy's UID, exempt from the capture."),
+            "resources": _resources("Envoy's"),
+        },
+    ),
+    "agent": _object(
+        "",
+        {
+            "uid": _ref("uid", "The agent's UID, exempt from the capture."),
+            "certValidityHours": {
+                "type": "number",
+                "exclusiveMinimum": 0,
+                "description": "Validity of minted certificates, in hours.",
+            },
+            "resources": _resources("The agent's"),
+        },
+    ),
+    "proxyInit": _object("", {"resources": _resources("proxy-init's")}),
+    "capture": _object(
+        "",
+        {
+            "tlsPorts": _list("TCP ports sent to Envoy's TLS listener.", _ref("port")),
+            "httpPorts": _list("TCP ports sent to Envoy's plain-HTTP listener.", _ref("port")),
+            "allowedCidrs": _list(
+                "Destinations reached directly, without the policy.", _ref("cidr")
+            ),
+            "inboundPorts": _list(
+                "TCP ports open to connections from outside the pod, besides the agent's "
+                "health port.",
+                _ref("inboundPort"),
+            ),
+        },
+    ),
+    "dns": _object(
+        "",
+        {"forwardSuffixes": _list("Names the DNS sinkhole resolves for real.", _ref("dnsName"))},
+    ),
+    "policy": _object(
+        "",
+        {
+            "podOverride": _choice(
+                "What a pod's own policy (annotation intercept-proxy/opa-data) may do.",
+                tuple(OverrideMode),
+            ),
+            "default": _object(
+                "The default policy (docs/policy.md); rego_modules are not available in the chart.",
+                _POLICY_KEYS,
+                required=[],
+            ),
+        },
+    ),
+    "ca": _object(
+        "",
+        {
+            "mode": _choice("A CA per pod, one from a Secret, or one from cert-manager.", CA_MODES),
+            "secretName": {
+                "type": "string",
+                "description": "secret mode: an existing Secret (tls.crt, tls.key); empty: the "
+                "chart's.",
+                "pattern": "^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$",
+            },
+            "certManager": _object(
+                "",
+                {
+                    "issuerRef": _object(
+                        "",
+                        {
+                            "name": {
+                                "type": "string",
+                                "description": "The issuer of the CA certificate.",
+                            },
+                            "kind": {
+                                "type": "string",
+                                "description": "Issuer, ClusterIssuer, or an external issuer's "
+                                "kind.",
+                                "pattern": "^[A-Z][A-Za-z0-9]*$",
+                            },
+                        },
+                    )
+                },
+            ),
+        },
+        # cert-manager needs an issuer.
+        **{
+            "if": {"properties": {"mode": {"const": "certManager"}}},
+            "then": {
+                "properties": {
+                    "certManager": {
+                        "properties": {"issuerRef": {"properties": {"name": {"minLength": 1}}}}
+                    }
+                }
+            },
+        },
+    ),
+    "serviceAccountToken": _object(
+        "",
+        {
+            "automount": {
+                "type": "boolean",
+                "description": "Mount the service account token into intercepted pods.",
+            }
+        },
+    ),
+    "clone": _object(
+        "",
+        {
+            "namespaceSelector": _ref(
+                "labelSelector",
+                "The namespaces that get copies of the default policy (and a shared CA's "
+                "Secret); empty: all but the release's.",
+            ),
+            "excludedNamespaces": _list("Namespaces that never get copies.", _ref("dnsName")),
+        },
+    ),
+    "networkPolicy": _object(
+        "",
+        {
+            "enabled": {
+                "type": "boolean",
+                "description": "Generate a NetworkPolicy in each namespace with intercepted pods.",
+            },
+            "kubernetesApiCidrs": _list("The Kubernetes API's addresses.", _ref("cidr")),
+            "metadataCidrs": _list("The cloud metadata services' addresses.", _ref("cidr")),
+            "dns": _object(
+                "The cluster's DNS pods, reached by selector on port 53.",
+                {"namespaceSelector": _ref("labelSelector"), "podSelector": _ref("labelSelector")},
+            ),
+        },
+    ),
+    "kyverno": _object(
+        "",
+        {
+            "namespace": _ref("dnsName", "Kyverno's namespace (for the PolicyException)."),
+            "validationFailureAction": _choice("What a refused pod gets.", ("Enforce", "Audit")),
+            "policyException": _object(
+                "",
+                {
+                    "enabled": {
+                        "type": "boolean",
+                        "description": "Exempt proxy-init from the cluster's strict policies.",
+                    },
+                    "exceptions": {
+                        "type": "array",
+                        "description": "The cluster's policies and rules proxy-init is exempt "
+                        "from.",
+                        "items": _object(
+                            "",
+                            {
+                                "policyName": {"type": "string", "minLength": 1},
+                                "ruleNames": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {"type": "string", "minLength": 1},
+                                },
+                            },
+                        ),
+                    },
+                },
+            ),
+        },
+    ),
+    "helmTest": _object(
+        "",
+        {
+            "enabled": {"type": "boolean", "description": "Install the helm test pod."},
+            "image": _image("The test's image (curl)."),
+        },
+    ),
+    "cleanup": _object(
+        "",
+        {
+            "enabled": {
+                "type": "boolean",
+                "description": "The pre-delete hook removing the ClusterPolicies.",
+            },
+            "image": _image("The hook's image (kubectl)."),
+        },
+    ),
+    "podSecurity": _object(
+        "",
+        {
+            "enabled": {
+                "type": "boolean",
+                "description": "A Kyverno Pod Security policy for namespaces labelled "
+                "intercept-proxy/pod-security.",
+            }
+        },
+    ),
+    "injection": _object(
+        "",
+        {
+            "namespaceSelector": _ref(
+                "labelSelector", "The namespaces this release injects; empty: all."
+            )
+        },
+    ),
+}
+
+VALUES_SCHEMA: dict[str, Any] = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "title": "intercept-proxy chart values",
+    "definitions": DEFINITIONS,
+    "type": "object",
+    "additionalProperties": False,
+    "required": [key for key in PROPERTIES if key != "global"],
+    "properties": PROPERTIES,
+}
+
+
+def chart_schema() -> str:
+    """values.schema.json's text."""
+    return json.dumps(VALUES_SCHEMA, indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    print(chart_schema(), end="")
