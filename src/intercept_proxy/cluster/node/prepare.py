@@ -58,23 +58,23 @@ def _containers(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
 
 
+def _volume_references(source: Mapping[str, Any], secret_name: str) -> list[Reference]:
+    """A volume's or a projection's ConfigMap and Secret (a volume names its Secret by
+    `secretName`, a projection by `name`)."""
+    refs = []
+    for kind, key, name in ((CONFIG_MAP, "configMap", "name"), (SECRET, "secret", secret_name)):
+        if key in source:
+            refs.append(Reference(kind, source[key][name], bool(source[key].get("optional"))))
+    return refs
+
+
 def references(spec: Mapping[str, Any]) -> list[Reference]:
     """Every ConfigMap and Secret the pod reads (volumes, projections, env, envFrom)."""
     refs: list[Reference] = []
     for volume in spec.get("volumes") or []:
-        if "configMap" in volume:
-            source = volume["configMap"]
-            refs.append(Reference(CONFIG_MAP, source["name"], bool(source.get("optional"))))
-        if "secret" in volume:
-            source = volume["secret"]
-            refs.append(Reference(SECRET, source["secretName"], bool(source.get("optional"))))
+        refs += _volume_references(volume, secret_name="secretName")
         for source in (volume.get("projected") or {}).get("sources") or []:
-            if "configMap" in source:
-                s = source["configMap"]
-                refs.append(Reference(CONFIG_MAP, s["name"], bool(s.get("optional"))))
-            if "secret" in source:
-                s = source["secret"]
-                refs.append(Reference(SECRET, s["name"], bool(s.get("optional"))))
+            refs += _volume_references(source, secret_name="name")
     for container in _containers(spec):
         for item in container.get("env") or []:
             value_from = item.get("valueFrom") or {}
