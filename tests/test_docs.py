@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from intercept_proxy import identities, ports
+from intercept_proxy.policy.engine import rego_values
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTS = [
@@ -43,3 +44,13 @@ def test_the_ports_table_lists_each_declared_port_and_its_process():
         uid = re.search(r"UID (\d+)", owners[port])
         assert uid is None or int(uid.group(1)) == users[process], owners[port]
     assert f"{ports.SIDECAR_RANGE[0]}-{ports.SIDECAR_RANGE[1]} is reserved" in text
+
+
+def test_the_administration_table_names_every_word_of_the_rego():
+    """docs/policy.md lists what the Rego's github_admin_paths hold, word for word."""
+    text = (ROOT / "docs" / "policy.md").read_text()
+    section = text[text.index("### Administration") : text.index("The list follows")]
+    named = set(re.findall(r"[a-z][a-z-]+", " ".join(re.findall(r"`([^`]+)`", section))))
+    (paths,) = rego_values("github_admin_paths").values()
+    words = {w for p in paths for w in re.findall(r"[a-z][a-z-]+", re.sub(r"\[\^/\]", "", p))}
+    assert words <= named, sorted(words - named)

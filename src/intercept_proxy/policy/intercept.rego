@@ -557,60 +557,33 @@ _github_write_method("discovery") if method in read_methods
 _github_write_method("push") if method == "POST"
 
 # Repository administration: what needs the repository's admin role on GitHub (its
-# "Administration" permission), plus the repository's webhooks, secrets and variables. Compared
-# lower-case, below /repos/{owner}/{repo}; reads of these endpoints are reads.
+# "Administration" permission), plus the repository's webhooks, secrets and variables: the path
+# below /repos/{owner}/{repo}, lower-cased, matches one of these RE2 patterns (each segment after
+# a slash). Reads of these endpoints are reads. The compiler of Envoy routes reads this list
+# (policy/native.py): it is the one statement of these paths.
+github_admin_paths := [
+	``, # the repository itself: PATCH (settings, rename, visibility, archiving) and DELETE
+	`/(?:autolinks|automated-security-fixes|collaborators|environments|forks|generate|hooks|immutable-releases|interaction-limits|invitations|keys|private-vulnerability-reporting|rulesets|teams|topics|transfer|vulnerability-alerts)(?:/[^/]+)*`,
+	`/pages`,
+	`/branches(?:/[^/]+)+/protection(?:/[^/]+)*`, # a branch name may hold slashes
+	`/actions/(?:oidc|permissions|runners|secrets|variables)(?:/[^/]+)*`,
+	`/actions/cache/(?:retention-limit|storage-limit)`,
+	`/(?:agents|codespaces|dependabot)/secrets(?:/[^/]+)*`,
+	`/agents/variables(?:/[^/]+)*`,
+	`/code-quality/setup`,
+	`/code-scanning/default-setup`,
+	`/properties/values`,
+	`/tags/protection(?:/[^/]+)*`,
+	`/security-advisories/[^/]+/forks`,
+]
+
+_github_admin_pattern := concat("", ["^(?:", concat("|", github_admin_paths), ")$"])
+
 github_admin_request if {
 	github_write.kind == "api"
-	_github_admin_path([lower(x) | some x in array.slice(segments, 3, count(segments))])
+	rest := [concat("", ["/", lower(x)]) | some x in array.slice(segments, 3, count(segments))]
+	regex.match(_github_admin_pattern, concat("", rest))
 }
-
-# The repository itself: PATCH (settings, rename, visibility, archiving) and DELETE.
-_github_admin_path([]) := true
-
-_github_admin_path(rest) if rest[0] in {
-	"autolinks", "automated-security-fixes", "collaborators", "environments", "forks",
-	"generate", "hooks", "immutable-releases", "interaction-limits", "invitations", "keys",
-	"private-vulnerability-reporting", "rulesets", "teams", "topics", "transfer",
-	"vulnerability-alerts",
-}
-
-_github_admin_path(["pages"]) := true
-
-# Branch protection; a branch name may hold slashes.
-_github_admin_path(rest) if {
-	rest[0] == "branches"
-	"protection" in array.slice(rest, 2, count(rest))
-}
-
-_github_admin_path(rest) if {
-	rest[0] == "actions"
-	rest[1] in {"oidc", "permissions", "runners", "secrets", "variables"}
-}
-
-_github_admin_path(["actions", "cache", x]) if x in {"retention-limit", "storage-limit"}
-
-_github_admin_path(rest) if {
-	rest[0] in {"agents", "codespaces", "dependabot"}
-	rest[1] == "secrets"
-}
-
-_github_admin_path(rest) if {
-	rest[0] == "agents"
-	rest[1] == "variables"
-}
-
-_github_admin_path(["code-quality", "setup"]) := true
-
-_github_admin_path(["code-scanning", "default-setup"]) := true
-
-_github_admin_path(["properties", "values"]) := true
-
-_github_admin_path(rest) if {
-	rest[0] == "tags"
-	rest[1] == "protection"
-}
-
-_github_admin_path(["security-advisories", _, "forks"]) := true
 
 denials contains {"priority": 11, "rule": "invalid_path", "reason": reason} if {
 	valid_host

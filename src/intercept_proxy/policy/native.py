@@ -53,15 +53,26 @@ class RegoFacts:
     github_hosts: frozenset[str]  # github_read_hosts
     github_api_hosts: frozenset[str]
     aws_region: str  # a regular expression (RE2 and Python alike)
+    # What follows /repos/{owner}/{repo} in a request that administers the repository: RE2
+    # patterns over the lower-cased segments, each after a slash.
+    github_admin_paths: tuple[str, ...]
+
+    @property
+    def admin_suffix(self) -> str:
+        """The administration paths as Envoy sees them: any case, a trailing slash or not."""
+        return f"(?i:{'|'.join(self.github_admin_paths)})/?"
 
 
 @functools.cache
 def rego_facts() -> RegoFacts:
-    values = rego_values("github_read_hosts", "github_api_hosts", "aws_region")
+    values = rego_values(
+        "github_read_hosts", "github_api_hosts", "aws_region", "github_admin_paths"
+    )
     return RegoFacts(
         frozenset(values["github_read_hosts"]),
         frozenset(values["github_api_hosts"]),
         str(values["aws_region"]),
+        tuple(values["github_admin_paths"]),
     )
 
 
@@ -211,29 +222,6 @@ _ENCODED = r".*%.*"
 _SEGMENT = "[^/]+"
 # Zero or more segments, and a trailing slash: the policy judges segments.
 _SEGMENTS = rf"(/{_SEGMENT})*/?"
-# As intercept.rego's _github_admin_path: what follows /repos/{owner}/{repo} in a request that
-# administers the repository (case-insensitive, as the policy lower-cases the segments).
-_ADMIN_WORDS = (
-    "autolinks|automated-security-fixes|collaborators|environments|forks|generate|hooks|"
-    "immutable-releases|interaction-limits|invitations|keys|private-vulnerability-reporting|"
-    "rulesets|teams|topics|transfer|vulnerability-alerts"
-)
-_ADMIN_SUFFIX = (
-    "(?:/?"
-    f"|/(?i:{_ADMIN_WORDS}){_SEGMENTS}"
-    "|/(?i:pages)/?"
-    f"|/(?i:branches)(/{_SEGMENT})+/(?i:protection){_SEGMENTS}"
-    f"|/(?i:actions)/(?i:oidc|permissions|runners|secrets|variables){_SEGMENTS}"
-    "|/(?i:actions)/(?i:cache)/(?i:retention-limit|storage-limit)/?"
-    f"|/(?i:agents|codespaces|dependabot)/(?i:secrets){_SEGMENTS}"
-    f"|/(?i:agents)/(?i:variables){_SEGMENTS}"
-    "|/(?i:code-quality)/(?i:setup)/?"
-    "|/(?i:code-scanning)/(?i:default-setup)/?"
-    "|/(?i:properties)/(?i:values)/?"
-    f"|/(?i:tags)/(?i:protection){_SEGMENTS}"
-    f"|/(?i:security-advisories)/{_SEGMENT}/(?i:forks)/?"
-    ")"
-)
 _REPOS = "/(?i:repos)"
 
 
@@ -257,7 +245,7 @@ def _repository_subclasses(
     """The REST API of the repositories `pattern` matches: their administration (represented
     by the paths `admin`), then everything else below them (`other`)."""
     return [
-        _Subclass(tuple(("", p) for p in admin), path=pattern + _ADMIN_SUFFIX),
+        _Subclass(tuple(("", p) for p in admin), path=pattern + rego_facts().admin_suffix),
         _Subclass(tuple(("", p) for p in other), path=pattern + _SEGMENTS),
     ]
 
