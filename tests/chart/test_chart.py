@@ -468,6 +468,23 @@ def test_kyverno_may_generate_what_the_policies_generate(case):
     assert granted == {(g, r.replace("networkpolicys", "networkpolicies")) for g, r in generated}
 
 
+@pytest.mark.parametrize(
+    ("role", "account"),
+    [("generate", "kyverno-background-controller"), ("admission", "kyverno-admission-controller")],
+)
+def test_kyverno_holds_its_roles_without_waiting_for_aggregation(role, account):
+    """Bound as well as aggregated: `helm upgrade` to a shared CA was once refused because
+    Kyverno's aggregated role did not yet hold the chart's rules when its policies came."""
+    binding = render.find("default", "ClusterRoleBinding", f"kyverno-{role}")
+    assert (
+        binding["roleRef"]["name"]
+        == render.find("default", "ClusterRole", f"kyverno-{role}")["metadata"]["name"]
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "kyverno"}
+    ]
+
+
 def test_notes_name_the_next_steps():
     notes = render.notes("default")
     for step in (

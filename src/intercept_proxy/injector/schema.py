@@ -306,7 +306,16 @@ PROPERTIES: dict[str, Any] = {
     "kyverno": _object(
         "",
         {
-            "namespace": _ref("dnsName", "Kyverno's namespace (for the PolicyException)."),
+            "namespace": _ref(
+                "dnsName", "Kyverno's namespace (for the PolicyException, its service accounts)."
+            ),
+            "serviceAccounts": _object(
+                "Kyverno's controllers' service accounts, bound to the chart's roles for them.",
+                {
+                    "admissionController": _ref("dnsName"),
+                    "backgroundController": _ref("dnsName"),
+                },
+            ),
             "validationFailureAction": _choice("What a refused pod gets.", ("Enforce", "Audit")),
             "policyException": _object(
                 "",
