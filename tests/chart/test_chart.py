@@ -20,6 +20,7 @@ from intercept_proxy.injector import schema
 from intercept_proxy.injector.pod import proxy_init_container
 from intercept_proxy.injector.settings import SettingsError
 from intercept_proxy.injector.values import settings_from_values
+from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
 from intercept_proxy.pki.ca import CertificateAuthority
 from intercept_proxy.policy.engine import Decision
 from intercept_proxy.policy.model import KEYS, parse_policy
@@ -485,6 +486,15 @@ def test_kyverno_holds_its_roles_without_waiting_for_aggregation(role, account):
     ]
 
 
+def test_kyverno_roles_are_bound_only_to_accounts_named():
+    accounts = {"admissionController": "", "backgroundController": "kyverno-bg"}
+    release = render.install_dry_run("x", {"kyverno": {"serviceAccounts": accounts}})
+    objects = [d for d in yaml.safe_load_all(release["manifest"]) if d]
+    bindings = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
+    assert [b["metadata"]["name"] for b in bindings] == ["x-kyverno-generate"]
+    assert bindings[0]["subjects"][0]["name"] == "kyverno-bg"
+
+
 def test_notes_name_the_next_steps():
     notes = render.notes("default")
     for step in (
@@ -509,33 +519,50 @@ CIDRS += ("256.0.0.0/8", "10.0.0.0/33", "10.0.0.0", "01.2.3.4/32", "fd00::/8", "
 CIDRS += ("fd00:10:96::/112", "fd00:10:96::1/112", "2001:db8::/31", "::/0", "::1/128")
 CIDRS += ("2001:db8:0:0:0:0:0:0/32", "fd00::/129", "fd00::/-1", "fd00::/08", "fe80::/9")
 UIDS = (-1, 0, 1, 101, 102, 65534, MAX_ID, MAX_ID + 1, 2**32 - 1, 2**32)
-# (the values, a value of the list under test): a port in both captured lists is refused when
-# rendering (above), and the two UIDs must differ.
-SAME_VALUES = [({"capture": {"tlsPorts": [p], "httpPorts": [81]}}, p) for p in PORTS] + [
-    ({"capture": {"httpPorts": [p], "tlsPorts": [444]}}, p) for p in PORTS
+# (the values, what proxy-init is given for them): a port in both captured lists is refused
+# when rendering (above), and the two UIDs must differ.
+SAME_VALUES = [
+    ({"capture": {"tlsPorts": [p], "httpPorts": [81]}}, {"tls_ports": [p], "http_ports": [81]})
+    for p in PORTS
 ]
-SAME_VALUES += [({"capture": {"inboundPorts": [p]}}, p) for p in PORTS]
-SAME_VALUES += [({"capture": {"allowedCidrs": [c]}}, c) for c in CIDRS]
-SAME_VALUES += [({"envoy": {"uid": u}, "agent": {"uid": 7}}, u) for u in UIDS]
-SAME_VALUES += [({"agent": {"uid": u}}, u) for u in UIDS]
+SAME_VALUES += [
+    ({"capture": {"httpPorts": [p], "tlsPorts": [444]}}, {"http_ports": [p], "tls_ports": [444]})
+    for p in PORTS
+]
+SAME_VALUES += [({"capture": {"inboundPorts": [p]}}, {"inbound_ports": [p]}) for p in PORTS]
+SAME_VALUES += [({"capture": {"allowedCidrs": [c]}}, {"allowed_cidrs": [c]}) for c in CIDRS]
+SAME_VALUES += [
+    ({"envoy": {"uid": u}, "agent": {"uid": 7}}, {"envoy_uid": u, "agent_uid": 7}) for u in UIDS
+]
+SAME_VALUES += [({"agent": {"uid": u}}, {"agent_uid": u}) for u in UIDS]
+# Spellings proxy-init reads but the schema does not (it names the forms it takes).
+SPELLINGS_REFUSED = [{"allowed_cidrs": ["10.0.0.0"]}, {"allowed_cidrs": ["fd00::/08"]}]
 
 
 def test_the_schema_and_proxy_init_accept_the_same_values():
     """One rule, applied everywhere: a value helm accepts is one proxy-init accepts in the pod
     (port 53 and 10.0.0.1/8 once passed the chart and the injector, and failed in every pod at
-    start-up). `settings_from_values` builds proxy-init's CaptureConfig."""
-    for values, value in SAME_VALUES:
+    start-up), and `intercept inject` accepts what helm does."""
+    for values, capture in SAME_VALUES:
         try:
             render.install_dry_run("x", values)
             helm = True
         except render.HelmError:
             helm = False
         try:
+            CaptureConfig(**capture)
+            proxy_init = True
+        except CaptureConfigError:
+            proxy_init = False
+        try:
             settings_from_values(values, "x")
             injector = True
         except SettingsError:
             injector = False
-        assert helm == injector, f"{values}: helm {helm}, proxy-init {injector} ({value})"
+        assert helm == injector, f"{values}: helm {helm}, intercept inject {injector}"
+        assert helm == proxy_init or capture in SPELLINGS_REFUSED, (
+            f"{values}: helm {helm}, proxy-init {proxy_init}"
+        )
 
 
 def test_a_release_name_too_long_for_its_policies_is_refused():

@@ -74,6 +74,9 @@ def test_a_null_quantity_removes_it_and_quantities_are_kept_as_given():
         ({"policy": {"podOverride": "maybe"}}, "values: policy.podOverride: 'maybe' is not one"),
         ({"image": {"pullPolicy": "Sometimes"}}, "values: image.pullPolicy: 'Sometimes'"),
         ({"image": None}, "values: image: a value is needed"),
+        ({"capture": {"tlsPort": None}}, "values: capture.tlsPort: the chart has no such value"),
+        ({"image": {"tag": "v1\n"}}, "values: image.tag: 'v1\\n' is not valid"),
+        ({"capture": {"allowedCidrs": ["10.0.0.1/8"]}}, "capture.allowedCidrs[0]: '10.0.0.1/8'"),
         ({"image": "repo:tag"}, "values: image: 'repo:tag' is not a mapping"),
         (
             {"agent": {"resources": {"limits": {"cpu": "half"}}}},

@@ -68,6 +68,7 @@ def _resources(whose: str) -> dict[str, Any]:
     return _object(f"{whose} requests and limits.", quantities)
 
 
+_DNS_NAME = r"([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
 DEFINITIONS: dict[str, Any] = {
     "repository": {
         "type": "string",
@@ -108,9 +109,11 @@ DEFINITIONS: dict[str, Any] = {
         "An IPv4 or IPv6 network in CIDR notation, without host bits (10.0.0.0/8, "
         "fd00:10:96::/112); IPv6 in lower case, its leading groups then ::."
     ),
-    "dnsName": {
+    "dnsName": {"type": "string", "pattern": f"^{_DNS_NAME}$", "maxLength": 253},
+    "dnsNameOrNone": {
         "type": "string",
-        "pattern": "^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$",
+        "description": "A DNS name, or empty for none.",
+        "pattern": f"^({_DNS_NAME})?$",
         "maxLength": 253,
     },
     "quantities": {
@@ -310,10 +313,11 @@ PROPERTIES: dict[str, Any] = {
                 "dnsName", "Kyverno's namespace (for the PolicyException, its service accounts)."
             ),
             "serviceAccounts": _object(
-                "Kyverno's controllers' service accounts, bound to the chart's roles for them.",
+                "Kyverno's controllers' service accounts, bound to the chart's roles for them "
+                "(empty: aggregated into Kyverno's roles only).",
                 {
-                    "admissionController": _ref("dnsName"),
-                    "backgroundController": _ref("dnsName"),
+                    "admissionController": _ref("dnsNameOrNone"),
+                    "backgroundController": _ref("dnsNameOrNone"),
                 },
             ),
             "validationFailureAction": _choice("What a refused pod gets.", ("Enforce", "Audit")),

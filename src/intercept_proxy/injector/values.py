@@ -10,11 +10,12 @@ error names the value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema import Draft7Validator
+from jsonschema import Draft7Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 from intercept_proxy import __version__
@@ -81,7 +82,17 @@ def _optional(node: Any) -> Any:
     return node
 
 
-_VALIDATOR = Draft7Validator(_optional(VALUES_SCHEMA))
+def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """JSON Schema's `pattern` as Helm's Go engine reads it: `$` ends the text (in Python it
+    also matches before a final newline, which let `v1\n` through as a tag)."""
+    if isinstance(instance, str):
+        anchored = pattern[:-1] + r"\Z" if pattern.endswith("$") else pattern
+        if not re.search(anchored, instance):
+            yield ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+HelmValidator = validators.extend(Draft7Validator, {"pattern": _pattern})  # type: ignore[no-untyped-call]
+_VALIDATOR = HelmValidator(_optional(VALUES_SCHEMA))
 _TYPES = {
     "object": "a mapping",
     "array": "a list",
@@ -107,8 +118,8 @@ def _problem(error: ValidationError) -> tuple[str, str]:
     schema: Any = error.schema
     expected: Any = error.validator_value
     if error.validator == "additionalProperties":
-        unknown = sorted(set(value) - set(schema.get("properties", {})))
-        return _where([*error.absolute_path, unknown[0]]), "the chart has no such value"
+        unknown = next(k for k in value if k not in schema.get("properties", {}))
+        return _where([*error.absolute_path, unknown]), "the chart has no such value"
     if error.validator == "type":
         names = [_TYPES[k] for k in ([expected] if isinstance(expected, str) else expected)]
         return where, f"{value!r} is not {' or '.join(names)}"
@@ -161,13 +172,14 @@ def _check_present(defaults: dict[str, Any], values: dict[str, Any], node: Any, 
 
 def _coalesce(default: Any, given: Any) -> Any:
     """`given` over `default` as Helm coalesces values: maps merged key by key (a null removes
-    the key), lists and scalars replaced."""
+    a key the defaults have; elsewhere it stays, for the schema to refuse), lists and scalars
+    replaced."""
     if not (isinstance(default, dict) and isinstance(given, dict)):
         return given
     merged = dict(default)
     for key, value in given.items():
-        if value is None:
-            merged.pop(key, None)
+        if value is None and key in default:
+            del merged[key]
         else:
             merged[key] = _coalesce(default.get(key), value)
     return merged
