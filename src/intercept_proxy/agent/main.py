@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from intercept_proxy.agent.health import health_app, metrics_app
+from intercept_proxy.agent.health import health_routes, metrics_routes, serve
 from intercept_proxy.agent.metrics import Metrics
 from intercept_proxy.agent.settings import SYSTEM_CA_BUNDLE, AgentSettings
 from intercept_proxy.authz.service import AuthorizationService
@@ -238,24 +237,14 @@ class Agent:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(self.authz, authz)
         dp = s.data_plane
         authz.add_insecure_port(f"{dp.authz_address}:{dp.authz_port}")
-        runners = []
-        for app, port in (
-            (health_app(self.readiness), s.health_port),
-            (
-                metrics_app(self.metrics.registry, self.metrics.envoy_decisions.refresh),
+        servers = [
+            *await serve(health_routes(self.readiness), s.health_addresses, s.health_port),
+            *await serve(
+                metrics_routes(self.metrics.registry, self.metrics.envoy_decisions.refresh),
+                s.health_addresses,
                 s.metrics_port,
             ),
-        ):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            runners.append(runner)
-            for address in s.health_addresses:
-                try:
-                    await web.TCPSite(runner, address, port).start()
-                except OSError as e:
-                    if ":" not in address:
-                        raise
-                    log.warning("%d on IPv4 only (%s: %s)", port, address, e)  # no IPv6 here
+        ]
         await xds.start()
         await authz.start()
         self.policy_changed()
@@ -290,8 +279,9 @@ class Agent:
             await self.dns.close()
             await authz.stop(grace=1)
             await xds.stop(grace=1)
-            for runner in runners:
-                await runner.cleanup()
+            for server in servers:
+                server.close()
+                await server.wait_closed()
             self._compiler.shutdown(wait=False, cancel_futures=True)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 from collections.abc import Iterator
 
-import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
@@ -84,9 +85,18 @@ class Metrics:
 
 
 # Envoy counts every decision, its own and the agent's (xds/resources.py: decision_counter).
-_ENVOY_STATS = (
-    f"http://127.0.0.1:{ports.ENVOY_ADMIN}/stats/prometheus?usedonly&filter=^intercept\\.decisions"
-)
+_ENVOY_STATS = "/stats/prometheus?usedonly&filter=^intercept\\.decisions"
+
+
+def _envoy_stats() -> str:
+    """Envoy's decision counters, from its admin interface (a blocking call: run in a thread)."""
+    connection = http.client.HTTPConnection("127.0.0.1", ports.ENVOY_ADMIN, timeout=1)
+    try:
+        connection.request("GET", _ENVOY_STATS)
+        response = connection.getresponse()
+        return response.read().decode() if response.status == 200 else ""
+    finally:
+        connection.close()
 
 
 class EnvoyDecisions:
@@ -96,11 +106,10 @@ class EnvoyDecisions:
     def __init__(self) -> None:
         self._samples: list[tuple[dict[str, str], float]] = []
 
-    async def refresh(self, session: aiohttp.ClientSession) -> None:
+    async def refresh(self) -> None:
         try:
-            async with session.get(_ENVOY_STATS) as response:
-                text = await response.text() if response.status == 200 else ""
-        except (aiohttp.ClientError, TimeoutError):
+            text = await asyncio.to_thread(_envoy_stats)
+        except (OSError, http.client.HTTPException):  # Envoy not (yet) answering
             text = ""
         self._samples = [
             (sample.labels, sample.value)

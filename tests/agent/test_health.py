@@ -1,0 +1,107 @@
+"""The agent's health and metrics server, over real sockets: what the kubelet and a scraper
+get, and what anything else gets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter
+
+from intercept_proxy.agent.health import MAX_HEAD, health_routes, metrics_routes, serve
+
+
+async def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)  # the server closes after one answer
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def get(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: pod\r\nUser-Agent: kube-probe/1.37\r\n\r\n".encode()
+
+
+@pytest.fixture
+def ready():
+    return {"ready": False, "policy": "unloaded"}
+
+
+@pytest.fixture
+def scrapes():
+    return []
+
+
+async def started(ready, scrapes):
+    registry = CollectorRegistry()
+    Counter("intercept_things", "Things", registry=registry).inc()
+
+    async def before_scrape():
+        scrapes.append(1)
+        if len(scrapes) == 2:
+            raise RuntimeError("Envoy's admin went away")
+
+    routes = {**health_routes(lambda: dict(ready)), **metrics_routes(registry, before_scrape)}
+    (server,) = await serve(routes, ["127.0.0.1"], 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_probes_and_metrics_are_answered(ready, scrapes):
+    async def scenario():
+        server, port = await started(ready, scrapes)
+        try:
+            status, headers, body = await exchange(port, get("/healthz"))
+            assert (status, json.loads(body)) == (200, {"live": True})
+            assert headers["connection"] == "close"
+            status, _, body = await exchange(port, get("/readyz"))
+            assert (status, json.loads(body)) == (503, ready)
+            ready["ready"] = True
+            status, headers, body = await exchange(port, get("/readyz?verbose=1", "HEAD"))
+            assert (status, body) == (200, b"")
+            assert int(headers["content-length"]) == len(json.dumps(ready))
+            status, headers, body = await exchange(port, get("/metrics"))
+            assert status == 200 and headers["content-type"].startswith("text/plain")
+            assert b"intercept_things_total 1.0" in body and scrapes == [1]
+            # A failing scrape is one failed answer; the server goes on.
+            status, _, _ = await exchange(port, get("/metrics"))
+            assert status == 500
+            assert (await exchange(port, get("/metrics")))[0] == 200
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (get("/other"), 404),
+        (get("/healthz", "POST"), 405),
+        (get("/healthz", "get"), 405),
+        (b"GET /healthz\r\n\r\n", 400),
+        (b"hello there\r\n\r\n", 400),
+        (b"GET /healthz HTTP/2.0\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nX: " + b"a" * MAX_HEAD + b"\r\n\r\n", 431),
+    ],
+)
+def test_anything_else_is_refused_and_named(ready, scrapes, request_, status):
+    async def scenario():
+        server, port = await started(ready, scrapes)
+        try:
+            assert (await exchange(port, request_))[0] == status
+            # A client that leaves without a request costs nothing; the next one is answered.
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            assert (await exchange(port, get("/healthz")))[0] == 200
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
