@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
+from intercept_proxy.agent import health
 from intercept_proxy.agent.health import MAX_HEAD, health_routes, metrics_routes, serve
+from intercept_proxy.agent.metrics import EnvoyDecisions
 
 
 async def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -103,5 +107,46 @@ def test_anything_else_is_refused_and_named(ready, scrapes, request_, status):
         finally:
             server.close()
             await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_stalls_is_dropped(ready, scrapes, monkeypatch):
+    monkeypatch.setattr(health, "TIMEOUT", 0.2)
+
+    async def scenario():
+        server, port = await started(ready, scrapes)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: po")  # and nothing more
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, unanswered
+            writer.close()
+            assert (await exchange(port, get("/healthz")))[0] == 200
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+def test_envoys_counters_are_absent_while_envoy_does_not_answer():
+    """Nothing listening, or a listener that never answers: the scrape goes on without them,
+    within the timeout. (With Envoy answering: tests/integration/test_data_path.py.)"""
+
+    async def scenario():
+        closed = socket.create_server(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()
+        silent = socket.create_server(("127.0.0.1", 0))
+        try:
+            for admin in (("127.0.0.1", port), silent.getsockname()):
+                decisions = EnvoyDecisions(admin)
+                begun = time.monotonic()
+                await decisions.refresh()
+                assert time.monotonic() - begun < 3
+                family = next(iter(decisions.collect()))
+                assert family.samples == []
+        finally:
+            silent.close()
 
     asyncio.run(scenario())

@@ -10,7 +10,6 @@ answered with a length and closed. (aiohttp's server cost the agent 11 MB of mem
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -97,13 +96,12 @@ async def _serve_one(
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + (b"" if head.startswith(b"HEAD ") else body)
         )
-        await asyncio.wait_for(writer.drain(), TIMEOUT)
-    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-        pass  # the client left or stalled: nothing to answer
-    finally:
         writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError, asyncio.CancelledError):
+        # The client left, stalled or stopped reading, or the agent is stopping: drop the
+        # connection with what is unsent. (A cancelled handler would be logged as an error.)
+        writer.transport.abort()
 
 
 async def serve(

@@ -88,35 +88,42 @@ class Metrics:
 _ENVOY_STATS = "/stats/prometheus?usedonly&filter=^intercept\\.decisions"
 
 
-def _envoy_stats() -> str:
-    """Envoy's decision counters, from its admin interface (a blocking call: run in a thread)."""
-    connection = http.client.HTTPConnection("127.0.0.1", ports.ENVOY_ADMIN, timeout=1)
+_ENVOY_TIMEOUT = 1.0  # for the whole exchange: a scrape must not wait on a stuck Envoy
+Sample = tuple[dict[str, str], float]
+
+
+def _envoy_decisions(admin: tuple[str, int]) -> list[Sample]:
+    """Envoy's decision counters, from its admin interface (blocking: run in a thread)."""
+    connection = http.client.HTTPConnection(*admin, timeout=_ENVOY_TIMEOUT)
     try:
         connection.request("GET", _ENVOY_STATS)
         response = connection.getresponse()
-        return response.read().decode() if response.status == 200 else ""
+        text = response.read().decode() if response.status == 200 else ""
     finally:
         connection.close()
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        if family.name == "envoy_intercept_decisions"
+        for sample in family.samples
+    ]
 
 
 class EnvoyDecisions:
     """`intercept_decisions_total{judge,result,rule}`, read from Envoy's statistics at each
     scrape: one place to scrape, whoever decided. Absent while Envoy does not answer."""
 
-    def __init__(self) -> None:
-        self._samples: list[tuple[dict[str, str], float]] = []
+    def __init__(self, admin: tuple[str, int] = ("127.0.0.1", ports.ENVOY_ADMIN)) -> None:
+        self._admin = admin
+        self._samples: list[Sample] = []
 
     async def refresh(self) -> None:
         try:
-            text = await asyncio.to_thread(_envoy_stats)
-        except (OSError, http.client.HTTPException):  # Envoy not (yet) answering
-            text = ""
-        self._samples = [
-            (sample.labels, sample.value)
-            for family in text_string_to_metric_families(text)
-            if family.name == "envoy_intercept_decisions"
-            for sample in family.samples
-        ]
+            self._samples = await asyncio.wait_for(
+                asyncio.to_thread(_envoy_decisions, self._admin), _ENVOY_TIMEOUT
+            )
+        except (OSError, http.client.HTTPException, TimeoutError, ValueError):
+            self._samples = []  # Envoy not (yet) answering, or not with its statistics
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
