@@ -4,6 +4,7 @@ get, and what anything else gets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -42,7 +43,9 @@ def scrapes():
     return []
 
 
-async def started(ready, scrapes):
+@contextlib.asynccontextmanager
+async def running(ready, scrapes):
+    """The server on a free port of 127.0.0.1, stopped afterwards."""
     registry = CollectorRegistry()
     Counter("intercept_things", "Things", registry=registry).inc()
 
@@ -53,13 +56,16 @@ async def started(ready, scrapes):
 
     routes = {**health_routes(lambda: dict(ready)), **metrics_routes(registry, before_scrape)}
     (server,) = await serve(routes, ["127.0.0.1"], 0)
-    return server, server.sockets[0].getsockname()[1]
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def test_probes_and_metrics_are_answered(ready, scrapes):
     async def scenario():
-        server, port = await started(ready, scrapes)
-        try:
+        async with running(ready, scrapes) as port:
             status, headers, body = await exchange(port, get("/healthz"))
             assert (status, json.loads(body)) == (200, {"live": True})
             assert headers["connection"] == "close"
@@ -76,9 +82,6 @@ def test_probes_and_metrics_are_answered(ready, scrapes):
             status, _, _ = await exchange(port, get("/metrics"))
             assert status == 500
             assert (await exchange(port, get("/metrics")))[0] == 200
-        finally:
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
 
@@ -97,16 +100,12 @@ def test_probes_and_metrics_are_answered(ready, scrapes):
 )
 def test_anything_else_is_refused_and_named(ready, scrapes, request_, status):
     async def scenario():
-        server, port = await started(ready, scrapes)
-        try:
+        async with running(ready, scrapes) as port:
             assert (await exchange(port, request_))[0] == status
             # A client that leaves without a request costs nothing; the next one is answered.
             _, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.close()
             assert (await exchange(port, get("/healthz")))[0] == 200
-        finally:
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
 
@@ -115,16 +114,12 @@ def test_a_client_that_stalls_is_dropped(ready, scrapes, monkeypatch):
     monkeypatch.setattr(health, "TIMEOUT", 0.2)
 
     async def scenario():
-        server, port = await started(ready, scrapes)
-        try:
+        async with running(ready, scrapes) as port:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: po")  # and nothing more
             assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, unanswered
             writer.close()
             assert (await exchange(port, get("/healthz")))[0] == 200
-        finally:
-            server.close()
-            await server.wait_closed()
 
     asyncio.run(scenario())
 
