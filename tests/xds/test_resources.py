@@ -51,17 +51,30 @@ def test_listeners_are_dual_stack_and_loopback_only():
         assert [a["socket_address"]["address"] for a in addresses] == ["127.0.0.1", "::1"]
 
 
-def test_gate_first_and_ext_authz_fails_closed_on_every_listener():
+def test_ext_authz_is_on_and_fails_closed_on_every_listener():
     for listener in resources.listeners(DEFAULT):
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        names = [f["name"] for f in hcm["http_filters"]]
-        assert names[:2] == ["envoy.filters.http.lua", "envoy.filters.http.ext_authz"]
-        assert names[-1] == "envoy.filters.http.router"
-        authz = hcm["http_filters"][1]["typed_config"]
+        filters = {f["name"]: f for f in hcm["http_filters"]}
+        assert list(filters)[-1] == "envoy.filters.http.router"
+        # Off by default: only routes turn them on for themselves (ext_authz: the agent's).
+        off = {name for name, f in filters.items() if f.get("disabled")}
+        assert off == {routes.SENDS_FILTER, routes.DRAIN_FILTER, routes.AUTHZ_FILTER}
+        authz = filters[resources.AUTHZ_FILTER]["typed_config"]
         assert authz["failure_mode_allow"] is False
-        # A client's own mark or request id never survives to the gate.
-        removed = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
-        assert {m["remove"] for m in removed} == {"x-request-id", routes.NATIVE_HEADER}
+
+
+def test_a_client_never_writes_the_listener_s_own_request_headers():
+    for listener in resources.listeners(DEFAULT):
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        mutations = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+        removed = [m["remove"] for m in mutations if "remove" in m]
+        written = [m["append"]["header"]["key"] for m in mutations if "append" in m]
+        assert set(removed) == {"x-request-id", *routes.INTERNAL_HEADERS}
+        # Removed first, then written.
+        assert mutations.index({"remove": written[0]}) < len(removed)
+        assert set(written) <= set(routes.INTERNAL_HEADERS)
+        tls = listener["name"] == resources.TLS_LISTENER
+        assert (routes.SNI_HEADER in written) == tls
 
 
 def test_bootstrap_is_accepted_by_envoy(tmp_path):

@@ -9,6 +9,7 @@ from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.policy.native import compile_policy
 from intercept_proxy.xds import protos, resources, routes, types
+from intercept_proxy.xds.types import type_url
 from tests.golden import assert_golden
 
 POLICY = parse_policy(
@@ -47,28 +48,78 @@ def test_every_route_configuration_parses_as_protobuf(compiled):
         assert protos.to_message(types.ROUTE, config).name == config["name"]
 
 
-def test_unmarked_requests_always_reach_the_agent_first(compiled):
+def test_every_virtual_host_starts_with_its_gate_to_the_agent(compiled):
+    for config in compiled:
+        tls = config["name"] == resources.TLS_LISTENER
+        for vhost in config["virtual_hosts"]:
+            names = [r["name"] for r in vhost["routes"]]
+            gates = [n for n in names if n.startswith("gate:")]
+            assert names[: len(gates)] == gates
+            assert {"gate:scheme", "gate:method", "gate:upgrade", "gate:host"} <= set(gates)
+            assert ("gate:sni" in gates) == tls
+            assert ("gate:host-length" in gates) == vhost["domains"][0].startswith("*")
+            for route in vhost["routes"][: len(gates)]:
+                assert route["route"] and _authz(route)["check_settings"]
+
+
+def test_reads_decided_only_if_they_send_nothing_are_looked_at_first(compiled):
+    """A read-only host's reads: HTTP/1.1 shows in its headers whether it sends something (the
+    gate looks), later versions get their body checked (then routed again if they sent one)."""
+    sends_gates = {"gate:sends-length", "gate:sends-chunked", "gate:sent"}
+    checked = set()
     for config in compiled:
         for vhost in config["virtual_hosts"]:
-            first = vhost["routes"][0]
-            assert first["name"] == "unmarked"
-            assert first["match"]["headers"][0]["name"] == routes.NATIVE_HEADER
-            assert "disabled" not in str(first.get("typed_per_filter_config"))
+            by_name = {r["name"]: r for r in vhost["routes"]}
+            for name, route in by_name.items():
+                sends = routes.SENDS_FILTER in route.get("typed_per_filter_config", {})
+                assert sends == name.endswith(":sends")
+                if sends:
+                    assert sends_gates <= by_name.keys()
+                    http1 = by_name[name.removesuffix(":sends")]
+                    assert http1["match"]["headers"][-1]["name"] == routes.PROTOCOL_HEADER
+                    checked.add(vhost["domains"][0])
+    # pypi.org is in allowed_domains (reads only); api.anthropic.com is unrestricted.
+    assert "pypi.org" in checked and "api.anthropic.com" not in checked
 
 
-def test_envoy_decisions_skip_ext_authz_and_carry_their_decision(compiled):
-    for config in compiled:
+def _authz(route: dict) -> dict | None:
+    """The agent's check as the route turns it on (ext_authz is off by default)."""
+    wrapper = route.get("typed_per_filter_config", {}).get(routes.AUTHZ_FILTER)
+    if wrapper is None:
+        return None
+    assert wrapper["@type"].endswith("envoy.config.route.v3.FilterConfig")
+    return wrapper["config"]
+
+
+@pytest.mark.parametrize("compiled_or_not", ["compiled", "agent only"])
+def test_nothing_is_forwarded_unjudged(compiled, compiled_or_not):
+    """ext_authz is off unless a route turns it on: every route either carries Envoy's own
+    decision, or turns the agent's check on."""
+    configs = compiled if compiled_or_not == "compiled" else resources.route_configurations("r")
+    for config in configs:
+        tls = config["name"] == resources.TLS_LISTENER
         for vhost in config["virtual_hosts"]:
             for route in vhost["routes"]:
                 decision = route["metadata"]["filter_metadata"][routes.METADATA_KEY]
-                per_filter = route["typed_per_filter_config"]["envoy.filters.http.ext_authz"]
-                if route.get("direct_response") or per_filter.get("disabled"):
+                authz = _authz(route)
+                if decision["judge"] == "envoy":
                     assert decision["allow"] in (True, False)
-                    assert decision["judge"] == "envoy"
-                    assert per_filter.get("disabled") is True
+                    assert route.get("direct_response") or route["route"]
+                    # Off, or on for a body check that may route the request to the agent.
+                    assert authz is None or (
+                        authz["disabled"] is True and route["name"].endswith(":sends")
+                    )
                 else:  # the agent decides; if it cannot answer, the log says so
                     expected = {**routes.NO_DECISION.__dict__, "judge": "none"}
-                    assert decision == {**expected, "policy_revision": REVISION}
+                    policy_revision = decision["policy_revision"]
+                    assert decision == {**expected, "policy_revision": policy_revision}
+                    transport = "tls" if tls else "plain"
+                    assert authz == {
+                        "@type": type_url(
+                            "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+                        ),
+                        "check_settings": {"context_extensions": {routes.TRANSPORT_KEY: transport}},
+                    }
 
 
 def test_a_policy_compiled_for_one_listener_is_refused_for_the_other():

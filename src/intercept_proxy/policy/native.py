@@ -18,18 +18,19 @@ What a class is made of:
   paths the policy judges (git smart HTTP, the REST API's repositories, unjudgeable paths);
 - the method.
 
-Only canonical requests reach these routes: Envoy's gate (`intercept_proxy/xds/gate.lua`) sends
-anything else to the agent: a host name that is not lower case, has a port or a trailing dot; an
-SNI that is not the host; a read that sends a body or upgrades; an unusual method or scheme; a
-path with more than 64 segments. For those, the request's target is `METHOD host:port` with the
-listener's default port.
+Only canonical requests reach these routes: the gate in front of them (in
+`intercept_proxy.xds.routes`) sends anything else to the agent: a host name that is not lower
+case, has a port or a trailing dot; an SNI that is not the host; an unusual method or scheme; a
+protocol upgrade; a path with more than 64 segments where the class's routes look at paths;
+and, where the class decides a read otherwise when it sends a body, a read that sends one. For
+those, the request's target is `METHOD host:port` with the listener's default port.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from intercept_proxy.policy.engine import PolicyEngine, rego_values
@@ -38,6 +39,8 @@ from intercept_proxy.policy.model import Policy
 
 # The methods Envoy's gate lets through to native routes; any other goes to the agent.
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+# A read that sends a body (upgrades never reach the routes, see the gate in xds/routes.py).
+_SENDING = {"content-length": "7"}
 AWS_SUFFIX = "amazonaws.com"
 # Regions for representatives of AWS regional endpoints.
 _REGIONS = ("us-east-1", "eu-west-3", "ap-southeast-2", "us-gov-west-1", "ca-central-1")
@@ -56,6 +59,10 @@ class RegoFacts:
     # What follows /repos/{owner}/{repo} in a request that administers the repository: RE2
     # patterns over the lower-cased segments, each after a slash.
     github_admin_paths: tuple[str, ...]
+    # Reads: whether one sends something (a body, an upgrade) may change its decision.
+    read_methods: tuple[str, ...]
+    # Paths with more segments than this the policy cannot judge.
+    max_segments: int
 
     @property
     def admin_suffix(self) -> str:
@@ -66,13 +73,20 @@ class RegoFacts:
 @functools.cache
 def rego_facts() -> RegoFacts:
     values = rego_values(
-        "github_read_hosts", "github_api_hosts", "aws_region", "github_admin_paths"
+        "github_read_hosts",
+        "github_api_hosts",
+        "aws_region",
+        "github_admin_paths",
+        "read_methods",
+        "max_segments",
     )
     return RegoFacts(
         frozenset(values["github_read_hosts"]),
         frozenset(values["github_api_hosts"]),
         str(values["aws_region"]),
         tuple(values["github_admin_paths"]),
+        tuple(sorted(values["read_methods"])),
+        int(values["max_segments"]),
     )
 
 
@@ -92,13 +106,15 @@ ASK_AGENT = Outcome(None)
 @dataclass(frozen=True)
 class Route:
     """Requests with one of `methods` whose path (without query), path with query and authority
-    match the RE2 patterns given (None: any) get `outcome`."""
+    match the RE2 patterns given (None: any) get `outcome`. `bodyless`: only when they send
+    nothing (they are reads, and a read that sends something gets another decision)."""
 
     methods: tuple[str, ...]
     outcome: Outcome
     path: str | None = None
     path_and_query: str | None = None
     authority: str | None = None
+    bodyless: bool = False
 
 
 @dataclass(frozen=True)
@@ -354,15 +370,23 @@ def _subclasses(policy: Policy, hosts: _Hosts, domain: str) -> list[_Subclass]:
     return out
 
 
-def _outcome(engine: PolicyEngine, tls: bool, method: str, host: str, path: str) -> Outcome:
+def _outcome(
+    engine: PolicyEngine,
+    tls: bool,
+    method: str,
+    host: str,
+    path: str,
+    sending: Mapping[str, str] | None = None,
+) -> Outcome:
     port = 443 if tls else 80
     scheme = "https" if tls else "http"
+    headers = {":authority": host, ":method": method, ":path": path, ":scheme": scheme}
     request = http_input(
         method=method,
         host=host,
         path=path,
         scheme=scheme,
-        headers={":authority": host, ":method": method, ":path": path, ":scheme": scheme},
+        headers=headers | dict(sending or {}),
         sni=host if tls else None,
     )
     request["attributes"]["contextExtensions"] = {"intercept_transport": "tls" if tls else "plain"}
@@ -373,18 +397,26 @@ def _outcome(engine: PolicyEngine, tls: bool, method: str, host: str, path: str)
     return Outcome(decision.allow, decision.rule, decision.reason[len(target) :])
 
 
+def _decided(engine: PolicyEngine, tls: bool, sub: _Subclass, method: str) -> tuple[Outcome, bool]:
+    """The method's outcome in the class, and whether it holds only for reads that send
+    nothing."""
+    if sub.fixed is not None:
+        return sub.fixed, False
+    outcomes = {_outcome(engine, tls, method, h, p) for h, p in sub.representatives}
+    outcome = outcomes.pop() if len(outcomes) == 1 else ASK_AGENT
+    if outcome == ASK_AGENT or method not in rego_facts().read_methods:
+        return outcome, False
+    sending = {_outcome(engine, tls, method, h, p, _SENDING) for h, p in sub.representatives}
+    return outcome, sending != {outcome}
+
+
 def _routes(engine: PolicyEngine, tls: bool, sub: _Subclass) -> list[Route]:
-    by_outcome: dict[Outcome, list[str]] = {}
+    by_outcome: dict[tuple[Outcome, bool], list[str]] = {}
     for method in METHODS:
-        if sub.fixed is not None:
-            outcome = sub.fixed
-        else:
-            outcomes = {_outcome(engine, tls, method, h, p) for h, p in sub.representatives}
-            outcome = outcomes.pop() if len(outcomes) == 1 else ASK_AGENT
-        by_outcome.setdefault(outcome, []).append(method)
+        by_outcome.setdefault(_decided(engine, tls, sub, method), []).append(method)
     return [
-        Route(tuple(methods), outcome, sub.path, sub.path_and_query, sub.authority)
-        for outcome, methods in by_outcome.items()
+        Route(tuple(methods), outcome, sub.path, sub.path_and_query, sub.authority, bodyless)
+        for (outcome, bodyless), methods in by_outcome.items()
     ]
 
 

@@ -15,12 +15,17 @@ from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, Judge, err
 from intercept_proxy.options import option
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.routes import (
-    GATE_FILTER,
-    NATIVE_HEADER,
-    gate_source,
+    AUTHZ_FILTER,
+    DRAIN_FILTER,
+    DRAIN_LIMIT_BYTES,
+    INTERNAL_HEADERS,
+    SENDS_FILTER,
+    SENDS_SOURCE,
     oversized_denial,
+    request_facts,
     route_configuration,
     route_field,
+    sends_source,
     target,
 )
 from intercept_proxy.xds.types import type_url
@@ -36,7 +41,6 @@ DNS_CACHE = "upstream_dns"
 # The secret name for a TLS connection without SNI: such a client cannot be identified, and the
 # policy denies it; the name is reserved (RFC 2606), so it is never a real host.
 NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
-AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 
 
 @dataclass(frozen=True)
@@ -351,6 +355,17 @@ def decision_counter(*, by_agent: bool) -> dict[str, Any]:
     }
 
 
+def early_mutations(*, tls: bool) -> list[dict[str, Any]]:
+    """Before routing: only Envoy's own request ids (the decision id is one, and a client must
+    not choose it), and only the listener's own facts about the request (routes.py)."""
+    removed = [{"remove": name} for name in ("x-request-id", *INTERNAL_HEADERS)]
+    facts = [
+        {"append": {"header": {"key": name, "value": value}, "append_action": "ADD_IF_ABSENT"}}
+        for name, value in request_facts(tls=tls).items()
+    ]
+    return removed + facts
+
+
 def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
     name = TLS_LISTENER if tls else HTTP_LISTENER
     return {
@@ -376,8 +391,6 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "local_reply_config": local_reply_config(tls=tls),
         "access_log": decision_logs(dp.decision_log_path, tls=tls),
-        # Only Envoy's own request ids: the decision id is one, and a client must not choose
-        # it; only the gate marks requests.
         "early_header_mutation_extensions": [
             {
                 "name": "envoy.http.early_header_mutation.header_mutation",
@@ -386,7 +399,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
                         "envoy.extensions.http.early_header_mutation.header_mutation.v3."
                         "HeaderMutation"
                     ),
-                    "mutations": [{"remove": "x-request-id"}, {"remove": NATIVE_HEADER}],
+                    "mutations": early_mutations(tls=tls),
                 },
             }
         ],
@@ -396,15 +409,26 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
             "route_config_name": name,
         },
         "http_filters": [
+            # These three are off unless a route turns them on (see routes.py).
             {
-                "name": GATE_FILTER,
+                "name": SENDS_FILTER,
+                "disabled": True,
                 "typed_config": {
                     "@type": type_url("envoy.extensions.filters.http.lua.v3.Lua"),
-                    "default_source_code": {"inline_string": gate_source(tls=tls)},
+                    "source_codes": {SENDS_SOURCE: {"inline_string": sends_source()}},
+                },
+            },
+            {
+                "name": DRAIN_FILTER,
+                "disabled": True,
+                "typed_config": {
+                    "@type": type_url("envoy.extensions.filters.http.buffer.v3.Buffer"),
+                    "max_request_bytes": DRAIN_LIMIT_BYTES,
                 },
             },
             {
                 "name": AUTHZ_FILTER,
+                "disabled": True,
                 "typed_config": {
                     "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
                     "grpc_service": {

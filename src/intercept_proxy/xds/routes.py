@@ -1,11 +1,17 @@
 """The listeners' route configurations (RDS), as pure functions of the compiled policy.
 
-Every virtual host starts with the route for requests the gate did not mark (gate.lua): the agent
-judges those over ext_authz. The policy's own routes follow (intercept_proxy.policy.native): an
-allow forwards upstream without asking the agent, a denial is answered by Envoy with the same
-JSON body the agent writes, and a class the policy could not decide natively asks the agent.
-Without a compiled policy (custom Rego modules, a pod's policy narrowing the default), one
-virtual host sends everything to the agent.
+Every virtual host starts with its gate: routes to the agent, which judges over ext_authz, for
+any request that is not canonical (see `intercept_proxy.policy.native`): an unusual scheme or
+method, a host name in another spelling than its canonical one, an SNI that is not the host, a
+path the policy cannot judge, a protocol upgrade, a read that sends a body where that changes
+its decision. Each
+is one of Envoy's own header matchers; the facts a matcher cannot read (whether the SNI is the
+host, the HTTP version, a transfer encoding, which Envoy's HTTP/1 codec takes out of the headers)
+are written into request headers before routing (`request_facts`).
+The policy's own routes follow: an allow forwards upstream without asking the agent, a denial is
+answered by Envoy with the same JSON body the agent writes, and a class the policy could not
+decide natively asks the agent. Without a compiled policy (custom Rego modules, a pod's policy
+narrowing the default), one virtual host sends everything to the agent.
 
 Each route carries its decision in its metadata, where the decision log (an access log, see
 resources.py) reads it.
@@ -13,18 +19,36 @@ resources.py) reads it.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from typing import Any
 
 from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, Judge, error_body
-from intercept_proxy.policy.native import METHODS, NativePolicy, Outcome, Route, VirtualHost
+from intercept_proxy.policy.native import (
+    METHODS,
+    NativePolicy,
+    Outcome,
+    Route,
+    VirtualHost,
+    rego_facts,
+)
 from intercept_proxy.xds.types import type_url
 
-NATIVE_HEADER = "x-intercept-native"
+# Facts about the request written before routing, and the mark of a read that sent a body. The
+# listener removes any copy the client sent; none goes upstream.
+SNI_HEADER = "x-intercept-sni-is-host"
+PROTOCOL_HEADER = "x-intercept-protocol"
+ENCODING_HEADER = "x-intercept-transfer-encoding"
+SENT_HEADER = "x-intercept-sent"
+INTERNAL_HEADERS = (SNI_HEADER, PROTOCOL_HEADER, ENCODING_HEADER, SENT_HEADER)
 # ext_authz context extension naming the listener's transport: "tls" or "plain".
 TRANSPORT_KEY = "intercept_transport"
 METADATA_KEY = "intercept"
-GATE_FILTER = "envoy.filters.http.lua"
+# Filters that are off unless a route turns them on: the check for a body without a length
+# (sends.lua), and the reading of an upload before a denial.
+SENDS_FILTER = "envoy.filters.http.lua"
+DRAIN_FILTER = "envoy.filters.http.buffer"
+SENDS_SOURCE = "sends"
 # Uploads to a denied route are read before the answer, up to this size (then Envoy answers 413).
 DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
 # What the decision log says of a request sent to the agent that got no answer from it: the
@@ -35,16 +59,26 @@ NO_DECISION = Outcome(
     "no_decision",
     ": no policy decision was made; the request was not forwarded (see flags and details)",
 )
+# Host names the routes decide: lower-case labels of letters, digits, '_' and '-' (not at either
+# end), the last starting with a letter (never an IP address), at most 253 characters.
+_LABEL = "[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_LAST_LABEL = "[a-z](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_NAME_LENGTH = ".{1,253}"
 
 
-def gate_source(*, tls: bool) -> str:
-    """The gate's Lua code for one listener."""
-    settings = (
-        f"local TLS = {'true' if tls else 'false'}\n"
-        f'local SCHEME = "{"https" if tls else "http"}"\n'
-        f'local MARK = "{NATIVE_HEADER}"\n'
-    )
-    return settings + resources.files(__package__).joinpath("gate.lua").read_text()
+def request_facts(*, tls: bool) -> dict[str, str]:
+    """Headers the listener writes before routing, in Envoy's format language."""
+    # An absent request header formats as nothing, and then no header is written.
+    facts = {PROTOCOL_HEADER: "%PROTOCOL%", ENCODING_HEADER: "%REQ(transfer-encoding)%"}
+    if tls:
+        facts[SNI_HEADER] = "%CEL(request.host == connection.requested_server_name)%"
+    return facts
+
+
+def sends_source() -> str:
+    """The Lua code of the check for a body without a length."""
+    code = resources.files(__package__).joinpath("sends.lua").read_text()
+    return f'local SENT = "{SENT_HEADER}"\n' + code
 
 
 def target(*, tls: bool) -> str:
@@ -69,21 +103,18 @@ def _metadata(outcome: Outcome, revision: str, *, judge: Judge) -> dict[str, Any
     return {"filter_metadata": {METADATA_KEY: {**verdict, "judge": judge.value}}}
 
 
+# Off unless a route turns it on: a canonical request the policy decides in Envoy costs no
+# more than routing. Every route that leaves the decision to the agent turns it on; a route
+# without a decision of its own forwards nothing unjudged (tests/xds/test_routes.py).
+AUTHZ_FILTER = "envoy.filters.http.ext_authz"
+_AUTHZ_PER_ROUTE = type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")
+
+
 def _authz_per_route(*, tls: bool) -> dict[str, Any]:
-    return {
-        "envoy.filters.http.ext_authz": {
-            "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
-            "check_settings": {"context_extensions": {TRANSPORT_KEY: "tls" if tls else "plain"}},
-        }
-    }
+    check = {"context_extensions": {TRANSPORT_KEY: "tls" if tls else "plain"}}
+    return _per_route(AUTHZ_FILTER, {"@type": _AUTHZ_PER_ROUTE, "check_settings": check})
 
 
-_NO_AUTHZ = {
-    "envoy.filters.http.ext_authz": {
-        "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"),
-        "disabled": True,
-    }
-}
 _DECISION_ID = [
     {
         "header": {"key": DECISION_HEADER, "value": "%STREAM_ID%"},
@@ -125,7 +156,7 @@ def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
 
 def oversized_denial(*, tls: bool) -> dict[str, Any]:
     """A local-reply mapper: an upload too large to read to its end (only denying routes read
-    one, see gate.lua) still gets its route's denial."""
+    one) still gets its route's denial."""
     return {
         "filter": {
             "status_code_filter": {
@@ -159,43 +190,149 @@ def _match(route: Route) -> dict[str, Any]:
     return match
 
 
+def _per_route(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """Turns on, for one route, a filter that is off by default."""
+    return {name: {"@type": type_url("envoy.config.route.v3.FilterConfig"), "config": config}}
+
+
+def _drain() -> dict[str, Any]:
+    return _per_route(
+        DRAIN_FILTER,
+        {
+            "@type": type_url("envoy.extensions.filters.http.buffer.v3.BufferPerRoute"),
+            "buffer": {"max_request_bytes": DRAIN_LIMIT_BYTES},
+        },
+    )
+
+
+def _sends_check() -> dict[str, Any]:
+    return _per_route(
+        SENDS_FILTER,
+        {
+            "@type": type_url("envoy.extensions.filters.http.lua.v3.LuaPerRoute"),
+            "name": SENDS_SOURCE,
+        },
+    )
+
+
 def policy_route(
     route: Route, name: str, cluster: str, revision: str, *, tls: bool
 ) -> dict[str, Any]:
     outcome = route.outcome
     if outcome.allow is None:
         return {**agent_route(cluster, revision, tls=tls), "name": name, "match": _match(route)}
-    # Envoy decides: ext_authz (before the router, which answers a direct response) stays out.
+    # Envoy decides: ext_authz stays off.
     out: dict[str, Any] = {
         "name": name,
         "match": _match(route),
-        "typed_per_filter_config": _NO_AUTHZ,
         "metadata": _metadata(outcome, revision, judge=Judge.ENVOY),
     }
     if outcome.allow:
         out["route"] = _forward(cluster)
     else:
         out["direct_response"] = _denial(outcome, tls=tls)
-        # The gate reads the upload to its end first (gate.lua), up to this much.
-        out["metadata"]["filter_metadata"][GATE_FILTER] = {"drain": True}
-        out["request_body_buffer_limit"] = DRAIN_LIMIT_BYTES
+        # The upload is read to its end first: HTTP/2 clients such as curl take an answer that
+        # overtakes their upload (and Envoy's reset after it) for a stream error.
+        out["typed_per_filter_config"] = _drain()
     out["response_headers_to_add"] = _DECISION_ID
     return out
 
 
-def _unmarked(cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
-    route = agent_route(cluster, revision, tls=tls)
-    mark = {"name": NATIVE_HEADER, "present_match": True, "invert_match": True}
-    return {**route, "name": "unmarked", "match": {"prefix": "/", "headers": [mark]}}
+def _header(name: str, **match: Any) -> dict[str, Any]:
+    return {"name": name, **match}
+
+
+def _exact(name: str, value: str, *, invert: bool = False) -> dict[str, Any]:
+    return _header(name, string_match={"exact": value}, invert_match=invert)
+
+
+def _regex(name: str, regex: str, *, invert: bool = False) -> dict[str, Any]:
+    return _header(name, string_match={"safe_regex": {"regex": regex}}, invert_match=invert)
+
+
+def _present(name: str) -> dict[str, Any]:
+    return _header(name, present_match=True)
+
+
+def gate(host: VirtualHost, *, tls: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The conditions (each a name and a route match) under which a request to this virtual
+    host goes to the agent rather than to the policy's routes."""
+    any_path = {"prefix": "/"}
+    conditions = [
+        ("scheme", [_exact(":scheme", "https" if tls else "http", invert=True)]),
+        ("method", [_regex(":method", "|".join(METHODS), invert=True)]),
+        # A protocol upgrade (a WebSocket) never ends its request: no route that reads an upload
+        # first could answer it.
+        ("upgrade", [_present("upgrade")]),
+    ]
+    if host.domain.startswith("*"):
+        name = (
+            f"(?:{_LABEL}\\.)*{_LAST_LABEL}"
+            if host.domain == "*"
+            else f"(?:{_LABEL}\\.)+{re.escape(host.domain[2:])}"
+        )
+        conditions += [
+            ("host", [_regex(":authority", name, invert=True)]),
+            ("host-length", [_regex(":authority", _NAME_LENGTH, invert=True)]),
+        ]
+    else:
+        conditions.append(("host", [_exact(":authority", host.domain, invert=True)]))
+    if tls:
+        conditions.append(("sni", [_exact(SNI_HEADER, "true", invert=True)]))
+    out: list[tuple[str, dict[str, Any]]] = [
+        (name, {**any_path, "headers": headers}) for name, headers in conditions
+    ]
+    if any(r.path is not None or r.path_and_query is not None for r in host.routes):
+        segments = f"(?:[^/]*/){{{rego_facts().max_segments + 1}}}.*"
+        out.append(("segments", {"safe_regex": {"regex": segments}}))
+    if any(r.bodyless for r in host.routes):
+        reads = _regex(":method", "|".join(rego_facts().read_methods))
+        sends = [
+            ("sends-length", [reads, _exact("content-length", "0", invert=True)]),
+            ("sends-chunked", [reads, _present(ENCODING_HEADER)]),
+            ("sent", [_present(SENT_HEADER)]),
+        ]
+        out += [(name, {**any_path, "headers": headers}) for name, headers in sends]
+    return out
+
+
+def _policy_routes(
+    host: VirtualHost, cluster: str, revision: str, *, tls: bool
+) -> list[dict[str, Any]]:
+    out = []
+    for i, route in enumerate(host.routes):
+        entry = policy_route(
+            route, f"{i}:{route.outcome.rule or 'agent'}", cluster, revision, tls=tls
+        )
+        if route.bodyless and route.outcome.allow is not None:
+            # HTTP/1.1 passed the gate's look at its headers; later versions get their body
+            # checked (and go to the agent if they sent one).
+            http1 = _exact(PROTOCOL_HEADER, "HTTP/1.1")
+            match = entry["match"]
+            out.append({**entry, "match": {**match, "headers": [*match.get("headers", []), http1]}})
+            # Filters exist from the first route on: ext_authz is there (idle on this route) for
+            # the agent's route, should the body check route the read again.
+            skipped = _per_route(AUTHZ_FILTER, {"@type": _AUTHZ_PER_ROUTE, "disabled": True})
+            entry = {
+                **entry,
+                "name": entry["name"] + ":sends",
+                "typed_per_filter_config": {
+                    **entry.get("typed_per_filter_config", {}),
+                    **_sends_check(),
+                    **skipped,
+                },
+            }
+        out.append(entry)
+    return out
 
 
 def _virtual_host(host: VirtualHost, cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
     name = "any" if host.domain == "*" else host.domain
-    routes = [_unmarked(cluster, revision, tls=tls)]
-    routes += [
-        policy_route(route, f"{i}:{route.outcome.rule or 'agent'}", cluster, revision, tls=tls)
-        for i, route in enumerate(host.routes)
+    routes = [
+        {**agent_route(cluster, revision, tls=tls), "name": f"gate:{condition}", "match": match}
+        for condition, match in gate(host, tls=tls)
     ]
+    routes += _policy_routes(host, cluster, revision, tls=tls)
     return {"name": name, "domains": [host.domain], "routes": routes}
 
 
@@ -217,6 +354,6 @@ def route_configuration(
         "name": name,
         "virtual_hosts": virtual_hosts,
         # What the workload sent goes upstream, with the decision id (x-request-id: the decision
-        # log and the response header read it from there); not the gate's mark.
-        "request_headers_to_remove": ["x-forwarded-proto", NATIVE_HEADER],
+        # log and the response header read it from there); not the listener's own headers.
+        "request_headers_to_remove": ["x-forwarded-proto", *INTERNAL_HEADERS],
     }
