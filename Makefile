@@ -2,7 +2,8 @@
 VENV ?= .venv
 SYSTEM_PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables nghttp2-client util-linux
+# nginx and wrk: the benchmark's upstream and HTTP/1.1 client (its smoke test runs in `make test`).
+DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables nghttp2-client nginx-light util-linux wrk
 
 .PHONY: install tools test lint demo bench clean
 .DEFAULT_GOAL := test
@@ -15,7 +16,7 @@ tools:
 	scripts/install-tools
 
 # Re-run only when the dependency list changes; every step is idempotent anyway.
-$(VENV)/.installed: pyproject.toml scripts/install-debian-packages scripts/check-reachable
+$(VENV)/.installed: Makefile pyproject.toml scripts/install-debian-packages scripts/check-reachable
 	scripts/install-debian-packages $(DEBIAN_PACKAGES)
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'

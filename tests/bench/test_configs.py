@@ -31,18 +31,21 @@ def test_squid_conf():
     assert_golden_text("bench/squid.conf", text)
 
 
-def test_envoy_only_bootstrap():
+@pytest.mark.parametrize("minimal", [False, True])
+def test_envoy_bootstraps(minimal):
     bootstrap = configs.envoy_only_bootstrap(
         port=15443,
         admin_port=15000,
         cert=FILES / "leaf.pem",
         key=FILES / "leaf.key",
         upstream_ca=FILES / "upstream-ca.pem",
+        minimal=minimal,
     )
-    assert_golden("bench/envoy-only.json", bootstrap)
+    assert_golden(f"bench/envoy-{'minimal' if minimal else 'only'}.json", bootstrap)
 
 
-def test_envoy_only_bootstrap_is_valid_for_our_envoy(tmp_path):
+@pytest.mark.parametrize("minimal", [False, True])
+def test_envoy_bootstraps_are_valid_for_our_envoy(tmp_path, minimal):
     ca = CertificateAuthority.generate()
     leaf = ca.issue([configs.HOST])
     (tmp_path / "leaf.pem").write_bytes(leaf.cert_pem)
@@ -54,6 +57,7 @@ def test_envoy_only_bootstrap_is_valid_for_our_envoy(tmp_path):
         cert=tmp_path / "leaf.pem",
         key=tmp_path / "leaf.key",
         upstream_ca=tmp_path / "ca.pem",
+        minimal=minimal,
     )
     config = tmp_path / "envoy.json"
     config.write_text(json.dumps(bootstrap))
@@ -64,6 +68,39 @@ def test_envoy_only_bootstrap_is_valid_for_our_envoy(tmp_path):
         timeout=60,
         check=False,
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _nginx_conf(state_dir: Path, names: list[str], leaves_dir: Path) -> str:
+    leaves = {n: (leaves_dir / f"{n}.pem", leaves_dir / f"{n}.key") for n in names}
+    return configs.nginx_conf(
+        state_dir=state_dir, leaves=leaves, body=state_dir / "body", download=state_dir / "download"
+    )
+
+
+def test_nginx_conf():
+    text = _nginx_conf(FILES / "upstream", configs.bench_names(1), FILES / "certs")
+    assert_golden_text("bench/nginx.conf", text)
+
+
+def test_nginx_conf_is_valid_for_nginx(tmp_path):
+    names = configs.bench_names(2)
+    ca = CertificateAuthority.generate()
+    for name in names:
+        leaf = ca.issue([name])
+        (tmp_path / f"{name}.pem").write_bytes(leaf.cert_pem)
+        (tmp_path / f"{name}.key").write_bytes(leaf.key_pem)
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(_nginx_conf(tmp_path, names, tmp_path))
+    # nginx -t binds its listeners: in a namespace of its own (gone with the process) that
+    # holds the bench addresses.
+    check = (
+        f"ip link set lo up && ip addr add {configs.HOST_IPV4}/32 dev lo && "
+        f"ip addr add {configs.HOST_IPV6}/128 dev lo && "
+        f"nginx -t -p {tmp_path} -e {tmp_path}/error.log -c {conf}"
+    )
+    argv = ["unshare", "--net", "sh", "-c", check]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -86,6 +123,8 @@ def test_lab_spec_and_hosts_file():
         "new2.bench.test",
     ]
     assert {(h.ipv4, h.ipv6) for h in spec.hosts} == {(configs.HOST_IPV4, configs.HOST_IPV6)}
+    # nginx serves them all.
+    assert all(h.external for h in spec.hosts)
     assert_golden_text("bench/hosts", configs.hosts_file(3))
 
 

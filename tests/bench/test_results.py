@@ -90,7 +90,7 @@ def test_rss_total():
     assert results.rss_total_mb(statuses) == 3.0
 
 
-def _round(rps, p99, rss_agent, flags=()):
+def _round(rps, p99, rss_agent, flags=(), cpu=0.2):
     return {
         "rps": rps,
         "p50_ms": p99 / 4,
@@ -99,7 +99,9 @@ def _round(rps, p99, rss_agent, flags=()):
         "new_conn_rps": rps / 10,
         "first_new_host_ms": 4.0,
         "mb_per_s": 200.0,
-        "cpu_ms_per_req": 0.2,
+        "cpu_ms_per_req": cpu,
+        "cpu_ms_per_req_h2": cpu * 1.2,
+        "rps_h2": rps * 0.9,
         "p99_half_sat_ms": p99 + 1,
         "rss_mb": {"agent": rss_agent, "envoy": 70.0},
         "rss_idle_mb": {"agent": 60.0, "envoy": 65.0},
@@ -114,14 +116,22 @@ def _result():
         [_round(3000, 4.0, 75.0), _round(3300, 3.0, 78.0), _round(2800, 5.0, 90.0, ["slow"])]
     )
     envoy = results.aggregate([_round(4000, 2.0, 0.0), _round(4200, 2.5, 0.0)])
+    minimal = results.aggregate(
+        [_round(4500, 1.5, 0.0, cpu=0.19), _round(4400, 2.0, 0.0, cpu=0.19)]
+    )
     direct = results.aggregate([_round(9000, 1.0, 0.0)])
-    for scenario in (envoy, direct):
+    for scenario in (envoy, minimal, direct):
         for key in [k for k in scenario if k.startswith(("rss_", "cpu_ms_per_req_by"))]:
             scenario.pop(key)
     intercept.update(
         {"authz_p50_ms": 0.5, "authz_p90_ms": 0.9, "authz_p99_ms": 2, "authz_calls": 7}
     )
-    scenarios = {"direct": direct, "envoy-only": envoy, "intercept": intercept}
+    scenarios = {
+        "direct": direct,
+        "envoy-minimal": minimal,
+        "envoy-only": envoy,
+        "intercept": intercept,
+    }
     return {
         "machine": {
             "cpus": 2,
@@ -131,7 +141,7 @@ def _result():
                 "rounds": 3,
                 "connections": 16,
                 "rate": 100,
-                "latency_clients": 10,
+                "half_saturation_clients": 10,
                 "new_connections": 200,
                 "new_host_samples": 2,
                 "json_name": "performance.json",
@@ -148,21 +158,33 @@ def test_aggregate_medians_min_max():
 
 def test_ratios_only_for_measured_pairs():
     assert _result()["ratios"] == {
-        "intercept/envoy-only": 0.73,
-        "intercept/envoy-only per proxy CPU": 1.0,
+        "envoy-minimal/intercept proxy CPU per request, HTTP/1.1": 0.95,
+        "envoy-only/intercept proxy CPU per request, HTTP/1.1": 1.0,
+        "envoy-minimal/intercept proxy CPU per request, HTTP/2": 0.95,
+        "envoy-only/intercept proxy CPU per request, HTTP/2": 1.0,
+        "intercept/envoy-minimal keep-alive req/s, HTTP/1.1": 0.67,
+        "intercept/envoy-only keep-alive req/s, HTTP/1.1": 0.73,
     }
 
 
 def test_targets():
-    judged = {t.text: t.met for t in results.targets(_result())}
+    judged = {t.text: (t.figure, t.met) for t in results.targets(_result())}
     assert judged == {
-        "intercept keep-alive req/s ≥ 0.7 x envoy-only": True,
-        "intercept keep-alive req/s ≥ 15 x mitmproxy": None,
-        "intercept keep-alive req/s ≥ 1.5 x squid": None,
-        "p99 added over direct ≤ 2 ms at half of intercept's saturation rate": False,
-        "first request to a never-seen host ≤ 10 ms more than to a seen one": True,
-        "agent RSS ≤ 80 MB under load": False,
-        "Envoy + agent RSS ≤ 150 MB under load": False,
+        "intercept proxy CPU per request ≤ 1.1 x envoy-minimal, HTTP/1.1": (
+            "1.05x (0.200 vs 0.190 ms)",
+            True,
+        ),
+        "intercept proxy CPU per request ≤ 1.1 x envoy-minimal, HTTP/2": (
+            "1.05x (0.240 vs 0.228 ms)",
+            True,
+        ),
+        "intercept ≥ 30 x mitmproxy (proxy CPU per request, HTTP/1.1)": ("not measured", None),
+        "p99 added at half of intercept's saturation ≤ 1.2 x envoy-minimal's": (
+            "4.00x (+3.00 vs +0.75 ms over direct)",
+            False,
+        ),
+        "first request to a never-seen host ≤ +5 ms": ("+4.00 ms", True),
+        "Envoy + agent RSS ≤ 120 MB idle": ("125.0 MB", False),
     }
 
 
@@ -184,4 +206,4 @@ def test_cli_renders_an_earlier_run(tmp_path, capsys):
     assert main(["bench", "--render", str(tmp_path / "run.json"), "--markdown", str(markdown)]) == 0
     assert markdown.read_text() == results.render_markdown(_result(), "performance-latency.png")
     assert (tmp_path / "performance-latency.png").read_bytes().startswith(b"\x89PNG")
-    assert "## Issue 5's targets" in capsys.readouterr().out
+    assert "## Issue 12's targets" in capsys.readouterr().out

@@ -15,8 +15,9 @@ from intercept_proxy import netns
 pytestmark = pytest.mark.netns
 
 INTERCEPT = Path(sys.executable).with_name("intercept")
-SCENARIOS = ("direct", "envoy-only", "intercept", "intercept-agent")
+SCENARIOS = ("direct", "envoy-minimal", "envoy-only", "intercept", "intercept-agent")
 POSITIVE = ("rps", "p50_ms", "p90_ms", "p99_ms", "new_conn_rps", "mb_per_s")
+HALF_SATURATION = ("direct", "envoy-minimal", "intercept")
 
 
 def _leftovers() -> set[str]:
@@ -46,15 +47,19 @@ def test_bench_runs_and_reports(tmp_path):
         assert math.isfinite(figures["first_new_host_ms"]), name
         if name != "direct":
             assert figures["rss_mb"] and all(v > 0 for v in figures["rss_mb"].values()), name
-            assert figures["cpu_ms_per_req"] > 0, name
+            assert figures["cpu_ms_per_req"] > 0 and figures["cpu_ms_per_req_h2"] > 0, name
+            assert figures["rps_h2"] > 0, name
+        else:  # the upstream speaks HTTP/1.1 only
+            assert "rps_h2" not in figures
     assert set(report["scenarios"]["intercept"]["rss_mb"]) == {"agent", "envoy"}
     # At half of intercept's rate the latency run either met its rate, or is flagged as
     # saturated and left out (a one-second run on a shared machine may miss it by a little).
-    for name in ("direct", "intercept"):
+    for name in HALF_SATURATION:
         figures = report["scenarios"][name]
         saturated = [f for f in figures.get("flags", []) if "(saturated)" in f]
         assert figures.get("p99_half_sat_ms", 0) > 0 or saturated, (name, figures)
     # Every request of intercept-agent is judged by the agent, and Envoy timed each call.
     agent = report["scenarios"]["intercept-agent"]
     assert agent["authz_calls"] > 0 and agent["authz_p50_ms"] > 0
-    assert report["ratios"]["intercept/envoy-only"] > 0
+    assert report["ratios"]["envoy-minimal/intercept proxy CPU per request, HTTP/1.1"] > 0
+    assert report["ratios"]["envoy-minimal/intercept proxy CPU per request, HTTP/2"] > 0

@@ -12,7 +12,7 @@ from intercept_proxy.lab.addresses import (
     assign_addresses,
     link_addresses,
 )
-from intercept_proxy.lab.config import ServedHost
+from intercept_proxy.lab.config import ServedHost, ServerConfig
 from intercept_proxy.lab.server.dns import answer
 from intercept_proxy.lab.server.git import match_repo
 from intercept_proxy.lab.server.http import host_header_name
@@ -24,6 +24,21 @@ def hosts(*entries):
 
 
 BAD_SPECS = [
+    (
+        hosts({"name": "a.test", "external": "yes"}),
+        "hosts[0].external: expected true or false, got str",
+    ),
+    (
+        hosts(
+            {"name": "a.test", "ipv4": "198.18.1.1"},
+            {"name": "b.test", "ipv4": "198.18.1.1", "external": True},
+        ),
+        "hosts[1].external: 198.18.1.1 is also hosts[0]'s, which the lab serves",
+    ),
+    (
+        hosts({"name": "a.test", "external": True, "git_repos": ["a/b"]}),
+        "hosts[0].git_repos: an external host serves none",
+    ),
     ([], "<inline>: expected a mapping with 'hosts', got list"),
     ({}, "<inline>: hosts: expected a non-empty list, got nothing"),
     (hosts(), "<inline>: hosts: expected a non-empty list, got list"),
@@ -43,7 +58,7 @@ BAD_SPECS = [
     (hosts({"name": "bücher.test"}), "hosts[0].name: 'bücher.test' is not ASCII"),
     (
         hosts({"name": "a.test", "port": 443}),
-        "hosts[0].port: unknown key (allowed: git_repos, ipv4, ipv6, name)",
+        "hosts[0].port: unknown key (allowed: external, git_repos, ipv4, ipv6, name)",
     ),
     (hosts({"name": "a.test"}, {"name": "A.Test."}), "hosts[1].name: 'a.test' is already hosts[0]"),
     (hosts({"name": "a.test", "ipv4": 3323068673}), "hosts[0].ipv4: expected a string, got int"),
@@ -175,6 +190,7 @@ def test_load_reads_yaml_and_round_trips(tmp_path):
         "  - {name: api.github.com}\n"
         "  - {name: console.anthropic.com, ipv4: 198.18.1.10, ipv6: fd00::10}\n"
         "  - {name: github.com, git_repos: [octo/hello]}\n"
+        "  - {name: bench.test, external: true}\n"
     )
     spec = LabSpec.load(path)
     assert spec.source == str(path)
@@ -182,8 +198,21 @@ def test_load_reads_yaml_and_round_trips(tmp_path):
         ("api.github.com", "198.18.1.1", "fd00::1:1"),
         ("console.anthropic.com", "198.18.1.10", "fd00::10"),
         ("github.com", "198.18.1.2", "fd00::1:2"),
+        ("bench.test", "198.18.1.3", "fd00::1:3"),
     ]
+    assert [h.external for h in spec.hosts] == [False, False, False, True]
     assert LabSpec.from_dict(spec.to_dict()).hosts == spec.hosts
+
+
+def test_the_lab_server_leaves_external_hosts_addresses_alone():
+    spec = LabSpec.from_dict(hosts({"name": "a.test"}, {"name": "b.test", "external": True}))
+    served = tuple(ServedHost(h, Path(f"{h.name}.pem"), Path(f"{h.name}.key")) for h in spec.hosts)
+    config = ServerConfig(served, ("198.18.0.53",), Path("log"), Path("repos"))
+    assert {a: [s.host.name for s in on] for a, on in config.addresses().items()} == {
+        "198.18.1.1": ["a.test"],
+        "fd00::1:1": ["a.test"],
+    }
+    assert ServerConfig.from_json(config.to_json()) == config
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Everything the benchmark generates, as pure functions: the lab, the policy, the competitors'
-configurations (Envoy alone, Squid, the mitmproxy addon) and the client's redirection rules.
+"""Everything the benchmark generates, as pure functions: the lab, the upstream (nginx), the
+policy, the competitors' configurations (Envoy minimal and alone, Squid, the mitmproxy addon)
+and the client's redirection rules.
 
 Every scenario judges the same thing: GET and HEAD to the bench host names, anything else
 refused, so the proxies differ in how they decide, not in what.
@@ -8,6 +9,7 @@ refused, so the proxies differ in how they decide, not in what.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ HOST = "bench.test"
 HOST_IPV4 = "198.18.7.1"
 HOST_IPV6 = "fd00::7:1"
 PATH = "/"
+BODY_BYTES = 1024  # the answer to PATH
 DOWNLOAD_BYTES = 10 * 1024 * 1024
 DOWNLOAD_PATH = f"/bytes/{DOWNLOAD_BYTES}"
 
@@ -34,10 +37,61 @@ def new_host(index: int) -> str:
     return f"new{index}.{HOST}"
 
 
+def bench_names(new_hosts: int) -> list[str]:
+    return [HOST, *(new_host(i) for i in range(new_hosts))]
+
+
 def lab_spec(new_hosts: int) -> dict[str, Any]:
-    """The lab: the bench host and `new_hosts` never-seen names, all on one address."""
-    names = [HOST, *(new_host(i) for i in range(new_hosts))]
-    return {"hosts": [{"name": n, "ipv4": HOST_IPV4, "ipv6": HOST_IPV6} for n in names]}
+    """The lab: the bench host and `new_hosts` never-seen names, all on one address that the
+    lab names (DNS, certificates) and nginx serves."""
+    return {
+        "hosts": [
+            {"name": n, "ipv4": HOST_IPV4, "ipv6": HOST_IPV6, "external": True}
+            for n in bench_names(new_hosts)
+        ]
+    }
+
+
+def nginx_conf(
+    *, state_dir: Path, leaves: Mapping[str, tuple[Path, Path]], body: Path, download: Path
+) -> str:
+    """The upstream: nginx, one worker, HTTPS (HTTP/1.1) on the bench address for every name in
+    `leaves` (certificate and key each), the files `body` at PATH (BODY_BYTES) and `download` at
+    DOWNLOAD_PATH, keep-alive without limits, no log of requests."""
+    servers = "".join(
+        f"""\
+    server {{
+        listen {HOST_IPV4}:443 ssl;
+        listen [{HOST_IPV6}]:443 ssl;
+        server_name {name};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        # A file, not the directory index that a path ending in a slash names.
+        location = {PATH} {{ root {body.parent}; try_files /{body.name} =404; }}
+        location = {DOWNLOAD_PATH} {{ alias {download}; }}
+    }}
+"""
+        for name, (cert, key) in leaves.items()
+    )
+    temp = " ".join(f"{kind}_temp_path {state_dir}/{kind};" for kind in _NGINX_TEMP)
+    return f"""\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {state_dir}/nginx.pid;
+error_log {state_dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    {temp}
+{servers}}}
+"""
+
+
+_NGINX_TEMP = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def hosts_file(new_hosts: int) -> str:
@@ -73,12 +127,51 @@ def redirect_rules(uid: int, port: int) -> str:
 
 
 def envoy_only_bootstrap(
-    *, port: int, admin_port: int, cert: Path, key: Path, upstream_ca: Path
+    *, port: int, admin_port: int, cert: Path, key: Path, upstream_ca: Path, minimal: bool = False
 ) -> dict[str, Any]:
     """Envoy intercepting TLS like ours (original destination, a certificate from a CA of the
-    same kind, verified re-encryption with SNI and SAN from the Host) but judging nothing."""
+    same kind, verified re-encryption with SNI and SAN from the Host) but judging nothing.
+    `minimal`: the least interception can cost, one fixed upstream (the bench address, its
+    name as SNI and SAN) and no original destination to recover."""
     tls = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
     filters = "type.googleapis.com/envoy.extensions.filters"
+    listener_filters = [
+        {
+            "name": "envoy.filters.listener.tls_inspector",
+            "typed_config": {"@type": f"{filters}.listener.tls_inspector.v3.TlsInspector"},
+        }
+    ]
+    upstream_tls: dict[str, Any] = {
+        "validation_context": {"trusted_ca": {"filename": str(upstream_ca)}}
+    }
+    if minimal:
+        upstream_tls["validation_context"]["match_typed_subject_alt_names"] = [
+            {"san_type": "DNS", "matcher": {"exact": HOST}}
+        ]
+        cluster: dict[str, Any] = {
+            "type": "STATIC",
+            "load_assignment": {
+                "cluster_name": "upstream",
+                "endpoints": [
+                    {"lb_endpoints": [{"endpoint": {"address": _address(HOST_IPV4, 443)}}]}
+                ],
+            },
+        }
+        protocol: dict[str, Any] = {}
+        sni = {"sni": HOST}
+    else:
+        listener_filters.insert(
+            0,
+            {
+                "name": "envoy.filters.listener.original_dst",
+                "typed_config": {"@type": f"{filters}.listener.original_dst.v3.OriginalDst"},
+            },
+        )
+        cluster = {"type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"}
+        protocol = {
+            "upstream_http_protocol_options": {"auto_sni": True, "auto_san_validation": True}
+        }
+        sni = {}
     return {
         "admin": {"address": _address("127.0.0.1", admin_port)},
         "static_resources": {
@@ -86,20 +179,7 @@ def envoy_only_bootstrap(
                 {
                     "name": "tls_in",
                     "address": _address("127.0.0.1", port),
-                    "listener_filters": [
-                        {
-                            "name": "envoy.filters.listener.original_dst",
-                            "typed_config": {
-                                "@type": f"{filters}.listener.original_dst.v3.OriginalDst"
-                            },
-                        },
-                        {
-                            "name": "envoy.filters.listener.tls_inspector",
-                            "typed_config": {
-                                "@type": f"{filters}.listener.tls_inspector.v3.TlsInspector"
-                            },
-                        },
-                    ],
+                    "listener_filters": listener_filters,
                     "filter_chains": [
                         {
                             "transport_socket": {
@@ -107,12 +187,13 @@ def envoy_only_bootstrap(
                                 "typed_config": {
                                     "@type": f"{tls}.DownstreamTlsContext",
                                     "common_tls_context": {
+                                        "alpn_protocols": ["h2", "http/1.1"],
                                         "tls_certificates": [
                                             {
                                                 "certificate_chain": {"filename": str(cert)},
                                                 "private_key": {"filename": str(key)},
                                             }
-                                        ]
+                                        ],
                                     },
                                 },
                             },
@@ -123,18 +204,14 @@ def envoy_only_bootstrap(
             ],
             "clusters": [
                 {
-                    "name": "original_dst",
-                    "type": "ORIGINAL_DST",
-                    "lb_policy": "CLUSTER_PROVIDED",
+                    "name": "upstream",
+                    **cluster,
                     "connect_timeout": "5s",
                     "typed_extension_protocol_options": {
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": "type.googleapis.com/"
                             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                            "upstream_http_protocol_options": {
-                                "auto_sni": True,
-                                "auto_san_validation": True,
-                            },
+                            **protocol,
                             "explicit_http_config": {"http_protocol_options": {}},
                         }
                     },
@@ -142,9 +219,8 @@ def envoy_only_bootstrap(
                         "name": "envoy.transport_sockets.tls",
                         "typed_config": {
                             "@type": f"{tls}.UpstreamTlsContext",
-                            "common_tls_context": {
-                                "validation_context": {"trusted_ca": {"filename": str(upstream_ca)}}
-                            },
+                            **sni,
+                            "common_tls_context": upstream_tls,
                         },
                     },
                 }
@@ -168,9 +244,7 @@ def _http_connection_manager(filters: str) -> dict[str, Any]:
                     {
                         "name": "all",
                         "domains": ["*"],
-                        "routes": [
-                            {"match": {"prefix": "/"}, "route": {"cluster": "original_dst"}}
-                        ],
+                        "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
                     }
                 ]
             },

@@ -1,8 +1,8 @@
 """Run the scenarios interleaved over several rounds and collect their figures.
 
-Layout on a machine with two or more cores: the load generator and the lab upstream share the
-first core, every proxy process the second, so each proxy gets one whole core and they all face
-the same client and upstream. With one core, nothing is pinned.
+Layout on a machine with two or more cores: the load generators and the upstream (nginx) share
+the first core, every proxy process the second, so each proxy gets one whole core and they all
+face the same client and upstream. With one core, nothing is pinned.
 """
 
 from __future__ import annotations
@@ -32,12 +32,14 @@ from intercept_proxy.bench.scenarios import (
     SQUID,
     BenchError,
     Direct,
+    EnvoyMinimal,
     EnvoyOnly,
     Intercept,
     InterceptAgent,
     Mitmproxy,
     Scenario,
     Squid,
+    Upstream,
     pinned,
 )
 from intercept_proxy.lab import Lab, LabSpec
@@ -49,6 +51,8 @@ from intercept_proxy.xds.envoy import envoy_binary
 AUTHZ_HISTOGRAM = "cluster.intercept_authz.upstream_rq_time"
 AUTHZ_COUNTER = "cluster.intercept_authz.upstream_rq_total"
 RATE_TOLERANCE = 0.95
+# A core this busy during a closed-loop run was the limit: if it is the client's, the rate is.
+SATURATED_PERCENT = 95.0
 MAX_ERROR_SHARE = 0.01
 RSS_SAMPLE_SECONDS = 0.5
 Log = Callable[[str], None]
@@ -60,8 +64,8 @@ class Settings:
     rounds: int = 3
     scenarios: tuple[str, ...] = ALL
     connections: int = 16  # keep-alive run
-    rate: int = 100  # fixed-rate latency run, req/s in total: below every proxy's saturation
-    latency_clients: int = 10
+    rate: int = 100  # fixed-rate latency run, one connection: below every proxy's saturation
+    half_saturation_clients: int = 10
     new_connections: int = 200
     new_host_samples: int = 2
     warm_up: float = 1.0
@@ -83,8 +87,8 @@ class Layout:
             return f"CPU {core}" if core is not None else "not pinned"
 
         return {
-            "load generator (h2load, curl)": where(self.client_core),
-            "lab upstream (aiohttp, one process)": where(self.client_core),
+            "load generators (wrk, h2load, curl)": where(self.client_core),
+            "upstream (nginx, one worker)": where(self.client_core),
             "proxy processes (Envoy, agent, Squid and helpers, mitmdump)": where(self.proxy_core),
         }
 
@@ -104,6 +108,7 @@ class Bench:
         self.next_new_host = 0
         self.flags: list[str] = []  # of the scenario being measured
         self.lab: Lab | None = None
+        self.upstream: Upstream | None = None
         self.scenarios: dict[str, Scenario] = {}
 
     # -- life cycle ------------------------------------------------------------------------
@@ -139,6 +144,8 @@ class Bench:
                 check=True,
                 capture_output=True,
             )
+        self.upstream = Upstream(self.lab, self.dir, self.layout.client_core)
+        self.upstream.start(configs.bench_names(self.new_hosts))
         ca = CertificateAuthority.generate("intercept bench proxy CA")
         ca_cert, ca_key = self.dir / "proxy-ca.pem", self.dir / "proxy-ca.key"
         write_public(ca_cert, ca.cert_pem)
@@ -155,8 +162,9 @@ class Bench:
     ) -> Scenario:
         assert self.lab is not None
         args = (self.lab, f"{self.prefix}-{name}", self.dir, self.layout.proxy_core)
-        if name == "envoy-only":
-            return EnvoyOnly(*args, ca=ca, ca_cert=ca_files[0])
+        if name in ("envoy-only", "envoy-minimal"):
+            kind = EnvoyOnly if name == "envoy-only" else EnvoyMinimal
+            return kind(*args, ca=ca, ca_cert=ca_files[0])
         if name == "mitmproxy":
             return Mitmproxy(*args, ca_files=ca_files)
         if name == "squid":
@@ -169,6 +177,9 @@ class Bench:
         for scenario in self.scenarios.values():
             with contextlib.suppress(Exception):
                 scenario.stop()
+        if self.upstream is not None:
+            with contextlib.suppress(Exception):
+                self.upstream.stop()
         if self.lab is not None:
             with contextlib.suppress(Exception):
                 self.lab.stop()
@@ -186,10 +197,11 @@ class Bench:
             rounds[name].append(self._measure(self.scenarios[name], index))
         if "intercept" in rounds and rounds["intercept"][-1].get("rps"):
             half = rounds["intercept"][-1]["rps"] / 2
-            for name in ("direct", "intercept"):
+            for name in results.HALF_SATURATION:
                 if name in self.scenarios:
                     self.flags = []
-                    figures = self._latency(self.scenarios[name], half, index)
+                    clients = self.settings.half_saturation_clients
+                    figures = self._latency(self.scenarios[name], half, index, clients)
                     rounds[name][-1]["p99_half_sat_ms"] = figures.get("p99_ms")
                     rounds[name][-1]["flags"] += [f"round {index + 1}: {f}" for f in self.flags]
 
@@ -197,8 +209,10 @@ class Bench:
         scenario.check()
         self.flags = []
         figures: dict[str, Any] = {"rss_idle_mb": self._rss(scenario)}
-        figures.update(self._keepalive(scenario))
-        figures.update(self._latency(scenario, self.settings.rate, index))
+        figures.update(self._keepalive(scenario, http2=False))
+        if scenario.http2:
+            figures.update(self._keepalive(scenario, http2=True))
+        figures.update(self._latency(scenario, self.settings.rate, index, clients=1))
         figures["new_conn_rps"] = self._new_connections(scenario)
         figures["first_new_host_ms"] = self._first_new_host(scenario)
         figures["mb_per_s"] = self._download(scenario)
@@ -217,8 +231,10 @@ class Bench:
             )
         return result.stdout
 
-    def _h2load(self, scenario: Scenario, args: Sequence[str], url: str) -> results.H2load:
-        argv = ["h2load", "--h1", "-t1", "-m1", *args, url]
+    def _h2load(
+        self, scenario: Scenario, args: Sequence[str], url: str, *, http2: bool = False
+    ) -> results.H2load:
+        argv = ["h2load", *([] if http2 else ["--h1"]), "-t1", "-m1", *args, url]
         timeout = self.settings.duration + self.settings.warm_up + 120
         output = self._client(scenario, argv, timeout)
         summary = results.parse_h2load(output)
@@ -236,36 +252,59 @@ class Bench:
     def _duration_args(self) -> list[str]:
         return [f"-D{self.settings.duration:g}", f"--warm-up-time={self.settings.warm_up:g}"]
 
-    def _keepalive(self, scenario: Scenario) -> dict[str, Any]:
+    def _wrk(self, scenario: Scenario) -> results.Wrk:
+        argv = ["wrk", "-t1", f"-c{self.settings.connections}"]
+        argv += [f"-d{self.settings.duration:g}s", _url(configs.HOST)]
+        output = self._client(scenario, argv, self.settings.duration + 120)
+        summary = results.parse_wrk(output)
+        if summary.requests == 0 or summary.errors > MAX_ERROR_SHARE * summary.requests:
+            raise BenchError(f"{scenario.name}: {' '.join(argv)}: too many errors:\n{output}")
+        if summary.errors:
+            self.flags.append(f"{summary.errors} of {summary.requests} answers not 2xx (wrk)")
+        return summary
+
+    def _keepalive(self, scenario: Scenario, *, http2: bool) -> dict[str, Any]:
+        """Closed loop over keep-alive connections: HTTP/1.1 with wrk, HTTP/2 with h2load (one
+        stream in flight per connection)."""
         pids = scenario.pids()
         cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         cores_before = _core_ticks()
         with _rss_peaks(pids) as peaks:
-            summary = self._h2load(
-                scenario,
-                [f"-c{self.settings.connections}", *self._duration_args()],
-                _url(configs.HOST),
-            )
+            if http2:
+                args = [f"-c{self.settings.connections}", *self._duration_args()]
+                h2 = self._h2load(scenario, args, _url(configs.HOST), http2=True)
+                # Warm-up requests cost CPU too: count them (they are not in `done`).
+                rps, served = h2.rps, h2.rps * (self.settings.duration + self.settings.warm_up)
+            else:
+                wrk = self._wrk(scenario)
+                rps, served = wrk.rps, wrk.requests
         busy = _busy_percent(cores_before, _core_ticks())
-        # Warm-up requests cost CPU too: count them (they are not in `done`).
-        served = summary.rps * (self.settings.duration + self.settings.warm_up)
+        suffix = "_h2" if http2 else ""
         cpu_ms = {
             name: (_cpu_seconds(pid) - cpu_before[name]) * 1000 / served
             for name, pid in pids.items()
         }
-        figures: dict[str, Any] = {"rps": summary.rps, "rss_mb": dict(peaks)}
+        figures: dict[str, Any] = {f"rps{suffix}": rps}
         # Which core saturated: tells whether a rate is the proxy's or the client's limit.
         roles = {"client core": self.layout.client_core, "proxy core": self.layout.proxy_core}
-        figures["busy_percent"] = {
-            role: busy[core] for role, core in roles.items() if core is not None
-        }
+        busy_roles = {role: busy[core] for role, core in roles.items() if core is not None}
+        if busy_roles.get("client core", 0) >= SATURATED_PERCENT:
+            self.flags.append(
+                f"keep-alive{' HTTP/2' if http2 else ''}: the client core was "
+                f"{busy_roles['client core']:.0f} % busy, so the rate is the client's"
+            )
+        if not http2:
+            figures |= {"rss_mb": dict(peaks), "busy_percent": busy_roles}
         if cpu_ms:
-            figures["cpu_ms_per_req"] = sum(cpu_ms.values())
-            figures["cpu_ms_per_req_by_process"] = cpu_ms
+            figures[f"cpu_ms_per_req{suffix}"] = sum(cpu_ms.values())
+            figures[f"cpu_ms_per_req{suffix}_by_process"] = cpu_ms
         return figures
 
-    def _latency(self, scenario: Scenario, rate: float, index: int) -> dict[str, float]:
-        clients = self.settings.latency_clients
+    def _latency(
+        self, scenario: Scenario, rate: float, index: int, clients: int
+    ) -> dict[str, float]:
+        """At a fixed rate: each of `clients` connections sends at rate/clients, evenly
+        spaced (h2load starts them together, so several clients send in step)."""
         log = self.client_dir / f"{scenario.name}-{index}-{rate:.0f}.log"
         args = [f"-c{clients}", f"--rps={rate / clients:.3f}", *self._duration_args()]
         summary = self._h2load(scenario, [*args, f"--log-file={log}"], _url(configs.HOST))
@@ -335,6 +374,8 @@ class Bench:
             "load_average_at_start": _load_average(),
             "envoy": _first_line([str(envoy_binary()), "--version"]).rpartition("version: ")[2],
             "h2load": _first_line(["h2load", "--version"]),
+            "wrk": _first_line(["wrk", "--version"]),
+            "nginx": _first_line(["nginx", "-v"]),
             "squid": _first_line([str(SQUID), "-v"]),
             "mitmproxy": _first_line([str(MITM_VENV / "bin" / "mitmdump"), "--version"]),
             "layout": self.layout.describe(),

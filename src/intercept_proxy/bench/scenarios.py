@@ -34,7 +34,15 @@ INTERCEPT = Path(sys.executable).with_name("intercept")
 MITM_VENV = Path(os.environ.get("MITM_VENV", "/opt/intercept-bench/mitmproxy-venv"))
 SQUID = Path("/usr/sbin/squid")
 CERTGEN = Path("/usr/lib/squid/security_file_certgen")
-ALL = ("direct", "envoy-only", "intercept", "intercept-agent", "mitmproxy", "squid")
+ALL = (
+    "direct",
+    "envoy-minimal",
+    "envoy-only",
+    "intercept",
+    "intercept-agent",
+    "mitmproxy",
+    "squid",
+)
 PROXY_PORT = 15443  # envoy-only, squid, mitmproxy: a port of their own namespace
 ENVOY_ONLY_ADMIN = 15000
 READY_TIMEOUT = 60.0
@@ -64,6 +72,7 @@ class Scenario:
 
     name = ""
     judges = True  # refuses what the allowlist does not grant
+    http2 = True  # offers HTTP/2 to the client (ALPN)
 
     def __init__(self, lab: Lab, ns: str, workdir: Path, proxy_core: int | None) -> None:
         self.lab = lab
@@ -174,11 +183,14 @@ class Scenario:
 class Direct(Scenario):
     name = "direct"
     judges = False
+    # The upstream speaks HTTP/1.1 only, so that every proxy talks to it alike.
+    http2 = False
 
 
 class EnvoyOnly(Scenario):
     name = "envoy-only"
     judges = False
+    minimal = False
 
     def __init__(self, *args: Any, ca: CertificateAuthority, ca_cert: Path) -> None:
         super().__init__(*args)
@@ -197,12 +209,18 @@ class EnvoyOnly(Scenario):
             cert=cert,
             key=key,
             upstream_ca=self.lab.ca_cert_path,
+            minimal=self.minimal,
         )
         config = self.dir / "envoy.json"
         config.write_text(json.dumps(bootstrap, indent=2))
         self._spawn("envoy", envoy_command(config, ["--concurrency", "1", "-l", "warning"]))
         self._wait_port(PROXY_PORT)
         self._redirect(PROXY_PORT)
+
+
+class EnvoyMinimal(EnvoyOnly):
+    name = "envoy-minimal"
+    minimal = True
 
 
 class _MintingProxy(Scenario):
@@ -216,6 +234,7 @@ class _MintingProxy(Scenario):
 
 class Squid(_MintingProxy):
     name = "squid"
+    http2 = False
 
     def _setup(self) -> None:
         self._hosts_file()
@@ -323,3 +342,61 @@ class Intercept(Scenario):
 class InterceptAgent(Intercept):
     name = "intercept-agent"
     judged_by = "agent"
+
+
+class Upstream:
+    """nginx in the lab's namespace, serving every bench name on the bench address."""
+
+    def __init__(self, lab: Lab, workdir: Path, core: int | None) -> None:
+        self.lab = lab
+        self.dir = workdir / "upstream"
+        self.core = core
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, names: Sequence[str]) -> None:
+        self.dir.mkdir(mode=0o755)
+        body, download = self.dir / "body", self.dir / "download"
+        body.write_bytes(b"x" * configs.BODY_BYTES)
+        with download.open("wb") as f:
+            f.truncate(configs.DOWNLOAD_BYTES)
+        conf = self.dir / "nginx.conf"
+        leaves = {name: self.lab.leaf(name) for name in names}
+        conf.write_text(
+            configs.nginx_conf(state_dir=self.dir, leaves=leaves, body=body, download=download)
+        )
+        argv = ["nginx", "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(conf)]
+        log = (self.dir / "nginx.log").open("ab")
+        self.process = subprocess.Popen(
+            netns.exec_argv(self.lab.netns, pinned(self.core, argv)),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"nginx exited with {self.process.returncode}:\n{self.logs()}")
+            listening = netns.run(self.lab.netns, ["ss", "-Hltn", "sport = :443"])
+            if configs.HOST_IPV4 in listening.stdout:
+                return
+            time.sleep(0.1)
+        raise BenchError(f"nginx does not listen after {READY_TIMEOUT}s:\n{self.logs()}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-3000:] for path in sorted(self.dir.glob("*.log"))
+        )
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)

@@ -22,6 +22,11 @@ class LabPki:
     leaves: dict[str, tuple[Path, Path]]  # host name -> (certificate, key)
 
 
+def leaf_paths(leaf_dir: Path, name: str) -> tuple[Path, Path]:
+    """Where the certificate and key of host `name` are written."""
+    return leaf_dir / f"{name}.pem", leaf_dir / f"{name}.key"
+
+
 def write_lab_pki(hosts: Sequence[LabHost], ca_cert_path: Path, leaf_dir: Path) -> LabPki:
     """Generate the CA and a leaf per host; the CA key is never written, nothing needs it later.
 
@@ -33,8 +38,7 @@ def write_lab_pki(hosts: Sequence[LabHost], ca_cert_path: Path, leaf_dir: Path) 
     leaves = {}
     for host in hosts:
         leaf = ca.issue([host.name], validity=LEAF_VALIDITY)
-        cert_path = leaf_dir / f"{host.name}.pem"
-        key_path = leaf_dir / f"{host.name}.key"
+        cert_path, key_path = leaf_paths(leaf_dir, host.name)
         write_public(cert_path, leaf.cert_pem)
         write_private(key_path, leaf.key_pem)
         leaves[host.name] = (cert_path, key_path)

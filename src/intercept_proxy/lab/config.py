@@ -55,7 +55,7 @@ class ServerConfig:
         data: dict[str, Any] = json.loads(text)
         hosts = tuple(
             ServedHost(
-                LabHost(h["name"], h["ipv4"], h["ipv6"], tuple(h["git_repos"])),
+                LabHost(h["name"], h["ipv4"], h["ipv6"], tuple(h["git_repos"]), h["external"]),
                 Path(h["cert"]),
                 Path(h["key"]),
             )
@@ -69,9 +69,12 @@ class ServerConfig:
         )
 
     def addresses(self) -> dict[str, list[ServedHost]]:
-        """Every host address with the hosts on it, in spec order (the first is the default)."""
+        """Every address the lab serves with the hosts on it, in spec order (the first is the
+        default); not those of external hosts."""
         by_address: dict[str, list[ServedHost]] = {}
         for served in self.hosts:
+            if served.host.external:
+                continue
             for address in (served.host.ipv4, served.host.ipv6):
                 by_address.setdefault(address, []).append(served)
         return by_address

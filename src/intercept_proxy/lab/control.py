@@ -27,7 +27,7 @@ from typing import Any
 
 from intercept_proxy import netns
 from intercept_proxy.lab.addresses import MAX_LINKS, RESOLVER_V4, RESOLVER_V6, link_addresses
-from intercept_proxy.lab.certs import write_lab_pki
+from intercept_proxy.lab.certs import leaf_paths, write_lab_pki
 from intercept_proxy.lab.config import READY, ServedHost, ServerConfig
 from intercept_proxy.lab.receipts import read_receipts
 from intercept_proxy.lab.repos import create_bare_repo
@@ -103,6 +103,15 @@ class Lab:
             if host.name == name:
                 return host
         raise KeyError(f"{name!r} is not a lab host ({', '.join(h.name for h in self.hosts)})")
+
+    def leaf(self, name: str) -> tuple[Path, Path]:
+        """The certificate and key (root's alone) the lab issued for host `name`."""
+        self.host(name)
+        return leaf_paths(self._leaf_dir, name)
+
+    @property
+    def _leaf_dir(self) -> Path:
+        return self.state_dir / "certs"
 
     @property
     def dns_servers(self) -> tuple[str, str]:
@@ -203,7 +212,7 @@ class Lab:
         return self.state_dir / "server.json"
 
     def _prepare_files(self) -> None:
-        pki = write_lab_pki(self.spec.hosts, self.ca_cert_path, self.state_dir / "certs")
+        pki = write_lab_pki(self.spec.hosts, self.ca_cert_path, self._leaf_dir)
         repos_root = self.state_dir / "repos"
         for host in self.spec.hosts:
             for repo in host.git_repos:

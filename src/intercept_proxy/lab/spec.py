@@ -23,7 +23,7 @@ from intercept_proxy.lab.addresses import (
 )
 
 _TOP_KEYS = frozenset({"hosts"})
-_HOST_KEYS = frozenset({"name", "ipv4", "ipv6", "git_repos"})
+_HOST_KEYS = frozenset({"name", "ipv4", "ipv6", "git_repos", "external"})
 # GitHub's own rule for owner and repository names, minus the ".git" suffix git adds itself.
 _REPO_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -43,6 +43,9 @@ class LabHost:
     ipv4: str
     ipv6: str
     git_repos: tuple[str, ...] = ()
+    # The lab answers for the name (DNS, its addresses, a certificate) but serves nothing
+    # there: another server (the benchmark's nginx) listens on its addresses.
+    external: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +53,7 @@ class LabHost:
             "ipv4": self.ipv4,
             "ipv6": self.ipv6,
             "git_repos": list(self.git_repos),
+            "external": self.external,
         }
 
 
@@ -81,27 +85,45 @@ class LabSpec:
             raise LabSpecError(source, "hosts", f"expected a non-empty list, got {_kind(hosts)}")
         parsed = [_parse_host(source, f"hosts[{i}]", h) for i, h in enumerate(hosts)]
         seen: dict[str, int] = {}
-        for i, (name, _, _) in enumerate(parsed):
+        for i, (name, _, _, _) in enumerate(parsed):
             if name in seen:
                 raise LabSpecError(
                     source, f"hosts[{i}].name", f"{name!r} is already hosts[{seen[name]}]"
                 )
             seen[name] = i
         try:
-            addresses = assign_addresses([request for _, request, _ in parsed])
+            addresses = assign_addresses([request for _, request, _, _ in parsed])
         except AddressError as e:
             raise LabSpecError(source, "hosts", str(e)) from e
         resolved = tuple(
-            LabHost(name, v4, v6, repos)
-            for (name, _, repos), (v4, v6) in zip(parsed, addresses, strict=True)
+            LabHost(name, v4, v6, repos, external)
+            for (name, _, repos, external), (v4, v6) in zip(parsed, addresses, strict=True)
         )
+        _check_external(source, resolved)
         return cls(resolved, source)
 
     def to_dict(self) -> dict[str, Any]:
         return {"hosts": [host.to_dict() for host in self.hosts]}
 
 
-def _parse_host(source: str, key: str, data: Any) -> tuple[str, AddressRequest, tuple[str, ...]]:
+def _check_external(source: str, hosts: tuple[LabHost, ...]) -> None:
+    """An address is the lab's or another server's, never both."""
+    served = {a: i for i, h in enumerate(hosts) if not h.external for a in (h.ipv4, h.ipv6)}
+    for i, host in enumerate(hosts):
+        if host.external and host.git_repos:
+            raise LabSpecError(source, f"hosts[{i}].git_repos", "an external host serves none")
+        for address in (host.ipv4, host.ipv6):
+            if host.external and address in served:
+                raise LabSpecError(
+                    source,
+                    f"hosts[{i}].external",
+                    f"{address} is also hosts[{served[address]}]'s, which the lab serves",
+                )
+
+
+def _parse_host(
+    source: str, key: str, data: Any
+) -> tuple[str, AddressRequest, tuple[str, ...], bool]:
     if not isinstance(data, Mapping):
         raise LabSpecError(source, key, f"expected a mapping with 'name', got {_kind(data)}")
     _check_keys(source, key, data, _HOST_KEYS)
@@ -115,7 +137,12 @@ def _parse_host(source: str, key: str, data: Any) -> tuple[str, AddressRequest, 
     ipv4 = _address(source, f"{key}.ipv4", data.get("ipv4"), 4)
     ipv6 = _address(source, f"{key}.ipv6", data.get("ipv6"), 6)
     repos = _repos(source, f"{key}.git_repos", data.get("git_repos", []))
-    return name, AddressRequest(ipv4, ipv6), repos
+    external = data.get("external", False)
+    if not isinstance(external, bool):
+        raise LabSpecError(
+            source, f"{key}.external", f"expected true or false, got {_kind(external)}"
+        )
+    return name, AddressRequest(ipv4, ipv6), repos, external
 
 
 def _address(source: str, key: str, value: Any, version: int) -> str | None:
