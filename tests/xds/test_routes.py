@@ -64,19 +64,26 @@ def test_every_virtual_host_starts_with_its_gate_to_the_agent(compiled):
 
 def test_reads_decided_only_if_they_send_nothing_are_looked_at_first(compiled):
     """A read-only host's reads: HTTP/1.1 shows in its headers whether it sends something (the
-    gate looks), later versions get their body checked (then routed again if they sent one)."""
-    sends_gates = {"gate:sends-length", "gate:sends-chunked", "gate:sent"}
+    gate looks), later versions get their body read, and judged by the agent if they sent one."""
+    sends_gates = {"gate:sends-length", "gate:sends-chunked"}
     checked = set()
     for config in compiled:
+        tls = config["name"] == resources.TLS_LISTENER
         for vhost in config["virtual_hosts"]:
             by_name = {r["name"]: r for r in vhost["routes"]}
             for name, route in by_name.items():
-                sends = routes.SENDS_FILTER in route.get("typed_per_filter_config", {})
+                filters = route.get("typed_per_filter_config", {})
+                sends = routes.SENT_CHECK_FILTER in filters
                 assert sends == name.endswith(":sends")
                 if sends:
                     assert sends_gates <= by_name.keys()
                     http1 = by_name[name.removesuffix(":sends")]
                     assert http1["match"]["headers"][-1]["name"] == routes.PROTOCOL_HEADER
+                    # The body is read first, then the agent judges a read that sent one.
+                    assert routes.BUFFER_FILTER in filters
+                    transport = "tls" if tls else "plain"
+                    check = filters[routes.SENT_CHECK_FILTER]["config"]["check_settings"]
+                    assert check["context_extensions"] == {routes.TRANSPORT_KEY: transport}
                     checked.add(vhost["domains"][0])
     # pypi.org is in allowed_domains (reads only); api.anthropic.com is unrestricted.
     assert "pypi.org" in checked and "api.anthropic.com" not in checked
@@ -105,10 +112,7 @@ def test_nothing_is_forwarded_unjudged(compiled, compiled_or_not):
                 if decision["judge"] == "envoy":
                     assert decision["allow"] in (True, False)
                     assert route.get("direct_response") or route["route"]
-                    # Off, or on for a body check that may route the request to the agent.
-                    assert authz is None or (
-                        authz["disabled"] is True and route["name"].endswith(":sends")
-                    )
+                    assert authz is None
                 else:  # the agent decides; if it cannot answer, the log says so
                     expected = {**routes.NO_DECISION.__dict__, "judge": "none"}
                     policy_revision = decision["policy_revision"]

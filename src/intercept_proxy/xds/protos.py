@@ -16,12 +16,13 @@ from envoy.extensions.access_loggers.file.v3 import file_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stats.v3 import stats_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
+from envoy.extensions.common.matching.v3 import extension_matcher_pb2  # noqa: F401
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
+from envoy.extensions.filters.http.composite.v3 import composite_pb2  # noqa: F401
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (  # noqa: F401
     dynamic_forward_proxy_pb2,
 )
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
-from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
@@ -39,6 +40,7 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # no
 )
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from envoy.type.matcher.v3 import http_inputs_pb2  # noqa: F401
 from google.protobuf import any_pb2, json_format, wrappers_pb2  # noqa: F401
 from google.protobuf.message import Message
 from xds.type.v3 import typed_struct_pb2  # noqa: F401

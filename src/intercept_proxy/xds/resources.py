@@ -16,16 +16,14 @@ from intercept_proxy.options import option
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.routes import (
     AUTHZ_FILTER,
-    DRAIN_FILTER,
-    DRAIN_LIMIT_BYTES,
+    BUFFER_FILTER,
+    BUFFER_LIMIT_BYTES,
     INTERNAL_HEADERS,
-    SENDS_FILTER,
-    SENDS_SOURCE,
+    SENT_CHECK_FILTER,
     oversized_denial,
     request_facts,
     route_configuration,
     route_field,
-    sends_source,
     target,
 )
 from intercept_proxy.xds.types import type_url
@@ -355,6 +353,65 @@ def decision_counter(*, by_agent: bool) -> dict[str, Any]:
     }
 
 
+def ext_authz(dp: DataPlane) -> dict[str, Any]:
+    """The agent's check: fails closed."""
+    return {
+        "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
+        "grpc_service": {
+            "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
+            "timeout": _duration(dp.authz_timeout_s),
+        },
+        "transport_api_version": "V3",
+        "failure_mode_allow": False,
+        "status_on_error": {"code": 503},
+        "include_tls_session": True,
+        # The first byte of a body, if any: tells a read from a request that sends data when no
+        # header says so (HTTP/2 without content-length).
+        "with_request_body": {
+            "max_request_bytes": 1,
+            "allow_partial_message": True,
+            "pack_as_bytes": True,
+        },
+    }
+
+
+def sent_check(dp: DataPlane) -> dict[str, Any]:
+    """The agent's check of a read that sent a body: ext_authz, created only for a request with
+    a length other than 0 (the buffer filter before it writes the length of the body it read).
+    Its decision lands where the agent's always does (ext_authz's dynamic metadata)."""
+    length = {
+        "name": "content-length",
+        "typed_config": {
+            "@type": type_url("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
+            "header_name": "content-length",
+        },
+    }
+    # The xds matcher's own regex message: the engine is named.
+    sent = {
+        "input": length,
+        "value_match": {"safe_regex": {"google_re2": {}, "regex": "[1-9][0-9]*"}},
+    }
+    check = {
+        "name": "check",
+        "typed_config": {
+            "@type": type_url("envoy.extensions.filters.http.composite.v3.ExecuteFilterAction"),
+            "typed_config": {"name": AUTHZ_FILTER, "typed_config": ext_authz(dp)},
+        },
+    }
+    composite = type_url("envoy.extensions.filters.http.composite.v3.Composite")
+    return {
+        "@type": type_url("envoy.extensions.common.matching.v3.ExtensionWithMatcher"),
+        "extension_config": {"name": "composite", "typed_config": {"@type": composite}},
+        "xds_matcher": {
+            "matcher_list": {
+                "matchers": [
+                    {"predicate": {"single_predicate": sent}, "on_match": {"action": check}}
+                ]
+            }
+        },
+    }
+
+
 def early_mutations(*, tls: bool) -> list[dict[str, Any]]:
     """Before routing: only Envoy's own request ids (the decision id is one, and a client must
     not choose it), and only the listener's own facts about the request (routes.py)."""
@@ -411,43 +468,15 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         "http_filters": [
             # These three are off unless a route turns them on (see routes.py).
             {
-                "name": SENDS_FILTER,
-                "disabled": True,
-                "typed_config": {
-                    "@type": type_url("envoy.extensions.filters.http.lua.v3.Lua"),
-                    "source_codes": {SENDS_SOURCE: {"inline_string": sends_source()}},
-                },
-            },
-            {
-                "name": DRAIN_FILTER,
+                "name": BUFFER_FILTER,
                 "disabled": True,
                 "typed_config": {
                     "@type": type_url("envoy.extensions.filters.http.buffer.v3.Buffer"),
-                    "max_request_bytes": DRAIN_LIMIT_BYTES,
+                    "max_request_bytes": BUFFER_LIMIT_BYTES,
                 },
             },
-            {
-                "name": AUTHZ_FILTER,
-                "disabled": True,
-                "typed_config": {
-                    "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
-                    "grpc_service": {
-                        "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
-                        "timeout": _duration(dp.authz_timeout_s),
-                    },
-                    "transport_api_version": "V3",
-                    "failure_mode_allow": False,
-                    "status_on_error": {"code": 503},
-                    "include_tls_session": True,
-                    # The first byte of a body, if any: tells a read from a request that sends
-                    # data when no header says so (HTTP/2 without content-length).
-                    "with_request_body": {
-                        "max_request_bytes": 1,
-                        "allow_partial_message": True,
-                        "pack_as_bytes": True,
-                    },
-                },
-            },
+            {"name": SENT_CHECK_FILTER, "disabled": True, "typed_config": sent_check(dp)},
+            {"name": AUTHZ_FILTER, "disabled": True, "typed_config": ext_authz(dp)},
             {
                 "name": "envoy.filters.http.dynamic_forward_proxy",
                 "typed_config": {

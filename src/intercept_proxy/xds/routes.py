@@ -7,7 +7,9 @@ path the policy cannot judge, a protocol upgrade, a read that sends a body where
 its decision. Each
 is one of Envoy's own header matchers; the facts a matcher cannot read (whether the SNI is the
 host, the HTTP version, a transfer encoding, which Envoy's HTTP/1 codec takes out of the headers)
-are written into request headers before routing (`request_facts`).
+are written into request headers before routing (`request_facts`). An HTTP/2 or HTTP/3 read
+needs no header to send a body: on the routes where that matters, Envoy's buffer filter reads the
+body (and writes its length) and the agent judges the read if it sent one.
 The policy's own routes follow: an allow forwards upstream without asking the agent, a denial is
 answered by Envoy with the same JSON body the agent writes, and a class the policy could not
 decide natively asks the agent. Without a compiled policy (custom Rego modules, a pod's policy
@@ -20,7 +22,6 @@ resources.py) reads it.
 from __future__ import annotations
 
 import re
-from importlib import resources
 from typing import Any
 
 from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, Judge, error_body
@@ -39,18 +40,18 @@ from intercept_proxy.xds.types import type_url
 SNI_HEADER = "x-intercept-sni-is-host"
 PROTOCOL_HEADER = "x-intercept-protocol"
 ENCODING_HEADER = "x-intercept-transfer-encoding"
-SENT_HEADER = "x-intercept-sent"
-INTERNAL_HEADERS = (SNI_HEADER, PROTOCOL_HEADER, ENCODING_HEADER, SENT_HEADER)
+INTERNAL_HEADERS = (SNI_HEADER, PROTOCOL_HEADER, ENCODING_HEADER)
 # ext_authz context extension naming the listener's transport: "tls" or "plain".
 TRANSPORT_KEY = "intercept_transport"
 METADATA_KEY = "intercept"
-# Filters that are off unless a route turns them on: the check for a body without a length
-# (sends.lua), and the reading of an upload before a denial.
-SENDS_FILTER = "envoy.filters.http.lua"
-DRAIN_FILTER = "envoy.filters.http.buffer"
-SENDS_SOURCE = "sends"
-# Uploads to a denied route are read before the answer, up to this size (then Envoy answers 413).
-DRAIN_LIMIT_BYTES = 16 * 1024 * 1024
+# Filters that are off unless a route turns them on: Envoy's buffer filter, which reads a
+# request's body to its end (an upload before a denial, a read's body before the check below),
+# and writes its length; and the agent's check of a read that sent a body (ext_authz, created
+# only for a request with a length other than 0).
+BUFFER_FILTER = "envoy.filters.http.buffer"
+SENT_CHECK_FILTER = "intercept.read_with_body"
+# Bodies are read up to this size (then Envoy answers 413).
+BUFFER_LIMIT_BYTES = 16 * 1024 * 1024
 # What the decision log says of a request sent to the agent that got no answer from it: the
 # agent did not answer (flags UAEX, Envoy answered 503), or Envoy refused the request first (its
 # details say why: a failed upgrade, a client gone).
@@ -73,12 +74,6 @@ def request_facts(*, tls: bool) -> dict[str, str]:
     if tls:
         facts[SNI_HEADER] = "%CEL(request.host == connection.requested_server_name)%"
     return facts
-
-
-def sends_source() -> str:
-    """The Lua code of the check for a body without a length."""
-    code = resources.files(__package__).joinpath("sends.lua").read_text()
-    return f'local SENT = "{SENT_HEADER}"\n' + code
 
 
 def target(*, tls: bool) -> str:
@@ -110,9 +105,9 @@ AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 _AUTHZ_PER_ROUTE = type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")
 
 
-def _authz_per_route(*, tls: bool) -> dict[str, Any]:
+def _authz_per_route(*, tls: bool, name: str = AUTHZ_FILTER) -> dict[str, Any]:
     check = {"context_extensions": {TRANSPORT_KEY: "tls" if tls else "plain"}}
-    return _per_route(AUTHZ_FILTER, {"@type": _AUTHZ_PER_ROUTE, "check_settings": check})
+    return _per_route(name, {"@type": _AUTHZ_PER_ROUTE, "check_settings": check})
 
 
 _DECISION_ID = [
@@ -195,22 +190,12 @@ def _per_route(name: str, config: dict[str, Any]) -> dict[str, Any]:
     return {name: {"@type": type_url("envoy.config.route.v3.FilterConfig"), "config": config}}
 
 
-def _drain() -> dict[str, Any]:
+def _buffer() -> dict[str, Any]:
     return _per_route(
-        DRAIN_FILTER,
+        BUFFER_FILTER,
         {
             "@type": type_url("envoy.extensions.filters.http.buffer.v3.BufferPerRoute"),
-            "buffer": {"max_request_bytes": DRAIN_LIMIT_BYTES},
-        },
-    )
-
-
-def _sends_check() -> dict[str, Any]:
-    return _per_route(
-        SENDS_FILTER,
-        {
-            "@type": type_url("envoy.extensions.filters.http.lua.v3.LuaPerRoute"),
-            "name": SENDS_SOURCE,
+            "buffer": {"max_request_bytes": BUFFER_LIMIT_BYTES},
         },
     )
 
@@ -233,7 +218,7 @@ def policy_route(
         out["direct_response"] = _denial(outcome, tls=tls)
         # The upload is read to its end first: HTTP/2 clients such as curl take an answer that
         # overtakes their upload (and Envoy's reset after it) for a stream error.
-        out["typed_per_filter_config"] = _drain()
+        out["typed_per_filter_config"] = _buffer()
     out["response_headers_to_add"] = _DECISION_ID
     return out
 
@@ -290,7 +275,6 @@ def gate(host: VirtualHost, *, tls: bool) -> list[tuple[str, dict[str, Any]]]:
         sends = [
             ("sends-length", [reads, _exact("content-length", "0", invert=True)]),
             ("sends-chunked", [reads, _present(ENCODING_HEADER)]),
-            ("sent", [_present(SENT_HEADER)]),
         ]
         out += [(name, {**any_path, "headers": headers}) for name, headers in sends]
     return out
@@ -306,20 +290,17 @@ def _policy_routes(
         )
         if route.bodyless and route.outcome.allow is not None:
             # HTTP/1.1 passed the gate's look at its headers; later versions get their body
-            # checked (and go to the agent if they sent one).
+            # read, and judged by the agent if there was one.
             http1 = _exact(PROTOCOL_HEADER, "HTTP/1.1")
             match = entry["match"]
             out.append({**entry, "match": {**match, "headers": [*match.get("headers", []), http1]}})
-            # Filters exist from the first route on: ext_authz is there (idle on this route) for
-            # the agent's route, should the body check route the read again.
-            skipped = _per_route(AUTHZ_FILTER, {"@type": _AUTHZ_PER_ROUTE, "disabled": True})
             entry = {
                 **entry,
                 "name": entry["name"] + ":sends",
                 "typed_per_filter_config": {
                     **entry.get("typed_per_filter_config", {}),
-                    **_sends_check(),
-                    **skipped,
+                    **_buffer(),
+                    **_authz_per_route(tls=tls, name=SENT_CHECK_FILTER),
                 },
             }
         out.append(entry)
