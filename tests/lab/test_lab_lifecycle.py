@@ -114,7 +114,13 @@ def test_cli_up_status_down(prefix, make_netns, tmp_path, find_leftovers):
     summary = json.loads(up.stdout)
     assert summary["name"] == name
     assert summary["hosts"] == [
-        {"name": "cli.test", "ipv4": "198.18.7.7", "ipv6": "fd00::1:1", "git_repos": []}
+        {
+            "name": "cli.test",
+            "ipv4": "198.18.7.7",
+            "ipv6": "fd00::1:1",
+            "git_repos": [],
+            "external": False,
+        }
     ]
     assert summary["dns_servers"] == ["198.18.0.53", "fd00::53"]
     assert summary["ca_cert"] == str(STATE_ROOT / name / "ca.pem")
