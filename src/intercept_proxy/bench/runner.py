@@ -240,14 +240,27 @@ class Bench:
         summary = results.parse_h2load(output)
         # Not done - 2xx: h2load counts its warm-up in one and not the other.
         errors = summary.failed + summary.status_other
-        # A few errors under load are a figure of the proxy (flagged); many mean it is broken.
-        if summary.status_2xx == 0 or errors > MAX_ERROR_SHARE * summary.done:
+        self._judge_errors(
+            scenario, argv, output, errors, summary.done, summary.status_2xx,
+            f"{' '.join(args)}; {url}",
+        )  # fmt: skip
+        return summary
+
+    def _judge_errors(
+        self,
+        scenario: Scenario,
+        argv: Sequence[str],
+        output: str,
+        errors: int,
+        total: int,
+        succeeded: int,
+        what: str,
+    ) -> None:
+        """A few errors under load are a figure of the proxy (flagged); many mean it is broken."""
+        if succeeded == 0 or errors > MAX_ERROR_SHARE * total:
             raise BenchError(f"{scenario.name}: {' '.join(argv)}: too many errors:\n{output}")
         if errors:
-            self.flags.append(
-                f"{errors} of {summary.done} answers not 2xx ({' '.join(args)}; {url})"
-            )
-        return summary
+            self.flags.append(f"{errors} of {total} answers not 2xx ({what})")
 
     def _duration_args(self) -> list[str]:
         return [f"-D{self.settings.duration:g}", f"--warm-up-time={self.settings.warm_up:g}"]
@@ -257,10 +270,8 @@ class Bench:
         argv += [f"-d{self.settings.duration:g}s", _url(configs.HOST)]
         output = self._client(scenario, argv, self.settings.duration + 120)
         summary = results.parse_wrk(output)
-        if summary.requests == 0 or summary.errors > MAX_ERROR_SHARE * summary.requests:
-            raise BenchError(f"{scenario.name}: {' '.join(argv)}: too many errors:\n{output}")
-        if summary.errors:
-            self.flags.append(f"{summary.errors} of {summary.requests} answers not 2xx (wrk)")
+        total = summary.requests
+        self._judge_errors(scenario, argv, output, summary.errors, total, total, "wrk")
         return summary
 
     def _keepalive(self, scenario: Scenario, *, http2: bool) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,44 @@ def missing_tools(names: Sequence[str]) -> list[str]:
     return problems
 
 
+def stop_groups(processes: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to each process's group, then SIGKILL to those still there after 5 s."""
+    processes = list(processes)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+def logs_of(directory: Path) -> str:
+    """The end of every log in `directory`, each under its name."""
+    out = []
+    for path in sorted(directory.glob("*.log")):
+        out.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-3000:]}")
+    return "\n".join(out)
+
+
+def wait_listening(ns: str, address: str, port: int, check_alive: Callable[[], None]) -> bool:
+    """Whether something in `ns` listens on `address` (any, if empty) and `port` within
+    READY_TIMEOUT, calling `check_alive` (which raises) meanwhile. Read from the socket table:
+    a connection that was not redirected makes Squid's NAT lookup fail, and then its listener
+    accepts nothing more."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        check_alive()
+        listening = netns.run(ns, ["ss", "-Hltn", f"sport = :{port}"]).stdout
+        if listening.strip() and address in listening:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 class Scenario:
     """A client namespace and the proxy processes serving it."""
 
@@ -118,16 +156,8 @@ class Scenario:
             raise BenchError(f"{self.name}: iptables-restore: {result.stderr.strip()}")
 
     def _wait_port(self, port: int) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            self._check_alive()
-            # Listening, read from the socket table: a connection that was not redirected
-            # makes Squid's NAT lookup fail, and then its listener accepts nothing more.
-            listening = netns.run(self.ns, ["ss", "-Hltn", f"sport = :{port}"])
-            if listening.stdout.strip():
-                return
-            time.sleep(0.2)
-        raise BenchError(f"{self.name}: nothing listens on {port} after {READY_TIMEOUT}s")
+        if not wait_listening(self.ns, "", port, self._check_alive):
+            raise BenchError(f"{self.name}: nothing listens on {port} after {READY_TIMEOUT}s")
 
     def _check_alive(self) -> None:
         for name, process in self.processes.items():
@@ -137,10 +167,7 @@ class Scenario:
                 )
 
     def logs(self) -> str:
-        out = []
-        for path in sorted(self.dir.glob("*.log")):
-            out.append(f"--- {path.name} ---\n{path.read_text(errors='replace')[-3000:]}")
-        return "\n".join(out)
+        return logs_of(self.dir)
 
     def check(self) -> None:
         """A read passes; a write is refused where the scenario judges requests."""
@@ -166,16 +193,7 @@ class Scenario:
         return {}
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+        stop_groups(self.processes.values())
         # Whatever is left in the namespace (helpers that left the group) dies with it.
         netns.delete(self.ns)
 
@@ -374,29 +392,17 @@ class Upstream:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise BenchError(f"nginx exited with {self.process.returncode}:\n{self.logs()}")
-            listening = netns.run(self.lab.netns, ["ss", "-Hltn", "sport = :443"])
-            if configs.HOST_IPV4 in listening.stdout:
-                return
-            time.sleep(0.1)
-        raise BenchError(f"nginx does not listen after {READY_TIMEOUT}s:\n{self.logs()}")
+        if not wait_listening(self.lab.netns, configs.HOST_IPV4, 443, self._check_alive):
+            raise BenchError(f"nginx does not listen after {READY_TIMEOUT}s:\n{self.logs()}")
+
+    def _check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise BenchError(f"nginx exited with {self.process.returncode}:\n{self.logs()}")
 
     def logs(self) -> str:
-        return "\n".join(
-            path.read_text(errors="replace")[-3000:] for path in sorted(self.dir.glob("*.log"))
-        )
+        return logs_of(self.dir)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        if self.process is not None:
+            stop_groups([self.process])

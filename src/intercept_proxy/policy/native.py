@@ -59,7 +59,7 @@ class RegoFacts:
     # What follows /repos/{owner}/{repo} in a request that administers the repository: RE2
     # patterns over the lower-cased segments, each after a slash.
     github_admin_paths: tuple[str, ...]
-    # Reads: whether one sends something (a body, an upgrade) may change its decision.
+    # Reads: whether one sends a body may change its decision.
     read_methods: tuple[str, ...]
     # Paths with more segments than this the policy cannot judge.
     max_segments: int

@@ -4,12 +4,12 @@ Every virtual host starts with its gate: routes to the agent, which judges over 
 any request that is not canonical (see `intercept_proxy.policy.native`): an unusual scheme or
 method, a host name in another spelling than its canonical one, an SNI that is not the host, a
 path the policy cannot judge, a protocol upgrade, a read that sends a body where that changes
-its decision. Each
-is one of Envoy's own header matchers; the facts a matcher cannot read (whether the SNI is the
-host, the HTTP version, a transfer encoding, which Envoy's HTTP/1 codec takes out of the headers)
-are written into request headers before routing (`request_facts`). An HTTP/2 or HTTP/3 read
-needs no header to send a body: on the routes where that matters, Envoy's buffer filter reads the
-body (and writes its length) and the agent judges the read if it sent one.
+its decision. Each is one of Envoy's own header matchers; the facts a matcher cannot read
+(whether the SNI is the host, the HTTP version, a transfer encoding, which Envoy takes out of
+the headers before routing) are written into request headers first (`request_facts`). An
+HTTP/2 or HTTP/3 read needs no header to send a body: on the routes where that matters, Envoy's
+buffer filter reads the body (and writes its length) and the agent judges the read if it sent
+one.
 The policy's own routes follow: an allow forwards upstream without asking the agent, a denial is
 answered by Envoy with the same JSON body the agent writes, and a class the policy could not
 decide natively asks the agent. Without a compiled policy (custom Rego modules, a pod's policy
@@ -35,8 +35,8 @@ from intercept_proxy.policy.native import (
 )
 from intercept_proxy.xds.types import type_url
 
-# Facts about the request written before routing, and the mark of a read that sent a body. The
-# listener removes any copy the client sent; none goes upstream.
+# Facts about the request written before routing. The listener removes any copy the client
+# sent; none goes upstream.
 SNI_HEADER = "x-intercept-sni-is-host"
 PROTOCOL_HEADER = "x-intercept-protocol"
 ENCODING_HEADER = "x-intercept-transfer-encoding"
@@ -172,7 +172,7 @@ def _match(route: Route) -> dict[str, Any]:
     )
     methods = "|".join(route.methods) if set(route.methods) != set(METHODS) else None
     headers = [
-        {"name": name, "string_match": {"safe_regex": {"regex": regex}}}
+        _regex(name, regex)
         for name, regex in (
             (":method", methods),
             (":path", route.path_and_query),
@@ -227,12 +227,16 @@ def _header(name: str, **match: Any) -> dict[str, Any]:
     return {"name": name, **match}
 
 
+def _string(name: str, match: dict[str, Any], *, invert: bool) -> dict[str, Any]:
+    return _header(name, string_match=match, **({"invert_match": True} if invert else {}))
+
+
 def _exact(name: str, value: str, *, invert: bool = False) -> dict[str, Any]:
-    return _header(name, string_match={"exact": value}, invert_match=invert)
+    return _string(name, {"exact": value}, invert=invert)
 
 
 def _regex(name: str, regex: str, *, invert: bool = False) -> dict[str, Any]:
-    return _header(name, string_match={"safe_regex": {"regex": regex}}, invert_match=invert)
+    return _string(name, {"safe_regex": {"regex": regex}}, invert=invert)
 
 
 def _present(name: str) -> dict[str, Any]:
@@ -264,19 +268,18 @@ def gate(host: VirtualHost, *, tls: bool) -> list[tuple[str, dict[str, Any]]]:
         conditions.append(("host", [_exact(":authority", host.domain, invert=True)]))
     if tls:
         conditions.append(("sni", [_exact(SNI_HEADER, "true", invert=True)]))
+    if any(r.bodyless for r in host.routes):
+        reads = _regex(":method", "|".join(rego_facts().read_methods))
+        conditions += [
+            ("sends-length", [reads, _exact("content-length", "0", invert=True)]),
+            ("sends-chunked", [reads, _present(ENCODING_HEADER)]),
+        ]
     out: list[tuple[str, dict[str, Any]]] = [
         (name, {**any_path, "headers": headers}) for name, headers in conditions
     ]
     if any(r.path is not None or r.path_and_query is not None for r in host.routes):
         segments = f"(?:[^/]*/){{{rego_facts().max_segments + 1}}}.*"
         out.append(("segments", {"safe_regex": {"regex": segments}}))
-    if any(r.bodyless for r in host.routes):
-        reads = _regex(":method", "|".join(rego_facts().read_methods))
-        sends = [
-            ("sends-length", [reads, _exact("content-length", "0", invert=True)]),
-            ("sends-chunked", [reads, _present(ENCODING_HEADER)]),
-        ]
-        out += [(name, {**any_path, "headers": headers}) for name, headers in sends]
     return out
 
 
