@@ -225,14 +225,16 @@ def test_websocket_upgrade_is_judged_like_any_request(interceptor):
 
 def test_read_only_hosts_get_no_request_body(interceptor, lab):
     before = len(received(lab, "pypi.org"))
-    # With a length; over HTTP/2 without one (the agent judges once the body is read).
-    for args in (["--data", "x=1"], ["--http2", "-H", "Transfer-Encoding: chunked", "--data", "x"]):
-        r = interceptor.curl("GET", "https://pypi.org/with-body", *args)
-        assert r.status == 403
+    # With a length, or chunked: HTTP/1.1 shows it in its headers (the gate sends it to the
+    # agent), HTTP/2 sends its body without any (the agent judges once the body is read).
+    chunked = ["-H", "Transfer-Encoding: chunked"]
+    for args in (["--http1.1"], ["--http1.1", *chunked], ["--http2"], ["--http2", *chunked]):
+        r = interceptor.curl("GET", "https://pypi.org/with-body", *args, "--data", "x=1")
+        assert r.status == 403, args
         assert r.json()["error"]["rule"] == "not_read_only"
     assert len(received(lab, "pypi.org")) == before
-    judged = interceptor.decisions(lambda d: d["path"] == "/with-body", 2)
-    assert [d["judge"] for d in judged] == ["agent", "agent"]
+    judged = interceptor.decisions(lambda d: d["path"] == "/with-body", 4)
+    assert [d["judge"] for d in judged] == ["agent"] * 4
     # An HTTP/2 read that sends nothing is Envoy's own decision: nothing to wait for.
     assert interceptor.curl("GET", "https://pypi.org/without-body", "--http2").status == 200
     [decision] = interceptor.decisions(lambda d: d["path"] == "/without-body")

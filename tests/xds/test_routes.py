@@ -60,6 +60,10 @@ def test_every_virtual_host_starts_with_its_gate_to_the_agent(compiled):
             assert ("gate:host-length" in gates) == vhost["domains"][0].startswith("*")
             for route in vhost["routes"][: len(gates)]:
                 assert route["route"] and _authz(route)["check_settings"]
+                # A fact the listener did not write (an absent header) still opens the gate.
+                for header in route["match"].get("headers", []):
+                    if header.get("invert_match"):
+                        assert header["treat_missing_header_as_empty"], (route["name"], header)
 
 
 def test_reads_decided_only_if_they_send_nothing_are_looked_at_first(compiled):

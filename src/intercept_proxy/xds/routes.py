@@ -228,7 +228,10 @@ def _header(name: str, **match: Any) -> dict[str, Any]:
 
 
 def _string(name: str, match: dict[str, Any], *, invert: bool) -> dict[str, Any]:
-    return _header(name, string_match=match, **({"invert_match": True} if invert else {}))
+    # Inverted, an absent header must match (Envoy's default is not to): a fact the listener
+    # failed to write sends the request to the agent rather than past it.
+    inverted = {"invert_match": True, "treat_missing_header_as_empty": True}
+    return _header(name, string_match=match, **(inverted if invert else {}))
 
 
 def _exact(name: str, value: str, *, invert: bool = False) -> dict[str, Any]:
@@ -271,7 +274,9 @@ def gate(host: VirtualHost, *, tls: bool) -> list[tuple[str, dict[str, Any]]]:
     if any(r.bodyless for r in host.routes):
         reads = _regex(":method", "|".join(rego_facts().read_methods))
         conditions += [
-            ("sends-length", [reads, _exact("content-length", "0", invert=True)]),
+            # No length: nothing sent, or chunked (the next gate), or a later HTTP version
+            # (its body is read on the `:sends` route).
+            ("sends-length", [reads, _regex("content-length", "0*[1-9][0-9]*")]),
             ("sends-chunked", [reads, _present(ENCODING_HEADER)]),
         ]
     out: list[tuple[str, dict[str, Any]]] = [
