@@ -103,3 +103,21 @@ def test_the_decision_for_the_log_holds_no_header_value_or_query():
     text = json.dumps(metadata)
     for secret in ("hunter2", "token=", "secret-token", "s=1"):
         assert secret not in text
+
+
+def test_a_request_carrying_a_secret_is_refused_before_the_policy():
+    service = AuthorizationService(
+        lambda: ENGINE, secrets=lambda: [("secret-token", "credentials[0] (for api.test)")]
+    )
+    # The header check_request sends: "authorization: Bearer secret-token".
+    response = asyncio.run(service.Check(check_request("GET", "pypi.org", "/"), None))
+    assert response.status.code == code_pb2.PERMISSION_DENIED
+    body = json.loads(response.denied_response.body)
+    assert body["error"]["rule"] == "credential_leaked"
+    assert "credentials[0] (for api.test)" in body["error"]["message"]
+    assert "secret-token" not in response.denied_response.body
+    in_path = check_request("GET", "pypi.org", "/?key=secret-token")
+    assert asyncio.run(service.Check(in_path, None)).status.code == code_pb2.PERMISSION_DENIED
+    other = AuthorizationService(lambda: ENGINE, secrets=lambda: [("another-one", "c")])
+    allowed = asyncio.run(other.Check(check_request("GET", "pypi.org", "/"), None))
+    assert allowed.status.code == code_pb2.OK

@@ -61,6 +61,37 @@ def test_prototype_keys_are_accepted_unchanged():
         ('github_allowed_repos: ["octo/hello\\n"]', "github_allowed_repos[0]", "owner/repository"),
         ("aws_allowed_services: ['S3 ']", "aws_allowed_services[0]", "AWS service"),
         ("rego_modules: [missing.rego]", "rego_modules[0]", "cannot read"),
+        ("credentials: {host: a.test}", "credentials", "expected a list"),
+        ("credentials: [a.test]", "credentials[0]", "expected a mapping"),
+        ("credentials: [{env: K}]", "credentials[0].host", "expected a host name"),
+        ("credentials: [{host: 'https://a.test', env: K}]", "credentials[0].host", "is a URL"),
+        ("credentials: [{host: 'a.test:8443', env: K}]", "credentials[0].host", "port 443 only"),
+        ("credentials: [{host: a.test}]", "credentials[0]", "exactly one of env"),
+        ("credentials: [{host: a.test, env: K, file: /k}]", "credentials[0]", "exactly one of env"),
+        ("credentials: [{host: a.test, env: 'K-1'}]", "credentials[0].env", "not an environment"),
+        ("credentials: [{host: a.test, file: k}]", "credentials[0].file", "not an absolute path"),
+        ("credentials: [{host: a.test, env: K, header: host}]", "credentials[0].header", "not a"),
+        (
+            "credentials: [{host: a.test, env: K, header: x-intercept-protocol}]",
+            "credentials[0].header",
+            "not a header",
+        ),
+        (
+            "credentials: [{host: a.test, env: K, scheme: digest}]",
+            "credentials[0].scheme",
+            "one of",
+        ),
+        (
+            "credentials: [{host: a.test, env: K, placeholder: 'a b'}]",
+            "credentials[0].placeholder",
+            "no spaces",
+        ),
+        ("credentials: [{host: a.test, env: K, token: x}]", "credentials[0].token", "unknown key"),
+        (
+            "credentials: [{host: a.test, env: K}, {host: A.test, file: /k}]",
+            "credentials[1]",
+            "a second credential for a.test in header authorization",
+        ),
     ],
 )
 def test_invalid_policies_name_file_key_and_problem(text, key, message, tmp_path):
@@ -129,3 +160,28 @@ def test_github_administration_is_an_explicit_opt_in():
     policy = parse_policy("github_allowed_repos: [octo/hello]\ngithub_admin_access_enabled: true")
     assert policy.github_admin_access_enabled is True
     assert policy.to_data()["intercept_policy"]["github_admin_access_enabled"] is True
+
+
+def test_credentials_defaults_and_revision():
+    policy = parse_policy(
+        "credentials: [{host: '*.Example.org', env: TOKEN},"
+        " {host: a.test, header: X-Key, file: /k}]"
+    )
+    bearer, raw = policy.credentials
+    assert (bearer.host, bearer.header, bearer.scheme) == (
+        "*.example.org",
+        "authorization",
+        "bearer",
+    )
+    assert (raw.host, raw.header, raw.scheme, raw.file) == ("a.test", "x-key", "none", "/k")
+    assert bearer.placeholder == raw.placeholder == "intercept-proxy-placeholder"
+    assert bearer.header_value("s3cr3t-value") == "Bearer s3cr3t-value"
+    basic = parse_policy("credentials: [{host: a.test, env: K, scheme: basic}]").credentials[0]
+    assert basic.header_value("user:password") == "Basic dXNlcjpwYXNzd29yZA=="
+    # Credentials change what goes upstream: a policy with them is another revision.
+    assert policy.revision != parse_policy("{}").revision
+
+
+def test_a_pod_policy_names_no_credential():
+    with pytest.raises(PolicyError, match="credentials: not allowed in a pod's policy"):
+        parse_policy("credentials: [{host: a.test, env: K}]", modules=False)

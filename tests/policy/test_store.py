@@ -67,3 +67,39 @@ def test_a_module_named_by_a_rejected_policy_is_watched(tmp_path):
     (tmp_path / "later.rego").write_text("package intercept.custom\n")
     assert store.reload() is True
     assert store.files() == [path, tmp_path / "later.rego"]
+
+
+def test_credentials_secrets_are_read_with_the_policy(tmp_path, monkeypatch):
+    """A policy whose secrets cannot be read is rejected like one that does not parse; the
+    error names the variable or file, never a value."""
+    key = tmp_path / "key"
+    key.write_text("file-secret-value\n")
+    key.chmod(0o644)
+    path = tmp_path / "p.yaml"
+    path.write_text(f"credentials: [{{host: b.test, file: {key}}}]\n")
+    with pytest.raises(PolicyError, match="readable by every user"):
+        PolicyStore(path)
+    key.chmod(0o600)
+    path = tmp_path / "p.yaml"
+    path.write_text(f"credentials: [{{host: a.test, env: K}}, {{host: b.test, file: {key}}}]\n")
+    monkeypatch.setenv("K", "env-secret-value")
+    store = PolicyStore(path)
+    assert store.secrets == ("env-secret-value", "file-secret-value")
+    assert store.files() == [path, key]  # a rotated secret is read again
+
+    good = store.engine.revision
+    for text, message in [
+        ("credentials: [{host: a.test, env: UNSET_VARIABLE}]", "UNSET_VARIABLE is not set"),
+        (f"credentials: [{{host: a.test, file: {tmp_path}/none}}]", "cannot read the secret"),
+    ]:
+        path.write_text(text + "\n")
+        assert store.reload() is False
+        assert (store.engine.revision, store.secrets[0]) == (good, "env-secret-value")
+        with pytest.raises(PolicyError, match=message) as e:
+            PolicyStore(path)
+        assert "secret-value" not in str(e.value)
+    monkeypatch.setenv("K", "short")
+    path.write_text("credentials: [{host: a.test, env: K}]\n")
+    with pytest.raises(PolicyError, match="8 to 256 printable characters") as e:
+        PolicyStore(path)
+    assert "short" not in str(e.value).replace("(env K)", "")

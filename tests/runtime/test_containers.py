@@ -69,6 +69,27 @@ def test_env_with_downward_fields():
     assert container_env(container, pod) == {"A": "x", "B": "xy", "POD": "p1"}
 
 
+def test_env_from_a_secret_key():
+    objects = {("Secret", "s"): {"K": b"value"}}
+    container = {
+        "name": "c",
+        "env": [
+            {"name": "A", "valueFrom": {"secretKeyRef": {"name": "s", "key": "K"}}},
+            {
+                "name": "B",
+                "valueFrom": {"secretKeyRef": {"name": "s", "key": "X", "optional": True}},
+            },
+        ],
+    }
+    assert container_env(container, {}, lambda k, n: objects.get((k, n))) == {"A": "value"}
+    missing = {
+        "name": "c",
+        "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "t", "key": "K"}}}],
+    }
+    with pytest.raises(ContainerError, match="env A: Secret 't' has no 'K'"):
+        container_env(missing, {}, lambda k, n: objects.get((k, n)))
+
+
 def test_identity_merges_pod_and_container_contexts():
     spec = {"securityContext": {"runAsUser": 1000, "fsGroup": 2000, "supplementalGroups": [3000]}}
     who = identity({"name": "c", "securityContext": {"runAsGroup": 1001}}, spec, trusted=False)

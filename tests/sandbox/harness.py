@@ -6,6 +6,7 @@ that waits."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -14,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns
-from intercept_proxy.injector.pod import ENVOY, SIDECARS, inject_pod
+from intercept_proxy.injector.pod import ENVOY, SIDECARS
 from intercept_proxy.injector.settings import InjectorSettings
 from intercept_proxy.lab import Lab, LabSpec
-from intercept_proxy.runtime.cli import WORKLOAD, _executables, command_pod, policy_config_map
+from intercept_proxy.runtime.cli import WORKLOAD, _executables, sandbox_pod
 from intercept_proxy.runtime.network import LabUplink
 from intercept_proxy.runtime.pod import LocalPod, Options
 from tests.decisions import Record, decisions
@@ -123,19 +124,25 @@ class RunningPod:
 class Sandbox(RunningPod):
     """`intercept run`'s pod, with a workload that waits for `exec`."""
 
-    def __init__(self, lab: Lab, policy: str = POLICY) -> None:
+    def __init__(
+        self, lab: Lab, policy: str = POLICY, environ: Mapping[str, str] = os.environ
+    ) -> None:
+        """`environ`: the operator's environment (the credentials' secrets come from it)."""
         policy_dir = Path(tempfile.mkdtemp(prefix="intercept-policy-", dir="/tmp"))
         (policy_dir / "policy.yaml").write_text(policy)
         settings = InjectorSettings(dns_forward_suffixes=())
-        pod = inject_pod(command_pod(["sleep", "infinity"], WORKLOAD_UID), settings)
-        config_map = policy_config_map(policy_dir / "policy.yaml", settings.policy_config_map)
-        shutil.rmtree(policy_dir)
+        try:
+            pod, objects = sandbox_pod(
+                ["sleep", "infinity"], WORKLOAD_UID, policy_dir / "policy.yaml", settings, environ
+            )
+        finally:
+            shutil.rmtree(policy_dir)
         # In place of `intercept run`'s working directory, the tests' own scripts (probes),
         # read-only: a clone under /tmp is not in the image.
         super().__init__(
             lab,
             pod,
-            {("ConfigMap", settings.policy_config_map): config_map},
+            {(o["kind"], o["metadata"]["name"]): o for o in objects},
             read_only={WORKLOAD: (TESTS,)},
         )
 

@@ -362,6 +362,51 @@ def test_idle_on_demand_resources_are_released():
     assert asyncio.run(scenario()) == ["a.test"]
 
 
+def test_secrets_of_the_snapshot_are_never_resolved_nor_released():
+    """A credential's secret is the snapshot's: Envoy gets it when it subscribes, gets it again
+    when the snapshot changes it, and it is never released however long it goes unasked."""
+    clock = Clock()
+    resolved = []
+
+    def resolve(name):
+        resolved.append(name)
+        return resource(name, "v1")
+
+    spec = OnDemand(resolve, max_held=1, release_after=dt.timedelta(minutes=10))
+
+    def with_secret(value: str) -> Snapshot:
+        return Snapshot({SECRET: {"credential 0": protos.generic_secret("credential 0", value)}})
+
+    async def scenario():
+        cache = SnapshotCache()
+        cache.set(with_secret("one"))
+        ads = AggregatedDiscoveryService(cache, {SECRET: spec}, clock=clock)
+        envoy = Envoy(ads.DeltaAggregatedResources)
+        envoy.send(type_url=SECRET, resource_names_subscribe=["credential 0", "a.test"])
+        first = await envoy.receive()
+        envoy.ack(first)
+        assert await envoy.silent()
+        clock.now += 601  # neither asked for since
+        envoy.send(type_url=SECRET, resource_names_subscribe=["b.test"])
+        second = await envoy.receive()  # b.test; a.test goes, the credential stays
+        envoy.ack(second)
+        assert await envoy.silent()  # max_held counts certificates only
+        cache.set(with_secret("two"))
+        third = await envoy.receive()
+        envoy.ack(third)
+        assert await envoy.silent()
+        await envoy.close()
+        return first, second, third
+
+    first, second, third = asyncio.run(scenario())
+    assert secret_names(first) == ["a.test", "credential 0"]
+    assert (secret_names(second), list(second.removed_resources)) == (["b.test"], ["a.test"])
+    secret = secret_pb2.Secret()
+    third.resources[0].resource.Unpack(secret)
+    assert (secret.name, secret.generic_secret.secret.inline_string) == ("credential 0", "two")
+    assert resolved == ["a.test", "b.test"]
+
+
 def test_envoy_holds_at_most_max_held():
     """Beyond the bound, the least recently asked-for go, in the response that sends the new
     ones (never one being sent)."""

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.xds import protos, resources, routes, types
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import envoy_binary
@@ -26,6 +27,42 @@ def test_clusters_golden(name, dp):
 @pytest.mark.parametrize(("name", "dp"), [("default", DEFAULT), ("resolvers", LAB)])
 def test_listeners_golden(name, dp):
     assert_golden(f"xds/listeners-{name}.json", resources.listeners(dp))
+
+
+CREDENTIALS = parse_policy(
+    """
+credentials:
+  - {host: api.example.com, header: x-api-key, env: EXAMPLE_KEY}
+  - {host: "*.example.org", env: ORG_TOKEN}
+"""
+).credentials
+
+
+def test_listeners_with_credentials_golden():
+    assert_golden("xds/listeners-credentials.json", resources.listeners(DEFAULT, CREDENTIALS))
+
+
+def test_credentials_are_sent_after_the_decision_over_tls_only():
+    tls, plain = resources.listeners(DEFAULT, CREDENTIALS)
+    for listener, expected in (
+        (tls, ["intercept.credential.0", "intercept.credential.1"]),
+        (plain, []),
+    ):
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        names = [f["name"] for f in hcm["http_filters"]]
+        sent = [n for n in names if n.startswith("intercept.credential.")]
+        assert sent == expected
+        if sent:  # after the agent's checks, before forwarding
+            assert names.index(routes.AUTHZ_FILTER) < names.index(sent[0])
+            assert names.index(sent[-1]) < names.index("envoy.filters.http.dynamic_forward_proxy")
+        assert protos.to_message(types.LISTENER, listener).name == listener["name"]
+    secrets = resources.credential_secrets(CREDENTIALS, ("k" * 8, "t" * 8))
+    # No server name holds a space: no handshake can ask for a credential as its certificate.
+    assert [s.name for s in secrets] == ["credential 0", "credential 1"]
+    assert [s.generic_secret.secret.inline_string for s in secrets] == [
+        "k" * 8,
+        f"Bearer {'t' * 8}",
+    ]
 
 
 def test_bootstrap_golden():

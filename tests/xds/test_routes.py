@@ -20,6 +20,7 @@ github_read_access_enabled: true
 github_allowed_repos: [octo/hello]
 aws_access_enabled: true
 aws_allowed_services: [s3]
+credentials: [{host: api.anthropic.com, header: x-api-key, env: ANTHROPIC_API_KEY}]
 """
 )
 REVISION = POLICY.revision
@@ -56,6 +57,8 @@ def test_every_virtual_host_starts_with_its_gate_to_the_agent(compiled):
             gates = [n for n in names if n.startswith("gate:")]
             assert names[: len(gates)] == gates
             assert {"gate:scheme", "gate:method", "gate:upgrade", "gate:host"} <= set(gates)
+            # A request carrying a credential's header: the agent looks for its secret.
+            assert "gate:credential:x-api-key" in gates
             assert ("gate:sni" in gates) == tls
             assert ("gate:host-length" in gates) == vhost["domains"][0].startswith("*")
             for route in vhost["routes"][: len(gates)]:

@@ -23,6 +23,7 @@ from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
 from intercept_proxy.pki.files import write_public
 from intercept_proxy.policy.combined import CombinedEngine, OverrideMode
+from intercept_proxy.policy.credentials import Credential
 from intercept_proxy.policy.engine import PolicyEngine, RegorusEngine
 from intercept_proxy.policy.model import Policy
 from intercept_proxy.policy.native import compile_policy
@@ -32,7 +33,13 @@ from intercept_proxy.xds import protos
 from intercept_proxy.xds.bootstrap import STATIC_CLUSTERS
 from intercept_proxy.xds.certificates import certificate_resolver
 from intercept_proxy.xds.consistency import inconsistencies
-from intercept_proxy.xds.resources import DataPlane, clusters, listeners, route_configurations
+from intercept_proxy.xds.resources import (
+    DataPlane,
+    clusters,
+    credential_secrets,
+    listeners,
+    route_configurations,
+)
 from intercept_proxy.xds.server import AggregatedDiscoveryService, Snapshot, SnapshotCache
 from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE, SECRET
 
@@ -43,11 +50,17 @@ class AgentError(Exception):
     """Settings the agent cannot start with; the message says which."""
 
 
-def build_snapshot(dp: DataPlane, upstream_ca_pem: str, routes: list[dict[str, Any]]) -> Snapshot:
+def build_snapshot(
+    dp: DataPlane,
+    upstream_ca_pem: str,
+    routes: list[dict[str, Any]],
+    credentials: tuple[Credential, ...] = (),
+    secrets: tuple[str, ...] = (),
+) -> Snapshot:
     """The resources Envoy gets; refused (AgentError) if they name one they do not hold."""
     resources = {
         CLUSTER: clusters(dp, upstream_ca_pem),
-        LISTENER: listeners(dp),
+        LISTENER: listeners(dp, credentials),
         ROUTE: routes,
     }
     problems = inconsistencies(
@@ -55,11 +68,12 @@ def build_snapshot(dp: DataPlane, upstream_ca_pem: str, routes: list[dict[str, A
     )
     if problems:
         raise AgentError("inconsistent xDS snapshot, not published: " + "; ".join(problems))
+    messages = {
+        type_url: {r["name"]: protos.to_message(type_url, r) for r in items}
+        for type_url, items in resources.items()
+    }
     return Snapshot(
-        {
-            type_url: {r["name"]: protos.to_message(type_url, r) for r in items}
-            for type_url, items in resources.items()
-        }
+        {**messages, SECRET: {m.name: m for m in credential_secrets(credentials, secrets)}}
     )
 
 
@@ -115,7 +129,9 @@ class Agent:
             )
         except ValueError as e:  # HostnameError included: a bad suffix
             raise AgentError(f"DNS sinkhole: {e}") from None
-        self.authz = AuthorizationService(self.engine, self.metrics.observe_decision)
+        self.authz = AuthorizationService(
+            self.engine, self.metrics.observe_decision, self.leak_markers
+        )
         self._bundle: str | None = None
         # Until the policy is compiled (and whenever it cannot be), the agent judges everything.
         self._routes = route_configurations(self.engine().revision)
@@ -134,7 +150,10 @@ class Agent:
         if routes is None:
             routes, compiled = self._routes, self._compiled
         if self._bundle is not None:
-            snapshot = build_snapshot(self.settings.data_plane, self._bundle, routes)
+            credentials = self.policy.required.policy.credentials
+            snapshot = build_snapshot(
+                self.settings.data_plane, self._bundle, routes, credentials, self.policy.secrets
+            )
             self.snapshots.set(snapshot)
         self._routes, self._compiled = routes, compiled
 
@@ -157,6 +176,16 @@ class Agent:
         self.metrics.observe_reload(ok)
         if ok:
             self.policy_changed()
+
+    def leak_markers(self) -> list[tuple[str, str]]:
+        """What a request from the workload must not carry: each credential's secret, and the
+        header value made of it (basic authentication encodes it)."""
+        out = []
+        credentials = self.policy.required.policy.credentials
+        for i, (c, secret) in enumerate(zip(credentials, self.policy.secrets, strict=True)):
+            label = f"credentials[{i}] (for {c.host})"
+            out += [(secret, label), (c.header_value(secret), label)]
+        return out
 
     def native_policy(self) -> Policy | None:
         """The policy Envoy can apply by itself, if any: not one with custom Rego modules, and

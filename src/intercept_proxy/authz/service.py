@@ -4,6 +4,10 @@ Every request Envoy asks about becomes an OPA-Envoy shaped input and gets a deci
 passes (with the decision id as a response header) or is answered 403 with a JSON body explaining
 why. The decision goes back to Envoy as dynamic metadata too: Envoy's decision log records it.
 The decision id is Envoy's request id, the one Envoy logs for decisions it makes itself.
+
+Before the policy: a request that carries the secret of one of the policy's credentials is
+refused, whatever the policy says. The workload holds placeholders; a secret of its own is one
+that leaked (routes.py sends every request carrying a credential's header here).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -27,6 +31,10 @@ from intercept_proxy.policy.input import INPUT_VERSION
 from intercept_proxy.xds.routes import TRANSPORT_KEY
 
 DecisionObserver = Callable[[Decision, float], None]
+# The texts a request must not carry (a secret, the header value made of it), each with the
+# credential it belongs to.
+Secrets = Callable[[], Sequence[tuple[str, str]]]
+LEAKED_RULE = "credential_leaked"
 
 
 def check_input(request: external_auth_pb2.CheckRequest) -> dict[str, Any]:
@@ -107,6 +115,26 @@ def check_response(
     return response
 
 
+def leaked(
+    request: external_auth_pb2.CheckRequest, secrets: Sequence[tuple[str, str]]
+) -> Decision | None:
+    """The denial of a request whose headers or path carry a credential's secret."""
+    if not secrets:
+        return None
+    http = request.attributes.request.http
+    carried = [http.path, *http.headers.values()]
+    for secret, credential in secrets:
+        if any(secret in text for text in carried):
+            port = 443 if is_tls(request) else 80
+            return Decision(
+                False,
+                LEAKED_RULE,
+                f"{http.method} {http.host}:{port}: the request carries the secret of {credential}"
+                ", which only the proxy sends (the workload holds a placeholder): it leaked",
+            )
+    return None
+
+
 def decision_id(request: external_auth_pb2.CheckRequest) -> str:
     """Envoy's request id (it drops any the client sent); a fresh one for other callers."""
     return request.attributes.request.http.headers.get("x-request-id") or uuid.uuid4().hex
@@ -117,10 +145,13 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self,
         engine: Callable[[], PolicyEngine],
         observe: DecisionObserver = lambda decision, seconds: None,
+        secrets: Secrets = lambda: (),
     ) -> None:
-        """`engine` returns the engine in force now (it changes when the policy reloads)."""
+        """`engine` returns the engine in force now (it changes when the policy reloads), and
+        `secrets` the credentials' secrets with it."""
         self._engine = engine
         self._observe = observe
+        self._secrets = secrets
 
     async def Check(  # noqa: N802 - gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: object
@@ -128,7 +159,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         engine = self._engine()
         input_doc = check_input(request)
         started = time.perf_counter()
-        decision = engine.evaluate(input_doc)
+        decision = leaked(request, self._secrets()) or engine.evaluate(input_doc)
         elapsed = time.perf_counter() - started
         self._observe(decision, elapsed)
         metadata = _metadata(decision, engine.revision, elapsed * 1000)

@@ -157,11 +157,10 @@ def _policy_key(key: dataclasses.Field[Any]) -> dict[str, Any]:
     return {**node, "description": key.metadata["help"]}
 
 
-# The chart mounts policy.yaml alone: a Rego module cannot come with it.
 _POLICY_KEYS = {
     f.name: _policy_key(f)
     for f in dataclasses.fields(Policy)
-    if "help" in f.metadata and f.name != "rego_modules"
+    if "help" in f.metadata and f.metadata["chart"]
 }
 
 PROPERTIES: dict[str, Any] = {

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from intercept_proxy.hostnames import HostnameError, normalize_hostname
+from intercept_proxy.policy.credentials import Credential, parse_credential
+from intercept_proxy.policy.errors import PolicyError as PolicyError  # re-exported
 
 DATA_ROOT = "intercept_policy"
 CUSTOM_PACKAGE = "intercept.custom"
@@ -24,17 +26,6 @@ CUSTOM_PACKAGE = "intercept.custom"
 _GITHUB_USER = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38})$")
 _GITHUB_REPO = re.compile(r"^[a-z0-9._-]{1,100}$")
 _AWS_SERVICE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
-
-
-class PolicyError(ValueError):
-    """An invalid policy. `str()` reads `FILE: KEY: what is wrong`."""
-
-    def __init__(self, source: str, key: str | None, message: str) -> None:
-        self.source = source
-        self.key = key
-        self.message = message
-        where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {message}")
 
 
 @dataclass(frozen=True)
@@ -69,8 +60,10 @@ class RegoModule:
         return match.group(1) if match else None
 
 
-def _key(default: Any, help_: str) -> Any:
-    return field(default=default, metadata={"help": help_})
+def _key(default: Any, help_: str, *, chart: bool = True) -> Any:
+    """`chart` False: not in the chart's values (it mounts policy.yaml alone: no module, no
+    secret comes with it)."""
+    return field(default=default, metadata={"help": help_, "chart": chart})
 
 
 @dataclass(frozen=True)
@@ -95,7 +88,12 @@ class Policy:
     )
     aws_access_enabled: bool = _key(False, "Access to AWS.")
     aws_allowed_services: tuple[str, ...] = _key((), "AWS services allowed (e.g. s3).")
-    rego_modules: tuple[RegoModule, ...] = _key((), "Rego modules of package intercept.custom.")
+    rego_modules: tuple[RegoModule, ...] = _key(
+        (), "Rego modules of package intercept.custom.", chart=False
+    )
+    credentials: tuple[Credential, ...] = _key(
+        (), "Secrets Envoy adds to the allowed requests to a host (docs/policy.md).", chart=False
+    )
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -117,6 +115,9 @@ class Policy:
         digest = hashlib.sha256(json.dumps(self.to_data(), sort_keys=True).encode())
         for module in self.rego_modules:
             digest.update(module.text.encode())
+        if self.credentials:  # they change what is sent upstream, not the decisions
+            credentials = [c.to_data() for c in self.credentials]
+            digest.update(json.dumps(credentials, sort_keys=True).encode())
         return digest.hexdigest()[:12]
 
 
@@ -259,8 +260,8 @@ def parse_policy(
     text: str, source: str = "<policy>", base: Path | None = None, *, modules: bool = True
 ) -> Policy:
     """Validate a policy document. `base` resolves relative `rego_modules` paths; without
-    `modules` (a pod's own policy, from an annotation), naming a module is an error: the
-    annotation's author must not make the agent read files."""
+    `modules` (a pod's own policy, from an annotation), naming a module or a credential is an
+    error: the annotation's author must not make the agent read files or send its secrets."""
     doc = _load_yaml(text, source)
     if doc is None:
         raise PolicyError(source, None, "the policy is empty (write '{}' to deny everything)")
@@ -269,8 +270,9 @@ def parse_policy(
     for key in doc:
         if key not in KEYS:
             raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
-    if not modules and doc.get("rego_modules"):
-        raise PolicyError(source, "rego_modules", "not allowed in a pod's policy")
+    for key in ("rego_modules", "credentials"):
+        if not modules and doc.get(key):
+            raise PolicyError(source, key, "not allowed in a pod's policy")
     github_allowed_users = _matching(
         doc, "github_allowed_users", source, _GITHUB_USER, "a GitHub user or organisation"
     )
@@ -296,7 +298,40 @@ def parse_policy(
             doc, "aws_allowed_services", source, _AWS_SERVICE, "an AWS service name (e.g. 's3')"
         ),
         rego_modules=_modules(doc, source, base),
+        credentials=_credentials(doc, source),
     )
+
+
+def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
+    value = doc.get("credentials")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise PolicyError(source, "credentials", f"expected a list, got {type(value).__name__}")
+    out = []
+    hosts = set()
+    for i, entry in enumerate(value):
+        where = f"credentials[{i}]"
+        if not isinstance(entry, dict):
+            raise PolicyError(source, where, f"expected a mapping, got {entry!r}")
+        host = entry.get("host")
+        if not isinstance(host, str):
+            raise PolicyError(source, f"{where}.host", f"expected a host name, got {host!r}")
+        try:
+            domain = parse_domain(host)
+        except ValueError as e:
+            raise PolicyError(source, f"{where}.host", str(e)) from None
+        if domain.port is not None:
+            raise PolicyError(source, f"{where}.host", "a credential is sent to port 443 only")
+        name = f"*.{domain.host}" if domain.wildcard else domain.host
+        credential = parse_credential(entry, source, where, name)
+        if (name, credential.header) in hosts:
+            raise PolicyError(
+                source, where, f"a second credential for {name} in header {credential.header}"
+            )
+        hosts.add((name, credential.header))
+        out.append(credential)
+    return tuple(out)
 
 
 def module_paths(path: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""The policy in force, replaced atomically when its files change and the new one is valid."""
+"""The policy in force (with its credentials' secrets), replaced atomically when its files
+change and the new one is valid."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from intercept_proxy.policy import credentials
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import PolicyError, load_policy, module_paths
 
@@ -28,18 +30,22 @@ class PolicyStore:
         self.path = path
         self._on_reload = on_reload
         self._optional = optional
-        self.engine = self._load()
+        self.engine, self.secrets = self._load()
         # Modules a rejected version names: watched too, so creating them applies the policy.
         self._wanted: list[Path] = []
 
-    def _load(self) -> RegorusEngine | None:
+    def _load(self) -> tuple[RegorusEngine | None, tuple[str, ...]]:
+        """The engine, and each credential's secret (a policy whose secrets cannot be read is
+        as invalid as one that does not parse)."""
         if self._optional:
             try:
                 if not self.path.read_text().strip():
-                    return None
+                    return None, ()
             except FileNotFoundError:
-                return None
-        return RegorusEngine(load_policy(self.path, modules=not self._optional))
+                return None, ()
+        policy = load_policy(self.path, modules=not self._optional)
+        secrets = credentials.resolve(policy.credentials, str(self.path))
+        return RegorusEngine(policy), secrets
 
     @property
     def required(self) -> RegorusEngine:
@@ -53,14 +59,17 @@ class PolicyStore:
         return self.engine.revision if self.engine is not None else "none"
 
     def files(self) -> list[Path]:
-        modules = self.engine.policy.rego_modules if self.engine is not None else ()
-        in_force = [Path(m.path) for m in modules]
+        """What to watch: the policy, its modules, its credentials' files (a rotated secret is
+        sent at once)."""
+        policy = self.engine.policy if self.engine is not None else None
+        in_force = [Path(m.path) for m in policy.rego_modules] if policy else []
+        in_force += [Path(c.file) for c in policy.credentials if c.file] if policy else []
         return list(dict.fromkeys([self.path, *in_force, *self._wanted]))
 
     def reload(self) -> bool:
         """Apply the files' current content; keep the last good policy if it is invalid."""
         try:
-            engine = self._load()
+            engine, secrets = self._load()
         except Exception as e:  # whatever fails, the last good policy stays in force
             detail = str(e) if isinstance(e, PolicyError) else f"{type(e).__name__}: {e}"
             log.error(
@@ -73,6 +82,6 @@ class PolicyStore:
         revision = engine.revision if engine is not None else "none"
         if revision != self.revision:
             log.info("policy %s: revision %s applied (was %s)", self.path, revision, self.revision)
-        self.engine = engine
+        self.engine, self.secrets = engine, secrets
         self._on_reload(True)
         return True

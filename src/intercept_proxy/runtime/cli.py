@@ -11,7 +11,7 @@ import pwd
 import secrets
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from intercept_proxy.injector.settings import (
     InjectorSettings,
 )
 from intercept_proxy.lab import Lab, LabError, LabSpec, LabSpecError
-from intercept_proxy.policy.model import PolicyError, load_policy
+from intercept_proxy.policy.model import Policy, PolicyError, load_policy
+from intercept_proxy.runtime import credentials
 from intercept_proxy.runtime.admission import MIN_GROUP, AdmissionError
 from intercept_proxy.runtime.containers import ContainerError, Executables
 from intercept_proxy.runtime.network import HostUplink, LabUplink, NetworkError, Uplink
@@ -151,7 +152,9 @@ def check_user(uid: int, settings: InjectorSettings) -> None:
         raise RunError(f"--user {uid}: the interceptor's sidecars run as {uid}")
 
 
-def command_pod(argv: list[str], uid: int) -> dict[str, Any]:
+def command_pod(
+    argv: list[str], uid: int, environ: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
     """A one-container pod for `argv`, run where and as it was asked, with the caller's
     environment. Its root filesystem is this machine's, read-only; it writes its working
     directory (git metadata aside, see `workdir.py`), and a HOME, /tmp and /var/tmp of its own,
@@ -159,8 +162,8 @@ def command_pod(argv: list[str], uid: int) -> dict[str, Any]:
     the sandbox, and nothing of another sandbox's temporary files is in reach."""
     # Without the caller's proxy and CA-bundle variables: the sandbox sets the bundle itself.
     dropped = PROXY_VARIABLES | set(TRUST_VARIABLES) | SESSION_VARIABLES
-    env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env["HOME"] = HOME
+    variables = {k: v for k, v in environ.items() if k not in dropped}
+    variables["HOME"] = HOME
     scratch = {"home": HOME, "tmp": "/tmp", "var-tmp": "/var/tmp"}
     return {
         "apiVersion": "v1",
@@ -175,7 +178,7 @@ def command_pod(argv: list[str], uid: int) -> dict[str, Any]:
                     # Escaped: a Pod's $(VAR) and $$ are Kubernetes syntax, CMD is verbatim.
                     "command": [a.replace("$", "$$") for a in argv],
                     "workingDir": str(Path.cwd()),
-                    "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+                    "env": [{"name": k, "value": v} for k, v in sorted(variables.items())],
                     "volumeMounts": [
                         {"name": name, "mountPath": path} for name, path in scratch.items()
                     ],
@@ -191,6 +194,27 @@ def command_pod(argv: list[str], uid: int) -> dict[str, Any]:
             "volumes": [{"name": name, "emptyDir": {}} for name in scratch],
         },
     }
+
+
+def sandbox_pod(
+    argv: list[str],
+    uid: int,
+    policy_file: Path | None,
+    settings: InjectorSettings,
+    environ: Mapping[str, str] = os.environ,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`intercept run -- CMD`'s pod, injected, and the objects it reads: its policy, and the
+    credentials' secrets from `environ` (the agent's alone; the workload's environment has the
+    placeholders)."""
+    policy = load_policy(policy_file) if policy_file is not None else Policy()
+    secrets = credentials.operator_secrets(policy, environ)
+    env = credentials.workload_env(dict(environ), policy, secrets)
+    pod = inject_pod(command_pod(argv, uid, env), settings)
+    objects = [policy_config_map(policy_file, policy, settings.policy_config_map)]
+    if secrets:
+        objects.append(credentials.agent_secret_object(secrets))
+        pod = credentials.give_agent(pod, secrets)
+    return pod, objects
 
 
 def interceptor_objects(settings: InjectorSettings) -> set[tuple[str, str]]:
@@ -225,11 +249,10 @@ def pod_objects(
     return objects
 
 
-def policy_config_map(policy: Path | None, name: str) -> dict[str, Any]:
+def policy_config_map(policy: Path | None, parsed: Policy, name: str) -> dict[str, Any]:
     """The ConfigMap the injected agent reads its policy from (with its custom modules)."""
     if policy is None:
         return {"kind": "ConfigMap", "metadata": {"name": name}, "data": {"policy.yaml": "{}\n"}}
-    parsed = load_policy(policy)  # an invalid policy stops here, before anything starts
     data = {"policy.yaml": policy.read_text()}
     for module in parsed.rego_modules:
         path = Path(module.path)
@@ -297,7 +320,6 @@ def _run(args: argparse.Namespace) -> int:
         os.close(fd)
         decision_log = scratch = Path(name)
     try:
-        objects = [policy_config_map(args.policy, settings.policy_config_map)]
         executables = _executables()
         writable: dict[str, tuple[Path, ...]] = {}
         read_only: dict[str, tuple[Path, ...]] = {}
@@ -314,13 +336,24 @@ def _run(args: argparse.Namespace) -> int:
                     f"{args.pod}: the Pod is labelled {ENABLED_LABEL}: "
                     f"{labels[ENABLED_LABEL]!r}; intercept run runs intercepted pods only"
                 )
-            objects += pod_objects(manifests, args.pod, settings)
+            policy = load_policy(args.policy) if args.policy is not None else Policy()
+            if any(c.env is not None for c in policy.credentials):
+                raise RunError(
+                    f"{args.policy}: credentials from the environment need -- CMD (a pod file's "
+                    "containers set their own environment)"
+                )
+            objects = [
+                policy_config_map(args.policy, policy, settings.policy_config_map),
+                *pod_objects(manifests, args.pod, settings),
+            ]
+            # One injected already is verified to be this injection's.
+            pod = inject_pod(pod, settings)
             attached = None
         else:
             uid = args.user if args.user is not None else default_uid()
             check_user(uid, settings)
             operator_ids = frozenset({uid})
-            pod = command_pod(command, uid)
+            pod, objects = sandbox_pod(command, uid, args.policy, settings)
             attached = WORKLOAD
             workdir = Path.cwd()
             check_workdir(workdir)
@@ -335,8 +368,6 @@ def _run(args: argparse.Namespace) -> int:
                 *own,
                 *(p for p in operators if p.is_relative_to(workdir)),
             )
-        # Every pod is intercepted here; one injected already is verified to be this injection's.
-        pod = inject_pod(pod, settings)
         by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
         with _uplink(args, prefix) as uplink:
             options = Options(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,8 +76,15 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VARIABLE.sub(replace, text)
 
 
-def container_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, str]:
-    """`env` with literal values and the downward API fields this runtime knows."""
+# A ConfigMap's or Secret's data by kind and name (None: no such object).
+ObjectData = Callable[[str, str], dict[str, bytes] | None]
+
+
+def container_env(
+    container: dict[str, Any], pod: dict[str, Any], objects: ObjectData = lambda k, n: None
+) -> dict[str, str]:
+    """`env` with literal values, the downward API fields this runtime knows, and keys of
+    Secrets."""
     metadata = pod.get("metadata") or {}
     fields = {
         "metadata.name": metadata.get("name", ""),
@@ -86,12 +93,23 @@ def container_env(container: dict[str, Any], pod: dict[str, Any]) -> dict[str, s
     env: dict[str, str] = {}
     for item in container.get("env") or []:
         name = item["name"]
+        where = f"container {container['name']!r}: env {name}"
         if "value" in item:
             env[name] = expand(str(item["value"]), env)
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            value = (objects("Secret", str(ref.get("name"))) or {}).get(str(ref.get("key")))
+            if value is None:
+                if ref.get("optional"):
+                    continue
+                raise ContainerError(
+                    f"{where}: Secret {ref.get('name')!r} has no {ref.get('key')!r}"
+                )
+            env[name] = value.decode()
         elif "valueFrom" in item:
             ref = (item["valueFrom"].get("fieldRef") or {}).get("fieldPath")
             if ref not in fields:
-                raise ContainerError(f"container {container['name']!r}: env {name}: unsupported")
+                raise ContainerError(f"{where}: unsupported")
             env[name] = fields[ref]
     return env
 

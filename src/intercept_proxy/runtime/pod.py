@@ -217,7 +217,7 @@ class LocalPod:
         """The container's process: `enter` builds its root and starts its program as its
         identity."""
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.pod.get("metadata", {}).get("name", "")}
-        env |= container_env(container, self.pod)
+        env |= container_env(container, self.pod, self.volumes.object_data)
         who = self._identity(container)
         scratch = self.dir / "containers" / f"{container['name']}-{next(self._serial)}"
         scratch.mkdir(mode=0o700, parents=True)
@@ -473,7 +473,8 @@ class LocalPod:
             "identity": _identity_spec(who),
             "seccomp": who.seccomp,
             "working_dir": container.get("workingDir"),
-            "env": {"PATH": DEFAULT_PATH} | container_env(container, self.pod),
+            "env": {"PATH": DEFAULT_PATH}
+            | container_env(container, self.pod, self.volumes.object_data),
             "argv": argv,
         }
         return self._launch(

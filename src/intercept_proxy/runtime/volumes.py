@@ -130,16 +130,23 @@ class PodVolumes:
     def path(self, name: str) -> Path:
         return self.root / name
 
-    def _data(self, kind: str, name: str, volume: str, optional: bool) -> dict[str, bytes]:
+    def object_data(self, kind: str, name: str) -> dict[str, bytes] | None:
+        """A ConfigMap's or a Secret's data; None if there is no such object."""
         obj = self.objects.get((kind, name))
         if obj is None:
-            if optional:
-                return {}
-            raise VolumeError(f"volume {volume!r}: {kind} {name!r} not found")
+            return None
         if kind == "ConfigMap":
             return {k: v.encode() for k, v in (obj.get("data") or {}).items()}
         data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
         return data | {k: v.encode() for k, v in (obj.get("stringData") or {}).items()}
+
+    def _data(self, kind: str, name: str, volume: str, optional: bool) -> dict[str, bytes]:
+        data = self.object_data(kind, name)
+        if data is None:
+            if optional:
+                return {}
+            raise VolumeError(f"volume {volume!r}: {kind} {name!r} not found")
+        return data
 
     def create(self) -> None:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -17,8 +17,12 @@ from envoy.extensions.access_loggers.stats.v3 import stats_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2  # noqa: F401
+from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2  # noqa: F401
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
 from envoy.extensions.filters.http.composite.v3 import composite_pb2  # noqa: F401
+from envoy.extensions.filters.http.credential_injector.v3 import (  # noqa: F401
+    credential_injector_pb2,
+)
 from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (  # noqa: F401
     dynamic_forward_proxy_pb2,
 )
@@ -33,6 +37,7 @@ from envoy.extensions.formatter.req_without_query.v3 import req_without_query_pb
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: F401
     header_mutation_pb2,
 )
+from envoy.extensions.http.injected_credentials.generic.v3 import generic_pb2  # noqa: F401
 from envoy.extensions.matching.common_inputs.network.v3 import network_inputs_pb2  # noqa: F401
 from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb2  # noqa: F401
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
@@ -69,4 +74,10 @@ def leaf_secret(name: str, cert_pem: bytes, key_pem: bytes) -> secret_pb2.Secret
     secret = secret_pb2.Secret(name=name)
     secret.tls_certificate.certificate_chain.inline_bytes = cert_pem
     secret.tls_certificate.private_key.inline_bytes = key_pem
+    return secret
+
+
+def generic_secret(name: str, value: str) -> secret_pb2.Secret:
+    secret = secret_pb2.Secret(name=name)
+    secret.generic_secret.secret.inline_string = value
     return secret

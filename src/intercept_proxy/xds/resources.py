@@ -1,8 +1,9 @@
 """Envoy's clusters and listeners, as pure functions of the data-plane settings.
 
 Resources are plain dicts in the proto3 JSON shape (golden-tested), converted to protobuf only
-when served (`intercept_proxy.xds.protos`). Nothing here depends on the policy: the listeners
-take their routes over RDS (routes.py), so a policy change never drains a listener.
+when served (`intercept_proxy.xds.protos`). The policy's decisions are not here: the listeners
+take their routes over RDS (routes.py), so a policy change drains no listener, unless it changes
+the policy's credentials (the TLS listener's filters that send them).
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import Message
+
 from intercept_proxy import ports
 from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, Judge, error_body
 from intercept_proxy.options import option
+from intercept_proxy.policy.credentials import Credential
 from intercept_proxy.policy.native import NativePolicy
+from intercept_proxy.xds.protos import generic_secret
 from intercept_proxy.xds.routes import (
     AUTHZ_FILTER,
     BUFFER_FILTER,
@@ -25,9 +30,12 @@ from intercept_proxy.xds.routes import (
     route_configuration,
     route_field,
     target,
+    wildcard_regex,
 )
 from intercept_proxy.xds.types import type_url
 
+# Over the one ADS stream.
+ADS = {"ads": {}, "resource_api_version": "V3"}
 AUTHZ_CLUSTER = "intercept_authz"
 XDS_CLUSTER = "intercept_xds"
 UPSTREAM_TLS_CLUSTER = "upstream_tls"
@@ -39,6 +47,11 @@ DNS_CACHE = "upstream_dns"
 # The secret name for a TLS connection without SNI: such a client cannot be identified, and the
 # policy denies it; the name is reserved (RFC 2606), so it is never a real host.
 NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
+# The secret of the policy's credential number N. Secret names are the workload's to choose
+# (any server name becomes one), but never with a space: the TLS listener refuses such a server
+# name (`server_name_matcher`).
+CREDENTIAL_SECRET = "credential {}"
+CREDENTIAL_FILTER = "intercept.credential.{}"
 
 
 @dataclass(frozen=True)
@@ -176,8 +189,8 @@ def forward_proxy_cluster(dp: DataPlane, upstream_ca_pem: str | None) -> dict[st
                 "@type": type_url("envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"),
                 "common_tls_context": {
                     "alpn_protocols": ["h2", "http/1.1"],
-                    # Inline, not an SDS secret: secret names are the workload's to choose (any
-                    # SNI), so none may be reserved for anything else.
+                    # Inline, not an SDS secret: a secret name without a space is the
+                    # workload's to choose (any SNI), see CREDENTIAL_SECRET.
                     "validation_context": {"trusted_ca": {"inline_string": upstream_ca_pem}},
                 },
             },
@@ -423,7 +436,81 @@ def early_mutations(*, tls: bool) -> list[dict[str, Any]]:
     return removed + facts
 
 
-def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
+def _authority_is(host: str) -> dict[str, Any]:
+    authority = {
+        "name": "authority",
+        "typed_config": {
+            "@type": type_url("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
+            "header_name": ":authority",
+        },
+    }
+    # The listener takes a trailing dot off; any other spelling (a port, capitals) gets none.
+    match = (
+        {"safe_regex": {"google_re2": {}, "regex": wildcard_regex(host)}}
+        if host.startswith("*.")
+        else {"exact": host}
+    )
+    return {"single_predicate": {"input": authority, "value_match": match}}
+
+
+def credential_filter(index: int, credential: Credential) -> dict[str, Any]:
+    """Envoy's credential injector for one credential: after the decision (the filters before
+    it stop a denied request), for requests to its host only, on the TLS listener only. The
+    header's value is the secret Envoy gets over ADS; whatever the workload sent is replaced, and
+    without the secret nothing goes (Envoy answers 401)."""
+    secret = {"name": CREDENTIAL_SECRET.format(index), "sds_config": ADS}
+    injector = {
+        "@type": type_url(
+            "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector"
+        ),
+        "overwrite": True,
+        "allow_request_without_credential": False,
+        "credential": {
+            "name": "envoy.http.injected_credentials.generic",
+            "typed_config": {
+                "@type": type_url("envoy.extensions.http.injected_credentials.generic.v3.Generic"),
+                "credential": secret,
+                "header": credential.header,
+            },
+        },
+    }
+    skip = {
+        "name": "skip",
+        "typed_config": {
+            "@type": type_url("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
+        },
+    }
+    elsewhere = {"not_matcher": _authority_is(credential.host)}
+    return {
+        "name": CREDENTIAL_FILTER.format(index),
+        "typed_config": {
+            "@type": type_url("envoy.extensions.common.matching.v3.ExtensionWithMatcher"),
+            "extension_config": {
+                "name": "envoy.filters.http.credential_injector",
+                "typed_config": injector,
+            },
+            "xds_matcher": {
+                "matcher_list": {
+                    "matchers": [{"predicate": elsewhere, "on_match": {"action": skip}}]
+                }
+            },
+        },
+    }
+
+
+def credential_secrets(
+    credentials: tuple[Credential, ...], secrets: tuple[str, ...]
+) -> list[Message]:
+    """The credentials' secrets as Envoy gets them (over ADS: never in a file)."""
+    return [
+        generic_secret(CREDENTIAL_SECRET.format(i), c.header_value(secret))
+        for i, (c, secret) in enumerate(zip(credentials, secrets, strict=True))
+    ]
+
+
+def http_connection_manager(
+    dp: DataPlane, *, tls: bool, credentials: tuple[Credential, ...] = ()
+) -> dict[str, Any]:
     name = TLS_LISTENER if tls else HTTP_LISTENER
     return {
         "@type": type_url(
@@ -462,7 +549,7 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
         ],
         # Routes come over ADS (RDS): a policy change replaces them without touching listeners.
         "rds": {
-            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "config_source": ADS,
             "route_config_name": name,
         },
         "http_filters": [
@@ -477,6 +564,8 @@ def http_connection_manager(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
             },
             {"name": SENT_CHECK_FILTER, "disabled": True, "typed_config": sent_check(dp)},
             {"name": AUTHZ_FILTER, "disabled": True, "typed_config": ext_authz(dp)},
+            # Never over plain HTTP.
+            *(credential_filter(i, c) for i, c in enumerate(credentials) if tls),
             {
                 "name": "envoy.filters.http.dynamic_forward_proxy",
                 "typed_config": {
@@ -512,7 +601,7 @@ def downstream_tls_context() -> dict[str, Any]:
         "envoy.extensions.transport_sockets.tls.cert_selectors.on_demand_secret.v3.Config",
         {
             # Over the one ADS stream: any other source opens a gRPC stream per certificate.
-            "config_source": {"ads": {}, "resource_api_version": "V3"},
+            "config_source": ADS,
             "certificate_mapper": {
                 "name": "envoy.tls.certificate_mappers.sni",
                 "typed_config": _typed_struct(
@@ -538,10 +627,12 @@ def downstream_tls_context() -> dict[str, Any]:
     }
 
 
-def _hcm_filter(dp: DataPlane, *, tls: bool) -> dict[str, Any]:
+def _hcm_filter(
+    dp: DataPlane, *, tls: bool, credentials: tuple[Credential, ...] = ()
+) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": http_connection_manager(dp, tls=tls),
+        "typed_config": http_connection_manager(dp, tls=tls, credentials=credentials),
     }
 
 
@@ -590,7 +681,9 @@ def server_name_matcher() -> dict[str, Any]:
     }
 
 
-def listeners(dp: DataPlane) -> list[dict[str, Any]]:
+def listeners(dp: DataPlane, credentials: tuple[Credential, ...] = ()) -> list[dict[str, Any]]:
+    """`credentials`: the policy's (they change the TLS listener's filters, and only when they
+    change does it drain; routes come over RDS)."""
     tls_listener = {
         "name": TLS_LISTENER,
         **_listener_addresses(dp, dp.tls_port),
@@ -609,7 +702,7 @@ def listeners(dp: DataPlane) -> list[dict[str, Any]]:
         "filter_chains": [
             {
                 "name": TLS_CHAIN,
-                "filters": [_hcm_filter(dp, tls=True)],
+                "filters": [_hcm_filter(dp, tls=True, credentials=credentials)],
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": downstream_tls_context(),

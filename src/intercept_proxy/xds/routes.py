@@ -67,6 +67,13 @@ _LAST_LABEL = "[a-z](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _NAME_LENGTH = ".{1,253}"
 
 
+def wildcard_regex(domain: str) -> str:
+    """The host names a wildcard domain (`*`, `*.suffix`) matches, as a regular expression."""
+    if domain == "*":
+        return f"(?:{_LABEL}\\.)*{_LAST_LABEL}"
+    return f"(?:{_LABEL}\\.)+{re.escape(domain[2:])}"
+
+
 def request_facts(*, tls: bool) -> dict[str, str]:
     """Headers the listener writes before routing, in Envoy's format language."""
     # An absent request header formats as nothing, and then no header is written.
@@ -246,7 +253,9 @@ def _present(name: str) -> dict[str, Any]:
     return _header(name, present_match=True)
 
 
-def gate(host: VirtualHost, *, tls: bool) -> list[tuple[str, dict[str, Any]]]:
+def gate(
+    host: VirtualHost, *, tls: bool, credential_headers: tuple[str, ...] = ()
+) -> list[tuple[str, dict[str, Any]]]:
     """The conditions (each a name and a route match) under which a request to this virtual
     host goes to the agent rather than to the policy's routes."""
     any_path = {"prefix": "/"}
@@ -256,15 +265,12 @@ def gate(host: VirtualHost, *, tls: bool) -> list[tuple[str, dict[str, Any]]]:
         # A protocol upgrade (a WebSocket) never ends its request: no route that reads an upload
         # first could answer it.
         ("upgrade", [_present("upgrade")]),
+        # The agent looks for a credential's secret in it (see authz/service.py).
+        *((f"credential:{name}", [_present(name)]) for name in credential_headers),
     ]
     if host.domain.startswith("*"):
-        name = (
-            f"(?:{_LABEL}\\.)*{_LAST_LABEL}"
-            if host.domain == "*"
-            else f"(?:{_LABEL}\\.)+{re.escape(host.domain[2:])}"
-        )
         conditions += [
-            ("host", [_regex(":authority", name, invert=True)]),
+            ("host", [_regex(":authority", wildcard_regex(host.domain), invert=True)]),
             ("host-length", [_regex(":authority", _NAME_LENGTH, invert=True)]),
         ]
     else:
@@ -315,11 +321,18 @@ def _policy_routes(
     return out
 
 
-def _virtual_host(host: VirtualHost, cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
+def _virtual_host(
+    host: VirtualHost,
+    cluster: str,
+    revision: str,
+    *,
+    tls: bool,
+    credential_headers: tuple[str, ...],
+) -> dict[str, Any]:
     name = "any" if host.domain == "*" else host.domain
     routes = [
         {**agent_route(cluster, revision, tls=tls), "name": f"gate:{condition}", "match": match}
-        for condition, match in gate(host, tls=tls)
+        for condition, match in gate(host, tls=tls, credential_headers=credential_headers)
     ]
     routes += _policy_routes(host, cluster, revision, tls=tls)
     return {"name": name, "domains": [host.domain], "routes": routes}
@@ -338,7 +351,12 @@ def route_configuration(
             {"name": "any", "domains": ["*"], "routes": [agent_route(cluster, revision, tls=tls)]}
         ]
     else:
-        virtual_hosts = [_virtual_host(h, cluster, revision, tls=tls) for h in policy.hosts]
+        virtual_hosts = [
+            _virtual_host(
+                h, cluster, revision, tls=tls, credential_headers=policy.credential_headers
+            )
+            for h in policy.hosts
+        ]
     return {
         "name": name,
         "virtual_hosts": virtual_hosts,

@@ -15,6 +15,8 @@ protocol (Envoy's `DeltaAggregatedResources`, `api_type: DELTA_GRPC`):
   is gone, so the server tells it: a name Envoy has not asked for in `release_after` is removed,
   and so is the least recently asked-for beyond `max_held`. Envoy's on-demand certificate
   selector then releases the certificate (and asks again, on the next handshake that needs it).
+  A name the snapshot holds for an on-demand type (a credential's secret) is the snapshot's: it
+  is never resolved nor released, and follows the snapshot like any snapshot resource.
   The state-of-the-world protocol has no way to remove such a resource: that is why this server
   speaks delta.
 - Each response is answered on its own (ACK or NACK): the server remembers what every
@@ -224,7 +226,12 @@ class _Stream:
         """The resources for `names` whose version differs from what Envoy holds, with the
         removal of `removed` (by default, of what Envoy need not keep beside them)."""
         state = self.types[type_url]
-        resolved = await self.server.resolve(type_url, names) if names else {}
+        pinned = self.server.cache.snapshot.resources.get(type_url, {})
+        others = [n for n in names if n not in pinned]
+        resolved = await self.server.resolve(type_url, others) if others else {}
+        resolved.update(
+            (n, Resource(pinned[n], resource_version(pinned[n]))) for n in names if n in pinned
+        )
         changed = {}
         for name, resource in resolved.items():
             if name not in state.names or (name, resource.version) in state.rejected:
@@ -247,13 +254,14 @@ class _Stream:
         """What Envoy holds that it has not asked for in a while, and the least recently
         asked-for beyond the bound; never what is being sent now."""
         spec = self.server.on_demand[type_url]
-        candidates = [n for n in state.held if n not in keep]
+        pinned = self.server.cache.snapshot.resources.get(type_url, {})
+        candidates = [n for n in state.held if n not in keep and n not in pinned]
         out = set()
         if spec.release_after is not None:
             oldest = self.server.clock() - spec.release_after.total_seconds()
             out = {n for n in candidates if state.asked.get(n, 0.0) <= oldest}
         if spec.max_held is not None:
-            held_after = len(state.held.keys() | keep) - len(out)
+            held_after = len((state.held.keys() | keep) - pinned.keys()) - len(out)
             if held_after > spec.max_held:
                 rest = sorted(
                     (n for n in candidates if n not in out), key=lambda n: state.asked.get(n, 0.0)
@@ -341,11 +349,17 @@ class _Stream:
                 if type_url in self.server.on_demand:
                     responses.append(await self._housekeeping(type_url))
         else:
+            # The snapshot's resources of on-demand types that Envoy subscribed to, as changed.
+            for type_url in self.types:
+                if type_url in self.server.on_demand:
+                    pinned = self.server.cache.snapshot.resources.get(type_url, {})
+                    names = sorted(n for n in self.types[type_url].names if n in pinned)
+                    responses.append(await self._on_demand_response(type_url, names, []))
             ordered = sorted(
                 (t for t in self.types if t not in self.server.on_demand),
                 key=lambda t: PUSH_ORDER.index(t) if t in PUSH_ORDER else len(PUSH_ORDER),
             )
-            responses = [self._snapshot_response(t) for t in ordered]
+            responses += [self._snapshot_response(t) for t in ordered]
         return [r for r in responses if r is not None]
 
     def in_sync(self) -> bool:

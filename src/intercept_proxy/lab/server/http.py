@@ -23,6 +23,8 @@ _CHUNK = 64 * 1024
 _DELAY = re.compile(r"^/delay/(\d+(?:\.\d+)?)$")
 _BYTES = re.compile(r"^/bytes/(\d+)$")
 _STREAM = re.compile(r"^/stream/(\d+)$")
+# /redirect/HOST/PATH: a redirect to that host, same scheme.
+_REDIRECT = re.compile(r"^/redirect/([a-z0-9.-]+)(/.*)?$")
 
 
 def host_header_name(value: str | None) -> str | None:
@@ -77,6 +79,9 @@ class HttpSite:
             count = int(m.group(1))
             _check_limit(count, MAX_STREAM_EVENTS, "event count")
             return await _send_events(request, served, count)
+        if m := _REDIRECT.match(request.path):
+            scheme = "https" if self._tls else "http"
+            raise web.HTTPFound(f"{scheme}://{m.group(1)}{m.group(2) or '/'}")
         if m := _DELAY.match(request.path):
             seconds = float(m.group(1))
             _check_limit(seconds, MAX_DELAY_SECONDS, "delay")

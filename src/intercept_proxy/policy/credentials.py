@@ -1,0 +1,155 @@
+"""The policy's `credentials`: secrets the agent holds and Envoy adds to the requests the policy
+allows to one host, over TLS. The workload holds a placeholder, never the secret.
+
+Parsing is pure (the policy file names where a secret is, never the secret); `resolve` reads the
+values, in the agent, when the policy is loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import re
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from intercept_proxy.policy.errors import PolicyError
+
+SCHEMES = ("bearer", "basic", "none")
+KEYS = ("host", "header", "scheme", "env", "file", "placeholder")
+DEFAULT_HEADER = "authorization"
+DEFAULT_PLACEHOLDER = "intercept-proxy-placeholder"
+# Shorter secrets are refused: a request is refused when it carries one (it leaked), and a short
+# one would be found in innocent text.
+MIN_SECRET_LENGTH = 8
+_HEADER = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+# Headers Envoy or the listener own, or that frame the request.
+_RESERVED_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "x-request-id"}
+)
+_ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_PLACEHOLDER = re.compile(r"^[!-~]{1,256}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    # An exact host name, or `*.suffix` (any name below it).
+    host: str
+    header: str
+    scheme: str
+    env: str | None
+    file: str | None
+    placeholder: str
+
+    @property
+    def source(self) -> str:
+        return f"env {self.env}" if self.env is not None else f"file {self.file}"
+
+    def to_data(self) -> dict[str, Any]:
+        """What decides how requests are changed (no secret): part of the policy's revision."""
+        return dataclasses.asdict(self)
+
+    def header_value(self, secret: str) -> str:
+        """What Envoy writes into the header."""
+        if self.scheme == "bearer":
+            return f"Bearer {secret}"
+        if self.scheme == "basic":
+            return "Basic " + base64.b64encode(secret.encode()).decode()
+        return secret
+
+
+def _string(entry: dict[str, Any], key: str, source: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise PolicyError(source, f"{where}.{key}", f"expected a string, got {value!r}")
+    return value
+
+
+def parse_credential(entry: Any, source: str, where: str, host: str) -> Credential:
+    """One entry of `credentials`; `host` is its `host`, already a checked domain entry."""
+    unknown = sorted(set(entry) - set(KEYS))
+    if unknown:
+        raise PolicyError(
+            source, f"{where}.{unknown[0]}", f"unknown key; valid keys are {', '.join(KEYS)}"
+        )
+    header = (_string(entry, "header", source, where) or DEFAULT_HEADER).lower()
+    if (
+        not _HEADER.fullmatch(header)
+        or header in _RESERVED_HEADERS
+        or header.startswith("x-intercept-")
+    ):
+        raise PolicyError(
+            source, f"{where}.header", f"{header!r} is not a header a credential may be sent in"
+        )
+    default_scheme = "bearer" if header == DEFAULT_HEADER else "none"
+    scheme = _string(entry, "scheme", source, where) or default_scheme
+    if scheme not in SCHEMES:
+        raise PolicyError(
+            source, f"{where}.scheme", f"{scheme!r} is not one of {', '.join(SCHEMES)}"
+        )
+    env = _string(entry, "env", source, where)
+    file = _string(entry, "file", source, where)
+    if (env is None) == (file is None):
+        raise PolicyError(
+            source,
+            where,
+            "name where the secret is, with exactly one of env (a variable of the operator's "
+            "environment) and file (a path the agent reads)",
+        )
+    if env is not None and not _ENV.fullmatch(env):
+        raise PolicyError(source, f"{where}.env", f"{env!r} is not an environment variable name")
+    if file is not None and not (file.startswith("/") and "\0" not in file):
+        raise PolicyError(source, f"{where}.file", f"{file!r} is not an absolute path")
+    placeholder = _string(entry, "placeholder", source, where) or DEFAULT_PLACEHOLDER
+    if not _PLACEHOLDER.fullmatch(placeholder):
+        raise PolicyError(
+            source, f"{where}.placeholder", "must be 1 to 256 printable characters, no spaces"
+        )
+    return Credential(host, header, scheme, env, file, placeholder)
+
+
+def resolve(
+    credentials: tuple[Credential, ...], source: str, environ: Mapping[str, str] = os.environ
+) -> tuple[str, ...]:
+    """Each credential's secret, read where it says; PolicyError naming the first that cannot be
+    read (the error never carries a value)."""
+    values = []
+    for i, credential in enumerate(credentials):
+        where = f"credentials[{i}]"
+        if credential.env is not None:
+            value = environ.get(credential.env)
+            if value is None:
+                raise PolicyError(
+                    source,
+                    f"{where}.env",
+                    f"{credential.env} is not set in the agent's environment",
+                )
+        else:
+            path = Path(str(credential.file))
+            try:
+                value = path.read_text()
+                world = path.stat().st_mode & stat.S_IROTH
+            except (OSError, ValueError) as e:
+                raise PolicyError(source, f"{where}.file", f"cannot read the secret: {e}") from None
+            if world:
+                raise PolicyError(
+                    source,
+                    f"{where}.file",
+                    f"{path} is readable by every user, the workload's too: let only the "
+                    "agent's user read it",
+                )
+            value = value.removesuffix("\n")
+        if len(value) < MIN_SECRET_LENGTH or not _PLACEHOLDER.fullmatch(value):
+            raise PolicyError(
+                source,
+                where,
+                f"the secret ({credential.source}) must be {MIN_SECRET_LENGTH} to 256 printable "
+                "characters without spaces",
+            )
+        if value == credential.placeholder:
+            raise PolicyError(source, where, f"the secret ({credential.source}) is the placeholder")
+        values.append(value)
+    return tuple(values)
