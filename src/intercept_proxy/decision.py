@@ -18,8 +18,26 @@ from typing import Any
 SCHEMA = "intercept.decision/v1"
 # The response header naming the decision of a request (Envoy's stream id).
 DECISION_HEADER = "x-intercept-decision-id"
+
+
+class ErrorCode(StrEnum):
+    """The seeds' canonical error codes: every answer the sandbox gives in place of the
+    upstream's carries one (docs/policy.md says which, and when)."""
+
+    POLICY_BLOCKED = "POLICY_BLOCKED"
+    HITL_REQUIRED = "HITL_REQUIRED"
+    RATE_LIMIT_EXCEEDED = "RATE_LIMIT_EXCEEDED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    CONFLICT = "CONFLICT"
+    RETRY_LATER = "RETRY_LATER"
+    SCHEMA_VALIDATION_FAILED = "SCHEMA_VALIDATION_FAILED"
+    INVARIANT_VIOLATION = "INVARIANT_VIOLATION"
+
+
 # The code of a policy's 403 body.
-POLICY_BLOCKED = "POLICY_BLOCKED"
+POLICY_BLOCKED = ErrorCode.POLICY_BLOCKED
 
 
 class Judge(StrEnum):
@@ -111,10 +129,11 @@ def parse_log(text: str, *, strict: bool = False) -> Iterator[DecisionEvent]:
 
 
 def error_body(
-    code: str, message: str, *, rule: str | None = None, decision_id: str | None = None
+    code: ErrorCode, message: str, *, rule: str | None = None, decision_id: str | None = None
 ) -> dict[str, Any]:
-    """The JSON body of every answer the sandbox gives instead of the upstream's."""
-    error: dict[str, Any] = {"code": code, "message": message}
+    """The JSON body of every answer the sandbox gives instead of the upstream's; `rule` says
+    what decided it (a policy's rule, or one of Envoy's own failures)."""
+    error: dict[str, Any] = {"code": code.value, "message": message}
     if rule is not None:
         error["rule"] = rule
     if decision_id is not None:

@@ -383,7 +383,8 @@ def test_upstream_certificates_are_verified(interceptor):
                 (r := interceptor.curl("GET", "https://trust.test/untrusted")).status == 502 and r
             )
         )
-        assert r.json()["error"]["code"] == "UPSTREAM_CONNECT_FAILURE"
+        error = r.json()["error"]
+        assert (error["code"], error["rule"]) == ("RETRY_LATER", "upstream_connect_failure")
     interceptor.until(lambda: interceptor.curl("GET", "https://trust.test/again").status == 200)
 
 

@@ -33,8 +33,9 @@ def test_agent_down_fails_closed_and_recovers(interceptor, lab):
             r = interceptor.curl("GET", url, "-H", "Host: PyPI.org")
             assert r.status == 503, r.body
             error = r.json()["error"]
-            assert error["code"] == "POLICY_UNAVAILABLE"
+            assert (error["code"], error["rule"]) == ("RETRY_LATER", "policy_unavailable")
             assert "fail closed" in error["message"]
+            assert r.headers["retry-after"] == "1"
         (logged,) = interceptor.decisions(
             lambda d: d["path"] == "/during" and d["scheme"] == "http"
         )

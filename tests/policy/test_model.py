@@ -87,6 +87,33 @@ def test_prototype_keys_are_accepted_unchanged():
             "no spaces",
         ),
         ("credentials: [{host: a.test, env: K, token: x}]", "credentials[0].token", "unknown key"),
+        ("rate_limits: [{host: a.test}]", "rate_limits[0].requests_per_minute", "whole number"),
+        (
+            "rate_limits: [{host: a.test, requests_per_minute: 0}]",
+            "rate_limits[0].requests_per_minute",
+            "from 1 to",
+        ),
+        (
+            "rate_limits: [{host: a.test, requests_per_minute: '5'}]",
+            "rate_limits[0].requests_per_minute",
+            "whole number",
+        ),
+        (
+            "rate_limits: [{host: 'a.test:80', requests_per_minute: 5}]",
+            "rate_limits[0].host",
+            "port",
+        ),
+        (
+            "rate_limits: [{host: a.test, requests_per_minute: 5, burst: 2}]",
+            "rate_limits[0].burst",
+            "unknown key",
+        ),
+        (
+            "rate_limits: [{host: a.test, requests_per_minute: 5},"
+            " {host: a.test, requests_per_minute: 6}]",
+            "rate_limits[1]",
+            "a second rate limit for a.test",
+        ),
         (
             "credentials: [{host: a.test, env: K}, {host: A.test, file: /k}]",
             "credentials[1]",
@@ -182,6 +209,13 @@ def test_credentials_defaults_and_revision():
     assert policy.revision != parse_policy("{}").revision
 
 
-def test_a_pod_policy_names_no_credential():
-    with pytest.raises(PolicyError, match="credentials: not allowed in a pod's policy"):
-        parse_policy("credentials: [{host: a.test, env: K}]", modules=False)
+@pytest.mark.parametrize(
+    "text",
+    [
+        "credentials: [{host: a.test, env: K}]",
+        "rate_limits: [{host: a.test, requests_per_minute: 1}]",
+    ],
+)
+def test_a_pod_policy_names_no_credential_and_no_rate_limit(text):
+    with pytest.raises(PolicyError, match="not allowed in a pod's policy"):
+        parse_policy(text, modules=False)

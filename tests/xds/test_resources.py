@@ -29,21 +29,26 @@ def test_listeners_golden(name, dp):
     assert_golden(f"xds/listeners-{name}.json", resources.listeners(dp))
 
 
-CREDENTIALS = parse_policy(
+EXTRAS_POLICY = parse_policy(
     """
 credentials:
   - {host: api.example.com, header: x-api-key, env: EXAMPLE_KEY}
   - {host: "*.example.org", env: ORG_TOKEN}
+rate_limits:
+  - {host: api.example.com, requests_per_minute: 30}
+  - {host: "*.example.net", requests_per_minute: 6000}
 """
-).credentials
+)
+CREDENTIALS = EXTRAS_POLICY.credentials
+EXTRAS = resources.Extras(CREDENTIALS, EXTRAS_POLICY.rate_limits)
 
 
-def test_listeners_with_credentials_golden():
-    assert_golden("xds/listeners-credentials.json", resources.listeners(DEFAULT, CREDENTIALS))
+def test_listeners_with_credentials_and_rate_limits_golden():
+    assert_golden("xds/listeners-extras.json", resources.listeners(DEFAULT, EXTRAS))
 
 
 def test_credentials_are_sent_after_the_decision_over_tls_only():
-    tls, plain = resources.listeners(DEFAULT, CREDENTIALS)
+    tls, plain = resources.listeners(DEFAULT, EXTRAS)
     for listener, expected in (
         (tls, ["intercept.credential.0", "intercept.credential.1"]),
         (plain, []),
@@ -177,3 +182,24 @@ def test_incremental_xds():
     """The agent releases certificates Envoy holds: only delta xDS can say a secret is gone."""
     ads = bootstrap(Bootstrap(node_id="x"))["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == "DELTA_GRPC"
+
+
+def test_rate_limits_count_on_both_listeners_and_refuse_with_retry_after():
+    for listener in resources.listeners(DEFAULT, EXTRAS):
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        limits = [f for f in hcm["http_filters"] if f["name"].startswith("intercept.rate_limit.")]
+        buckets = [f["typed_config"]["extension_config"]["typed_config"] for f in limits]
+        # 30 a minute: one token every 2 s; 6000 a minute: 5 every 50 ms (Envoy's shortest).
+        assert [b["token_bucket"] for b in buckets] == [
+            {"max_tokens": 30, "tokens_per_fill": 1, "fill_interval": "2s"},
+            {"max_tokens": 6000, "tokens_per_fill": 5, "fill_interval": "0.05s"},
+        ]
+        retry = [b["response_headers_to_add"][0]["header"]["value"] for b in buckets]
+        assert retry == ["2", "1"]
+        # Every request gets one line of the decision log: a refused one the rate limit's.
+        kinds = [
+            log["typed_config"].get("log_format", {}).get("json_format", {}).get("rule")
+            for log in hcm["access_log"]
+            if log["name"] != "envoy.access_loggers.stats"
+        ]
+        assert "rate_limit" in kinds and len(kinds) == 3

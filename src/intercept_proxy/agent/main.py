@@ -23,7 +23,6 @@ from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
 from intercept_proxy.pki.files import write_public
 from intercept_proxy.policy.combined import CombinedEngine, OverrideMode
-from intercept_proxy.policy.credentials import Credential
 from intercept_proxy.policy.engine import PolicyEngine, RegorusEngine
 from intercept_proxy.policy.model import Policy
 from intercept_proxy.policy.native import compile_policy
@@ -35,6 +34,7 @@ from intercept_proxy.xds.certificates import certificate_resolver
 from intercept_proxy.xds.consistency import inconsistencies
 from intercept_proxy.xds.resources import (
     DataPlane,
+    Extras,
     clusters,
     credential_secrets,
     listeners,
@@ -54,13 +54,14 @@ def build_snapshot(
     dp: DataPlane,
     upstream_ca_pem: str,
     routes: list[dict[str, Any]],
-    credentials: tuple[Credential, ...] = (),
-    secrets: tuple[str, ...] = (),
+    policy: Policy,
+    secrets: tuple[str, ...],
 ) -> Snapshot:
-    """The resources Envoy gets; refused (AgentError) if they name one they do not hold."""
+    """The resources Envoy gets (`policy`'s credentials, with their `secrets`, and rate
+    limits); refused (AgentError) if they name one they do not hold."""
     resources = {
         CLUSTER: clusters(dp, upstream_ca_pem),
-        LISTENER: listeners(dp, credentials),
+        LISTENER: listeners(dp, Extras(policy.credentials, policy.rate_limits)),
         ROUTE: routes,
     }
     problems = inconsistencies(
@@ -73,7 +74,7 @@ def build_snapshot(
         for type_url, items in resources.items()
     }
     return Snapshot(
-        {**messages, SECRET: {m.name: m for m in credential_secrets(credentials, secrets)}}
+        {**messages, SECRET: {m.name: m for m in credential_secrets(policy.credentials, secrets)}}
     )
 
 
@@ -150,9 +151,12 @@ class Agent:
         if routes is None:
             routes, compiled = self._routes, self._compiled
         if self._bundle is not None:
-            credentials = self.policy.required.policy.credentials
             snapshot = build_snapshot(
-                self.settings.data_plane, self._bundle, routes, credentials, self.policy.secrets
+                self.settings.data_plane,
+                self._bundle,
+                routes,
+                self.policy.required.policy,
+                self.policy.secrets,
             )
             self.snapshots.set(snapshot)
         self._routes, self._compiled = routes, compiled

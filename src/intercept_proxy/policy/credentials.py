@@ -48,10 +48,6 @@ class Credential:
     def source(self) -> str:
         return f"env {self.env}" if self.env is not None else f"file {self.file}"
 
-    def to_data(self) -> dict[str, Any]:
-        """What decides how requests are changed (no secret): part of the policy's revision."""
-        return dataclasses.asdict(self)
-
     def header_value(self, secret: str) -> str:
         """What Envoy writes into the header."""
         if self.scheme == "bearer":

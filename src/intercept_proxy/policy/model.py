@@ -6,6 +6,7 @@ enforced. `Policy.to_data()` is the data document the Rego policy reads (`data.i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -19,6 +20,7 @@ import yaml
 from intercept_proxy.hostnames import HostnameError, normalize_hostname
 from intercept_proxy.policy.credentials import Credential, parse_credential
 from intercept_proxy.policy.errors import PolicyError as PolicyError  # re-exported
+from intercept_proxy.policy.limits import RateLimit, parse_rate_limit
 
 DATA_ROOT = "intercept_policy"
 CUSTOM_PACKAGE = "intercept.custom"
@@ -94,6 +96,9 @@ class Policy:
     credentials: tuple[Credential, ...] = _key(
         (), "Secrets Envoy adds to the allowed requests to a host (docs/policy.md).", chart=False
     )
+    rate_limits: tuple[RateLimit, ...] = _key(
+        (), "Requests per minute to a host (docs/policy.md).", chart=False
+    )
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -115,9 +120,11 @@ class Policy:
         digest = hashlib.sha256(json.dumps(self.to_data(), sort_keys=True).encode())
         for module in self.rego_modules:
             digest.update(module.text.encode())
-        if self.credentials:  # they change what is sent upstream, not the decisions
-            credentials = [c.to_data() for c in self.credentials]
-            digest.update(json.dumps(credentials, sort_keys=True).encode())
+        # What Envoy does besides deciding: what it sends upstream, how often.
+        for entries in (self.credentials, self.rate_limits):
+            if entries:
+                data = [dataclasses.asdict(e) for e in entries]
+                digest.update(json.dumps(data, sort_keys=True).encode())
         return digest.hexdigest()[:12]
 
 
@@ -270,7 +277,7 @@ def parse_policy(
     for key in doc:
         if key not in KEYS:
             raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
-    for key in ("rego_modules", "credentials"):
+    for key in ("rego_modules", "credentials", "rate_limits"):
         if not modules and doc.get(key):
             raise PolicyError(source, key, "not allowed in a pod's policy")
     github_allowed_users = _matching(
@@ -299,19 +306,23 @@ def parse_policy(
         ),
         rego_modules=_modules(doc, source, base),
         credentials=_credentials(doc, source),
+        rate_limits=_rate_limits(doc, source),
     )
 
 
-def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
-    value = doc.get("credentials")
+def _host_entries(
+    doc: dict[str, Any], key: str, source: str, port_message: str
+) -> list[tuple[str, dict[str, Any], str]]:
+    """The mappings listed under `key`, each with its location and its `host` (an exact name or
+    `*.suffix`, no port)."""
+    value = doc.get(key)
     if value is None:
-        return ()
+        return []
     if not isinstance(value, list):
-        raise PolicyError(source, "credentials", f"expected a list, got {type(value).__name__}")
+        raise PolicyError(source, key, f"expected a list, got {type(value).__name__}")
     out = []
-    hosts = set()
     for i, entry in enumerate(value):
-        where = f"credentials[{i}]"
+        where = f"{key}[{i}]"
         if not isinstance(entry, dict):
             raise PolicyError(source, where, f"expected a mapping, got {entry!r}")
         host = entry.get("host")
@@ -322,15 +333,34 @@ def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
         except ValueError as e:
             raise PolicyError(source, f"{where}.host", str(e)) from None
         if domain.port is not None:
-            raise PolicyError(source, f"{where}.host", "a credential is sent to port 443 only")
-        name = f"*.{domain.host}" if domain.wildcard else domain.host
-        credential = parse_credential(entry, source, where, name)
-        if (name, credential.header) in hosts:
+            raise PolicyError(source, f"{where}.host", port_message)
+        out.append((where, entry, f"*.{domain.host}" if domain.wildcard else domain.host))
+    return out
+
+
+def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
+    out: list[Credential] = []
+    for where, entry, host in _host_entries(
+        doc, "credentials", source, "a credential is sent to port 443 only"
+    ):
+        credential = parse_credential(entry, source, where, host)
+        if any((c.host, c.header) == (host, credential.header) for c in out):
             raise PolicyError(
-                source, where, f"a second credential for {name} in header {credential.header}"
+                source, where, f"a second credential for {host} in header {credential.header}"
             )
-        hosts.add((name, credential.header))
         out.append(credential)
+    return tuple(out)
+
+
+def _rate_limits(doc: dict[str, Any], source: str) -> tuple[RateLimit, ...]:
+    out: list[RateLimit] = []
+    for where, entry, host in _host_entries(
+        doc, "rate_limits", source, "a limit applies to every port of the host"
+    ):
+        limit = parse_rate_limit(entry, source, where, host)
+        if any(r.host == host for r in out):
+            raise PolicyError(source, where, f"a second rate limit for {host}")
+        out.append(limit)
     return tuple(out)
 
 

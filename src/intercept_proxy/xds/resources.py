@@ -8,15 +8,18 @@ the policy's credentials (the TLS listener's filters that send them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from google.protobuf.message import Message
 
 from intercept_proxy import ports
-from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, Judge, error_body
+from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, ErrorCode, Judge, error_body
 from intercept_proxy.options import option
 from intercept_proxy.policy.credentials import Credential
+from intercept_proxy.policy.limits import RateLimit
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.protos import generic_secret
 from intercept_proxy.xds.routes import (
@@ -29,6 +32,7 @@ from intercept_proxy.xds.routes import (
     request_facts,
     route_configuration,
     route_field,
+    status_filter,
     target,
     wildcard_regex,
 )
@@ -52,6 +56,12 @@ NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
 # name (`server_name_matcher`).
 CREDENTIAL_SECRET = "credential {}"
 CREDENTIAL_FILTER = "intercept.credential.{}"
+RATE_LIMIT_FILTER = "intercept.rate_limit.{}"
+# What the decision log and the 429's body say of a request its host's rate limit refused.
+RATE_LIMIT_RULE = "rate_limit"
+RATE_LIMITED = ": the policy's rate limit for this host is spent (see Retry-After)"
+# Envoy refills a token bucket at most this often.
+MIN_FILL_MS = 50
 
 
 @dataclass(frozen=True)
@@ -218,54 +228,71 @@ def clusters(dp: DataPlane, upstream_ca_pem: str) -> list[dict[str, Any]]:
     ]
 
 
-def _json_error(code: str, message: str) -> dict[str, Any]:
+def _json_error(code: ErrorCode, message: str, rule: str) -> dict[str, Any]:
     return {
-        "json_format": error_body(code, message),
+        "json_format": error_body(code, message, rule=rule),
         "content_type": "application/json",
     }
 
 
-def _flag_mapper(flag: str, status: int, code: str, message: str) -> dict[str, Any]:
+# Seconds a client is told to wait before retrying what failed for a reason of Envoy's.
+RETRY_AFTER_S = 1
+
+
+def _retry_later(
+    rule: str, message: str, flag_filter: dict[str, Any], status: int | None = None
+) -> dict[str, Any]:
+    """Envoy's own failure (`status`: in place of Envoy's): RETRY_LATER, with `Retry-After`."""
     return {
-        "filter": {"response_flag_filter": {"flags": [flag]}},
-        "status_code": status,
-        "body_format_override": _json_error(code, message),
+        "filter": flag_filter,
+        **({"status_code": status} if status is not None else {}),
+        "body_format_override": _json_error(ErrorCode.RETRY_LATER, message, rule),
+        "headers_to_add": [
+            {
+                "header": {"key": "retry-after", "value": str(RETRY_AFTER_S)},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
     }
+
+
+def _flag(flag: str) -> dict[str, Any]:
+    return {"response_flag_filter": {"flags": [flag]}}
 
 
 def local_reply_config(*, tls: bool) -> dict[str, Any]:
     """Explained JSON bodies for Envoy's own error replies. Policy denials carry their own body
     from the agent and match none of these."""
+    agent_failed = {
+        "and_filter": {
+            "filters": [
+                _flag("UAEX"),
+                status_filter(503, "intercept.authz_error_status"),
+            ]
+        }
+    }
     mappers = [
+        _retry_later(
+            "policy_unavailable",
+            "the policy service did not answer; the request was blocked (fail closed)",
+            agent_failed,
+        ),
+        _retry_later(
+            "upstream_dns_failure", "the upstream host name does not resolve", _flag("DF"), 502
+        ),
+        _retry_later(
+            "upstream_connect_failure", "the upstream host could not be reached", _flag("UF"), 502
+        ),
+        _retry_later(
+            "upstream_timeout", "the upstream host did not answer in time", _flag("UT"), 504
+        ),
         {
-            "filter": {
-                "and_filter": {
-                    "filters": [
-                        {"response_flag_filter": {"flags": ["UAEX"]}},
-                        {
-                            "status_code_filter": {
-                                "comparison": {
-                                    "op": "EQ",
-                                    "value": {
-                                        "default_value": 503,
-                                        "runtime_key": "intercept.authz_error_status",
-                                    },
-                                }
-                            }
-                        },
-                    ]
-                }
-            },
+            # Envoy's only local reply with 429 (it flags RL after the reply is mapped).
+            "filter": status_filter(429, "intercept.rate_limited_status"),
             "body_format_override": _json_error(
-                "POLICY_UNAVAILABLE",
-                "the policy service did not answer; the request was blocked (fail closed)",
+                ErrorCode.RATE_LIMIT_EXCEEDED, target(tls=tls) + RATE_LIMITED, RATE_LIMIT_RULE
             ),
         },
-        _flag_mapper("DF", 502, "UPSTREAM_DNS_FAILURE", "the upstream host name does not resolve"),
-        _flag_mapper(
-            "UF", 502, "UPSTREAM_CONNECT_FAILURE", "the upstream host could not be reached"
-        ),
-        _flag_mapper("UT", 504, "UPSTREAM_TIMEOUT", "the upstream host did not answer in time"),
         oversized_denial(tls=tls),
     ]
     return {"mappers": mappers}
@@ -275,19 +302,35 @@ def _agent_field(key: str) -> str:
     return f"%DYNAMIC_METADATA({AUTHZ_FILTER}:{key})%"
 
 
-def decision_fields(*, tls: bool, by_agent: bool) -> dict[str, str]:
-    """The decision log's line (Envoy's access log): a decision the agent returned (ext_authz
-    metadata), or the route's own."""
-    if by_agent:
+class Logged(Enum):
+    """Whose verdict a decision log line carries."""
+
+    ROUTE = "route"  # the route's own: Envoy's decision, or an agent route's no_decision
+    AGENT = "agent"  # the agent's (ext_authz metadata)
+    RATE_LIMIT = "rate_limit"  # the policy allowed it, its host's rate limit refused it
+
+
+def decision_fields(*, tls: bool, logged: Logged) -> dict[str, Any]:
+    """The decision log's line (Envoy's access log)."""
+    verdict: dict[str, Any]
+    if logged is Logged.AGENT:
         verdict = {
             "judge": Judge.AGENT.value,
             **{k: _agent_field(k) for k in (*VERDICT, "eval_ms")},
         }
-    else:
+    elif logged is Logged.ROUTE:
         # "envoy", "none" (an agent route without the agent's answer), or null: no route at
         # all (a protocol error, a request no route matches); details say why.
         verdict = {k: route_field(k) for k in ("judge", *VERDICT)}
         verdict["reason"] = target(tls=tls) + route_field("reason")
+    else:
+        verdict = {
+            "judge": Judge.ENVOY.value,
+            "allow": False,
+            "rule": RATE_LIMIT_RULE,
+            "reason": target(tls=tls) + RATE_LIMITED,
+            "policy_revision": route_field("policy_revision"),
+        }
     return {"schema": SCHEMA, **verdict, **REQUEST_FIELDS}
 
 
@@ -301,12 +344,43 @@ def _by_agent(*, present: bool) -> dict[str, Any]:
     return {"metadata_filter": {"matcher": matcher, "match_if_key_not_found": not present}}
 
 
-def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
-    """Two loggers into one sink, each for the requests its filter selects."""
+# Envoy's bit for RL in `response.flags` (its legacy response flags).
+_RATE_LIMITED_FLAG = 0x800
+
+
+def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
+    """The requests whose line `logged` writes: exactly one for each request. Only where a
+    rate limit may refuse a request is there a third kind (and a CEL expression to run)."""
+    if logged is Logged.RATE_LIMIT:
+        return _flag("RL")
+    selected = _by_agent(present=logged is Logged.AGENT)
+    if not rate_limited:
+        return selected
+    allowed = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": type_url(
+                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+                ),
+                # CEL has no bitwise operators.
+                "expression": f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0",
+            },
+        }
+    }
+    return {"and_filter": {"filters": [allowed, selected]}}
+
+
+def decision_logs(
+    path: str | None, *, tls: bool, rate_limited: bool = False
+) -> list[dict[str, Any]]:
+    """One logger per kind of line into one sink, each for the requests its filter selects.
+    `rate_limited`: a rate limit may refuse requests."""
     out = []
-    for by_agent in (False, True):
+    kinds = list(Logged) if rate_limited else [Logged.ROUTE, Logged.AGENT]
+    for logged in kinds:
         log_format = {
-            "json_format": decision_fields(tls=tls, by_agent=by_agent),
+            "json_format": decision_fields(tls=tls, logged=logged),
             "formatters": [
                 {
                     "name": "envoy.formatter.req_without_query",
@@ -335,22 +409,26 @@ def decision_logs(path: str | None, *, tls: bool) -> list[dict[str, Any]]:
                     "log_format": log_format,
                 },
             }
-        selected = _by_agent(present=by_agent)
+        selected = _selection(logged, rate_limited=rate_limited)
         out += [
             {**sink, "filter": selected},
-            {**decision_counter(by_agent=by_agent), "filter": selected},
+            {**decision_counter(logged), "filter": selected},
         ]
     return out
 
 
-def decision_counter(*, by_agent: bool) -> dict[str, Any]:
+def decision_counter(logged: Logged) -> dict[str, Any]:
     """Counts every decision, whoever made it, in Envoy's statistics, tagged by judge, result
     and rule (the agent serves them among its metrics)."""
-    field = _agent_field if by_agent else route_field
+    if logged is Logged.RATE_LIMIT:
+        values = (Judge.ENVOY.value, "false", RATE_LIMIT_RULE)
+    elif logged is Logged.AGENT:
+        values = (Judge.AGENT.value, _agent_field("allow"), _agent_field("rule"))
+    else:
+        values = (route_field("judge"), route_field("allow"), route_field("rule"))
     tags = [
-        {"name": "judge", "value_format": "agent" if by_agent else route_field("judge")},
-        {"name": "allow", "value_format": field("allow")},
-        {"name": "rule", "value_format": field("rule")},
+        {"name": n, "value_format": v}
+        for n, v in zip(("judge", "allow", "rule"), values, strict=True)
     ]
     return {
         "name": "envoy.access_loggers.stats",
@@ -474,21 +552,28 @@ def credential_filter(index: int, credential: Credential) -> dict[str, Any]:
             },
         },
     }
+    return _for_host(
+        CREDENTIAL_FILTER.format(index),
+        "envoy.filters.http.credential_injector",
+        injector,
+        credential.host,
+    )
+
+
+def _for_host(name: str, extension: str, config: dict[str, Any], host: str) -> dict[str, Any]:
+    """An HTTP filter that skips every request whose host is not `host` (exact, or `*.suffix`)."""
     skip = {
         "name": "skip",
         "typed_config": {
             "@type": type_url("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
         },
     }
-    elsewhere = {"not_matcher": _authority_is(credential.host)}
+    elsewhere = {"not_matcher": _authority_is(host)}
     return {
-        "name": CREDENTIAL_FILTER.format(index),
+        "name": name,
         "typed_config": {
             "@type": type_url("envoy.extensions.common.matching.v3.ExtensionWithMatcher"),
-            "extension_config": {
-                "name": "envoy.filters.http.credential_injector",
-                "typed_config": injector,
-            },
+            "extension_config": {"name": extension, "typed_config": config},
             "xds_matcher": {
                 "matcher_list": {
                     "matchers": [{"predicate": elsewhere, "on_match": {"action": skip}}]
@@ -496,6 +581,35 @@ def credential_filter(index: int, credential: Credential) -> dict[str, Any]:
             },
         },
     }
+
+
+def rate_limit_filter(index: int, limit: RateLimit) -> dict[str, Any]:
+    """Envoy's local rate limit for one host: a token bucket shared by Envoy's workers, as many
+    tokens as requests a minute, refilled evenly. A request without a token gets 429 with
+    `Retry-After` (the refill interval) and RATE_LIMIT_EXCEEDED (`local_reply_config`)."""
+    interval_ms = max(MIN_FILL_MS, math.ceil(60_000 / limit.requests_per_minute))
+    tokens = max(1, round(limit.requests_per_minute * interval_ms / 60_000))
+    always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": ""}
+    config = {
+        "@type": type_url("envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"),
+        "stat_prefix": f"intercept_rate_limit_{index}",
+        "token_bucket": {
+            "max_tokens": limit.requests_per_minute,
+            "tokens_per_fill": tokens,
+            "fill_interval": f"{interval_ms / 1000:g}s",
+        },
+        "filter_enabled": always,
+        "filter_enforced": always,
+        "response_headers_to_add": [
+            {
+                "header": {"key": "retry-after", "value": str(math.ceil(interval_ms / 1000))},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
+        ],
+    }
+    return _for_host(
+        RATE_LIMIT_FILTER.format(index), "envoy.filters.http.local_ratelimit", config, limit.host
+    )
 
 
 def credential_secrets(
@@ -508,8 +622,16 @@ def credential_secrets(
     ]
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What the policy has Envoy do besides deciding: send credentials, count requests."""
+
+    credentials: tuple[Credential, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
+
+
 def http_connection_manager(
-    dp: DataPlane, *, tls: bool, credentials: tuple[Credential, ...] = ()
+    dp: DataPlane, *, tls: bool, extras: Extras = Extras()
 ) -> dict[str, Any]:
     name = TLS_LISTENER if tls else HTTP_LISTENER
     return {
@@ -534,7 +656,9 @@ def http_connection_manager(
         "http2_protocol_options": {"max_concurrent_streams": dp.max_concurrent_streams},
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "local_reply_config": local_reply_config(tls=tls),
-        "access_log": decision_logs(dp.decision_log_path, tls=tls),
+        "access_log": decision_logs(
+            dp.decision_log_path, tls=tls, rate_limited=bool(extras.rate_limits)
+        ),
         "early_header_mutation_extensions": [
             {
                 "name": "envoy.http.early_header_mutation.header_mutation",
@@ -564,8 +688,9 @@ def http_connection_manager(
             },
             {"name": SENT_CHECK_FILTER, "disabled": True, "typed_config": sent_check(dp)},
             {"name": AUTHZ_FILTER, "disabled": True, "typed_config": ext_authz(dp)},
+            *(rate_limit_filter(i, limit) for i, limit in enumerate(extras.rate_limits)),
             # Never over plain HTTP.
-            *(credential_filter(i, c) for i, c in enumerate(credentials) if tls),
+            *(credential_filter(i, c) for i, c in enumerate(extras.credentials) if tls),
             {
                 "name": "envoy.filters.http.dynamic_forward_proxy",
                 "typed_config": {
@@ -627,12 +752,10 @@ def downstream_tls_context() -> dict[str, Any]:
     }
 
 
-def _hcm_filter(
-    dp: DataPlane, *, tls: bool, credentials: tuple[Credential, ...] = ()
-) -> dict[str, Any]:
+def _hcm_filter(dp: DataPlane, *, tls: bool, extras: Extras) -> dict[str, Any]:
     return {
         "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": http_connection_manager(dp, tls=tls, credentials=credentials),
+        "typed_config": http_connection_manager(dp, tls=tls, extras=extras),
     }
 
 
@@ -681,9 +804,9 @@ def server_name_matcher() -> dict[str, Any]:
     }
 
 
-def listeners(dp: DataPlane, credentials: tuple[Credential, ...] = ()) -> list[dict[str, Any]]:
-    """`credentials`: the policy's (they change the TLS listener's filters, and only when they
-    change does it drain; routes come over RDS)."""
+def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
+    """`extras`: the policy's (they change the listeners' filters, and only when they change do
+    the listeners drain; routes come over RDS)."""
     tls_listener = {
         "name": TLS_LISTENER,
         **_listener_addresses(dp, dp.tls_port),
@@ -702,7 +825,7 @@ def listeners(dp: DataPlane, credentials: tuple[Credential, ...] = ()) -> list[d
         "filter_chains": [
             {
                 "name": TLS_CHAIN,
-                "filters": [_hcm_filter(dp, tls=True, credentials=credentials)],
+                "filters": [_hcm_filter(dp, tls=True, extras=extras)],
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": downstream_tls_context(),
@@ -728,7 +851,7 @@ def listeners(dp: DataPlane, credentials: tuple[Credential, ...] = ()) -> list[d
             }
         ],
         "listener_filters_timeout": _duration(dp.first_bytes_timeout_s),
-        "filter_chains": [{"filters": [_hcm_filter(dp, tls=False)]}],
+        "filter_chains": [{"filters": [_hcm_filter(dp, tls=False, extras=extras)]}],
     }
     return [tls_listener, http_listener]
 

@@ -156,18 +156,17 @@ def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
     return {"status": 403, "body_format": body}
 
 
+def status_filter(status: int, runtime_key: str) -> dict[str, Any]:
+    """An access log filter (a local reply mapper's too) for one status code."""
+    comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": runtime_key}}
+    return {"status_code_filter": {"comparison": comparison}}
+
+
 def oversized_denial(*, tls: bool) -> dict[str, Any]:
     """A local-reply mapper: an upload too large to read to its end (only denying routes read
     one) still gets its route's denial."""
     return {
-        "filter": {
-            "status_code_filter": {
-                "comparison": {
-                    "op": "EQ",
-                    "value": {"default_value": 413, "runtime_key": "intercept.drain_status"},
-                }
-            }
-        },
+        "filter": status_filter(413, "intercept.drain_status"),
         "status_code": 403,
         "body_format_override": denial_body(route_field("rule"), route_field("reason"), tls=tls),
     }
