@@ -115,6 +115,16 @@ def test_prototype_keys_are_accepted_unchanged():
             "a second rate limit for a.test",
         ),
         (
+            "credentials: [{host: '*.a.test', env: K}, {host: b.a.test, env: L}]",
+            "credentials[1]",
+            "the one for *.a.test covers it",
+        ),
+        (
+            "credentials: [{host: x.a.test, env: K}, {host: '*.a.test', env: L}]",
+            "credentials[1]",
+            "the one for x.a.test covers it",
+        ),
+        (
             "credentials: [{host: a.test, env: K}, {host: A.test, file: /k}]",
             "credentials[1]",
             "a second credential for a.test in header authorization",

@@ -74,12 +74,17 @@ def test_credentials_secrets_are_read_with_the_policy(tmp_path, monkeypatch):
     error names the variable or file, never a value."""
     key = tmp_path / "key"
     key.write_text("file-secret-value\n")
-    key.chmod(0o644)
     path = tmp_path / "p.yaml"
     path.write_text(f"credentials: [{{host: b.test, file: {key}}}]\n")
-    with pytest.raises(PolicyError, match="readable by every user"):
-        PolicyStore(path)
+    for mode in (0o644, 0o640, 0o620):
+        key.chmod(mode)
+        with pytest.raises(PolicyError, match=f"only its owner may read \\(mode {mode:04o}"):
+            PolicyStore(path)
+    (tmp_path / "link").symlink_to(key)
     key.chmod(0o600)
+    path.write_text(f"credentials: [{{host: b.test, file: {tmp_path / 'link'}}}]\n")
+    with pytest.raises(PolicyError, match="cannot read the secret"):
+        PolicyStore(path)
     path = tmp_path / "p.yaml"
     path.write_text(f"credentials: [{{host: a.test, env: K}}, {{host: b.test, file: {key}}}]\n")
     monkeypatch.setenv("K", "env-secret-value")

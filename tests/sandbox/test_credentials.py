@@ -90,6 +90,10 @@ def test_other_hosts_and_plain_http_get_the_placeholder(box):
     header = '-H "x-api-key: $ANTHROPIC_API_KEY"'
     for url in ("https://example.com/elsewhere", "http://api.anthropic.com/plain"):
         assert echo(box, header, url)["headers"]["x-api-key"] == PLACEHOLDER, url
+    # Another spelling of the host (the agent allows it): the credential's host is one name.
+    for spelling in ("API.anthropic.com", "api.anthropic.com:443"):
+        sent = echo(box, header, f'-H "Host: {spelling}"', "https://api.anthropic.com/spelled")
+        assert sent["headers"]["x-api-key"] == PLACEHOLDER, spelling
     assert "authorization" not in echo(box, "https://pypi.org/simple/")["headers"]
 
 

@@ -7,10 +7,15 @@ from pathlib import Path
 import pytest
 
 from intercept_proxy.agent.main import AgentError, build_snapshot
-from intercept_proxy.policy.model import Policy
 from intercept_proxy.xds.bootstrap import STATIC_CLUSTERS
 from intercept_proxy.xds.consistency import inconsistencies, references
-from intercept_proxy.xds.resources import DataPlane, clusters, listeners, route_configurations
+from intercept_proxy.xds.resources import (
+    DataPlane,
+    Extras,
+    clusters,
+    listeners,
+    route_configurations,
+)
 
 CA = Path("/etc/ssl/certs/ca-certificates.crt").read_text()
 
@@ -45,4 +50,4 @@ def test_a_cluster_a_listener_or_a_route_sends_to_must_exist():
 def test_the_agent_refuses_to_publish_an_inconsistent_snapshot():
     routes = route_configurations("r1")
     with pytest.raises(AgentError, match="asks for route configuration"):
-        build_snapshot(DataPlane(), CA, routes[1:], Policy(), ())
+        build_snapshot(DataPlane(), CA, routes[1:], Extras(), ())

@@ -537,6 +537,7 @@ def test_certificate_resolver(ca):
     # Envoy holds no more certificates than the agent keeps leaves, none idle for long.
     assert (spec.max_held, spec.release_after) == (300, dt.timedelta(minutes=10))
     resolved = spec.resolve("API.GitHub.com")
+    assert resolved is not None
     secret = resolved.message
     assert secret.name == "API.GitHub.com"
     cert = x509.load_pem_x509_certificate(secret.tls_certificate.certificate_chain.inline_bytes)
@@ -555,6 +556,8 @@ def test_certificate_resolver(ca):
     )
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == [NO_SNI_SECRET]
+    # A name with a space is no server name: a credential's, which only the snapshot holds.
+    assert spec.resolve("credential 0123abcd") is None
 
 
 def test_state_of_the_world_is_refused_with_an_explanation(caplog):

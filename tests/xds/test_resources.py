@@ -62,12 +62,16 @@ def test_credentials_are_sent_after_the_decision_over_tls_only():
             assert names.index(sent[-1]) < names.index("envoy.filters.http.dynamic_forward_proxy")
         assert protos.to_message(types.LISTENER, listener).name == listener["name"]
     secrets = resources.credential_secrets(CREDENTIALS, ("k" * 8, "t" * 8))
-    # No server name holds a space: no handshake can ask for a credential as its certificate.
-    assert [s.name for s in secrets] == ["credential 0", "credential 1"]
     assert [s.generic_secret.secret.inline_string for s in secrets] == [
         "k" * 8,
         f"Bearer {'t' * 8}",
     ]
+    # No server name holds a space: no handshake can ask for a credential as its certificate.
+    assert all(s.name.startswith("credential ") for s in secrets)
+    # A name follows what its secret is bound to, never the list's order: an Envoy still on the
+    # previous listener never gets another host's secret under the name its injector watches.
+    reordered = resources.credential_secrets(CREDENTIALS[::-1], ("t" * 8, "k" * 8))
+    assert {s.name: s for s in reordered} == {s.name: s for s in secrets}
 
 
 def test_bootstrap_golden():

@@ -33,6 +33,7 @@ def compiled() -> list[dict]:
         REVISION,
         compile_policy(POLICY, engine, tls=True),
         compile_policy(POLICY, engine, tls=False),
+        ("x-api-key",),
     )
 
 

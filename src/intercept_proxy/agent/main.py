@@ -54,14 +54,14 @@ def build_snapshot(
     dp: DataPlane,
     upstream_ca_pem: str,
     routes: list[dict[str, Any]],
-    policy: Policy,
+    extras: Extras,
     secrets: tuple[str, ...],
 ) -> Snapshot:
-    """The resources Envoy gets (`policy`'s credentials, with their `secrets`, and rate
-    limits); refused (AgentError) if they name one they do not hold."""
+    """The resources Envoy gets (with the `secrets` of `extras`' credentials); refused
+    (AgentError) if they name one they do not hold."""
     resources = {
         CLUSTER: clusters(dp, upstream_ca_pem),
-        LISTENER: listeners(dp, Extras(policy.credentials, policy.rate_limits)),
+        LISTENER: listeners(dp, extras),
         ROUTE: routes,
     }
     problems = inconsistencies(
@@ -74,17 +74,20 @@ def build_snapshot(
         for type_url, items in resources.items()
     }
     return Snapshot(
-        {**messages, SECRET: {m.name: m for m in credential_secrets(policy.credentials, secrets)}}
+        {**messages, SECRET: {m.name: m for m in credential_secrets(extras.credentials, secrets)}}
     )
 
 
-def native_routes(policy: Policy, revision: str) -> list[dict[str, Any]]:
+def native_routes(
+    policy: Policy, revision: str, credential_headers: tuple[str, ...]
+) -> list[dict[str, Any]]:
     """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
     return route_configurations(
         revision,
         compile_policy(policy, engine, tls=True),
         compile_policy(policy, engine, tls=False),
+        credential_headers,
     )
 
 
@@ -151,12 +154,9 @@ class Agent:
         if routes is None:
             routes, compiled = self._routes, self._compiled
         if self._bundle is not None:
+            extras, secrets = self.extras()
             snapshot = build_snapshot(
-                self.settings.data_plane,
-                self._bundle,
-                routes,
-                self.policy.required.policy,
-                self.policy.secrets,
+                self.settings.data_plane, self._bundle, routes, extras, secrets
             )
             self.snapshots.set(snapshot)
         self._routes, self._compiled = routes, compiled
@@ -180,6 +180,24 @@ class Agent:
         self.metrics.observe_reload(ok)
         if ok:
             self.policy_changed()
+
+    def extras(self) -> tuple[Extras, tuple[str, ...]]:
+        """What the operator's policy has Envoy do besides deciding, with the credentials'
+        secrets. No credential is sent while a pod's own policy replaces the operator's: the
+        pod's would choose which requests carry the operator's secrets."""
+        default = self.policy.required.policy
+        replaced = (
+            self.pod_policy is not None
+            and self.pod_policy.engine is not None
+            and self.settings.pod_policy_mode is OverrideMode.REPLACE
+        )
+        if replaced:
+            return Extras(rate_limits=default.rate_limits), ()
+        return Extras(default.credentials, default.rate_limits), self.policy.secrets
+
+    def credential_headers(self) -> tuple[str, ...]:
+        """The headers the operator's credentials go in, whichever policy decides."""
+        return tuple(sorted({c.header for c in self.policy.required.policy.credentials}))
 
     def leak_markers(self) -> list[tuple[str, str]]:
         """What a request from the workload must not carry: each credential's secret, and the
@@ -214,7 +232,9 @@ class Agent:
     async def _compile(self, generation: int, policy: Policy, revision: str) -> None:
         loop = asyncio.get_running_loop()
         try:
-            routes = await loop.run_in_executor(self._compiler, native_routes, policy, revision)
+            routes = await loop.run_in_executor(
+                self._compiler, native_routes, policy, revision, self.credential_headers()
+            )
         except Exception:  # the agent keeps judging: correct, only slower
             log.exception("compiling policy %s into Envoy routes failed", revision)
             return

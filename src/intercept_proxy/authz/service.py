@@ -125,12 +125,12 @@ def leaked(
     carried = [http.path, *http.headers.values()]
     for secret, credential in secrets:
         if any(secret in text for text in carried):
-            port = 443 if is_tls(request) else 80
+            # Nothing of the request itself: the secret may be anywhere in it.
             return Decision(
                 False,
                 LEAKED_RULE,
-                f"{http.method} {http.host}:{port}: the request carries the secret of {credential}"
-                ", which only the proxy sends (the workload holds a placeholder): it leaked",
+                f"the request carries the secret of {credential}, which only the proxy sends "
+                "(the workload holds a placeholder): it leaked",
             )
     return None
 

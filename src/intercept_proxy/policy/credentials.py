@@ -13,7 +13,6 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from intercept_proxy.policy.errors import PolicyError
@@ -107,6 +106,28 @@ def parse_credential(entry: Any, source: str, where: str, host: str) -> Credenti
     return Credential(host, header, scheme, env, file, placeholder)
 
 
+def _read_private(path: str, source: str, where: str) -> str:
+    """The file's text, if only its owner may read or write it (the agent's user: the
+    workload's must not); read from the descriptor it was checked on."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise PolicyError(source, where, f"cannot read the secret: {e}") from None
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode) or mode & 0o077:
+            raise PolicyError(
+                source,
+                where,
+                f"{path} must be a file only its owner may read (mode {stat.S_IMODE(mode):04o};"
+                " chmod 600, owned by the agent's user)",
+            )
+        try:
+            return f.read(1 << 16).decode().removesuffix("\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise PolicyError(source, where, f"cannot read the secret: {e}") from None
+
+
 def resolve(
     credentials: tuple[Credential, ...], source: str, environ: Mapping[str, str] = os.environ
 ) -> tuple[str, ...]:
@@ -124,20 +145,7 @@ def resolve(
                     f"{credential.env} is not set in the agent's environment",
                 )
         else:
-            path = Path(str(credential.file))
-            try:
-                value = path.read_text()
-                world = path.stat().st_mode & stat.S_IROTH
-            except (OSError, ValueError) as e:
-                raise PolicyError(source, f"{where}.file", f"cannot read the secret: {e}") from None
-            if world:
-                raise PolicyError(
-                    source,
-                    f"{where}.file",
-                    f"{path} is readable by every user, the workload's too: let only the "
-                    "agent's user read it",
-                )
-            value = value.removesuffix("\n")
+            value = _read_private(str(credential.file), source, f"{where}.file")
         if len(value) < MIN_SECRET_LENGTH or not _PLACEHOLDER.fullmatch(value):
             raise PolicyError(
                 source,

@@ -344,12 +344,27 @@ def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
         doc, "credentials", source, "a credential is sent to port 443 only"
     ):
         credential = parse_credential(entry, source, where, host)
-        if any((c.host, c.header) == (host, credential.header) for c in out):
-            raise PolicyError(
-                source, where, f"a second credential for {host} in header {credential.header}"
-            )
+        for other in out:
+            if other.header == credential.header and _overlap(other.host, host):
+                raise PolicyError(
+                    source,
+                    where,
+                    f"a second credential for {host} in header {credential.header}"
+                    f" (the one for {other.host} covers it)"
+                    if other.host != host
+                    else f"a second credential for {host} in header {credential.header}",
+                )
         out.append(credential)
     return tuple(out)
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether some host name matches both host patterns (exact names, or `*.suffix`)."""
+
+    def covers(pattern: str, name: str) -> bool:
+        return pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:]))
+
+    return covers(a, b) or covers(b, a)
 
 
 def _rate_limits(doc: dict[str, Any], source: str) -> tuple[RateLimit, ...]:

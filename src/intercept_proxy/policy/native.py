@@ -127,9 +127,6 @@ class VirtualHost:
 class NativePolicy:
     tls: bool
     hosts: tuple[VirtualHost, ...]
-    # Headers the policy's credentials are sent in: a request that carries one goes to the
-    # agent, which refuses it if the value is a secret (the workload's should be placeholders).
-    credential_headers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -437,5 +434,4 @@ def compile_policy(policy: Policy, engine: PolicyEngine, *, tls: bool) -> Native
             for route in _routes(engine, tls, sub)
         ]
         virtual_hosts.append(VirtualHost(domain, tuple(routes)))
-    headers = tuple(sorted({c.header for c in policy.credentials}))
-    return NativePolicy(tls, tuple(virtual_hosts), headers)
+    return NativePolicy(tls, tuple(virtual_hosts))

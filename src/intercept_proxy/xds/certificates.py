@@ -30,7 +30,9 @@ RELEASE_AFTER = dt.timedelta(minutes=10)
 def certificate_resolver(
     cache: LeafCache, release_after: dt.timedelta | None = RELEASE_AFTER
 ) -> OnDemand:
-    def resolve(name: str) -> Resource:
+    def resolve(name: str) -> Resource | None:
+        if " " in name:  # no server name: a credential's secret, which only the snapshot holds
+            return None
         try:
             host = normalize_hostname(name)
         except HostnameError:

@@ -8,6 +8,9 @@ the policy's credentials (the TLS listener's filters that send them).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from enum import Enum
@@ -54,7 +57,7 @@ NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
 # The secret of the policy's credential number N. Secret names are the workload's to choose
 # (any server name becomes one), but never with a space: the TLS listener refuses such a server
 # name (`server_name_matcher`).
-CREDENTIAL_SECRET = "credential {}"
+CREDENTIAL_SECRET = "credential {}"  # a digest of what the secret is bound to
 CREDENTIAL_FILTER = "intercept.credential.{}"
 RATE_LIMIT_FILTER = "intercept.rate_limit.{}"
 # What the decision log and the 429's body say of a request its host's rate limit refused.
@@ -536,7 +539,7 @@ def credential_filter(index: int, credential: Credential) -> dict[str, Any]:
     it stop a denied request), for requests to its host only, on the TLS listener only. The
     header's value is the secret Envoy gets over ADS; whatever the workload sent is replaced, and
     without the secret nothing goes (Envoy answers 401)."""
-    secret = {"name": CREDENTIAL_SECRET.format(index), "sds_config": ADS}
+    secret = {"name": credential_secret_name(credential), "sds_config": ADS}
     injector = {
         "@type": type_url(
             "envoy.extensions.filters.http.credential_injector.v3.CredentialInjector"
@@ -617,9 +620,17 @@ def credential_secrets(
 ) -> list[Message]:
     """The credentials' secrets as Envoy gets them (over ADS: never in a file)."""
     return [
-        generic_secret(CREDENTIAL_SECRET.format(i), c.header_value(secret))
-        for i, (c, secret) in enumerate(zip(credentials, secrets, strict=True))
+        generic_secret(credential_secret_name(c), c.header_value(secret))
+        for c, secret in zip(credentials, secrets, strict=True)
     ]
+
+
+def credential_secret_name(credential: Credential) -> str:
+    """Named after what it is bound to, never its place in the list: an Envoy still running the
+    previous listener (or draining it) must never get another credential's secret under the
+    name its injector watches."""
+    binding = json.dumps(dataclasses.asdict(credential), sort_keys=True).encode()
+    return CREDENTIAL_SECRET.format(hashlib.sha256(binding).hexdigest()[:16])
 
 
 @dataclass(frozen=True)
@@ -857,10 +868,16 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
 
 
 def route_configurations(
-    revision: str, tls: NativePolicy | None = None, plain: NativePolicy | None = None
+    revision: str,
+    tls: NativePolicy | None = None,
+    plain: NativePolicy | None = None,
+    credential_headers: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Both listeners' routes: the compiled policy's, or (None) the agent's for everything."""
+    headers = {"credential_headers": credential_headers}
     return [
-        route_configuration(TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, revision, tls=True),
-        route_configuration(HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, plain, revision, tls=False),
+        route_configuration(TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, revision, tls=True, **headers),
+        route_configuration(
+            HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, plain, revision, tls=False, **headers
+        ),
     ]

@@ -338,9 +338,17 @@ def _virtual_host(
 
 
 def route_configuration(
-    name: str, cluster: str, policy: NativePolicy | None, revision: str, *, tls: bool
+    name: str,
+    cluster: str,
+    policy: NativePolicy | None,
+    revision: str,
+    *,
+    tls: bool,
+    credential_headers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """`policy` None: the agent judges every request."""
+    """`policy` None: the agent judges every request. `credential_headers`: the headers the
+    credentials of the operator's policy are sent in (whichever policy decides): a request that
+    carries one goes to the agent, which refuses it if it holds a secret."""
     if policy is not None and policy.tls != tls:
         raise ValueError(
             f"route configuration {name}: the policy was compiled for the other listener"
@@ -351,9 +359,7 @@ def route_configuration(
         ]
     else:
         virtual_hosts = [
-            _virtual_host(
-                h, cluster, revision, tls=tls, credential_headers=policy.credential_headers
-            )
+            _virtual_host(h, cluster, revision, tls=tls, credential_headers=credential_headers)
             for h in policy.hosts
         ]
     return {

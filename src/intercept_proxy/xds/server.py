@@ -220,13 +220,19 @@ class _Stream:
 
     # -- on-demand types ---------------------------------------------------------------------
 
+    def _pinned(self, type_url: str) -> Mapping[str, Message]:
+        """The snapshot's resources of an on-demand type (never resolved nor released)."""
+        if type_url not in self.server.on_demand:
+            return {}
+        return self.server.cache.snapshot.resources.get(type_url, {})
+
     async def _on_demand_response(
         self, type_url: str, names: list[str], removed: list[str] | None = None
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
         """The resources for `names` whose version differs from what Envoy holds, with the
         removal of `removed` (by default, of what Envoy need not keep beside them)."""
         state = self.types[type_url]
-        pinned = self.server.cache.snapshot.resources.get(type_url, {})
+        pinned = self._pinned(type_url)
         others = [n for n in names if n not in pinned]
         resolved = await self.server.resolve(type_url, others) if others else {}
         resolved.update(
@@ -254,7 +260,7 @@ class _Stream:
         """What Envoy holds that it has not asked for in a while, and the least recently
         asked-for beyond the bound; never what is being sent now."""
         spec = self.server.on_demand[type_url]
-        pinned = self.server.cache.snapshot.resources.get(type_url, {})
+        pinned = self._pinned(type_url)
         candidates = [n for n in state.held if n not in keep and n not in pinned]
         out = set()
         if spec.release_after is not None:
@@ -282,10 +288,12 @@ class _Stream:
         if not request.HasField("error_detail"):
             self.server.events.on_ack(short_type(type_url))
             return
-        # Envoy refused the whole response: it keeps what it held before.
+        # Envoy refused the whole response: it keeps what it held before. A snapshot's resource
+        # of an on-demand type may have come with a refused certificate: it is not blamed.
+        pinned = self._pinned(type_url)
         for name, previous in replaced.items():
             sent = state.held.get(name)
-            if sent is not None and sent != previous:
+            if sent is not None and sent != previous and name not in pinned:
                 state.rejected.add((name, sent))
             if previous is None:
                 state.held.pop(name, None)
@@ -352,7 +360,7 @@ class _Stream:
             # The snapshot's resources of on-demand types that Envoy subscribed to, as changed.
             for type_url in self.types:
                 if type_url in self.server.on_demand:
-                    pinned = self.server.cache.snapshot.resources.get(type_url, {})
+                    pinned = self._pinned(type_url)
                     names = sorted(n for n in self.types[type_url].names if n in pinned)
                     responses.append(await self._on_demand_response(type_url, names, []))
             ordered = sorted(
@@ -363,9 +371,15 @@ class _Stream:
         return [r for r in responses if r is not None]
 
     def in_sync(self) -> bool:
-        """Envoy accepted the current clusters, listeners and routes (on-demand resources come
-        and go with handshakes and say nothing about readiness)."""
+        """Envoy accepted the current clusters, listeners and routes, and the snapshot's
+        resources of on-demand types it asked for (credentials: a listener waits for them; other
+        on-demand resources come and go with handshakes and say nothing about readiness)."""
         snapshot = self.server.cache.snapshot
+        for type_url, asked in self.types.items():
+            pinned = self._pinned(type_url)
+            for name in asked.names & pinned.keys():
+                if asked.held.get(name) != resource_version(pinned[name]):
+                    return False
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if state is None or state.outstanding:
