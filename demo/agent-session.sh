@@ -22,9 +22,20 @@ step "look up a package on PyPI and fetch its files"
 http GET https://pypi.org/simple/requests/
 http GET https://files.pythonhosted.org/packages/requests-2.32.3.tar.gz
 
-step "ask its LLM API for a plan"
+step "ask its LLM API for a plan, with the key it was given"
+echo "  ANTHROPIC_API_KEY=$ANTHROPIC_API_KEY"
 http POST https://api.anthropic.com/v1/messages -H 'content-type: application/json' \
+    -H "x-api-key: $ANTHROPIC_API_KEY" \
     --data '{"model": "claude", "messages": [{"role": "user", "content": "plan"}]}'
+curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" https://api.anthropic.com/v1/models |
+    python3 -c 'import json, sys; print("  the API received x-api-key:", json.load(sys.stdin)["headers"]["x-api-key"])'
+
+step "keep asking its LLM API (the policy allows three calls a minute)"
+for i in 1 2; do
+    curl -sS -o /dev/null -H "x-api-key: $ANTHROPIC_API_KEY" \
+        -w "  GET https://api.anthropic.com/v1/models -> HTTP %{http_code} retry-after: %header{retry-after}\n" \
+        https://api.anthropic.com/v1/models
+done
 
 step "open an issue on a repository it may only read"
 http POST https://api.github.com/repos/octo/hello/issues --data '{"title": "agent was here"}'

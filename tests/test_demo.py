@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -21,6 +22,14 @@ def test_demo():
     # allowed reads, an allowed LLM API POST
     assert "GET https://api.github.com/repos/octo/hello -> HTTP 200" in out
     assert "POST https://api.anthropic.com/v1/messages -> HTTP 200" in out
+    # the LLM API key: the agent holds a placeholder, the API gets the operator's key
+    key = out.split("the operator's ANTHROPIC_API_KEY: ")[1].split(")")[0]
+    assert "ANTHROPIC_API_KEY=intercept-proxy-placeholder" in out
+    assert f"the API received x-api-key: {key}" in out
+    assert f"ANTHROPIC_API_KEY={key}" not in out
+    # the rate limit: three calls a minute, then 429 with Retry-After, logged as its decision
+    assert "GET https://api.anthropic.com/v1/models -> HTTP 429 retry-after: 20" in out
+    assert re.search(r"DENY +GET +api\.anthropic\.com +/v1/models +rate_limit ", out)
     # a denied write, a denied unknown host
     assert "POST https://api.github.com/repos/octo/hello/issues -> HTTP 403" in out
     assert "POST https://pypi.org/legacy/ -> HTTP 403" in out  # an upload, explained
