@@ -15,7 +15,14 @@ from intercept_proxy import netns
 pytestmark = pytest.mark.netns
 
 INTERCEPT = Path(sys.executable).with_name("intercept")
-SCENARIOS = ("direct", "envoy-minimal", "envoy-only", "intercept", "intercept-agent")
+SCENARIOS = (
+    "direct",
+    "envoy-minimal",
+    "envoy-only",
+    "intercept",
+    "intercept-agent",
+    "intercept-extras",
+)
 POSITIVE = ("rps", "p50_ms", "p90_ms", "p99_ms", "new_conn_rps", "mb_per_s")
 HALF_SATURATION = ("direct", "envoy-minimal", "intercept")
 

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from intercept_proxy.policy.limits import MAX_PER_MINUTE
+
 HOST = "bench.test"
 # One address for every bench name: the "never-seen" names differ only by name (SNI, Host).
 HOST_IPV4 = "198.18.7.1"
@@ -24,6 +26,8 @@ DOWNLOAD_PATH = f"/bytes/{DOWNLOAD_BYTES}"
 
 # A custom module that never matches but makes the policy one that Envoy's compiled routes
 # cannot decide alone: every request then goes to the agent's ext_authz (the former design).
+# The credential `intercept-extras` sends (the bench's own, in a file only the agent reads).
+BENCH_SECRET = "bench-secret-0123456789"
 CUSTOM_REGO = """\
 package intercept.custom
 
@@ -101,11 +105,15 @@ def hosts_file(new_hosts: int) -> str:
     return "127.0.0.1 localhost\n" + "".join(f"{HOST_IPV4} {n}\n" for n in names)
 
 
-def policy_yaml(custom_module: str | None = None) -> str:
-    """Reads (GET, HEAD) on the bench names; with `custom_module`, that module too."""
+def policy_yaml(custom_module: str | None = None, secret_file: Path | None = None) -> str:
+    """Reads (GET, HEAD) on the bench names; with `custom_module`, that module too; with
+    `secret_file`, a credential sent to the bench host and a rate limit it never reaches."""
     text = f'allowed_domains: [{HOST}, "*.{HOST}"]\n'
     if custom_module is not None:
         text += f"rego_modules: [{custom_module}]\n"
+    if secret_file is not None:
+        text += f"credentials: [{{host: {HOST}, header: x-bench-key, file: {secret_file}}}]\n"
+        text += f"rate_limits: [{{host: {HOST}, requests_per_minute: {MAX_PER_MINUTE}}}]\n"
     return text
 
 

@@ -415,7 +415,9 @@ transparent proxy must (original destination, SNI and SAN from the Host). `inter
 command, the client captured by proxy-init's own rules (DNS to the agent's sinkhole, TCP 443 \
 to Envoy), as in a pod. The judging scenarios enforce the same allowlist (reads of \
 `bench.test` and `*.bench.test`, 403 otherwise; checked before measuring); `intercept-agent` \
-adds a custom Rego module, which makes every request go through the agent's ext_authz, and \
+adds a custom Rego module, which makes every request go through the agent's ext_authz, \
+`intercept-extras` a credential Envoy sends with every request and a rate limit it counts \
+them against (never reached), and \
 `mitmproxy` evaluates the same Rego with regorus in an addon. Envoy runs with one worker; \
 Squid (`-N`) and mitmproxy are single-threaded.
 

@@ -36,6 +36,7 @@ from intercept_proxy.bench.scenarios import (
     EnvoyOnly,
     Intercept,
     InterceptAgent,
+    InterceptExtras,
     Mitmproxy,
     Scenario,
     Squid,
@@ -169,7 +170,12 @@ class Bench:
             return Mitmproxy(*args, ca_files=ca_files)
         if name == "squid":
             return Squid(*args, ca_files=ca_files)
-        kinds = {"direct": Direct, "intercept": Intercept, "intercept-agent": InterceptAgent}
+        kinds = {
+            "direct": Direct,
+            "intercept": Intercept,
+            "intercept-agent": InterceptAgent,
+            "intercept-extras": InterceptExtras,
+        }
         return kinds[name](*args)
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from intercept_proxy import netns
 from intercept_proxy.bench import configs
+from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.lab import Lab
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netfilter.apply import apply as apply_rules
@@ -40,6 +41,7 @@ ALL = (
     "envoy-only",
     "intercept",
     "intercept-agent",
+    "intercept-extras",
     "mitmproxy",
     "squid",
 )
@@ -316,6 +318,7 @@ class Intercept(Scenario):
 
     name = "intercept"
     judged_by = "envoy"
+    extras = False  # a credential sent, a rate limit counted
 
     interceptor: Interceptor | None = None
 
@@ -333,6 +336,12 @@ class Intercept(Scenario):
         if self.judged_by == "agent":
             (icp.dir / "custom.rego").write_text(configs.CUSTOM_REGO)
             icp.write_policy(configs.policy_yaml("custom.rego"))
+        if self.extras:
+            secret = icp.dir / "bench-key"
+            secret.write_text(configs.BENCH_SECRET)
+            secret.chmod(0o600)
+            os.chown(secret, AGENT_UID, AGENT_UID)
+            icp.write_policy(configs.policy_yaml(secret_file=secret))
         self.client_ca = icp.ca_cert
         icp.start_agent()
         icp.start_envoy()
@@ -360,6 +369,11 @@ class Intercept(Scenario):
 class InterceptAgent(Intercept):
     name = "intercept-agent"
     judged_by = "agent"
+
+
+class InterceptExtras(Intercept):
+    name = "intercept-extras"
+    extras = True
 
 
 class Upstream:
