@@ -95,8 +95,7 @@ def test_the_schema_covers_every_value():
 
     walk(CHART_VALUES, schema, "values")
     policy = schema["properties"]["policy"]["properties"]["default"]["properties"]
-    # The chart mounts policy.yaml only: no module, no secret comes with it.
-    assert set(policy) == set(KEYS) - {"rego_modules", "credentials", "rate_limits"}
+    assert set(policy) == set(KEYS) - {"rego_modules"}  # the chart mounts policy.yaml only
 
 
 def test_the_schema_is_rendered_from_its_declaration():
@@ -129,6 +128,14 @@ BAD_VALUES = [
     ({"agent": {"resources": {"limits": {"cpu": "half"}}}}, "/agent/resources/limits/cpu"),
     ({"envoy": {"resources": {"requests": {"memory": True}}}}, "/envoy/resources/requests/memory"),
     ({"clone": {"namespaceSelector": {"matchLabel": {}}}}, "/clone/namespaceSelector"),
+    (  # a secret comes from the agent's environment (the Secret <release>-credentials) only
+        {"policy": {"default": {"credentials": [{"host": "a.test", "file": "/k"}]}}},
+        "/policy/default/credentials/0",
+    ),
+    (
+        {"policy": {"default": {"rate_limits": [{"host": "a.test", "requests_per_minute": 0}]}}},
+        "/policy/default/rate_limits/0/requests_per_minute",
+    ),
 ]
 
 
@@ -185,6 +192,22 @@ def test_the_default_policy_is_a_valid_policy(case):
     policy = parse_policy(configmap["data"]["policy.yaml"], modules=False)
     default = render.values(case)["policy"]["default"]
     assert policy.to_data() == parse_policy(yaml.safe_dump(default), modules=False).to_data()
+
+
+def test_credentials_and_rate_limits_reach_the_agents_policy():
+    default = {
+        "unrestricted_domains": ["api.anthropic.com"],
+        "credentials": [{"host": "api.anthropic.com", "header": "x-api-key", "env": "API_KEY"}],
+        "rate_limits": [{"host": "api.anthropic.com", "requests_per_minute": 60}],
+    }
+    release = render.install_dry_run("x", {"policy": {"default": default}})
+    policy = parse_policy(render.find_in(release, "ConfigMap", "policy")["data"]["policy.yaml"])
+    assert [(c.host, c.header, c.env) for c in policy.credentials] == [
+        ("api.anthropic.com", "x-api-key", "API_KEY")
+    ]
+    assert [(r.host, r.requests_per_minute) for r in policy.rate_limits] == [
+        ("api.anthropic.com", 60)
+    ]
 
 
 @pytest.mark.parametrize("case", render.CASES)
@@ -351,8 +374,7 @@ def test_every_validate_rule_has_the_failure_action(case):
     # Kyverno >= 1.13's per-rule fields, not the deprecated spec-level ones.
     expected = render.values(case)["kyverno"]["validationFailureAction"]
     rules = [r for p in policies(case).values() for r in p["spec"]["rules"] if "validate" in r]
-    shared_ca = render.values(case)["ca"]["mode"] != "ephemeral"  # ca-secret-elsewhere
-    assert len(rules) == 11 + shared_ca + 4 * render.values(case)["podSecurity"]["enabled"]
+    assert len(rules) == 12 + 4 * render.values(case)["podSecurity"]["enabled"]
     for rule in rules:
         assert rule["validate"]["failureAction"] == expected, rule["name"]
     for policy in policies(case).values():

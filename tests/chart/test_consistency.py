@@ -241,25 +241,36 @@ API_SERVER_REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
     "named-envoy": _set(_app, "name", "envoy"),
     "ephemeral-containers": _set(_spec, "ephemeralContainers", [container("debug")]),
 }
-# Refused only where the values make them so.
+# The agent's Secrets (each case's names stand in for these).
 CA_SECRET = "<ca-secret>"
-SECRET_CA_REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
-    "ca-secret-volume": _volume({"name": "mine", "secret": {"secretName": CA_SECRET}}),
-    "ca-secret-projected": _volume(
-        {
-            "name": "mine",
-            "projected": {
-                "sources": [{"configMap": {"name": "x"}}, {"secret": {"name": CA_SECRET}}]
-            },
-        }
-    ),
-    "ca-secret-env": _set(
-        _app,
-        "env",
-        [{"name": "K", "valueFrom": {"secretKeyRef": {"name": CA_SECRET, "key": "tls.key"}}}],
-    ),
-    "ca-secret-env-from": _set(_app, "envFrom", [{"secretRef": {"name": CA_SECRET}}]),
-}
+CREDENTIALS_SECRET = "<credentials-secret>"
+
+
+def _readers(secret: str, prefix: str) -> dict[str, Callable[[dict[str, Any]], None]]:
+    """A workload reading `secret`, every way a pod can."""
+    return {
+        f"{prefix}-volume": _volume({"name": "mine", "secret": {"secretName": secret}}),
+        f"{prefix}-projected": _volume(
+            {
+                "name": "mine",
+                "projected": {
+                    "sources": [{"configMap": {"name": "x"}}, {"secret": {"name": secret}}]
+                },
+            }
+        ),
+        f"{prefix}-env": _set(
+            _app,
+            "env",
+            [{"name": "K", "valueFrom": {"secretKeyRef": {"name": secret, "key": "tls.key"}}}],
+        ),
+        f"{prefix}-env-from": _set(_app, "envFrom", [{"secretRef": {"name": secret}}]),
+    }
+
+
+# Refused only where the values make them so (a shared CA).
+SECRET_CA_REFUSED = _readers(CA_SECRET, "ca-secret")
+# Refused whatever the values.
+CREDENTIALS_REFUSED = _readers(CREDENTIALS_SECRET, "credentials-secret")
 NO_TOKEN_REFUSED: dict[str, Callable[[dict[str, Any]], None]] = {
     "own-token-volume": _volume(
         {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}
@@ -277,16 +288,17 @@ def refused_pod(case: str, change: Callable[[dict[str, Any]], None], name: str) 
         uid = {-101: s.envoy_uid, -102: s.agent_uid}.get(context.get("runAsUser"))
         if uid is not None:
             context["runAsUser"] = uid
+    names = {CA_SECRET: s.ca_secret, CREDENTIALS_SECRET: s.credentials_secret}
     for volume in p["spec"]["volumes"]:
         for source in [volume, *(volume.get("projected") or {}).get("sources", [])]:
-            if (source.get("secret") or {}).get("secretName") == CA_SECRET:
-                source["secret"]["secretName"] = s.ca_secret
-            if (source.get("secret") or {}).get("name") == CA_SECRET:
-                source["secret"]["name"] = s.ca_secret
+            secret = source.get("secret") or {}
+            for key in ("secretName", "name"):
+                if secret.get(key) in names:
+                    secret[key] = names[secret[key]]
     for env in [*_app(p).get("env", []), *_app(p).get("envFrom", [])]:
         ref = (env.get("valueFrom") or {}).get("secretKeyRef") or env.get("secretRef") or {}
-        if ref.get("name") == CA_SECRET:
-            ref["name"] = s.ca_secret
+        if ref.get("name") in names:
+            ref["name"] = names[ref["name"]]
     return p
 
 
@@ -347,7 +359,7 @@ def _pods(case: str) -> list[dict[str, Any]]:
     """Every pod a case's tests ask about, each named after its test: one Kyverno run a case."""
     pods = [*SAMPLES.values(), pre_injected(case), debug_copy(case)]
     pods.append(pre_injected("secret-ca" if case == "default" else "default", name="other-values"))
-    for group in (REFUSED, SECRET_CA_REFUSED, NO_TOKEN_REFUSED):
+    for group in (REFUSED, SECRET_CA_REFUSED, CREDENTIALS_REFUSED, NO_TOKEN_REFUSED):
         pods += [refused_pod(case, change, f"r-{reason}") for reason, change in group.items()]
     pods += [pre_injected(case, change, f"f-{reason}") for reason, change in FAKED.items()]
     return pods
@@ -422,6 +434,12 @@ def test_no_workload_reads_a_shared_cas_secret(reason):
     assert_both_refuse("secret-ca", f"r-{reason}")
     # With an ephemeral CA there is no such Secret: a Secret of that name is any other.
     assert_both_admit("default", f"r-{reason}")
+
+
+@pytest.mark.parametrize("reason", CREDENTIALS_REFUSED)
+@pytest.mark.parametrize("case", ["default", "secret-ca"])
+def test_no_workload_reads_the_credentials_secret(case, reason):
+    assert_both_refuse(case, f"r-{reason}")
 
 
 @pytest.mark.parametrize("reason", NO_TOKEN_REFUSED)

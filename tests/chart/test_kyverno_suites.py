@@ -158,12 +158,15 @@ def write_suite(case: str, directory: Path) -> int:
     forged["metadata"]["annotations"] = {"intercept-proxy/injected": "true"}
     pods = [plain, injected, unlabelled, forged]
     pods += [hostile(injected, n, change) for n, (change, _) in HOSTILE.items()]
-    ca_secret = settings.ca_secret if settings.ca_mode != "ephemeral" else None
-    if ca_secret:
-        key_reader = copy.deepcopy(unlabelled)
-        key_reader["metadata"]["name"] = "key-reader"
-        key_reader["spec"]["volumes"] = [{"name": "key", "secret": {"secretName": ca_secret}}]
-        pods.append(key_reader)
+    # Pods of no sandbox that read the agent's Secrets.
+    readers = {"credentials-reader": settings.credentials_secret}
+    if settings.ca_mode != "ephemeral":
+        readers["key-reader"] = settings.ca_secret
+    for name, secret in readers.items():
+        reader = copy.deepcopy(unlabelled)
+        reader["metadata"]["name"] = name
+        reader["spec"]["volumes"] = [{"name": "key", "secret": {"secretName": secret}}]
+        pods.append(reader)
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",
@@ -187,16 +190,16 @@ def write_suite(case: str, directory: Path) -> int:
     validate = [r["name"] for p in policies if p["metadata"]["name"] == names["validate-pods"]
                 for r in p["spec"]["rules"]]  # fmt: skip
     for rule in validate:
-        if rule != "ca-secret-elsewhere":  # labelled pods are the other rules' business
+        if rule != "agent-secrets-elsewhere":  # labelled pods are the other rules' business
             expect("validate-pods", rule, "Pod", "injected", "pass")
     for name, (_, rule) in HOSTILE.items():
         expect("validate-pods", rule, "Pod", name, "fail")
         if rule != "interceptor-present":  # refused for what it added, not for its sidecars
             expect("validate-pods", "interceptor-present", "Pod", name, "pass")
     expect("validate-pods", "interceptor-present", "Pod", "forged", "fail")
-    if ca_secret:
-        expect("validate-pods", "ca-secret-elsewhere", "Pod", "unlabelled", "pass")
-        expect("validate-pods", "ca-secret-elsewhere", "Pod", "key-reader", "fail")
+    expect("validate-pods", "agent-secrets-elsewhere", "Pod", "unlabelled", "pass")
+    for name in readers:
+        expect("validate-pods", "agent-secrets-elsewhere", "Pod", name, "fail")
     refused = {r["rule"] for r in results if r["result"] == "fail"}
     assert set(validate) <= refused, (
         f"validate-pods rules no case refuses: {set(validate) - refused}"

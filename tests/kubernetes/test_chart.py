@@ -131,7 +131,7 @@ def test_upgrade_to_a_shared_secret_ca_with_selectors_and_cidrs(chart):
     )
     reader["metadata"]["labels"] = {}
     message = refusal(chart, TEAM_A, reader)
-    assert "ca-secret-elsewhere:" in message, message
+    assert "agent-secrets-elsewhere:" in message, message
     # An upgrade keeps the CA the running pods trust.
     upgrade(chart, RELEASE, NAMESPACE, given)
     assert secret_ca(chart, NAMESPACE, f"{RELEASE}-ca") == ca

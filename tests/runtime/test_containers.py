@@ -90,6 +90,21 @@ def test_env_from_a_secret_key():
         container_env(missing, {}, lambda k, n: objects.get((k, n)))
 
 
+def test_env_from_a_whole_secret():
+    objects = {("Secret", "s"): {"K": b"value", "not-a-name!": b"x", "L": b"other"}}
+    container = {
+        "name": "c",
+        "envFrom": [{"secretRef": {"name": "s"}}, {"secretRef": {"name": "t", "optional": True}}],
+        "env": [{"name": "L", "value": "mine"}],  # env wins over envFrom
+    }
+    env = container_env(container, {}, lambda k, n: objects.get((k, n)))
+    assert env == {"K": "value", "L": "mine"}
+    with pytest.raises(ContainerError, match="envFrom: Secret 't' not found"):
+        container_env({"name": "c", "envFrom": [{"secretRef": {"name": "t"}}]}, {})
+    with pytest.raises(ContainerError, match="envFrom: only secretRef"):
+        container_env({"name": "c", "envFrom": [{"configMapRef": {"name": "t"}}]}, {})
+
+
 def test_identity_merges_pod_and_container_contexts():
     spec = {"securityContext": {"runAsUser": 1000, "fsGroup": 2000, "supplementalGroups": [3000]}}
     who = identity({"name": "c", "securityContext": {"runAsGroup": 1001}}, spec, trusted=False)

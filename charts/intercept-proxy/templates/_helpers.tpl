@@ -21,6 +21,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ printf "%s:%s" .repository .tag }}
 {{- end }}
 
+{{/* The Secret whose keys the agent reads into its environment (the policy's credentials). */}}
+{{- define "intercept-proxy.credentialsSecret" -}}
+{{ printf "%s-credentials" .Release.Name }}
+{{- end }}
+
 {{/* The Secret holding the shared CA (tls.crt, tls.key), in `secret` and `certManager` modes. */}}
 {{- define "intercept-proxy.caSecret" -}}
 {{- if eq .Values.ca.mode "secret" -}}

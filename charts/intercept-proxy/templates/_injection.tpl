@@ -109,6 +109,14 @@ Each definition is a JSON document for this release's values.
         "type": "RuntimeDefault"
       }
     },
+    "envFrom": [
+      {
+        "secretRef": {
+          "name": {{ include "intercept-proxy.credentialsSecret" . | toJson }},
+          "optional": true
+        }
+      }
+    ],
     "startupProbe": {
       "httpGet": {
         "path": "/healthz",
@@ -378,7 +386,14 @@ Each definition is a JSON document for this release's values.
       "args": null,
       "workingDir": null,
       "env": null,
-      "envFrom": null,
+      "envFrom": [
+        {
+          "secretRef": {
+            "name": {{ include "intercept-proxy.credentialsSecret" . | toJson }},
+            "optional": true
+          }
+        }
+      ],
       "ports": null,
       "volumeMounts": [
         {

@@ -198,6 +198,8 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         "command": command,
         "resources": s.agent_resources.to_k8s(),
         "securityContext": _restricted(s.agent_uid),
+        # The credentials' secrets, if the pod's namespace holds them (`env:` in the policy).
+        "envFrom": [{"secretRef": {"name": s.credentials_secret, "optional": True}}],
         "startupProbe": _http_probe("/healthz", failures=60),
         "livenessProbe": _http_probe("/healthz", failures=10),
         "volumeMounts": [
@@ -307,10 +309,9 @@ def check_volume(volume: dict[str, Any], s: InjectorSettings) -> None:
     sources = (volume.get("projected") or {}).get("sources") or []
     secrets = [(volume.get("secret") or {}).get("secretName")]
     secrets += [(source.get("secret") or {}).get("name") for source in sources]
-    if s.ca_mode == "secret" and s.ca_secret in secrets:
-        raise InjectionError(
-            f"{where}: Secret {s.ca_secret!r} holds the sandbox CA's key, for the agent alone"
-        )
+    for name, holds in agent_secrets(s).items():
+        if name in secrets:
+            raise InjectionError(f"{where}: Secret {name!r} holds {holds}, for the agent alone")
     if not s.automount_service_account_token and any("serviceAccountToken" in x for x in sources):
         raise InjectionError(
             f"{where}: a serviceAccountToken source is not allowed: the service account token "
@@ -365,6 +366,14 @@ def check_pod(spec: dict[str, Any], s: InjectorSettings) -> None:
     _check_profiles(context, "spec.securityContext")
     for volume in spec.get("volumes") or []:
         check_volume(volume, s)
+
+
+def agent_secrets(s: InjectorSettings) -> dict[str, str]:
+    """The Secrets only the agent may read, and what each holds."""
+    out = {s.credentials_secret: "the policy's credentials"}
+    if s.ca_mode == "secret":
+        out[s.ca_secret] = "the sandbox CA's key"
+    return out
 
 
 def _secret_refs(container: dict[str, Any]) -> list[Any]:
@@ -424,10 +433,11 @@ def check_workload(
             f"{where}: volumeMounts {[m.get('name') for m in mounts]}: the interceptor's volumes"
             " are not the workload's to mount"
         )
-    if s.ca_mode == "secret" and s.ca_secret in _secret_refs(container):
-        raise InjectionError(
-            f"{where}: env: Secret {s.ca_secret!r} holds the sandbox CA's key, for the agent alone"
-        )
+    for name, holds in agent_secrets(s).items():
+        if name in _secret_refs(container):
+            raise InjectionError(
+                f"{where}: env: Secret {name!r} holds {holds}, for the agent alone"
+            )
 
 
 def check_workloads(

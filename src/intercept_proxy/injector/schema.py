@@ -15,6 +15,7 @@ from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector.networks import network_schema
 from intercept_proxy.injector.settings import PULL_POLICIES, QUANTITY
 from intercept_proxy.netfilter.config import DNS, CaptureConfig
+from intercept_proxy.policy import credentials, limits
 from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.policy.model import Policy
 
@@ -152,8 +153,45 @@ DEFINITIONS: dict[str, Any] = {
 }
 
 
+def _host_entries(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """A list of mappings for one host each (the policy's parser checks the host itself)."""
+    host = {"type": "string", "minLength": 1, "description": "An exact name, or *.suffix."}
+    return {
+        "type": "array",
+        "items": _object("", {"host": host, **properties}, required=["host", *required]),
+    }
+
+
+# The policy's keys that are lists of mappings, as the chart takes them. A credential's secret
+# comes from the agent's environment (the Secret <release>-credentials), never from a file.
+_ENTRIES = {
+    "credentials": _host_entries(
+        {
+            "header": {"type": "string", "minLength": 1},
+            "scheme": {"type": "string", "enum": list(credentials.SCHEMES)},
+            "env": {"type": "string", "minLength": 1},
+            "placeholder": {"type": "string", "minLength": 1},
+        },
+        ["env"],
+    ),
+    "rate_limits": _host_entries(
+        {
+            "requests_per_minute": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": limits.MAX_PER_MINUTE,
+            }
+        },
+        ["requests_per_minute"],
+    ),
+}
+
+
 def _policy_key(key: dataclasses.Field[Any]) -> dict[str, Any]:
-    node = {"type": "boolean"} if key.type == "bool" else _ref("domains")
+    if key.name in _ENTRIES:
+        node = _ENTRIES[key.name]
+    else:
+        node = {"type": "boolean"} if key.type == "bool" else _ref("domains")
     return {**node, "description": key.metadata["help"]}
 
 

@@ -85,6 +85,9 @@ class InjectorSettings:
     # tls.crt and tls.key ("secret": created by the chart, or by cert-manager).
     ca_mode: str = "ephemeral"
     ca_secret: str = ""
+    # The Secret whose keys become the agent's environment (the policy's credentials name them,
+    # `env: KEY`): read by the agent alone, optional (a pod without one runs without secrets).
+    credentials_secret: str = "intercept-proxy-credentials"
     cert_validity_hours: float = 12.0
     automount_service_account_token: bool = False
     agent_resources: Resources = field(default_factory=Resources)

@@ -213,6 +213,7 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         inbound_ports=tuple(values["capture"]["inboundPorts"]),
         dns_forward_suffixes=tuple(values["dns"]["forwardSuffixes"]),
         policy_config_map=f"{release}-policy",
+        credentials_secret=f"{release}-credentials",
         policy_override=OverrideMode(values["policy"]["podOverride"]),
         ca_mode="ephemeral" if ca["mode"] == "ephemeral" else "secret",
         ca_secret="" if ca["mode"] == "ephemeral" else secret[ca["mode"]],
@@ -269,6 +270,9 @@ HELM_PARAMETERS: dict[str, Parameter] = {
         'include "intercept-proxy.caSecret" .',
         "sentinel-ca-secret",
         only_with=("ca_mode", "secret"),
+    ),
+    "credentials_secret": Parameter(
+        'include "intercept-proxy.credentialsSecret" .', "sentinel-credentials"
     ),
     "cert_validity_hours": Parameter(".Values.agent.certValidityHours | float64", 990.25),
     "automount_service_account_token": Parameter(

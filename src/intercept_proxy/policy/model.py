@@ -63,8 +63,8 @@ class RegoModule:
 
 
 def _key(default: Any, help_: str, *, chart: bool = True) -> Any:
-    """`chart` False: not in the chart's values (it mounts policy.yaml alone: no module, no
-    secret comes with it)."""
+    """`chart` False: not in the chart's values (it mounts policy.yaml alone: no module comes
+    with it)."""
     return field(default=default, metadata={"help": help_, "chart": chart})
 
 
@@ -94,11 +94,9 @@ class Policy:
         (), "Rego modules of package intercept.custom.", chart=False
     )
     credentials: tuple[Credential, ...] = _key(
-        (), "Secrets Envoy adds to the allowed requests to a host (docs/policy.md).", chart=False
+        (), "Secrets Envoy adds to the allowed requests to a host (docs/policy.md)."
     )
-    rate_limits: tuple[RateLimit, ...] = _key(
-        (), "Requests per minute to a host (docs/policy.md).", chart=False
-    )
+    rate_limits: tuple[RateLimit, ...] = _key((), "Requests per minute to a host (docs/policy.md).")
 
     def to_data(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ from intercept_proxy.injector.pod import (
     SIDECARS,
     TRUST_VARIABLES,
     InjectionError,
+    agent_secrets,
     inject_pod,
 )
 from intercept_proxy.injector.settings import (
@@ -211,18 +212,15 @@ def sandbox_pod(
     env = credentials.workload_env(dict(environ), policy, secrets)
     pod = inject_pod(command_pod(argv, uid, env), settings)
     objects = [policy_config_map(policy_file, policy, settings.policy_config_map)]
-    if secrets:
-        objects.append(credentials.agent_secret_object(secrets))
-        pod = credentials.give_agent(pod, secrets)
+    if secrets:  # the agent reads its keys into its environment (the injection says so)
+        objects.append(credentials.agent_secret(settings.credentials_secret, secrets))
     return pod, objects
 
 
 def interceptor_objects(settings: InjectorSettings) -> set[tuple[str, str]]:
     """The objects the interceptor reads, which a Pod file may not bring along."""
     names = {("ConfigMap", settings.policy_config_map)}
-    if settings.ca_secret:
-        names.add(("Secret", settings.ca_secret))
-    return names
+    return names | {("Secret", name) for name in agent_secrets(settings)}
 
 
 def pod_objects(

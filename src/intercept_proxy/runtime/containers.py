@@ -76,6 +76,7 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _VARIABLE.sub(replace, text)
 
 
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 # A ConfigMap's or Secret's data by kind and name (None: no such object).
 ObjectData = Callable[[str, str], dict[str, bytes] | None]
 
@@ -83,14 +84,25 @@ ObjectData = Callable[[str, str], dict[str, bytes] | None]
 def container_env(
     container: dict[str, Any], pod: dict[str, Any], objects: ObjectData = lambda k, n: None
 ) -> dict[str, str]:
-    """`env` with literal values, the downward API fields this runtime knows, and keys of
-    Secrets."""
+    """`envFrom` Secrets, then `env` with literal values, the downward API fields this
+    runtime knows, and keys of Secrets."""
     metadata = pod.get("metadata") or {}
     fields = {
         "metadata.name": metadata.get("name", ""),
         "metadata.namespace": metadata.get("namespace", "default"),
     }
     env: dict[str, str] = {}
+    for source in container.get("envFrom") or []:
+        ref = source.get("secretRef")
+        if ref is None:
+            raise ContainerError(f"container {container['name']!r}: envFrom: only secretRef")
+        data = objects("Secret", str(ref.get("name")))
+        if data is None and not ref.get("optional"):
+            raise ContainerError(
+                f"container {container['name']!r}: envFrom: Secret {ref.get('name')!r} not found"
+            )
+        # As the kubelet does: keys that are no variable names are left out.
+        env |= {k: v.decode() for k, v in (data or {}).items() if _ENV_NAME.fullmatch(k)}
     for item in container.get("env") or []:
         name = item["name"]
         where = f"container {container['name']!r}: env {name}"

@@ -1,17 +1,13 @@
 """`intercept run` and the policy's credentials: the operator's environment holds the secrets the
-policy names (`env:`); the agent gets them, from a Secret of the pod's, and the workload gets the
-placeholders in their place."""
+policy names (`env:`); the agent gets them from the injection's credentials Secret, and the
+workload gets the placeholders in their place."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
 
-from intercept_proxy.injector.pod import AGENT
 from intercept_proxy.policy.model import Policy, PolicyError
-
-SECRET = "intercept-proxy-credentials"
 
 
 def operator_secrets(policy: Policy, environ: Mapping[str, str]) -> dict[str, str]:
@@ -42,22 +38,6 @@ def workload_env(env: dict[str, str], policy: Policy, secrets: Mapping[str, str]
     return out
 
 
-def agent_secret_object(secrets: Mapping[str, str]) -> dict[str, Any]:
-    return {"kind": "Secret", "metadata": {"name": SECRET}, "stringData": dict(secrets)}
-
-
-def give_agent(pod: dict[str, Any], secrets: Mapping[str, str]) -> dict[str, Any]:
-    """The injected `pod` with the agent reading each secret into its environment (the Secret
-    `agent_secret_object` makes); no other container reads it."""
-    out = copy.deepcopy(pod)
-    for container in out["spec"].get("initContainers") or []:
-        if container["name"] == AGENT:
-            container["env"] = [
-                *(container.get("env") or []),
-                *(
-                    {"name": name, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": name}}}
-                    for name in sorted(secrets)
-                ),
-            ]
-            return out
-    raise ValueError(f"the injected pod has no {AGENT} container")
+def agent_secret(name: str, secrets: Mapping[str, str]) -> dict[str, Any]:
+    """The Secret the injected agent reads into its environment."""
+    return {"kind": "Secret", "metadata": {"name": name}, "stringData": dict(secrets)}
