@@ -6,6 +6,7 @@ lab."""
 from __future__ import annotations
 
 import json
+import secrets
 import time
 
 import pytest
@@ -32,9 +33,12 @@ VALUES = {
         "default": {
             "allowed_domains": ["pypi.org", "example.com"],
             "unrestricted_domains": ["api.anthropic.com"],
+            "credentials": [{"host": "api.anthropic.com", "header": "x-api-key", "env": "API_KEY"}],
         }
     }
 }
+# The operator's key, in the Secret <release>-credentials of the pods' namespace.
+API_KEY = "sk-ant-" + secrets.token_hex(16)
 SIDECAR_PORTS = (15000, 15001, 15002, 15020, 15021, 15022, 15053, 15090)
 FROM_INIT = (
     "for u in https://pypi.org/from-init https://unknown.example/from-init; do"
@@ -53,6 +57,10 @@ def space(kube, release):
     """A namespace of this module's, with the default policy cloned into it."""
     name = f"pods-{int(time.time() * 1000) % 100000}"
     kube.kubectl("create", "namespace", name)
+    kube.kubectl(
+        "create", "secret", "generic", f"{RELEASE}-credentials", "-n", name,
+        f"--from-literal=API_KEY={API_KEY}",
+    )  # fmt: skip
     kube.wait_object(name, "configmap", f"{RELEASE}-policy")
     yield name
     kube.kubectl("delete", "namespace", name, "--wait=false")
@@ -78,7 +86,7 @@ def checks(cluster) -> list[list]:
 @pytest.fixture(scope="module")
 def pods(kube, space, cluster):
     """Two labelled pods side by side, each narrowing the default policy its own way; pod a
-    has an init container of its own."""
+    has an init container of its own; pod c follows the default policy."""
     start = time.monotonic()
     a = labelled_pod(
         "pod-a",
@@ -92,16 +100,18 @@ def pods(kube, space, cluster):
         probe(*checks(cluster)),
         metadata={"annotations": {"intercept-proxy/opa-data": "allowed_domains: [example.com]\n"}},
     )
-    kube.apply(space, a, b)
+    c = labelled_pod("pod-c", probe(["request", "POST", "https://api.anthropic.com/v1/messages"]))
+    kube.apply(space, a, b, c)
     done = {
-        name: kube.wait_phase(space, name, "Succeeded", timeout=120) for name in ("pod-a", "pod-b")
+        name: kube.wait_phase(space, name, "Succeeded", timeout=120)
+        for name in ("pod-a", "pod-b", "pod-c")
     }
-    MEASUREMENTS["kubectl apply of 2 labelled pods to both Succeeded (Kyverno-injected), s"] = (
+    MEASUREMENTS["kubectl apply of 3 labelled pods to all Succeeded (Kyverno-injected), s"] = (
         round(time.monotonic() - start, 2)
     )
     return {
         key: {"pod": done[name], "results": results(kube, space, name)}
-        for key, name in (("a", "pod-a"), ("b", "pod-b"))
+        for key, name in (("a", "pod-a"), ("b", "pod-b"), ("c", "pod-c"))
     }
 
 
@@ -189,6 +199,19 @@ def test_each_pod_gets_its_own_policy(pods):
     assert status_of(b, "request", "GET", "https://pypi.org/simple/") == 403
     # A pod's policy only narrows: api.anthropic.com is the default's, not pod-b's.
     assert status_of(b, "request", "POST", "https://api.anthropic.com/v1/messages") == 403
+
+
+def test_the_agent_sends_the_credential_from_the_namespaces_secret(pods):
+    """The workload sends no key; the API gets the operator's, from the Secret only the agent
+    reads (its echo says what it received)."""
+    c = pods["c"]["results"]
+    assert status_of(c, "request", "POST", "https://api.anthropic.com/v1/messages") == 200
+    echo = json.loads(result(c, "request", "POST", "https://api.anthropic.com/v1/messages")["body"])
+    assert echo["headers"]["x-api-key"] == API_KEY
+    agent = pods["c"]["pod"]["spec"]["initContainers"][1]
+    assert agent["envFrom"] == [{"secretRef": {"name": f"{RELEASE}-credentials", "optional": True}}]
+    workload = pods["c"]["pod"]["spec"]["containers"][0]
+    assert "envFrom" not in workload and "API_KEY" not in json.dumps(workload.get("env"))
 
 
 def test_the_workloads_own_init_container_is_intercepted(kube, space, pods):
