@@ -106,8 +106,8 @@ def pods(kube, space, cluster):
         name: kube.wait_phase(space, name, "Succeeded", timeout=120)
         for name in ("pod-a", "pod-b", "pod-c")
     }
-    MEASUREMENTS["kubectl apply of 3 labelled pods to all Succeeded (Kyverno-injected), s"] = (
-        round(time.monotonic() - start, 2)
+    MEASUREMENTS["kubectl apply of 3 labelled pods to all Succeeded (Kyverno-injected), s"] = round(
+        time.monotonic() - start, 2
     )
     return {
         key: {"pod": done[name], "results": results(kube, space, name)}

@@ -75,10 +75,18 @@ def test_nothing_the_workload_can_read_holds_the_secret(box, secret):
 
 @pytest.mark.parametrize("version", ["--http1.1", "--http2"])
 def test_the_named_host_gets_the_secret_from_envoy(box, version):
-    sent = echo(box, version, '-H "x-api-key: $ANTHROPIC_API_KEY"', "https://api.anthropic.com/v1")
+    url = f"https://api.anthropic.com/v1{version.replace('--', '/')}"
+    sent = echo(box, version, '-H "x-api-key: $ANTHROPIC_API_KEY"', url)
     assert sent["headers"]["x-api-key"] == ANTHROPIC
-    # Without the header, it is added.
-    assert echo(box, version, "https://api.anthropic.com/v1")["headers"]["x-api-key"] == ANTHROPIC
+    # With the placeholder, Envoy decides: no agent call.
+    [decision] = box.decisions(lambda d: d["path"] == url.split(".com")[1])
+    assert decision["judge"] == "envoy"
+    # Without the header, it is added; with another value, the agent looks at it first.
+    assert echo(box, version, url)["headers"]["x-api-key"] == ANTHROPIC
+    other = f"{url}-other"
+    assert echo(box, version, '-H "x-api-key: mine"', other)["headers"]["x-api-key"] == ANTHROPIC
+    [decision] = box.decisions(lambda d: d["path"] == other.split(".com")[1])
+    assert (decision["judge"], decision["allow"]) == ("agent", True)
 
 
 def test_a_wildcard_host_gets_a_bearer_token(box):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from intercept_proxy.policy.credentials import placeholders
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.policy.native import compile_policy
@@ -33,7 +34,7 @@ def compiled() -> list[dict]:
         REVISION,
         compile_policy(POLICY, engine, tls=True),
         compile_policy(POLICY, engine, tls=False),
-        ("x-api-key",),
+        placeholders(POLICY.credentials),
     )
 
 

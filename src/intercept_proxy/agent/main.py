@@ -23,6 +23,7 @@ from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
 from intercept_proxy.pki.files import write_public
 from intercept_proxy.policy.combined import CombinedEngine, OverrideMode
+from intercept_proxy.policy.credentials import Placeholders, placeholders
 from intercept_proxy.policy.engine import PolicyEngine, RegorusEngine
 from intercept_proxy.policy.model import Policy
 from intercept_proxy.policy.native import compile_policy
@@ -79,7 +80,7 @@ def build_snapshot(
 
 
 def native_routes(
-    policy: Policy, revision: str, credential_headers: tuple[str, ...]
+    policy: Policy, revision: str, credential_headers: Placeholders
 ) -> list[dict[str, Any]]:
     """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
@@ -195,9 +196,9 @@ class Agent:
             return Extras(rate_limits=default.rate_limits), ()
         return Extras(default.credentials, default.rate_limits), self.policy.secrets
 
-    def credential_headers(self) -> tuple[str, ...]:
+    def credential_headers(self) -> Placeholders:
         """The headers the operator's credentials go in, whichever policy decides."""
-        return tuple(sorted({c.header for c in self.policy.required.policy.credentials}))
+        return placeholders(self.policy.required.policy.credentials)
 
     def leak_markers(self) -> list[tuple[str, str]]:
         """What a request from the workload must not carry: each credential's secret, and the

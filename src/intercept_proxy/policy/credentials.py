@@ -56,6 +56,17 @@ class Credential:
         return secret
 
 
+# Each header credentials go in, with the placeholders the workload may send in it.
+Placeholders = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def placeholders(credentials: tuple[Credential, ...]) -> Placeholders:
+    by_header: dict[str, set[str]] = {}
+    for c in credentials:
+        by_header.setdefault(c.header, set()).add(c.placeholder)
+    return tuple((h, tuple(sorted(p))) for h, p in sorted(by_header.items()))
+
+
 def _string(entry: dict[str, Any], key: str, source: str, where: str) -> str | None:
     value = entry.get(key)
     if value is not None and not isinstance(value, str):

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from intercept_proxy import ports
 from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, ErrorCode, Judge, error_body
 from intercept_proxy.options import option
-from intercept_proxy.policy.credentials import Credential
+from intercept_proxy.policy.credentials import Credential, Placeholders
 from intercept_proxy.policy.limits import RateLimit
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.protos import generic_secret
@@ -871,7 +871,7 @@ def route_configurations(
     revision: str,
     tls: NativePolicy | None = None,
     plain: NativePolicy | None = None,
-    credential_headers: tuple[str, ...] = (),
+    credential_headers: Placeholders = (),
 ) -> list[dict[str, Any]]:
     """Both listeners' routes: the compiled policy's, or (None) the agent's for everything."""
     headers = {"credential_headers": credential_headers}

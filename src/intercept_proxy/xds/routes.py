@@ -25,6 +25,7 @@ import re
 from typing import Any
 
 from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, Judge, error_body
+from intercept_proxy.policy.credentials import Placeholders
 from intercept_proxy.policy.native import (
     METHODS,
     NativePolicy,
@@ -253,7 +254,7 @@ def _present(name: str) -> dict[str, Any]:
 
 
 def gate(
-    host: VirtualHost, *, tls: bool, credential_headers: tuple[str, ...] = ()
+    host: VirtualHost, *, tls: bool, credential_headers: Placeholders = ()
 ) -> list[tuple[str, dict[str, Any]]]:
     """The conditions (each a name and a route match) under which a request to this virtual
     host goes to the agent rather than to the policy's routes."""
@@ -264,8 +265,12 @@ def gate(
         # A protocol upgrade (a WebSocket) never ends its request: no route that reads an upload
         # first could answer it.
         ("upgrade", [_present("upgrade")]),
-        # The agent looks for a credential's secret in it (see authz/service.py).
-        *((f"credential:{name}", [_present(name)]) for name in credential_headers),
+        # A credential's header holding anything but a placeholder (as it is, or as a bearer
+        # token): the agent looks for the secret in it (see authz/service.py).
+        *(
+            (f"credential:{name}", [_present(name), _regex(name, _sent_as(values), invert=True)])
+            for name, values in credential_headers
+        ),
     ]
     if host.domain.startswith("*"):
         conditions += [
@@ -291,6 +296,10 @@ def gate(
         segments = f"(?:[^/]*/){{{rego_facts().max_segments + 1}}}.*"
         out.append(("segments", {"safe_regex": {"regex": segments}}))
     return out
+
+
+def _sent_as(placeholders: tuple[str, ...]) -> str:
+    return f"(?:Bearer )?(?:{'|'.join(re.escape(p) for p in placeholders)})"
 
 
 def _policy_routes(
@@ -326,7 +335,7 @@ def _virtual_host(
     revision: str,
     *,
     tls: bool,
-    credential_headers: tuple[str, ...],
+    credential_headers: Placeholders,
 ) -> dict[str, Any]:
     name = "any" if host.domain == "*" else host.domain
     routes = [
@@ -344,11 +353,12 @@ def route_configuration(
     revision: str,
     *,
     tls: bool,
-    credential_headers: tuple[str, ...] = (),
+    credential_headers: Placeholders = (),
 ) -> dict[str, Any]:
     """`policy` None: the agent judges every request. `credential_headers`: the headers the
-    credentials of the operator's policy are sent in (whichever policy decides): a request that
-    carries one goes to the agent, which refuses it if it holds a secret."""
+    credentials of the operator's policy are sent in (whichever policy decides), with their
+    placeholders: a request that carries one with another value goes to the agent, which
+    refuses it if it holds a secret."""
     if policy is not None and policy.tls != tls:
         raise ValueError(
             f"route configuration {name}: the policy was compiled for the other listener"
