@@ -10,6 +10,7 @@ status. Requests Envoy must not decide itself must have gone to the agent.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from intercept_proxy import netns
+from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.policy.native import METHODS
 from tests.decisions import read_decisions
@@ -131,13 +133,24 @@ def generate(count: int, seed: int) -> list[dict]:
             request["chunked"] = True
         elif roll < 0.13:  # a second Host header
             request["headers"] = [["Host", rng.choice(HOSTS)]]
-        elif roll < 0.15:  # a forged mark: Envoy removes it before the gate
-            request["headers"] = [["X-Intercept-Native", "1"]]
+        elif roll < 0.15:  # a forged fact: the listener removes it before writing its own
+            request["headers"] = [rng.choice(FORGED)]
+        elif roll < 0.21:  # the credential's header: its placeholder, another value, the secret
+            request["headers"] = [["x-api-key", rng.choice(API_KEYS)]]
         corpus.append(request)
     return corpus
 
 
 _NAME = re.compile(r"^(?=.*[a-z])[a-z0-9_.-]+$")
+# The credential of the policy (`credentials` below): the secret is the agent's, in a file.
+API_KEY = "sk-differential-0123456789"
+PLACEHOLDER = "intercept-proxy-placeholder"
+API_KEYS = (PLACEHOLDER, f"Bearer {PLACEHOLDER}", "sk-another-key", API_KEY, f"Bearer {API_KEY}")
+FORGED = (
+    ["X-Intercept-SNI-Is-Host", "true"],
+    ["X-Intercept-Protocol", "HTTP/1.1"],
+    ["X-Intercept-Transfer-Encoding", ""],
+)
 
 
 def gate_may_mark(request: dict) -> bool:
@@ -149,8 +162,11 @@ def gate_may_mark(request: dict) -> bool:
     host = (absolute.group(1) if absolute else request["host"]).removesuffix(".")
     if not _NAME.match(host) or (request["tls"] and request.get("sni") != host):
         return False
-    twice = any(k == "Host" for k, _ in request.get("headers", []))
-    return request["method"] in METHODS and not twice
+    headers = request.get("headers", [])
+    twice = any(k == "Host" for k, _ in headers)
+    # Anything but the placeholder in a credential's header: the agent looks for the secret.
+    key = [v for k, v in headers if k == "x-api-key" and v.removeprefix("Bearer ") != PLACEHOLDER]
+    return request["method"] in METHODS and not twice and not key
 
 
 def run_corpus(interceptor, corpus: list[dict]) -> list[dict]:
@@ -213,8 +229,13 @@ def judged_both_ways(interceptor, policy: str, corpus: list[dict]) -> list[dict]
 
 
 def test_compiled_routes_decide_as_the_agent(interceptor):
-    corpus = generate(1800, seed=20261202)
-    native = judged_both_ways(interceptor, POLICY, corpus)
+    corpus = generate(1800, seed=20261203)
+    key = interceptor.dir / "api-key"
+    key.write_text(API_KEY)
+    key.chmod(0o600)
+    os.chown(key, AGENT_UID, AGENT_UID)
+    credentials = f"credentials: [{{host: api.anthropic.com, header: x-api-key, file: {key}}}]\n"
+    native = judged_both_ways(interceptor, POLICY + credentials, corpus)
 
     wrongly_native = [
         request
@@ -236,3 +257,17 @@ def test_compiled_routes_decide_as_the_agent(interceptor):
     odd = [r for q, r in zip(corpus, native, strict=True) if q["method"] in ODD_CASE_METHODS]
     assert len(odd) > 50 and {r["judge"] for r in odd} == {"agent"}
     assert not any(r["allow"] and r["rule"] in ("allowed_domains", "github_read") for r in odd)
+    # The secret from inside is refused, whatever the host; a placeholder costs no agent call.
+    carried = [
+        (value, r)
+        for q, r in zip(corpus, native, strict=True)
+        for name, value in q.get("headers", [])
+        if name == "x-api-key"
+    ]
+    leaked = [r for value, r in carried if API_KEY in value]
+    assert len(leaked) >= 10 and {(r["rule"], r["judge"]) for r in leaked} == {
+        ("credential_leaked", "agent")
+    }
+    assert not [
+        r for value, r in carried if API_KEY not in value and r["rule"] == "credential_leaked"
+    ]
