@@ -30,7 +30,11 @@ http POST https://api.anthropic.com/v1/messages -H 'content-type: application/js
 curl -sS -H "x-api-key: $ANTHROPIC_API_KEY" https://api.anthropic.com/v1/models |
     python3 -c 'import json, sys; print("  the API received x-api-key:", json.load(sys.stdin)["headers"]["x-api-key"])'
 
-step "keep asking its LLM API (the policy allows three calls a minute)"
+step "send its whole workspace to its LLM API (the policy's upload budget: 2 KB a run)"
+head -c 5000 /dev/zero | tr '\0' 'x' > workspace.txt
+http POST https://api.anthropic.com/v1/files --data-binary @workspace.txt
+
+step "keep asking its LLM API (the policy allows four calls a minute)"
 for i in 1 2; do
     curl -sS -o /dev/null -H "x-api-key: $ANTHROPIC_API_KEY" \
         -w "  GET https://api.anthropic.com/v1/models -> HTTP %{http_code} retry-after: %header{retry-after}\n" \

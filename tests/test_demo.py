@@ -27,8 +27,11 @@ def test_demo():
     assert "ANTHROPIC_API_KEY=intercept-proxy-placeholder" in out
     assert f"the API received x-api-key: {key}" in out
     assert f"ANTHROPIC_API_KEY={key}" not in out
-    # the rate limit: three calls a minute, then 429 with Retry-After, logged as its decision
-    assert "GET https://api.anthropic.com/v1/models -> HTTP 429 retry-after: 20" in out
+    # the upload budget: refused before anything is sent
+    assert "POST https://api.anthropic.com/v1/files -> HTTP 403" in out
+    assert '"code": "BUDGET_EXCEEDED"' in out or '"code":"BUDGET_EXCEEDED"' in out
+    # the rate limit: four calls a minute, then 429 with Retry-After, logged as its decision
+    assert "GET https://api.anthropic.com/v1/models -> HTTP 429 retry-after: 15" in out
     assert re.search(r"DENY +GET +api\.anthropic\.com +/v1/models +rate_limit ", out)
     # a denied write, a denied unknown host
     assert "POST https://api.github.com/repos/octo/hello/issues -> HTTP 403" in out

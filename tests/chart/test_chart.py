@@ -194,11 +194,12 @@ def test_the_default_policy_is_a_valid_policy(case):
     assert policy.to_data() == parse_policy(yaml.safe_dump(default), modules=False).to_data()
 
 
-def test_credentials_and_rate_limits_reach_the_agents_policy():
+def test_credentials_rate_limits_and_budgets_reach_the_agents_policy():
     default = {
         "unrestricted_domains": ["api.anthropic.com"],
         "credentials": [{"host": "api.anthropic.com", "header": "x-api-key", "env": "API_KEY"}],
         "rate_limits": [{"host": "api.anthropic.com", "requests_per_minute": 60}],
+        "budgets": [{"host": "api.anthropic.com", "upload_bytes": 1000}],
     }
     release = render.install_dry_run("x", {"policy": {"default": default}})
     policy = parse_policy(render.find_in(release, "ConfigMap", "policy")["data"]["policy.yaml"])
@@ -207,6 +208,9 @@ def test_credentials_and_rate_limits_reach_the_agents_policy():
     ]
     assert [(r.host, r.requests_per_minute) for r in policy.rate_limits] == [
         ("api.anthropic.com", 60)
+    ]
+    assert [(b.host, b.requests, b.upload_bytes) for b in policy.budgets] == [
+        ("api.anthropic.com", None, 1000)
     ]
 
 

@@ -87,6 +87,15 @@ def test_prototype_keys_are_accepted_unchanged():
             "no spaces",
         ),
         ("credentials: [{host: a.test, env: K, token: x}]", "credentials[0].token", "unknown key"),
+        ("budgets: [{host: a.test}]", "budgets[0]", "name a budget"),
+        ("budgets: [{host: a.test, requests: 0}]", "budgets[0].requests", "above 0"),
+        ("budgets: [{host: a.test, upload_bytes: 1.5}]", "budgets[0].upload_bytes", "above 0"),
+        ("budgets: [{host: a.test, requests: 1, bytes: 2}]", "budgets[0].bytes", "unknown key"),
+        (
+            "budgets: [{host: '*.a.test', requests: 1}, {host: b.a.test, requests: 2}]",
+            "budgets[1]",
+            "b.a.test is already *.a.test's budget",
+        ),
         ("rate_limits: [{host: a.test}]", "rate_limits[0].requests_per_minute", "whole number"),
         (
             "rate_limits: [{host: a.test, requests_per_minute: 0}]",
@@ -224,8 +233,9 @@ def test_credentials_defaults_and_revision():
     [
         "credentials: [{host: a.test, env: K}]",
         "rate_limits: [{host: a.test, requests_per_minute: 1}]",
+        "budgets: [{host: a.test, requests: 1}]",
     ],
 )
-def test_a_pod_policy_names_no_credential_and_no_rate_limit(text):
+def test_a_pod_policy_names_no_credential_rate_limit_or_budget(text):
     with pytest.raises(PolicyError, match="not allowed in a pod's policy"):
         parse_policy(text, modules=False)

@@ -139,3 +139,20 @@ def test_a_policy_compiled_for_one_listener_is_refused_for_the_other():
     compiled_tls = compile_policy(POLICY, RegorusEngine(POLICY), tls=True)
     with pytest.raises(ValueError, match="other listener"):
         routes.route_configuration("x", "c", compiled_tls, REVISION, tls=False)
+
+
+@pytest.mark.parametrize("compiled_or_not", ["compiled", "agent only"])
+def test_requests_to_budgeted_hosts_go_to_the_agent_with_their_body_read(compiled_or_not):
+    engine = RegorusEngine(POLICY)
+    budgets = ("api.anthropic.com", "*.pythonhosted.org")
+    native = [compile_policy(POLICY, engine, tls=t) for t in (True, False)]
+    args = native if compiled_or_not == "compiled" else [None, None]
+    for config in resources.route_configurations(REVISION, *args, budget_hosts=budgets):
+        for vhost in config["virtual_hosts"]:
+            first = vhost["routes"][:2]
+            assert [r["name"] for r in first] == [f"budget:{h}" for h in budgets]
+            for route in first:
+                filters = route["typed_per_filter_config"]
+                assert {routes.AUTHZ_FILTER, routes.BUFFER_FILTER} <= filters.keys()
+                [authority] = route["match"]["headers"]
+                assert authority["name"] == ":authority"

@@ -18,6 +18,7 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from intercept_proxy.agent.health import health_routes, metrics_routes, serve
 from intercept_proxy.agent.metrics import Metrics
 from intercept_proxy.agent.settings import SYSTEM_CA_BUNDLE, AgentSettings
+from intercept_proxy.authz.budgets import Ledger
 from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
@@ -80,7 +81,7 @@ def build_snapshot(
 
 
 def native_routes(
-    policy: Policy, revision: str, credential_headers: Placeholders
+    policy: Policy, revision: str, credential_headers: Placeholders, budget_hosts: tuple[str, ...]
 ) -> list[dict[str, Any]]:
     """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
@@ -89,6 +90,7 @@ def native_routes(
         compile_policy(policy, engine, tls=True),
         compile_policy(policy, engine, tls=False),
         credential_headers,
+        budget_hosts,
     )
 
 
@@ -135,11 +137,15 @@ class Agent:
         except ValueError as e:  # HostnameError included: a bad suffix
             raise AgentError(f"DNS sinkhole: {e}") from None
         self.authz = AuthorizationService(
-            self.engine, self.metrics.observe_decision, self.leak_markers
+            self.engine,
+            self.metrics.observe_decision,
+            self.leak_markers,
+            lambda: self.policy.required.policy.budgets,
+            Ledger(self.metrics.observe_budget),
         )
         self._bundle: str | None = None
         # Until the policy is compiled (and whenever it cannot be), the agent judges everything.
-        self._routes = route_configurations(self.engine().revision)
+        self._routes = self.agent_routes(self.engine().revision)
         self._compiled = False
         self._generation = itertools.count()
         self._current = next(self._generation)
@@ -200,6 +206,14 @@ class Agent:
         """The headers the operator's credentials go in, whichever policy decides."""
         return placeholders(self.policy.required.policy.credentials)
 
+    def budget_hosts(self) -> tuple[str, ...]:
+        """The hosts of the operator's budgets, whichever policy decides."""
+        return tuple(b.host for b in self.policy.required.policy.budgets)
+
+    def agent_routes(self, revision: str) -> list[dict[str, Any]]:
+        """The routes that send everything to the agent (budgeted hosts' bodies read first)."""
+        return route_configurations(revision, budget_hosts=self.budget_hosts())
+
     def leak_markers(self) -> list[tuple[str, str]]:
         """What a request from the workload must not carry: each credential's secret, and the
         header value made of it (basic authentication encodes it)."""
@@ -225,7 +239,7 @@ class Agent:
         """The agent judges the new policy at once; Envoy takes over once it is compiled."""
         self._current = next(self._generation)
         revision = self.engine().revision
-        self._publish(route_configurations(revision), compiled=False)
+        self._publish(self.agent_routes(revision), compiled=False)
         policy = self.native_policy()
         if policy is not None:
             self._compiling = asyncio.create_task(self._compile(self._current, policy, revision))
@@ -234,7 +248,12 @@ class Agent:
         loop = asyncio.get_running_loop()
         try:
             routes = await loop.run_in_executor(
-                self._compiler, native_routes, policy, revision, self.credential_headers()
+                self._compiler,
+                native_routes,
+                policy,
+                revision,
+                self.credential_headers(),
+                self.budget_hosts(),
             )
         except Exception:  # the agent keeps judging: correct, only slower
             log.exception("compiling policy %s into Envoy routes failed", revision)

@@ -14,6 +14,7 @@ from intercept_proxy import ports
 from intercept_proxy.dns import QueryEvent
 from intercept_proxy.pki import LeafCache
 from intercept_proxy.policy.engine import Decision
+from intercept_proxy.policy.limits import Budget
 from intercept_proxy.xds.server import XdsEvents
 
 # Decisions take tens of microseconds to a few milliseconds.
@@ -59,12 +60,23 @@ class Metrics:
         self.xds_nacks = Counter(
             "intercept_xds_nacks", "xDS responses rejected by Envoy", ["type"], registry=r
         )
+        # Few values: the policy's budgets' hosts.
+        self.budget_spent = Gauge(
+            "intercept_budget_spent",
+            "What each budget of the policy has spent (requests, bytes uploaded)",
+            ["host", "kind"],
+            registry=r,
+        )
 
     def observe_dns(self, event: QueryEvent) -> None:
         self.dns_queries.labels(event.qtype or "none", event.outcome).inc()
 
     def observe_decision(self, _decision: Decision, seconds: float) -> None:
         self.decision_seconds.observe(seconds)
+
+    def observe_budget(self, budget: Budget, requests: int, sent: int) -> None:
+        self.budget_spent.labels(budget.host, "requests").set(requests)
+        self.budget_spent.labels(budget.host, "upload_bytes").set(sent)
 
     def observe_reload(self, ok: bool) -> None:
         self.policy_reloads.labels("ok" if ok else "error").inc()

@@ -25,9 +25,11 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, error_body
+from intercept_proxy.authz.budgets import Ledger, Upload
+from intercept_proxy.decision import DECISION_HEADER, VERDICT, error_body
 from intercept_proxy.policy.engine import Decision, PolicyEngine
 from intercept_proxy.policy.input import INPUT_VERSION
+from intercept_proxy.policy.limits import Budget
 from intercept_proxy.xds.routes import TRANSPORT_KEY
 
 DecisionObserver = Callable[[Decision, float], None]
@@ -82,7 +84,7 @@ def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
 
 
 def denial_body(decision: Decision, decision_id: str) -> str:
-    body = error_body(POLICY_BLOCKED, decision.reason, rule=decision.rule, decision_id=decision_id)
+    body = error_body(decision.code, decision.reason, rule=decision.rule, decision_id=decision_id)
     return json.dumps(body)
 
 
@@ -135,6 +137,21 @@ def leaked(
     return None
 
 
+def uploaded(request: external_auth_pb2.CheckRequest) -> tuple[Upload, str]:
+    """What the request would spend of a budget, and its target as reasons begin."""
+    http = request.attributes.request.http
+    host = http.host.lower().removesuffix(".")
+    if not host.startswith("["):
+        host = host.rsplit(":", 1)[0].removesuffix(".")
+    length_header = http.headers.get("content-length")
+    if length_header is not None and length_header.isdigit():
+        length: int | None = int(length_header)
+    else:  # a body's first byte, if any, came with the check (ext_authz with_request_body)
+        length = None if http.raw_body or http.body else 0
+    port = 443 if is_tls(request) else 80
+    return Upload(host, length), f"{http.method} {host}:{port}"
+
+
 def decision_id(request: external_auth_pb2.CheckRequest) -> str:
     """Envoy's request id (it drops any the client sent); a fresh one for other callers."""
     return request.attributes.request.http.headers.get("x-request-id") or uuid.uuid4().hex
@@ -146,12 +163,17 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         engine: Callable[[], PolicyEngine],
         observe: DecisionObserver = lambda decision, seconds: None,
         secrets: Secrets = lambda: (),
+        budgets: Callable[[], tuple[Budget, ...]] = lambda: (),
+        ledger: Ledger | None = None,
     ) -> None:
         """`engine` returns the engine in force now (it changes when the policy reloads), and
-        `secrets` the credentials' secrets with it."""
+        `secrets` and `budgets` the credentials' secrets and the budgets with it; `ledger`
+        counts what the budgets spent."""
         self._engine = engine
         self._observe = observe
         self._secrets = secrets
+        self._budgets = budgets
+        self._ledger = ledger or Ledger()
 
     async def Check(  # noqa: N802 - gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: object
@@ -160,6 +182,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         input_doc = check_input(request)
         started = time.perf_counter()
         decision = leaked(request, self._secrets()) or engine.evaluate(input_doc)
+        if decision.allow:
+            upload, target = uploaded(request)
+            decision = self._ledger.charge(self._budgets(), upload, target) or decision
         elapsed = time.perf_counter() - started
         self._observe(decision, elapsed)
         metadata = _metadata(decision, engine.revision, elapsed * 1000)

@@ -184,6 +184,13 @@ _ENTRIES = {
         },
         ["requests_per_minute"],
     ),
+    "budgets": _host_entries(
+        {
+            "requests": {"type": "integer", "minimum": 1},
+            "upload_bytes": {"type": "integer", "minimum": 1},
+        },
+        [],
+    ),
 }
 
 

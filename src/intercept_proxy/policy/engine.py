@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import regorus
 
+from intercept_proxy.decision import ErrorCode
 from intercept_proxy.policy.model import CUSTOM_PACKAGE, Policy, PolicyError, RegoModule
 
 DECISION_RULE = "data.intercept.decision"
@@ -25,6 +26,7 @@ class Decision:
     allow: bool
     rule: str
     reason: str
+    code: ErrorCode = ErrorCode.POLICY_BLOCKED  # a denial's
 
 
 class PolicyEngine(Protocol):

@@ -20,7 +20,13 @@ import yaml
 from intercept_proxy.hostnames import HostnameError, normalize_hostname
 from intercept_proxy.policy.credentials import Credential, parse_credential
 from intercept_proxy.policy.errors import PolicyError as PolicyError  # re-exported
-from intercept_proxy.policy.limits import RateLimit, parse_rate_limit
+from intercept_proxy.policy.limits import (
+    Budget,
+    RateLimit,
+    host_matches,
+    parse_budget,
+    parse_rate_limit,
+)
 
 DATA_ROOT = "intercept_policy"
 CUSTOM_PACKAGE = "intercept.custom"
@@ -97,6 +103,9 @@ class Policy:
         (), "Secrets Envoy adds to the allowed requests to a host (docs/policy.md)."
     )
     rate_limits: tuple[RateLimit, ...] = _key((), "Requests per minute to a host (docs/policy.md).")
+    budgets: tuple[Budget, ...] = _key(
+        (), "Requests and uploaded bytes to a host over a run or a pod's life (docs/policy.md)."
+    )
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -119,7 +128,7 @@ class Policy:
         for module in self.rego_modules:
             digest.update(module.text.encode())
         # What Envoy does besides deciding: what it sends upstream, how often.
-        for entries in (self.credentials, self.rate_limits):
+        for entries in (self.credentials, self.rate_limits, self.budgets):
             if entries:
                 data = [dataclasses.asdict(e) for e in entries]
                 digest.update(json.dumps(data, sort_keys=True).encode())
@@ -275,7 +284,7 @@ def parse_policy(
     for key in doc:
         if key not in KEYS:
             raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
-    for key in ("rego_modules", "credentials", "rate_limits"):
+    for key in ("rego_modules", "credentials", "rate_limits", "budgets"):
         if not modules and doc.get(key):
             raise PolicyError(source, key, "not allowed in a pod's policy")
     github_allowed_users = _matching(
@@ -305,6 +314,7 @@ def parse_policy(
         rego_modules=_modules(doc, source, base),
         credentials=_credentials(doc, source),
         rate_limits=_rate_limits(doc, source),
+        budgets=_budgets(doc, source),
     )
 
 
@@ -358,11 +368,20 @@ def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
 
 def _overlap(a: str, b: str) -> bool:
     """Whether some host name matches both host patterns (exact names, or `*.suffix`)."""
+    return host_matches(a, b) or host_matches(b, a)
 
-    def covers(pattern: str, name: str) -> bool:
-        return pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:]))
 
-    return covers(a, b) or covers(b, a)
+def _budgets(doc: dict[str, Any], source: str) -> tuple[Budget, ...]:
+    out: list[Budget] = []
+    for where, entry, host in _host_entries(
+        doc, "budgets", source, "a budget applies to every port of the host"
+    ):
+        budget = parse_budget(entry, source, where, host)
+        covering = [b.host for b in out if _overlap(b.host, host)]
+        if covering:
+            raise PolicyError(source, where, f"{host} is already {covering[0]}'s budget")
+        out.append(budget)
+    return tuple(out)
 
 
 def _rate_limits(doc: dict[str, Any], source: str) -> tuple[RateLimit, ...]:

@@ -688,6 +688,9 @@ def http_connection_manager(
             "route_config_name": name,
         },
         "http_filters": [
+            # Every request to a rate-limited host counts, before any decision: one refused
+            # here reaches no one (the agent charges no budget for it).
+            *(rate_limit_filter(i, limit) for i, limit in enumerate(extras.rate_limits)),
             # These three are off unless a route turns them on (see routes.py).
             {
                 "name": BUFFER_FILTER,
@@ -699,7 +702,6 @@ def http_connection_manager(
             },
             {"name": SENT_CHECK_FILTER, "disabled": True, "typed_config": sent_check(dp)},
             {"name": AUTHZ_FILTER, "disabled": True, "typed_config": ext_authz(dp)},
-            *(rate_limit_filter(i, limit) for i, limit in enumerate(extras.rate_limits)),
             # Never over plain HTTP.
             *(credential_filter(i, c) for i, c in enumerate(extras.credentials) if tls),
             {
@@ -872,12 +874,21 @@ def route_configurations(
     tls: NativePolicy | None = None,
     plain: NativePolicy | None = None,
     credential_headers: Placeholders = (),
+    budget_hosts: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Both listeners' routes: the compiled policy's, or (None) the agent's for everything."""
-    headers = {"credential_headers": credential_headers}
     return [
-        route_configuration(TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, revision, tls=True, **headers),
         route_configuration(
-            HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, plain, revision, tls=False, **headers
-        ),
+            name,
+            cluster,
+            policy,
+            revision,
+            tls=is_tls,
+            credential_headers=credential_headers,
+            budget_hosts=budget_hosts,
+        )
+        for name, cluster, policy, is_tls in (
+            (TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, True),
+            (HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, plain, False),
+        )
     ]

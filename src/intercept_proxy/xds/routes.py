@@ -329,6 +329,30 @@ def _policy_routes(
     return out
 
 
+def budget_routes(
+    budget_hosts: tuple[str, ...], cluster: str, revision: str, *, tls: bool
+) -> list[dict[str, Any]]:
+    """First in every virtual host: each request to a budgeted host goes to the agent, which
+    charges its budget, with its body read first (its length known, HTTP/2 or chunked)."""
+    routes = []
+    for host in budget_hosts:
+        authority = (
+            _regex(":authority", wildcard_regex(host))
+            if host.startswith("*")
+            else _exact(":authority", host)
+        )
+        route = agent_route(cluster, revision, tls=tls)
+        routes.append(
+            {
+                **route,
+                "name": f"budget:{host}",
+                "match": {"prefix": "/", "headers": [authority]},
+                "typed_per_filter_config": {**route["typed_per_filter_config"], **_buffer()},
+            }
+        )
+    return routes
+
+
 def _virtual_host(
     host: VirtualHost,
     cluster: str,
@@ -336,9 +360,11 @@ def _virtual_host(
     *,
     tls: bool,
     credential_headers: Placeholders,
+    budget_hosts: tuple[str, ...],
 ) -> dict[str, Any]:
     name = "any" if host.domain == "*" else host.domain
-    routes = [
+    routes = budget_routes(budget_hosts, cluster, revision, tls=tls)
+    routes += [
         {**agent_route(cluster, revision, tls=tls), "name": f"gate:{condition}", "match": match}
         for condition, match in gate(host, tls=tls, credential_headers=credential_headers)
     ]
@@ -354,22 +380,30 @@ def route_configuration(
     *,
     tls: bool,
     credential_headers: Placeholders = (),
+    budget_hosts: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """`policy` None: the agent judges every request. `credential_headers`: the headers the
     credentials of the operator's policy are sent in (whichever policy decides), with their
     placeholders: a request that carries one with another value goes to the agent, which
-    refuses it if it holds a secret."""
+    refuses it if it holds a secret. `budget_hosts`: the operator's budgets' hosts."""
     if policy is not None and policy.tls != tls:
         raise ValueError(
             f"route configuration {name}: the policy was compiled for the other listener"
         )
     if policy is None:
-        virtual_hosts = [
-            {"name": "any", "domains": ["*"], "routes": [agent_route(cluster, revision, tls=tls)]}
-        ]
+        routes = budget_routes(budget_hosts, cluster, revision, tls=tls)
+        routes.append(agent_route(cluster, revision, tls=tls))
+        virtual_hosts = [{"name": "any", "domains": ["*"], "routes": routes}]
     else:
         virtual_hosts = [
-            _virtual_host(h, cluster, revision, tls=tls, credential_headers=credential_headers)
+            _virtual_host(
+                h,
+                cluster,
+                revision,
+                tls=tls,
+                credential_headers=credential_headers,
+                budget_hosts=budget_hosts,
+            )
             for h in policy.hosts
         ]
     return {

@@ -1,0 +1,51 @@
+"""Budgets: what the ledger charges and refuses, before anything is forwarded."""
+
+from __future__ import annotations
+
+from intercept_proxy.authz.budgets import RULE, Ledger, Upload
+from intercept_proxy.decision import ErrorCode
+from intercept_proxy.policy.model import parse_policy
+
+BUDGETS = parse_policy(
+    """
+budgets:
+  - {host: api.test, requests: 2}
+  - {host: "*.uploads.test", upload_bytes: 100}
+"""
+).budgets
+
+
+def test_requests_are_counted_and_the_one_too_many_refused():
+    seen = []
+    ledger = Ledger(lambda budget, requests, sent: seen.append((budget.host, requests, sent)))
+    for _ in range(2):
+        assert ledger.charge(BUDGETS, Upload("api.test", 10), "GET api.test:443") is None
+    refused = ledger.charge(BUDGETS, Upload("api.test", 0), "GET api.test:443")
+    assert refused is not None
+    assert (refused.allow, refused.rule, refused.code) == (False, RULE, ErrorCode.BUDGET_EXCEEDED)
+    assert refused.reason == (
+        "GET api.test:443: the budget of api.test for this run allows no more: "
+        "2 of 2 requests are spent"
+    )
+    assert seen == [("api.test", 1, 10), ("api.test", 2, 20)]
+    # Other hosts are not counted.
+    assert ledger.charge(BUDGETS, Upload("other.test", None), "GET other.test:443") is None
+
+
+def test_an_upload_that_would_overspend_is_refused_and_charges_nothing():
+    ledger = Ledger()
+    charge = [ledger.charge(BUDGETS, Upload("a.uploads.test", n), "POST x") for n in (60, 50, 40)]
+    assert [c is None for c in charge] == [True, False, True]  # 60, then 110 > 100, then 100
+    assert "60 of 100 bytes are spent, and it sends 50" in str(charge[1])
+    # A body of unknown length is never counted as nothing.
+    unknown = ledger.charge(BUDGETS, Upload("b.uploads.test", None), "POST x")
+    assert unknown is not None and "the length of its body is unknown" in unknown.reason
+
+
+def test_a_changed_budget_starts_again():
+    ledger = Ledger()
+    [one] = parse_policy("budgets: [{host: api.test, requests: 1}]").budgets
+    [two] = parse_policy("budgets: [{host: api.test, requests: 2}]").budgets
+    assert ledger.charge((one,), Upload("api.test", 0), "x") is None
+    assert ledger.charge((one,), Upload("api.test", 0), "x") is not None
+    assert ledger.charge((two,), Upload("api.test", 0), "x") is None
