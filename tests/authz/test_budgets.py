@@ -39,7 +39,7 @@ def test_an_upload_that_would_overspend_is_refused_and_charges_nothing():
     assert "60 of 100 bytes are spent, and it sends 50" in str(charge[1])
     # A body of unknown length is never counted as nothing.
     unknown = ledger.charge(BUDGETS, Upload("b.uploads.test", None), "POST x")
-    assert unknown is not None and "the length of its body is unknown" in unknown.reason
+    assert unknown is not None and "what it sends cannot be counted" in unknown.reason
 
 
 def test_a_changed_budget_starts_again():
@@ -49,3 +49,5 @@ def test_a_changed_budget_starts_again():
     assert ledger.charge((one,), Upload("api.test", 0), "x") is None
     assert ledger.charge((one,), Upload("api.test", 0), "x") is not None
     assert ledger.charge((two,), Upload("api.test", 0), "x") is None
+    # And back: from nothing again.
+    assert ledger.charge((one,), Upload("api.test", 0), "x") is None

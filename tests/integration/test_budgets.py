@@ -45,6 +45,11 @@ def test_the_request_too_many_is_refused(interceptor, lab):
     assert (logged["judge"], logged["allow"], logged["rule"]) == ("agent", False, "budget_exceeded")
     spent = interceptor.metric("intercept_budget_spent", 'host="pypi.org",kind="requests"')
     assert spent == 3
+    # Another spelling of the host is the same budget.
+    for spelling in ("PyPI.org", "pypi.org:443"):
+        r = interceptor.curl("GET", "https://pypi.org/budget", "-H", f"Host: {spelling}")
+        assert r.status == 403 and r.json()["error"]["code"] == "BUDGET_EXCEEDED", spelling
+    assert received(lab, "/budget") == 3
 
 
 def test_an_upload_that_would_overspend_is_refused_whatever_its_framing(interceptor, lab):
@@ -58,6 +63,19 @@ def test_an_upload_that_would_overspend_is_refused_whatever_its_framing(intercep
     assert "700 of 1000 bytes are spent, and it sends 400" in error["message"]
     assert upload(interceptor, 300, "--http2").status == 200  # 1000
     assert received(lab, "/upload") == 3
+    # What cannot be counted is refused: a protocol upgrade (a WebSocket) sends no body at all.
+    ws = interceptor.curl(
+        "GET",
+        "https://api.anthropic.com/ws",
+        "--http1.1",
+        "-H", "Upgrade: websocket",
+        "-H", "Connection: Upgrade",
+        "-H", "Sec-WebSocket-Version: 13",
+        "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    )  # fmt: skip
+    assert ws.status == 403 and ws.json()["error"]["code"] == "BUDGET_EXCEEDED"
+    assert "cannot be counted" in ws.json()["error"]["message"]
+    assert received(lab, "/ws") == 0
     sent = interceptor.metric(
         "intercept_budget_spent", 'host="api.anthropic.com",kind="upload_bytes"'
     )

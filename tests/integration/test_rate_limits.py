@@ -55,6 +55,11 @@ def test_the_request_too_many_is_refused_and_explained(interceptor, lab, version
     assert all(d["allow"] for d in logged[:-1])
     assert (logged[-1]["judge"], logged[-1]["status"], logged[-1]["flags"]) == ("envoy", 429, "RL")
     assert count("deny", "rate_limit") == before + 1
+    # Another spelling of the host is the same host: no token for it either.
+    for spelling in ("API.Anthropic.com", "api.anthropic.com:443"):
+        url = f"https://api.anthropic.com{path}-spelled"
+        r = interceptor.curl("GET", url, version, "-H", f"Host: {spelling}")
+        assert r.status == 429, (spelling, r.body)
 
 
 def test_other_hosts_are_not_counted(interceptor):

@@ -195,8 +195,8 @@ def test_rate_limits_count_on_both_listeners_and_refuse_with_retry_after():
         buckets = [f["typed_config"]["extension_config"]["typed_config"] for f in limits]
         # 30 a minute: one token every 2 s; 6000 a minute: 5 every 50 ms (Envoy's shortest).
         assert [b["token_bucket"] for b in buckets] == [
-            {"max_tokens": 30, "tokens_per_fill": 1, "fill_interval": "2s"},
-            {"max_tokens": 6000, "tokens_per_fill": 5, "fill_interval": "0.05s"},
+            {"max_tokens": 30, "tokens_per_fill": 1, "fill_interval": "2.000000000s"},
+            {"max_tokens": 6000, "tokens_per_fill": 5, "fill_interval": "0.050000000s"},
         ]
         retry = [b["response_headers_to_add"][0]["header"]["value"] for b in buckets]
         assert retry == ["2", "1"]
@@ -207,3 +207,16 @@ def test_rate_limits_count_on_both_listeners_and_refuse_with_retry_after():
             if log["name"] != "envoy.access_loggers.stats"
         ]
         assert "rate_limit" in kinds and len(kinds) == 3
+
+
+@pytest.mark.parametrize("rate", [1, 7, 59, 1199, 1200, 1201, 1500, 1799, 1800, 3000, 999_999])
+def test_a_rate_limit_refills_at_its_rate(rate):
+    [limit] = parse_policy(
+        f"rate_limits: [{{host: a.test, requests_per_minute: {rate}}}]"
+    ).rate_limits
+    bucket = resources.rate_limit_filter(0, limit)["typed_config"]["extension_config"][
+        "typed_config"
+    ]["token_bucket"]
+    seconds = float(bucket["fill_interval"].removesuffix("s"))
+    assert seconds >= resources.MIN_FILL_MS / 1000
+    assert bucket["tokens_per_fill"] * 60 / seconds == pytest.approx(rate, rel=1e-6)

@@ -144,15 +144,20 @@ def test_a_policy_compiled_for_one_listener_is_refused_for_the_other():
 @pytest.mark.parametrize("compiled_or_not", ["compiled", "agent only"])
 def test_requests_to_budgeted_hosts_go_to_the_agent_with_their_body_read(compiled_or_not):
     engine = RegorusEngine(POLICY)
-    budgets = ("api.anthropic.com", "*.pythonhosted.org")
+    budgets = (("api.anthropic.com", True), ("*.pythonhosted.org", False))
     native = [compile_policy(POLICY, engine, tls=t) for t in (True, False)]
     args = native if compiled_or_not == "compiled" else [None, None]
     for config in resources.route_configurations(REVISION, *args, budget_hosts=budgets):
         for vhost in config["virtual_hosts"]:
             first = vhost["routes"][:2]
-            assert [r["name"] for r in first] == [f"budget:{h}" for h in budgets]
-            for route in first:
+            assert [r["name"] for r in first] == [f"budget:{h}" for h, _ in budgets]
+            for route, (_, counts_bytes) in zip(first, budgets, strict=True):
                 filters = route["typed_per_filter_config"]
-                assert {routes.AUTHZ_FILTER, routes.BUFFER_FILTER} <= filters.keys()
-                [authority] = route["match"]["headers"]
+                # The body is read where bytes are counted, never otherwise.
+                assert routes.AUTHZ_FILTER in filters
+                assert (routes.BUFFER_FILTER in filters) == counts_bytes
+                # Any spelling of the host; never an upgrade (its body does not end).
+                authority, upgrade = route["match"]["headers"]
                 assert authority["name"] == ":authority"
+                assert authority["string_match"]["safe_regex"]["regex"].startswith("(?i)")
+                assert upgrade == {"name": "upgrade", "present_match": False}

@@ -42,6 +42,7 @@ from intercept_proxy.xds.resources import (
     listeners,
     route_configurations,
 )
+from intercept_proxy.xds.routes import BudgetHosts
 from intercept_proxy.xds.server import AggregatedDiscoveryService, Snapshot, SnapshotCache
 from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE, SECRET
 
@@ -81,7 +82,7 @@ def build_snapshot(
 
 
 def native_routes(
-    policy: Policy, revision: str, credential_headers: Placeholders, budget_hosts: tuple[str, ...]
+    policy: Policy, revision: str, credential_headers: Placeholders, budget_hosts: BudgetHosts
 ) -> list[dict[str, Any]]:
     """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
@@ -206,9 +207,11 @@ class Agent:
         """The headers the operator's credentials go in, whichever policy decides."""
         return placeholders(self.policy.required.policy.credentials)
 
-    def budget_hosts(self) -> tuple[str, ...]:
-        """The hosts of the operator's budgets, whichever policy decides."""
-        return tuple(b.host for b in self.policy.required.policy.budgets)
+    def budget_hosts(self) -> BudgetHosts:
+        """The hosts of the operator's budgets (whichever policy decides), and whether each
+        counts bytes."""
+        budgets = self.policy.required.policy.budgets
+        return tuple((b.host, b.upload_bytes is not None) for b in budgets)
 
     def agent_routes(self, revision: str) -> list[dict[str, Any]]:
         """The routes that send everything to the agent (budgeted hosts' bodies read first)."""

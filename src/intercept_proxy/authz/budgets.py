@@ -44,9 +44,14 @@ class Ledger:
         if budget is None:
             return None
         with self._lock:
+            for stale in self._spent.keys() - set(budgets):  # a changed budget starts again
+                del self._spent[stale]
             requests, sent = self._spent.get(budget, (0, 0))
             if upload.length is None and budget.upload_bytes is not None:
-                why = "the length of its body is unknown (send it with a length)"
+                why = (
+                    "what it sends cannot be counted (a body of unknown length, or a protocol "
+                    "upgrade): send it with a length"
+                )
             elif budget.requests is not None and requests + 1 > budget.requests:
                 why = f"{requests} of {budget.requests} requests are spent"
             elif budget.upload_bytes is not None and sent + (upload.length or 0) > (

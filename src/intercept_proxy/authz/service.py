@@ -144,8 +144,10 @@ def uploaded(request: external_auth_pb2.CheckRequest) -> tuple[Upload, str]:
     if not host.startswith("["):
         host = host.rsplit(":", 1)[0].removesuffix(".")
     length_header = http.headers.get("content-length")
-    if length_header is not None and length_header.isdigit():
-        length: int | None = int(length_header)
+    if "upgrade" in http.headers or http.method == "CONNECT":
+        length: int | None = None  # what follows is no body: it never ends
+    elif length_header is not None and length_header.isdigit():
+        length = int(length_header)
     else:  # a body's first byte, if any, came with the check (ext_authz with_request_body)
         length = None if http.raw_body or http.body else 0
     port = 443 if is_tls(request) else 80

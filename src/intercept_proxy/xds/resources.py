@@ -31,6 +31,8 @@ from intercept_proxy.xds.routes import (
     BUFFER_LIMIT_BYTES,
     INTERNAL_HEADERS,
     SENT_CHECK_FILTER,
+    BudgetHosts,
+    any_spelling,
     oversized_denial,
     request_facts,
     route_configuration,
@@ -517,7 +519,7 @@ def early_mutations(*, tls: bool) -> list[dict[str, Any]]:
     return removed + facts
 
 
-def _authority_is(host: str) -> dict[str, Any]:
+def _authority_is(host: str, *, spelled_any_way: bool) -> dict[str, Any]:
     authority = {
         "name": "authority",
         "typed_config": {
@@ -525,12 +527,14 @@ def _authority_is(host: str) -> dict[str, Any]:
             "header_name": ":authority",
         },
     }
-    # The listener takes a trailing dot off; any other spelling (a port, capitals) gets none.
-    match = (
-        {"safe_regex": {"google_re2": {}, "regex": wildcard_regex(host)}}
-        if host.startswith("*.")
-        else {"exact": host}
-    )
+    # The listener takes a trailing dot off; otherwise, only the canonical spelling unless
+    # `spelled_any_way` (capitals, a port).
+    if spelled_any_way:
+        match: dict[str, Any] = {"safe_regex": {"google_re2": {}, "regex": any_spelling(host)}}
+    elif host.startswith("*."):
+        match = {"safe_regex": {"google_re2": {}, "regex": wildcard_regex(host)}}
+    else:
+        match = {"exact": host}
     return {"single_predicate": {"input": authority, "value_match": match}}
 
 
@@ -560,18 +564,22 @@ def credential_filter(index: int, credential: Credential) -> dict[str, Any]:
         "envoy.filters.http.credential_injector",
         injector,
         credential.host,
+        spelled_any_way=False,  # a secret goes to the canonical name only
     )
 
 
-def _for_host(name: str, extension: str, config: dict[str, Any], host: str) -> dict[str, Any]:
-    """An HTTP filter that skips every request whose host is not `host` (exact, or `*.suffix`)."""
+def _for_host(
+    name: str, extension: str, config: dict[str, Any], host: str, *, spelled_any_way: bool
+) -> dict[str, Any]:
+    """An HTTP filter that skips every request whose host is not `host` (exact, or `*.suffix`;
+    `spelled_any_way`: in any case, with any port)."""
     skip = {
         "name": "skip",
         "typed_config": {
             "@type": type_url("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
         },
     }
-    elsewhere = {"not_matcher": _authority_is(host)}
+    elsewhere = {"not_matcher": _authority_is(host, spelled_any_way=spelled_any_way)}
     return {
         "name": name,
         "typed_config": {
@@ -590,8 +598,11 @@ def rate_limit_filter(index: int, limit: RateLimit) -> dict[str, Any]:
     """Envoy's local rate limit for one host: a token bucket shared by Envoy's workers, as many
     tokens as requests a minute, refilled evenly. A request without a token gets 429 with
     `Retry-After` (the refill interval) and RATE_LIMIT_EXCEEDED (`local_reply_config`)."""
-    interval_ms = max(MIN_FILL_MS, math.ceil(60_000 / limit.requests_per_minute))
-    tokens = max(1, round(limit.requests_per_minute * interval_ms / 60_000))
+    # As many tokens per fill as it takes for the interval to be at least Envoy's shortest;
+    # the interval then exact (to the nanosecond).
+    rate = limit.requests_per_minute
+    tokens = math.ceil(rate * MIN_FILL_MS / 60_000)
+    interval_ns = round(tokens * 60e9 / rate)
     always = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": ""}
     config = {
         "@type": type_url("envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"),
@@ -599,19 +610,24 @@ def rate_limit_filter(index: int, limit: RateLimit) -> dict[str, Any]:
         "token_bucket": {
             "max_tokens": limit.requests_per_minute,
             "tokens_per_fill": tokens,
-            "fill_interval": f"{interval_ms / 1000:g}s",
+            "fill_interval": f"{interval_ns // 10**9}.{interval_ns % 10**9:09d}s",
         },
         "filter_enabled": always,
         "filter_enforced": always,
         "response_headers_to_add": [
             {
-                "header": {"key": "retry-after", "value": str(math.ceil(interval_ms / 1000))},
+                "header": {"key": "retry-after", "value": str(math.ceil(interval_ns / 1e9))},
                 "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
             }
         ],
     }
+    # Every spelling of the host the policy takes for it counts.
     return _for_host(
-        RATE_LIMIT_FILTER.format(index), "envoy.filters.http.local_ratelimit", config, limit.host
+        RATE_LIMIT_FILTER.format(index),
+        "envoy.filters.http.local_ratelimit",
+        config,
+        limit.host,
+        spelled_any_way=True,
     )
 
 
@@ -874,7 +890,7 @@ def route_configurations(
     tls: NativePolicy | None = None,
     plain: NativePolicy | None = None,
     credential_headers: Placeholders = (),
-    budget_hosts: tuple[str, ...] = (),
+    budget_hosts: BudgetHosts = (),
 ) -> list[dict[str, Any]]:
     """Both listeners' routes: the compiled policy's, or (None) the agent's for everything."""
     return [

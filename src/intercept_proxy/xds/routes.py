@@ -36,6 +36,8 @@ from intercept_proxy.policy.native import (
 )
 from intercept_proxy.xds.types import type_url
 
+# A budget's host, and whether it counts bytes (the body must be read for its length).
+BudgetHosts = tuple[tuple[str, bool], ...]
 # Facts about the request written before routing. The listener removes any copy the client
 # sent; none goes upstream.
 SNI_HEADER = "x-intercept-sni-is-host"
@@ -73,6 +75,13 @@ def wildcard_regex(domain: str) -> str:
     if domain == "*":
         return f"(?:{_LABEL}\\.)*{_LAST_LABEL}"
     return f"(?:{_LABEL}\\.)+{re.escape(domain[2:])}"
+
+
+def any_spelling(host: str) -> str:
+    """Every way a request may name `host` (an exact name or `*.suffix`) that the policy takes
+    for it: in any case, with a port (the listener takes a trailing dot off)."""
+    name = wildcard_regex(host) if host.startswith("*") else re.escape(host)
+    return f"(?i)(?:{name})(?::[0-9]{{1,5}})?"
 
 
 def request_facts(*, tls: bool) -> dict[str, str]:
@@ -330,24 +339,26 @@ def _policy_routes(
 
 
 def budget_routes(
-    budget_hosts: tuple[str, ...], cluster: str, revision: str, *, tls: bool
+    budget_hosts: BudgetHosts, cluster: str, revision: str, *, tls: bool
 ) -> list[dict[str, Any]]:
-    """First in every virtual host: each request to a budgeted host goes to the agent, which
-    charges its budget, with its body read first (its length known, HTTP/2 or chunked)."""
+    """First in every virtual host: each request to a budgeted host, however it names it, goes
+    to the agent, which charges its budget; where the budget counts bytes, with its body read
+    first (its length known, HTTP/2 or chunked). Not a protocol upgrade (its body never ends):
+    the gate sends that to the agent as it is, which refuses it where bytes are counted."""
     routes = []
-    for host in budget_hosts:
-        authority = (
-            _regex(":authority", wildcard_regex(host))
-            if host.startswith("*")
-            else _exact(":authority", host)
-        )
+    for host, read_body in budget_hosts:
+        headers = [
+            _regex(":authority", any_spelling(host)),
+            _header("upgrade", present_match=False),
+        ]
         route = agent_route(cluster, revision, tls=tls)
+        filters = {**route["typed_per_filter_config"], **(_buffer() if read_body else {})}
         routes.append(
             {
                 **route,
                 "name": f"budget:{host}",
-                "match": {"prefix": "/", "headers": [authority]},
-                "typed_per_filter_config": {**route["typed_per_filter_config"], **_buffer()},
+                "match": {"prefix": "/", "headers": headers},
+                "typed_per_filter_config": filters,
             }
         )
     return routes
@@ -360,7 +371,7 @@ def _virtual_host(
     *,
     tls: bool,
     credential_headers: Placeholders,
-    budget_hosts: tuple[str, ...],
+    budget_hosts: BudgetHosts,
 ) -> dict[str, Any]:
     name = "any" if host.domain == "*" else host.domain
     routes = budget_routes(budget_hosts, cluster, revision, tls=tls)
@@ -380,12 +391,13 @@ def route_configuration(
     *,
     tls: bool,
     credential_headers: Placeholders = (),
-    budget_hosts: tuple[str, ...] = (),
+    budget_hosts: BudgetHosts = (),
 ) -> dict[str, Any]:
     """`policy` None: the agent judges every request. `credential_headers`: the headers the
     credentials of the operator's policy are sent in (whichever policy decides), with their
     placeholders: a request that carries one with another value goes to the agent, which
-    refuses it if it holds a secret. `budget_hosts`: the operator's budgets' hosts."""
+    refuses it if it holds a secret. `budget_hosts`: the operator's budgets' hosts, each with
+    whether its budget counts bytes."""
     if policy is not None and policy.tls != tls:
         raise ValueError(
             f"route configuration {name}: the policy was compiled for the other listener"
