@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+from google.rpc import code_pb2
+
 from intercept_proxy.authz.budgets import RULE, Ledger, Upload
+from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.decision import ErrorCode
 from intercept_proxy.policy.model import parse_policy
+from tests.authz.test_service import ENGINE, check_request
 
 BUDGETS = parse_policy(
     """
@@ -51,3 +58,22 @@ def test_a_changed_budget_starts_again():
     assert ledger.charge((two,), Upload("api.test", 0), "x") is None
     # And back: from nothing again.
     assert ledger.charge((one,), Upload("api.test", 0), "x") is None
+
+
+def test_the_service_charges_only_what_the_policy_allows():
+    """A request the policy or the tripwire refuses charges nothing."""
+    budgets = parse_policy("budgets: [{host: pypi.org, requests: 1}]").budgets
+    service = AuthorizationService(
+        lambda: ENGINE, secrets=lambda: [("secret-token", "c")], budgets=lambda: budgets
+    )
+    # check_request sends "authorization: Bearer secret-token": the tripwire refuses it.
+    leaked = asyncio.run(service.Check(check_request("GET", "pypi.org", "/"), None))
+    assert json.loads(leaked.denied_response.body)["error"]["rule"] == "credential_leaked"
+    service = AuthorizationService(lambda: ENGINE, budgets=lambda: budgets)
+    denied = asyncio.run(service.Check(check_request("POST", "pypi.org", "/"), None))
+    assert json.loads(denied.denied_response.body)["error"]["rule"] == "method_not_allowed"
+    allowed = asyncio.run(service.Check(check_request("GET", "pypi.org", "/"), None))
+    assert allowed.status.code == code_pb2.OK  # the budget's one request
+    spent = asyncio.run(service.Check(check_request("GET", "pypi.org", "/"), None))
+    error = json.loads(spent.denied_response.body)["error"]
+    assert (error["code"], error["rule"]) == ("BUDGET_EXCEEDED", RULE)
