@@ -24,10 +24,10 @@ BODY_BYTES = 1024  # the answer to PATH
 DOWNLOAD_BYTES = 10 * 1024 * 1024
 DOWNLOAD_PATH = f"/bytes/{DOWNLOAD_BYTES}"
 
-# A custom module that never matches but makes the policy one that Envoy's compiled routes
-# cannot decide alone: every request then goes to the agent's ext_authz (the former design).
 # The credential `intercept-extras` sends (the bench's own, in a file only the agent reads).
 BENCH_SECRET = "bench-secret-0123456789"
+# A custom module that never matches but makes the policy one that Envoy's compiled routes
+# cannot decide alone: every request then goes to the agent's ext_authz (the former design).
 CUSTOM_REGO = """\
 package intercept.custom
 

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
-from intercept_proxy.policy.errors import PolicyError
+from intercept_proxy.policy.errors import PolicyError, check_keys
 
 SCHEMES = ("bearer", "basic", "none")
 KEYS = ("host", "header", "scheme", "env", "file", "placeholder")
@@ -76,11 +76,7 @@ def _string(entry: dict[str, Any], key: str, source: str, where: str) -> str | N
 
 def parse_credential(entry: Any, source: str, where: str, host: str) -> Credential:
     """One entry of `credentials`; `host` is its `host`, already a checked domain entry."""
-    unknown = sorted(set(entry) - set(KEYS))
-    if unknown:
-        raise PolicyError(
-            source, f"{where}.{unknown[0]}", f"unknown key; valid keys are {', '.join(KEYS)}"
-        )
+    check_keys(entry, KEYS, source, where)
     header = (_string(entry, "header", source, where) or DEFAULT_HEADER).lower()
     if (
         not _HEADER.fullmatch(header)

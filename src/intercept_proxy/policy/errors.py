@@ -1,6 +1,9 @@
-"""The policy's one error type."""
+"""The policy's one error type, and the check every mapping of the policy gets."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 
 class PolicyError(ValueError):
@@ -12,3 +15,13 @@ class PolicyError(ValueError):
         self.message = message
         where = f"{source}: {key}" if key else source
         super().__init__(f"{where}: {message}")
+
+
+def check_keys(entry: dict[str, Any], keys: Iterable[str], source: str, where: str) -> None:
+    """PolicyError naming the first key of `entry` that is not one of `keys`."""
+    keys = tuple(keys)
+    unknown = sorted(set(entry) - set(keys))
+    if unknown:
+        raise PolicyError(
+            source, f"{where}.{unknown[0]}", f"unknown key; valid keys are {', '.join(keys)}"
+        )

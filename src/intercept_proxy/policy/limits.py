@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from intercept_proxy.policy.errors import PolicyError
+from intercept_proxy.policy.errors import PolicyError, check_keys
 
 KEYS = ("host", "requests_per_minute")
 BUDGET_KEYS = ("host", "requests", "upload_bytes")
@@ -46,11 +46,7 @@ def _count(entry: dict[str, Any], key: str, source: str, where: str) -> int | No
 
 def parse_budget(entry: dict[str, Any], source: str, where: str, host: str) -> Budget:
     """One entry of `budgets`; `host` is its `host`, already a checked domain entry."""
-    unknown = sorted(set(entry) - set(BUDGET_KEYS))
-    if unknown:
-        raise PolicyError(
-            source, f"{where}.{unknown[0]}", f"unknown key; valid keys are {', '.join(BUDGET_KEYS)}"
-        )
+    check_keys(entry, BUDGET_KEYS, source, where)
     requests = _count(entry, "requests", source, where)
     upload = _count(entry, "upload_bytes", source, where)
     if requests is None and upload is None:
@@ -60,11 +56,7 @@ def parse_budget(entry: dict[str, Any], source: str, where: str, host: str) -> B
 
 def parse_rate_limit(entry: dict[str, Any], source: str, where: str, host: str) -> RateLimit:
     """One entry of `rate_limits`; `host` is its `host`, already a checked domain entry."""
-    unknown = sorted(set(entry) - set(KEYS))
-    if unknown:
-        raise PolicyError(
-            source, f"{where}.{unknown[0]}", f"unknown key; valid keys are {', '.join(KEYS)}"
-        )
+    check_keys(entry, KEYS, source, where)
     rate = entry.get("requests_per_minute")
     if type(rate) is not int or not 1 <= rate <= MAX_PER_MINUTE:
         raise PolicyError(

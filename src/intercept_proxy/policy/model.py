@@ -199,18 +199,22 @@ def _bool(doc: dict[str, Any], key: str, source: str) -> bool:
     return value
 
 
-def _strings(doc: dict[str, Any], key: str, source: str) -> list[tuple[str, str]]:
-    """The list under `key` as (location, string) pairs; a missing or null key is empty."""
+def _listed(doc: dict[str, Any], key: str, source: str) -> list[tuple[str, Any]]:
+    """The list under `key` as (location, item) pairs; a missing or null key is empty."""
     value = doc.get(key)
     if value is None:
         return []
     if not isinstance(value, list):
         raise PolicyError(source, key, f"expected a list, got {type(value).__name__}")
-    items = []
-    for i, item in enumerate(value):
+    return [(f"{key}[{i}]", item) for i, item in enumerate(value)]
+
+
+def _strings(doc: dict[str, Any], key: str, source: str) -> list[tuple[str, str]]:
+    """The list under `key` as (location, string) pairs."""
+    items = _listed(doc, key, source)
+    for where, item in items:
         if not isinstance(item, str):
-            raise PolicyError(source, f"{key}[{i}]", f"expected a string, got {item!r}")
-        items.append((f"{key}[{i}]", item))
+            raise PolicyError(source, where, f"expected a string, got {item!r}")
     return items
 
 
@@ -323,14 +327,8 @@ def _host_entries(
 ) -> list[tuple[str, dict[str, Any], str]]:
     """The mappings listed under `key`, each with its location and its `host` (an exact name or
     `*.suffix`, no port)."""
-    value = doc.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise PolicyError(source, key, f"expected a list, got {type(value).__name__}")
     out = []
-    for i, entry in enumerate(value):
-        where = f"{key}[{i}]"
+    for where, entry in _listed(doc, key, source):
         if not isinstance(entry, dict):
             raise PolicyError(source, where, f"expected a mapping, got {entry!r}")
         host = entry.get("host")
@@ -354,13 +352,11 @@ def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
         credential = parse_credential(entry, source, where, host)
         for other in out:
             if other.header == credential.header and _overlap(other.host, host):
+                covers = f" (the one for {other.host} covers it)" if other.host != host else ""
                 raise PolicyError(
                     source,
                     where,
-                    f"a second credential for {host} in header {credential.header}"
-                    f" (the one for {other.host} covers it)"
-                    if other.host != host
-                    else f"a second credential for {host} in header {credential.header}",
+                    f"a second credential for {host} in header {credential.header}{covers}",
                 )
         out.append(credential)
     return tuple(out)
