@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from intercept_proxy.policy.model import PolicyError, load_policy, parse_domain, parse_policy
+from intercept_proxy.policy.model import (
+    PolicyError,
+    granting,
+    load_policy,
+    parse_domain,
+    parse_policy,
+)
 
 PROTOTYPE_POLICY = """
 allowed_domains: [github.com, pypi.org]
@@ -87,6 +93,16 @@ def test_prototype_keys_are_accepted_unchanged():
             "no spaces",
         ),
         ("credentials: [{host: a.test, env: K, token: x}]", "credentials[0].token", "unknown key"),
+        ("approvals: [a.test]", "approvals", "expected a mapping"),
+        ("approvals: {hosts: []}", "approvals.hosts", "expected a list of hosts (or '*')"),
+        ("approvals: {hosts: ['*.com']}", "approvals.hosts[0]", "whole top-level domain"),
+        ("approvals: {hosts: [1]}", "approvals.hosts[0]", "expected a string"),
+        (
+            "approvals: {hosts: ['*'], timeout_seconds: 241}",
+            "approvals.timeout_seconds",
+            "1 to 240",
+        ),
+        ("approvals: {hosts: ['*'], ask: true}", "approvals.ask", "unknown key"),
         ("budgets: [{host: a.test}]", "budgets[0]", "name a budget"),
         ("budgets: [{host: a.test, requests: 0}]", "budgets[0].requests", "above 0"),
         ("budgets: [{host: a.test, upload_bytes: 1.5}]", "budgets[0].upload_bytes", "above 0"),
@@ -234,8 +250,38 @@ def test_credentials_defaults_and_revision():
         "credentials: [{host: a.test, env: K}]",
         "rate_limits: [{host: a.test, requests_per_minute: 1}]",
         "budgets: [{host: a.test, requests: 1}]",
+        "approvals: {hosts: ['*']}",
     ],
 )
-def test_a_pod_policy_names_no_credential_rate_limit_or_budget(text):
+def test_a_pod_policy_names_no_credential_rate_limit_budget_or_approval(text):
     with pytest.raises(PolicyError, match="not allowed in a pod's policy"):
         parse_policy(text, modules=False)
+
+
+def test_approvals_are_data_for_the_policy_and_a_revision_of_their_own():
+    policy = parse_policy("approvals: {hosts: ['*', '*.a.test', 'b.test:8443']}")
+    approvals = policy.approvals
+    assert approvals is not None and approvals.any_host and approvals.timeout_seconds == 60
+    assert [e.entry for e in approvals.hosts] == ["*.a.test", "b.test:8443"]
+    assert policy.to_data()["intercept_policy"]["approvals"]["any_host"] is True
+    # Without approvals, the data (and every revision before them) is what it was.
+    assert "approvals" not in parse_policy("{}").to_data()["intercept_policy"]
+    longer = parse_policy(
+        "approvals: {hosts: ['*', '*.a.test', 'b.test:8443'], timeout_seconds: 9}"
+    )
+    assert len({policy.revision, longer.revision, parse_policy("{}").revision}) == 3
+
+
+def test_granting_adds_an_entry_once():
+    policy = parse_policy("allowed_domains: [a.test]")
+    granted = granting(
+        policy, (("allowed_domains", "a.test"), ("unrestricted_domains", "b.test:8443"))
+    )
+    assert [e.entry for e in granted.allowed_domains] == ["a.test"]
+    assert [e.entry for e in granted.unrestricted_domains] == ["b.test:8443"]
+    assert granted.revision != policy.revision
+    assert granting(policy, ()) is policy
+    with pytest.raises(ValueError, match="a grant goes in allowed_domains or unrestricted_domains"):
+        granting(policy, (("budgets", "a.test"),))
+    with pytest.raises(ValueError, match="is a URL"):
+        granting(policy, (("allowed_domains", "https://a.test"),))

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.runtime.workdirs import operator_workdir
 
 pytestmark = pytest.mark.netns
 
@@ -27,12 +27,10 @@ SECRET = "sk-ant-" + secrets.token_hex(16)
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="intercept-credentials-", dir="/tmp"))
-    path.chmod(0o755)
-    (path / "lab.yaml").write_text(LAB)
-    (path / "policy.yaml").write_text(POLICY)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with operator_workdir(
+        "intercept-credentials-", {"lab.yaml": LAB, "policy.yaml": POLICY}
+    ) as path:
+        yield path
 
 
 def run(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

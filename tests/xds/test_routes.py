@@ -161,3 +161,31 @@ def test_requests_to_budgeted_hosts_go_to_the_agent_with_their_body_read(compile
                 assert authority["name"] == ":authority"
                 assert authority["string_match"]["safe_regex"]["regex"].startswith("(?i)")
                 assert upgrade == {"name": "upgrade", "present_match": False}
+
+
+def _checks(config: dict) -> list[dict]:
+    """Every per-route setting of the agent's checks in a route configuration."""
+    return [
+        wrapper["config"]["check_settings"]
+        for vhost in config["virtual_hosts"]
+        for route in vhost["routes"]
+        for wrapper in route.get("typed_per_filter_config", {}).values()
+        if wrapper["config"]["@type"]
+        == type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")
+    ]
+
+
+@pytest.mark.parametrize("compiled_or_not", ["compiled", "agent only"])
+def test_with_approvals_every_check_may_wait_for_a_person(compiled_or_not):
+    engine = RegorusEngine(POLICY)
+    native = [compile_policy(POLICY, engine, tls=t) for t in (True, False)]
+    args = native if compiled_or_not == "compiled" else [None, None]
+    held = resources.route_configurations(REVISION, *args, hold_s=30)
+    service = {"envoy_grpc": {"cluster_name": resources.AUTHZ_CLUSTER}, "timeout": "35s"}
+    for config in held:
+        checks = _checks(config)
+        assert checks and all(c["grpc_service"] == service for c in checks)
+        protos.to_message(types.ROUTE, config)
+    # Without approvals: the filter's own (short) timeout.
+    for config in resources.route_configurations(REVISION, *args):
+        assert not any("grpc_service" in c for c in _checks(config))

@@ -90,7 +90,9 @@ Each definition is a JSON document for this release's values.
       {{ .Values.agent.certValidityHours | float64 | toString | toJson }}
       {{- range .Values.dns.forwardSuffixes }},
       "--dns-forward-suffix", {{ . | toString | toJson }}
-      {{- end }}
+      {{- end }},
+      "--control-socket",
+      "/var/run/intercept/control/agent.sock"
     ],
     "resources": {{ .Values.agent.resources | toJson }},
     "securityContext": {
@@ -161,6 +163,10 @@ Each definition is a JSON document for this release's values.
         "name": "intercept-pod-policy",
         "mountPath": "/etc/intercept/pod",
         "readOnly": true
+      },
+      {
+        "name": "intercept-control",
+        "mountPath": "/var/run/intercept/control"
       },
       {
         "name": "intercept-no-token",
@@ -279,6 +285,13 @@ Each definition is a JSON document for this release's values.
     }
   },
   {
+    "name": "intercept-control",
+    "emptyDir": {
+      "medium": "Memory",
+      "sizeLimit": "1Mi"
+    }
+  },
+  {
     "name": "intercept-no-token",
     "emptyDir": {}
   }
@@ -381,7 +394,9 @@ Each definition is a JSON document for this release's values.
         {{ .Values.agent.certValidityHours | float64 | toString | toJson }}
         {{- range .Values.dns.forwardSuffixes }},
         "--dns-forward-suffix", {{ . | toString | toJson }}
-        {{- end }}
+        {{- end }},
+        "--control-socket",
+        "/var/run/intercept/control/agent.sock"
       ],
       "args": null,
       "workingDir": null,
@@ -417,6 +432,10 @@ Each definition is a JSON document for this release's values.
           "name": "intercept-pod-policy",
           "mountPath": "/etc/intercept/pod",
           "readOnly": true
+        },
+        {
+          "name": "intercept-control",
+          "mountPath": "/var/run/intercept/control"
         },
         {
           "name": "intercept-no-token",
@@ -581,6 +600,13 @@ Each definition is a JSON document for this release's values.
           }
         ],
         "defaultMode": 420
+      }
+    },
+    {
+      "name": "intercept-control",
+      "emptyDir": {
+        "medium": "Memory",
+        "sizeLimit": "1Mi"
       }
     },
     {

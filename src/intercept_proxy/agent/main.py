@@ -15,9 +15,11 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from intercept_proxy.agent.control import serve_control
 from intercept_proxy.agent.health import health_routes, metrics_routes, serve
 from intercept_proxy.agent.metrics import Metrics
 from intercept_proxy.agent.settings import SYSTEM_CA_BUNDLE, AgentSettings
+from intercept_proxy.authz.approvals import Approvals
 from intercept_proxy.authz.budgets import Ledger
 from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.dns import DnsSinkhole
@@ -82,7 +84,11 @@ def build_snapshot(
 
 
 def native_routes(
-    policy: Policy, revision: str, credential_headers: Placeholders, budget_hosts: BudgetHosts
+    policy: Policy,
+    revision: str,
+    credential_headers: Placeholders,
+    budget_hosts: BudgetHosts,
+    hold_s: int | None = None,
 ) -> list[dict[str, Any]]:
     """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
@@ -92,6 +98,7 @@ def native_routes(
         compile_policy(policy, engine, tls=False),
         credential_headers,
         budget_hosts,
+        hold_s,
     )
 
 
@@ -137,12 +144,15 @@ class Agent:
             )
         except ValueError as e:  # HostnameError included: a bad suffix
             raise AgentError(f"DNS sinkhole: {e}") from None
+        self.approvals = Approvals(lambda g: self.policy.grant(g.key, g.entry))
         self.authz = AuthorizationService(
             self.engine,
             self.metrics.observe_decision,
             self.leak_markers,
             lambda: self.policy.required.policy.budgets,
             Ledger(self.metrics.observe_budget),
+            self.approvals,
+            self.hold_s,
         )
         self._bundle: str | None = None
         # Until the policy is compiled (and whenever it cannot be), the agent judges everything.
@@ -213,9 +223,19 @@ class Agent:
         budgets = self.policy.required.policy.budgets
         return tuple((b.host, b.upload_bytes is not None) for b in budgets)
 
+    def hold_s(self) -> int | None:
+        """How long a request waits for a person's approval; None: it is refused at once (the
+        operator's policy has no approvals, or no one can answer)."""
+        approvals = self.policy.required.policy.approvals
+        if approvals is None or self.settings.control_socket is None:
+            return None
+        return approvals.timeout_seconds
+
     def agent_routes(self, revision: str) -> list[dict[str, Any]]:
         """The routes that send everything to the agent (budgeted hosts' bodies read first)."""
-        return route_configurations(revision, budget_hosts=self.budget_hosts())
+        return route_configurations(
+            revision, budget_hosts=self.budget_hosts(), hold_s=self.hold_s()
+        )
 
     def leak_markers(self) -> list[tuple[str, str]]:
         """What a request from the workload must not carry: each credential's secret, and the
@@ -257,6 +277,7 @@ class Agent:
                 revision,
                 self.credential_headers(),
                 self.budget_hosts(),
+                self.hold_s(),
             )
         except Exception:  # the agent keeps judging: correct, only slower
             log.exception("compiling policy %s into Envoy routes failed", revision)
@@ -321,6 +342,8 @@ class Agent:
                 s.metrics_port,
             ),
         ]
+        if s.control_socket is not None:
+            servers.append(await serve_control(s.control_socket, self.approvals))
         await xds.start()
         await authz.start()
         self.policy_changed()

@@ -122,6 +122,14 @@ class AgentSettings:
         repeatable=True,
         metavar="ADDRESS",
     )
+    control_socket: Path | None = option(
+        "--control-socket",
+        "serve pending approvals on a Unix socket here (intercept approvals); none: no one "
+        "can answer, and requests needing approval are refused at once",
+        default=None,
+        parse=Path,
+        metavar="PATH",
+    )
     data_plane: DataPlane = group(DataPlane)
 
 

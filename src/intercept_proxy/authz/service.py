@@ -25,11 +25,13 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from intercept_proxy.authz.approvals import Approvals, Grant
 from intercept_proxy.authz.budgets import Ledger, Upload
 from intercept_proxy.decision import DECISION_HEADER, VERDICT, error_body
-from intercept_proxy.policy.engine import Decision, PolicyEngine
+from intercept_proxy.policy.engine import Decision, PolicyEngine, approval_rule
 from intercept_proxy.policy.input import INPUT_VERSION
 from intercept_proxy.policy.limits import Budget
+from intercept_proxy.policy.native import rego_facts
 from intercept_proxy.xds.routes import TRANSPORT_KEY
 
 DecisionObserver = Callable[[Decision, float], None]
@@ -137,12 +139,37 @@ def leaked(
     return None
 
 
+def destination(request: external_auth_pb2.CheckRequest) -> tuple[str, int]:
+    """The host (lower case, no trailing dot) and port a request is for."""
+    http = request.attributes.request.http
+    host = http.host.lower().removesuffix(".")
+    default = 443 if is_tls(request) else 80
+    if host.startswith("["):
+        return host, default
+    name, _, port = host.partition(":")
+    return name.removesuffix("."), int(port) if port.isdigit() else default
+
+
+def question(request: external_auth_pb2.CheckRequest) -> tuple[Grant, str, str]:
+    """What allowing the request for the run adds to the policy (a read: `allowed_domains`,
+    anything else: `unrestricted_domains`), its target as reasons begin, its path."""
+    http = request.attributes.request.http
+    host, port = destination(request)
+    reads = (
+        http.method in rego_facts().read_methods
+        and http.headers.get("content-length", "0") == "0"
+        and not {"transfer-encoding", "upgrade"} & http.headers.keys()
+        and not (http.raw_body or http.body)
+    )
+    entry = host if port in (80, 443) else f"{host}:{port}"
+    grant = Grant("allowed_domains" if reads else "unrestricted_domains", entry)
+    return grant, f"{http.method} {host}:{port}", http.path.split("?", 1)[0]
+
+
 def uploaded(request: external_auth_pb2.CheckRequest) -> tuple[Upload, str]:
     """What the request would spend of a budget, and its target as reasons begin."""
     http = request.attributes.request.http
-    host = http.host.lower().removesuffix(".")
-    if not host.startswith("["):
-        host = host.rsplit(":", 1)[0].removesuffix(".")
+    host, port = destination(request)
     length_header = http.headers.get("content-length")
     if "upgrade" in http.headers or http.method == "CONNECT":
         length: int | None = None  # what follows is no body: it never ends
@@ -150,7 +177,6 @@ def uploaded(request: external_auth_pb2.CheckRequest) -> tuple[Upload, str]:
         length = int(length_header)
     else:  # a body's first byte, if any, came with the check (ext_authz with_request_body)
         length = None if http.raw_body or http.body else 0
-    port = 443 if is_tls(request) else 80
     return Upload(host, length), f"{http.method} {host}:{port}"
 
 
@@ -167,15 +193,20 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         secrets: Secrets = lambda: (),
         budgets: Callable[[], tuple[Budget, ...]] = lambda: (),
         ledger: Ledger | None = None,
+        approvals: Approvals | None = None,
+        hold_s: Callable[[], int | None] = lambda: None,
     ) -> None:
         """`engine` returns the engine in force now (it changes when the policy reloads), and
         `secrets` and `budgets` the credentials' secrets and the budgets with it; `ledger`
-        counts what the budgets spent."""
+        counts what the budgets spent. A request the policy decides `approval_required` waits
+        up to `hold_s()` seconds for a person's answer to `approvals` (None: it does not)."""
         self._engine = engine
         self._observe = observe
         self._secrets = secrets
         self._budgets = budgets
         self._ledger = ledger or Ledger()
+        self._approvals = approvals
+        self._hold_s = hold_s
 
     async def Check(  # noqa: N802 - gRPC method name
         self, request: external_auth_pb2.CheckRequest, context: object
@@ -184,6 +215,12 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         input_doc = check_input(request)
         started = time.perf_counter()
         decision = leaked(request, self._secrets()) or engine.evaluate(input_doc)
+        hold_s = self._hold_s()
+        if decision.rule == approval_rule() and self._approvals and hold_s is not None:
+            evaluated = time.perf_counter()
+            grant, target, path = question(request)
+            decision = await self._approvals.decide(decision, grant, target, path, hold_s)
+            started += time.perf_counter() - evaluated  # the wait is no evaluation
         if decision.allow:
             upload, target = uploaded(request)
             decision = self._ledger.charge(self._budgets(), upload, target) or decision

@@ -8,7 +8,8 @@ What it adds:
   the workload's own init containers are intercepted;
 - the sandbox CA's trust bundle and the usual variables naming it, in every workload container;
 - volumes: the policy (a ConfigMap), the CA (an in-memory emptyDir mounted into the agent only),
-  the trust bundle (an emptyDir the agent writes and the workload reads).
+  the trust bundle (an emptyDir the agent writes and the workload reads), the agent's control
+  socket (an in-memory emptyDir mounted into the agent only).
 
 What it refuses (check_pod, check_workload): whatever would let the workload undo, bypass or
 control the capture. A pod annotated as injected already is not injected again but verified:
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import ports
+from intercept_proxy.agent.control import CONTROL_DIR, CONTROL_SOCKET
 from intercept_proxy.agent.settings import agent_command
 from intercept_proxy.injector.settings import (
     ENABLED_LABEL,
@@ -51,6 +53,9 @@ POLICY_VOLUME = "intercept-policy"
 CA_VOLUME = "intercept-ca"
 TRUST_VOLUME = "intercept-trust"
 TRUST_MOUNT = {"name": TRUST_VOLUME, "mountPath": TRUST_DIR, "readOnly": True}
+
+# The agent's control socket (pending approvals), in a directory only the agent mounts.
+CONTROL_VOLUME = "intercept-control"
 
 POD_POLICY_VOLUME = "intercept-pod-policy"
 POD_POLICY_DIR = "/etc/intercept/pod"
@@ -186,6 +191,7 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         pod_policy=Path(POD_POLICY_FILE),
         pod_policy_mode=OverrideMode(s.policy_override),
         dns_forward_suffixes=s.dns_forward_suffixes,
+        control_socket=Path(CONTROL_SOCKET),
     )
     # readOnly only when true: the API server drops a false one, and the pod stored would no
     # longer be the pod rendered.
@@ -207,6 +213,7 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
             ca_mount,
             {"name": TRUST_VOLUME, "mountPath": TRUST_DIR},
             {"name": POD_POLICY_VOLUME, "mountPath": POD_POLICY_DIR, "readOnly": True},
+            {"name": CONTROL_VOLUME, "mountPath": CONTROL_DIR},
             dict(NO_TOKEN_MOUNT),
         ],
     }
@@ -260,6 +267,7 @@ def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
                 "defaultMode": DEFAULT_MODE,
             },
         },
+        {"name": CONTROL_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": NO_TOKEN_VOLUME, "emptyDir": {}},
     ]
 

@@ -15,7 +15,7 @@ from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector.networks import network_schema
 from intercept_proxy.injector.settings import PULL_POLICIES, QUANTITY
 from intercept_proxy.netfilter.config import DNS, CaptureConfig
-from intercept_proxy.policy import credentials, limits
+from intercept_proxy.policy import approvals, credentials, limits
 from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.policy.model import Policy
 
@@ -194,8 +194,24 @@ _ENTRIES = {
 }
 
 
+_APPROVALS = _object(
+    "",
+    {
+        "hosts": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}},
+        "timeout_seconds": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": approvals.MAX_TIMEOUT_SECONDS,
+        },
+    },
+    required=["hosts"],
+)
+
+
 def _policy_key(key: dataclasses.Field[Any]) -> dict[str, Any]:
-    if key.name in _ENTRIES:
+    if key.name == "approvals":
+        node = _APPROVALS
+    elif key.name in _ENTRIES:
         node = _ENTRIES[key.name]
     else:
         node = {"type": "boolean"} if key.type == "bool" else _ref("domains")

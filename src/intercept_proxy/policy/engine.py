@@ -6,6 +6,7 @@ denial with rule `evaluation_error`, so a broken policy fails closed.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -58,6 +59,13 @@ def rego_values(*rules: str) -> dict[str, Any]:
     engine = regorus.Engine()
     engine.add_policy(BUILTIN_MODULE, builtin_rego())
     return {rule: engine.eval_rule(f"data.intercept.{rule}") for rule in rules}
+
+
+@functools.cache
+def approval_rule() -> str:
+    """The rule of a request a person may allow (intercept.rego's `approval_rule`)."""
+    rule: str = rego_values("approval_rule")["approval_rule"]
+    return rule
 
 
 class RegorusEngine:
@@ -128,7 +136,9 @@ class RegorusEngine:
             or not isinstance(result.get("reason"), str)
         ):
             raise ValueError(f"malformed decision {result!r}")
-        return Decision(result["allow"], result["rule"], result["reason"])
+        rule = result["rule"]
+        code = ErrorCode.HITL_REQUIRED if rule == approval_rule() else ErrorCode.POLICY_BLOCKED
+        return Decision(result["allow"], rule, result["reason"], code)
 
     def evaluate(self, input_doc: dict[str, Any]) -> Decision:
         try:

@@ -45,7 +45,7 @@ default allow := false
 
 allow := decision.allow
 
-decision := _deny(d) if {
+_judged := _deny(d) if {
 	d := _first(denials)
 } else := _allow(g) if {
 	g := _first(grants)
@@ -55,6 +55,35 @@ decision := _deny(d) if {
 	"rule": "default_deny",
 	"reason": sprintf("%s is not allowed by the policy (no rule matches it)", [request.target]),
 })
+
+# A person may allow what only lacks a grant, on the hosts the policy's `approvals` names: such a
+# denial is a question the agent holds until someone answers it (authz/approvals.py). Never a
+# denial of the request itself (a malformed host, an SNI mismatch), a custom deny or a GitHub
+# write rule.
+approval_rule := "approval_required"
+
+askable_rules := {"default_deny", "method_not_allowed", "not_read_only", "port_not_allowed"}
+
+decision := {"allow": false, "rule": approval_rule, "reason": reason} if {
+	not _judged.allow
+	_judged.rule in askable_rules
+	_approvable
+	reason := sprintf("%s; a person may allow it (approvals)", [_judged.reason])
+} else := _judged
+
+_approvals := _object_at(cfg, "approvals")
+
+_approvable if _approvals.any_host == true
+
+_approvable if {
+	some e in _approvals.hosts
+	_entry_matches(e)
+}
+
+# The code of a denial's body (docs/policy.md, Error codes).
+error_code := "HITL_REQUIRED" if decision.rule == approval_rule
+
+else := "POLICY_BLOCKED"
 
 _allow(g) := {"allow": true, "rule": g.rule, "reason": g.reason}
 
@@ -75,7 +104,7 @@ envoy_response := {
 	"http_status": 403,
 	"headers": object.union({"content-type": "application/json"}, _decision_id_header),
 	"body": json.marshal({"error": {
-		"code": "POLICY_BLOCKED",
+		"code": error_code,
 		"rule": decision.rule,
 		"message": decision.reason,
 		"decision_id": object.get(_decision_id_header, "x-intercept-decision-id", ""),

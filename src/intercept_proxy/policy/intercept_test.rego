@@ -459,3 +459,54 @@ test_envoy_response_without_a_request_id if {
 	json.unmarshal(r.body).error.decision_id == ""
 	envoy(req("GET", "pypi.org", "/")).response_headers_to_add == {}
 }
+
+# --- approvals --------------------------------------------------------------------------------
+
+asking := object.union(cfg, {"approvals": {
+	"hosts": [
+		{"entry": "*.ask.test", "host": "ask.test", "wildcard": true, "port": null},
+		{"entry": "pypi.org", "host": "pypi.org", "wildcard": false, "port": null},
+	],
+	"any_host": false,
+}})
+
+asked(i) := d if {
+	d := intercept.decision with input as i with data.intercept_policy as asking
+}
+
+test_approvals_turn_a_missing_grant_into_a_question if {
+	d := asked(req("GET", "a.ask.test", "/"))
+	d.allow == false
+	d.rule == "approval_required"
+	d.reason == sprintf("%s; a person may allow it (approvals)", [decide(req("GET", "a.ask.test", "/")).reason])
+	asked(req("POST", "pypi.org", "/")).rule == "approval_required"
+}
+
+test_approvals_leave_grants_and_other_hosts_alone if {
+	asked(req("GET", "pypi.org", "/")).allow
+	asked(req("GET", "other.test", "/")).rule == "default_deny"
+	asked(plain("GET", "a.ask.test:8080", "/")).rule == "default_deny"
+}
+
+test_approvals_never_cover_a_denial_of_the_request_itself if {
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "a.ask.test", "path": "/", "scheme": "https"}},
+		"tlsSession": {"sni": "b.ask.test"},
+	}}
+	asked(i).rule == "sni_mismatch"
+	asked(req("POST", "api.github.com", "/repos/evil/x/issues")).rule == "github_write_not_allowed"
+}
+
+test_approvals_for_any_host if {
+	everything := object.union(cfg, {"approvals": {"hosts": [], "any_host": true}})
+	d := intercept.decision with input as req("GET", "new.test", "/") with data.intercept_policy as everything
+	d.rule == "approval_required"
+	e := intercept.decision with input as plain("GET", "1.2.3.4", "/") with data.intercept_policy as everything
+	e.rule == "invalid_host"
+}
+
+test_envoy_response_of_a_question_says_hitl_required if {
+	r := intercept.envoy_response with input as req("GET", "a.ask.test", "/") with data.intercept_policy as asking
+	json.unmarshal(r.body).error.code == "HITL_REQUIRED"
+	json.unmarshal(envoy(req("GET", "nope.test", "/")).body).error.code == "POLICY_BLOCKED"
+}

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from intercept_proxy.hostnames import HostnameError, normalize_hostname
+from intercept_proxy.policy.approvals import Approvals, parse_approvals
 from intercept_proxy.policy.credentials import Credential, parse_credential
+from intercept_proxy.policy.domains import DomainEntry, parse_domain
 from intercept_proxy.policy.errors import PolicyError as PolicyError  # re-exported
 from intercept_proxy.policy.limits import (
     Budget,
@@ -34,24 +35,6 @@ CUSTOM_PACKAGE = "intercept.custom"
 _GITHUB_USER = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38})$")
 _GITHUB_REPO = re.compile(r"^[a-z0-9._-]{1,100}$")
 _AWS_SERVICE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
-
-
-@dataclass(frozen=True)
-class DomainEntry:
-    """`pypi.org`, `*.example.com` (any depth of subdomain, not the apex) or either with `:port`."""
-
-    entry: str
-    host: str
-    wildcard: bool
-    port: int | None
-
-    def to_data(self) -> dict[str, Any]:
-        return {
-            "entry": self.entry,
-            "host": self.host,
-            "wildcard": self.wildcard,
-            "port": self.port,
-        }
 
 
 _PACKAGE = re.compile(r"^package\s+([\w.]+)", re.MULTILINE)
@@ -106,8 +89,13 @@ class Policy:
     budgets: tuple[Budget, ...] = _key(
         (), "Requests and uploaded bytes to a host over a run or a pod's life (docs/policy.md)."
     )
+    approvals: Approvals | None = _key(  # noqa: RUF009 - a field() with its help
+        None, "Hosts a person may allow while the sandbox runs (docs/policy.md)."
+    )
 
     def to_data(self) -> dict[str, Any]:
+        # `approvals` only when set: the revisions of policies without it stay what they were.
+        approvals = {"approvals": self.approvals.to_data()} if self.approvals else {}
         return {
             DATA_ROOT: {
                 "allowed_domains": [e.to_data() for e in self.allowed_domains],
@@ -118,6 +106,7 @@ class Policy:
                 "github_admin_access_enabled": self.github_admin_access_enabled,
                 "aws_access_enabled": self.aws_access_enabled,
                 "aws_allowed_services": list(self.aws_allowed_services),
+                **approvals,
             }
         }
 
@@ -128,38 +117,13 @@ class Policy:
         for module in self.rego_modules:
             digest.update(module.text.encode())
         # What Envoy does besides deciding: what it sends upstream, how often.
+        if self.approvals is not None:  # how long a held request waits
+            digest.update(str(self.approvals.timeout_seconds).encode())
         for entries in (self.credentials, self.rate_limits, self.budgets):
             if entries:
                 data = [dataclasses.asdict(e) for e in entries]
                 digest.update(json.dumps(data, sort_keys=True).encode())
         return digest.hexdigest()[:12]
-
-
-def parse_domain(value: str) -> DomainEntry:
-    """Parse one domain entry; raises ValueError with a message fit for a PolicyError."""
-    text = value.strip()
-    if text != value or not text:
-        raise ValueError(f"{value!r} is not a domain (empty or surrounded by spaces)")
-    if "://" in text or "/" in text:
-        raise ValueError(f"{value!r} is a URL; write the host name only, e.g. 'pypi.org'")
-    host, port = text, None
-    if text.count(":") == 1:
-        host, port_text = text.split(":")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{value!r} has an invalid port {port_text!r}")
-        port = int(port_text)
-    wildcard = host.startswith("*.")
-    if wildcard:
-        host = host[2:]
-    if "*" in host:
-        raise ValueError(f"{value!r}: a wildcard is only allowed as the whole first label ('*.')")
-    try:
-        normalized = normalize_hostname(host)
-    except HostnameError as e:
-        raise ValueError(str(e)) from None
-    if wildcard and "." not in normalized:
-        raise ValueError(f"{value!r} would match a whole top-level domain")
-    return DomainEntry(entry=text.lower(), host=normalized, wildcard=wildcard, port=port)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -274,6 +238,23 @@ def _modules(doc: dict[str, Any], source: str, base: Path | None) -> tuple[RegoM
 KEYS = tuple(f.name for f in fields(Policy) if "help" in f.metadata)
 
 
+# Where a person's approval puts a host (authz/approvals.py): reads, or every method.
+GRANT_KEYS = ("allowed_domains", "unrestricted_domains")
+
+
+def granting(policy: Policy, grants: tuple[tuple[str, str], ...]) -> Policy:
+    """`policy` with each (key, domain entry) of `grants` added, if not there already."""
+    added: dict[str, Any] = {}
+    for key, text in grants:
+        if key not in GRANT_KEYS:
+            raise ValueError(f"a grant goes in {' or '.join(GRANT_KEYS)}, not {key}")
+        entry = parse_domain(text)
+        entries = added.get(key, getattr(policy, key))
+        if entry not in entries:
+            added[key] = (*entries, entry)
+    return dataclasses.replace(policy, **added) if added else policy
+
+
 def parse_policy(
     text: str, source: str = "<policy>", base: Path | None = None, *, modules: bool = True
 ) -> Policy:
@@ -288,7 +269,7 @@ def parse_policy(
     for key in doc:
         if key not in KEYS:
             raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
-    for key in ("rego_modules", "credentials", "rate_limits", "budgets"):
+    for key in ("rego_modules", "credentials", "rate_limits", "budgets", "approvals"):
         if not modules and doc.get(key):
             raise PolicyError(source, key, "not allowed in a pod's policy")
     github_allowed_users = _matching(
@@ -319,6 +300,7 @@ def parse_policy(
         credentials=_credentials(doc, source),
         rate_limits=_rate_limits(doc, source),
         budgets=_budgets(doc, source),
+        approvals=parse_approvals(doc.get("approvals"), source),
     )
 
 

@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from intercept_proxy.policy.engine import PolicyEngine, rego_values
+from intercept_proxy.policy.engine import PolicyEngine, approval_rule, rego_values
 from intercept_proxy.policy.input import http_input
 from intercept_proxy.policy.model import Policy
 
@@ -158,7 +158,8 @@ class _Hosts:
 def _host_classes(policy: Policy) -> _Hosts:
     facts = rego_facts()
     hosts = _Hosts(exact={*facts.github_hosts, *facts.github_api_hosts})
-    for entry in (*policy.allowed_domains, *policy.unrestricted_domains):
+    asked = policy.approvals.hosts if policy.approvals is not None else ()
+    for entry in (*policy.allowed_domains, *policy.unrestricted_domains, *asked):
         (hosts.suffixes if entry.wildcard else hosts.exact).add(entry.host)
     if policy.aws_access_enabled:
         hosts.exact |= {f"{s}.{AWS_SUFFIX}" for s in policy.aws_allowed_services}
@@ -392,7 +393,9 @@ def _outcome(
     request["attributes"]["contextExtensions"] = {"intercept_transport": "tls" if tls else "plain"}
     decision = engine.evaluate(request)
     target = f"{method} {host}:{port}"
-    if decision.rule == "evaluation_error" or not decision.reason.startswith(target):
+    # A question for a person: the agent holds the request until someone answers.
+    asked = decision.rule == approval_rule()
+    if asked or decision.rule == "evaluation_error" or not decision.reason.startswith(target):
         return ASK_AGENT
     return Outcome(decision.allow, decision.rule, decision.reason[len(target) :])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from intercept_proxy.policy import credentials
 from intercept_proxy.policy.engine import RegorusEngine
-from intercept_proxy.policy.model import PolicyError, load_policy, module_paths
+from intercept_proxy.policy.model import PolicyError, granting, load_policy, module_paths
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ class PolicyStore:
         self.path = path
         self._on_reload = on_reload
         self._optional = optional
+        # What people allowed while the agent runs (authz/approvals.py): part of every version.
+        self.grants: tuple[tuple[str, str], ...] = ()
         self.engine, self.secrets = self._load()
         # Modules a rejected version names: watched too, so creating them applies the policy.
         self._wanted: list[Path] = []
@@ -43,7 +45,7 @@ class PolicyStore:
                     return None, ()
             except FileNotFoundError:
                 return None, ()
-        policy = load_policy(self.path, modules=not self._optional)
+        policy = granting(load_policy(self.path, modules=not self._optional), self.grants)
         secrets = credentials.resolve(policy.credentials, str(self.path))
         return RegorusEngine(policy), secrets
 
@@ -65,6 +67,13 @@ class PolicyStore:
         in_force = [Path(m.path) for m in policy.rego_modules] if policy else []
         in_force += [Path(c.file) for c in policy.credentials if c.file] if policy else []
         return list(dict.fromkeys([self.path, *in_force, *self._wanted]))
+
+    def grant(self, key: str, entry: str) -> None:
+        """Add a domain entry under `key` (ValueError if it is none) to this and every later
+        version of the policy, until the agent stops."""
+        granting(self.required.policy, ((key, entry),))  # refused here, before it is kept
+        self.grants = (*self.grants, (key, entry))
+        self.reload()
 
     def reload(self) -> bool:
         """Apply the files' current content; keep the last good policy if it is invalid."""

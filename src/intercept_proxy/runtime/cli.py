@@ -11,6 +11,7 @@ import pwd
 import secrets
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from intercept_proxy.lab import Lab, LabError, LabSpec, LabSpecError
 from intercept_proxy.policy.model import Policy, PolicyError, load_policy
 from intercept_proxy.runtime import credentials
 from intercept_proxy.runtime.admission import MIN_GROUP, AdmissionError
+from intercept_proxy.runtime.asking import Asker
 from intercept_proxy.runtime.containers import ContainerError, Executables
 from intercept_proxy.runtime.network import HostUplink, LabUplink, NetworkError, Uplink
 from intercept_proxy.runtime.pod import LocalPod, Options, PodError, cleanup_stale
@@ -91,6 +93,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "behind sudo, else a UID of the sandbox's own)",
     )
     run.add_argument("--pod", type=Path, metavar="FILE", help="run this Pod manifest instead")
+    run.add_argument(
+        "--ask",
+        action="store_true",
+        help="ask on this terminal whether to allow the requests the policy's approvals hold "
+        "(without it, answer them with intercept approvals)",
+    )
     run.add_argument(
         "-v", "--verbose", action="store_true", help="show the sidecars' output as it comes"
     )
@@ -292,6 +300,18 @@ def summarize(decision_log: Path) -> str:
     return "\n".join(lines)
 
 
+def check_asking(policy_file: Path | None) -> None:
+    """`--ask`: a terminal to ask on, and a policy that asks."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise RunError(
+            "--ask needs a terminal; without one, answer with intercept approvals (see "
+            "docs/policy.md)"
+        )
+    policy = load_policy(policy_file) if policy_file is not None else Policy()
+    if policy.approvals is None:
+        raise RunError("--ask: the policy has no approvals, so nothing is ever asked")
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     for item in cleanup_stale():
         print(f"removed {item}")
@@ -348,6 +368,8 @@ def _run(args: argparse.Namespace) -> int:
             pod = inject_pod(pod, settings)
             attached = None
         else:
+            if args.ask:
+                check_asking(args.policy)
             uid = args.user if args.user is not None else default_uid()
             check_user(uid, settings)
             operator_ids = frozenset({uid})
@@ -382,12 +404,17 @@ def _run(args: argparse.Namespace) -> int:
                 output=sys.stderr if args.verbose or attached is None else None,
             )
             local = LocalPod(pod, by_name, options)
+            asked = threading.Event()  # set: no more questions
+            if args.ask:
+                Asker(local.control_socket, lambda: local.terminal, args.policy, asked).start()
             try:
                 status = local.run()
             except PodError:
                 for lines in local.recent.values():
                     sys.stderr.writelines(lines)
                 raise
+            finally:
+                asked.set()
         if attached is not None:
             for git_dir in created_repositories(protection, git_metadata(workdir)):
                 print(

@@ -136,11 +136,16 @@ def local_argv(container: dict[str, Any], env: dict[str, str], exe: Executables)
             f"container {name!r}: no command; images are not pulled here, so the pod spec must "
             "say what to run"
         )
-    repository = _repository(container.get("image", ""))
-    if repository.endswith(PROJECT_IMAGE) and argv[0] == "intercept":
-        argv[0] = str(exe.intercept)
-    elif repository.endswith(ENVOY_IMAGE) and argv[0] == "envoy":
-        argv[0] = str(exe.envoy)
+    return in_image(container.get("image", ""), argv, exe)
+
+
+def in_image(image: str, argv: list[str], exe: Executables) -> list[str]:
+    """`argv` with the image's program (its first word) mapped to this machine's."""
+    repository = _repository(image)
+    if repository.endswith(PROJECT_IMAGE) and argv[:1] == ["intercept"]:
+        return [str(exe.intercept), *argv[1:]]
+    if repository.endswith(ENVOY_IMAGE) and argv[:1] == ["envoy"]:
+        return [str(exe.envoy), *argv[1:]]
     return argv
 
 

@@ -28,12 +28,15 @@ from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
 
 from intercept_proxy import netns, resolvconf
+from intercept_proxy.agent.control import CONTROL_SOCKET
+from intercept_proxy.injector.pod import CONTROL_VOLUME
 from intercept_proxy.runtime import admission, rootfs, state
 from intercept_proxy.runtime.containers import (
     Executables,
     Identity,
     container_env,
     identity,
+    in_image,
     local_argv,
     setpriv_argv,
 )
@@ -51,6 +54,12 @@ SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
 STOP_GRACE_S = 5.0
 # Lines of each container's output kept to explain a failure (proxy-init prints ~100 rules).
 RECENT_LINES = 200
+
+
+def control_sockets() -> list[Path]:
+    """The control sockets of the agents of this machine's local pods (intercept approvals)."""
+    name = Path(CONTROL_SOCKET).name
+    return sorted(POD_ROOT.glob(f"intercept-pod-*/volumes/{CONTROL_VOLUME}/{name}"))
 
 
 class PodError(RuntimeError):
@@ -135,6 +144,16 @@ class LocalPod:
         self.recent: dict[str, collections.deque[str]] = collections.defaultdict(
             lambda: collections.deque(maxlen=RECENT_LINES)
         )
+
+    @property
+    def terminal(self) -> PseudoTerminal | None:
+        """The attached workload's own terminal, once it runs with one."""
+        return self._terminal if self.started.is_set() else None
+
+    @property
+    def control_socket(self) -> Path:
+        """The agent's control socket, as this machine sees it."""
+        return self.volumes.path(CONTROL_VOLUME) / Path(CONTROL_SOCKET).name
 
     # -- set-up and clean-up ------------------------------------------------------------------
 
@@ -455,10 +474,14 @@ class LocalPod:
     def exec(
         self, container: str, argv: list[str], timeout: float = 60.0
     ) -> subprocess.CompletedProcess[bytes]:
-        """What `kubectl exec` does: `argv` in a running container's namespaces, as its user,
-        with its environment."""
-        spec = next(c for c in self.spec.get("containers") or [] if c["name"] == container)
-        return self._exec(self._apps[container], spec, argv, timeout)
+        """What `kubectl exec` does: `argv` in a running container's namespaces (an app's or a
+        sidecar's), as its user, with its environment."""
+        spec = next((c for c in self.spec.get("containers") or [] if c["name"] == container), None)
+        if spec is not None:
+            return self._exec(self._apps[container], spec, argv, timeout)
+        with self._lock:
+            sidecar = next(r for r in self._sidecars if r.name == container)
+        return self._exec(sidecar.process, sidecar.spec, argv, timeout)
 
     def _exec(
         self,
@@ -475,7 +498,7 @@ class LocalPod:
             "working_dir": container.get("workingDir"),
             "env": {"PATH": DEFAULT_PATH}
             | container_env(container, self.pod, self.volumes.object_data),
-            "argv": argv,
+            "argv": in_image(container.get("image", ""), argv, self.options.executables),
         }
         return self._launch(
             "join", spec, [], subprocess.run, capture_output=True, timeout=timeout, check=False

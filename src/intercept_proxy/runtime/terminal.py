@@ -24,6 +24,9 @@ class PseudoTerminal:
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
         self._copy_size()
+        # Set while the sandbox asks the caller something: what they type is not the workload's.
+        self.asking = threading.Event()
+        self._paused = threading.Event()  # the relay saw it: it reads no more of our terminal
 
     def _copy_size(self) -> None:
         with contextlib.suppress(OSError):
@@ -50,10 +53,25 @@ class PseudoTerminal:
             signal.signal(signal.SIGWINCH, previous)
             os.close(self.master)
 
+    @contextlib.contextmanager
+    def keyboard(self) -> Iterator[None]:
+        """Our terminal's input for the caller of this, not the workload's, while it lasts."""
+        self.asking.set()
+        try:
+            self._paused.wait(1.0)
+            yield
+        finally:
+            self.asking.clear()
+
     def _pump(self, done: threading.Event) -> None:
         stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
         while not done.is_set():
-            readable, _, _ = select.select([stdin, self.master], [], [], 0.2)
+            if self.asking.is_set():
+                self._paused.set()
+            else:
+                self._paused.clear()
+            inputs = [self.master] if self._paused.is_set() else [stdin, self.master]
+            readable, _, _ = select.select(inputs, [], [], 0.2)
             if stdin in readable:
                 data = os.read(stdin, 4096)
                 if data:

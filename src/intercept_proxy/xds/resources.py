@@ -449,14 +449,20 @@ def decision_counter(logged: Logged) -> dict[str, Any]:
     }
 
 
+# A held request's check outlives the agent's hold by this much: the agent answers first, with a
+# denial that says what to do.
+HOLD_MARGIN_S = 5.0
+
+
+def authz_service() -> dict[str, Any]:
+    return {"envoy_grpc": {"cluster_name": AUTHZ_CLUSTER}}
+
+
 def ext_authz(dp: DataPlane) -> dict[str, Any]:
     """The agent's check: fails closed."""
     return {
         "@type": type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"),
-        "grpc_service": {
-            "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
-            "timeout": _duration(dp.authz_timeout_s),
-        },
+        "grpc_service": {**authz_service(), "timeout": _duration(dp.authz_timeout_s)},
         "transport_api_version": "V3",
         "failure_mode_allow": False,
         "status_on_error": {"code": 503},
@@ -891,8 +897,15 @@ def route_configurations(
     plain: NativePolicy | None = None,
     credential_headers: Placeholders = (),
     budget_hosts: BudgetHosts = (),
+    hold_s: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Both listeners' routes: the compiled policy's, or (None) the agent's for everything."""
+    """Both listeners' routes: the compiled policy's, or (None) the agent's for everything.
+    `hold_s`: how long the agent may hold a request for a person's approval (None: never)."""
+    holding = (
+        None
+        if hold_s is None
+        else {**authz_service(), "timeout": _duration(hold_s + HOLD_MARGIN_S)}
+    )
     return [
         route_configuration(
             name,
@@ -902,6 +915,7 @@ def route_configurations(
             tls=is_tls,
             credential_headers=credential_headers,
             budget_hosts=budget_hosts,
+            holding_service=holding,
         )
         for name, cluster, policy, is_tls in (
             (TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, True),

@@ -383,6 +383,20 @@ def _virtual_host(
     return {"name": name, "domains": [host.domain], "routes": routes}
 
 
+def _holding(route: dict[str, Any], service: dict[str, Any]) -> dict[str, Any]:
+    """`route` with each of its checks by the agent made through `service`."""
+
+    def held(wrapper: dict[str, Any]) -> dict[str, Any]:
+        config = wrapper["config"]
+        if config.get("@type") != _AUTHZ_PER_ROUTE:
+            return wrapper
+        check = {**config["check_settings"], "grpc_service": service}
+        return {**wrapper, "config": {**config, "check_settings": check}}
+
+    filters = {name: held(w) for name, w in route.get("typed_per_filter_config", {}).items()}
+    return {**route, "typed_per_filter_config": filters} if filters else route
+
+
 def route_configuration(
     name: str,
     cluster: str,
@@ -392,12 +406,15 @@ def route_configuration(
     tls: bool,
     credential_headers: Placeholders = (),
     budget_hosts: BudgetHosts = (),
+    holding_service: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """`policy` None: the agent judges every request. `credential_headers`: the headers the
     credentials of the operator's policy are sent in (whichever policy decides), with their
     placeholders: a request that carries one with another value goes to the agent, which
     refuses it if it holds a secret. `budget_hosts`: the operator's budgets' hosts, each with
-    whether its budget counts bytes."""
+    whether its budget counts bytes. `holding_service`: the agent's check service with the
+    timeout of a request held for a person's approval (the agent may hold any request it
+    judges), when the operator's policy has approvals."""
     if policy is not None and policy.tls != tls:
         raise ValueError(
             f"route configuration {name}: the policy was compiled for the other listener"
@@ -405,7 +422,7 @@ def route_configuration(
     if policy is None:
         routes = budget_routes(budget_hosts, cluster, revision, tls=tls)
         routes.append(agent_route(cluster, revision, tls=tls))
-        virtual_hosts = [{"name": "any", "domains": ["*"], "routes": routes}]
+        virtual_hosts: list[dict[str, Any]] = [{"name": "any", "domains": ["*"], "routes": routes}]
     else:
         virtual_hosts = [
             _virtual_host(
@@ -417,6 +434,11 @@ def route_configuration(
                 budget_hosts=budget_hosts,
             )
             for h in policy.hosts
+        ]
+    if holding_service is not None:
+        virtual_hosts = [
+            {**vh, "routes": [_holding(r, holding_service) for r in vh["routes"]]}
+            for vh in virtual_hosts
         ]
     return {
         "name": name,
