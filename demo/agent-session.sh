@@ -41,6 +41,10 @@ for i in 1 2; do
         https://api.anthropic.com/v1/models
 done
 
+step "fetch a package from npm (no rule allows it; the policy asks a person)"
+http GET https://registry.npmjs.org/left-pad
+http GET https://registry.npmjs.org/is-odd
+
 step "open an issue on a repository it may only read"
 http POST https://api.github.com/repos/octo/hello/issues --data '{"title": "agent was here"}'
 

@@ -33,6 +33,13 @@ def test_demo():
     # the rate limit: four calls a minute, then 429 with Retry-After, logged as its decision
     assert "GET https://api.anthropic.com/v1/models -> HTTP 429 retry-after: 15" in out
     assert re.search(r"DENY +GET +api\.anthropic\.com +/v1/models +rate_limit ", out)
+    # an approval: the request waits, a person allows the host for the run, the next one passes
+    assert re.search(r"operator> intercept approvals allow [0-9a-f]{8} --for run", out)
+    assert "GET registry.npmjs.org:443/left-pad  (allowing it adds allowed_domains" in out
+    assert "GET https://registry.npmjs.org/left-pad -> HTTP 200" in out
+    assert "GET https://registry.npmjs.org/is-odd -> HTTP 200" in out
+    assert re.search(r"ALLOW +GET +registry\.npmjs\.org +/left-pad +approved ", out)
+    assert re.search(r"ALLOW +GET +registry\.npmjs\.org +/is-odd +allowed_domains ", out)
     # a denied write, a denied unknown host
     assert "POST https://api.github.com/repos/octo/hello/issues -> HTTP 403" in out
     assert "POST https://pypi.org/legacy/ -> HTTP 403" in out  # an upload, explained

@@ -378,7 +378,7 @@ def test_every_validate_rule_has_the_failure_action(case):
     # Kyverno >= 1.13's per-rule fields, not the deprecated spec-level ones.
     expected = render.values(case)["kyverno"]["validationFailureAction"]
     rules = [r for p in policies(case).values() for r in p["spec"]["rules"] if "validate" in r]
-    assert len(rules) == 12 + 4 * render.values(case)["podSecurity"]["enabled"]
+    assert len(rules) == 13 + 4 * render.values(case)["podSecurity"]["enabled"]
     for rule in rules:
         assert rule["validate"]["failureAction"] == expected, rule["name"]
     for policy in policies(case).values():
@@ -406,6 +406,7 @@ def test_pods_are_validated_on_creation_and_on_every_change(case):
         "label-kept": ["Pod", "Pod/status"],
         "no-ephemeral-containers": ["Pod/ephemeralcontainers"],
         "no-exec-into-sidecars": ["Pod/exec", "Pod/attach"],
+        "approvals-by-approvers-only": ["Pod/exec"],
     }
 
 

@@ -16,7 +16,11 @@ from tests.kubernetes.chart import LABEL, installed, labelled_pod, refusal
 pytestmark = pytest.mark.netns
 
 RELEASE = "admission"
-VALUES = {"policy": {"default": {"allowed_domains": ["pypi.org"]}}}
+APPROVERS = "intercept-approvers"
+VALUES = {
+    "policy": {"default": {"allowed_domains": ["pypi.org"]}},
+    "approvals": {"groups": [APPROVERS]},
+}
 FETCH = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}\\n"]
 
 
@@ -392,3 +396,59 @@ def test_the_policy_exception_lets_proxy_init_past_strict_policies(kube, space):
         assert kube.logs(space, "excepted", "-c", "app").split() == ["200"]
     finally:
         kube.kubectl("delete", "clusterpolicy", *[p["metadata"]["name"] for p in STRICT])
+
+
+def test_approvers_alone_answer_approvals_and_run_nothing_else_in_the_agent(kube, space, running):
+    """The one exception to no-exec-into-sidecars: `intercept approvals list|allow|deny` in the
+    agent's container, by the chart's approvers. Both people may exec into pods (RBAC): the chart
+    decides. Admitted, the exec reaches this cluster's node, which runs no streaming server and
+    says so; the command itself runs in the agent's container in tests/sandbox/test_approvals.py."""
+    rbac = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "exec"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create", "get"]},
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "exec"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "exec"},
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": APPROVERS},
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"},
+            ],
+        },
+    ]
+    kube.apply(space, *rbac)
+
+    def exec_as(who: list[str], *command: str) -> str:
+        result = kube.kubectl(
+            *who, "exec", "-n", space, running, "-c", "intercept-agent", "--", *command,
+            check=False,
+        )  # fmt: skip
+        assert result.returncode != 0  # this node runs no exec, when it gets that far
+        return result.stderr
+
+    alice = ["--as=alice", f"--as-group={APPROVERS}"]
+    for command in (
+        ["list"],
+        ["allow", "0123abcd"],
+        ["allow", "0123abcd", "--for", "run"],
+        ["deny", "0123abcd"],
+    ):
+        admitted = exec_as(alice, "intercept", "approvals", *command)
+        assert "runs no streaming server" in admitted, (command, admitted)
+    for command in (
+        ["sh"],
+        ["intercept", "approvals", "allow", "0123abcd", "--for", "always", "--policy", "/x"],
+        ["intercept", "approvals", "--socket", "/tmp/s", "list"],
+        ["intercept", "approvals", "list", ";", "sh"],
+    ):
+        assert "no-exec-into-sidecars:" in exec_as(alice, *command), command
+    refused = exec_as(["--as=bob"], "intercept", "approvals", "list")
+    assert "approvals-by-approvers-only:" in refused, refused

@@ -668,3 +668,14 @@ Each definition is a JSON document for this release's values.
   "envoy"
 ]
 {{- end }}
+
+{{- define "intercept-proxy.injection.approvals" -}}
+{
+  "agent": "intercept-agent",
+  "others": [
+    "proxy-init",
+    "envoy"
+  ],
+  "commands": "^intercept approvals (list|allow [0-9a-f]{8}( --for (once|run))?|deny [0-9a-f]{8})$"
+}
+{{- end }}

@@ -26,12 +26,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from intercept_proxy.authz.approvals import DROPPED, ApprovalError, Approvals
+from intercept_proxy.authz.approvals import DROPPED, ID_BYTES, Answer, ApprovalError, Approvals
 
 # The agent's control socket in an injected pod (the injector mounts its directory).
 CONTROL_DIR = "/var/run/intercept/control"
 CONTROL_SOCKET = f"{CONTROL_DIR}/agent.sock"
 MAX_LINE = 4096
+
+
+def approver_commands() -> str:
+    """The commands a cluster's approvers may run in the agent's container (the chart's one
+    exception to no-exec-into-sidecars), as a regex over the words joined by spaces: list,
+    allow ID [--for once|run], deny ID. Never --socket, --policy or --for always: the agent's
+    files are not theirs to write."""
+    question = f"[0-9a-f]{{{2 * ID_BYTES}}}"
+    scopes = f"{Answer.ONCE}|{Answer.RUN}"
+    return f"^intercept approvals (list|allow {question}( --for ({scopes}))?|deny {question})$"
 
 
 class ControlError(Exception):

@@ -27,6 +27,8 @@ from intercept_proxy.decision import ErrorCode
 from intercept_proxy.policy.engine import Decision
 
 MAX_QUESTIONS = 32
+# A question's id: this many random bytes, in hexadecimal.
+ID_BYTES = 4
 MAX_HELD = 256
 # The bounded queue of each watcher (an asker's terminal); a watcher too slow to read is dropped.
 WATCH_QUEUE = 64
@@ -166,7 +168,7 @@ class Approvals:
             )
         if question is None:
             question = Question(
-                secrets.token_hex(4),
+                secrets.token_hex(ID_BYTES),
                 target + path,
                 decision.reason,
                 grant,

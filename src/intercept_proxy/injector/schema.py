@@ -340,6 +340,15 @@ PROPERTIES: dict[str, Any] = {
             }
         },
     ),
+    "approvals": _object(
+        "Who may answer the agents' approval questions, with kubectl exec POD -c "
+        "intercept-agent -- intercept approvals list|allow|deny (those commands alone). They "
+        "also need pods/exec; empty: no one.",
+        {
+            "users": _list("User names.", {"type": "string", "minLength": 1}),
+            "groups": _list("Group names.", {"type": "string", "minLength": 1}),
+        },
+    ),
     "clone": _object(
         "",
         {

@@ -22,7 +22,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from intercept_proxy.agent.control import approver_commands
 from intercept_proxy.injector.pod import (
+    AGENT,
     SIDECARS,
     TRUST_BUNDLE,
     TRUST_MOUNT,
@@ -80,6 +82,12 @@ DOCUMENTS: dict[str, Callable[[InjectorSettings], Any]] = {
         "volumeMount": TRUST_MOUNT,
     },
     "sidecarNames": lambda s: list(SIDECARS),
+    # The one exception to no-exec-into-sidecars: the approvers' commands in the agent's.
+    "approvals": lambda s: {
+        "agent": AGENT,
+        "others": [name for name in SIDECARS if name != AGENT],
+        "commands": approver_commands(),
+    },
 }
 
 
