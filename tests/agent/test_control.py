@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -15,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from intercept_proxy.agent import control
-from intercept_proxy.authz.approvals import Approvals, Grant
-from intercept_proxy.decision import ErrorCode
+from intercept_proxy.authz.approvals import Approvals
+from intercept_proxy.policy.approvals import Grant
 from intercept_proxy.policy.engine import Decision
-
-ASKED = Decision(False, "approval_required", "GET a.test:443: no", ErrorCode.HITL_REQUIRED)
+from intercept_proxy.runtime import pod
 
 
 class Agent:
@@ -42,7 +42,8 @@ class Agent:
 
     def hold(self, host: str) -> asyncio.Future[Decision]:
         grant = Grant("allowed_domains", host)
-        decide = self.approvals.decide(ASKED, grant, f"GET {host}:443", "/", 30)
+        decision = Decision(False, "approval_required", f"GET {host}:443: no", grant=grant)
+        decide = self.approvals.decide(decision, f"GET {host}:443", "/", 0, 30, {})
         return asyncio.run_coroutine_threadsafe(decide, self.loop)
 
     def close(self) -> None:
@@ -159,3 +160,32 @@ def test_only_its_user_and_root_may_connect(agent):
     )
     assert dropped.stdout.strip() in ("b''", "reset"), dropped.stderr
     assert pending(agent) == []  # root still may
+
+
+def test_this_machines_sandboxes_are_found_only_under_roots_own_directories(monkeypatch):
+    """Anyone may write into /tmp: a socket planted there must not be asked, nor answered."""
+    root = Path(tempfile.mkdtemp(prefix="icp-", dir="/tmp"))
+    monkeypatch.setattr(pod, "POD_ROOT", root)
+    bound = []
+
+    def sandbox(name: str, mode: int, owner: int = 0) -> Path:
+        directory = root / name / "volumes" / pod.CONTROL_VOLUME
+        directory.mkdir(parents=True)
+        path = directory / Path(control.CONTROL_SOCKET).name
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(path))
+        bound.append(listening)
+        os.chown(root / name, owner, owner)
+        (root / name).chmod(mode)
+        return path
+
+    try:
+        good = sandbox("intercept-pod-good", 0o700)
+        sandbox("intercept-pod-open", 0o755)
+        sandbox("intercept-pod-theirs", 0o700, owner=23456)
+        (root / "intercept-pod-link").symlink_to(root / "intercept-pod-good")
+        assert pod.control_sockets() == [good]
+    finally:
+        for listening in bound:
+            listening.close()
+        shutil.rmtree(root)

@@ -55,3 +55,14 @@ def test_pod_policy_store(tmp_path):
     path.write_text("rego_modules: [x.rego]\n")
     with pytest.raises(PolicyError, match="not allowed in a pod's policy"):
         PolicyStore(path, optional=True)
+
+
+def test_narrow_a_person_may_lift_the_defaults_denial_never_the_pods():
+    asking = RegorusEngine(parse_policy("approvals: {hosts: ['*']}"))
+    pod = RegorusEngine(parse_policy("allowed_domains: [example.com]"))
+    narrowed = CombinedEngine(asking, pod, OverrideMode.NARROW)
+    asked = narrowed.evaluate(url_input("GET", "https://example.com/"))
+    assert (asked.rule, asked.grant) == ("approval_required", asked.grant)
+    assert asked.grant is not None and asked.grant.entry == "example.com"
+    refused = narrowed.evaluate(url_input("GET", "https://elsewhere.test/"))
+    assert (refused.allow, refused.rule, refused.grant) == (False, "pod:default_deny", None)

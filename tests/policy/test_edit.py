@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from intercept_proxy.policy.edit import add_entry, diff, write
+from intercept_proxy.policy.edit import add_entry, add_to_file, write_if_unchanged
 from intercept_proxy.policy.model import PolicyError
 
 
@@ -60,13 +60,52 @@ def test_an_invalid_policy_is_not_edited():
         add_entry("allowed: [a.test]\n", "allowed_domains", "new.test")
 
 
-def test_diff_and_write_keep_the_files_mode(tmp_path):
+def test_add_to_file_shows_the_diff_applies_then_writes_into_the_same_file(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("allowed_domains: [a.test]\nrego_modules: [extra.rego]\n")
+    (tmp_path / "extra.rego").write_text("package intercept.custom\n")
+    path.chmod(0o640)
+    inode = path.stat().st_ino
+    events: list[str] = []
+
+    def confirm(shown: str) -> bool:
+        events.append(shown)
+        return True
+
+    assert add_to_file(
+        path, "allowed_domains", "new.test", confirm, lambda: events.append("applied")
+    )
+    (shown, applied) = events
+    assert "-allowed_domains: [a.test]\n+allowed_domains: [a.test, new.test]\n" in shown
+    assert applied == "applied"
+    assert path.read_text() == "allowed_domains: [a.test, new.test]\nrego_modules: [extra.rego]\n"
+    assert (path.stat().st_ino, path.stat().st_mode & 0o777) == (inode, 0o640)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["extra.rego", "policy.yaml"]
+
+
+def test_add_to_file_declined_or_raced_changes_nothing(tmp_path):
     path = tmp_path / "policy.yaml"
     path.write_text("allowed_domains: [a.test]\n")
-    path.chmod(0o640)
-    after = add_entry(path.read_text(), "allowed_domains", "new.test")
-    shown = diff(path, path.read_text(), after)
-    assert "-allowed_domains: [a.test]\n+allowed_domains: [a.test, new.test]\n" in shown
-    write(path, after)
-    assert path.read_text() == after and path.stat().st_mode & 0o777 == 0o640
-    assert [p.name for p in tmp_path.iterdir()] == ["policy.yaml"]
+    applied: list[bool] = []
+    assert not add_to_file(
+        path, "allowed_domains", "n.test", lambda d: False, lambda: applied.append(True)
+    )
+    assert applied == [] and path.read_text() == "allowed_domains: [a.test]\n"
+
+    def changed_meanwhile(shown: str) -> bool:
+        path.write_text("allowed_domains: [b.test]\n")
+        return True
+
+    with pytest.raises(PolicyError, match="it changed after the diff was made: not written"):
+        add_to_file(path, "allowed_domains", "n.test", changed_meanwhile, lambda: None)
+    assert path.read_text() == "allowed_domains: [b.test]\n"
+
+
+def test_never_through_a_symbolic_link(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.write_text("allowed_domains: [a.test]\n")
+    link = tmp_path / "policy.yaml"
+    link.symlink_to(target)
+    with pytest.raises(OSError):
+        write_if_unchanged(link, target.read_text(), "allowed_domains: [b.test]\n")
+    assert target.read_text() == "allowed_domains: [a.test]\n"

@@ -93,6 +93,28 @@ def test_prototype_keys_are_accepted_unchanged():
             "no spaces",
         ),
         ("credentials: [{host: a.test, env: K, token: x}]", "credentials[0].token", "unknown key"),
+        (
+            "aws_signing: [{host: a.test, service: S3, region: r}]",
+            "aws_signing[0].service",
+            "e.g. s3",
+        ),
+        ("aws_signing: [{host: a.test, service: s3}]", "aws_signing[0].region", "e.g. us-east-1"),
+        (
+            "aws_signing: [{host: 'a.test:80', service: s3, region: r}]",
+            "aws_signing[0].host",
+            "443",
+        ),
+        (
+            "aws_signing: [{host: a.test, service: s3, region: r, session_token_env: 1x}]",
+            "aws_signing[0].session_token_env",
+            "not an environment variable name",
+        ),
+        (
+            "credentials: [{host: '*.a.test', env: K}]\n"
+            "aws_signing: [{host: b.a.test, service: s3, region: r}]",
+            "aws_signing[0]",
+            "b.a.test: its authorization header is already *.a.test's",
+        ),
         ("approvals: [a.test]", "approvals", "expected a mapping"),
         ("approvals: {hosts: []}", "approvals.hosts", "expected a list of hosts (or '*')"),
         ("approvals: {hosts: ['*.com']}", "approvals.hosts[0]", "whole top-level domain"),
@@ -251,6 +273,7 @@ def test_credentials_defaults_and_revision():
         "rate_limits: [{host: a.test, requests_per_minute: 1}]",
         "budgets: [{host: a.test, requests: 1}]",
         "approvals: {hosts: ['*']}",
+        "aws_signing: [{host: a.test, service: s3, region: r}]",
     ],
 )
 def test_a_pod_policy_names_no_credential_rate_limit_budget_or_approval(text):

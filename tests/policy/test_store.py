@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from intercept_proxy.policy.credentials import AwsKeys
 from intercept_proxy.policy.input import url_input
 from intercept_proxy.policy.model import PolicyError
 from intercept_proxy.policy.store import PolicyStore
@@ -108,3 +109,26 @@ def test_credentials_secrets_are_read_with_the_policy(tmp_path, monkeypatch):
     with pytest.raises(PolicyError, match="8 to 256 printable characters") as e:
         PolicyStore(path)
     assert "short" not in str(e.value).replace("(env K)", "")
+
+
+def test_aws_keys_are_read_with_the_policy(tmp_path, monkeypatch):
+    path = tmp_path / "p.yaml"
+    signing = "aws_signing: [{host: s3.test, service: s3, region: r, session_token_env: TOKEN}]"
+    path.write_text(signing + "\n")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLEKEY01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret/with+symbols=")
+    monkeypatch.delenv("TOKEN", raising=False)
+    with pytest.raises(PolicyError, match=r"aws_signing\[0\].session_token_env: TOKEN is not set"):
+        PolicyStore(path)
+    for value, message in [
+        ("short", "8 to 8192 printable characters without spaces"),
+        ("has a space in it", "8 to 8192 printable characters without spaces"),
+        ("intercept-proxy-placeholder", "TOKEN is the placeholder"),
+    ]:
+        monkeypatch.setenv("TOKEN", value)
+        with pytest.raises(PolicyError, match=message) as e:
+            PolicyStore(path)
+        assert value not in str(e.value).replace("placeholder", "")
+    monkeypatch.setenv("TOKEN", "t" * 2000)
+    store = PolicyStore(path)
+    assert store.aws_keys == (AwsKeys("AKIDEXAMPLEKEY01", "secret/with+symbols=", "t" * 2000),)

@@ -85,20 +85,27 @@ def test_ask_on_the_terminal(workdir):
     terminal = Terminal(argv, workdir)
     try:
         terminal.expect(r"\[intercept\] GET run\.ask\.example:443/1 needs your approval")
-        terminal.expect(r"for this run: allowed_domains: \[run\.ask\.example\] \(r\)")
-        terminal.type("r")
+        terminal.expect(r"run: allowed_domains: \[run\.ask\.example\] until the sandbox stops")
+        terminal.expect(r"answer \(once, run, deny, always, then Enter\): ")
+        # What a terminal answers by itself (a cursor position report, a colour) and a single
+        # key answer nothing: a whole word and Enter do.
+        terminal.type("\x1b[12;40R\x1b]11;rgb:0000/0000/0000\x07r\r")
+        terminal.expect(r"answer \(once, run, deny, always, then Enter\): ")
+        terminal.type("run\r")
         terminal.expect("got 1 200")
         terminal.expect("got 2 200")  # granted for the run: not asked again
         terminal.expect(r"GET always\.ask\.example:443/3 needs your approval")
-        terminal.type("a")
-        diff = terminal.expect(r"(?s)--- policy\.yaml \(now\).*write policy\.yaml\? \(y/n\)")
+        terminal.type("always\r")
+        diff = terminal.expect(
+            r"(?s)--- policy\.yaml \(now\).*write policy\.yaml, and allow the request\? \(yes, no\)"
+        )
         assert "-allowed_domains: []" in diff.group(0)
         assert "+allowed_domains: [always.ask.example]" in diff.group(0)
-        terminal.type("y")
+        terminal.type("yes\r")
         terminal.expect("got 3 200")
         terminal.expect(r"POST deny\.ask\.example:443/4 needs your approval")
-        terminal.expect(r"unrestricted_domains: \[deny\.ask\.example\]")
-        terminal.type("d")
+        terminal.expect(r"deny: unrestricted_domains: \[deny\.ask\.example\] refused")
+        terminal.type("deny\r")
         terminal.expect("got 4 403")
     finally:
         status = terminal.close()

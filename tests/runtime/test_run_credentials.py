@@ -68,3 +68,18 @@ def test_a_pod_file_cannot_take_credentials_from_the_environment(workdir):
     done = run(workdir, "--pod", "pod.yaml", env={**os.environ, "ANTHROPIC_API_KEY": SECRET})
     assert done.returncode == 2
     assert "credentials from the environment need -- CMD" in done.stderr
+
+
+def test_aws_keys_without_their_variables_are_an_error(workdir):
+    (workdir / "aws.yaml").write_text(
+        "aws_signing: [{host: s3.us-east-1.amazonaws.com, service: s3, region: us-east-1}]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AWS_ACCESS_KEY_ID"] = "AKIDEXAMPLEKEY01"
+    argv = [sys.executable, "-m", "intercept_proxy", "run", "--policy", "aws.yaml", "--", "true"]
+    done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, check=False, env=env)
+    assert done.returncode == 2
+    assert (
+        "aws_signing[0].secret_access_key_env: AWS_SECRET_ACCESS_KEY is not set in your "
+        "environment" in done.stderr
+    )

@@ -6,11 +6,12 @@ that waits."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,22 @@ class Sandbox(RunningPod):
 
     def sh(self, script: str, timeout: float = 60.0) -> Any:
         return self.exec(["sh", "-c", script], timeout)
+
+
+@contextlib.contextmanager
+def sandbox_in_own_lab(
+    spec: dict[str, Any], prefix: str, policy: str, environ: Mapping[str, str] = os.environ
+) -> Iterator[Sandbox]:
+    """A Sandbox with `policy` in a lab of `spec` of its own; both removed at the end."""
+    lab = Lab(LabSpec.from_dict(spec, source=f"<{prefix}>"), prefix=prefix).start()
+    try:
+        sandbox = Sandbox(lab, policy, environ).start()
+        try:
+            yield sandbox
+        finally:
+            sandbox.close()
+    finally:
+        lab.stop()
 
 
 def start_lab(prefix: str) -> Lab:

@@ -16,16 +16,15 @@ import pytest
 from intercept_proxy.agent import control
 from intercept_proxy.authz.approvals import MAX_QUESTIONS
 from intercept_proxy.injector.pod import AGENT
-from intercept_proxy.lab import Lab, LabSpec
-from tests.sandbox.harness import Sandbox
+from tests.sandbox.harness import Sandbox, sandbox_in_own_lab
 
 pytestmark = pytest.mark.netns
 
-HOSTS = ("once", "run", "deny", "late", "shared", "h2", "cli", "write")
+HOSTS = ("once", "run", "deny", "late", "shared", "h2", "cli", "write", "always", "body")
 LAB = {"hosts": [{"name": "pypi.org"}, *({"name": f"{h}.ask.example"} for h in HOSTS)]}
 TIMEOUT_S = 8
 POLICY = f"""\
-allowed_domains: [pypi.org, write.ask.example]
+allowed_domains: [pypi.org, write.ask.example, body.ask.example]
 approvals:
   hosts: ["*.ask.example", "*.flood.example"]
   timeout_seconds: {TIMEOUT_S}
@@ -34,15 +33,8 @@ approvals:
 
 @pytest.fixture(scope="module")
 def box(netns_prefix):
-    lab = Lab(LabSpec.from_dict(LAB, source="<approvals>"), prefix=f"{netns_prefix}a").start()
-    try:
-        sandbox = Sandbox(lab, POLICY).start()
-        try:
-            yield sandbox
-        finally:
-            sandbox.close()
-    finally:
-        lab.stop()
+    with sandbox_in_own_lab(LAB, f"{netns_prefix}a", POLICY) as sandbox:
+        yield sandbox
 
 
 class Background:
@@ -167,8 +159,8 @@ def test_unanswered_it_is_refused_hitl_required_saying_how_to_allow_it(box):
     assert not any(about("late.ask.example")(q) for q in questions(box))  # expired
 
 
-def test_concurrent_requests_share_one_question(box):
-    urls = " ".join(f"https://shared.ask.example/{i}" for i in range(5))
+def test_the_same_request_again_waits_for_the_same_question(box):
+    urls = " ".join("https://shared.ask.example/same" for _ in range(5))
     request = Background(
         box, f"curl -sS --parallel --parallel-immediate -w '%{{http_code}} ' {urls}"
     )
@@ -207,6 +199,49 @@ def test_a_read_host_asks_for_a_write(box):
     assert question["grant"]["key"] == "unrestricted_domains"
     answer(box, question, "deny")
     assert status_and_body(request.output())[0] == 403
+
+
+def test_a_read_that_streams_a_body_is_held_on_the_body_check_too(box):
+    """HTTP/2 without a length: Envoy reads the body, then its composite filter's check asks the
+    agent, which holds it longer than that check's own timeout."""
+    request = Background(
+        box, "echo data | " + curl("https://body.ask.example/read", "--http2", "-X GET", "-T -")
+    )
+    question = asked(box, about("body.ask.example"))
+    assert question["grant"]["key"] == "unrestricted_domains"  # it sends something
+    time.sleep(2)  # past the agent check's own second
+    answer(box, question, "once")
+    assert status_and_body(request.output())[0] == 200
+    [decision] = box.decisions(lambda d: d["path"] == "/read")
+    assert (decision["judge"], decision["rule"]) == ("agent", "approved")
+
+
+def test_allowed_always_from_the_command_line_after_the_diff(box, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("# mine\nunrestricted_domains: []\n")
+    cli = [sys.executable, "-m", "intercept_proxy", "approvals"]
+    cli += ["--socket", str(box.pod.control_socket), "allow"]
+    for typed, method, key in (("n\n", "GET", "allowed"), ("y\n", "PUT", "unrestricted")):
+        request = Background(box, curl("https://always.ask.example/a", f"-X {method}"))
+        question = asked(box, about("always.ask.example"))
+        done = subprocess.run(
+            [*cli, question["id"], "--for", "always", "--policy", str(policy)],
+            input=typed,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert f"+{key}_domains:" in done.stdout and "always.ask.example" in done.stdout
+        if typed == "n\n":  # declined: nothing written, nothing answered
+            assert done.returncode == 1, done.stderr
+            assert policy.read_text() == "# mine\nunrestricted_domains: []\n"
+            assert question["id"] in [q["id"] for q in questions(box)]
+            answer(box, question, "deny")
+            assert status_and_body(request.output())[0] == 403
+        else:
+            assert done.returncode == 0, done.stderr
+            assert policy.read_text() == "# mine\nunrestricted_domains: [always.ask.example]\n"
+            assert status_and_body(request.output())[0] == 200
 
 
 def test_a_flood_of_names_is_bounded(box):

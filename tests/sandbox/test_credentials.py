@@ -25,6 +25,8 @@ credentials:
     env: ANTHROPIC_API_KEY
   - host: "*.pythonhosted.org"
     env: INDEX_TOKEN
+    methods: [GET]
+    paths: [/simple/]
 """
 ANTHROPIC = "sk-ant-" + secrets.token_hex(16)
 INDEX = "index-" + secrets.token_hex(16)
@@ -89,9 +91,18 @@ def test_the_named_host_gets_the_secret_from_envoy(box, version):
     assert (decision["judge"], decision["allow"]) == ("agent", True)
 
 
-def test_a_wildcard_host_gets_a_bearer_token(box):
+def test_a_wildcard_host_gets_a_bearer_token_for_its_methods_and_paths_only(box):
     sent = echo(box, "https://files.pythonhosted.org/simple/")
     assert sent["headers"]["authorization"] == f"Bearer {INDEX}"
+    for options in (
+        "https://files.pythonhosted.org/packages/",
+        "-I https://a.pythonhosted.org/simple/",
+    ):
+        result = box.sh(f"curl -sS -D - {options}")
+        assert result.returncode == 0, result.stderr
+        assert INDEX not in result.stdout.decode(), options
+    sent = echo(box, "https://files.pythonhosted.org/packages/x.whl")
+    assert "authorization" not in sent["headers"]
 
 
 def test_other_hosts_and_plain_http_get_the_placeholder(box):

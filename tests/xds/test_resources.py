@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from intercept_proxy.policy.credentials import AwsKeys
 from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.xds import protos, resources, routes, types
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
@@ -33,14 +34,24 @@ EXTRAS_POLICY = parse_policy(
     """
 credentials:
   - {host: api.example.com, header: x-api-key, env: EXAMPLE_KEY}
-  - {host: "*.example.org", env: ORG_TOKEN}
+  - {host: "*.example.org", env: ORG_TOKEN, methods: [GET, HEAD], paths: [/v1/, /v2/]}
 rate_limits:
   - {host: api.example.com, requests_per_minute: 30}
   - {host: "*.example.net", requests_per_minute: 6000}
+aws_signing:
+  - {host: s3.eu-west-3.amazonaws.com, service: s3, region: eu-west-3}
+  - {host: sqs.eu-west-3.amazonaws.com, service: sqs, region: eu-west-3,
+     session_token_env: AWS_SESSION_TOKEN}
 """
 )
 CREDENTIALS = EXTRAS_POLICY.credentials
-EXTRAS = resources.Extras(CREDENTIALS, EXTRAS_POLICY.rate_limits)
+KEYS = (
+    AwsKeys("AKIDEXAMPLE0001", "secret-access-key-1", None),
+    AwsKeys("AKIDEXAMPLE0002", "secret-access-key-2", "session-token-2"),
+)
+EXTRAS = resources.Extras(
+    CREDENTIALS, EXTRAS_POLICY.rate_limits, tuple(zip(EXTRAS_POLICY.aws_signing, KEYS, strict=True))
+)
 
 
 def test_listeners_with_credentials_and_rate_limits_golden():
@@ -50,12 +61,20 @@ def test_listeners_with_credentials_and_rate_limits_golden():
 def test_credentials_are_sent_after_the_decision_over_tls_only():
     tls, plain = resources.listeners(DEFAULT, EXTRAS)
     for listener, expected in (
-        (tls, ["intercept.credential.0", "intercept.credential.1"]),
+        (
+            tls,
+            [
+                "intercept.credential.0",
+                "intercept.credential.1",
+                "intercept.aws_signing.0",
+                "intercept.aws_signing.1",
+            ],
+        ),
         (plain, []),
     ):
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         names = [f["name"] for f in hcm["http_filters"]]
-        sent = [n for n in names if n.startswith("intercept.credential.")]
+        sent = [n for n in names if n.startswith(("intercept.credential.", "intercept.aws_"))]
         assert sent == expected
         if sent:  # after the agent's checks, before forwarding
             assert names.index(routes.AUTHZ_FILTER) < names.index(sent[0])

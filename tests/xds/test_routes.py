@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from intercept_proxy.policy import approvals
 from intercept_proxy.policy.credentials import placeholders
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import parse_policy
@@ -186,6 +187,9 @@ def test_with_approvals_every_check_may_wait_for_a_person(compiled_or_not):
         checks = _checks(config)
         assert checks and all(c["grpc_service"] == service for c in checks)
         protos.to_message(types.ROUTE, config)
+    # A held request sends nothing: it must not outlast Envoy's stream idle timeout.
+    longest = approvals.MAX_TIMEOUT_SECONDS + resources.HOLD_MARGIN_S
+    assert longest < resources.DataPlane().stream_idle_timeout_s
     # Without approvals: the filter's own (short) timeout.
     for config in resources.route_configurations(REVISION, *args):
         assert not any("grpc_service" in c for c in _checks(config))

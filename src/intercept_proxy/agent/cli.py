@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         dest="scope",
         choices=[Answer.ONCE.value, Answer.RUN.value, Answer.ALWAYS.value],
         default=Answer.ONCE.value,
-        help="once: the requests waiting now; run: until the sandbox stops; always: for this "
-        "run, and written into --policy FILE (default: once)",
+        help="once: the requests waiting for this question; run: until the sandbox stops; "
+        "always: for this run, and written into --policy FILE once you accept its diff "
+        "(default: once)",
     )
     allow.add_argument("--policy", type=Path, help="with --for always: the policy file to edit")
     allow.set_defaults(func=_allow)
@@ -102,35 +105,42 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def answer(sockets: list[Path], question: str, given: Answer) -> dict[str, Any]:
-    """Answer `question` at whichever agent holds it; its description."""
-    errors = []
+def holder(sockets: list[Path], question: str) -> tuple[Path, dict[str, Any]]:
+    """The agent whose pending questions hold `question`, and the question."""
     for path in sockets:
-        try:
-            reply = control.request(path, {"op": "answer", "id": question, "answer": given})
-        except control.ControlError as e:
-            errors.append(str(e))
-            continue
-        return dict(reply["question"])
-    raise control.ControlError("; ".join(errors) or "no agent found: give --socket")
+        with contextlib.suppress(control.ControlError):  # that agent stopped meanwhile
+            for asked in control.request(path, {"op": "list"})["questions"]:
+                if asked["id"] == question:
+                    return path, dict(asked)
+    raise control.ControlError(f"no question {question!r} is pending (answered or expired)")
+
+
+def answer(path: Path, question: str, given: Answer) -> dict[str, Any]:
+    """Answer `question` at the agent of `path`; its description."""
+    reply = control.request(path, {"op": "answer", "id": question, "answer": given})
+    return dict(reply["question"])
+
+
+def _confirm(shown_diff: str) -> bool:
+    print(shown_diff, end="")
+    print("write it, and allow the request? [y/N] ", end="", flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def _allow(args: argparse.Namespace) -> int:
     scope = Answer(args.scope)
     try:
-        if scope is Answer.ALWAYS:
-            if args.policy is None:
-                raise control.ControlError("--for always needs --policy FILE (the file to edit)")
-            pending = [q for _, r in _each(args, {"op": "list"}) for q in r["questions"]]
-            question = next((q for q in pending if q["id"] == args.id), None)
-            if question is None:
-                raise control.ControlError(f"no question {args.id!r} is pending")
+        path, question = holder(_sockets(args), args.id)
+        if scope is not Answer.ALWAYS:
+            answer(path, args.id, scope)
+        elif args.policy is None:
+            raise control.ControlError("--for always needs --policy FILE (the file to edit)")
+        else:
             grant = question["grant"]
-            before = args.policy.read_text()
-            after = edit.add_entry(before, grant["key"], grant["entry"], str(args.policy))
-            print(edit.diff(args.policy, before, after), end="")
-            edit.write(args.policy, after)
-        question = answer(_sockets(args), args.id, scope)
+            apply = functools.partial(answer, path, args.id, scope)
+            if not edit.add_to_file(args.policy, grant["key"], grant["entry"], _confirm, apply):
+                print("not allowed: nothing changed")
+                return 1
     except (control.ControlError, PolicyError, OSError) as e:
         print(f"intercept approvals: {e}", file=sys.stderr)
         return 1
@@ -140,7 +150,8 @@ def _allow(args: argparse.Namespace) -> int:
 
 def _deny(args: argparse.Namespace) -> int:
     try:
-        question = answer(_sockets(args), args.id, Answer.DENY)
+        path, question = holder(_sockets(args), args.id)
+        answer(path, args.id, Answer.DENY)
     except control.ControlError as e:
         print(f"intercept approvals: {e}", file=sys.stderr)
         return 1

@@ -20,8 +20,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import socket
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,11 +83,16 @@ async def serve_control(path: Path, approvals: Approvals) -> asyncio.Server:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    old_umask = os.umask(0o177)  # mode 600 from its creation: no window where others connect
+    # Made in a directory only this user enters, mode 600, then moved into place: no moment
+    # where another user could connect.
+    private = Path(tempfile.mkdtemp(dir=path.parent, prefix=".control-"))
     try:
-        server = await asyncio.start_unix_server(handle, path=str(path), limit=MAX_LINE)
+        made = private / path.name
+        server = await asyncio.start_unix_server(handle, path=str(made), limit=MAX_LINE)
+        made.chmod(0o600)
+        made.rename(path)
     finally:
-        os.umask(old_umask)
+        shutil.rmtree(private, ignore_errors=True)
     return server
 
 

@@ -211,11 +211,13 @@ class Agent:
         )
         if replaced:
             return Extras(rate_limits=default.rate_limits), ()
-        return Extras(default.credentials, default.rate_limits), self.policy.secrets
+        signing = tuple(zip(default.aws_signing, self.policy.aws_keys, strict=True))
+        return Extras(default.credentials, default.rate_limits, signing), self.policy.secrets
 
     def credential_headers(self) -> Placeholders:
         """The headers the operator's credentials go in, whichever policy decides."""
-        return placeholders(self.policy.required.policy.credentials)
+        policy = self.policy.required.policy
+        return placeholders(policy.credentials, policy.aws_signing)
 
     def budget_hosts(self) -> BudgetHosts:
         """The hosts of the operator's budgets (whichever policy decides), and whether each
@@ -238,13 +240,16 @@ class Agent:
         )
 
     def leak_markers(self) -> list[tuple[str, str]]:
-        """What a request from the workload must not carry: each credential's secret, and the
-        header value made of it (basic authentication encodes it)."""
+        """What a request from the workload must not carry: each credential's secret, the
+        header value made of it (basic authentication encodes it), and each AWS key."""
         out = []
         credentials = self.policy.required.policy.credentials
         for i, (c, secret) in enumerate(zip(credentials, self.policy.secrets, strict=True)):
             label = f"credentials[{i}] (for {c.host})"
             out += [(secret, label), (c.header_value(secret), label)]
+        signings = self.policy.required.policy.aws_signing
+        for i, (signing, keys) in enumerate(zip(signings, self.policy.aws_keys, strict=True)):
+            out += [(key, f"aws_signing[{i}] (for {signing.host})") for key in keys.values]
         return out
 
     def native_policy(self) -> Policy | None:
@@ -261,6 +266,7 @@ class Agent:
     def policy_changed(self) -> None:
         """The agent judges the new policy at once; Envoy takes over once it is compiled."""
         self._current = next(self._generation)
+        self.approvals.recheck(self.engine().evaluate)
         revision = self.engine().revision
         self._publish(self.agent_routes(revision), compiled=False)
         policy = self.native_policy()

@@ -25,13 +25,12 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from intercept_proxy.authz.approvals import Approvals, Grant
+from intercept_proxy.authz.approvals import Approvals
 from intercept_proxy.authz.budgets import Ledger, Upload
 from intercept_proxy.decision import DECISION_HEADER, VERDICT, error_body
-from intercept_proxy.policy.engine import Decision, PolicyEngine, approval_rule
+from intercept_proxy.policy.engine import Decision, PolicyEngine
 from intercept_proxy.policy.input import INPUT_VERSION
 from intercept_proxy.policy.limits import Budget
-from intercept_proxy.policy.native import rego_facts
 from intercept_proxy.xds.routes import TRANSPORT_KEY
 
 DecisionObserver = Callable[[Decision, float], None]
@@ -150,22 +149,6 @@ def destination(request: external_auth_pb2.CheckRequest) -> tuple[str, int]:
     return name.removesuffix("."), int(port) if port.isdigit() else default
 
 
-def question(request: external_auth_pb2.CheckRequest) -> tuple[Grant, str, str]:
-    """What allowing the request for the run adds to the policy (a read: `allowed_domains`,
-    anything else: `unrestricted_domains`), its target as reasons begin, its path."""
-    http = request.attributes.request.http
-    host, port = destination(request)
-    reads = (
-        http.method in rego_facts().read_methods
-        and http.headers.get("content-length", "0") == "0"
-        and not {"transfer-encoding", "upgrade"} & http.headers.keys()
-        and not (http.raw_body or http.body)
-    )
-    entry = host if port in (80, 443) else f"{host}:{port}"
-    grant = Grant("allowed_domains" if reads else "unrestricted_domains", entry)
-    return grant, f"{http.method} {host}:{port}", http.path.split("?", 1)[0]
-
-
 def uploaded(request: external_auth_pb2.CheckRequest) -> tuple[Upload, str]:
     """What the request would spend of a budget, and its target as reasons begin."""
     http = request.attributes.request.http
@@ -216,10 +199,13 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         started = time.perf_counter()
         decision = leaked(request, self._secrets()) or engine.evaluate(input_doc)
         hold_s = self._hold_s()
-        if decision.rule == approval_rule() and self._approvals and hold_s is not None:
+        if decision.grant is not None and self._approvals and hold_s is not None:
             evaluated = time.perf_counter()
-            grant, target, path = question(request)
-            decision = await self._approvals.decide(decision, grant, target, path, hold_s)
+            upload, target = uploaded(request)
+            path = request.attributes.request.http.path
+            decision = await self._approvals.decide(
+                decision, target, path, upload.length or 0, hold_s, input_doc
+            )
             started += time.perf_counter() - evaluated  # the wait is no evaluation
         if decision.allow:
             upload, target = uploaded(request)

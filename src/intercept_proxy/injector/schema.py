@@ -163,7 +163,8 @@ def _host_entries(properties: dict[str, Any], required: list[str]) -> dict[str, 
 
 
 # The policy's keys that are lists of mappings, as the chart takes them. A credential's secret
-# comes from the agent's environment (the Secret <release>-credentials), never from a file.
+# and the AWS keys come from the agent's environment (the Secret <release>-credentials), never
+# from a file.
 _ENTRIES = {
     "credentials": _host_entries(
         {
@@ -171,8 +172,22 @@ _ENTRIES = {
             "scheme": {"type": "string", "enum": list(credentials.SCHEMES)},
             "env": {"type": "string", "minLength": 1},
             "placeholder": {"type": "string", "minLength": 1},
+            "methods": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "paths": {"type": "array", "minItems": 1, "items": {"type": "string"}},
         },
         ["env"],
+    ),
+    "aws_signing": _host_entries(
+        {
+            "service": {"type": "string", "minLength": 1},
+            "region": {"type": "string", "minLength": 1},
+            **{
+                key: {"type": "string", "minLength": 1}
+                for key in credentials.AWS_KEYS
+                if key.endswith("_env")
+            },
+        },
+        ["service", "region"],
     ),
     "rate_limits": _host_entries(
         {

@@ -22,6 +22,18 @@ MAX_TIMEOUT_SECONDS = 240
 
 
 @dataclass(frozen=True)
+class Grant:
+    """What allowing a request for the run adds to the policy: a domain entry under a key (the
+    Rego policy names it with its `approval_required` decision)."""
+
+    key: str  # allowed_domains (a read) or unrestricted_domains
+    entry: str  # host, or host:port for another port than 80 and 443
+
+    def __str__(self) -> str:
+        return f"{self.key}: [{self.entry}]"
+
+
+@dataclass(frozen=True)
 class Approvals:
     hosts: tuple[DomainEntry, ...]
     any_host: bool

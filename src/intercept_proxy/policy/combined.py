@@ -37,9 +37,13 @@ class CombinedEngine:
         if self.mode is OverrideMode.REPLACE:
             return self.pod.evaluate(input_doc)
         default = self.default.evaluate(input_doc)
-        if not default.allow:
+        if not default.allow and default.grant is None:
             return default
         pod = self.pod.evaluate(input_doc)
-        if not pod.allow:
-            return Decision(False, f"pod:{pod.rule}", f"{pod.reason} (this pod's own policy)")
-        return pod
+        if default.grant is not None:  # a person may lift the default's denial, not the pod's
+            return self._narrowed(pod) if not pod.allow else default
+        return self._narrowed(pod) if not pod.allow else pod
+
+    @staticmethod
+    def _narrowed(pod: Decision) -> Decision:
+        return Decision(False, f"pod:{pod.rule}", f"{pod.reason} (this pod's own policy)")

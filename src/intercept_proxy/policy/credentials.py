@@ -18,7 +18,10 @@ from typing import Any
 from intercept_proxy.policy.errors import PolicyError, check_keys
 
 SCHEMES = ("bearer", "basic", "none")
-KEYS = ("host", "header", "scheme", "env", "file", "placeholder")
+KEYS = ("host", "header", "scheme", "env", "file", "placeholder", "methods", "paths")
+_METHOD = re.compile(r"^[A-Z]{1,20}$")
+# A prefix of a path as Envoy normalises it: no dot segment, no doubled slash, no space.
+_PATH_PREFIX = re.compile(r"^/[!-~]{0,255}$")
 DEFAULT_HEADER = "authorization"
 DEFAULT_PLACEHOLDER = "intercept-proxy-placeholder"
 # Shorter secrets are refused: a request is refused when it carries one (it leaked), and a short
@@ -31,6 +34,7 @@ _RESERVED_HEADERS = frozenset(
 )
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PLACEHOLDER = re.compile(r"^[!-~]{1,256}$")
+_PRINTABLE = re.compile(r"[!-~]+").fullmatch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Credential:
     env: str | None
     file: str | None
     placeholder: str
+    methods: tuple[str, ...] = ()  # empty: every method
+    paths: tuple[str, ...] = ()  # path prefixes; empty: every path
 
     @property
     def source(self) -> str:
@@ -56,14 +62,68 @@ class Credential:
         return secret
 
 
-# Each header credentials go in, with the placeholders the workload may send in it.
+AWS_KEYS = (
+    "host",
+    "service",
+    "region",
+    "access_key_id_env",
+    "secret_access_key_env",
+    "session_token_env",
+)
+_AWS_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
+# What a workload's AWS SDK writes when it signs with the placeholder keys.
+AWS_SIGNED = "AWS4-HMAC-SHA256 Credential="
+SESSION_TOKEN_HEADER = "x-amz-security-token"
+# AWS session tokens run to a few kilobytes.
+MAX_AWS_VALUE = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class AwsSigning:
+    """Requests to `host` signed (SigV4) with the operator's AWS keys, for `service` in
+    `region`; the workload's variables hold the placeholder."""
+
+    host: str
+    service: str
+    region: str
+    access_key_id_env: str = "AWS_ACCESS_KEY_ID"
+    secret_access_key_env: str = "AWS_SECRET_ACCESS_KEY"
+    session_token_env: str | None = None
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        names = (self.access_key_id_env, self.secret_access_key_env, self.session_token_env)
+        return tuple(n for n in names if n is not None)
+
+
+@dataclasses.dataclass(frozen=True)
+class AwsKeys:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        keys = (self.access_key_id, self.secret_access_key, self.session_token)
+        return tuple(k for k in keys if k is not None)
+
+
+# Each header credentials go in, with the forms (regular expressions of the whole value) the
+# workload's placeholders take there.
 Placeholders = tuple[tuple[str, tuple[str, ...]], ...]
 
 
-def placeholders(credentials: tuple[Credential, ...]) -> Placeholders:
+def placeholders(
+    credentials: tuple[Credential, ...], signings: tuple[AwsSigning, ...] = ()
+) -> Placeholders:
     by_header: dict[str, set[str]] = {}
     for c in credentials:
-        by_header.setdefault(c.header, set()).add(c.placeholder)
+        by_header.setdefault(c.header, set()).add(f"(?:Bearer )?{re.escape(c.placeholder)}")
+    for signing in signings:
+        placeholder = re.escape(DEFAULT_PLACEHOLDER)
+        by_header.setdefault(DEFAULT_HEADER, set()).add(f"{AWS_SIGNED}{placeholder}/.*")
+        if signing.session_token_env is not None:
+            by_header.setdefault(SESSION_TOKEN_HEADER, set()).add(placeholder)
     return tuple((h, tuple(sorted(p))) for h, p in sorted(by_header.items()))
 
 
@@ -110,7 +170,97 @@ def parse_credential(entry: Any, source: str, where: str, host: str) -> Credenti
         raise PolicyError(
             source, f"{where}.placeholder", "must be 1 to 256 printable characters, no spaces"
         )
-    return Credential(host, header, scheme, env, file, placeholder)
+    methods = _strings(entry, "methods", source, where, _METHOD, "a method, e.g. POST")
+    paths = _strings(entry, "paths", source, where, _PATH_PREFIX, "a path prefix, e.g. /v1/")
+    for i, path in enumerate(paths):
+        if "//" in path or "/./" in path or "/../" in path or path.endswith(("/.", "/..")):
+            raise PolicyError(
+                source,
+                f"{where}.paths[{i}]",
+                f"{path!r} is no path as Envoy normalises it (a dot segment, a doubled slash)",
+            )
+    return Credential(host, header, scheme, env, file, placeholder, methods, paths)
+
+
+def _strings(
+    entry: dict[str, Any], key: str, source: str, where: str, pattern: re.Pattern[str], what: str
+) -> tuple[str, ...]:
+    value = entry.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not value:
+        raise PolicyError(
+            source, f"{where}.{key}", f"expected a list of at least one, got {value!r}"
+        )
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not pattern.fullmatch(item):
+            raise PolicyError(source, f"{where}.{key}[{i}]", f"{item!r} is not {what}")
+    return tuple(value)
+
+
+def _variable(entry: dict[str, Any], key: str, source: str, where: str) -> str | None:
+    value = _string(entry, key, source, where)
+    if value is not None and not _ENV.fullmatch(value):
+        raise PolicyError(
+            source, f"{where}.{key}", f"{value!r} is not an environment variable name"
+        )
+    return value
+
+
+def parse_aws_signing(entry: Any, source: str, where: str, host: str) -> AwsSigning:
+    """One entry of `aws_signing`; `host` is its `host`, already a checked domain entry."""
+    check_keys(entry, AWS_KEYS, source, where)
+    names = {}
+    for key, example in (("service", "s3"), ("region", "us-east-1")):
+        value = _string(entry, key, source, where)
+        if value is None or not _AWS_NAME.fullmatch(value):
+            raise PolicyError(source, f"{where}.{key}", f"expected an AWS {key} (e.g. {example})")
+        names[key] = value
+    variables = {
+        key: value
+        for key in ("access_key_id_env", "secret_access_key_env", "session_token_env")
+        if (value := _variable(entry, key, source, where)) is not None
+    }
+    return AwsSigning(host, names["service"], names["region"], **variables)
+
+
+def resolve_aws(
+    signings: tuple[AwsSigning, ...], source: str, environ: Mapping[str, str] = os.environ
+) -> tuple[AwsKeys, ...]:
+    """Each signing's keys, from the agent's environment; PolicyError naming the first variable
+    that is missing or malformed (never its value)."""
+    out = []
+    for i, signing in enumerate(signings):
+        values = {}
+        for key in ("access_key_id_env", "secret_access_key_env", "session_token_env"):
+            name = getattr(signing, key)
+            if name is None:
+                continue
+            value = environ.get(name)
+            if value is None:
+                raise PolicyError(
+                    source,
+                    f"aws_signing[{i}].{key}",
+                    f"{name} is not set in the agent's environment",
+                )
+            if not MIN_SECRET_LENGTH <= len(value) <= MAX_AWS_VALUE or not _PRINTABLE(value):
+                raise PolicyError(
+                    source,
+                    f"aws_signing[{i}].{key}",
+                    f"{name} must be {MIN_SECRET_LENGTH} to {MAX_AWS_VALUE} printable characters "
+                    "without spaces",
+                )
+            if value == DEFAULT_PLACEHOLDER:
+                raise PolicyError(source, f"aws_signing[{i}].{key}", f"{name} is the placeholder")
+            values[key] = value
+        out.append(
+            AwsKeys(
+                values["access_key_id_env"],
+                values["secret_access_key_env"],
+                values.get("session_token_env"),
+            )
+        )
+    return tuple(out)
 
 
 def _read_private(path: str, source: str, where: str) -> str:

@@ -1,11 +1,12 @@
 """A domain entry added to a policy file as a person would add it: the rest of the file (its
-comments, its order, its style) unchanged, the change shown as a diff before it is written."""
+comments, its order, its style) unchanged, the change shown as a diff and accepted before it is
+written, into the same file."""
 
 from __future__ import annotations
 
 import difflib
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -13,11 +14,13 @@ import yaml
 from intercept_proxy.policy.model import PolicyError, granting, parse_policy
 
 
-def add_entry(text: str, key: str, entry: str, source: str = "<policy>") -> str:
+def add_entry(
+    text: str, key: str, entry: str, source: str = "<policy>", base: Path | None = None
+) -> str:
     """`text` with `entry` appended to the list under top-level `key` (created at the end if
     missing); `text` itself if the entry is there already. PolicyError if the result is no
     valid policy, or does not hold the entry (a layout this edit does not understand)."""
-    before = parse_policy(text, source)
+    before = parse_policy(text, source, base)
     if any(e.entry == entry for e in getattr(before, key)):
         return text
     lines = text.splitlines(keepends=True)
@@ -51,7 +54,7 @@ def add_entry(text: str, key: str, entry: str, source: str = "<policy>") -> str:
         lines.insert(row + 1, f"{indent}- {entry}\n")
     edited = "".join(lines)
     # Exactly the grant, nothing else (an anchor shared with another key, a layout not foreseen).
-    if parse_policy(edited, source) != granting(before, ((key, entry),)):
+    if parse_policy(edited, source, base) != granting(before, ((key, entry),)):
         raise PolicyError(source, key, f"could not add {entry} here; add it by hand")
     return edited
 
@@ -67,15 +70,28 @@ def diff(path: Path, before: str, after: str) -> str:
     )
 
 
-def write(path: Path, text: str) -> None:
-    """Replace `path` with `text` at once (a reader never sees half of it), keeping its mode."""
-    mode = path.stat().st_mode & 0o7777
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        Path(name).chmod(mode)
-        Path(name).replace(path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
+def add_to_file(
+    path: Path, key: str, entry: str, confirm: Callable[[str], bool], apply: Callable[[], object]
+) -> bool:
+    """Show the diff that adds `entry` under `key` (to `confirm`, which says whether to go on),
+    `apply` it (the agent's grant: raises if it fails), then write it into the file, if the file
+    still holds what the diff was made from. False: the person declined, nothing changed."""
+    before = path.read_text()
+    after = add_entry(before, key, entry, str(path), path.parent)
+    if not confirm(diff(path, before, after)):
+        return False
+    apply()
+    write_if_unchanged(path, before, after)
+    return True
+
+
+def write_if_unchanged(path: Path, before: str, after: str) -> None:
+    """Write `after` into the file that holds `before` (its inode, owner and mode kept: no file
+    is made or renamed where others may write); never through a symbolic link."""
+    fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "r+") as f:
+        if f.read() != before:
+            raise PolicyError(str(path), None, "it changed after the diff was made: not written")
+        f.seek(0)
+        f.write(after)
+        f.truncate()

@@ -6,7 +6,6 @@ denial with rule `evaluation_error`, so a broken policy fails closed.
 
 from __future__ import annotations
 
-import functools
 import json
 import threading
 from dataclasses import dataclass
@@ -16,7 +15,14 @@ from typing import Any, Protocol
 import regorus
 
 from intercept_proxy.decision import ErrorCode
-from intercept_proxy.policy.model import CUSTOM_PACKAGE, Policy, PolicyError, RegoModule
+from intercept_proxy.policy.approvals import Grant
+from intercept_proxy.policy.model import (
+    CUSTOM_PACKAGE,
+    GRANT_KEYS,
+    Policy,
+    PolicyError,
+    RegoModule,
+)
 
 DECISION_RULE = "data.intercept.decision"
 BUILTIN_MODULE = "intercept.rego"
@@ -28,6 +34,8 @@ class Decision:
     rule: str
     reason: str
     code: ErrorCode = ErrorCode.POLICY_BLOCKED  # a denial's
+    # A denial a person may lift (approval_required): what allowing it for the run adds.
+    grant: Grant | None = None
 
 
 class PolicyEngine(Protocol):
@@ -61,11 +69,16 @@ def rego_values(*rules: str) -> dict[str, Any]:
     return {rule: engine.eval_rule(f"data.intercept.{rule}") for rule in rules}
 
 
-@functools.cache
-def approval_rule() -> str:
-    """The rule of a request a person may allow (intercept.rego's `approval_rule`)."""
-    rule: str = rego_values("approval_rule")["approval_rule"]
-    return rule
+def _grant(value: Any) -> Grant | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or value.get("key") not in GRANT_KEYS
+        or not isinstance(value.get("entry"), str)
+    ):
+        raise ValueError(f"malformed grant {value!r}")
+    return Grant(value["key"], value["entry"])
 
 
 class RegorusEngine:
@@ -136,9 +149,9 @@ class RegorusEngine:
             or not isinstance(result.get("reason"), str)
         ):
             raise ValueError(f"malformed decision {result!r}")
-        rule = result["rule"]
-        code = ErrorCode.HITL_REQUIRED if rule == approval_rule() else ErrorCode.POLICY_BLOCKED
-        return Decision(result["allow"], rule, result["reason"], code)
+        grant = _grant(result.get("grant"))
+        code = ErrorCode.HITL_REQUIRED if grant is not None else ErrorCode.POLICY_BLOCKED
+        return Decision(result["allow"], result["rule"], result["reason"], code, grant)
 
     def evaluate(self, input_doc: dict[str, Any]) -> Decision:
         try:

@@ -59,13 +59,15 @@ _judged := _deny(d) if {
 # A person may allow what only lacks a grant, on the hosts the policy's `approvals` names: such a
 # denial is a question the agent holds until someone answers it (authz/approvals.py). Never a
 # denial of the request itself (a malformed host, an SNI mismatch), a custom deny or a GitHub
-# write rule.
+# write rule: nothing in `denials`. The decision carries the grant that would allow it (reads:
+# allowed_domains; anything else: unrestricted_domains), which the agent acts on: a custom rule
+# that happens to bear the same name asks nothing.
 approval_rule := "approval_required"
 
 askable_rules := {"default_deny", "method_not_allowed", "not_read_only", "port_not_allowed"}
 
-decision := {"allow": false, "rule": approval_rule, "reason": reason} if {
-	not _judged.allow
+decision := {"allow": false, "rule": approval_rule, "reason": reason, "grant": _grant} if {
+	count(denials) == 0
 	_judged.rule in askable_rules
 	_approvable
 	reason := sprintf("%s; a person may allow it (approvals)", [_judged.reason])
@@ -73,15 +75,27 @@ decision := {"allow": false, "rule": approval_rule, "reason": reason} if {
 
 _approvals := _object_at(cfg, "approvals")
 
-_approvable if _approvals.any_host == true
+# "*": every host name, on the ports an entry without one means.
+_approvable if {
+	_approvals.any_host == true
+	port in {80, 443}
+}
 
 _approvable if {
 	some e in _approvals.hosts
 	_entry_matches(e)
 }
 
+_grant := {"key": "allowed_domains", "entry": _grant_entry} if read_only
+
+else := {"key": "unrestricted_domains", "entry": _grant_entry}
+
+_grant_entry := host if port in {80, 443}
+
+else := sprintf("%s:%d", [host, port])
+
 # The code of a denial's body (docs/policy.md, Error codes).
-error_code := "HITL_REQUIRED" if decision.rule == approval_rule
+error_code := "HITL_REQUIRED" if decision.grant
 
 else := "POLICY_BLOCKED"
 

@@ -479,7 +479,38 @@ test_approvals_turn_a_missing_grant_into_a_question if {
 	d.allow == false
 	d.rule == "approval_required"
 	d.reason == sprintf("%s; a person may allow it (approvals)", [decide(req("GET", "a.ask.test", "/")).reason])
-	asked(req("POST", "pypi.org", "/")).rule == "approval_required"
+	d.grant == {"key": "allowed_domains", "entry": "a.ask.test"}
+	write := asked(req("POST", "pypi.org", "/"))
+	write.rule == "approval_required"
+	write.grant == {"key": "unrestricted_domains", "entry": "pypi.org"}
+}
+
+test_the_grant_names_the_port_and_the_host_as_normalised if {
+	ported := object.union(asking, {"approvals": {
+		"hosts": [{"entry": "a.ask.test:8443", "host": "a.ask.test", "wildcard": false, "port": 8443}],
+		"any_host": false,
+	}})
+	i := {"attributes": {
+		"request": {"http": {"method": "GET", "host": "A.Ask.Test.:8443", "path": "/", "scheme": "https"}},
+		"tlsSession": {"sni": "a.ask.test"},
+	}}
+	d := intercept.decision with input as i with data.intercept_policy as ported
+	d.grant == {"key": "allowed_domains", "entry": "a.ask.test:8443"}
+}
+
+test_a_custom_deny_is_never_asked_whatever_its_name if {
+	d := asked_with_module(req("DELETE", "a.ask.test", "/"), "method_not_allowed")
+	d.rule == "method_not_allowed"
+	not d.grant
+	e := asked_with_module(req("GET", "other.test", "/"), "approval_required")
+	e.rule == "approval_required"
+	not e.grant
+}
+
+asked_with_module(i, name) := d if {
+	d := intercept.decision with input as i
+		with data.intercept_policy as asking
+		with data.intercept.custom.deny as {{"rule": name, "reason": "custom"}}
 }
 
 test_approvals_leave_grants_and_other_hosts_alone if {
@@ -497,12 +528,14 @@ test_approvals_never_cover_a_denial_of_the_request_itself if {
 	asked(req("POST", "api.github.com", "/repos/evil/x/issues")).rule == "github_write_not_allowed"
 }
 
-test_approvals_for_any_host if {
+test_approvals_for_any_host_on_the_usual_ports if {
 	everything := object.union(cfg, {"approvals": {"hosts": [], "any_host": true}})
 	d := intercept.decision with input as req("GET", "new.test", "/") with data.intercept_policy as everything
 	d.rule == "approval_required"
 	e := intercept.decision with input as plain("GET", "1.2.3.4", "/") with data.intercept_policy as everything
 	e.rule == "invalid_host"
+	f := intercept.decision with input as plain("GET", "localhost:15090", "/") with data.intercept_policy as everything
+	f.rule == "default_deny"
 }
 
 test_envoy_response_of_a_question_says_hitl_required if {

@@ -18,7 +18,13 @@ from typing import Any
 import yaml
 
 from intercept_proxy.policy.approvals import Approvals, parse_approvals
-from intercept_proxy.policy.credentials import Credential, parse_credential
+from intercept_proxy.policy.credentials import (
+    DEFAULT_HEADER,
+    AwsSigning,
+    Credential,
+    parse_aws_signing,
+    parse_credential,
+)
 from intercept_proxy.policy.domains import DomainEntry, parse_domain
 from intercept_proxy.policy.errors import PolicyError as PolicyError  # re-exported
 from intercept_proxy.policy.limits import (
@@ -85,6 +91,9 @@ class Policy:
     credentials: tuple[Credential, ...] = _key(
         (), "Secrets Envoy adds to the allowed requests to a host (docs/policy.md)."
     )
+    aws_signing: tuple[AwsSigning, ...] = _key(
+        (), "Hosts whose requests Envoy signs with the operator's AWS keys (docs/policy.md)."
+    )
     rate_limits: tuple[RateLimit, ...] = _key((), "Requests per minute to a host (docs/policy.md).")
     budgets: tuple[Budget, ...] = _key(
         (), "Requests and uploaded bytes to a host over a run or a pod's life (docs/policy.md)."
@@ -119,7 +128,7 @@ class Policy:
         # What Envoy does besides deciding: what it sends upstream, how often.
         if self.approvals is not None:  # how long a held request waits
             digest.update(str(self.approvals.timeout_seconds).encode())
-        for entries in (self.credentials, self.rate_limits, self.budgets):
+        for entries in (self.credentials, self.aws_signing, self.rate_limits, self.budgets):
             if entries:
                 data = [dataclasses.asdict(e) for e in entries]
                 digest.update(json.dumps(data, sort_keys=True).encode())
@@ -269,7 +278,14 @@ def parse_policy(
     for key in doc:
         if key not in KEYS:
             raise PolicyError(source, str(key), f"unknown key; valid keys are {', '.join(KEYS)}")
-    for key in ("rego_modules", "credentials", "rate_limits", "budgets", "approvals"):
+    for key in (
+        "rego_modules",
+        "credentials",
+        "aws_signing",
+        "rate_limits",
+        "budgets",
+        "approvals",
+    ):
         if not modules and doc.get(key):
             raise PolicyError(source, key, "not allowed in a pod's policy")
     github_allowed_users = _matching(
@@ -284,6 +300,7 @@ def parse_policy(
             "applies only to the repositories in github_allowed_repos and github_allowed_users,"
             " and both are empty: list the repositories it is meant for",
         )
+    credentials = _credentials(doc, source)
     return Policy(
         source=source,
         allowed_domains=_domains(doc, "allowed_domains", source),
@@ -297,7 +314,8 @@ def parse_policy(
             doc, "aws_allowed_services", source, _AWS_SERVICE, "an AWS service name (e.g. 's3')"
         ),
         rego_modules=_modules(doc, source, base),
-        credentials=_credentials(doc, source),
+        credentials=credentials,
+        aws_signing=_aws_signing(doc, source, credentials),
         rate_limits=_rate_limits(doc, source),
         budgets=_budgets(doc, source),
         approvals=parse_approvals(doc.get("approvals"), source),
@@ -341,6 +359,26 @@ def _credentials(doc: dict[str, Any], source: str) -> tuple[Credential, ...]:
                     f"a second credential for {host} in header {credential.header}{covers}",
                 )
         out.append(credential)
+    return tuple(out)
+
+
+def _aws_signing(
+    doc: dict[str, Any], source: str, credentials: tuple[Credential, ...]
+) -> tuple[AwsSigning, ...]:
+    out: list[AwsSigning] = []
+    for where, entry, host in _host_entries(
+        doc, "aws_signing", source, "requests are signed on port 443 only"
+    ):
+        signing = parse_aws_signing(entry, source, where, host)
+        # Both would write the authorization header.
+        taken = [c.host for c in credentials if c.header == DEFAULT_HEADER]
+        taken += [s.host for s in out]
+        covering = [other for other in taken if _overlap(other, host)]
+        if covering:
+            raise PolicyError(
+                source, where, f"{host}: its authorization header is already {covering[0]}'s"
+            )
+        out.append(signing)
     return tuple(out)
 
 

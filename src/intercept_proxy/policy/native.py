@@ -33,7 +33,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from intercept_proxy.policy.engine import PolicyEngine, approval_rule, rego_values
+from intercept_proxy.policy.engine import PolicyEngine, rego_values
 from intercept_proxy.policy.input import http_input
 from intercept_proxy.policy.model import Policy
 
@@ -394,8 +394,11 @@ def _outcome(
     decision = engine.evaluate(request)
     target = f"{method} {host}:{port}"
     # A question for a person: the agent holds the request until someone answers.
-    asked = decision.rule == approval_rule()
-    if asked or decision.rule == "evaluation_error" or not decision.reason.startswith(target):
+    if (
+        decision.grant is not None
+        or decision.rule == "evaluation_error"
+        or not decision.reason.startswith(target)
+    ):
         return ASK_AGENT
     return Outcome(decision.allow, decision.rule, decision.reason[len(target) :])
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from intercept_proxy.policy import credentials
+from intercept_proxy.policy.credentials import AwsKeys
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import PolicyError, granting, load_policy, module_paths
 
@@ -32,22 +33,23 @@ class PolicyStore:
         self._optional = optional
         # What people allowed while the agent runs (authz/approvals.py): part of every version.
         self.grants: tuple[tuple[str, str], ...] = ()
-        self.engine, self.secrets = self._load()
+        self.engine, self.secrets, self.aws_keys = self._load()
         # Modules a rejected version names: watched too, so creating them applies the policy.
         self._wanted: list[Path] = []
 
-    def _load(self) -> tuple[RegorusEngine | None, tuple[str, ...]]:
-        """The engine, and each credential's secret (a policy whose secrets cannot be read is
-        as invalid as one that does not parse)."""
+    def _load(self) -> tuple[RegorusEngine | None, tuple[str, ...], tuple[AwsKeys, ...]]:
+        """The engine, each credential's secret and each AWS signing's keys (a policy whose
+        secrets cannot be read is as invalid as one that does not parse)."""
         if self._optional:
             try:
                 if not self.path.read_text().strip():
-                    return None, ()
+                    return None, (), ()
             except FileNotFoundError:
-                return None, ()
+                return None, (), ()
         policy = granting(load_policy(self.path, modules=not self._optional), self.grants)
         secrets = credentials.resolve(policy.credentials, str(self.path))
-        return RegorusEngine(policy), secrets
+        keys = credentials.resolve_aws(policy.aws_signing, str(self.path))
+        return RegorusEngine(policy), secrets, keys
 
     @property
     def required(self) -> RegorusEngine:
@@ -69,16 +71,19 @@ class PolicyStore:
         return list(dict.fromkeys([self.path, *in_force, *self._wanted]))
 
     def grant(self, key: str, entry: str) -> None:
-        """Add a domain entry under `key` (ValueError if it is none) to this and every later
-        version of the policy, until the agent stops."""
+        """Add a domain entry under `key` to this and every later version of the policy, until
+        the agent stops; ValueError if it is no entry, or the policy's files cannot be read now
+        (then nothing changes)."""
         granting(self.required.policy, ((key, entry),))  # refused here, before it is kept
         self.grants = (*self.grants, (key, entry))
-        self.reload()
+        if not self.reload():
+            self.grants = self.grants[:-1]
+            raise ValueError("the policy's files are invalid now (see the agent's log)")
 
     def reload(self) -> bool:
         """Apply the files' current content; keep the last good policy if it is invalid."""
         try:
-            engine, secrets = self._load()
+            engine, secrets, keys = self._load()
         except Exception as e:  # whatever fails, the last good policy stays in force
             detail = str(e) if isinstance(e, PolicyError) else f"{type(e).__name__}: {e}"
             log.error(
@@ -91,6 +96,6 @@ class PolicyStore:
         revision = engine.revision if engine is not None else "none"
         if revision != self.revision:
             log.info("policy %s: revision %s applied (was %s)", self.path, revision, self.revision)
-        self.engine, self.secrets = engine, secrets
+        self.engine, self.secrets, self.aws_keys = engine, secrets, keys
         self._on_reload(True)
         return True

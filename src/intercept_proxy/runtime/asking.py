@@ -1,14 +1,18 @@
 """`intercept run --ask`: the questions of the sandbox's agent asked on the caller's terminal.
 
 One thread follows the agent's questions (its control socket's watch), another asks them one at
-a time, the oldest first, taking the terminal's keyboard from the workload while it asks. A
-question answered elsewhere (`intercept approvals`) or expired while it is asked is dropped.
-"Always" shows the policy file's diff and writes it only once the caller agrees.
+a time, the oldest first. While it asks, the terminal is the caller's alone: the workload's
+output waits and nothing typed reaches it, and what was typed before is discarded. An answer is
+a whole word and Enter (`once`, `run`, `always`, `deny`); escape sequences are skipped, so
+neither a terminal's automatic replies nor stray keys answer anything. A question answered
+elsewhere (`intercept approvals`) or expired while it is asked is dropped. `always` shows the
+policy file's diff and writes it only once the caller types `yes`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import sys
@@ -25,7 +29,9 @@ from intercept_proxy.policy.model import PolicyError
 from intercept_proxy.runtime.terminal import PseudoTerminal
 
 PREFIX = "[intercept] "
-_KEYS = {"o": Answer.ONCE, "r": Answer.RUN, "a": Answer.ALWAYS, "d": Answer.DENY}
+ESC, CTRL_C, BACKSPACES, ENTER = 0x1B, 0x03, (0x08, 0x7F), (0x0A, 0x0D)
+MAX_WORD = 16
+RELAY_GRACE_S = 0.5
 
 
 class Asker:
@@ -42,6 +48,7 @@ class Asker:
         self._policy_file = policy_file
         self._stop = stop
         self._pending: dict[str, dict[str, Any]] = {}
+        self._skipped: set[str] = set()  # left to expire (Ctrl-C)
         self._changed = threading.Condition()
 
     def start(self) -> None:
@@ -64,104 +71,139 @@ class Asker:
         with self._changed:
             if "questions" in message:
                 self._pending = {q["id"]: q for q in message["questions"]}
+                self._skipped &= self._pending.keys()
             elif message.get("event") == "asked":
                 self._pending[message["question"]["id"]] = message["question"]
             elif message.get("event") == "closed":
                 self._pending.pop(message["question"]["id"], None)
+                self._skipped.discard(message["question"]["id"])
             self._changed.notify_all()
 
     def _is_pending(self, question_id: str) -> bool:
         with self._changed:
             return question_id in self._pending
 
+    def _next(self) -> dict[str, Any] | None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._askable() or self._stop.is_set(), 0.5)
+            return self._askable()
+
+    def _askable(self) -> dict[str, Any] | None:
+        return next((q for i, q in self._pending.items() if i not in self._skipped), None)
+
     def _ask_all(self) -> None:
         while not self._stop.is_set():
-            with self._changed:
-                self._changed.wait_for(lambda: self._pending or self._stop.is_set(), 0.5)
-                question = next(iter(self._pending.values()), None)
+            question = self._next()
             terminal = self._terminal()
             if question is None or terminal is None:
+                self._stop.wait(0.2)
                 continue
-            with terminal.keyboard():
-                given = self._ask(question)
-            if given is None:
-                continue
-            try:
-                answer([self._socket], question["id"], given)
-            except control.ControlError as e:
-                _say(f"not answered: {e}")
-            with self._changed:
-                self._pending.pop(question["id"], None)
+            with terminal.keyboard() as ours:
+                if not ours:
+                    continue
+                _say("")
+                self._ask(question)
+            with self._changed:  # answered, or left: not asked again before the agent says
+                self._skipped.add(question["id"])
+            # The workload's output waited meanwhile: it goes out before the next question.
+            self._stop.wait(RELAY_GRACE_S)
 
-    def _ask(self, question: dict[str, Any]) -> Answer | None:
-        """The caller's answer, or None if the question closed meanwhile."""
+    def _ask(self, question: dict[str, Any]) -> None:
         grant = question["grant"]
         _say(
             f"{question['request']} needs your approval ({question['waiting']} waiting, "
             f"{question['expires_in_s']} s left)"
         )
-        always = f", always: also add it to {self._policy_file} (a)" if self._policy_file else ""
-        _say(
-            f"allow once (o), for this run: {grant['key']}: [{grant['entry']}] (r){always}, "
-            "deny (d)? ",
-            end="",
-        )
+        _say(f"the policy says: {question['reason']}")
+        choices = {
+            "once": f"once: {question['request']} alone",
+            "run": f"run: {grant['key']}: [{grant['entry']}] until the sandbox stops",
+            "deny": f"deny: {grant['key']}: [{grant['entry']}] refused until it stops",
+        }
+        if self._policy_file is not None:
+            choices["always"] = f"always: run, and written into {self._policy_file}"
+        for line in choices.values():
+            _say(f"  {line}")
         while True:
-            key = self._key(question["id"])
-            if key is None:
-                _say("(answered elsewhere or expired)")
-                return None
-            given = _KEYS.get(key)
-            if given is Answer.ALWAYS and self._policy_file is not None:
-                _echo("a")
-                if self._write(grant, question["id"]):
-                    return given
-                _say("allow once (o), for this run (r), deny (d)? ", end="")
-            elif given is not None and given is not Answer.ALWAYS:
-                _echo(key)
-                return given
+            _say("answer (" + ", ".join(choices) + ", then Enter): ", end="")
+            word = self._word(question["id"])
+            if word is None:
+                _say("(answered elsewhere, expired, or left to expire)")
+                return
+            if word in choices:
+                break
+        try:
+            if word == Answer.ALWAYS:
+                self._always(question)
+            else:
+                answer(self._socket, question["id"], Answer(word))
+        except (control.ControlError, PolicyError, OSError) as e:
+            _say(f"not answered: {e}")
 
-    def _write(self, grant: dict[str, str], question_id: str) -> bool:
-        """Show the policy file's change, write it if the caller agrees."""
+    def _always(self, question: dict[str, Any]) -> None:
         assert self._policy_file is not None
-        try:
-            before = self._policy_file.read_text()
-            after = edit.add_entry(before, grant["key"], grant["entry"], str(self._policy_file))
-        except (OSError, PolicyError) as e:
-            _say(f"cannot add it to the policy file: {e}")
-            return False
-        for line in edit.diff(self._policy_file, before, after).splitlines():
-            _say(line)
-        _say(f"write {self._policy_file}? (y/n) ", end="")
-        key = self._key(question_id)
-        _echo(key or "")
-        if key != "y":
-            return False
-        try:
-            edit.write(self._policy_file, after)
-        except OSError as e:
-            _say(f"cannot write {self._policy_file}: {e}")
-            return False
-        return True
+        grant = question["grant"]
 
-    def _key(self, question_id: str) -> str | None:
-        """One key typed at our terminal; None once the question is no longer pending."""
+        def confirm(shown_diff: str) -> bool:
+            for line in shown_diff.splitlines():
+                _say(line)
+            _say(f"write {self._policy_file}, and allow the request? (yes, no): ", end="")
+            return self._word(question["id"]) == "yes"
+
+        apply = functools.partial(answer, self._socket, question["id"], Answer.ALWAYS)
+        if not edit.add_to_file(self._policy_file, grant["key"], grant["entry"], confirm, apply):
+            _say("not written, not answered")
+
+    def _word(self, question_id: str) -> str | None:
+        """A word typed at our terminal, ended by Enter (escape sequences skipped); None once
+        the question is no longer pending, or on Ctrl-C."""
         stdin = sys.stdin.fileno()
+        typed = bytearray()
+        escape: bytearray | None = None
         while self._is_pending(question_id) and not self._stop.is_set():
             readable, _, _ = select.select([stdin], [], [], 0.2)
-            if readable:
-                data = os.read(stdin, 1)
-                if not data:
+            if not readable:
+                continue
+            data = os.read(stdin, 64)
+            if not data:
+                return None
+            for byte in data:
+                if escape is not None:
+                    escape.append(byte)
+                    if _escape_ended(escape):
+                        escape = None
+                elif byte == ESC:
+                    escape = bytearray()
+                elif byte == CTRL_C:
                     return None
-                return data.decode(errors="replace").lower()
+                elif byte in ENTER:
+                    _say("", prefix="")
+                    return typed.decode()
+                elif byte in BACKSPACES and typed:
+                    typed.pop()
+                    _say("\b \b", end="", prefix="")
+                elif 0x61 <= byte <= 0x7A and len(typed) < MAX_WORD:  # a to z only
+                    typed.append(byte)
+                    _say(chr(byte), end="", prefix="")
         return None
 
 
+def _escape_ended(sequence: bytearray) -> bool:
+    """Whether the bytes after an ESC make a whole sequence: CSI ends with a final byte, OSC and
+    DCS with BEL or ESC backslash, any other with its one byte."""
+    if not sequence:
+        return False
+    kind = sequence[0]
+    if kind == ord("["):
+        return len(sequence) > 1 and 0x40 <= sequence[-1] <= 0x7E
+    if kind in (ord("]"), ord("P"), ord("_"), ord("^")):
+        return sequence[-1] == 0x07 or sequence.endswith(b"\x1b\\")
+    return True
+
+
 def _say(text: str, end: str = "\r\n", prefix: str = PREFIX) -> None:
-    """Our terminal is raw while the workload has its own: lines end in CR LF."""
+    """Our terminal is raw while the workload has its own: lines end in CR LF; every line of ours
+    starts in the default colours, whatever the workload left set."""
     with contextlib.suppress(OSError):
-        os.write(sys.stdout.fileno(), f"{prefix}{text}{end}".encode())
-
-
-def _echo(key: str) -> None:
-    _say(key, prefix="")
+        reset = "\x1b[0m" if prefix else ""
+        os.write(sys.stdout.fileno(), f"{reset}{prefix}{text}{end}".encode())

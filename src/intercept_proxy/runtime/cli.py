@@ -354,8 +354,10 @@ def _run(args: argparse.Namespace) -> int:
                     f"{args.pod}: the Pod is labelled {ENABLED_LABEL}: "
                     f"{labels[ENABLED_LABEL]!r}; intercept run runs intercepted pods only"
                 )
+            if args.ask:
+                raise RunError("--ask needs -- CMD (it asks on the terminal the command has)")
             policy = load_policy(args.policy) if args.policy is not None else Policy()
-            if any(c.env is not None for c in policy.credentials):
+            if credentials.placeholders(policy):
                 raise RunError(
                     f"{args.policy}: credentials from the environment need -- CMD (a pod file's "
                     "containers set their own environment)"

@@ -1,41 +1,57 @@
-"""`intercept run` and the policy's credentials: the operator's environment holds the secrets the
-policy names (`env:`); the agent gets them from the injection's credentials Secret, and the
-workload gets the placeholders in their place."""
+"""`intercept run` and the policy's credentials and AWS signings: the operator's environment holds
+the secrets the policy names (`env:`, the AWS keys' variables); the agent gets them from the
+injection's credentials Secret, and the workload gets the placeholders in their place."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from intercept_proxy.policy.credentials import DEFAULT_PLACEHOLDER
 from intercept_proxy.policy.model import Policy, PolicyError
 
 
+def placeholders(policy: Policy) -> dict[str, str]:
+    """The variables the credentials and AWS signings name, each with the workload's
+    placeholder."""
+    out = {c.env: c.placeholder for c in policy.credentials if c.env is not None}
+    for signing in policy.aws_signing:
+        out |= dict.fromkeys(signing.variables, DEFAULT_PLACEHOLDER)
+    return out
+
+
+def _located(policy: Policy) -> dict[str, str]:
+    """Where the policy names each variable (for errors)."""
+    out = {c.env: f"credentials[{i}].env" for i, c in enumerate(policy.credentials) if c.env}
+    for i, signing in enumerate(policy.aws_signing):
+        for key in ("access_key_id_env", "secret_access_key_env", "session_token_env"):
+            name = getattr(signing, key)
+            if name is not None:
+                out.setdefault(name, f"aws_signing[{i}].{key}")
+    return out
+
+
 def operator_secrets(policy: Policy, environ: Mapping[str, str]) -> dict[str, str]:
-    """The variables the credentials name, from the operator's environment."""
+    """The variables the credentials and AWS signings name, from the operator's environment."""
     out = {}
-    for i, credential in enumerate(policy.credentials):
-        if credential.env is None:
-            continue
-        value = environ.get(credential.env)
+    for name, where in _located(policy).items():
+        value = environ.get(name)
         if value is None:
             raise PolicyError(
                 policy.source,
-                f"credentials[{i}].env",
-                f"{credential.env} is not set in your environment (the agent sends its value, "
-                "the workload gets a placeholder)",
+                where,
+                f"{name} is not set in your environment (the agent sends its value, the "
+                "workload gets a placeholder)",
             )
-        out[credential.env] = value
+        out[name] = value
     return out
 
 
 def workload_env(env: dict[str, str], policy: Policy, secrets: Mapping[str, str]) -> dict[str, str]:
-    """`env` with each credential's variable holding its placeholder, and without any other
-    variable that holds a secret."""
+    """`env` with each secret's variable holding its placeholder, and without any other variable
+    that holds a secret."""
     out = {k: v for k, v in env.items() if not any(s in v for s in secrets.values())}
-    for credential in policy.credentials:
-        if credential.env is not None:
-            out[credential.env] = credential.placeholder
-    return out
+    return out | placeholders(policy)
 
 
 def agent_secret(name: str, secrets: Mapping[str, str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -57,9 +58,18 @@ RECENT_LINES = 200
 
 
 def control_sockets() -> list[Path]:
-    """The control sockets of the agents of this machine's local pods (intercept approvals)."""
-    name = Path(CONTROL_SOCKET).name
-    return sorted(POD_ROOT.glob(f"intercept-pod-*/volumes/{CONTROL_VOLUME}/{name}"))
+    """The control sockets of the agents of this machine's local pods (intercept approvals):
+    only under a pod directory of root's alone, since anyone may write into POD_ROOT."""
+    found = []
+    for pod_dir in POD_ROOT.glob("intercept-pod-*"):
+        mode = pod_dir.lstat()
+        if not stat.S_ISDIR(mode.st_mode) or mode.st_uid != 0 or mode.st_mode & 0o077:
+            continue
+        socket = pod_dir / "volumes" / CONTROL_VOLUME / Path(CONTROL_SOCKET).name
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(socket.lstat().st_mode):
+                found.append(socket)
+    return sorted(found)
 
 
 class PodError(RuntimeError):

@@ -16,6 +16,7 @@ import signal
 import sys
 import termios
 import threading
+import time
 import tty
 from collections.abc import Iterator
 
@@ -24,9 +25,11 @@ class PseudoTerminal:
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
         self._copy_size()
-        # Set while the sandbox asks the caller something: what they type is not the workload's.
+        # Set while the sandbox asks the caller something: what they type is not the workload's,
+        # and what the workload prints waits (it could draw a prompt of its own, or make our
+        # terminal type answers: a cursor position report).
         self.asking = threading.Event()
-        self._paused = threading.Event()  # the relay saw it: it reads no more of our terminal
+        self._paused = threading.Event()  # the relay saw it: it copies nothing either way
 
     def _copy_size(self) -> None:
         with contextlib.suppress(OSError):
@@ -54,12 +57,18 @@ class PseudoTerminal:
             os.close(self.master)
 
     @contextlib.contextmanager
-    def keyboard(self) -> Iterator[None]:
-        """Our terminal's input for the caller of this, not the workload's, while it lasts."""
+    def keyboard(self) -> Iterator[bool]:
+        """Our terminal for the caller of this alone while it lasts, its input so far discarded
+        (typed ahead, or the terminal's answers to what the workload printed); False if the
+        relay did not let go of it (then it must not be read)."""
+        self._paused.clear()
         self.asking.set()
         try:
-            self._paused.wait(1.0)
-            yield
+            paused = self._paused.wait(1.0)
+            if paused:
+                time.sleep(0.2)  # a terminal's late answers land before the flush
+                termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)
+            yield paused
         finally:
             self.asking.clear()
 
@@ -68,10 +77,10 @@ class PseudoTerminal:
         while not done.is_set():
             if self.asking.is_set():
                 self._paused.set()
-            else:
-                self._paused.clear()
-            inputs = [self.master] if self._paused.is_set() else [stdin, self.master]
-            readable, _, _ = select.select(inputs, [], [], 0.2)
+                done.wait(0.05)
+                continue
+            self._paused.clear()
+            readable, _, _ = select.select([stdin, self.master], [], [], 0.2)
             if stdin in readable:
                 data = os.read(stdin, 4096)
                 if data:

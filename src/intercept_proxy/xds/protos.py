@@ -19,6 +19,9 @@ from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp_cluster_pb2  # noqa: F401
 from envoy.extensions.common.matching.v3 import extension_matcher_pb2  # noqa: F401
 from envoy.extensions.filters.common.matcher.action.v3 import skip_action_pb2  # noqa: F401
+from envoy.extensions.filters.http.aws_request_signing.v3 import (  # noqa: F401
+    aws_request_signing_pb2,
+)
 from envoy.extensions.filters.http.buffer.v3 import buffer_pb2  # noqa: F401
 from envoy.extensions.filters.http.composite.v3 import composite_pb2  # noqa: F401
 from envoy.extensions.filters.http.credential_injector.v3 import (  # noqa: F401

@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from intercept_proxy import ports
 from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, ErrorCode, Judge, error_body
 from intercept_proxy.options import option
-from intercept_proxy.policy.credentials import Credential, Placeholders
+from intercept_proxy.policy.credentials import AwsKeys, AwsSigning, Credential, Placeholders
 from intercept_proxy.policy.limits import RateLimit
 from intercept_proxy.policy.native import NativePolicy
 from intercept_proxy.xds.protos import generic_secret
@@ -61,6 +61,7 @@ NO_SNI_SECRET = "no-sni.intercept-proxy.invalid"
 # name (`server_name_matcher`).
 CREDENTIAL_SECRET = "credential {}"  # a digest of what the secret is bound to
 CREDENTIAL_FILTER = "intercept.credential.{}"
+AWS_SIGNING_FILTER = "intercept.aws_signing.{}"
 RATE_LIMIT_FILTER = "intercept.rate_limit.{}"
 # What the decision log and the 429's body say of a request its host's rate limit refused.
 RATE_LIMIT_RULE = "rate_limit"
@@ -525,14 +526,18 @@ def early_mutations(*, tls: bool) -> list[dict[str, Any]]:
     return removed + facts
 
 
-def _authority_is(host: str, *, spelled_any_way: bool) -> dict[str, Any]:
-    authority = {
-        "name": "authority",
+def _header_is(name: str, match: dict[str, Any]) -> dict[str, Any]:
+    header = {
+        "name": name.lstrip(":"),
         "typed_config": {
             "@type": type_url("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
-            "header_name": ":authority",
+            "header_name": name,
         },
     }
+    return {"single_predicate": {"input": header, "value_match": match}}
+
+
+def _authority_is(host: str, *, spelled_any_way: bool) -> dict[str, Any]:
     # The listener takes a trailing dot off; otherwise, only the canonical spelling unless
     # `spelled_any_way` (capitals, a port).
     if spelled_any_way:
@@ -541,7 +546,26 @@ def _authority_is(host: str, *, spelled_any_way: bool) -> dict[str, Any]:
         match = {"safe_regex": {"google_re2": {}, "regex": wildcard_regex(host)}}
     else:
         match = {"exact": host}
-    return {"single_predicate": {"input": authority, "value_match": match}}
+    return _header_is(":authority", match)
+
+
+def _any_of(predicates: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(predicates) == 1:
+        return predicates[0]
+    return {"or_matcher": {"predicate": predicates}}
+
+
+def _sent_to(credential: Credential) -> dict[str, Any]:
+    """The requests a credential goes with: its host's, and its methods' and paths' if named
+    (the path as Envoy normalised it, query included)."""
+    conditions = [_authority_is(credential.host, spelled_any_way=False)]
+    if credential.methods:
+        conditions.append(
+            _any_of([_header_is(":method", {"exact": m}) for m in credential.methods])
+        )
+    if credential.paths:
+        conditions.append(_any_of([_header_is(":path", {"prefix": p}) for p in credential.paths]))
+    return conditions[0] if len(conditions) == 1 else {"and_matcher": {"predicate": conditions}}
 
 
 def credential_filter(index: int, credential: Credential) -> dict[str, Any]:
@@ -565,12 +589,44 @@ def credential_filter(index: int, credential: Credential) -> dict[str, Any]:
             },
         },
     }
-    return _for_host(
+    # A secret goes to the canonical name only.
+    return _only_for(
         CREDENTIAL_FILTER.format(index),
         "envoy.filters.http.credential_injector",
         injector,
-        credential.host,
-        spelled_any_way=False,  # a secret goes to the canonical name only
+        _sent_to(credential),
+    )
+
+
+def aws_signing_filter(index: int, signing: AwsSigning, keys: AwsKeys) -> dict[str, Any]:
+    """Envoy's SigV4 signer for one host, with the operator's keys (inline: a field Envoy's
+    admin interface redacts), where the credential injectors are: after the decision, TLS
+    only. The workload's own signature, made with the placeholder keys, is replaced."""
+    inline = {"access_key_id": keys.access_key_id, "secret_access_key": keys.secret_access_key}
+    if keys.session_token is not None:
+        inline["session_token"] = keys.session_token
+    config = {
+        "@type": type_url("envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning"),
+        "service_name": signing.service,
+        "region": signing.region,
+        # S3 takes a payload it need not hash over TLS; other services' bodies are hashed
+        # (Envoy reads them first).
+        "use_unsigned_payload": signing.service == "s3",
+        # The listener's own headers are gone before the request is: signed, they would break
+        # the signature.
+        "match_excluded_headers": [{"prefix": "x-intercept-"}],
+        # These keys, never Envoy's environment, files or an instance's metadata service.
+        "credential_provider": {
+            "custom_credential_provider_chain": True,
+            "inline_credential": inline,
+        },
+    }
+    return _for_host(
+        AWS_SIGNING_FILTER.format(index),
+        "envoy.filters.http.aws_request_signing",
+        config,
+        signing.host,
+        spelled_any_way=False,
     )
 
 
@@ -579,13 +635,20 @@ def _for_host(
 ) -> dict[str, Any]:
     """An HTTP filter that skips every request whose host is not `host` (exact, or `*.suffix`;
     `spelled_any_way`: in any case, with any port)."""
+    return _only_for(name, extension, config, _authority_is(host, spelled_any_way=spelled_any_way))
+
+
+def _only_for(
+    name: str, extension: str, config: dict[str, Any], applies: dict[str, Any]
+) -> dict[str, Any]:
+    """An HTTP filter that skips every request the predicate `applies` does not match."""
     skip = {
         "name": "skip",
         "typed_config": {
             "@type": type_url("envoy.extensions.filters.common.matcher.action.v3.SkipFilter")
         },
     }
-    elsewhere = {"not_matcher": _authority_is(host, spelled_any_way=spelled_any_way)}
+    elsewhere = {"not_matcher": applies}
     return {
         "name": name,
         "typed_config": {
@@ -661,6 +724,7 @@ class Extras:
 
     credentials: tuple[Credential, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()
+    aws_signing: tuple[tuple[AwsSigning, AwsKeys], ...] = ()
 
 
 def http_connection_manager(
@@ -726,6 +790,7 @@ def http_connection_manager(
             {"name": AUTHZ_FILTER, "disabled": True, "typed_config": ext_authz(dp)},
             # Never over plain HTTP.
             *(credential_filter(i, c) for i, c in enumerate(extras.credentials) if tls),
+            *(aws_signing_filter(i, *s) for i, s in enumerate(extras.aws_signing) if tls),
             {
                 "name": "envoy.filters.http.dynamic_forward_proxy",
                 "typed_config": {

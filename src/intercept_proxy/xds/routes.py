@@ -274,8 +274,9 @@ def gate(
         # A protocol upgrade (a WebSocket) never ends its request: no route that reads an upload
         # first could answer it.
         ("upgrade", [_present("upgrade")]),
-        # A credential's header holding anything but a placeholder (as it is, or as a bearer
-        # token): the agent looks for the secret in it (see authz/service.py).
+        # A credential's header holding anything but a placeholder (as it is, as a bearer
+        # token, signed with AWS placeholder keys): the agent looks for the secret in it (see
+        # authz/service.py).
         *(
             (f"credential:{name}", [_present(name), _regex(name, _sent_as(values), invert=True)])
             for name, values in credential_headers
@@ -307,8 +308,8 @@ def gate(
     return out
 
 
-def _sent_as(placeholders: tuple[str, ...]) -> str:
-    return f"(?:Bearer )?(?:{'|'.join(re.escape(p) for p in placeholders)})"
+def _sent_as(forms: tuple[str, ...]) -> str:
+    return "|".join(f"(?:{form})" for form in forms)
 
 
 def _policy_routes(
