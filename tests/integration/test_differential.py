@@ -42,6 +42,8 @@ github_allowed_repos: [octo/hello, Acme/Widgets]
 github_allowed_users: [trusted]
 aws_access_enabled: true
 aws_allowed_services: [s3, sts, bedrock-runtime]
+# Denials a person may lift (no one answers here: the agent refuses them at once).
+approvals: {hosts: [example.com, gist.github.com, corp.test]}
 """
 # Grants nothing the corpus asks for, but only the agent can run a custom module.
 AGENT_ONLY_MODULE = """\
@@ -257,6 +259,9 @@ def test_compiled_routes_decide_as_the_agent(interceptor):
     odd = [r for q, r in zip(corpus, native, strict=True) if q["method"] in ODD_CASE_METHODS]
     assert len(odd) > 50 and {r["judge"] for r in odd} == {"agent"}
     assert not any(r["allow"] and r["rule"] in ("allowed_domains", "github_read") for r in odd)
+    # What a person may allow is never Envoy's own decision: the agent holds it.
+    asked = [r for r in native if r["rule"] == "approval_required"]
+    assert len(asked) >= 10 and {r["judge"] for r in asked} == {"agent"}
     # The secret from inside is refused, whatever the host; a placeholder costs no agent call.
     carried = [
         (value, r)

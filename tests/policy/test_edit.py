@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from intercept_proxy.policy.edit import add_entry, add_to_file, write_if_unchanged
+from intercept_proxy.policy.edit import add_entry, add_to_file
 from intercept_proxy.policy.model import PolicyError
 
 
@@ -106,6 +106,8 @@ def test_never_through_a_symbolic_link(tmp_path):
     target.write_text("allowed_domains: [a.test]\n")
     link = tmp_path / "policy.yaml"
     link.symlink_to(target)
+    applied: list[bool] = []
     with pytest.raises(OSError):
-        write_if_unchanged(link, target.read_text(), "allowed_domains: [b.test]\n")
+        add_to_file(link, "allowed_domains", "b.test", lambda d: True, lambda: applied.append(True))
+    assert applied == []
     assert target.read_text() == "allowed_domains: [a.test]\n"

@@ -132,3 +132,12 @@ def test_aws_keys_are_read_with_the_policy(tmp_path, monkeypatch):
     monkeypatch.setenv("TOKEN", "t" * 2000)
     store = PolicyStore(path)
     assert store.aws_keys == (AwsKeys("AKIDEXAMPLEKEY01", "secret/with+symbols=", "t" * 2000),)
+
+
+def test_a_temporary_aws_key_needs_its_session_token(tmp_path, monkeypatch):
+    path = tmp_path / "p.yaml"
+    path.write_text("aws_signing: [{host: s3.test, service: s3, region: r}]\n")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIAEXAMPLEKEY01")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-access-key")
+    with pytest.raises(PolicyError, match="temporary key: name its session token's variable"):
+        PolicyStore(path)

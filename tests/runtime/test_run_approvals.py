@@ -89,7 +89,7 @@ def test_ask_on_the_terminal(workdir):
         terminal.expect(r"answer \(once, run, deny, always, then Enter\): ")
         # What a terminal answers by itself (a cursor position report, a colour) and a single
         # key answer nothing: a whole word and Enter do.
-        terminal.type("\x1b[12;40R\x1b]11;rgb:0000/0000/0000\x07r\r")
+        terminal.type("\x1b[12;40R\x9b13;1R\x1b]11;rgb:0000/0000/0000\x07r\r")
         terminal.expect(r"answer \(once, run, deny, always, then Enter\): ")
         terminal.type("run\r")
         terminal.expect("got 1 200")

@@ -120,7 +120,9 @@ def test_snapshot_types_ack_nack_and_pushes(caplog):
         cache = SnapshotCache()
         cache.set(snapshot())
         events, counts = counting_events()
-        ads = AggregatedDiscoveryService(cache, events=events)
+        ads = AggregatedDiscoveryService(
+            cache, events=events, redact=lambda text: text.replace("s3cr3t", "<aws key>")
+        )
         envoy = Envoy(ads.DeltaAggregatedResources)
 
         envoy.send(type_url=CLUSTER)  # a first request naming nothing: the whole type
@@ -156,8 +158,10 @@ def test_snapshot_types_ack_nack_and_pushes(caplog):
         assert await envoy.silent()
         assert not ads.in_sync()
 
-        # NACK: logged with Envoy's error, not pushed again, not in sync.
-        envoy.ack(second, error_detail=status_pb2.Status(code=3, message="bad cluster"))
+        # NACK: logged with Envoy's error (what it quotes of a secret redacted), not pushed
+        # again, not in sync.
+        refusal = status_pb2.Status(code=3, message="bad cluster {key: s3cr3t}")
+        envoy.ack(second, error_detail=refusal)
         assert await envoy.silent()
         assert not ads.in_sync()
         # An answer to a response already answered changes nothing.
@@ -179,7 +183,8 @@ def test_snapshot_types_ack_nack_and_pushes(caplog):
     routes = ["RouteConfiguration"] * 2
     assert counts["ack"] == ["Cluster", "Listener", *routes, "Cluster"]
     assert counts["push"] == ["Cluster", "Listener", *routes, "Cluster", "Cluster"]
-    assert "Envoy rejected Cluster upstream_plain, upstream_tls: bad cluster" in caplog.text
+    rejected = "Envoy rejected Cluster upstream_plain, upstream_tls: bad cluster {key: <aws key>}"
+    assert rejected in caplog.text and "s3cr3t" not in caplog.text
 
 
 def test_resources_gone_from_the_snapshot_are_removed():

@@ -137,6 +137,7 @@ class Agent:
             self.snapshots,
             {SECRET: certificate_resolver(self.certificates)},
             self.metrics.xds_events(),
+            redact=self.redact,
         )
         try:
             self.dns = DnsSinkhole(
@@ -251,6 +252,13 @@ class Agent:
         for i, (signing, keys) in enumerate(zip(signings, self.policy.aws_keys, strict=True)):
             out += [(key, f"aws_signing[{i}] (for {signing.host})") for key in keys.values]
         return out
+
+    def redact(self, text: str) -> str:
+        """`text` without any of the operator's secrets (what Envoy quotes of its configuration
+        when it refuses it)."""
+        for secret, source in self.leak_markers():
+            text = text.replace(secret, f"<{source}>")
+        return text
 
     def native_policy(self) -> Policy | None:
         """The policy Envoy can apply by itself, if any: not one with custom Rego modules, and

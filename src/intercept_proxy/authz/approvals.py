@@ -76,7 +76,6 @@ class Question:
     timeout_s: int
     deadline: float  # monotonic
     waiting: int = 0
-    held_bytes: int = 0
     settled: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -102,6 +101,7 @@ class Approvals:
         """`grant` adds a grant to the policy in force (for the agent's lifetime), or raises
         ValueError saying why it could not."""
         self._grant = grant
+        # By grant and request (method, host, port, path: as sent, not as shown).
         self._questions: dict[tuple[Grant, str], Question] = {}
         self._denied: set[Grant] = set()
         self._held = 0
@@ -133,7 +133,8 @@ class Approvals:
                 queue.put_nowait({"event": DROPPED})
 
     def _close(self, question: Question, outcome: Outcome | None = None) -> None:
-        del self._questions[(question.grant, question.request)]
+        key = next(k for k, q in self._questions.items() if q is question)
+        del self._questions[key]
         if outcome is not None:
             question.settled.set_result(outcome)
         self._tell("closed", question)
@@ -212,7 +213,7 @@ class Approvals:
         if refused is not None:
             return refused
         self._expire()
-        request = shown(target + path.split("?", 1)[0])
+        request = target + path.split("?", 1)[0]  # the key; what a person reads is escaped
         question = self._questions.get((grant, request))
         full = (
             self._held >= MAX_HELD
@@ -231,7 +232,7 @@ class Approvals:
         if question is None:
             question = Question(
                 secrets.token_hex(ID_BYTES),
-                request,
+                shown(request),
                 decision.reason,
                 grant,
                 input_doc,

@@ -26,6 +26,11 @@ DOWNLOAD_PATH = f"/bytes/{DOWNLOAD_BYTES}"
 
 # The credential `intercept-extras` sends (the bench's own, in a file only the agent reads).
 BENCH_SECRET = "bench-secret-0123456789"
+# The AWS keys `intercept-signed` signs with (the agent's environment).
+BENCH_AWS_KEYS = {
+    "AWS_ACCESS_KEY_ID": "AKIDBENCHEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "bench-aws-secret-0123456789",
+}
 # A custom module that never matches but makes the policy one that Envoy's compiled routes
 # cannot decide alone: every request then goes to the agent's ext_authz (the former design).
 CUSTOM_REGO = """\
@@ -105,15 +110,20 @@ def hosts_file(new_hosts: int) -> str:
     return "127.0.0.1 localhost\n" + "".join(f"{HOST_IPV4} {n}\n" for n in names)
 
 
-def policy_yaml(custom_module: str | None = None, secret_file: Path | None = None) -> str:
+def policy_yaml(
+    custom_module: str | None = None, secret_file: Path | None = None, signed: bool = False
+) -> str:
     """Reads (GET, HEAD) on the bench names; with `custom_module`, that module too; with
-    `secret_file`, a credential sent to the bench host and a rate limit it never reaches."""
+    `secret_file`, a credential sent to the bench host and a rate limit it never reaches; with
+    `signed`, AWS signing of its requests too (with BENCH_AWS_KEYS)."""
     text = f'allowed_domains: [{HOST}, "*.{HOST}"]\n'
     if custom_module is not None:
         text += f"rego_modules: [{custom_module}]\n"
     if secret_file is not None:
         text += f"credentials: [{{host: {HOST}, header: x-bench-key, file: {secret_file}}}]\n"
         text += f"rate_limits: [{{host: {HOST}, requests_per_minute: {MAX_PER_MINUTE}}}]\n"
+    if signed:
+        text += f"aws_signing: [{{host: {HOST}, service: s3, region: us-east-1}}]\n"
     return text
 
 

@@ -417,7 +417,8 @@ to Envoy), as in a pod. The judging scenarios enforce the same allowlist (reads 
 `bench.test` and `*.bench.test`, 403 otherwise; checked before measuring); `intercept-agent` \
 adds a custom Rego module, which makes every request go through the agent's ext_authz, \
 `intercept-extras` a credential Envoy sends with every request and a rate limit it counts \
-them against (never reached), and \
+them against (never reached), `intercept-signed` the same and AWS SigV4 signing of every \
+request, and \
 `mitmproxy` evaluates the same Rego with regorus in an addon. Envoy runs with one worker; \
 Squid (`-N`) and mitmproxy are single-threaded.
 

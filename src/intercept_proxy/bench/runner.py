@@ -37,6 +37,7 @@ from intercept_proxy.bench.scenarios import (
     Intercept,
     InterceptAgent,
     InterceptExtras,
+    InterceptSigned,
     Mitmproxy,
     Scenario,
     Squid,
@@ -175,6 +176,7 @@ class Bench:
             "intercept": Intercept,
             "intercept-agent": InterceptAgent,
             "intercept-extras": InterceptExtras,
+            "intercept-signed": InterceptSigned,
         }
         return kinds[name](*args)
 

@@ -42,6 +42,7 @@ ALL = (
     "intercept",
     "intercept-agent",
     "intercept-extras",
+    "intercept-signed",
     "mitmproxy",
     "squid",
 )
@@ -319,6 +320,7 @@ class Intercept(Scenario):
     name = "intercept"
     judged_by = "envoy"
     extras = False  # a credential sent, a rate limit counted
+    signed = False  # and AWS signing
 
     interceptor: Interceptor | None = None
 
@@ -332,6 +334,7 @@ class Intercept(Scenario):
             log_level="warning",
             core=self.proxy_core,
             envoy_args=("-l", "warning", "--concurrency", "1"),
+            agent_env={**os.environ, **configs.BENCH_AWS_KEYS} if self.signed else None,
         )
         if self.judged_by == "agent":
             (icp.dir / "custom.rego").write_text(configs.CUSTOM_REGO)
@@ -341,7 +344,7 @@ class Intercept(Scenario):
             secret.write_text(configs.BENCH_SECRET)
             secret.chmod(0o600)
             os.chown(secret, AGENT_UID, AGENT_UID)
-            icp.write_policy(configs.policy_yaml(secret_file=secret))
+            icp.write_policy(configs.policy_yaml(secret_file=secret, signed=self.signed))
         self.client_ca = icp.ca_cert
         icp.start_agent()
         icp.start_envoy()
@@ -374,6 +377,11 @@ class InterceptAgent(Intercept):
 class InterceptExtras(Intercept):
     name = "intercept-extras"
     extras = True
+
+
+class InterceptSigned(InterceptExtras):
+    name = "intercept-signed"
+    signed = True
 
 
 class Upstream:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,11 @@ class Interceptor:
         log_level: str = "info",
         core: int | None = None,
         envoy_args: Sequence[str] = (),
+        agent_env: Mapping[str, str] | None = None,
         **agent: Any,
     ) -> None:
-        """`core`: both pinned to that CPU; `agent`: more of the agent's settings."""
+        """`core`: both pinned to that CPU; `agent_env`: the agent's environment (its secrets'
+        variables), else ours; `agent`: more of the agent's settings."""
         self.ns = ns
         self.dir = Path(tempfile.mkdtemp(prefix="intercept-sidecars-", dir="/tmp"))
         self.dir.chmod(0o755)
@@ -78,6 +80,7 @@ class Interceptor:
             str(INTERCEPT), "envoy", "run", "--node-id", f"sidecars-{ns}", "--", *envoy_args
         ]  # fmt: skip
         self._core = core
+        self._agent_env = agent_env
         self.agent: subprocess.Popen[bytes] | None = None
         self.envoy: subprocess.Popen[bytes] | None = None
 
@@ -97,7 +100,9 @@ class Interceptor:
 
     # -- processes --------------------------------------------------------------------------
 
-    def _spawn(self, name: str, uid: int, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, uid: int, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         pinned = ["taskset", "-c", str(self._core)] if self._core is not None else []
         with (self.dir / f"{name}.log").open("ab") as log:
             return subprocess.Popen(
@@ -105,11 +110,12 @@ class Interceptor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                env=env,
                 start_new_session=True,  # a terminal's Ctrl-C is for the caller alone
             )
 
     def start_agent(self) -> None:
-        self.agent = self._spawn("agent", AGENT_UID, self._agent_argv)
+        self.agent = self._spawn("agent", AGENT_UID, self._agent_argv, self._agent_env)
 
     def start_envoy(self) -> None:
         self.envoy = self._spawn("envoy", ENVOY_UID, self._envoy_argv)

@@ -74,6 +74,13 @@ _AWS_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62})$")
 # What a workload's AWS SDK writes when it signs with the placeholder keys.
 AWS_SIGNED = "AWS4-HMAC-SHA256 Credential="
 SESSION_TOKEN_HEADER = "x-amz-security-token"
+# The rest of a SigV4 authorization value, nothing else: scope, signed headers, signature.
+_AWS_SIGNATURE_AFTER_KEY = (
+    r"/[0-9]{8}/[a-z0-9-]+/[a-z0-9-]+/aws4_request, ?SignedHeaders=[a-z0-9;-]+, ?"
+    r"Signature=[0-9a-f]{64}"
+)
+# Temporary AWS keys (their id starts so) sign nothing without their session token.
+TEMPORARY_KEY_PREFIX = "ASIA"
 # AWS session tokens run to a few kilobytes.
 MAX_AWS_VALUE = 8192
 
@@ -121,7 +128,9 @@ def placeholders(
         by_header.setdefault(c.header, set()).add(f"(?:Bearer )?{re.escape(c.placeholder)}")
     for signing in signings:
         placeholder = re.escape(DEFAULT_PLACEHOLDER)
-        by_header.setdefault(DEFAULT_HEADER, set()).add(f"{AWS_SIGNED}{placeholder}/.*")
+        by_header.setdefault(DEFAULT_HEADER, set()).add(
+            f"{AWS_SIGNED}{placeholder}{_AWS_SIGNATURE_AFTER_KEY}"
+        )
         if signing.session_token_env is not None:
             by_header.setdefault(SESSION_TOKEN_HEADER, set()).add(placeholder)
     return tuple((h, tuple(sorted(p))) for h, p in sorted(by_header.items()))
@@ -253,13 +262,19 @@ def resolve_aws(
             if value == DEFAULT_PLACEHOLDER:
                 raise PolicyError(source, f"aws_signing[{i}].{key}", f"{name} is the placeholder")
             values[key] = value
-        out.append(
-            AwsKeys(
-                values["access_key_id_env"],
-                values["secret_access_key_env"],
-                values.get("session_token_env"),
-            )
+        keys = AwsKeys(
+            values["access_key_id_env"],
+            values["secret_access_key_env"],
+            values.get("session_token_env"),
         )
+        if keys.access_key_id.startswith(TEMPORARY_KEY_PREFIX) and keys.session_token is None:
+            raise PolicyError(
+                source,
+                f"aws_signing[{i}]",
+                f"{signing.access_key_id_env} holds a temporary key: name its session token's "
+                "variable (session_token_env)",
+            )
+        out.append(keys)
     return tuple(out)
 
 

@@ -74,24 +74,21 @@ def add_to_file(
     path: Path, key: str, entry: str, confirm: Callable[[str], bool], apply: Callable[[], object]
 ) -> bool:
     """Show the diff that adds `entry` under `key` (to `confirm`, which says whether to go on),
-    `apply` it (the agent's grant: raises if it fails), then write it into the file, if the file
-    still holds what the diff was made from. False: the person declined, nothing changed."""
-    before = path.read_text()
-    after = add_entry(before, key, entry, str(path), path.parent)
-    if not confirm(diff(path, before, after)):
-        return False
-    apply()
-    write_if_unchanged(path, before, after)
-    return True
-
-
-def write_if_unchanged(path: Path, before: str, after: str) -> None:
-    """Write `after` into the file that holds `before` (its inode, owner and mode kept: no file
-    is made or renamed where others may write); never through a symbolic link."""
+    `apply` it (the agent's grant: raises if it fails), then write it into the file it was made
+    from (its inode, owner and mode kept: no file is made or renamed where others may write;
+    never through a symbolic link), which must still hold what the diff was made from. False:
+    the person declined, nothing changed."""
     fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "r+") as f:
+        before = f.read()
+        after = add_entry(before, key, entry, str(path), path.parent)
+        if not confirm(diff(path, before, after)):
+            return False
+        f.seek(0)
         if f.read() != before:
             raise PolicyError(str(path), None, "it changed after the diff was made: not written")
+        apply()
         f.seek(0)
         f.write(after)
         f.truncate()
+    return True

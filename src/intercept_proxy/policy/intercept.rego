@@ -68,6 +68,7 @@ askable_rules := {"default_deny", "method_not_allowed", "not_read_only", "port_n
 
 decision := {"allow": false, "rule": approval_rule, "reason": reason, "grant": _grant} if {
 	count(denials) == 0
+	not _judged.allow
 	_judged.rule in askable_rules
 	_approvable
 	reason := sprintf("%s; a person may allow it (approvals)", [_judged.reason])

@@ -543,3 +543,11 @@ test_envoy_response_of_a_question_says_hitl_required if {
 	json.unmarshal(r.body).error.code == "HITL_REQUIRED"
 	json.unmarshal(envoy(req("GET", "nope.test", "/")).body).error.code == "POLICY_BLOCKED"
 }
+
+test_an_allowed_request_is_never_asked_whatever_its_rules_name if {
+	d := intercept.decision with input as req("GET", "a.ask.test", "/")
+		with data.intercept_policy as asking
+		with data.intercept.custom.allow as {{"rule": "default_deny", "reason": "custom"}}
+	d.allow
+	not d.grant
+}

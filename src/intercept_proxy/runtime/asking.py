@@ -30,6 +30,11 @@ from intercept_proxy.runtime.terminal import PseudoTerminal
 
 PREFIX = "[intercept] "
 ESC, CTRL_C, BACKSPACES, ENTER = 0x1B, 0x03, (0x08, 0x7F), (0x0A, 0x0D)
+# 8-bit introducers of sequences (CSI, OSC, DCS, SOS, PM, APC), as their 7-bit forms' letters.
+C1 = {0x9B: "[", 0x9D: "]", 0x90: "P", 0x98: "X", 0x9E: "^", 0x9F: "_"}
+# What the workload may have left set, undone before we write: a soft reset (scroll region,
+# modes, colours), the ASCII character set, the cursor shown.
+TERMINAL_RESET = "\x1b[!p\x1b(B\x0f\x1b[0m\x1b[?25h"
 MAX_WORD = 16
 RELAY_GRACE_S = 0.5
 
@@ -101,7 +106,7 @@ class Asker:
             with terminal.keyboard() as ours:
                 if not ours:
                     continue
-                _say("")
+                _say(TERMINAL_RESET, prefix="")
                 self._ask(question)
             with self._changed:  # answered, or left: not asked again before the agent says
                 self._skipped.add(question["id"])
@@ -174,6 +179,8 @@ class Asker:
                         escape = None
                 elif byte == ESC:
                     escape = bytearray()
+                elif byte in C1:
+                    escape = bytearray(C1[byte].encode())
                 elif byte == CTRL_C:
                     return None
                 elif byte in ENTER:
@@ -196,8 +203,8 @@ def _escape_ended(sequence: bytearray) -> bool:
     kind = sequence[0]
     if kind == ord("["):
         return len(sequence) > 1 and 0x40 <= sequence[-1] <= 0x7E
-    if kind in (ord("]"), ord("P"), ord("_"), ord("^")):
-        return sequence[-1] == 0x07 or sequence.endswith(b"\x1b\\")
+    if kind in b"]PX^_":
+        return sequence[-1] in (0x07, 0x9C) or sequence.endswith(b"\x1b\\")
     return True
 
 

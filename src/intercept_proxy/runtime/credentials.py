@@ -10,6 +10,19 @@ from typing import Any
 from intercept_proxy.policy.credentials import DEFAULT_PLACEHOLDER
 from intercept_proxy.policy.model import Policy, PolicyError
 
+# With AWS signing, the SDK's variables of AWS credentials: the workload gets none of the
+# operator's (those the policy names hold the placeholder).
+AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+)
+# SDKs send S3 uploads as aws-chunked with a streaming checksum, which only a signature over
+# that streaming value makes S3 decode; Envoy signs S3 with an unsigned payload: ask for the
+# checksum only where the API requires it.
+AWS_SDK_SETTINGS = {"AWS_REQUEST_CHECKSUM_CALCULATION": "when_required"}
+
 
 def placeholders(policy: Policy) -> dict[str, str]:
     """The variables the credentials and AWS signings name, each with the workload's
@@ -50,8 +63,13 @@ def operator_secrets(policy: Policy, environ: Mapping[str, str]) -> dict[str, st
 def workload_env(env: dict[str, str], policy: Policy, secrets: Mapping[str, str]) -> dict[str, str]:
     """`env` with each secret's variable holding its placeholder, and without any other variable
     that holds a secret."""
-    out = {k: v for k, v in env.items() if not any(s in v for s in secrets.values())}
-    return out | placeholders(policy)
+    dropped = set(AWS_VARIABLES) if policy.aws_signing else set()
+    out = {
+        k: v
+        for k, v in env.items()
+        if k not in dropped and not any(s in v for s in secrets.values())
+    }
+    return out | placeholders(policy) | (AWS_SDK_SETTINGS if policy.aws_signing else {})
 
 
 def agent_secret(name: str, secrets: Mapping[str, str]) -> dict[str, Any]:

@@ -549,6 +549,9 @@ def _authority_is(host: str, *, spelled_any_way: bool) -> dict[str, Any]:
     return _header_is(":authority", match)
 
 
+_SIDESTEP = {"safe_regex": {"google_re2": {}, "regex": "(?i).*(?:%2f|%5c|%2e|;).*"}}
+
+
 def _any_of(predicates: list[dict[str, Any]]) -> dict[str, Any]:
     if len(predicates) == 1:
         return predicates[0]
@@ -565,6 +568,9 @@ def _sent_to(credential: Credential) -> dict[str, Any]:
         )
     if credential.paths:
         conditions.append(_any_of([_header_is(":path", {"prefix": p}) for p in credential.paths]))
+        # What an upstream may decode or read as a dot segment after Envoy's normalisation
+        # (%2F, %5C, %2E, a `;` parameter): such a path could leave the prefix there.
+        conditions.append({"not_matcher": _header_is(":path", _SIDESTEP)})
     return conditions[0] if len(conditions) == 1 else {"and_matcher": {"predicate": conditions}}
 
 
@@ -612,9 +618,9 @@ def aws_signing_filter(index: int, signing: AwsSigning, keys: AwsKeys) -> dict[s
         # S3 takes a payload it need not hash over TLS; other services' bodies are hashed
         # (Envoy reads them first).
         "use_unsigned_payload": signing.service == "s3",
-        # The listener's own headers are gone before the request is: signed, they would break
-        # the signature.
-        "match_excluded_headers": [{"prefix": "x-intercept-"}],
+        # The listener's own headers are gone before the request is, and Envoy's may be: signed,
+        # they would break the signature.
+        "match_excluded_headers": [{"prefix": "x-intercept-"}, {"prefix": "x-envoy-"}],
         # These keys, never Envoy's environment, files or an instance's metadata service.
         "credential_provider": {
             "custom_credential_provider_chain": True,

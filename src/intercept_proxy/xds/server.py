@@ -304,7 +304,7 @@ class _Stream:
             "Envoy rejected %s %s: %s",
             short_type(type_url),
             ", ".join(sorted(replaced)),
-            request.error_detail.message,
+            self.server.redact(request.error_detail.message),
         )
 
     def _subscribe(
@@ -407,10 +407,13 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         events: XdsEvents | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        redact: Callable[[str], str] = lambda text: text,
     ) -> None:
         """`resolvers`: the on-demand types, each an `OnDemand` or a bare resolver (no
-        bounds)."""
+        bounds); `redact` takes secrets out of what Envoy says (its refusals quote the
+        configuration) before it is logged."""
         self.cache = cache
+        self.redact = redact
         self.on_demand = {
             t: r if isinstance(r, OnDemand) else OnDemand(r) for t, r in (resolvers or {}).items()
         }
