@@ -176,20 +176,46 @@ def _checks(config: dict) -> list[dict]:
     ]
 
 
-@pytest.mark.parametrize("compiled_or_not", ["compiled", "agent only"])
-def test_with_approvals_every_check_may_wait_for_a_person(compiled_or_not):
+def _held(config: dict, timeout: str) -> dict[str, bool]:
+    """Each virtual host: whether its checks of the agent wait `timeout` (all, or none)."""
+    service = {"envoy_grpc": {"cluster_name": resources.AUTHZ_CLUSTER}, "timeout": timeout}
+    out = {}
+    for vhost in config["virtual_hosts"]:
+        checks = _checks({"virtual_hosts": [vhost]})
+        held = [c.get("grpc_service") == service for c in checks]
+        assert all(held) or not any(held), vhost["name"]
+        assert all("grpc_service" not in c for c, h in zip(checks, held, strict=True) if not h)
+        out[vhost["name"]] = bool(held) and all(held)
+    return out
+
+
+def test_with_approvals_the_checks_that_may_be_asked_wait_for_a_person():
     engine = RegorusEngine(POLICY)
     native = [compile_policy(POLICY, engine, tls=t) for t in (True, False)]
-    args = native if compiled_or_not == "compiled" else [None, None]
-    held = resources.route_configurations(REVISION, *args, hold_s=30)
-    service = {"envoy_grpc": {"cluster_name": resources.AUTHZ_CLUSTER}, "timeout": "35s"}
-    for config in held:
-        checks = _checks(config)
-        assert checks and all(c["grpc_service"] == service for c in checks)
+    for config in resources.route_configurations(
+        REVISION, *native, hold_s=30, held_hosts=("api.anthropic.com", "*.pythonhosted.org")
+    ):
+        held = _held(config, "35s")
+        # Their hosts, and `*`: names no other takes, other ports included.
+        assert {name for name, h in held.items() if h} == {
+            "api.anthropic.com",
+            "*.pythonhosted.org",
+            "any",
+        }, held
         protos.to_message(types.ROUTE, config)
+    for held_hosts in (("*",), ("b.pythonhosted.org",)):
+        config = resources.route_configurations(
+            REVISION, *native, hold_s=30, held_hosts=held_hosts
+        )[0]
+        held = _held(config, "35s")
+        assert held["*.pythonhosted.org"] and held["any"]
+        assert held["pypi.org"] == (held_hosts == ("*",))
+    # The agent alone: its one virtual host.
+    for config in resources.route_configurations(REVISION, hold_s=30, held_hosts=("a.test",)):
+        assert _held(config, "35s") == {"any": True}
     # A held request sends nothing: it must not outlast Envoy's stream idle timeout.
     longest = approvals.MAX_TIMEOUT_SECONDS + resources.HOLD_MARGIN_S
     assert longest < resources.DataPlane().stream_idle_timeout_s
-    # Without approvals: the filter's own (short) timeout.
-    for config in resources.route_configurations(REVISION, *args):
+    # Without approvals: the filter's own (short) timeout everywhere.
+    for config in resources.route_configurations(REVISION, *native):
         assert not any("grpc_service" in c for c in _checks(config))

@@ -89,6 +89,7 @@ def native_routes(
     credential_headers: Placeholders,
     budget_hosts: BudgetHosts,
     hold_s: int | None = None,
+    held_hosts: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
@@ -99,6 +100,7 @@ def native_routes(
         credential_headers,
         budget_hosts,
         hold_s,
+        held_hosts,
     )
 
 
@@ -234,10 +236,21 @@ class Agent:
             return None
         return approvals.timeout_seconds
 
+    def held_hosts(self) -> tuple[str, ...]:
+        """The hosts the operator's approvals may ask about (`*`: any)."""
+        approvals = self.policy.required.policy.approvals
+        if approvals is None:
+            return ()
+        named = tuple(f"*.{e.host}" if e.wildcard else e.host for e in approvals.hosts)
+        return ("*", *named) if approvals.any_host else named
+
     def agent_routes(self, revision: str) -> list[dict[str, Any]]:
         """The routes that send everything to the agent (budgeted hosts' bodies read first)."""
         return route_configurations(
-            revision, budget_hosts=self.budget_hosts(), hold_s=self.hold_s()
+            revision,
+            budget_hosts=self.budget_hosts(),
+            hold_s=self.hold_s(),
+            held_hosts=self.held_hosts(),
         )
 
     def leak_markers(self) -> list[tuple[str, str]]:
@@ -292,6 +305,7 @@ class Agent:
                 self.credential_headers(),
                 self.budget_hosts(),
                 self.hold_s(),
+                self.held_hosts(),
             )
         except Exception:  # the agent keeps judging: correct, only slower
             log.exception("compiling policy %s into Envoy routes failed", revision)

@@ -969,9 +969,11 @@ def route_configurations(
     credential_headers: Placeholders = (),
     budget_hosts: BudgetHosts = (),
     hold_s: float | None = None,
+    held_hosts: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
     """Both listeners' routes: the compiled policy's, or (None) the agent's for everything.
-    `hold_s`: how long the agent may hold a request for a person's approval (None: never)."""
+    `hold_s`: how long the agent may hold a request for a person's approval (None: never), to
+    the hosts of `held_hosts` (exact names, `*.suffix`, `*` for any)."""
     holding = (
         None
         if hold_s is None
@@ -987,6 +989,7 @@ def route_configurations(
             credential_headers=credential_headers,
             budget_hosts=budget_hosts,
             holding_service=holding,
+            held_hosts=held_hosts,
         )
         for name, cluster, policy, is_tls in (
             (TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, True),

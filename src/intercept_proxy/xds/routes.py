@@ -26,6 +26,7 @@ from typing import Any
 
 from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, Judge, error_body
 from intercept_proxy.policy.credentials import Placeholders
+from intercept_proxy.policy.limits import host_matches
 from intercept_proxy.policy.native import (
     METHODS,
     NativePolicy,
@@ -384,6 +385,15 @@ def _virtual_host(
     return {"name": name, "domains": [host.domain], "routes": routes}
 
 
+def _may_ask(domain: str, held_hosts: tuple[str, ...]) -> bool:
+    """Whether a request in the virtual host of `domain` may be held for approval: `*` gets
+    whatever no other takes (other ports included), a name or a wildcard what it shares with
+    an approvals host."""
+    if domain == "*" or "*" in held_hosts:
+        return True
+    return any(host_matches(h, domain) or host_matches(domain, h) for h in held_hosts)
+
+
 def _holding(route: dict[str, Any], service: dict[str, Any]) -> dict[str, Any]:
     """`route` with each of its checks by the agent made through `service`."""
 
@@ -408,14 +418,16 @@ def route_configuration(
     credential_headers: Placeholders = (),
     budget_hosts: BudgetHosts = (),
     holding_service: dict[str, Any] | None = None,
+    held_hosts: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """`policy` None: the agent judges every request. `credential_headers`: the headers the
     credentials of the operator's policy are sent in (whichever policy decides), with their
     placeholders: a request that carries one with another value goes to the agent, which
     refuses it if it holds a secret. `budget_hosts`: the operator's budgets' hosts, each with
     whether its budget counts bytes. `holding_service`: the agent's check service with the
-    timeout of a request held for a person's approval (the agent may hold any request it
-    judges), when the operator's policy has approvals."""
+    timeout of a request held for a person's approval, on the virtual hosts whose names may be
+    asked about (`held_hosts`: the approvals' hosts, `*` for any); the others keep the
+    filter's short timeout, so a hung agent fails them closed at once."""
     if policy is not None and policy.tls != tls:
         raise ValueError(
             f"route configuration {name}: the policy was compiled for the other listener"
@@ -439,6 +451,8 @@ def route_configuration(
     if holding_service is not None:
         virtual_hosts = [
             {**vh, "routes": [_holding(r, holding_service) for r in vh["routes"]]}
+            if _may_ask(vh["domains"][0], held_hosts)
+            else vh
             for vh in virtual_hosts
         ]
     return {
