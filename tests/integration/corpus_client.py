@@ -5,7 +5,7 @@ id as JSON lines.
 Runs inside the test's namespace: `python corpus_client.py CA_CERT < corpus.json`. Requests go
 one at a time over keep-alive connections, one per (listener, SNI); those marked `h2` go over
 HTTP/2 with curl (which sends the method as written, `get` included: HTTP/1's codec refuses a
-lower-case method before any decision)."""
+lower-case method before any decision), a body with its length or streamed without one."""
 
 from __future__ import annotations
 
@@ -57,7 +57,13 @@ def _send_h2(ca_file: str, request: dict) -> tuple[int, str]:
         "-o", "/dev/null", "-D", "-", "--max-time", "30",
         f"https://{request['sni']}{request['path']}",
     ]  # fmt: skip
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    body = request.get("body")
+    if body is not None:  # with its length, or streamed without one (`-T -`)
+        argv += ["--data-binary", body] if not request.get("chunked") else ["-T", "-"]
+    out = subprocess.run(
+        argv, input=body if request.get("chunked") else None, capture_output=True, text=True,
+        check=True,
+    ).stdout  # fmt: skip
     status = re.search(r"^HTTP/2 (\d+)", out, re.M)
     decision_id = re.search(r"^x-intercept-decision-id: (\S+)", out, re.M | re.I)
     return int(status.group(1)) if status else 0, decision_id.group(1) if decision_id else ""
