@@ -4,18 +4,20 @@ id as JSON lines.
 
 Runs inside the test's namespace: `python corpus_client.py CA_CERT < corpus.json`. Requests go
 one at a time over keep-alive connections, one per (listener, SNI); those marked `h2` go over
-HTTP/2 with curl (which sends the method as written, `get` included: HTTP/1's codec refuses a
-lower-case method before any decision), a body with its length or streamed without one."""
+HTTP/2, one connection each, with the method as written (`get` included: HTTP/1's codec refuses
+a lower-case method before any decision), a body with its length or streamed without one."""
 
 from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import ssl
-import subprocess
 import sys
+
+import h2.config
+import h2.connection
+import h2.events
 
 from intercept_proxy import ports
 
@@ -49,33 +51,55 @@ def _send(conn: http.client.HTTPConnection, request: dict) -> tuple[int, str]:
     return response.status, decision_id
 
 
-def _send_h2(ca_file: str, request: dict) -> tuple[int, str]:
-    argv = [
-        "curl", "-sS", "--http2", "--path-as-is", "-k", "--cacert", ca_file,
-        "-X", request["method"], "-H", f"Host: {request['host']}",
-        "--connect-to", f"::127.0.0.1:{ports.ENVOY_TLS}",
-        "-o", "/dev/null", "-D", "-", "--max-time", "30",
-        f"https://{request['sni']}{request['path']}",
-    ]  # fmt: skip
-    body = request.get("body")
-    if body is not None:  # with its length, or streamed without one (`-T -`)
-        argv += ["--data-binary", body] if not request.get("chunked") else ["-T", "-"]
-    out = subprocess.run(
-        argv, input=body if request.get("chunked") else None, capture_output=True, text=True,
-        check=True,
-    ).stdout  # fmt: skip
-    status = re.search(r"^HTTP/2 (\d+)", out, re.M)
-    decision_id = re.search(r"^x-intercept-decision-id: (\S+)", out, re.M | re.I)
-    return int(status.group(1)) if status else 0, decision_id.group(1) if decision_id else ""
+def _send_h2(context: ssl.SSLContext, request: dict) -> tuple[int, str]:
+    """One request on its own HTTP/2 connection. Envoy may answer before it has read the body
+    and then reset the stream, as RFC 9113 allows; curl 7.88 reported that as a stream error
+    without the answer, this client reads the answer."""
+    sock = socket.create_connection(("127.0.0.1", ports.ENVOY_TLS), timeout=30)
+    with context.wrap_socket(sock, server_hostname=request["sni"]) as tls:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
+        conn.initiate_connection()
+        body = request.get("body")
+        headers = [
+            (":method", request["method"]), (":scheme", "https"),
+            (":authority", request["host"]), (":path", request["path"]),
+        ]  # fmt: skip
+        if body is not None and not request.get("chunked"):
+            headers.append(("content-length", str(len(body))))
+        conn.send_headers(1, headers, end_stream=body is None)
+        if body is not None:
+            if request.get("chunked"):  # streamed: the body follows the headers, no length
+                tls.sendall(conn.data_to_send())
+            conn.send_data(1, body.encode(), end_stream=True)
+        tls.sendall(conn.data_to_send())
+        status, decision_id = 0, ""
+        while True:
+            data = tls.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    fields = dict(event.headers)
+                    status = int(fields[":status"])
+                    decision_id = fields.get("x-intercept-decision-id", "")
+                elif isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    return status, decision_id
+            tls.sendall(conn.data_to_send())
+        return status, decision_id
 
 
 def main() -> None:
     context = ssl.create_default_context(cafile=sys.argv[1])
     context.check_hostname = False  # the SNI may be absent or differ from the host on purpose
+    h2_context = ssl.create_default_context(cafile=sys.argv[1])
+    h2_context.check_hostname = False
+    h2_context.set_alpn_protocols(["h2"])
     connections: dict[tuple[bool, str | None], http.client.HTTPConnection] = {}
     for request in json.load(sys.stdin):
         if request.get("h2"):
-            status, decision_id = _send_h2(sys.argv[1], request)
+            status, decision_id = _send_h2(h2_context, request)
             print(json.dumps({"status": status, "decision_id": decision_id}), flush=True)
             continue
         key = (request["tls"], request.get("sni"))
