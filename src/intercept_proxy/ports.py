@@ -10,3 +10,6 @@ AGENT_AUTHZ = 15021  # agent: Envoy ext_authz (gRPC)
 AGENT_METRICS = 15022  # agent: Prometheus metrics (closed from outside unless opened)
 AGENT_DNS = 15053  # agent: the DNS sinkhole (UDP and TCP) the workload's DNS is redirected to
 AGENT_XDS = 15090  # agent: ADS and on-demand SDS (gRPC)
+# The egress gateway's listener (an explicit proxy, as the seeds' egress-proxy Service): outside
+# the sidecars' range, it is for clients.
+ENVOY_GATEWAY = 3128

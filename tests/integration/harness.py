@@ -38,7 +38,10 @@ class Response:
 class Interceptor(lab_interceptor.Interceptor):
     """The lab's interceptor, and what the tests do with it."""
 
-    def __init__(self, ns: str, policy: str, upstream_ca: Path, dns: tuple[str, ...]) -> None:
+    def __init__(
+        self, ns: str, policy: str, upstream_ca: Path, dns: tuple[str, ...], **agent: Any
+    ) -> None:
+        """`agent`: more of the agent's settings."""
         super().__init__(
             ns,
             policy,
@@ -47,6 +50,7 @@ class Interceptor(lab_interceptor.Interceptor):
             log_level=os.environ.get("AGENT_LOG_LEVEL", "info"),
             envoy_args=("-l", "warning"),
             cert_cache_size=200,
+            **agent,
         )
 
     @contextlib.contextmanager

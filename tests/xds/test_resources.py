@@ -10,7 +10,7 @@ import pytest
 
 from intercept_proxy.policy.credentials import AwsKeys
 from intercept_proxy.policy.model import parse_policy
-from intercept_proxy.xds import protos, resources, routes, types
+from intercept_proxy.xds import gateway, protos, resources, routes, types
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import envoy_binary
 from tests.golden import assert_golden
@@ -18,14 +18,19 @@ from tests.golden import assert_golden
 PEM = "-----BEGIN CERTIFICATE-----\n(the upstream CA bundle)\n-----END CERTIFICATE-----\n"
 DEFAULT = resources.DataPlane()
 LAB = resources.DataPlane(dns_resolvers=("198.18.0.53", "fd00::53"), decision_log_path="/tmp/a.log")
+GATEWAY = resources.DataPlane(gateway_port=3128, gateway_addresses=("0.0.0.0", "::"))
 
 
-@pytest.mark.parametrize(("name", "dp"), [("default", DEFAULT), ("resolvers", LAB)])
+@pytest.mark.parametrize(
+    ("name", "dp"), [("default", DEFAULT), ("resolvers", LAB), ("gateway", GATEWAY)]
+)
 def test_clusters_golden(name, dp):
     assert_golden(f"xds/clusters-{name}.json", resources.clusters(dp, PEM))
 
 
-@pytest.mark.parametrize(("name", "dp"), [("default", DEFAULT), ("resolvers", LAB)])
+@pytest.mark.parametrize(
+    ("name", "dp"), [("default", DEFAULT), ("resolvers", LAB), ("gateway", GATEWAY)]
+)
 def test_listeners_golden(name, dp):
     assert_golden(f"xds/listeners-{name}.json", resources.listeners(dp))
 
@@ -95,13 +100,46 @@ def test_credentials_are_sent_after_the_decision_over_tls_only():
 
 def test_bootstrap_golden():
     assert_golden("xds/bootstrap.json", bootstrap(Bootstrap(node_id="pod-1")))
+    gateway_bootstrap = bootstrap(Bootstrap(node_id="pod-1", gateway=True))
+    assert gateway_bootstrap.pop("bootstrap_extensions") == [gateway.INTERNAL_LISTENER_EXTENSION]
+    assert gateway_bootstrap == bootstrap(Bootstrap(node_id="pod-1"))
 
 
 def test_every_resource_parses_as_protobuf():
-    for cluster in resources.clusters(LAB, PEM):
-        assert protos.to_message(types.CLUSTER, cluster).name == cluster["name"]
-    for listener in resources.listeners(LAB):
-        assert protos.to_message(types.LISTENER, listener).name == listener["name"]
+    for dp in (LAB, GATEWAY):
+        for cluster in resources.clusters(dp, PEM):
+            assert protos.to_message(types.CLUSTER, cluster).name == cluster["name"]
+        for listener in resources.listeners(dp):
+            assert protos.to_message(types.LISTENER, listener).name == listener["name"]
+
+
+def test_the_gateway_only_routes_the_listeners_copies_judge():
+    """Its tunnels and proxied requests meet the listeners' own filters and routes; it has no
+    filter that could decide, and it opens tunnels to port 443 only."""
+    listeners = {listener["name"]: listener for listener in resources.listeners(GATEWAY)}
+    for original, copy in (
+        (resources.TLS_LISTENER, gateway.TUNNELED),
+        (resources.HTTP_LISTENER, gateway.PROXIED),
+    ):
+        internal = dict(listeners[copy])
+        assert internal.pop("internal_listener") == {} and "address" not in internal
+        exposed = {k: v for k, v in listeners[original].items() if "address" not in k}
+        assert {**internal, "name": original} == exposed
+    hcm = listeners[gateway.GATEWAY_LISTENER]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
+    [host] = hcm["route_config"]["virtual_hosts"]
+    tunnel, refused, proxied = host["routes"]
+    assert tunnel["route"]["cluster"] == gateway.TUNNELED
+    assert tunnel["match"]["headers"][0]["string_match"]["safe_regex"]["regex"] == "[^/]+:443"
+    assert refused["direct_response"]["status"] == 403
+    assert proxied["route"]["cluster"] == gateway.PROXIED
+    # Its addresses are its own; without a port there is no gateway at all.
+    address = listeners[gateway.GATEWAY_LISTENER]["address"]["socket_address"]
+    assert (address["address"], address["port_value"]) == ("0.0.0.0", 3128)
+    assert {c["name"] for c in resources.clusters(DEFAULT, PEM)}.isdisjoint(
+        {gateway.TUNNELED, gateway.PROXIED}
+    )
+    assert len(resources.listeners(DEFAULT)) == 2
 
 
 def test_unknown_fields_are_errors_not_dropped():
@@ -111,6 +149,7 @@ def test_unknown_fields_are_errors_not_dropped():
 
 
 def test_listeners_are_dual_stack_and_loopback_only():
+    """The gateway's own addresses aside (a setting)."""
     for listener in resources.listeners(DEFAULT):
         addresses = [listener["address"]] + [a["address"] for a in listener["additional_addresses"]]
         assert [a["socket_address"]["address"] for a in addresses] == ["127.0.0.1", "::1"]

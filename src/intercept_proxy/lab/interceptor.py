@@ -76,8 +76,10 @@ class Interceptor:
                 **agent,
             )[1:],
         ]  # fmt: skip
+        gateway = ["--gateway"] if agent.get("gateway_port") is not None else []
         self._envoy_argv = [
-            str(INTERCEPT), "envoy", "run", "--node-id", f"sidecars-{ns}", "--", *envoy_args
+            str(INTERCEPT), "envoy", "run", "--node-id", f"sidecars-{ns}", *gateway,
+            "--", *envoy_args,
         ]  # fmt: skip
         self._core = core
         self._agent_env = agent_env

@@ -12,7 +12,7 @@ import secrets
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,13 @@ from intercept_proxy.injector.settings import (
     ENABLED_LABEL,
     InjectorSettings,
 )
-from intercept_proxy.lab import Lab, LabError, LabSpec, LabSpecError
+from intercept_proxy.lab import LabError, LabSpecError
 from intercept_proxy.policy.model import Policy, PolicyError, load_policy
-from intercept_proxy.runtime import credentials
+from intercept_proxy.runtime import credentials, gateway
 from intercept_proxy.runtime.admission import MIN_GROUP, AdmissionError
 from intercept_proxy.runtime.asking import Asker
 from intercept_proxy.runtime.containers import ContainerError, Executables
-from intercept_proxy.runtime.network import HostUplink, LabUplink, NetworkError, Uplink
+from intercept_proxy.runtime.network import NetworkError, Uplink, uplink
 from intercept_proxy.runtime.pod import LocalPod, Options, PodError, cleanup_stale
 from intercept_proxy.runtime.volumes import VolumeError
 from intercept_proxy.runtime.workdir import (
@@ -111,6 +111,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "whose runtime died (intercept run does this too when it starts).",
     )
     cleanup.set_defaults(func=_cleanup)
+    gateway.register(commands)
 
 
 def _executables() -> Executables:
@@ -273,16 +274,10 @@ def load_manifests(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-@contextlib.contextmanager
-def _uplink(args: argparse.Namespace, prefix: str) -> Iterator[Uplink]:
-    if args.lab is None:
-        if args.lab_log is not None:
-            raise RunError("--lab-log needs --lab")
-        yield HostUplink(prefix)
-        return
-    spec = LabSpec.load(args.lab)
-    with Lab(spec, prefix=f"{prefix}l", log_path=args.lab_log) as lab:
-        yield LabUplink(lab)
+def _uplink(args: argparse.Namespace, prefix: str) -> contextlib.AbstractContextManager[Uplink]:
+    if args.lab is None and args.lab_log is not None:
+        raise RunError("--lab-log needs --lab")
+    return uplink(args.lab, args.lab_log, prefix)
 
 
 def summarize(decision_log: Path) -> str:

@@ -13,12 +13,13 @@ import ipaddress
 import json
 import shlex
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from intercept_proxy import netns, resolvconf
-from intercept_proxy.lab import Lab
+from intercept_proxy.lab import Lab, LabSpec
 
 # One file per pod routed through this host: forwarding is restored when the last one leaves.
 UPLINKS = Path("/run/intercept-proxy/uplinks")
@@ -205,3 +206,13 @@ def release_host_uplink(name: str) -> None:
         for key, value in json.loads(original.read_text()).items():
             (Path("/proc/sys") / key).write_text(value)
         original.unlink()
+
+
+@contextlib.contextmanager
+def uplink(lab: Path | None, lab_log: Path | None, prefix: str) -> Iterator[Uplink]:
+    """A lab's, started from its spec `lab` (its receipts in `lab_log`), or this machine's."""
+    if lab is None:
+        yield HostUplink(prefix)
+        return
+    with Lab(LabSpec.load(lab), prefix=f"{prefix}l", log_path=lab_log) as running:
+        yield LabUplink(running)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy import ports
+from intercept_proxy.xds.gateway import INTERNAL_LISTENER_EXTENSION
 from intercept_proxy.xds.resources import XDS_CLUSTER, grpc_cluster
 
 # The clusters Envoy has before any xDS: the one that brings it the rest.
@@ -25,6 +26,7 @@ class Bootstrap:
     xds_address: str = "127.0.0.1"
     xds_port: int = ports.AGENT_XDS
     max_downstream_connections: int = 10000
+    gateway: bool = False  # it serves the egress gateway (xds/gateway.py)
 
 
 def bootstrap(b: Bootstrap) -> dict[str, Any]:
@@ -45,6 +47,8 @@ def bootstrap(b: Bootstrap) -> dict[str, Any]:
             "cds_config": ads,
             "lds_config": ads,
         },
+        # The egress gateway hands its requests to the listeners' internal copies.
+        **({"bootstrap_extensions": [INTERNAL_LISTENER_EXTENSION]} if b.gateway else {}),
         "static_resources": {
             "clusters": [grpc_cluster(name, b.xds_address, b.xds_port) for name in STATIC_CLUSTERS]
         },

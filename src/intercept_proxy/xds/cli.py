@@ -25,6 +25,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         cmd.add_argument("--admin-port", type=int, default=ports.ENVOY_ADMIN)
         cmd.add_argument("--xds-address", default="127.0.0.1", help="the agent's address")
         cmd.add_argument("--xds-port", type=int, default=ports.AGENT_XDS)
+        cmd.add_argument(
+            "--gateway", action="store_true", help="for an agent that serves the egress gateway"
+        )
         cmd.set_defaults(func=func)
     sub.choices["run"].add_argument("envoy_args", nargs=argparse.REMAINDER)
 
@@ -35,6 +38,7 @@ def _config(args: argparse.Namespace) -> str:
         admin_port=args.admin_port,
         xds_address=args.xds_address,
         xds_port=args.xds_port,
+        gateway=args.gateway,
     )
     return json.dumps(bootstrap(b), indent=2)
 

@@ -24,6 +24,15 @@ from intercept_proxy.options import option
 from intercept_proxy.policy.credentials import AwsKeys, AwsSigning, Credential, Placeholders
 from intercept_proxy.policy.limits import RateLimit
 from intercept_proxy.policy.native import NativePolicy
+from intercept_proxy.xds.gateway import (
+    GATEWAY_LISTENER,
+    PROXIED,
+    TUNNELED,
+    gateway_routes,
+    internal_cluster,
+    internal_copy,
+    refusals_only,
+)
 from intercept_proxy.xds.protos import generic_secret
 from intercept_proxy.xds.routes import (
     AUTHZ_FILTER,
@@ -107,6 +116,18 @@ class DataPlane:
     connection_idle_timeout_s: float = 60.0
     # Streams of one HTTP/2 connection at once.
     max_concurrent_streams: int = 100
+    # The egress gateway (an explicit proxy, xds/gateway.py). None: none.
+    gateway_port: int | None = option(
+        "--gateway-port", "serve as an explicit proxy (HTTPS_PROXY) on this port", default=None,
+        parse=int,
+    )  # fmt: skip
+    gateway_addresses: tuple[str, ...] = option(
+        "--gateway-address",
+        "an address the gateway listens on (repeatable)",
+        default=("127.0.0.1", "::1"),
+        repeatable=True,
+        metavar="ADDRESS",
+    )
     # The decision log. None: Envoy's own stdout (no file to open, whoever owns it).
     decision_log_path: str | None = option(
         "--decision-log",
@@ -123,8 +144,8 @@ def _socket_address(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def _listener_addresses(dp: DataPlane, port: int) -> dict[str, Any]:
-    first, *rest = dp.listen_addresses
+def _listener_addresses(addresses: tuple[str, ...], port: int) -> dict[str, Any]:
+    first, *rest = addresses
     out: dict[str, Any] = {"address": _socket_address(first, port)}
     if rest:
         out["additional_addresses"] = [{"address": _socket_address(a, port)} for a in rest]
@@ -227,10 +248,12 @@ def forward_proxy_cluster(dp: DataPlane, upstream_ca_pem: str | None) -> dict[st
 
 
 def clusters(dp: DataPlane, upstream_ca_pem: str) -> list[dict[str, Any]]:
+    gateway = [] if dp.gateway_port is None else [internal_cluster(n) for n in (TUNNELED, PROXIED)]
     return [
         grpc_cluster(AUTHZ_CLUSTER, dp.authz_address, dp.authz_port),
         forward_proxy_cluster(dp, upstream_ca_pem),
         forward_proxy_cluster(dp, None),
+        *gateway,
     ]
 
 
@@ -316,7 +339,7 @@ class Logged(Enum):
     RATE_LIMIT = "rate_limit"  # the policy allowed it, its host's rate limit refused it
 
 
-def decision_fields(*, tls: bool, logged: Logged) -> dict[str, Any]:
+def decision_fields(*, tls: bool | None, logged: Logged) -> dict[str, Any]:
     """The decision log's line (Envoy's access log)."""
     verdict: dict[str, Any]
     if logged is Logged.AGENT:
@@ -378,7 +401,7 @@ def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
 
 
 def decision_logs(
-    path: str | None, *, tls: bool, rate_limited: bool = False
+    path: str | None, *, tls: bool | None, rate_limited: bool = False
 ) -> list[dict[str, Any]]:
     """One logger per kind of line into one sink, each for the requests its filter selects.
     `rate_limited`: a rate limit may refuse requests."""
@@ -915,7 +938,7 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
     the listeners drain; routes come over RDS)."""
     tls_listener = {
         "name": TLS_LISTENER,
-        **_listener_addresses(dp, dp.tls_port),
+        **_listener_addresses(dp.listen_addresses, dp.tls_port),
         "listener_filters": [
             {
                 "name": "envoy.filters.listener.tls_inspector",
@@ -943,7 +966,7 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
     }
     http_listener = {
         "name": HTTP_LISTENER,
-        **_listener_addresses(dp, dp.http_port),
+        **_listener_addresses(dp.listen_addresses, dp.http_port),
         # It waits for the request line: a connection that sends nothing (or next to nothing)
         # is closed after the same time as on the TLS listener.
         "listener_filters": [
@@ -959,7 +982,62 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
         "listener_filters_timeout": _duration(dp.first_bytes_timeout_s),
         "filter_chains": [{"filters": [_hcm_filter(dp, tls=False, extras=extras)]}],
     }
-    return [tls_listener, http_listener]
+    if dp.gateway_port is None:
+        return [tls_listener, http_listener]
+    return [
+        tls_listener,
+        http_listener,
+        gateway_listener(dp),
+        internal_copy(tls_listener, TUNNELED),
+        internal_copy(http_listener, PROXIED),
+    ]
+
+
+def gateway_listener(dp: DataPlane) -> dict[str, Any]:
+    """The explicit proxy's listener (xds/gateway.py): it routes, the listeners' copies judge."""
+    assert dp.gateway_port is not None
+    hcm = {
+        "@type": type_url(
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+        ),
+        "stat_prefix": GATEWAY_LISTENER,
+        "codec_type": "AUTO",
+        "server_name": "intercept-proxy",
+        "stream_idle_timeout": _duration(dp.stream_idle_timeout_s),
+        "request_timeout": "0s",
+        "request_headers_timeout": _duration(dp.request_headers_timeout_s),
+        "common_http_protocol_options": {"idle_timeout": _duration(dp.connection_idle_timeout_s)},
+        # Python's http.client asks for its tunnels in HTTP/1.0.
+        "http_protocol_options": {"accept_http_10": True},
+        "http2_protocol_options": {
+            "max_concurrent_streams": dp.max_concurrent_streams,
+            "allow_connect": True,
+        },
+        # ws:// goes absolute-form, with its upgrade, to the plain-HTTP listener's copy.
+        "upgrade_configs": [{"upgrade_type": "CONNECT"}, {"upgrade_type": "websocket"}],
+        "access_log": refusals_only(decision_logs(dp.decision_log_path, tls=None)),
+        "route_config": gateway_routes(),
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {
+                    "@type": type_url("envoy.extensions.filters.http.router.v3.Router"),
+                    "suppress_envoy_headers": True,
+                },
+            }
+        ],
+    }
+    return {
+        "name": GATEWAY_LISTENER,
+        **_listener_addresses(dp.gateway_addresses, dp.gateway_port),
+        "filter_chains": [
+            {
+                "filters": [
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                ]
+            }
+        ],
+    }
 
 
 def route_configurations(

@@ -94,9 +94,11 @@ def request_facts(*, tls: bool) -> dict[str, str]:
     return facts
 
 
-def target(*, tls: bool) -> str:
-    """The request's target as the policy's reasons begin, in Envoy's format language."""
-    return f"%REQ(:METHOD)% %REQ(:AUTHORITY)%:{443 if tls else 80}"
+def target(*, tls: bool | None) -> str:
+    """The request's target as the policy's reasons begin, in Envoy's format language (`tls`
+    None: a proxy's CONNECT, whose authority has its port)."""
+    port = "" if tls is None else f":{443 if tls else 80}"
+    return f"%REQ(:METHOD)% %REQ(:AUTHORITY)%{port}"
 
 
 def route_field(key: str) -> str:
@@ -152,7 +154,7 @@ def agent_route(cluster: str, revision: str, *, tls: bool) -> dict[str, Any]:
     }
 
 
-def denial_body(rule: str, reason: str, *, tls: bool) -> dict[str, Any]:
+def denial_body(rule: str, reason: str, *, tls: bool | None) -> dict[str, Any]:
     """The agent's JSON denial, in Envoy's format language (`reason` follows the target)."""
     return {
         "content_type": "application/json",
@@ -167,9 +169,10 @@ def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
     return {"status": 403, "body_format": body}
 
 
-def status_filter(status: int, runtime_key: str) -> dict[str, Any]:
-    """An access log filter (a local reply mapper's too) for one status code."""
-    comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": runtime_key}}
+def status_filter(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
+    """An access log filter (a local reply mapper's too) for one status code (`op` GE: and
+    those above)."""
+    comparison = {"op": op, "value": {"default_value": status, "runtime_key": runtime_key}}
     return {"status_code_filter": {"comparison": comparison}}
 
 

@@ -1,0 +1,162 @@
+"""`intercept gateway`: the interceptor as a shared explicit proxy on this machine.
+
+The agent and Envoy run as their own users in a network namespace of their own, whose uplink
+is this machine's network or a lab. Clients set `HTTPS_PROXY`/`HTTP_PROXY` to the listen
+addresses, which are bound here, in this machine's namespace, and relayed into the gateway's
+(`relay.py`). Everything made is removed on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from intercept_proxy import netns, ports
+from intercept_proxy.lab import LabError, LabSpecError
+from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
+from intercept_proxy.policy.model import PolicyError, load_policy
+from intercept_proxy.runtime.containers import as_user
+from intercept_proxy.runtime.network import NetworkError, uplink
+
+DEFAULT_LISTEN = (f"127.0.0.1:{ports.ENVOY_GATEWAY}", f"[::1]:{ports.ENVOY_GATEWAY}")
+SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
+RELAY_UID = 65534  # nobody: the relay holds its sockets, it needs no right of its own
+USAGE_ERROR = 2
+
+
+class GatewayError(Exception):
+    """A problem with what `intercept gateway` was asked to do; the message says what."""
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`ADDRESS:PORT`, an IPv6 address in brackets."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise GatewayError(f"--listen {text}: expected ADDRESS:PORT ([ADDRESS]:PORT for IPv6)")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        raise GatewayError(f"--listen {text}: {host!r} is not an IP address") from None
+    if address.version == 6 and not bracketed:
+        raise GatewayError(f"--listen {text}: write an IPv6 address in brackets")
+    return str(address), int(port)
+
+
+def shown(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((address, port))
+    except OSError as e:
+        sock.close()
+        raise GatewayError(f"--listen {shown(address, port)}: {e.strerror}") from None
+    sock.listen(512)
+    return sock
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gateway = commands.add_parser(
+        "gateway",
+        help="serve the interceptor as an explicit proxy (HTTPS_PROXY) on this machine",
+        description="Judge the requests of clients that set HTTPS_PROXY/HTTP_PROXY to the listen "
+        "addresses: CONNECT tunnels to port 443 are terminated with a certificate of the "
+        "gateway's CA, printed on the ready line, which clients must trust. Prints `ready "
+        "listen=ADDRESSES ca=PATH` when it serves; SIGINT or SIGTERM stops it.",
+    )
+    gateway.add_argument("--policy", type=Path, required=True, help="policy file")
+    gateway.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS:PORT",
+        help=f"where clients reach it (repeatable; default: {' and '.join(DEFAULT_LISTEN)})",
+    )
+    gateway.add_argument("--lab", type=Path, metavar="SPEC", help="use a lab as the internet")
+    gateway.add_argument("--lab-log", type=Path, metavar="FILE", help="the lab's receipt log")
+    gateway.set_defaults(func=_gateway)
+
+
+def _serve(args: argparse.Namespace, stop: threading.Event) -> None:
+    if args.lab is None and args.lab_log is not None:
+        raise GatewayError("--lab-log needs --lab")
+    listen = [parse_listen(t) for t in args.listen or DEFAULT_LISTEN]
+    load_policy(args.policy)  # its errors, named, before anything starts
+    sockets = [bind(a, p) for a, p in listen]
+    prefix = netns.unique_prefix("igw")
+    name = f"{prefix}-gw"
+    relay: subprocess.Popen[bytes] | None = None
+    try:
+        with uplink(args.lab, args.lab_log, prefix) as up:
+            netns.create(name)
+            try:
+                up.attach(name)
+                icp = Interceptor(
+                    name,
+                    args.policy.read_text(),
+                    up.extra_trust or SYSTEM_TRUST,
+                    up.nameservers,
+                    gateway_port=ports.ENVOY_GATEWAY,
+                )
+                try:
+                    icp.start()
+                    fds = [s.fileno() for s in sockets]
+                    argv = [
+                        sys.executable,
+                        "-m",
+                        "intercept_proxy.runtime.relay",
+                        str(ports.ENVOY_GATEWAY),
+                    ]
+                    relay = subprocess.Popen(
+                        netns.exec_argv(name, as_user(RELAY_UID, [*argv, *map(str, fds)])),
+                        pass_fds=fds,
+                        start_new_session=True,
+                    )
+                    addresses = ",".join(shown(a, p) for a, p in listen)
+                    print(f"ready listen={addresses} ca={icp.ca_cert}", flush=True)
+                    while not stop.wait(0.5):
+                        icp.check_alive()
+                        if relay.poll() is not None:
+                            raise GatewayError(f"the relay exited {relay.returncode}")
+                finally:
+                    if relay is not None:
+                        relay.kill()
+                        relay.wait()
+                    icp.close()
+            finally:
+                netns.delete(name)
+                up.detach()
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("intercept gateway: needs root (network namespaces, users)", file=sys.stderr)
+        return USAGE_ERROR
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        _serve(args, stop)
+        return 0
+    except (GatewayError, PolicyError, LabError, LabSpecError, NetworkError) as e:
+        print(f"intercept gateway: {e}", file=sys.stderr)
+        return USAGE_ERROR if isinstance(e, GatewayError | PolicyError | LabSpecError) else 1
+    except (InterceptorError, OSError) as e:
+        print(f"intercept gateway: {e}", file=sys.stderr)
+        return 1

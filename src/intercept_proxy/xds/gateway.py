@@ -1,0 +1,109 @@
+"""The egress gateway: an explicit forward proxy (clients set `HTTPS_PROXY`, `HTTP_PROXY`).
+
+Its listener only routes. A `CONNECT host:443` tunnel is terminated there and its bytes go,
+over an Envoy internal connection, to a copy of the TLS listener; any other request (a proxy's
+absolute-form `GET http://host/...`) goes to a copy of the plain-HTTP listener. The copies have
+the listeners' own filters and routes (RDS): a request through the gateway is judged, logged and
+answered exactly as an intercepted one. The gateway itself refuses only what neither listener
+could take: a tunnel to another port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from intercept_proxy.decision import Judge
+from intercept_proxy.xds.routes import denial_body, status_filter
+from intercept_proxy.xds.types import type_url
+
+GATEWAY_LISTENER = "intercept_gateway"
+# The listeners' internal copies, each also the name of the cluster that reaches it.
+TUNNELED = "intercept_tls_tunneled"
+PROXIED = "intercept_http_proxied"
+TUNNEL_PORT = 443
+TUNNEL_PORT_RULE = "gateway_tunnel_port"
+_TUNNEL_PORT_REASON = f": the gateway opens tunnels to port {TUNNEL_PORT} only"
+INTERNAL_LISTENER_EXTENSION = {
+    "name": "envoy.bootstrap.internal_listener",
+    "typed_config": {
+        "@type": type_url("envoy.extensions.bootstrap.internal_listener.v3.InternalListener")
+    },
+}
+
+
+def internal_cluster(name: str) -> dict[str, Any]:
+    """The cluster whose one endpoint is the internal listener of the same name."""
+    address = {"envoy_internal_address": {"server_listener_name": name}}
+    return {
+        "name": name,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+    }
+
+
+def internal_copy(listener: dict[str, Any], name: str) -> dict[str, Any]:
+    """`listener` (its filters, its routes), reached only through Envoy's internal connections."""
+    copy = {k: v for k, v in listener.items() if k not in ("address", "additional_addresses")}
+    return {**copy, "name": name, "internal_listener": {}}
+
+
+def _connect_to(port_regex: str) -> dict[str, Any]:
+    authority = {"name": ":authority", "string_match": {"safe_regex": {"regex": port_regex}}}
+    return {"connect_matcher": {}, "headers": [authority]}
+
+
+def gateway_routes() -> dict[str, Any]:
+    """The gateway's one route table: it holds no policy (the listeners' copies judge)."""
+    refused = {
+        "filter_metadata": {
+            "intercept": {
+                "judge": Judge.ENVOY.value,
+                "allow": False,
+                "rule": TUNNEL_PORT_RULE,
+                "reason": _TUNNEL_PORT_REASON,
+            }
+        }
+    }
+    tunnel = {"cluster": TUNNELED, "timeout": "0s", "upgrade_configs": [
+        {"upgrade_type": "CONNECT", "connect_config": {}}  # terminated here
+    ]}  # fmt: skip
+    return {
+        "name": GATEWAY_LISTENER,
+        "virtual_hosts": [
+            {
+                "name": "any",
+                "domains": ["*"],
+                "routes": [
+                    {
+                        "name": "tunnel",
+                        "match": _connect_to(f"[^/]+:{TUNNEL_PORT}"),
+                        "route": tunnel,
+                    },
+                    {
+                        "name": "tunnel-port",
+                        "match": {"connect_matcher": {}},
+                        "metadata": refused,
+                        "direct_response": {
+                            "status": 403,
+                            "body_format": denial_body(
+                                TUNNEL_PORT_RULE, _TUNNEL_PORT_REASON, tls=None
+                            ),
+                        },
+                    },
+                    {"name": "proxied", "match": {"prefix": "/"}, "route": {"cluster": PROXIED}},
+                ],
+            }
+        ],
+    }
+
+
+def refusals_only(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The gateway's own lines of the decision log: what it answered itself (its refusals,
+    a tunnel it could not open); what went through is logged by the listener that judged it."""
+    refused = status_filter(400, "intercept.gateway_refused_status", op="GE")
+    return [
+        {**log, "filter": {"and_filter": {"filters": [log["filter"], refused]}}} for log in logs
+    ]

@@ -1,0 +1,263 @@
+"""The egress gateway (xds/gateway.py): real clients set HTTPS_PROXY/HTTP_PROXY to it, and
+their requests are judged, logged and answered as intercepted ones are, on the real data path
+(Envoy, the agent, the lab's hosts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from intercept_proxy import netns, ports
+from intercept_proxy.lab.interceptor import INTERCEPT
+from intercept_proxy.runtime.containers import as_user
+from tests.integration.conftest import LAB_SPEC, POLICY
+from tests.integration.harness import WORKLOAD_UID, Interceptor
+
+pytestmark = pytest.mark.netns
+
+PORT = ports.ENVOY_GATEWAY
+PROXY = f"http://127.0.0.1:{PORT}"
+
+
+@pytest.fixture(scope="module")
+def interceptor(lab, client_ns, policy):
+    icp = Interceptor(client_ns, policy, lab.ca_cert_path, lab.dns_servers, gateway_port=PORT)
+    try:
+        yield icp.start()
+    finally:
+        icp.close()
+
+
+def run(icp: Interceptor, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    """`argv` as the workload's user in the client namespace."""
+    return subprocess.run(
+        netns.exec_argv(icp.ns, as_user(WORKLOAD_UID, argv)),
+        capture_output=True, text=True, timeout=60, check=False, **kwargs,
+    )  # fmt: skip
+
+
+def curl(icp: Interceptor, url: str, *args: str, proxy: str = PROXY) -> tuple[int, str, str]:
+    """Status, body and curl's messages (its HTTP version last) of `url` through the gateway."""
+    out = run(icp, [
+        "curl", "-sS", "-x", proxy, "--cacert", str(icp.ca_cert),
+        "-w", "\n%{http_code}%{stderr}%{http_version}", *args, url,
+    ])  # fmt: skip
+    body, _, status = out.stdout.rpartition("\n")
+    return int(status or 0), body, out.stderr
+
+
+def test_https_through_a_tunnel_http1_and_http2(interceptor, lab):
+    for version in ("--http1.1", "--http2"):
+        status, body, err = curl(interceptor, f"https://pypi.org/simple/{version[2:]}", version)
+        assert status == 200, err
+        assert json.loads(body)["path"] == f"/simple/{version[2:]}"
+        assert err.endswith("1.1" if version == "--http1.1" else "2")
+    # Logged by the TLS listener's copy, exactly as an intercepted request.
+    [h2] = interceptor.decisions(lambda d: d["path"] == "/simple/http2")
+    assert (h2["judge"], h2["rule"], h2["sni"], h2["scheme"]) == (
+        "envoy", "allowed_domains", "pypi.org", "https"
+    )  # fmt: skip
+
+
+def test_a_denied_host_gets_the_explained_denial_inside_its_tunnel(interceptor):
+    status, body, _ = curl(interceptor, "https://unknown.example/x")
+    assert status == 403
+    error = json.loads(body)["error"]
+    assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "default_deny")
+    assert error["message"].startswith("GET unknown.example:443")
+
+
+def test_plain_http_absolute_form(interceptor):
+    status, body, err = curl(interceptor, "http://pypi.org/plain")
+    assert status == 200, err
+    assert json.loads(body)["path"] == "/plain"
+    status, body, _ = curl(interceptor, "http://unknown.example/plain")
+    assert status == 403 and json.loads(body)["error"]["rule"] == "default_deny"
+    [logged] = interceptor.decisions(lambda d: d["path"] == "/plain" and d["allow"])
+    assert (logged["scheme"], logged["host"]) == ("http", "pypi.org")
+
+
+def test_ipv6_listener(interceptor):
+    status, _, err = curl(interceptor, "https://pypi.org/v6", proxy=f"http://[::1]:{PORT}")
+    assert status == 200, err
+
+
+def test_tunnels_to_other_ports_are_refused_and_logged(interceptor):
+    """Port 443 only: not ssh, not plain HTTP in a tunnel, not the sidecars' own ports."""
+    for target in ("pypi.org:22", "pypi.org:80", "pypi.org:8443", "127.0.0.1:15000", "[::1]:15021"):
+        connect = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode()
+        text = proxy_exchange(interceptor, connect)
+        assert text.startswith("HTTP/1.1 403"), text
+        error = json.loads(text.partition("\n\n")[2])["error"]  # text: CRLF read as LF
+        assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "gateway_tunnel_port")
+        assert error["message"] == f"CONNECT {target}: the gateway opens tunnels to port 443 only"
+    [logged] = interceptor.decisions(lambda d: d["host"] == "pypi.org:8443")
+    assert (logged["judge"], logged["allow"], logged["rule"], logged["status"]) == (
+        "envoy", False, "gateway_tunnel_port", 403
+    )  # fmt: skip
+
+
+def proxy_exchange(icp: Interceptor, request: bytes) -> str:
+    """`request` sent to the gateway, its answer read (it must have a length)."""
+    script = textwrap.dedent(f"""
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", {PORT}), timeout=10)
+        s.sendall(sys.stdin.buffer.read())
+        head, body = b"", b""
+        while b"\\r\\n\\r\\n" not in head:
+            head += s.recv(65536)
+        head, _, body = head.partition(b"\\r\\n\\r\\n")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\\r\\n")[0])
+        while len(body) < length:
+            body += s.recv(65536)
+        sys.stdout.write((head + b"\\r\\n\\r\\n" + body).decode("latin-1"))
+    """)
+    out = run(icp, ["/usr/bin/python3", "-c", script], input=request.decode("latin-1"))
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_the_request_in_the_tunnel_decides_never_the_connect_line(interceptor, lab):
+    """A CONNECT that names an allowed host gains nothing: the server name and the Host inside
+    the tunnel are what is judged, and where the request goes."""
+    script = textwrap.dedent(f"""
+        import socket, ssl, sys
+        target, inside = sys.argv[1], sys.argv[2]
+        s = socket.create_connection(("127.0.0.1", {PORT}), timeout=10)
+        s.sendall(f"CONNECT {{target}}:443 HTTP/1.1\\r\\nHost: {{target}}:443\\r\\n\\r\\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 200"), "no tunnel"
+        context = ssl.create_default_context(cafile=sys.argv[3])
+        t = context.wrap_socket(s, server_hostname=inside)
+        request = f"GET /lied HTTP/1.1\\r\\nHost: {{inside}}\\r\\nConnection: close\\r\\n\\r\\n"
+        t.sendall(request.encode())
+        print(t.recv(65536).split(b"\\r\\n")[0].decode())
+    """)
+    for target, inside, status in (
+        ("pypi.org", "unknown.example", "403"),
+        ("unknown.example", "pypi.org", "200"),
+    ):
+        out = run(interceptor, ["/usr/bin/python3", "-c", script, target, inside,
+                                str(interceptor.ca_cert)])  # fmt: skip
+        assert out.stdout.split()[1] == status, out.stderr
+    lab.wait_for_receipts(lambda r: r["host"] == "pypi.org" and r["path"] == "/lied")
+    assert not [r for r in lab.receipts() if r["host"] == "unknown.example"]
+
+
+def test_python_urllib_with_the_proxy_variables(interceptor):
+    script = textwrap.dedent("""
+        import json, urllib.error, urllib.request
+        print(urllib.request.urlopen("https://pypi.org/urllib").status)
+        try:
+            urllib.request.urlopen("https://unknown.example/urllib")
+        except urllib.error.HTTPError as e:
+            print(e.code, json.load(e)["error"]["code"])
+    """)
+    env = [
+        "env",
+        f"HTTPS_PROXY={PROXY}",
+        f"HTTP_PROXY={PROXY}",
+        f"SSL_CERT_FILE={interceptor.ca_cert}",
+    ]
+    out = run(interceptor, [*env, "/usr/bin/python3", "-c", script])
+    assert out.stdout.split("\n")[:2] == ["200", "403 POLICY_BLOCKED"], out.stderr
+
+
+def test_node_https_through_a_connect_tunnel(interceptor):
+    """Node.js 20 has no proxy variables: a CONNECT request, then TLS on its socket, as proxy
+    agents do."""
+    script = textwrap.dedent(f"""
+        const http = require("http"), https = require("https"), fs = require("fs");
+        const ca = fs.readFileSync(process.argv[1]);
+        function get(host, path) {{
+          http.request({{host: "127.0.0.1", port: {PORT}, method: "CONNECT",
+                        path: host + ":443"}}).on("connect", (res, socket) => {{
+            https.get({{host, path, ca, socket, agent: false}}, (r) => {{
+              console.log(host, r.statusCode);
+            }});
+          }}).end();
+        }}
+        get("pypi.org", "/node");
+        get("unknown.example", "/node");
+    """)
+    out = run(interceptor, ["node", "-e", script, str(interceptor.ca_cert)])
+    assert sorted(out.stdout.split("\n")[:2]) == ["pypi.org 200", "unknown.example 403"], out.stderr
+
+
+def test_git_clone_allowed_push_refused(interceptor):
+    work = interceptor.dir / "gateway-git"
+    work.mkdir()
+    os.chown(work, WORKLOAD_UID, WORKLOAD_UID)
+    env = [
+        "env", f"HOME={work}", f"HTTPS_PROXY={PROXY}", f"GIT_SSL_CAINFO={interceptor.ca_cert}",
+        "git", "-c", "user.name=t", "-c", "user.email=t@t",
+    ]  # fmt: skip
+
+    def git(*args: str, cwd: Path = work) -> subprocess.CompletedProcess[str]:
+        return run(interceptor, [*env, *args], cwd=cwd)
+
+    clone = git("clone", "https://github.com/octo/other.git")
+    assert clone.returncode == 0, clone.stderr
+    repo = work / "other"
+    assert git("commit", "--allow-empty", "-m", "change", cwd=repo).returncode == 0
+    push = git("push", "origin", "HEAD", cwd=repo)
+    assert push.returncode != 0 and "403" in push.stderr
+    pushed = interceptor.decisions(lambda d: "/octo/other" in (d["path"] or ""), 3)
+    assert {d["rule"] for d in pushed} == {"github_read", "github_write_not_allowed"}
+
+
+def test_the_gateway_listens_on_loopback_only(interceptor):
+    """Locally, other machines cannot use this machine's gateway (the listener's addresses)."""
+    listening = netns.run(interceptor.ns, ["ss", "-Htln", f"sport = :{PORT}"]).stdout.split()
+    assert sorted({a for a in listening if a.endswith(f":{PORT}")}) == [
+        f"127.0.0.1:{PORT}", f"[::1]:{PORT}"
+    ]  # fmt: skip
+
+
+def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path):
+    """The command: its own namespace and lab, listeners on this machine's loopback, the ready
+    line, and nothing left after SIGTERM."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    spec = tmp_path / "lab.yaml"
+    spec.write_text(yaml.safe_dump(LAB_SPEC))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    argv = [
+        str(INTERCEPT), "gateway", "--policy", str(policy), "--lab", str(spec),
+        "--listen", f"127.0.0.1:{port}", "--listen", f"[::1]:{port}",
+    ]  # fmt: skip
+    before = set(netns.namespaces())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        assert ready[:2] == ["ready", f"listen=127.0.0.1:{port},[::1]:{port}"], ready
+        ca = ready[2].removeprefix("ca=")
+        for proxy in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+            for url, status in (("https://pypi.org/", "200"), ("https://unknown.example/", "403")):
+                out = subprocess.run(
+                    ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy,
+                     "--cacert", ca, url],
+                    capture_output=True, text=True, timeout=30, check=False,
+                )  # fmt: skip
+                assert out.stdout == status, out.stderr
+        made = set(netns.namespaces()) - before
+        assert made, "no namespace of its own"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert set(netns.namespaces()) <= before
+    assert not Path(ca).exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
