@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from intercept_proxy.cluster import Cluster
+from intercept_proxy.lab.addresses import LAB_RANGES
 
 LAB_SPEC = {
     "hosts": [
@@ -26,6 +27,10 @@ WORKLOAD_UID = 12345
 
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "intercept-proxy"
+
+
+# The chart's values that let the pods' Envoy reach the lab's hosts: non-public addresses.
+LAB_UPSTREAMS = {"upstream": {"privateRanges": list(LAB_RANGES)}}
 
 
 class Kube:

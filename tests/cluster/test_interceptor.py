@@ -12,7 +12,7 @@ import pytest
 from intercept_proxy.decision import parse_log
 from intercept_proxy.injector.pod import inject_pod
 from intercept_proxy.injector.values import settings_from_values
-from tests.cluster.harness import MEASUREMENTS, pod
+from tests.cluster.harness import LAB_UPSTREAMS, MEASUREMENTS, pod
 
 pytestmark = pytest.mark.netns
 
@@ -26,9 +26,11 @@ CURL = 'curl -s -o /dev/null -w "%{http_code} $u\\n" "$u"'
 def release(kube):
     """The chart, installed by the real Helm with its defaults; its settings."""
     kube.install(
-        RELEASE, RELEASE_NAMESPACE, {"policy": {"default": {"allowed_domains": ["pypi.org"]}}}
+        RELEASE,
+        RELEASE_NAMESPACE,
+        {**LAB_UPSTREAMS, "policy": {"default": {"allowed_domains": ["pypi.org"]}}},
     )
-    yield settings_from_values({}, RELEASE)
+    yield settings_from_values(LAB_UPSTREAMS, RELEASE)
     # No hooks: the pre-delete Job needs the API from a pod, which this node cannot give.
     kube.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--no-hooks")
     kube.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false")

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import yaml
 from intercept_proxy import netns, ports
 from intercept_proxy.lab.interceptor import INTERCEPT
 from intercept_proxy.runtime.containers import as_user
+from tests.decisions import read_decisions
 from tests.integration.conftest import LAB_SPEC, POLICY
 from tests.integration.harness import WORKLOAD_UID, Interceptor
 
@@ -76,13 +78,47 @@ def test_a_denied_host_gets_the_explained_denial_inside_its_tunnel(interceptor):
 
 
 def test_plain_http_absolute_form(interceptor):
-    status, body, err = curl(interceptor, "http://pypi.org/plain")
+    status, body, err = curl(
+        interceptor, "http://pypi.org/plain", "-H", "Proxy-Authorization: Basic dTpw"
+    )
     assert status == 200, err
-    assert json.loads(body)["path"] == "/plain"
+    echoed = json.loads(body)
+    assert echoed["path"] == "/plain"
+    # The client's credentials for its proxy go no further.
+    assert "proxy-authorization" not in echoed["headers"]
     status, body, _ = curl(interceptor, "http://unknown.example/plain")
     assert status == 403 and json.loads(body)["error"]["rule"] == "default_deny"
-    [logged] = interceptor.decisions(lambda d: d["path"] == "/plain" and d["allow"])
-    assert (logged["scheme"], logged["host"]) == ("http", "pypi.org")
+    logged = interceptor.decisions(lambda d: d["path"] == "/plain", 2)
+    assert [(d["scheme"], d["host"], d["allow"]) for d in logged] == [
+        ("http", "pypi.org", True), ("http", "unknown.example", False)
+    ]  # fmt: skip
+
+
+def test_one_decision_line_per_request(interceptor):
+    """The copy that judged logs it; the gateway only what it answered itself."""
+    curl(interceptor, "http://unknown.example/once")
+    curl(interceptor, "https://unknown.example/once")
+    curl(interceptor, "https://pypi.org/missing-once")  # the upstream's 404 is no refusal
+    interceptor.decisions(lambda d: "once" in (d["path"] or ""), 3)
+    time.sleep(1.5)  # Envoy writes its log every second: a second line would be there now
+    lines = [d for d in read_decisions(interceptor.decision_log) if "once" in (d["path"] or "")]
+    assert sorted((d["path"], d["scheme"]) for d in lines) == [
+        ("/missing-once", "https"), ("/once", "http"), ("/once", "https")
+    ]  # fmt: skip
+
+
+def test_https_in_the_clear_is_refused(interceptor, lab):
+    """`GET https://...` to the gateway itself (some clients' proxy support does that) would
+    go upstream unencrypted: refused, whatever the client says of its scheme."""
+    for extra in ("", "X-Forwarded-Proto: https\r\n"):
+        request = f"GET https://pypi.org/clear HTTP/1.1\r\nHost: pypi.org\r\n{extra}\r\n"
+        text = proxy_exchange(interceptor, request.encode())
+        assert text.startswith("HTTP/1.1 403"), text
+        error = json.loads(text.partition("\n\n")[2])["error"]
+        assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "gateway_https_in_the_clear")
+    logged = interceptor.decisions(lambda d: d["path"] == "/clear", 2)
+    assert {(d["judge"], d["allow"], d["status"]) for d in logged} == {("envoy", False, 403)}
+    assert not [r for r in lab.receipts() if r["path"] == "/clear"]
 
 
 def test_ipv6_listener(interceptor):
@@ -222,8 +258,9 @@ def test_the_gateway_listens_on_loopback_only(interceptor):
 
 
 def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path):
-    """The command: its own namespace and lab, listeners on this machine's loopback, the ready
-    line, and nothing left after SIGTERM."""
+    """The command: its own namespace and lab, listeners on this machine's loopback for any
+    user, the ready line, the operator's policy file followed, its decision log kept, and
+    nothing left after SIGTERM."""
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
@@ -232,27 +269,40 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
     spec.write_text(yaml.safe_dump(LAB_SPEC))
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
+    log = tmp_path / "decisions.log"
     argv = [
         str(INTERCEPT), "gateway", "--policy", str(policy), "--lab", str(spec),
-        "--listen", f"127.0.0.1:{port}", "--listen", f"[::1]:{port}",
+        "--listen", f"127.0.0.1:{port}", "--listen", f"[::1]:{port}", "--decision-log", str(log),
     ]  # fmt: skip
     before = set(netns.namespaces())
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def get(proxy: str, url: str) -> str:
+        """The status of `url` through `proxy`, for a user of this machine."""
+        argv = [
+            "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy, "--cacert", ca,
+            "--max-time", "20", url,
+        ]  # fmt: skip
+        out = subprocess.run(as_user(WORKLOAD_UID, argv), capture_output=True, text=True)
+        return out.stdout or out.stderr
+
     try:
         assert proc.stdout is not None
         ready = proc.stdout.readline().split()
         assert ready[:2] == ["ready", f"listen=127.0.0.1:{port},[::1]:{port}"], ready
         ca = ready[2].removeprefix("ca=")
+        assert [n for n in set(netns.namespaces()) - before if n.endswith("-gw")]
         for proxy in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
-            for url, status in (("https://pypi.org/", "200"), ("https://unknown.example/", "403")):
-                out = subprocess.run(
-                    ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy,
-                     "--cacert", ca, url],
-                    capture_output=True, text=True, timeout=30, check=False,
-                )  # fmt: skip
-                assert out.stdout == status, out.stderr
-        made = set(netns.namespaces()) - before
-        assert made, "no namespace of its own"
+            assert get(proxy, "https://pypi.org/gateway") == "200"
+            assert get(proxy, "https://unknown.example/gateway") == "403"
+        # The operator edits the policy: the gateway follows.
+        widened = POLICY.replace("[api.anthropic.com]", "[api.anthropic.com, unknown.example]")
+        assert widened != POLICY
+        policy.write_text(widened)
+        deadline = time.monotonic() + 15
+        while get(f"http://127.0.0.1:{port}", "https://unknown.example/later") != "200":
+            assert time.monotonic() < deadline, "the new policy never applied"
+            time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=30)
@@ -261,3 +311,21 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
     assert not Path(ca).exists()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
+    # Kept: every decision, after the gateway and its files are gone.
+    logged = [d for d in read_decisions(log) if d["path"] in ("/gateway", "/later")]
+    assert {(d["host"], d["allow"]) for d in logged} >= {
+        ("pypi.org", True), ("unknown.example", False), ("unknown.example", True)
+    }  # fmt: skip
+
+
+def test_metadata_and_link_local_addresses_are_refused(interceptor):
+    """An address is never a name of the policy's (and no upstream may be non-public:
+    test_upstream_addresses.py)."""
+    for url in (
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/",
+        "http://10.0.0.1/",
+    ):
+        status, body, err = curl(interceptor, url)
+        assert status == 403, err
+        assert json.loads(body)["error"]["rule"] == "invalid_host", body

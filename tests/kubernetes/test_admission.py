@@ -10,7 +10,7 @@ import pytest
 
 from intercept_proxy.injector.pod import inject_pod
 from intercept_proxy.injector.values import settings_from_values
-from tests.cluster.harness import WORKLOAD_UID, deployment
+from tests.cluster.harness import LAB_UPSTREAMS, WORKLOAD_UID, deployment
 from tests.kubernetes.chart import LABEL, installed, labelled_pod, refusal
 
 pytestmark = pytest.mark.netns
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.netns
 RELEASE = "admission"
 APPROVERS = "intercept-approvers"
 VALUES = {
+    **LAB_UPSTREAMS,
     "policy": {"default": {"allowed_domains": ["pypi.org"]}},
     "approvals": {"groups": [APPROVERS]},
 }

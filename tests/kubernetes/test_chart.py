@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from intercept_proxy.pki.ca import CertificateAuthority
-from tests.cluster.harness import CHART
+from tests.cluster.harness import CHART, LAB_UPSTREAMS
 from tests.kubernetes.chart import (
     der,
     labelled_pod,
@@ -38,7 +38,7 @@ API_CIDR = "10.96.0.1/32"
 
 
 def values(**given: Any) -> dict[str, Any]:
-    return {"policy": POLICY, **given}
+    return {**LAB_UPSTREAMS, "policy": POLICY, **given}
 
 
 @pytest.fixture(scope="module")

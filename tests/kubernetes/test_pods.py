@@ -15,7 +15,7 @@ from cryptography import x509
 from intercept_proxy.decision import parse_log
 from intercept_proxy.injector.pod import inject_pod, verified
 from intercept_proxy.injector.values import settings_from_values
-from tests.cluster.harness import MEASUREMENTS, WORKLOAD_UID
+from tests.cluster.harness import LAB_UPSTREAMS, MEASUREMENTS, WORKLOAD_UID
 from tests.kubernetes.chart import (
     der,
     installed,
@@ -29,13 +29,14 @@ pytestmark = pytest.mark.netns
 
 RELEASE = "intercept-proxy"
 VALUES = {
+    **LAB_UPSTREAMS,
     "policy": {
         "default": {
             "allowed_domains": ["pypi.org", "example.com"],
             "unrestricted_domains": ["api.anthropic.com"],
             "credentials": [{"host": "api.anthropic.com", "header": "x-api-key", "env": "API_KEY"}],
         }
-    }
+    },
 }
 # The operator's key, in the Secret <release>-credentials of the pods' namespace.
 API_KEY = "sk-ant-" + secrets.token_hex(16)

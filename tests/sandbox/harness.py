@@ -17,9 +17,8 @@ from typing import Any
 
 from intercept_proxy import netns
 from intercept_proxy.injector.pod import ENVOY, SIDECARS
-from intercept_proxy.injector.settings import InjectorSettings
 from intercept_proxy.lab import Lab, LabSpec
-from intercept_proxy.runtime.cli import WORKLOAD, _executables, sandbox_pod
+from intercept_proxy.runtime.cli import WORKLOAD, _executables, run_settings, sandbox_pod
 from intercept_proxy.runtime.network import LabUplink
 from intercept_proxy.runtime.pod import LocalPod, Options
 from tests.decisions import Record, decisions
@@ -131,7 +130,7 @@ class Sandbox(RunningPod):
         """`environ`: the operator's environment (the credentials' secrets come from it)."""
         policy_dir = Path(tempfile.mkdtemp(prefix="intercept-policy-", dir="/tmp"))
         (policy_dir / "policy.yaml").write_text(policy)
-        settings = InjectorSettings(dns_forward_suffixes=())
+        settings = run_settings(lab=True)
         try:
             pod, objects = sandbox_pod(
                 ["sleep", "infinity"], WORKLOAD_UID, policy_dir / "policy.yaml", settings, environ

@@ -3,6 +3,7 @@ real Envoy's validation of the bootstrap."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 
@@ -128,11 +129,14 @@ def test_the_gateway_only_routes_the_listeners_copies_judge():
     hcm = listeners[gateway.GATEWAY_LISTENER]["filter_chains"][0]["filters"][0]["typed_config"]
     assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
     [host] = hcm["route_config"]["virtual_hosts"]
-    tunnel, refused, proxied = host["routes"]
+    tunnel, refused, proxied, in_the_clear = host["routes"]
     assert tunnel["route"]["cluster"] == gateway.TUNNELED
     assert tunnel["match"]["headers"][0]["string_match"]["safe_regex"]["regex"] == "[^/]+:443"
     assert refused["direct_response"]["status"] == 403
+    # Plain HTTP only: an https request in the clear would leave Envoy unencrypted.
     assert proxied["route"]["cluster"] == gateway.PROXIED
+    assert proxied["match"]["headers"] == [{"name": ":scheme", "string_match": {"exact": "http"}}]
+    assert in_the_clear["direct_response"]["status"] == 403
     # Its addresses are its own; without a port there is no gateway at all.
     address = listeners[gateway.GATEWAY_LISTENER]["address"]["socket_address"]
     assert (address["address"], address["port_value"]) == ("0.0.0.0", 3128)
@@ -278,3 +282,49 @@ def test_a_rate_limit_refills_at_its_rate(rate):
     seconds = float(bucket["fill_interval"].removesuffix("s"))
     assert seconds >= resources.MIN_FILL_MS / 1000
     assert bucket["tokens_per_fill"] * 60 / seconds == pytest.approx(rate, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("169.254.169.254", True),  # a cloud's metadata service
+        ("127.0.0.1", True),
+        ("10.96.0.1", True),  # a cluster's Service
+        ("100.64.0.1", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("fd12::1", True),
+        ("::ffff:169.254.169.254", True),  # IPv4 in IPv6: mapped, NAT64
+        ("64:ff9b::a9fe:a9fe", True),
+        ("8.8.8.8", False),
+        ("2606:4700::1111", False),
+        ("64:ff9b::808:808", False),  # NAT64 of a public address: DNS64 networks need it
+        ("::ffff:8.8.8.8", False),
+    ],
+)
+def test_no_upstream_is_non_public(address, refused):
+    ranges = resources.refused_ranges()
+    assert any(ipaddress.ip_address(address) in n for n in ranges) is refused
+
+
+def test_allowed_private_ranges_are_cut_out_and_nothing_else():
+    ranges = resources.refused_ranges(("10.1.2.0/24", "fd00::/8"))
+    inside = [n for n in ranges if ipaddress.ip_address("10.1.2.7") in n]
+    assert not inside
+    assert any(ipaddress.ip_address("10.1.3.7") in n for n in ranges)
+    assert any(ipaddress.ip_address("fc00::1") in n for n in ranges)
+    assert not any(ipaddress.ip_address("fd00::1") in n for n in ranges)
+    with pytest.raises(ValueError):
+        resources.refused_ranges(("10.1.2.0/33",))
+
+
+def test_both_copies_of_the_dns_cache_refuse_the_same_ranges():
+    """Envoy requires the forward proxy's cluster and filter to hold identical caches."""
+    dp = resources.DataPlane(upstream_private_ranges=("198.18.0.0/15",))
+    cluster = resources.forward_proxy_cluster(dp, PEM)["cluster_type"]["typed_config"]
+    hcm = resources.http_connection_manager(dp, tls=True)
+    [proxy] = [f for f in hcm["http_filters"] if "dynamic_forward_proxy" in f["name"]]
+    cache = cluster["dns_cache_config"]
+    assert cache == proxy["typed_config"]["dns_cache_config"]
+    prefixes = {r["address_prefix"] for r in cache["resolved_address_filter"]["ranges"]}
+    assert "169.254.0.0" in prefixes and "198.18.0.0" not in prefixes

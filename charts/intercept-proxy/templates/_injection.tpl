@@ -93,6 +93,9 @@ Each definition is a JSON document for this release's values.
       {{- end }},
       "--control-socket",
       "/var/run/intercept/control/agent.sock"
+      {{- range .Values.upstream.privateRanges }},
+      "--upstream-private-range", {{ . | toString | toJson }}
+      {{- end }}
     ],
     "resources": {{ .Values.agent.resources | toJson }},
     "securityContext": {
@@ -397,6 +400,9 @@ Each definition is a JSON document for this release's values.
         {{- end }},
         "--control-socket",
         "/var/run/intercept/control/agent.sock"
+        {{- range .Values.upstream.privateRanges }},
+        "--upstream-private-range", {{ . | toString | toJson }}
+        {{- end }}
       ],
       "args": null,
       "workingDir": null,

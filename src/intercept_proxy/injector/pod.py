@@ -191,6 +191,7 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         pod_policy=Path(POD_POLICY_FILE),
         pod_policy_mode=OverrideMode(s.policy_override),
         dns_forward_suffixes=s.dns_forward_suffixes,
+        upstream_private_ranges=s.upstream_private_ranges,
         control_socket=Path(CONTROL_SOCKET),
     )
     # readOnly only when true: the API server drops a false one, and the pod stored would no

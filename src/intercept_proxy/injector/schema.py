@@ -289,6 +289,16 @@ PROPERTIES: dict[str, Any] = {
         "",
         {"forwardSuffixes": _list("Names the DNS sinkhole resolves for real.", _ref("dnsName"))},
     ),
+    "upstream": _object(
+        "",
+        {
+            "privateRanges": _list(
+                "Non-public ranges Envoy may connect to (an internal registry's); it connects to "
+                "no other non-public address, whatever a name resolves to.",
+                _ref("cidr"),
+            )
+        },
+    ),
     "policy": _object(
         "",
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +76,9 @@ class InjectorSettings:
     # TCP ports of the pod open to connections from outside it, besides the agent's health
     # port (kubelet probes): a server of the workload's, the agent's metrics for a scraper.
     inbound_ports: tuple[int, ...] = ()
+    # Non-public ranges Envoy may connect to (an internal registry's); no other non-public
+    # address, whatever a name resolves to (xds/resources.py, `refused_ranges`).
+    upstream_private_ranges: tuple[str, ...] = ()
     # DNS names the agent resolves for real (everything else gets a synthetic answer).
     dns_forward_suffixes: tuple[str, ...] = ("cluster.local",)
     # The ConfigMap holding `policy.yaml`, the policy every injected pod enforces by default.
@@ -104,6 +108,11 @@ class InjectorSettings:
             self.capture_config()
         except CaptureConfigError as e:
             raise SettingsError(str(e)) from None
+        for cidr in self.upstream_private_ranges:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as e:
+                raise SettingsError(f"upstream_private_ranges: {e}") from None
         if self.ca_mode not in ("ephemeral", "secret"):
             raise SettingsError(f"ca_mode: {self.ca_mode!r} is not 'ephemeral' or 'secret'")
         if (self.ca_mode == "secret") != bool(self.ca_secret):

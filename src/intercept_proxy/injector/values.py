@@ -62,6 +62,7 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
             "inboundPorts": list(s.inbound_ports),
         },
         "dns": {"forwardSuffixes": list(s.dns_forward_suffixes)},
+        "upstream": {"privateRanges": list(s.upstream_private_ranges)},
         "policy": {"podOverride": str(s.policy_override)},
         "ca": {"mode": s.ca_mode, "secretName": s.ca_secret},
         "serviceAccountToken": {"automount": s.automount_service_account_token},
@@ -212,6 +213,7 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         allowed_cidrs=tuple(values["capture"]["allowedCidrs"]),
         inbound_ports=tuple(values["capture"]["inboundPorts"]),
         dns_forward_suffixes=tuple(values["dns"]["forwardSuffixes"]),
+        upstream_private_ranges=tuple(values["upstream"]["privateRanges"]),
         policy_config_map=f"{release}-policy",
         credentials_secret=f"{release}-credentials",
         policy_override=OverrideMode(values["policy"]["podOverride"]),
@@ -259,6 +261,9 @@ HELM_PARAMETERS: dict[str, Parameter] = {
     "inbound_ports": Parameter(".Values.capture.inboundPorts", (61900, 61901), _PORT),
     "dns_forward_suffixes": Parameter(
         ".Values.dns.forwardSuffixes", ("s1.sentinel.invalid", "s2.sentinel.invalid")
+    ),
+    "upstream_private_ranges": Parameter(
+        ".Values.upstream.privateRanges", ("192.0.2.3/32", "192.0.2.4/32")
     ),
     "policy_config_map": Parameter('printf "%s-policy" .Release.Name', "sentinel-policy"),
     "policy_override": Parameter(".Values.policy.podOverride", choices=tuple(OverrideMode)),

@@ -16,6 +16,8 @@ IPv6 = ipaddress.IPv6Address
 # ever routed on the internet, so a lab address can never be confused with a real one.
 LAB_NET_V4 = ipaddress.IPv4Network("198.18.0.0/15")
 LAB_NET_V6 = ipaddress.IPv6Network("fd00::/8")
+# As an interceptor's settings name them: the non-public ranges its upstreams may be in.
+LAB_RANGES = (str(LAB_NET_V4), str(LAB_NET_V6))
 
 # Kept by the lab itself: its resolver, and one link subnet per attached namespace.
 SERVICES_NET_V4 = ipaddress.IPv4Network("198.18.0.0/24")

@@ -22,6 +22,7 @@ from typing import Any
 from intercept_proxy import netns, ports
 from intercept_proxy.agent.settings import agent_command
 from intercept_proxy.identities import AGENT_UID, ENVOY_UID
+from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.runtime.containers import as_user
 
 INTERCEPT = Path(sys.executable).with_name("intercept")
@@ -46,24 +47,21 @@ class Interceptor:
         core: int | None = None,
         envoy_args: Sequence[str] = (),
         agent_env: Mapping[str, str] | None = None,
+        decision_log: Path | None = None,
         **agent: Any,
     ) -> None:
         """`core`: both pinned to that CPU; `agent_env`: the agent's environment (its secrets'
-        variables), else ours; `agent`: more of the agent's settings."""
+        variables), else ours; `decision_log`: a file of the caller's that Envoy's output of
+        decisions is appended to (else one of this directory, which Envoy writes); `agent`: more
+        of the agent's settings (by default, its upstreams may be in the lab's ranges)."""
         self.ns = ns
         self.dir = Path(tempfile.mkdtemp(prefix="intercept-sidecars-", dir="/tmp"))
-        self.dir.chmod(0o755)
-        self.policy_path = self.dir / "policy.yaml"
-        self.upstream_ca = self.dir / "upstream-ca.pem"
-        self.ca_dir = self.dir / "ca"
-        self.ca_cert = self.ca_dir / "ca.pem"
-        self.decision_log = self.dir / "decisions.log"  # Envoy writes it
-        self.write_policy(policy)
-        self.set_upstream_ca(upstream_ca.read_bytes())
-        self.ca_dir.mkdir()
-        os.chown(self.ca_dir, AGENT_UID, AGENT_UID)
-        self.decision_log.touch()
-        os.chown(self.decision_log, ENVOY_UID, ENVOY_UID)
+        try:
+            self._prepare(policy, upstream_ca, decision_log)
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        self._envoy_stdout = decision_log
         self._agent_argv = [
             str(INTERCEPT), "--log-level", log_level,
             *agent_command(
@@ -71,9 +69,10 @@ class Interceptor:
                 ca_cert=self.ca_cert,
                 ca_key=self.ca_dir / "ca.key",
                 upstream_ca=self.upstream_ca,
-                decision_log_path=str(self.decision_log),
+                # None: Envoy's stdout, which is the caller's file.
+                decision_log_path=None if decision_log else str(self.decision_log),
                 dns_resolvers=tuple(dns),
-                **agent,
+                **{"upstream_private_ranges": LAB_RANGES, **agent},
             )[1:],
         ]  # fmt: skip
         gateway = ["--gateway"] if agent.get("gateway_port") is not None else []
@@ -87,6 +86,21 @@ class Interceptor:
         self.envoy: subprocess.Popen[bytes] | None = None
 
     # -- files ------------------------------------------------------------------------------
+
+    def _prepare(self, policy: str, upstream_ca: Path, decision_log: Path | None) -> None:
+        self.dir.chmod(0o755)
+        self.policy_path = self.dir / "policy.yaml"
+        self.upstream_ca = self.dir / "upstream-ca.pem"
+        self.ca_dir = self.dir / "ca"
+        self.ca_cert = self.ca_dir / "ca.pem"
+        self.write_policy(policy)
+        self.set_upstream_ca(upstream_ca.read_bytes())
+        self.ca_dir.mkdir()
+        os.chown(self.ca_dir, AGENT_UID, AGENT_UID)
+        self.decision_log = decision_log or self.dir / "decisions.log"
+        if decision_log is None:  # Envoy writes it
+            self.decision_log.touch()
+            os.chown(self.decision_log, ENVOY_UID, ENVOY_UID)
 
     def write_policy(self, text: str) -> None:
         self._replace(self.policy_path, text.encode())
@@ -103,14 +117,22 @@ class Interceptor:
     # -- processes --------------------------------------------------------------------------
 
     def _spawn(
-        self, name: str, uid: int, argv: list[str], env: Mapping[str, str] | None = None
+        self,
+        name: str,
+        uid: int,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        stdout: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         pinned = ["taskset", "-c", str(self._core)] if self._core is not None else []
-        with (self.dir / f"{name}.log").open("ab") as log:
+        with (
+            (self.dir / f"{name}.log").open("ab") as log,
+            stdout.open("ab") if stdout else contextlib.nullcontext(log) as out,
+        ):
             return subprocess.Popen(
                 netns.exec_argv(self.ns, [*pinned, *as_user(uid, argv)]),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
+                stdout=out,
                 stderr=log,
                 env=env,
                 start_new_session=True,  # a terminal's Ctrl-C is for the caller alone
@@ -120,7 +142,7 @@ class Interceptor:
         self.agent = self._spawn("agent", AGENT_UID, self._agent_argv, self._agent_env)
 
     def start_envoy(self) -> None:
-        self.envoy = self._spawn("envoy", ENVOY_UID, self._envoy_argv)
+        self.envoy = self._spawn("envoy", ENVOY_UID, self._envoy_argv, stdout=self._envoy_stdout)
 
     def start(self, judged_by: str = "envoy") -> Interceptor:
         self.start_agent()

@@ -35,6 +35,7 @@ from intercept_proxy.injector.settings import (
     InjectorSettings,
 )
 from intercept_proxy.lab import LabError, LabSpecError
+from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.policy.model import Policy, PolicyError, load_policy
 from intercept_proxy.runtime import credentials, gateway
 from intercept_proxy.runtime.admission import MIN_GROUP, AdmissionError
@@ -313,6 +314,15 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_settings(*, lab: bool) -> InjectorSettings:
+    """The injection `intercept run` makes. No DNS forwarding: on this machine there is no
+    cluster whose names need resolving, and a forwarded name would carry its labels out. A
+    lab's hosts are at non-public addresses, which Envoy may reach only when it is the lab."""
+    return InjectorSettings(
+        dns_forward_suffixes=(), upstream_private_ranges=LAB_RANGES if lab else ()
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     command = after_separator(args.command)
     if bool(command) == bool(args.pod):
@@ -321,9 +331,7 @@ def _run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("intercept run: needs root (network namespaces, iptables)", file=sys.stderr)
         return USAGE_ERROR
-    # No DNS forwarding: on this machine there is no cluster whose names need resolving, and
-    # a forwarded name would carry its labels out.
-    settings = InjectorSettings(dns_forward_suffixes=())
+    settings = run_settings(lab=args.lab is not None)
     prefix = netns.unique_prefix("isb")
     cleanup_stale()  # what an earlier run killed without warning left behind
     decision_log = args.decision_log

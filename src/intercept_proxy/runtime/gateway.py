@@ -9,6 +9,7 @@ addresses, which are bound here, in this machine's namespace, and relayed into t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import os
 import signal
@@ -16,11 +17,14 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from intercept_proxy import netns, ports
 from intercept_proxy.lab import LabError, LabSpecError
+from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
+from intercept_proxy.netns import NetnsError
 from intercept_proxy.policy.model import PolicyError, load_policy
 from intercept_proxy.runtime.containers import as_user
 from intercept_proxy.runtime.network import NetworkError, uplink
@@ -87,61 +91,94 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     gateway.add_argument("--lab", type=Path, metavar="SPEC", help="use a lab as the internet")
     gateway.add_argument("--lab-log", type=Path, metavar="FILE", help="the lab's receipt log")
+    gateway.add_argument(
+        "--decision-log",
+        type=Path,
+        metavar="FILE",
+        help="append decisions here (default: a file of the gateway's, removed when it stops)",
+    )
     gateway.set_defaults(func=_gateway)
+
+
+def _checked_policy(path: Path) -> str:
+    """The policy's text, once it loads (its errors named) and needs no file beside it."""
+    text = path.read_text()
+    if load_policy(path).rego_modules:
+        raise GatewayError(f"{path}: rego_modules are not available to the gateway yet")
+    return text
+
+
+@contextlib.contextmanager
+def _relay(netns_name: str, sockets: list[socket.socket]) -> Iterator[subprocess.Popen[bytes]]:
+    """relay.py in the gateway's namespace, as nobody, with the listening sockets. Isolated
+    (-I, from /): nothing in the caller's directory or environment is imported."""
+    fds = [s.fileno() for s in sockets]
+    argv = [sys.executable, "-I", "-m", "intercept_proxy.runtime.relay", str(ports.ENVOY_GATEWAY)]
+    relay = subprocess.Popen(
+        netns.exec_argv(netns_name, as_user(RELAY_UID, [*argv, *map(str, fds)])),
+        pass_fds=fds,
+        cwd="/",
+        start_new_session=True,
+    )
+    try:
+        yield relay
+    finally:
+        relay.kill()
+        relay.wait()
 
 
 def _serve(args: argparse.Namespace, stop: threading.Event) -> None:
     if args.lab is None and args.lab_log is not None:
         raise GatewayError("--lab-log needs --lab")
     listen = [parse_listen(t) for t in args.listen or DEFAULT_LISTEN]
-    load_policy(args.policy)  # its errors, named, before anything starts
-    sockets = [bind(a, p) for a, p in listen]
-    prefix = netns.unique_prefix("igw")
-    name = f"{prefix}-gw"
-    relay: subprocess.Popen[bytes] | None = None
+    text = _checked_policy(args.policy)
+    with contextlib.ExitStack() as made:  # undone in reverse, each step even if one fails
+        sockets = [made.enter_context(bind(a, p)) for a, p in listen]
+        prefix = netns.unique_prefix("igw")
+        name = f"{prefix}-gw"
+        up = made.enter_context(uplink(args.lab, args.lab_log, prefix))
+        made.callback(up.detach)
+        netns.create(name)
+        made.callback(netns.delete, name)
+        up.attach(name)
+        icp = Interceptor(
+            name,
+            text,
+            up.extra_trust or SYSTEM_TRUST,
+            up.nameservers,
+            decision_log=args.decision_log,
+            gateway_port=ports.ENVOY_GATEWAY,
+            upstream_private_ranges=LAB_RANGES if args.lab else (),
+        )
+        made.callback(icp.close)
+        icp.start()
+        relay = made.enter_context(_relay(name, sockets))
+        if stop.is_set():
+            return
+        addresses = ",".join(shown(a, p) for a, p in listen)
+        print(f"ready listen={addresses} ca={icp.ca_cert}", flush=True)
+        print(f"intercept gateway: decisions go to {icp.decision_log}", file=sys.stderr)
+        while not stop.wait(0.5):
+            icp.check_alive()
+            if relay.poll() is not None:
+                raise InterceptorError(f"the relay exited {relay.returncode}")
+            text = _reload(args.policy, text, icp)
+
+
+def _reload(path: Path, text: str, icp: Interceptor) -> str:
+    """The operator's policy file, given to the agent again when it changed and loads; else
+    the policy in force stays (and the problem is said once)."""
     try:
-        with uplink(args.lab, args.lab_log, prefix) as up:
-            netns.create(name)
-            try:
-                up.attach(name)
-                icp = Interceptor(
-                    name,
-                    args.policy.read_text(),
-                    up.extra_trust or SYSTEM_TRUST,
-                    up.nameservers,
-                    gateway_port=ports.ENVOY_GATEWAY,
-                )
-                try:
-                    icp.start()
-                    fds = [s.fileno() for s in sockets]
-                    argv = [
-                        sys.executable,
-                        "-m",
-                        "intercept_proxy.runtime.relay",
-                        str(ports.ENVOY_GATEWAY),
-                    ]
-                    relay = subprocess.Popen(
-                        netns.exec_argv(name, as_user(RELAY_UID, [*argv, *map(str, fds)])),
-                        pass_fds=fds,
-                        start_new_session=True,
-                    )
-                    addresses = ",".join(shown(a, p) for a, p in listen)
-                    print(f"ready listen={addresses} ca={icp.ca_cert}", flush=True)
-                    while not stop.wait(0.5):
-                        icp.check_alive()
-                        if relay.poll() is not None:
-                            raise GatewayError(f"the relay exited {relay.returncode}")
-                finally:
-                    if relay is not None:
-                        relay.kill()
-                        relay.wait()
-                    icp.close()
-            finally:
-                netns.delete(name)
-                up.detach()
-    finally:
-        for s in sockets:
-            s.close()
+        new = path.read_text()
+    except OSError:
+        return text
+    if new != text:
+        try:
+            icp.write_policy(_checked_policy(path))
+            print(f"intercept gateway: {path} changed: reloaded", file=sys.stderr)
+        except (GatewayError, PolicyError, OSError) as e:
+            print(f"intercept gateway: {e} (the policy in force stays)", file=sys.stderr)
+    return new
 
 
 def _gateway(args: argparse.Namespace) -> int:
@@ -149,14 +186,16 @@ def _gateway(args: argparse.Namespace) -> int:
         print("intercept gateway: needs root (network namespaces, users)", file=sys.stderr)
         return USAGE_ERROR
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     try:
         _serve(args, stop)
         return 0
-    except (GatewayError, PolicyError, LabError, LabSpecError, NetworkError) as e:
+    except (GatewayError, PolicyError, LabSpecError) as e:
         print(f"intercept gateway: {e}", file=sys.stderr)
-        return USAGE_ERROR if isinstance(e, GatewayError | PolicyError | LabSpecError) else 1
-    except (InterceptorError, OSError) as e:
+        return USAGE_ERROR
+    except (
+        LabError, NetworkError, NetnsError, InterceptorError, subprocess.CalledProcessError, OSError
+    ) as e:  # fmt: skip
         print(f"intercept gateway: {e}", file=sys.stderr)
         return 1

@@ -2,17 +2,22 @@
 this machine's network namespace, where the clients are) and connects, from the gateway's own
 namespace, to the gateway's listener there.
 
-    python -m intercept_proxy.runtime.relay PORT FD [FD...]
+    python -I -m intercept_proxy.runtime.relay PORT FD [FD...]
+
+Envoy bounds every connection (its timeouts, its connection limit): once Envoy's side ends, the
+client's goes too, and the relay holds no more connections than it has descriptors for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import socket
 import sys
 
 CHUNK = 65536
+MAX_CONNECTIONS = 8192  # relayed at once; Envoy accepts 10,000 in all
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -20,22 +25,37 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         while data := await reader.read(CHUNK):
             writer.write(data)
             await writer.drain()
-        if writer.can_write_eof():  # a half-close goes through: the other way may still talk
+        if writer.can_write_eof():  # a client's half-close goes through: Envoy still answers
             writer.write_eof()
 
 
+def _capacity() -> int:
+    """Connections the relay may hold: two descriptors each, within its raised limit."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return max(1, min(MAX_CONNECTIONS, (hard - 64) // 2))
+
+
 async def serve(listening: list[socket.socket], port: int) -> None:
+    slots = asyncio.Semaphore(_capacity())
+
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
+        if slots.locked():  # full: refused at once, never queued
             writer.close()
             return
-        try:
-            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-        finally:
-            up_writer.close()
-            writer.close()
+        async with slots:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                writer.close()
+                return
+            try:
+                inward = asyncio.create_task(_pipe(reader, up_writer))
+                await _pipe(up_reader, writer)  # Envoy's side ended: so does the client's
+                inward.cancel()
+            finally:
+                up_writer.close()
+                writer.close()
 
     servers = [await asyncio.start_server(relay, sock=s) for s in listening]
     await asyncio.gather(*(s.serve_forever() for s in servers))

@@ -5,7 +5,7 @@ over an Envoy internal connection, to a copy of the TLS listener; any other requ
 absolute-form `GET http://host/...`) goes to a copy of the plain-HTTP listener. The copies have
 the listeners' own filters and routes (RDS): a request through the gateway is judged, logged and
 answered exactly as an intercepted one. The gateway itself refuses only what neither listener
-could take: a tunnel to another port.
+could take: a tunnel to another port, an https request sent to it in the clear.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from intercept_proxy.decision import Judge
-from intercept_proxy.xds.routes import denial_body, status_filter
+from intercept_proxy.xds.routes import METADATA_KEY, denial_body
 from intercept_proxy.xds.types import type_url
 
 GATEWAY_LISTENER = "intercept_gateway"
@@ -22,7 +22,7 @@ TUNNELED = "intercept_tls_tunneled"
 PROXIED = "intercept_http_proxied"
 TUNNEL_PORT = 443
 TUNNEL_PORT_RULE = "gateway_tunnel_port"
-_TUNNEL_PORT_REASON = f": the gateway opens tunnels to port {TUNNEL_PORT} only"
+IN_THE_CLEAR_RULE = "gateway_https_in_the_clear"
 INTERNAL_LISTENER_EXTENSION = {
     "name": "envoy.bootstrap.internal_listener",
     "typed_config": {
@@ -55,21 +55,23 @@ def _connect_to(port_regex: str) -> dict[str, Any]:
     return {"connect_matcher": {}, "headers": [authority]}
 
 
+def _refusal(name: str, match: dict[str, Any], rule: str, reason: str) -> dict[str, Any]:
+    """A route on which the gateway answers itself, with a denial as the policy's, logged."""
+    verdict = {"judge": Judge.ENVOY.value, "allow": False, "rule": rule, "reason": reason}
+    return {
+        "name": name,
+        "match": match,
+        "metadata": {"filter_metadata": {METADATA_KEY: verdict}},
+        "direct_response": {"status": 403, "body_format": denial_body(rule, reason, tls=None)},
+    }
+
+
 def gateway_routes() -> dict[str, Any]:
     """The gateway's one route table: it holds no policy (the listeners' copies judge)."""
-    refused = {
-        "filter_metadata": {
-            "intercept": {
-                "judge": Judge.ENVOY.value,
-                "allow": False,
-                "rule": TUNNEL_PORT_RULE,
-                "reason": _TUNNEL_PORT_REASON,
-            }
-        }
-    }
     tunnel = {"cluster": TUNNELED, "timeout": "0s", "upgrade_configs": [
         {"upgrade_type": "CONNECT", "connect_config": {}}  # terminated here
     ]}  # fmt: skip
+    plain = {"name": ":scheme", "string_match": {"exact": "http"}}
     return {
         "name": GATEWAY_LISTENER,
         "virtual_hosts": [
@@ -82,28 +84,46 @@ def gateway_routes() -> dict[str, Any]:
                         "match": _connect_to(f"[^/]+:{TUNNEL_PORT}"),
                         "route": tunnel,
                     },
+                    _refusal(
+                        "tunnel-port",
+                        {"connect_matcher": {}},
+                        TUNNEL_PORT_RULE,
+                        f": the gateway opens tunnels to port {TUNNEL_PORT} only",
+                    ),
                     {
-                        "name": "tunnel-port",
-                        "match": {"connect_matcher": {}},
-                        "metadata": refused,
-                        "direct_response": {
-                            "status": 403,
-                            "body_format": denial_body(
-                                TUNNEL_PORT_RULE, _TUNNEL_PORT_REASON, tls=None
-                            ),
-                        },
+                        "name": "proxied",
+                        "match": {"prefix": "/", "headers": [plain]},
+                        "route": {"cluster": PROXIED, "timeout": "0s"},
                     },
-                    {"name": "proxied", "match": {"prefix": "/"}, "route": {"cluster": PROXIED}},
+                    # `GET https://...` (or HTTP/2's :scheme https) to a plain-HTTP listener:
+                    # Envoy would forward it in the clear.
+                    _refusal(
+                        "in-the-clear",
+                        {"prefix": "/"},
+                        IN_THE_CLEAR_RULE,
+                        ": an https request goes through a CONNECT tunnel, never in the clear",
+                    ),
                 ],
             }
         ],
+        # The client's own: its proxy's credentials go no further, and the copies take the
+        # scheme from their connection, never from a header.
+        "request_headers_to_remove": ["proxy-authorization", "x-forwarded-proto"],
     }
 
 
-def refusals_only(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The gateway's own lines of the decision log: what it answered itself (its refusals,
-    a tunnel it could not open); what went through is logged by the listener that judged it."""
-    refused = status_filter(400, "intercept.gateway_refused_status", op="GE")
-    return [
-        {**log, "filter": {"and_filter": {"filters": [log["filter"], refused]}}} for log in logs
-    ]
+def own_answers_only(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The gateway's own lines of the decision log: what it answered itself (its refusals, a
+    request it could not hand on); what went through is logged by the copy that judged it."""
+    own = {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": type_url(
+                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+                ),
+                "expression": 'response.code_details != "via_upstream"',
+            },
+        }
+    }
+    return [{**log, "filter": {"and_filter": {"filters": [log["filter"], own]}}} for log in logs]

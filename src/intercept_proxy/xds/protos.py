@@ -50,8 +50,17 @@ from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # no
 )
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-from envoy.type.matcher.v3 import http_inputs_pb2  # noqa: F401
-from google.protobuf import any_pb2, json_format, wrappers_pb2  # noqa: F401
+from envoy.type.matcher.v3 import (
+    address_pb2,
+    http_inputs_pb2,  # noqa: F401
+)
+from google.protobuf import (
+    any_pb2,
+    descriptor_pool,
+    json_format,
+    message_factory,
+    wrappers_pb2,  # noqa: F401
+)
 from google.protobuf.message import Message
 from xds.type.v3 import typed_struct_pb2  # noqa: F401
 
@@ -63,10 +72,62 @@ _MESSAGES: dict[str, type[Message]] = {
     ROUTE: route_pb2.RouteConfiguration,
 }
 
+# Fields of Envoy 1.40 that the Python API package (xds-protos) lacks, by name: their number
+# and type. They are kept out of what json_format parses and added to the message as the
+# unknown fields they are to Python, which serializes them as they are.
+LACKING: dict[str, tuple[int, type[Message]]] = {
+    "resolved_address_filter": (16, address_pb2.AddressMatcher),  # DnsCacheConfig
+}
+Path = tuple[str | int, ...]
+
 
 def to_message(type_url: str, resource: dict[str, Any]) -> Message:
     """Parse a resource dict; unknown fields are an error, never silently dropped."""
-    return json_format.ParseDict(resource, _MESSAGES[type_url]())
+    lacking: list[tuple[Path, bytes]] = []
+    message = json_format.ParseDict(_without_lacking(resource, (), lacking), _MESSAGES[type_url]())
+    for path, raw in lacking:
+        _merge(message, path, raw)
+    return message
+
+
+def _without_lacking(node: Any, path: Path, found: list[tuple[Path, bytes]]) -> Any:
+    """`node` without the LACKING fields, each found as (the path of its message, its bytes)."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key in LACKING:
+                number, cls = LACKING[key]
+                raw = json_format.ParseDict(value, cls()).SerializeToString()
+                found.append((path, _varint(number << 3 | 2) + _varint(len(raw)) + raw))
+            else:
+                out[key] = _without_lacking(value, (*path, key), found)
+        return out
+    if isinstance(node, list):
+        return [_without_lacking(v, (*path, i), found) for i, v in enumerate(node)]
+    return node
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out) + bytes([n])
+
+
+def _merge(message: Any, path: Path, raw: bytes) -> None:
+    """Add the encoded field `raw` to the message at `path`, through the Any messages on it."""
+    if isinstance(message, any_pb2.Any):
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(message.TypeName())
+        inner = message_factory.GetMessageClass(descriptor)()
+        message.Unpack(inner)
+        _merge(inner, path, raw)
+        message.Pack(inner)
+    elif not path:
+        message.MergeFromString(raw)
+    else:
+        key, *rest = path
+        _merge(message[key] if isinstance(key, int) else getattr(message, key), tuple(rest), raw)
 
 
 def pack(message: Message) -> any_pb2.Any:

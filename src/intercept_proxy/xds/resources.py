@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import math
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from intercept_proxy.xds.gateway import (
     gateway_routes,
     internal_cluster,
     internal_copy,
-    refusals_only,
+    own_answers_only,
 )
 from intercept_proxy.xds.protos import generic_secret
 from intercept_proxy.xds.routes import (
@@ -116,6 +117,15 @@ class DataPlane:
     connection_idle_timeout_s: float = 60.0
     # Streams of one HTTP/2 connection at once.
     max_concurrent_streams: int = 100
+    # Non-public ranges upstreams may be in all the same (an internal registry's); Envoy
+    # connects to no other non-public address (`refused_ranges`).
+    upstream_private_ranges: tuple[str, ...] = option(
+        "--upstream-private-range",
+        "a non-public address range upstreams may be in (CIDR, repeatable; default: none)",
+        default=(),
+        repeatable=True,
+        metavar="CIDR",
+    )
     # The egress gateway (an explicit proxy, xds/gateway.py). None: none.
     gateway_port: int | None = option(
         "--gateway-port", "serve as an explicit proxy (HTTPS_PROXY) on this port", default=None,
@@ -177,12 +187,58 @@ def grpc_cluster(name: str, address: str, port: int) -> dict[str, Any]:
     }
 
 
+# Where no upstream may be, whatever name of the policy's led there (one that resolves to a
+# cloud's metadata service, to this machine, to a cluster's Services): the IPv4 and IPv6 ranges
+# that are not globally reachable (IANA's special-purpose registries).
+NON_PUBLIC_V4 = (
+    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
+    "192.0.0.0/24", "192.0.2.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+    "203.0.113.0/24", "224.0.0.0/3",
+)  # fmt: skip
+NON_PUBLIC_V6 = (
+    "::/96", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+)  # fmt: skip
+# IPv6 forms that carry an IPv4 address (mapped; NAT64's well-known prefix, which DNS64 hands
+# out for every IPv4-only name): refused where their IPv4 address would be.
+EMBEDDING_V4 = ("::ffff:0:0/96", "64:ff9b::/96")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def refused_ranges(allowed: tuple[str, ...] = ()) -> list[Network]:
+    """The non-public ranges, IPv4 and IPv6, but `allowed` (CIDRs, ValueError if not)."""
+    refused: list[Network] = [ipaddress.ip_network(n) for n in NON_PUBLIC_V6]
+    for text in NON_PUBLIC_V4:
+        v4 = ipaddress.IPv4Network(text)
+        refused.append(v4)
+        for prefix in map(ipaddress.IPv6Network, EMBEDDING_V4):
+            base = int(prefix.network_address) | int(v4.network_address)
+            refused.append(ipaddress.IPv6Network((base, 96 + v4.prefixlen)))
+    for exempt in map(ipaddress.ip_network, allowed):
+        kept: list[Network] = []
+        for net in refused:
+            if net.version != exempt.version or not net.overlaps(exempt):
+                kept.append(net)
+            elif not exempt.supernet_of(net):  # type: ignore[arg-type]
+                kept.extend(net.address_exclude(exempt))  # type: ignore[arg-type]
+        refused = kept
+    return sorted(refused, key=lambda n: (n.version, n))
+
+
 def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
     """Shared by both forward-proxy clusters and filters: Envoy requires identical copies."""
     config: dict[str, Any] = {
         "name": DNS_CACHE,
         "dns_lookup_family": "ALL",
         "max_hosts": dp.dns_cache_max_hosts,
+        # An answer in these ranges is dropped; a name left without one does not resolve.
+        # (Envoy 1.40 has the field, the Python API package not yet: see protos.LACKING.)
+        "resolved_address_filter": {
+            "ranges": [
+                {"address_prefix": str(n.network_address), "prefix_len": n.prefixlen}
+                for n in refused_ranges(dp.upstream_private_ranges)
+            ]
+        },
     }
     if dp.dns_resolvers:
         config["typed_dns_resolver_config"] = {
@@ -1015,7 +1071,7 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         },
         # ws:// goes absolute-form, with its upgrade, to the plain-HTTP listener's copy.
         "upgrade_configs": [{"upgrade_type": "CONNECT"}, {"upgrade_type": "websocket"}],
-        "access_log": refusals_only(decision_logs(dp.decision_log_path, tls=None)),
+        "access_log": own_answers_only(decision_logs(dp.decision_log_path, tls=None)),
         "route_config": gateway_routes(),
         "http_filters": [
             {

@@ -169,10 +169,9 @@ def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
     return {"status": 403, "body_format": body}
 
 
-def status_filter(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
-    """An access log filter (a local reply mapper's too) for one status code (`op` GE: and
-    those above)."""
-    comparison = {"op": op, "value": {"default_value": status, "runtime_key": runtime_key}}
+def status_filter(status: int, runtime_key: str) -> dict[str, Any]:
+    """An access log filter (a local reply mapper's too) for one status code."""
+    comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": runtime_key}}
     return {"status_code_filter": {"comparison": comparison}}
 
 
