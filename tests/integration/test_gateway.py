@@ -79,13 +79,16 @@ def test_a_denied_host_gets_the_explained_denial_inside_its_tunnel(interceptor):
 
 def test_plain_http_absolute_form(interceptor):
     status, body, err = curl(
-        interceptor, "http://pypi.org/plain", "-H", "Proxy-Authorization: Basic dTpw"
-    )
+        interceptor, "http://pypi.org/plain",
+        "-H", "Proxy-Authorization: Basic dTpw", "-H", "X-Forwarded-Proto: https",
+    )  # fmt: skip
     assert status == 200, err
     echoed = json.loads(body)
     assert echoed["path"] == "/plain"
-    # The client's credentials for its proxy go no further.
+    # The client's credentials for its proxy go no further; its word on the scheme neither
+    # (judged and logged as the plain HTTP it is, below).
     assert "proxy-authorization" not in echoed["headers"]
+    assert "x-forwarded-proto" not in echoed["headers"]
     status, body, _ = curl(interceptor, "http://unknown.example/plain")
     assert status == 403 and json.loads(body)["error"]["rule"] == "default_deny"
     logged = interceptor.decisions(lambda d: d["path"] == "/plain", 2)
@@ -316,6 +319,35 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
     assert {(d["host"], d["allow"]) for d in logged} >= {
         ("pypi.org", True), ("unknown.example", False), ("unknown.example", True)
     }  # fmt: skip
+
+
+def test_a_gateway_killed_without_warning_is_cleaned_up(tmp_path):
+    """SIGKILL leaves its namespace, lab, sidecars, relay and files: `intercept cleanup` (as
+    the next run or gateway does first) removes them."""
+    spec = tmp_path / "lab.yaml"
+    spec.write_text(yaml.safe_dump(LAB_SPEC))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    before = set(netns.namespaces())
+    argv = [str(INTERCEPT), "gateway", "--policy", str(policy), "--lab", str(spec),
+            "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    ca = Path(proc.stdout.readline().split()[2].removeprefix("ca="))
+    proc.kill()
+    proc.wait()
+    left = set(netns.namespaces()) - before
+    assert left and ca.exists()  # what SIGKILL leaves
+    done = subprocess.run([str(INTERCEPT), "cleanup"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert set(netns.namespaces()) <= before
+    assert not ca.parents[1].exists()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5)
 
 
 def test_metadata_and_link_local_addresses_are_refused(interceptor):

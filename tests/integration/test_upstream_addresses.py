@@ -43,3 +43,6 @@ def test_an_allowed_name_in_a_refused_range_reaches_nothing(interceptor, lab):
     assert (logged["allow"], logged["rule"], logged["status"]) == (True, "allowed_domains", 502)
     lab.wait_for_receipts(lambda r: r["path"] == "/public")
     assert not [r for r in lab.receipts() if r["path"] == "/inside"]
+    # The name did resolve (the lab answers it): its addresses were filtered out.
+    stats = interceptor.envoy_stats("dns_address_filter_out")["stats"]
+    assert sum(s["value"] for s in stats if "value" in s) >= 2, stats

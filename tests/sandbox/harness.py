@@ -18,6 +18,7 @@ from typing import Any
 from intercept_proxy import netns
 from intercept_proxy.injector.pod import ENVOY, SIDECARS
 from intercept_proxy.lab import Lab, LabSpec
+from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.runtime.cli import WORKLOAD, _executables, run_settings, sandbox_pod
 from intercept_proxy.runtime.network import LabUplink
 from intercept_proxy.runtime.pod import LocalPod, Options
@@ -130,7 +131,7 @@ class Sandbox(RunningPod):
         """`environ`: the operator's environment (the credentials' secrets come from it)."""
         policy_dir = Path(tempfile.mkdtemp(prefix="intercept-policy-", dir="/tmp"))
         (policy_dir / "policy.yaml").write_text(policy)
-        settings = run_settings(lab=True)
+        settings = run_settings(LAB_RANGES)
         try:
             pod, objects = sandbox_pod(
                 ["sleep", "infinity"], WORKLOAD_UID, policy_dir / "policy.yaml", settings, environ

@@ -328,3 +328,33 @@ def test_both_copies_of_the_dns_cache_refuse_the_same_ranges():
     assert cache == proxy["typed_config"]["dns_cache_config"]
     prefixes = {r["address_prefix"] for r in cache["resolved_address_filter"]["ranges"]}
     assert "169.254.0.0" in prefixes and "198.18.0.0" not in prefixes
+
+
+def test_the_address_filter_reaches_envoy_in_every_copy_of_the_dns_cache():
+    """The field the Python API package lacks is in the serialized cluster and filters, as
+    Envoy reads it (field 16 of DnsCacheConfig, an AddressMatcher)."""
+    from envoy.extensions.clusters.dynamic_forward_proxy.v3 import cluster_pb2 as dfp
+    from google.protobuf import json_format
+
+    matcher = protos.address_pb2.AddressMatcher()
+    json_format.ParseDict(resources.dns_cache_config(GATEWAY)["resolved_address_filter"], matcher)
+    assert {"169.254.0.0", "fe80::"} <= {r.address_prefix for r in matcher.ranges}
+    expected = protos.encoded_field(16, matcher.SerializeToString())
+    caches = []
+    for cluster in resources.clusters(GATEWAY, PEM)[1:3]:
+        config = dfp.ClusterConfig()
+        protos.to_message(types.CLUSTER, cluster).cluster_type.typed_config.Unpack(config)
+        caches.append(config.dns_cache_config)
+    for listener in resources.listeners(GATEWAY):
+        hcm = protos.http_connection_manager_pb2.HttpConnectionManager()
+        chain = protos.to_message(types.LISTENER, listener).filter_chains[0]
+        assert chain.filters[0].typed_config.Unpack(hcm)
+        for f in hcm.http_filters:
+            if "dynamic_forward_proxy" in f.name:
+                config = protos.dynamic_forward_proxy_pb2.FilterConfig()
+                f.typed_config.Unpack(config)
+                caches.append(config.dns_cache_config)
+    # The two clusters; the TLS and plain listeners, and their gateway copies (the gateway's
+    # own listener has no forward proxy).
+    assert len(caches) == 2 + 4
+    assert all(c.SerializeToString().endswith(expected) for c in caches)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +10,7 @@ from intercept_proxy import __version__, ports
 from intercept_proxy.identities import AGENT_UID, ENVOY_UID
 from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
 from intercept_proxy.policy.combined import OverrideMode
+from intercept_proxy.xds.resources import private_range
 
 # Container images. Never `latest`: what runs is what was tested.
 IMAGE_REPOSITORY = "intercept-proxy/intercept-proxy"
@@ -110,7 +110,7 @@ class InjectorSettings:
             raise SettingsError(str(e)) from None
         for cidr in self.upstream_private_ranges:
             try:
-                ipaddress.ip_network(cidr)
+                private_range(cidr)
             except ValueError as e:
                 raise SettingsError(f"upstream_private_ranges: {e}") from None
         if self.ca_mode not in ("ephemeral", "secret"):

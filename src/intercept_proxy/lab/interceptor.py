@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from intercept_proxy import netns, ports
 from intercept_proxy.agent.settings import agent_command
@@ -26,6 +26,13 @@ from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.runtime.containers import as_user
 
 INTERCEPT = Path(sys.executable).with_name("intercept")
+
+
+def _append(path: Path) -> IO[bytes]:
+    """`path` opened to append (made if missing), never through a symlink: the caller is root,
+    and someone else may have left one where its file goes."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+    return os.fdopen(os.open(path, flags, 0o644), "ab")
 
 
 class InterceptorError(RuntimeError):
@@ -55,7 +62,8 @@ class Interceptor:
         decisions is appended to (else one of this directory, which Envoy writes); `agent`: more
         of the agent's settings (by default, its upstreams may be in the lab's ranges)."""
         self.ns = ns
-        self.dir = Path(tempfile.mkdtemp(prefix="intercept-sidecars-", dir="/tmp"))
+        # Named after the namespace: a stale one's clean-up finds it (runtime/pod.py).
+        self.dir = Path(tempfile.mkdtemp(prefix=f"intercept-sidecars-{ns}-", dir="/tmp"))
         try:
             self._prepare(policy, upstream_ca, decision_log)
         except BaseException:
@@ -127,7 +135,7 @@ class Interceptor:
         pinned = ["taskset", "-c", str(self._core)] if self._core is not None else []
         with (
             (self.dir / f"{name}.log").open("ab") as log,
-            stdout.open("ab") if stdout else contextlib.nullcontext(log) as out,
+            _append(stdout) if stdout else contextlib.nullcontext(log) as out,
         ):
             return subprocess.Popen(
                 netns.exec_argv(self.ns, [*pinned, *as_user(uid, argv)]),

@@ -35,13 +35,18 @@ from intercept_proxy.injector.settings import (
     InjectorSettings,
 )
 from intercept_proxy.lab import LabError, LabSpecError
-from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.policy.model import Policy, PolicyError, load_policy
 from intercept_proxy.runtime import credentials, gateway
 from intercept_proxy.runtime.admission import MIN_GROUP, AdmissionError
 from intercept_proxy.runtime.asking import Asker
 from intercept_proxy.runtime.containers import ContainerError, Executables
-from intercept_proxy.runtime.network import NetworkError, Uplink, uplink
+from intercept_proxy.runtime.network import (
+    NetworkError,
+    Uplink,
+    add_private_range_option,
+    private_ranges,
+    uplink,
+)
 from intercept_proxy.runtime.pod import LocalPod, Options, PodError, cleanup_stale
 from intercept_proxy.runtime.volumes import VolumeError
 from intercept_proxy.runtime.workdir import (
@@ -86,6 +91,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     run.add_argument("--lab", type=Path, metavar="SPEC", help="use a lab as the internet")
     run.add_argument("--lab-log", type=Path, metavar="FILE", help="the lab's receipt log")
     run.add_argument("--decision-log", type=Path, metavar="FILE", help="append decisions here")
+    add_private_range_option(run)
     run.add_argument(
         "--user",
         type=int,
@@ -108,8 +114,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cleanup = commands.add_parser(
         "cleanup",
         help="remove what sandboxes killed without warning left behind",
-        description="Remove the namespaces, interfaces, host rules and files of local pods "
-        "whose runtime died (intercept run does this too when it starts).",
+        description="Remove the namespaces, interfaces, host rules, processes and files of local "
+        "pods and gateways whose runtime died (intercept run and intercept gateway do this too "
+        "when they start).",
     )
     cleanup.set_defaults(func=_cleanup)
     gateway.register(commands)
@@ -314,13 +321,10 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_settings(*, lab: bool) -> InjectorSettings:
+def run_settings(private_ranges: tuple[str, ...]) -> InjectorSettings:
     """The injection `intercept run` makes. No DNS forwarding: on this machine there is no
-    cluster whose names need resolving, and a forwarded name would carry its labels out. A
-    lab's hosts are at non-public addresses, which Envoy may reach only when it is the lab."""
-    return InjectorSettings(
-        dns_forward_suffixes=(), upstream_private_ranges=LAB_RANGES if lab else ()
-    )
+    cluster whose names need resolving, and a forwarded name would carry its labels out."""
+    return InjectorSettings(dns_forward_suffixes=(), upstream_private_ranges=private_ranges)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -328,10 +332,14 @@ def _run(args: argparse.Namespace) -> int:
     if bool(command) == bool(args.pod):
         print("intercept run: give either -- CMD [ARGS...] or --pod FILE", file=sys.stderr)
         return USAGE_ERROR
+    try:
+        settings = run_settings(private_ranges(args))
+    except NetworkError as e:
+        print(f"intercept run: {e}", file=sys.stderr)
+        return USAGE_ERROR
     if os.geteuid() != 0:
         print("intercept run: needs root (network namespaces, iptables)", file=sys.stderr)
         return USAGE_ERROR
-    settings = run_settings(lab=args.lab is not None)
     prefix = netns.unique_prefix("isb")
     cleanup_stale()  # what an earlier run killed without warning left behind
     decision_log = args.decision_log

@@ -22,12 +22,18 @@ from pathlib import Path
 
 from intercept_proxy import netns, ports
 from intercept_proxy.lab import LabError, LabSpecError
-from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netns import NetnsError
-from intercept_proxy.policy.model import PolicyError, load_policy
+from intercept_proxy.policy.model import PolicyError, parse_policy
+from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import as_user
-from intercept_proxy.runtime.network import NetworkError, uplink
+from intercept_proxy.runtime.network import (
+    NetworkError,
+    add_private_range_option,
+    private_ranges,
+    uplink,
+)
+from intercept_proxy.runtime.pod import cleanup_stale
 
 DEFAULT_LISTEN = (f"127.0.0.1:{ports.ENVOY_GATEWAY}", f"[::1]:{ports.ENVOY_GATEWAY}")
 SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -97,13 +103,19 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="FILE",
         help="append decisions here (default: a file of the gateway's, removed when it stops)",
     )
+    add_private_range_option(gateway)
     gateway.set_defaults(func=_gateway)
 
 
-def _checked_policy(path: Path) -> str:
-    """The policy's text, once it loads (its errors named) and needs no file beside it."""
-    text = path.read_text()
-    if load_policy(path).rego_modules:
+def _checked_policy(path: Path, text: str | None = None) -> str:
+    """The policy's text (`text`, else the file's), once it loads (its errors named) and needs
+    no file beside it."""
+    if text is None:
+        try:
+            text = path.read_text()
+        except (OSError, ValueError) as e:
+            raise GatewayError(f"{path}: cannot read the policy: {e}") from None
+    if parse_policy(text, str(path), path.parent).rego_modules:
         raise GatewayError(f"{path}: rego_modules are not available to the gateway yet")
     return text
 
@@ -131,11 +143,17 @@ def _serve(args: argparse.Namespace, stop: threading.Event) -> None:
     if args.lab is None and args.lab_log is not None:
         raise GatewayError("--lab-log needs --lab")
     listen = [parse_listen(t) for t in args.listen or DEFAULT_LISTEN]
+    ranges = private_ranges(args)
     text = _checked_policy(args.policy)
+    cleanup_stale()  # what a gateway or a run killed without warning left behind
     with contextlib.ExitStack() as made:  # undone in reverse, each step even if one fails
         sockets = [made.enter_context(bind(a, p)) for a, p in listen]
         prefix = netns.unique_prefix("igw")
         name = f"{prefix}-gw"
+        # Recorded first, forgotten last: if this process dies, the next run or gateway (or
+        # `intercept cleanup`) removes everything named after the prefix.
+        state.register(prefix, name)
+        made.callback(state.release, prefix)
         up = made.enter_context(uplink(args.lab, args.lab_log, prefix))
         made.callback(up.detach)
         netns.create(name)
@@ -148,7 +166,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event) -> None:
             up.nameservers,
             decision_log=args.decision_log,
             gateway_port=ports.ENVOY_GATEWAY,
-            upstream_private_ranges=LAB_RANGES if args.lab else (),
+            upstream_private_ranges=ranges,
         )
         made.callback(icp.close)
         icp.start()
@@ -170,11 +188,11 @@ def _reload(path: Path, text: str, icp: Interceptor) -> str:
     the policy in force stays (and the problem is said once)."""
     try:
         new = path.read_text()
-    except OSError:
+    except (OSError, ValueError):  # unreadable for now, or not UTF-8: said once it loads
         return text
     if new != text:
         try:
-            icp.write_policy(_checked_policy(path))
+            icp.write_policy(_checked_policy(path, new))
             print(f"intercept gateway: {path} changed: reloaded", file=sys.stderr)
         except (GatewayError, PolicyError, OSError) as e:
             print(f"intercept gateway: {e} (the policy in force stays)", file=sys.stderr)
@@ -182,6 +200,11 @@ def _reload(path: Path, text: str, icp: Interceptor) -> str:
 
 
 def _gateway(args: argparse.Namespace) -> int:
+    try:
+        private_ranges(args)
+    except NetworkError as e:
+        print(f"intercept gateway: {e}", file=sys.stderr)
+        return USAGE_ERROR
     if os.geteuid() != 0:
         print("intercept gateway: needs root (network namespaces, users)", file=sys.stderr)
         return USAGE_ERROR

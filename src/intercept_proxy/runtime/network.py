@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ipaddress
 import json
@@ -20,6 +21,8 @@ from typing import Protocol
 
 from intercept_proxy import netns, resolvconf
 from intercept_proxy.lab import Lab, LabSpec
+from intercept_proxy.lab.addresses import LAB_RANGES
+from intercept_proxy.xds.resources import private_range
 
 # One file per pod routed through this host: forwarding is restored when the last one leaves.
 UPLINKS = Path("/run/intercept-proxy/uplinks")
@@ -216,3 +219,25 @@ def uplink(lab: Path | None, lab_log: Path | None, prefix: str) -> Iterator[Upli
         return
     with Lab(LabSpec.load(lab), prefix=f"{prefix}l", log_path=lab_log) as running:
         yield LabUplink(running)
+
+
+def add_private_range_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--upstream-private-range",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a non-public range an allowed upstream may be in, e.g. an internal registry's "
+        "(repeatable; Envoy connects to no other non-public address)",
+    )
+
+
+def private_ranges(args: argparse.Namespace) -> tuple[str, ...]:
+    """The non-public ranges Envoy may connect to: the operator's, and a lab's (its hosts'
+    addresses are non-public). NetworkError for one that is not a CIDR."""
+    for text in args.upstream_private_range:
+        try:
+            private_range(text)
+        except ValueError as e:
+            raise NetworkError(f"--upstream-private-range {text}: {e}") from None
+    return (*(LAB_RANGES if args.lab else ()), *args.upstream_private_range)

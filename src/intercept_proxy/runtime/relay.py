@@ -21,7 +21,7 @@ MAX_CONNECTIONS = 8192  # relayed at once; Envoy accepts 10,000 in all
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(ConnectionError):
+    with contextlib.suppress(OSError):
         while data := await reader.read(CHUNK):
             writer.write(data)
             await writer.drain()
@@ -31,9 +31,11 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def _capacity() -> int:
     """Connections the relay may hold: two descriptors each, within its raised limit."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return max(1, min(MAX_CONNECTIONS, (hard - 64) // 2))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return max(1, min(MAX_CONNECTIONS, (soft - 64) // 2))
 
 
 async def serve(listening: list[socket.socket], port: int) -> None:
@@ -49,11 +51,12 @@ async def serve(listening: list[socket.socket], port: int) -> None:
             except OSError:
                 writer.close()
                 return
+            inward = asyncio.create_task(_pipe(reader, up_writer))
             try:
-                inward = asyncio.create_task(_pipe(reader, up_writer))
                 await _pipe(up_reader, writer)  # Envoy's side ended: so does the client's
-                inward.cancel()
             finally:
+                inward.cancel()
+                await asyncio.gather(inward, return_exceptions=True)
                 up_writer.close()
                 writer.close()
 

@@ -122,7 +122,10 @@ def own_answers_only(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "@type": type_url(
                     "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
                 ),
-                "expression": 'response.code_details != "via_upstream"',
+                # Not what went through, nor a client that left while the copy answered: the
+                # copy logs those.
+                "expression": "!(response.code_details in "
+                '["via_upstream", "downstream_remote_disconnect"])',
             },
         }
     }

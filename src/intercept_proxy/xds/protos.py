@@ -98,13 +98,18 @@ def _without_lacking(node: Any, path: Path, found: list[tuple[Path, bytes]]) -> 
             if key in LACKING:
                 number, cls = LACKING[key]
                 raw = json_format.ParseDict(value, cls()).SerializeToString()
-                found.append((path, _varint(number << 3 | 2) + _varint(len(raw)) + raw))
+                found.append((path, encoded_field(number, raw)))
             else:
                 out[key] = _without_lacking(value, (*path, key), found)
         return out
     if isinstance(node, list):
         return [_without_lacking(v, (*path, i), found) for i, v in enumerate(node)]
     return node
+
+
+def encoded_field(number: int, raw: bytes) -> bytes:
+    """Field `number` holding the serialized message `raw`, in protobuf's wire format."""
+    return _varint(number << 3 | 2) + _varint(len(raw)) + raw
 
 
 def _varint(n: int) -> bytes:
@@ -127,7 +132,9 @@ def _merge(message: Any, path: Path, raw: bytes) -> None:
         message.MergeFromString(raw)
     else:
         key, *rest = path
-        _merge(message[key] if isinstance(key, int) else getattr(message, key), tuple(rest), raw)
+        # A field by name; an item of a repeated field or of a map by its index or key.
+        child = getattr(message, str(key)) if isinstance(message, Message) else message[key]
+        _merge(child, tuple(rest), raw)
 
 
 def pack(message: Message) -> any_pb2.Any:

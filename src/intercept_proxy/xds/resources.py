@@ -80,6 +80,17 @@ RATE_LIMITED = ": the policy's rate limit for this host is spent (see Retry-Afte
 MIN_FILL_MS = 50
 
 
+def private_range(text: str) -> str:
+    """`text` if it is a CIDR (an upstream private range, as every setting of one is checked);
+    ValueError saying why not. Exempted from the refused ranges, its IPv6 forms (mapped,
+    NAT64, 6to4) stay refused."""
+    try:
+        ipaddress.ip_network(text)
+    except ValueError as e:
+        raise ValueError(f"{text!r} is not a CIDR ({e})") from None
+    return text
+
+
 @dataclass(frozen=True)
 class DataPlane:
     """What the generated Envoy configuration depends on."""
@@ -123,6 +134,7 @@ class DataPlane:
         "--upstream-private-range",
         "a non-public address range upstreams may be in (CIDR, repeatable; default: none)",
         default=(),
+        parse=private_range,
         repeatable=True,
         metavar="CIDR",
     )
@@ -196,11 +208,13 @@ NON_PUBLIC_V4 = (
     "203.0.113.0/24", "224.0.0.0/3",
 )  # fmt: skip
 NON_PUBLIC_V6 = (
-    "::/96", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10", "ff00::/8",
+    "::/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "3fff::/20",
+    "5f00::/16", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
 )  # fmt: skip
-# IPv6 forms that carry an IPv4 address (mapped; NAT64's well-known prefix, which DNS64 hands
-# out for every IPv4-only name): refused where their IPv4 address would be.
-EMBEDDING_V4 = ("::ffff:0:0/96", "64:ff9b::/96")
+# IPv6 forms that carry an IPv4 address, each with the bit its IPv4 address ends at: mapped,
+# NAT64's well-known prefix (which DNS64 hands out for every IPv4-only name), 6to4. Refused
+# where their IPv4 address would be. (A NAT64 prefix an operator chose is not known here.)
+EMBEDDING_V4 = (("::ffff:0:0/96", 0), ("64:ff9b::/96", 0), ("2002::/16", 80))
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -211,9 +225,10 @@ def refused_ranges(allowed: tuple[str, ...] = ()) -> list[Network]:
     for text in NON_PUBLIC_V4:
         v4 = ipaddress.IPv4Network(text)
         refused.append(v4)
-        for prefix in map(ipaddress.IPv6Network, EMBEDDING_V4):
-            base = int(prefix.network_address) | int(v4.network_address)
-            refused.append(ipaddress.IPv6Network((base, 96 + v4.prefixlen)))
+        for prefix, shift in EMBEDDING_V4:
+            embedding = ipaddress.IPv6Network(prefix)
+            base = int(embedding.network_address) | int(v4.network_address) << shift
+            refused.append(ipaddress.IPv6Network((base, embedding.prefixlen + v4.prefixlen)))
     for exempt in map(ipaddress.ip_network, allowed):
         kept: list[Network] = []
         for net in refused:
@@ -240,17 +255,18 @@ def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
             ]
         },
     }
-    if dp.dns_resolvers:
-        config["typed_dns_resolver_config"] = {
-            "name": "envoy.network.dns_resolver.cares",
-            "typed_config": {
-                "@type": type_url(
-                    "envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"
-                ),
-                "resolvers": [_socket_address(r, 53) for r in dp.dns_resolvers],
-                "dns_resolver_options": {"no_default_search_domain": True},
-            },
-        }
+    resolver: dict[str, Any] = {
+        "@type": type_url("envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig"),
+        # A name is looked up as it is: never under the search domains of resolv.conf, which
+        # a pod's dnsConfig may set (an allowed name under a domain of the pod's choosing).
+        "dns_resolver_options": {"no_default_search_domain": True},
+    }
+    if dp.dns_resolvers:  # else resolv.conf's nameservers
+        resolver["resolvers"] = [_socket_address(r, 53) for r in dp.dns_resolvers]
+    config["typed_dns_resolver_config"] = {
+        "name": "envoy.network.dns_resolver.cares",
+        "typed_config": resolver,
+    }
     return config
 
 
