@@ -18,6 +18,9 @@ from typing import Any
 SCHEMA = "intercept.decision/v1"
 # The response header naming the decision of a request (Envoy's stream id).
 DECISION_HEADER = "x-intercept-decision-id"
+# The gateway's client, as the gateway saw it (an Envoy filter state object it hands to the
+# listener that judges the request).
+CLIENT_STATE = "intercept.client"
 
 
 class ErrorCode(StrEnum):
@@ -76,6 +79,8 @@ class DecisionEvent:
     # Never the query string: it may carry credentials. Never a header value.
     path: str | None = _envoy("%REQ_WITHOUT_QUERY(:PATH)%")
     sni: str | None = _envoy("%REQUESTED_SERVER_NAME%")
+    # The egress gateway's client (its address); null for a sidecar's, which is its pod.
+    client: str | None = _envoy(f"%FILTER_STATE({CLIENT_STATE}:PLAIN)%")
     status: int | None = _envoy("%RESPONSE_CODE%")
     details: str | None = _envoy("%RESPONSE_CODE_DETAILS%")
     flags: str | None = _envoy("%RESPONSE_FLAGS%")

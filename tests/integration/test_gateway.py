@@ -62,11 +62,15 @@ def test_https_through_a_tunnel_http1_and_http2(interceptor, lab):
         assert status == 200, err
         assert json.loads(body)["path"] == f"/simple/{version[2:]}"
         assert err.endswith("1.1" if version == "--http1.1" else "2")
-    # Logged by the TLS listener's copy, exactly as an intercepted request.
+    # Logged by the TLS listener's copy, exactly as an intercepted request, with its client.
     [h2] = interceptor.decisions(lambda d: d["path"] == "/simple/http2")
-    assert (h2["judge"], h2["rule"], h2["sni"], h2["scheme"]) == (
-        "envoy", "allowed_domains", "pypi.org", "https"
+    assert (h2["judge"], h2["rule"], h2["sni"], h2["scheme"], h2["client"]) == (
+        "envoy", "allowed_domains", "pypi.org", "https", "127.0.0.1"
     )  # fmt: skip
+    # A request intercepted without the gateway has no client of the gateway's.
+    assert interceptor.curl("GET", "https://pypi.org/no-gateway").status == 200
+    [direct] = interceptor.decisions(lambda d: d["path"] == "/no-gateway")
+    assert direct["client"] is None
 
 
 def test_a_denied_host_gets_the_explained_denial_inside_its_tunnel(interceptor):
@@ -142,6 +146,7 @@ def test_tunnels_to_other_ports_are_refused_and_logged(interceptor):
     assert (logged["judge"], logged["allow"], logged["rule"], logged["status"]) == (
         "envoy", False, "gateway_tunnel_port", 403
     )  # fmt: skip
+    assert logged["client"] == "127.0.0.1"
 
 
 def proxy_exchange(icp: Interceptor, request: bytes) -> str:
@@ -314,11 +319,13 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
     assert not Path(ca).exists()
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)
-    # Kept: every decision, after the gateway and its files are gone.
+    # Kept: every decision, after the gateway and its files are gone; with each client's own
+    # address, which the relay passed on.
     logged = [d for d in read_decisions(log) if d["path"] in ("/gateway", "/later")]
     assert {(d["host"], d["allow"]) for d in logged} >= {
         ("pypi.org", True), ("unknown.example", False), ("unknown.example", True)
     }  # fmt: skip
+    assert {d["client"] for d in logged if d["path"] == "/gateway"} == {"127.0.0.1", "::1"}
 
 
 def test_a_gateway_killed_without_warning_is_cleaned_up(tmp_path):

@@ -127,7 +127,20 @@ def test_the_gateway_only_routes_the_listeners_copies_judge():
         exposed = {k: v for k, v in listeners[original].items() if "address" not in k}
         assert {**internal, "name": original} == exposed
     hcm = listeners[gateway.GATEWAY_LISTENER]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
+    # Nothing that could decide: it records the client, and routes.
+    assert [f["name"] for f in hcm["http_filters"]] == [
+        "envoy.filters.http.set_filter_state", "envoy.filters.http.router"
+    ]  # fmt: skip
+    # A client's address comes from its connection, unless a relay alone reaches it.
+    assert (
+        "listener_filters" not in listeners[gateway.GATEWAY_LISTENER]
+        or not (listeners[gateway.GATEWAY_LISTENER]["listener_filters"])
+    )
+    relayed = resources.DataPlane(gateway_port=3128, gateway_clients_from="proxy-protocol")
+    [front] = [x for x in resources.listeners(relayed) if x["name"] == gateway.GATEWAY_LISTENER]
+    assert [f["name"] for f in front["listener_filters"]] == [
+        "envoy.filters.listener.proxy_protocol"
+    ]
     [host] = hcm["route_config"]["virtual_hosts"]
     tunnel, refused, proxied, in_the_clear = host["routes"]
     assert tunnel["route"]["cluster"] == gateway.TUNNELED

@@ -166,6 +166,7 @@ def _serve(args: argparse.Namespace, stop: threading.Event) -> None:
             up.nameservers,
             decision_log=args.decision_log,
             gateway_port=ports.ENVOY_GATEWAY,
+            gateway_clients_from="proxy-protocol",  # the relay's word: it alone reaches it
             upstream_private_ranges=ranges,
         )
         made.callback(icp.close)

@@ -1,6 +1,7 @@
 """A TCP relay for `intercept gateway`: it accepts on listening sockets it inherits (bound in
 this machine's network namespace, where the clients are) and connects, from the gateway's own
-namespace, to the gateway's listener there.
+namespace, to the gateway's listener there, telling it who each client is (the PROXY
+protocol: the gateway's decision log names the client).
 
     python -I -m intercept_proxy.runtime.relay PORT FD [FD...]
 
@@ -15,6 +16,7 @@ import contextlib
 import resource
 import socket
 import sys
+from typing import Any
 
 CHUNK = 65536
 MAX_CONNECTIONS = 8192  # relayed at once; Envoy accepts 10,000 in all
@@ -38,6 +40,12 @@ def _capacity() -> int:
     return max(1, min(MAX_CONNECTIONS, (soft - 64) // 2))
 
 
+def proxy_header(client: tuple[Any, ...], server: tuple[Any, ...]) -> bytes:
+    """The PROXY protocol (v1) line that tells the gateway who the client is."""
+    family = "TCP6" if ":" in client[0] else "TCP4"
+    return f"PROXY {family} {client[0]} {server[0]} {client[1]} {server[1]}\r\n".encode()
+
+
 async def serve(listening: list[socket.socket], port: int) -> None:
     slots = asyncio.Semaphore(_capacity())
 
@@ -51,12 +59,18 @@ async def serve(listening: list[socket.socket], port: int) -> None:
             except OSError:
                 writer.close()
                 return
-            inward = asyncio.create_task(_pipe(reader, up_writer))
+            peer, here = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+            inward: asyncio.Future[Any] | None = None
             try:
+                if peer is None or here is None:  # the client is gone already
+                    return
+                up_writer.write(proxy_header(peer, here))
+                inward = asyncio.create_task(_pipe(reader, up_writer))
                 await _pipe(up_reader, writer)  # Envoy's side ended: so does the client's
             finally:
-                inward.cancel()
-                await asyncio.gather(inward, return_exceptions=True)
+                if inward is not None:
+                    inward.cancel()
+                    await asyncio.gather(inward, return_exceptions=True)
                 up_writer.close()
                 writer.close()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from intercept_proxy.decision import Judge
+from intercept_proxy.decision import CLIENT_STATE, Judge
 from intercept_proxy.xds.routes import METADATA_KEY, denial_body
 from intercept_proxy.xds.types import type_url
 
@@ -32,14 +32,63 @@ INTERNAL_LISTENER_EXTENSION = {
 
 
 def internal_cluster(name: str) -> dict[str, Any]:
-    """The cluster whose one endpoint is the internal listener of the same name."""
+    """The cluster whose one endpoint is the internal listener of the same name; its
+    connections carry the filter state shared with them (the client, `client_state`)."""
     address = {"envoy_internal_address": {"server_listener_name": name}}
+    raw = {
+        "name": "envoy.transport_sockets.raw_buffer",
+        "typed_config": {
+            "@type": type_url("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")
+        },
+    }
     return {
         "name": name,
         "connect_timeout": "1s",
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+        },
+        "transport_socket": {
+            "name": "envoy.transport_sockets.internal_upstream",
+            "typed_config": {
+                "@type": type_url(
+                    "envoy.extensions.transport_sockets.internal_upstream.v3."
+                    "InternalUpstreamTransport"
+                ),
+                "transport_socket": raw,
+            },
+        },
+    }
+
+
+def client_state() -> dict[str, Any]:
+    """The gateway's filter that records each request's client (its address) for the listener
+    that will judge it: the decision log's `client`."""
+    value = {
+        "object_key": CLIENT_STATE,
+        "factory_key": "envoy.string",
+        "format_string": {
+            "text_format_source": {"inline_string": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
+        },
+        "read_only": True,
+        "shared_with_upstream": "ONCE",
+    }
+    return {
+        "name": "envoy.filters.http.set_filter_state",
+        "typed_config": {
+            "@type": type_url("envoy.extensions.filters.http.set_filter_state.v3.Config"),
+            "on_request_headers": [value],
+        },
+    }
+
+
+def proxy_protocol() -> dict[str, Any]:
+    """A listener filter that takes the client's address from the PROXY protocol header of
+    the relay in front of the gateway (runtime/relay.py), which alone reaches it."""
+    return {
+        "name": "envoy.filters.listener.proxy_protocol",
+        "typed_config": {
+            "@type": type_url("envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol")
         },
     }
 

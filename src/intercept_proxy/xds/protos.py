@@ -33,7 +33,9 @@ from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (  # noqa: F4
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
+from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
@@ -48,6 +50,10 @@ from envoy.extensions.network.dns_resolver.cares.v3 import cares_dns_resolver_pb
 from envoy.extensions.resource_monitors.downstream_connections.v3 import (  # noqa: F401
     downstream_connections_pb2,
 )
+from envoy.extensions.transport_sockets.internal_upstream.v3 import (  # noqa: F401
+    internal_upstream_pb2,
+)
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.type.matcher.v3 import (

@@ -29,10 +29,12 @@ from intercept_proxy.xds.gateway import (
     GATEWAY_LISTENER,
     PROXIED,
     TUNNELED,
+    client_state,
     gateway_routes,
     internal_cluster,
     internal_copy,
     own_answers_only,
+    proxy_protocol,
 )
 from intercept_proxy.xds.protos import generic_secret
 from intercept_proxy.xds.routes import (
@@ -143,6 +145,14 @@ class DataPlane:
         "--gateway-port", "serve as an explicit proxy (HTTPS_PROXY) on this port", default=None,
         parse=int,
     )  # fmt: skip
+    # Where the gateway learns a client's address: the connection, or the PROXY protocol
+    # header of the relay that alone reaches it (`intercept gateway`, runtime/relay.py).
+    gateway_clients_from: str = option(
+        "--gateway-clients-from",
+        "where the gateway learns a client's address",
+        default="connection",
+        choices=("connection", "proxy-protocol"),
+    )
     gateway_addresses: tuple[str, ...] = option(
         "--gateway-address",
         "an address the gateway listens on (repeatable)",
@@ -1090,18 +1100,21 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         "access_log": own_answers_only(decision_logs(dp.decision_log_path, tls=None)),
         "route_config": gateway_routes(),
         "http_filters": [
+            client_state(),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
                     "@type": type_url("envoy.extensions.filters.http.router.v3.Router"),
                     "suppress_envoy_headers": True,
                 },
-            }
+            },
         ],
     }
+    relayed = dp.gateway_clients_from == "proxy-protocol"
     return {
         "name": GATEWAY_LISTENER,
         **_listener_addresses(dp.gateway_addresses, dp.gateway_port),
+        "listener_filters": [proxy_protocol()] if relayed else [],
         "filter_chains": [
             {
                 "filters": [
