@@ -128,6 +128,28 @@ def test_https_in_the_clear_is_refused(interceptor, lab):
     assert not [r for r in lab.receipts() if r["path"] == "/clear"]
 
 
+def test_each_request_is_logged_with_its_own_client(interceptor):
+    """The address each client connected from: no header says otherwise, and two clients'
+    requests in turn (plain HTTP, over Envoy's pooled internal connections; tunnels) are never
+    logged as each other's."""
+    forged = ("-H", "X-Forwarded-For: 10.9.9.9", "--proxy-header", "X-Forwarded-For: 10.9.9.8")
+    # Rounds: each of Envoy's workers pools its internal connections, so some request comes
+    # when another client's connection idles in its pool.
+    for round_ in range(4):
+        for proxy in (PROXY, f"http://[::1]:{PORT}"):
+            for url in (f"http://pypi.org/who-{round_}", f"https://pypi.org/who-{round_}"):
+                status, _, err = curl(interceptor, url, *forged, proxy=proxy)
+                assert status == 200, err
+    logged = interceptor.decisions(lambda d: (d["path"] or "").startswith("/who-"), 16)
+    clients = [(d["path"], d["scheme"], d["client"]) for d in logged]
+    assert sorted(clients) == sorted(
+        (f"/who-{r}", scheme, client)
+        for r in range(4)
+        for client in ("127.0.0.1", "::1")
+        for scheme in ("http", "https")
+    ), clients
+
+
 def test_ipv6_listener(interceptor):
     status, _, err = curl(interceptor, "https://pypi.org/v6", proxy=f"http://[::1]:{PORT}")
     assert status == 200, err

@@ -126,11 +126,12 @@ def test_the_gateway_only_routes_the_listeners_copies_judge():
         assert internal.pop("internal_listener") == {} and "address" not in internal
         exposed = {k: v for k, v in listeners[original].items() if "address" not in k}
         assert {**internal, "name": original} == exposed
-    hcm = listeners[gateway.GATEWAY_LISTENER]["filter_chains"][0]["filters"][0]["typed_config"]
-    # Nothing that could decide: it records the client, and routes.
-    assert [f["name"] for f in hcm["http_filters"]] == [
-        "envoy.filters.http.set_filter_state", "envoy.filters.http.router"
-    ]  # fmt: skip
+    # Nothing that could decide: it records each connection's client, and routes.
+    client, manager = listeners[gateway.GATEWAY_LISTENER]["filter_chains"][0]["filters"]
+    assert client == gateway.client_state()
+    assert client["typed_config"]["on_new_connection"][0]["factory_key"] == "envoy.hashable_string"
+    hcm = manager["typed_config"]
+    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.router"]
     # A client's address comes from its connection, unless a relay alone reaches it.
     assert (
         "listener_filters" not in listeners[gateway.GATEWAY_LISTENER]
@@ -361,7 +362,7 @@ def test_the_address_filter_reaches_envoy_in_every_copy_of_the_dns_cache():
     for listener in resources.listeners(GATEWAY):
         hcm = protos.http_connection_manager_pb2.HttpConnectionManager()
         chain = protos.to_message(types.LISTENER, listener).filter_chains[0]
-        assert chain.filters[0].typed_config.Unpack(hcm)
+        assert chain.filters[-1].typed_config.Unpack(hcm)
         for f in hcm.http_filters:
             if "dynamic_forward_proxy" in f.name:
                 config = protos.dynamic_forward_proxy_pb2.FilterConfig()

@@ -41,9 +41,11 @@ def _capacity() -> int:
 
 
 def proxy_header(client: tuple[Any, ...], server: tuple[Any, ...]) -> bytes:
-    """The PROXY protocol (v1) line that tells the gateway who the client is."""
+    """The PROXY protocol (v1) line that tells the gateway who the client is (an address
+    without its zone: `fe80::1%eth0` is no address to the protocol)."""
     family = "TCP6" if ":" in client[0] else "TCP4"
-    return f"PROXY {family} {client[0]} {server[0]} {client[1]} {server[1]}\r\n".encode()
+    source, destination = (a.partition("%")[0] for a in (client[0], server[0]))
+    return f"PROXY {family} {source} {destination} {client[1]} {server[1]}\r\n".encode()
 
 
 async def serve(listening: list[socket.socket], port: int) -> None:

@@ -62,11 +62,14 @@ def internal_cluster(name: str) -> dict[str, Any]:
 
 
 def client_state() -> dict[str, Any]:
-    """The gateway's filter that records each request's client (its address) for the listener
-    that will judge it: the decision log's `client`."""
+    """The gateway's network filter that records each connection's client (its address) for
+    the listener that will judge its requests: the decision log's `client`. Per connection,
+    before any HTTP: no header (X-Forwarded-For) has a say. Hashable: Envoy keeps the internal
+    connections of different clients apart, never handing one client's requests over
+    another's."""
     value = {
         "object_key": CLIENT_STATE,
-        "factory_key": "envoy.string",
+        "factory_key": "envoy.hashable_string",
         "format_string": {
             "text_format_source": {"inline_string": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}
         },
@@ -74,10 +77,10 @@ def client_state() -> dict[str, Any]:
         "shared_with_upstream": "ONCE",
     }
     return {
-        "name": "envoy.filters.http.set_filter_state",
+        "name": "envoy.filters.network.set_filter_state",
         "typed_config": {
-            "@type": type_url("envoy.extensions.filters.http.set_filter_state.v3.Config"),
-            "on_request_headers": [value],
+            "@type": type_url("envoy.extensions.filters.network.set_filter_state.v3.Config"),
+            "on_new_connection": [value],
         },
     }
 

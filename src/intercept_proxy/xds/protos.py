@@ -33,13 +33,13 @@ from envoy.extensions.filters.http.dynamic_forward_proxy.v3 import (  # noqa: F4
 from envoy.extensions.filters.http.ext_authz.v3 import ext_authz_pb2  # noqa: F401
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
-from envoy.extensions.filters.http.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
 from envoy.extensions.filters.listener.http_inspector.v3 import http_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.listener.proxy_protocol.v3 import proxy_protocol_pb2  # noqa: F401
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2  # noqa: F401
 from envoy.extensions.formatter.req_without_query.v3 import req_without_query_pb2  # noqa: F401
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: F401
     header_mutation_pb2,

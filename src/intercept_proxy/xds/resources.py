@@ -1100,7 +1100,6 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         "access_log": own_answers_only(decision_logs(dp.decision_log_path, tls=None)),
         "route_config": gateway_routes(),
         "http_filters": [
-            client_state(),
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {
@@ -1118,7 +1117,8 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         "filter_chains": [
             {
                 "filters": [
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                    client_state(),
+                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
                 ]
             }
         ],
