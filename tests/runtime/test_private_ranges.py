@@ -15,8 +15,10 @@ from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.runtime.network import NetworkError, private_ranges
 
 
-def ranges(lab: bool, *given: str) -> tuple[str, ...]:
-    args = argparse.Namespace(lab="lab.yaml" if lab else None, upstream_private_range=list(given))
+def ranges(lab: bool, *given: str, lab_log: str | None = None) -> tuple[str, ...]:
+    args = argparse.Namespace(
+        lab="lab.yaml" if lab else None, lab_log=lab_log, upstream_private_range=list(given)
+    )
     return private_ranges(args)
 
 
@@ -26,6 +28,8 @@ def test_the_lab_s_and_the_operator_s_only():
     assert ranges(False, "10.20.0.0/16", "fd12::/64") == ("10.20.0.0/16", "fd12::/64")
     with pytest.raises(NetworkError, match=re.escape("--upstream-private-range 10.0.0.0/33")):
         ranges(False, "10.0.0.0/33")
+    with pytest.raises(NetworkError, match="--lab-log needs --lab"):
+        ranges(False, lab_log="receipts.jsonl")
 
 
 @pytest.mark.parametrize("command", [["run", "--", "true"], ["gateway", "--policy", "/dev/null"]])

@@ -42,8 +42,7 @@ from intercept_proxy.runtime.asking import Asker
 from intercept_proxy.runtime.containers import ContainerError, Executables
 from intercept_proxy.runtime.network import (
     NetworkError,
-    Uplink,
-    add_private_range_option,
+    add_uplink_options,
     private_ranges,
     uplink,
 )
@@ -88,10 +87,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "status is CMD's (with --pod: the first app container's).",
     )
     run.add_argument("--policy", type=Path, help="policy file (default: deny everything)")
-    run.add_argument("--lab", type=Path, metavar="SPEC", help="use a lab as the internet")
-    run.add_argument("--lab-log", type=Path, metavar="FILE", help="the lab's receipt log")
+    add_uplink_options(run)
     run.add_argument("--decision-log", type=Path, metavar="FILE", help="append decisions here")
-    add_private_range_option(run)
     run.add_argument(
         "--user",
         type=int,
@@ -282,12 +279,6 @@ def load_manifests(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def _uplink(args: argparse.Namespace, prefix: str) -> contextlib.AbstractContextManager[Uplink]:
-    if args.lab is None and args.lab_log is not None:
-        raise RunError("--lab-log needs --lab")
-    return uplink(args.lab, args.lab_log, prefix)
-
-
 def summarize(decision_log: Path) -> str:
     allowed, denied, hosts = 0, 0, collections.Counter[str]()
     with contextlib.suppress(OSError):
@@ -402,9 +393,9 @@ def _run(args: argparse.Namespace) -> int:
                 *(p for p in operators if p.is_relative_to(workdir)),
             )
         by_name = {(o["kind"], o["metadata"]["name"]): o for o in objects}
-        with _uplink(args, prefix) as uplink:
+        with uplink(args.lab, args.lab_log, prefix) as up:
             options = Options(
-                uplink=uplink,
+                uplink=up,
                 executables=executables,
                 prefix=prefix,
                 attached=attached,

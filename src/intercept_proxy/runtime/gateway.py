@@ -29,7 +29,7 @@ from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import as_user
 from intercept_proxy.runtime.network import (
     NetworkError,
-    add_private_range_option,
+    add_uplink_options,
     private_ranges,
     uplink,
 )
@@ -95,15 +95,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="ADDRESS:PORT",
         help=f"where clients reach it (repeatable; default: {' and '.join(DEFAULT_LISTEN)})",
     )
-    gateway.add_argument("--lab", type=Path, metavar="SPEC", help="use a lab as the internet")
-    gateway.add_argument("--lab-log", type=Path, metavar="FILE", help="the lab's receipt log")
     gateway.add_argument(
         "--decision-log",
         type=Path,
         metavar="FILE",
         help="append decisions here (default: a file of the gateway's, removed when it stops)",
     )
-    add_private_range_option(gateway)
+    add_uplink_options(gateway)
     gateway.set_defaults(func=_gateway)
 
 
@@ -139,11 +137,9 @@ def _relay(netns_name: str, sockets: list[socket.socket]) -> Iterator[subprocess
         relay.wait()
 
 
-def _serve(args: argparse.Namespace, stop: threading.Event) -> None:
-    if args.lab is None and args.lab_log is not None:
-        raise GatewayError("--lab-log needs --lab")
+def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Event) -> None:
+    """`ranges`: the non-public ranges its upstreams may be in (`private_ranges`)."""
     listen = [parse_listen(t) for t in args.listen or DEFAULT_LISTEN]
-    ranges = private_ranges(args)
     text = _checked_policy(args.policy)
     cleanup_stale()  # what a gateway or a run killed without warning left behind
     with contextlib.ExitStack() as made:  # undone in reverse, each step even if one fails
@@ -202,7 +198,7 @@ def _reload(path: Path, text: str, icp: Interceptor) -> str:
 
 def _gateway(args: argparse.Namespace) -> int:
     try:
-        private_ranges(args)
+        ranges = private_ranges(args)
     except NetworkError as e:
         print(f"intercept gateway: {e}", file=sys.stderr)
         return USAGE_ERROR
@@ -213,7 +209,7 @@ def _gateway(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        _serve(args, stop)
+        _serve(args, ranges, stop)
         return 0
     except (GatewayError, PolicyError, LabSpecError) as e:
         print(f"intercept gateway: {e}", file=sys.stderr)

@@ -221,7 +221,11 @@ def uplink(lab: Path | None, lab_log: Path | None, prefix: str) -> Iterator[Upli
         yield LabUplink(running)
 
 
-def add_private_range_option(parser: argparse.ArgumentParser) -> None:
+def add_uplink_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that runs the interceptor on this machine (`intercept run`,
+    `intercept gateway`): its uplink, and the non-public ranges its upstreams may be in."""
+    parser.add_argument("--lab", type=Path, metavar="SPEC", help="use a lab as the internet")
+    parser.add_argument("--lab-log", type=Path, metavar="FILE", help="the lab's receipt log")
     parser.add_argument(
         "--upstream-private-range",
         action="append",
@@ -234,7 +238,10 @@ def add_private_range_option(parser: argparse.ArgumentParser) -> None:
 
 def private_ranges(args: argparse.Namespace) -> tuple[str, ...]:
     """The non-public ranges Envoy may connect to: the operator's, and a lab's (its hosts'
-    addresses are non-public). NetworkError for one that is not a CIDR."""
+    addresses are non-public). NetworkError for one that is not a CIDR, or for options of
+    `add_uplink_options` that do not go together."""
+    if args.lab is None and args.lab_log is not None:
+        raise NetworkError("--lab-log needs --lab")
     for text in args.upstream_private_range:
         try:
             private_range(text)

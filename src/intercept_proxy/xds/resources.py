@@ -9,6 +9,7 @@ the policy's credentials (the TLS listener's filters that send them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -229,7 +230,8 @@ EMBEDDING_V4 = (("::ffff:0:0/96", 0), ("64:ff9b::/96", 0), ("2002::/16", 80))
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def refused_ranges(allowed: tuple[str, ...] = ()) -> list[Network]:
+@functools.cache  # every copy of the DNS cache (two clusters, four filters) asks
+def refused_ranges(allowed: tuple[str, ...] = ()) -> tuple[Network, ...]:
     """The non-public ranges, IPv4 and IPv6, but `allowed` (CIDRs, ValueError if not)."""
     refused: list[Network] = [ipaddress.ip_network(n) for n in NON_PUBLIC_V6]
     for text in NON_PUBLIC_V4:
@@ -247,7 +249,7 @@ def refused_ranges(allowed: tuple[str, ...] = ()) -> list[Network]:
             elif not exempt.supernet_of(net):  # type: ignore[arg-type]
                 kept.extend(net.address_exclude(exempt))  # type: ignore[arg-type]
         refused = kept
-    return sorted(refused, key=lambda n: (n.version, n))
+    return tuple(sorted(refused, key=lambda n: (n.version, n)))
 
 
 def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
@@ -838,10 +840,9 @@ class Extras:
     aws_signing: tuple[tuple[AwsSigning, AwsKeys], ...] = ()
 
 
-def http_connection_manager(
-    dp: DataPlane, *, tls: bool, extras: Extras = Extras()
-) -> dict[str, Any]:
-    name = TLS_LISTENER if tls else HTTP_LISTENER
+def _connection_manager(dp: DataPlane, name: str) -> dict[str, Any]:
+    """What every HTTP connection manager of ours has: its name, Envoy's bounds on slow
+    clients and idle streams (see DataPlane)."""
     return {
         "@type": type_url(
             "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -849,6 +850,29 @@ def http_connection_manager(
         "stat_prefix": name,
         "codec_type": "AUTO",
         "server_name": "intercept-proxy",
+        "stream_idle_timeout": _duration(dp.stream_idle_timeout_s),
+        "request_timeout": "0s",
+        "request_headers_timeout": _duration(dp.request_headers_timeout_s),
+        "common_http_protocol_options": {"idle_timeout": _duration(dp.connection_idle_timeout_s)},
+    }
+
+
+# Last in every chain of HTTP filters.
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {
+        "@type": type_url("envoy.extensions.filters.http.router.v3.Router"),
+        "suppress_envoy_headers": True,
+    },
+}
+
+
+def http_connection_manager(
+    dp: DataPlane, *, tls: bool, extras: Extras = Extras()
+) -> dict[str, Any]:
+    name = TLS_LISTENER if tls else HTTP_LISTENER
+    return {
+        **_connection_manager(dp, name),
         "server_header_transformation": "PASS_THROUGH",
         # Judge the path as the upstream will see it: dot segments resolved, slashes merged.
         # Encoded slashes pass unchanged (registries such as npm use them in package names);
@@ -857,10 +881,6 @@ def http_connection_manager(
         "merge_slashes": True,
         "path_with_escaped_slashes_action": "KEEP_UNCHANGED",
         "strip_trailing_host_dot": True,
-        "stream_idle_timeout": _duration(dp.stream_idle_timeout_s),
-        "request_timeout": "0s",
-        "request_headers_timeout": _duration(dp.request_headers_timeout_s),
-        "common_http_protocol_options": {"idle_timeout": _duration(dp.connection_idle_timeout_s)},
         "http2_protocol_options": {"max_concurrent_streams": dp.max_concurrent_streams},
         "upgrade_configs": [{"upgrade_type": "websocket"}],
         "local_reply_config": local_reply_config(tls=tls),
@@ -911,13 +931,7 @@ def http_connection_manager(
                     "dns_cache_config": dns_cache_config(dp),
                 },
             },
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": type_url("envoy.extensions.filters.http.router.v3.Router"),
-                    "suppress_envoy_headers": True,
-                },
-            },
+            ROUTER,
         ],
     }
 
@@ -963,11 +977,8 @@ def downstream_tls_context() -> dict[str, Any]:
     }
 
 
-def _hcm_filter(dp: DataPlane, *, tls: bool, extras: Extras) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": http_connection_manager(dp, tls=tls, extras=extras),
-    }
+def _hcm_filter(hcm: dict[str, Any]) -> dict[str, Any]:
+    return {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
 
 
 def _string_action(name: str) -> dict[str, Any]:
@@ -1036,7 +1047,7 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
         "filter_chains": [
             {
                 "name": TLS_CHAIN,
-                "filters": [_hcm_filter(dp, tls=True, extras=extras)],
+                "filters": [_hcm_filter(http_connection_manager(dp, tls=True, extras=extras))],
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": downstream_tls_context(),
@@ -1062,7 +1073,9 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
             }
         ],
         "listener_filters_timeout": _duration(dp.first_bytes_timeout_s),
-        "filter_chains": [{"filters": [_hcm_filter(dp, tls=False, extras=extras)]}],
+        "filter_chains": [
+            {"filters": [_hcm_filter(http_connection_manager(dp, tls=False, extras=extras))]}
+        ],
     }
     if dp.gateway_port is None:
         return [tls_listener, http_listener]
@@ -1079,16 +1092,7 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
     """The explicit proxy's listener (xds/gateway.py): it routes, the listeners' copies judge."""
     assert dp.gateway_port is not None
     hcm = {
-        "@type": type_url(
-            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-        ),
-        "stat_prefix": GATEWAY_LISTENER,
-        "codec_type": "AUTO",
-        "server_name": "intercept-proxy",
-        "stream_idle_timeout": _duration(dp.stream_idle_timeout_s),
-        "request_timeout": "0s",
-        "request_headers_timeout": _duration(dp.request_headers_timeout_s),
-        "common_http_protocol_options": {"idle_timeout": _duration(dp.connection_idle_timeout_s)},
+        **_connection_manager(dp, GATEWAY_LISTENER),
         # Python's http.client asks for its tunnels in HTTP/1.0.
         "http_protocol_options": {"accept_http_10": True},
         "http2_protocol_options": {
@@ -1100,13 +1104,7 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         "access_log": own_answers_only(decision_logs(dp.decision_log_path, tls=None)),
         "route_config": gateway_routes(),
         "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": type_url("envoy.extensions.filters.http.router.v3.Router"),
-                    "suppress_envoy_headers": True,
-                },
-            },
+            ROUTER,
         ],
     }
     relayed = dp.gateway_clients_from == "proxy-protocol"
@@ -1114,14 +1112,7 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         "name": GATEWAY_LISTENER,
         **_listener_addresses(dp.gateway_addresses, dp.gateway_port),
         "listener_filters": [proxy_protocol()] if relayed else [],
-        "filter_chains": [
-            {
-                "filters": [
-                    client_state(),
-                    {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm},
-                ]
-            }
-        ],
+        "filter_chains": [{"filters": [client_state(), _hcm_filter(hcm)]}],
     }
 
 
