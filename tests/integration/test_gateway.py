@@ -287,14 +287,17 @@ def test_the_gateway_listens_on_loopback_only(interceptor):
     ]  # fmt: skip
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path):
     """The command: its own namespace and lab, listeners on this machine's loopback for any
     user, the ready line, the operator's policy file followed, its decision log kept, and
     nothing left after SIGTERM."""
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     spec = tmp_path / "lab.yaml"
     spec.write_text(yaml.safe_dump(LAB_SPEC))
     policy = tmp_path / "policy.yaml"
@@ -357,10 +360,7 @@ def test_a_gateway_killed_without_warning_is_cleaned_up(tmp_path):
     spec.write_text(yaml.safe_dump(LAB_SPEC))
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     before = set(netns.namespaces())
     argv = [str(INTERCEPT), "gateway", "--policy", str(policy), "--lab", str(spec),
             "--listen", f"127.0.0.1:{port}"]  # fmt: skip
@@ -390,3 +390,73 @@ def test_metadata_and_link_local_addresses_are_refused(interceptor):
         status, body, err = curl(interceptor, url)
         assert status == 403, err
         assert json.loads(body)["error"]["rule"] == "invalid_host", body
+
+
+def test_each_client_is_judged_by_its_own_policy_and_an_unnamed_one_is_refused(tmp_path):
+    """`--client NAME=CIDR --policy-for NAME=FILE`, without a default policy: each client's
+    address (IPv4 and IPv6) picks its policy, the most specific range winning; one CA serves
+    them all; a client no range names is refused, with the reason, in the decision log."""
+    port = free_port()
+    spec = tmp_path / "lab.yaml"
+    spec.write_text(yaml.safe_dump(LAB_SPEC))
+    (tmp_path / "wide.yaml").write_text(
+        POLICY.replace("[api.anthropic.com]", "[api.anthropic.com, unknown.example]")
+    )
+    (tmp_path / "narrow.yaml").write_text(POLICY)
+    log = tmp_path / "decisions.log"
+    argv = [
+        str(INTERCEPT), "gateway", "--lab", str(spec), "--decision-log", str(log),
+        "--listen", f"127.0.0.1:{port}", "--listen", f"[::1]:{port}",
+        "--client", "wide=127.0.0.2/31", "--client", "narrow=127.0.0.3/32",
+        "--client", "narrow=::1/128",
+        "--policy-for", f"wide={tmp_path / 'wide.yaml'}",
+        "--policy-for", f"narrow={tmp_path / 'narrow.yaml'}",
+    ]  # fmt: skip
+    before = set(netns.namespaces())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def get(source: str, url: str) -> tuple[str, str]:
+        """Status and body of `url` for a user of this machine at `source` (the CONNECT's
+        status, if that was refused)."""
+        proxy = f"http://[::1]:{port}" if ":" in source else f"http://127.0.0.1:{port}"
+        argv = [
+            "curl", "-sS", "-w", "\n%{http_code} %{http_connect}", "-x", proxy, "--cacert", ca,
+            "--interface", source, "--max-time", "20", url,
+        ]  # fmt: skip
+        out = subprocess.run(as_user(WORKLOAD_UID, argv), capture_output=True, text=True)
+        body, _, statuses = out.stdout.rpartition("\n")
+        status, connect = statuses.split()
+        return connect if status == "000" else status, body
+
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        assert ready[:1] == ["ready"], ready
+        ca = ready[2].removeprefix("ca=")
+        for source in ("127.0.0.2", "127.0.0.3", "::1"):
+            assert get(source, "https://pypi.org/clients")[0] == "200"
+        assert get("127.0.0.2", "https://unknown.example/clients")[0] == "200"
+        for source in ("127.0.0.3", "::1"):  # a /32 beats a /31; IPv6 too
+            status, body = get(source, "https://unknown.example/clients")
+            assert (status, json.loads(body)["error"]["rule"]) == ("403", "default_deny"), body
+        status, body = get("127.0.0.1", "http://unknown.example/clients")
+        assert (status, json.loads(body)["error"]["rule"]) == ("403", "gateway_unknown_client")
+        assert get("127.0.0.1", "https://pypi.org/clients")[0] == "403"  # its CONNECT
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert set(netns.namespaces()) <= before
+    logged = [
+        d for d in read_decisions(log) if d["path"] == "/clients" or d["client"] == "127.0.0.1"
+    ]
+    assert {(d["client"], d["host"], d["allow"], d["rule"]) for d in logged} >= {
+        ("127.0.0.2", "unknown.example", True, "unrestricted_domains"),
+        ("127.0.0.3", "unknown.example", False, "default_deny"),
+        ("::1", "unknown.example", False, "default_deny"),
+        ("127.0.0.1", "unknown.example", False, "gateway_unknown_client"),
+        ("127.0.0.1", "pypi.org:443", False, "gateway_unknown_client"),
+    }
+    assert all(d["allow"] for d in logged if d["host"] == "pypi.org")
+    revisions = {d["client"]: d["policy_revision"] for d in logged if d["host"] == "pypi.org"}
+    assert revisions["127.0.0.2"] != revisions["127.0.0.3"] == revisions["::1"]

@@ -20,6 +20,7 @@ PEM = "-----BEGIN CERTIFICATE-----\n(the upstream CA bundle)\n-----END CERTIFICA
 DEFAULT = resources.DataPlane()
 LAB = resources.DataPlane(dns_resolvers=("198.18.0.53", "fd00::53"), decision_log_path="/tmp/a.log")
 GATEWAY = resources.DataPlane(gateway_port=3128, gateway_addresses=("0.0.0.0", "::"))
+CLIENTS = resources.DataPlane(gateway_port=3128, gateway_clients=("10.1.0.0/16", "fd00:1::/64"))
 
 
 @pytest.mark.parametrize(
@@ -30,7 +31,8 @@ def test_clusters_golden(name, dp):
 
 
 @pytest.mark.parametrize(
-    ("name", "dp"), [("default", DEFAULT), ("resolvers", LAB), ("gateway", GATEWAY)]
+    ("name", "dp"),
+    [("default", DEFAULT), ("resolvers", LAB), ("gateway", GATEWAY), ("clients", CLIENTS)],
 )
 def test_listeners_golden(name, dp):
     assert_golden(f"xds/listeners-{name}.json", resources.listeners(dp))
@@ -158,6 +160,36 @@ def test_the_gateway_only_routes_the_listeners_copies_judge():
         {gateway.TUNNELED, gateway.PROXIED}
     )
     assert len(resources.listeners(DEFAULT)) == 2
+
+
+def test_a_gateway_for_some_clients_refuses_the_others():
+    """Its clients (by address, the PROXY protocol's when relayed) get the gateway; any other
+    client gets a refusal of every request, named, in the decision log."""
+    [front] = [x for x in resources.listeners(CLIENTS) if x["name"] == gateway.GATEWAY_LISTENER]
+    [served] = front["filter_chains"]
+    assert served["filter_chain_match"] == {
+        "source_prefix_ranges": [
+            {"address_prefix": "10.1.0.0", "prefix_len": 16},
+            {"address_prefix": "fd00:1::", "prefix_len": 64},
+        ]
+    }
+    assert served["filters"][1]["typed_config"]["route_config"] == gateway.gateway_routes()
+    client, manager = front["default_filter_chain"]["filters"]
+    assert client == gateway.client_state()
+    hcm = manager["typed_config"]
+    [host] = hcm["route_config"]["virtual_hosts"]
+    for route in host["routes"]:
+        assert "route" not in route and route["direct_response"]["status"] == 403
+        verdict = route["metadata"]["filter_metadata"][routes.METADATA_KEY]
+        assert (verdict["allow"], verdict["rule"]) == (False, gateway.UNKNOWN_CLIENT_RULE)
+    assert {"connect_matcher": {}} in [r["match"] for r in host["routes"]]
+    assert hcm["access_log"] == served["filters"][1]["typed_config"]["access_log"]
+    # Without clients named, every client is the gateway's.
+    [front] = [x for x in resources.listeners(GATEWAY) if x["name"] == gateway.GATEWAY_LISTENER]
+    assert "default_filter_chain" not in front
+    assert "filter_chain_match" not in front["filter_chains"][0]
+    with pytest.raises(ValueError, match="not a CIDR"):
+        resources.cidr("10.1.0.1/16")
 
 
 def test_unknown_fields_are_errors_not_dropped():

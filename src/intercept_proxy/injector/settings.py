@@ -10,7 +10,7 @@ from intercept_proxy import __version__, ports
 from intercept_proxy.identities import AGENT_UID, ENVOY_UID
 from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
 from intercept_proxy.policy.combined import OverrideMode
-from intercept_proxy.xds.resources import private_range
+from intercept_proxy.xds.resources import cidr
 
 # Container images. Never `latest`: what runs is what was tested.
 IMAGE_REPOSITORY = "intercept-proxy/intercept-proxy"
@@ -108,9 +108,9 @@ class InjectorSettings:
             self.capture_config()
         except CaptureConfigError as e:
             raise SettingsError(str(e)) from None
-        for cidr in self.upstream_private_ranges:
+        for text in self.upstream_private_ranges:
             try:
-                private_range(cidr)
+                cidr(text)
             except ValueError as e:
                 raise SettingsError(f"upstream_private_ranges: {e}") from None
         if self.ca_mode not in ("ephemeral", "secret"):

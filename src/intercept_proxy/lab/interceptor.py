@@ -23,6 +23,7 @@ from intercept_proxy import netns, ports
 from intercept_proxy.agent.settings import agent_command
 from intercept_proxy.identities import AGENT_UID, ENVOY_UID
 from intercept_proxy.lab.addresses import LAB_RANGES
+from intercept_proxy.pki.ca import CertificateAuthority
 from intercept_proxy.runtime.containers import as_user
 
 INTERCEPT = Path(sys.executable).with_name("intercept")
@@ -55,17 +56,19 @@ class Interceptor:
         envoy_args: Sequence[str] = (),
         agent_env: Mapping[str, str] | None = None,
         decision_log: Path | None = None,
+        ca: CertificateAuthority | None = None,
         **agent: Any,
     ) -> None:
         """`core`: both pinned to that CPU; `agent_env`: the agent's environment (its secrets'
         variables), else ours; `decision_log`: a file of the caller's that Envoy's output of
-        decisions is appended to (else one of this directory, which Envoy writes); `agent`: more
+        decisions is appended to (else one of this directory, which Envoy writes); `ca`: the CA
+        the agent signs with (else one it makes); `agent`: more
         of the agent's settings (by default, its upstreams may be in the lab's ranges)."""
         self.ns = ns
         # Named after the namespace: a stale one's clean-up finds it (runtime/pod.py).
         self.dir = Path(tempfile.mkdtemp(prefix=f"intercept-sidecars-{ns}-", dir="/tmp"))
         try:
-            self._prepare(policy, upstream_ca, decision_log)
+            self._prepare(policy, upstream_ca, decision_log, ca)
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -95,7 +98,13 @@ class Interceptor:
 
     # -- files ------------------------------------------------------------------------------
 
-    def _prepare(self, policy: str, upstream_ca: Path, decision_log: Path | None) -> None:
+    def _prepare(
+        self,
+        policy: str,
+        upstream_ca: Path,
+        decision_log: Path | None,
+        ca: CertificateAuthority | None,
+    ) -> None:
         self.dir.chmod(0o755)
         self.policy_path = self.dir / "policy.yaml"
         self.upstream_ca = self.dir / "upstream-ca.pem"
@@ -104,7 +113,10 @@ class Interceptor:
         self.write_policy(policy)
         self.set_upstream_ca(upstream_ca.read_bytes())
         self.ca_dir.mkdir()
-        os.chown(self.ca_dir, AGENT_UID, AGENT_UID)
+        if ca is not None:
+            ca.write(self.ca_cert, self.ca_dir / "ca.key")
+        for path in (self.ca_dir, *self.ca_dir.iterdir()):
+            os.chown(path, AGENT_UID, AGENT_UID)
         self.decision_log = decision_log or self.dir / "decisions.log"
         if decision_log is None:  # Envoy writes it
             self.decision_log.touch()

@@ -1,8 +1,10 @@
 """`intercept gateway`: the interceptor as a shared explicit proxy on this machine.
 
-The agent and Envoy run as their own users in a network namespace of their own, whose uplink
-is this machine's network or a lab. Clients set `HTTPS_PROXY`/`HTTP_PROXY` to the listen
-addresses, which are bound here, in this machine's namespace, and relayed into the gateway's
+One agent and Envoy per policy (the default's, and each named client's), as their own users,
+each pair in a network namespace of its own whose uplink is this machine's network or a lab,
+all with one CA and one decision log. Clients set `HTTPS_PROXY`/`HTTP_PROXY` to the listen
+addresses, which are bound here, in this machine's namespace; the dispatcher hands each
+connection to the relay of its client's policy, which connects to that policy's Envoy
 (`relay.py`). Everything made is removed on SIGINT or SIGTERM.
 """
 
@@ -12,33 +14,41 @@ import argparse
 import contextlib
 import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from intercept_proxy import netns, ports
 from intercept_proxy.lab import LabError, LabSpecError
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netns import NetnsError
+from intercept_proxy.pki.ca import CertificateAuthority
 from intercept_proxy.policy.model import PolicyError, parse_policy
 from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import as_user
 from intercept_proxy.runtime.network import (
     NetworkError,
     add_uplink_options,
+    for_namespace,
     private_ranges,
     uplink,
 )
 from intercept_proxy.runtime.pod import cleanup_stale
+from intercept_proxy.xds.resources import cidr
 
 DEFAULT_LISTEN = (f"127.0.0.1:{ports.ENVOY_GATEWAY}", f"[::1]:{ports.ENVOY_GATEWAY}")
 SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
-RELAY_UID = 65534  # nobody: the relay holds its sockets, it needs no right of its own
+RELAY_UID = 65534  # nobody: the relays hold their sockets, they need no right of their own
 USAGE_ERROR = 2
+CLIENT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
+DEFAULT = "default"  # the policy of clients no --client names
 
 
 class GatewayError(Exception):
@@ -79,6 +89,60 @@ def bind(address: str, port: int) -> socket.socket:
     return sock
 
 
+@dataclass(frozen=True)
+class Policy:
+    """One policy the gateway serves, with its own agent and Envoy: to the clients of
+    `ranges` (none: every client that no other policy names)."""
+
+    name: str
+    path: Path
+    ranges: tuple[str, ...] = ()
+
+
+def _pair(option: str, text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not value:
+        raise GatewayError(f"{option} {text}: expected NAME=VALUE")
+    if not CLIENT_NAME.fullmatch(name) or name == DEFAULT:
+        raise GatewayError(
+            f"{option} {text}: {name!r} is not a client name (lower-case letters, digits and "
+            f"'-', at most 32, not {DEFAULT!r})"
+        )
+    return name, value
+
+
+def policies(
+    default: Path | None, clients: Sequence[str], policy_for: Sequence[str]
+) -> list[Policy]:
+    """What `--policy`, `--client NAME=CIDR` and `--policy-for NAME=FILE` ask for, checked: each
+    client named has one policy and a range, no range is two clients', some policy is given."""
+    ranges: dict[str, list[str]] = {}
+    owner: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, str] = {}
+    for text in clients:
+        name, value = _pair("--client", text)
+        try:
+            network = ipaddress.ip_network(cidr(value))
+        except ValueError as e:
+            raise GatewayError(f"--client {text}: {e}") from None
+        if owner.setdefault(network, name) != name:
+            raise GatewayError(f"--client {text}: {network} is {owner[network]}'s already")
+        ranges.setdefault(name, []).append(str(network))
+    paths: dict[str, Path] = {}
+    for text in policy_for:
+        name, value = _pair("--policy-for", text)
+        if name in paths:
+            raise GatewayError(f"--policy-for {text}: {name} has a policy already")
+        if name not in ranges:
+            raise GatewayError(f"--policy-for {text}: no --client {name}=CIDR says who {name} is")
+        paths[name] = Path(value)
+    if missing := sorted(ranges.keys() - paths.keys()):
+        raise GatewayError(f"--client {missing[0]}: no --policy-for {missing[0]}=FILE")
+    named = [Policy(n, paths[n], tuple(ranges[n])) for n in sorted(paths)]
+    if default is None and not named:
+        raise GatewayError("no policy: give --policy, or --client and --policy-for")
+    return ([Policy(DEFAULT, default)] if default else []) + named
+
+
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gateway = commands.add_parser(
         "gateway",
@@ -88,7 +152,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "gateway's CA, printed on the ready line, which clients must trust. Prints `ready "
         "listen=ADDRESSES ca=PATH` when it serves; SIGINT or SIGTERM stops it.",
     )
-    gateway.add_argument("--policy", type=Path, required=True, help="policy file")
+    gateway.add_argument(
+        "--policy",
+        type=Path,
+        help="the policy file of every client that no --client names (without it, they are "
+        "refused)",
+    )
+    gateway.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME=CIDR",
+        help="the clients at these addresses are NAME (repeatable; the most specific range wins)",
+    )
+    gateway.add_argument(
+        "--policy-for",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="the policy file of the clients named NAME (repeatable)",
+    )
     gateway.add_argument(
         "--listen",
         action="append",
@@ -119,13 +202,15 @@ def _checked_policy(path: Path, text: str | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _relay(netns_name: str, sockets: list[socket.socket]) -> Iterator[subprocess.Popen[bytes]]:
-    """relay.py in the gateway's namespace, as nobody, with the listening sockets. Isolated
-    (-I, from /): nothing in the caller's directory or environment is imported."""
+def _relay(
+    netns_name: str, args: list[str], sockets: list[socket.socket]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """relay.py `args` in `netns_name`, as nobody, with `sockets`. Isolated (-I, from /):
+    nothing in the caller's directory or environment is imported."""
     fds = [s.fileno() for s in sockets]
-    argv = [sys.executable, "-I", "-m", "intercept_proxy.runtime.relay", str(ports.ENVOY_GATEWAY)]
+    argv = as_user(RELAY_UID, [sys.executable, "-I", "-m", "intercept_proxy.runtime.relay", *args])
     relay = subprocess.Popen(
-        netns.exec_argv(netns_name, as_user(RELAY_UID, [*argv, *map(str, fds)])),
+        netns.exec_argv(netns_name, argv),
         pass_fds=fds,
         cwd="/",
         start_new_session=True,
@@ -137,47 +222,82 @@ def _relay(netns_name: str, sockets: list[socket.socket]) -> Iterator[subprocess
         relay.wait()
 
 
+def dispatch_args(
+    listening: list[socket.socket], served: list[tuple[Policy, socket.socket]]
+) -> list[str]:
+    """relay.py's `dispatch` arguments: each policy's ranges to the channel of its relay, the
+    rest to the default's (else to the first's, whose Envoy refuses a client it does not know)."""
+    routes = [f"{r}={ch.fileno()}" for policy, ch in served for r in policy.ranges]
+    fallback = next((ch for p, ch in served if not p.ranges), served[0][1])
+    listen = ",".join(str(s.fileno()) for s in listening)
+    return ["dispatch", listen, *routes, f"*={fallback.fileno()}"]
+
+
 def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Event) -> None:
     """`ranges`: the non-public ranges its upstreams may be in (`private_ranges`)."""
     listen = [parse_listen(t) for t in args.listen or DEFAULT_LISTEN]
-    text = _checked_policy(args.policy)
+    served = policies(args.policy, args.client, args.policy_for)
+    texts = [_checked_policy(p.path) for p in served]
     cleanup_stale()  # what a gateway or a run killed without warning left behind
     with contextlib.ExitStack() as made:  # undone in reverse, each step even if one fails
         sockets = [made.enter_context(bind(a, p)) for a, p in listen]
         prefix = netns.unique_prefix("igw")
-        name = f"{prefix}-gw"
         # Recorded first, forgotten last: if this process dies, the next run or gateway (or
         # `intercept cleanup`) removes everything named after the prefix.
-        state.register(prefix, name)
+        state.register(prefix, f"{prefix}0-gw")
         made.callback(state.release, prefix)
         up = made.enter_context(uplink(args.lab, args.lab_log, prefix))
-        made.callback(up.detach)
-        netns.create(name)
-        made.callback(netns.delete, name)
-        up.attach(name)
-        icp = Interceptor(
-            name,
-            text,
-            up.extra_trust or SYSTEM_TRUST,
-            up.nameservers,
-            decision_log=args.decision_log,
-            gateway_port=ports.ENVOY_GATEWAY,
-            gateway_clients_from="proxy-protocol",  # the relay's word: it alone reaches it
-            upstream_private_ranges=ranges,
-        )
-        made.callback(icp.close)
-        icp.start()
-        relay = made.enter_context(_relay(name, sockets))
+        pairs: list[Interceptor] = []
+        relays, channels = [], []
+        for index, text in enumerate(texts):
+            name = f"{prefix}{index}"
+            state.register(name, f"{name}-gw")  # its host uplink's rules, if it has one
+            made.callback(state.release, name)
+            link = for_namespace(up, name)
+            made.callback(link.detach)
+            netns.create(f"{name}-gw")
+            made.callback(netns.delete, f"{name}-gw")
+            link.attach(f"{name}-gw")
+            shared: dict[str, Any] = {"decision_log": args.decision_log}
+            if pairs:  # one decision log (the operator's, else the first's) and one CA
+                first = pairs[0]
+                shared["decision_log"] = args.decision_log or first.decision_log
+                shared["ca"] = CertificateAuthority.load(first.ca_cert, first.ca_dir / "ca.key")
+            icp = Interceptor(
+                f"{name}-gw",
+                text,
+                up.extra_trust or SYSTEM_TRUST,
+                up.nameservers,
+                **shared,
+                gateway_port=ports.ENVOY_GATEWAY,
+                gateway_clients_from="proxy-protocol",  # the relay's word: it alone reaches it
+                gateway_clients=served[index].ranges,
+                upstream_private_ranges=ranges,
+            )
+            made.callback(icp.close)
+            pairs.append(icp.start())
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            made.callback(ours.close)
+            channels.append(ours)
+            with theirs:
+                relay = ["relay", str(ports.ENVOY_GATEWAY), str(theirs.fileno())]
+                relays.append(made.enter_context(_relay(f"{name}-gw", relay, [theirs])))
+        dispatch = dispatch_args(sockets, list(zip(served, channels, strict=True)))
+        # In a namespace of the gateway's (it needs no network): it goes with them.
+        relays.append(made.enter_context(_relay(f"{prefix}0-gw", dispatch, [*sockets, *channels])))
+        for channel in channels:  # the dispatcher's alone: its end closes with it
+            channel.close()
         if stop.is_set():
             return
         addresses = ",".join(shown(a, p) for a, p in listen)
-        print(f"ready listen={addresses} ca={icp.ca_cert}", flush=True)
-        print(f"intercept gateway: decisions go to {icp.decision_log}", file=sys.stderr)
+        print(f"ready listen={addresses} ca={pairs[0].ca_cert}", flush=True)
+        print(f"intercept gateway: decisions go to {pairs[0].decision_log}", file=sys.stderr)
         while not stop.wait(0.5):
-            icp.check_alive()
-            if relay.poll() is not None:
-                raise InterceptorError(f"the relay exited {relay.returncode}")
-            text = _reload(args.policy, text, icp)
+            for index, icp in enumerate(pairs):
+                icp.check_alive()
+                texts[index] = _reload(served[index].path, texts[index], icp)
+            if any(relay.poll() is not None for relay in relays):
+                raise InterceptorError("a relay of the gateway exited")
 
 
 def _reload(path: Path, text: str, icp: Interceptor) -> str:

@@ -22,7 +22,7 @@ from typing import Protocol
 from intercept_proxy import netns, resolvconf
 from intercept_proxy.lab import Lab, LabSpec
 from intercept_proxy.lab.addresses import LAB_RANGES
-from intercept_proxy.xds.resources import private_range
+from intercept_proxy.xds.resources import cidr
 
 # One file per pod routed through this host: forwarding is restored when the last one leaves.
 UPLINKS = Path("/run/intercept-proxy/uplinks")
@@ -211,6 +211,12 @@ def release_host_uplink(name: str) -> None:
         original.unlink()
 
 
+def for_namespace(up: Uplink, name: str) -> Uplink:
+    """`up` for one more namespace: a lab takes any number; this machine's network one per
+    name (its interfaces and rules are named after it)."""
+    return HostUplink(name) if isinstance(up, HostUplink) else up
+
+
 @contextlib.contextmanager
 def uplink(lab: Path | None, lab_log: Path | None, prefix: str) -> Iterator[Uplink]:
     """A lab's, started from its spec `lab` (its receipts in `lab_log`), or this machine's."""
@@ -244,7 +250,7 @@ def private_ranges(args: argparse.Namespace) -> tuple[str, ...]:
         raise NetworkError("--lab-log needs --lab")
     for text in args.upstream_private_range:
         try:
-            private_range(text)
+            cidr(text)
         except ValueError as e:
             raise NetworkError(f"--upstream-private-range {text}: {e}") from None
     return (*(LAB_RANGES if args.lab else ()), *args.upstream_private_range)

@@ -1,21 +1,28 @@
-"""A TCP relay for `intercept gateway`: it accepts on listening sockets it inherits (bound in
-this machine's network namespace, where the clients are) and connects, from the gateway's own
-namespace, to the gateway's listener there, telling it who each client is (the PROXY
-protocol: the gateway's decision log names the client).
+"""The TCP relays of `intercept gateway`. The dispatcher accepts on the listening sockets it
+inherits (bound in this machine's network namespace, where the clients are) and hands each
+connection, by its client's address, to the relay of the gateway that serves the client's
+policy (a descriptor passed over a Unix socket: no address to reach, nothing to forge). That
+relay, in its gateway's network namespace, connects to the gateway's listener there and tells
+it who the client is (the PROXY protocol: the gateway matches it against its clients, its
+decision log names it).
 
-    python -I -m intercept_proxy.runtime.relay PORT FD [FD...]
+    python -I -m intercept_proxy.runtime.relay dispatch LISTEN_FD[,FD...] [CIDR=CHANNEL_FD...] \
+        *=CHANNEL_FD
+    python -I -m intercept_proxy.runtime.relay relay PORT CHANNEL_FD
 
 Envoy bounds every connection (its timeouts, its connection limit): once Envoy's side ends, the
-client's goes too, and the relay holds no more connections than it has descriptors for.
+client's goes too, and a relay holds no more connections than it has descriptors for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import resource
 import socket
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 CHUNK = 65536
@@ -48,10 +55,56 @@ def proxy_header(client: tuple[Any, ...], server: tuple[Any, ...]) -> bytes:
     return f"PROXY {family} {source} {destination} {client[1]} {server[1]}\r\n".encode()
 
 
-async def serve(listening: list[socket.socket], port: int) -> None:
-    slots = asyncio.Semaphore(_capacity())
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+def choose(routes: Sequence[tuple[Network, int]], fallback: int, address: str) -> int:
+    """The channel of the client at `address`: its most specific range's, else `fallback`."""
+    client = ipaddress.ip_address(address.partition("%")[0])
+    best: tuple[int, int] | None = None
+    for network, channel in routes:
+        if client in network and (best is None or network.prefixlen > best[0]):
+            best = (network.prefixlen, channel)
+    return fallback if best is None else best[1]
+
+
+async def dispatch(
+    listening: list[socket.socket], routes: Sequence[tuple[Network, int]], fallback: int
+) -> None:
+    """Hand each accepted connection to its client's relay, which owns it from then on."""
+    loop = asyncio.get_running_loop()
+    channels = {fd: socket.socket(fileno=fd) for fd in {fallback, *(c for _, c in routes)}}
+
+    async def accept(server: socket.socket) -> None:
+        while True:
+            client, peer = await loop.sock_accept(server)
+            # A relay too busy to take it (its queue full): refused, never waited for.
+            with client, contextlib.suppress(OSError):
+                channel = channels[choose(routes, fallback, peer[0])]
+                socket.send_fds(channel, [b"c"], [client.fileno()], socket.MSG_DONTWAIT)
+
+    for s in listening:
+        s.setblocking(False)
+    await asyncio.gather(*(accept(s) for s in listening))
+
+
+async def serve(channel: socket.socket, port: int) -> None:
+    """Relay each connection the dispatcher hands over `channel` to the gateway at `port`."""
+    slots = asyncio.Semaphore(_capacity())
+    loop = asyncio.get_running_loop()
+    handed: asyncio.Queue[socket.socket | None] = asyncio.Queue()
+
+    def receive() -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            message, fds, _, _ = socket.recv_fds(channel, 1, 1)
+            for fd in fds:
+                handed.put_nowait(socket.socket(fileno=fd))
+            if not message:  # the dispatcher is gone: so is every new client
+                loop.remove_reader(channel)
+                handed.put_nowait(None)
+
+    async def relay(client: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=client)
         if slots.locked():  # full: refused at once, never queued
             writer.close()
             return
@@ -76,13 +129,38 @@ async def serve(listening: list[socket.socket], port: int) -> None:
                 up_writer.close()
                 writer.close()
 
-    servers = [await asyncio.start_server(relay, sock=s) for s in listening]
-    await asyncio.gather(*(s.serve_forever() for s in servers))
+    channel.setblocking(False)
+    loop.add_reader(channel, receive)
+    tasks: set[asyncio.Task[None]] = set()
+    while (client := await handed.get()) is not None:
+        task = asyncio.create_task(relay(client))
+        tasks.add(task)  # held until done: the loop keeps weak references only
+        task.add_done_callback(tasks.discard)
+
+
+def parse_routes(texts: Sequence[str]) -> tuple[list[tuple[Network, int]], int]:
+    """`CIDR=FD ... *=FD`: the clients' ranges and the fallback's channel."""
+    routes, fallback = [], None
+    for text in texts:
+        target, _, fd = text.partition("=")
+        if target == "*":
+            fallback = int(fd)
+        else:
+            routes.append((ipaddress.ip_network(target), int(fd)))
+    if fallback is None:
+        raise ValueError("no fallback channel (*=FD)")
+    return routes, fallback
 
 
 def main(argv: list[str]) -> None:
-    port, *fds = (int(a) for a in argv)
-    asyncio.run(serve([socket.socket(fileno=fd) for fd in fds], port))
+    match argv:
+        case ["dispatch", listening, *routes]:
+            sockets = [socket.socket(fileno=int(fd)) for fd in listening.split(",")]
+            asyncio.run(dispatch(sockets, *parse_routes(routes)))
+        case ["relay", port, channel]:
+            asyncio.run(serve(socket.socket(fileno=int(channel)), int(port)))
+        case _:
+            raise SystemExit(__doc__)
 
 
 if __name__ == "__main__":

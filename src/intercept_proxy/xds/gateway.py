@@ -23,6 +23,7 @@ PROXIED = "intercept_http_proxied"
 TUNNEL_PORT = 443
 TUNNEL_PORT_RULE = "gateway_tunnel_port"
 IN_THE_CLEAR_RULE = "gateway_https_in_the_clear"
+UNKNOWN_CLIENT_RULE = "gateway_unknown_client"
 INTERNAL_LISTENER_EXTENSION = {
     "name": "envoy.bootstrap.internal_listener",
     "typed_config": {
@@ -161,6 +162,26 @@ def gateway_routes() -> dict[str, Any]:
         # The client's own: its proxy's credentials go no further, and the copies take the
         # scheme from their connection, never from a header.
         "request_headers_to_remove": ["proxy-authorization", "x-forwarded-proto"],
+    }
+
+
+def unknown_client_routes() -> dict[str, Any]:
+    """The route table of a client the gateway has no policy for: every request refused."""
+    reason = ": this gateway has no policy for this client's address"
+    return {
+        "name": f"{GATEWAY_LISTENER}_unknown_client",
+        "virtual_hosts": [
+            {
+                "name": "any",
+                "domains": ["*"],
+                "routes": [
+                    _refusal(
+                        "unknown-tunnel", {"connect_matcher": {}}, UNKNOWN_CLIENT_RULE, reason
+                    ),
+                    _refusal("unknown", {"prefix": "/"}, UNKNOWN_CLIENT_RULE, reason),
+                ],
+            }
+        ],
     }
 
 

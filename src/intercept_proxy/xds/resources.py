@@ -36,6 +36,7 @@ from intercept_proxy.xds.gateway import (
     internal_copy,
     own_answers_only,
     proxy_protocol,
+    unknown_client_routes,
 )
 from intercept_proxy.xds.protos import generic_secret
 from intercept_proxy.xds.routes import (
@@ -83,10 +84,9 @@ RATE_LIMITED = ": the policy's rate limit for this host is spent (see Retry-Afte
 MIN_FILL_MS = 50
 
 
-def private_range(text: str) -> str:
-    """`text` if it is a CIDR (an upstream private range, as every setting of one is checked);
-    ValueError saying why not. Exempted from the refused ranges, its IPv6 forms (mapped,
-    NAT64, 6to4) stay refused."""
+def cidr(text: str) -> str:
+    """`text` if it is a CIDR (an upstream private range, a gateway's clients: as every setting
+    of one is checked); ValueError saying why not."""
     try:
         ipaddress.ip_network(text)
     except ValueError as e:
@@ -137,7 +137,7 @@ class DataPlane:
         "--upstream-private-range",
         "a non-public address range upstreams may be in (CIDR, repeatable; default: none)",
         default=(),
-        parse=private_range,
+        parse=cidr,
         repeatable=True,
         metavar="CIDR",
     )
@@ -153,6 +153,17 @@ class DataPlane:
         "where the gateway learns a client's address",
         default="connection",
         choices=("connection", "proxy-protocol"),
+    )
+    # The gateway's clients (CIDRs; none: every client). Others get the gateway's refusal: a
+    # gateway serving one of several policies (`intercept gateway --client`) serves only the
+    # clients of that policy, whatever reaches it.
+    gateway_clients: tuple[str, ...] = option(
+        "--gateway-client",
+        "a range of the gateway's clients (CIDR, repeatable; default: every client)",
+        default=(),
+        parse=cidr,
+        repeatable=True,
+        metavar="CIDR",
     )
     gateway_addresses: tuple[str, ...] = option(
         "--gateway-address",
@@ -1091,6 +1102,10 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
 def gateway_listener(dp: DataPlane) -> dict[str, Any]:
     """The explicit proxy's listener (xds/gateway.py): it routes, the listeners' copies judge."""
     assert dp.gateway_port is not None
+
+    def chain(routes: dict[str, Any]) -> dict[str, Any]:
+        return {"filters": [client_state(), _hcm_filter({**hcm, "route_config": routes})]}
+
     hcm = {
         **_connection_manager(dp, GATEWAY_LISTENER),
         # Python's http.client asks for its tunnels in HTTP/1.0.
@@ -1102,18 +1117,27 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         # ws:// goes absolute-form, with its upgrade, to the plain-HTTP listener's copy.
         "upgrade_configs": [{"upgrade_type": "CONNECT"}, {"upgrade_type": "websocket"}],
         "access_log": own_answers_only(decision_logs(dp.decision_log_path, tls=None)),
-        "route_config": gateway_routes(),
         "http_filters": [
             ROUTER,
         ],
     }
     relayed = dp.gateway_clients_from == "proxy-protocol"
-    return {
+    listener = {
         "name": GATEWAY_LISTENER,
         **_listener_addresses(dp.gateway_addresses, dp.gateway_port),
         "listener_filters": [proxy_protocol()] if relayed else [],
-        "filter_chains": [{"filters": [client_state(), _hcm_filter(hcm)]}],
+        "filter_chains": [chain(gateway_routes())],
     }
+    if dp.gateway_clients:  # matched on the client's address, the PROXY protocol's if relayed
+        ranges = [_cidr_range(c) for c in dp.gateway_clients]
+        listener["filter_chains"][0]["filter_chain_match"] = {"source_prefix_ranges": ranges}
+        listener["default_filter_chain"] = chain(unknown_client_routes())
+    return listener
+
+
+def _cidr_range(text: str) -> dict[str, Any]:
+    network = ipaddress.ip_network(text)
+    return {"address_prefix": str(network.network_address), "prefix_len": network.prefixlen}
 
 
 def route_configurations(
