@@ -73,12 +73,25 @@ def test_https_through_a_tunnel_http1_and_http2(interceptor, lab):
     assert direct["client"] is None
 
 
-def test_a_denied_host_gets_the_explained_denial_inside_its_tunnel(interceptor):
-    status, body, _ = curl(interceptor, "https://unknown.example/x")
-    assert status == 403
-    error = json.loads(body)["error"]
+def test_a_host_the_policy_denies_whatever_is_asked_gets_no_tunnel(interceptor, lab):
+    """Its CONNECT gets the policy's explained denial, logged with the policy's revision; a
+    host where the request decides gets its tunnel, and the request its explained 403."""
+    connect = b"CONNECT Unknown.Example.:443 HTTP/1.1\r\nHost: unknown.example:443\r\n\r\n"
+    text = proxy_exchange(interceptor, connect)
+    assert text.startswith("HTTP/1.1 403"), text
+    error = json.loads(text.partition("\n\n")[2])["error"]
     assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "default_deny")
-    assert error["message"].startswith("GET unknown.example:443")
+    assert error["message"] == (
+        "CONNECT Unknown.Example:443 is not allowed by the policy (no rule matches it)"
+    )
+    [logged] = interceptor.decisions(lambda d: d["decision_id"] == error["decision_id"])
+    assert (logged["method"], logged["judge"], logged["allow"]) == ("CONNECT", "envoy", False)
+    assert logged["policy_revision"] == interceptor.readiness()["policy_revision"]
+    status, body, _ = curl(interceptor, "https://pypi.org/denied-inside", "-X", "POST")
+    error = json.loads(body)["error"]
+    assert (status, error["rule"]) == (403, "method_not_allowed")
+    assert error["message"].startswith("POST pypi.org:443")
+    assert not [r for r in lab.receipts() if r["path"] == "/denied-inside"]
 
 
 def test_plain_http_absolute_form(interceptor):
@@ -104,7 +117,7 @@ def test_plain_http_absolute_form(interceptor):
 def test_one_decision_line_per_request(interceptor):
     """The copy that judged logs it; the gateway only what it answered itself."""
     curl(interceptor, "http://unknown.example/once")
-    curl(interceptor, "https://unknown.example/once")
+    curl(interceptor, "https://pypi.org/once", "-X", "POST")
     curl(interceptor, "https://pypi.org/missing-once")  # the upstream's 404 is no refusal
     interceptor.decisions(lambda d: "once" in (d["path"] or ""), 3)
     time.sleep(1.5)  # Envoy writes its log every second: a second line would be there now
@@ -112,6 +125,11 @@ def test_one_decision_line_per_request(interceptor):
     assert sorted((d["path"], d["scheme"]) for d in lines) == [
         ("/missing-once", "https"), ("/once", "http"), ("/once", "https")
     ]  # fmt: skip
+    curl(interceptor, "https://unknown.example/once")  # refused before its tunnel, by the gateway
+    [refused] = interceptor.decisions(lambda d: d["host"] == "unknown.example:443", 1)
+    time.sleep(1.5)
+    logged = read_decisions(interceptor.decision_log)
+    assert [d for d in logged if d["host"] == "unknown.example:443"] == [refused]
 
 
 def test_https_in_the_clear_is_refused(interceptor, lab):
@@ -193,13 +211,16 @@ def proxy_exchange(icp: Interceptor, request: bytes) -> str:
 
 def test_the_request_in_the_tunnel_decides_never_the_connect_line(interceptor, lab):
     """A CONNECT that names an allowed host gains nothing: the server name and the Host inside
-    the tunnel are what is judged, and where the request goes."""
+    the tunnel are what is judged, and where the request goes. A CONNECT to a host the policy
+    denies gets no tunnel, whatever would be asked inside."""
     script = textwrap.dedent(f"""
         import socket, ssl, sys
         target, inside = sys.argv[1], sys.argv[2]
         s = socket.create_connection(("127.0.0.1", {PORT}), timeout=10)
         s.sendall(f"CONNECT {{target}}:443 HTTP/1.1\\r\\nHost: {{target}}:443\\r\\n\\r\\n".encode())
-        assert s.recv(4096).startswith(b"HTTP/1.1 200"), "no tunnel"
+        answer = s.recv(4096)
+        if not answer.startswith(b"HTTP/1.1 200"):
+            sys.exit("no tunnel: " + answer.split(b"\\r\\n")[0].decode())
         context = ssl.create_default_context(cafile=sys.argv[3])
         t = context.wrap_socket(s, server_hostname=inside)
         request = f"GET /lied HTTP/1.1\\r\\nHost: {{inside}}\\r\\nConnection: close\\r\\n\\r\\n"
@@ -208,11 +229,14 @@ def test_the_request_in_the_tunnel_decides_never_the_connect_line(interceptor, l
     """)
     for target, inside, status in (
         ("pypi.org", "unknown.example", "403"),
-        ("unknown.example", "pypi.org", "200"),
+        ("a.shared.test", "pypi.org", "200"),
     ):
         out = run(interceptor, ["/usr/bin/python3", "-c", script, target, inside,
                                 str(interceptor.ca_cert)])  # fmt: skip
         assert out.stdout.split()[1] == status, out.stderr
+    out = run(interceptor, ["/usr/bin/python3", "-c", script, "unknown.example", "pypi.org",
+                            str(interceptor.ca_cert)])  # fmt: skip
+    assert out.stderr.strip() == "no tunnel: HTTP/1.1 403 Forbidden", out.stderr
     lab.wait_for_receipts(lambda r: r["host"] == "pypi.org" and r["path"] == "/lied")
     assert not [r for r in lab.receipts() if r["host"] == "unknown.example"]
 
@@ -222,9 +246,13 @@ def test_python_urllib_with_the_proxy_variables(interceptor):
         import json, urllib.error, urllib.request
         print(urllib.request.urlopen("https://pypi.org/urllib").status)
         try:
-            urllib.request.urlopen("https://unknown.example/urllib")
+            urllib.request.urlopen("https://pypi.org/urllib", data=b"x")
         except urllib.error.HTTPError as e:
             print(e.code, json.load(e)["error"]["code"])
+        try:
+            urllib.request.urlopen("https://unknown.example/urllib")
+        except urllib.error.URLError as e:
+            print(e.reason)
     """)
     env = [
         "env",
@@ -233,7 +261,9 @@ def test_python_urllib_with_the_proxy_variables(interceptor):
         f"SSL_CERT_FILE={interceptor.ca_cert}",
     ]
     out = run(interceptor, [*env, "/usr/bin/python3", "-c", script])
-    assert out.stdout.split("\n")[:2] == ["200", "403 POLICY_BLOCKED"], out.stderr
+    assert out.stdout.split("\n")[:3] == [
+        "200", "403 POLICY_BLOCKED", "Tunnel connection failed: 403 Forbidden"
+    ], out.stderr  # fmt: skip
 
 
 def test_node_https_through_a_connect_tunnel(interceptor):
@@ -245,6 +275,10 @@ def test_node_https_through_a_connect_tunnel(interceptor):
         function get(host, path) {{
           http.request({{host: "127.0.0.1", port: {PORT}, method: "CONNECT",
                         path: host + ":443"}}).on("connect", (res, socket) => {{
+            if (res.statusCode !== 200) {{
+              console.log(host, "tunnel", res.statusCode);
+              return socket.destroy();
+            }}
             https.get({{host, path, ca, socket, agent: false}}, (r) => {{
               console.log(host, r.statusCode);
             }});
@@ -254,7 +288,9 @@ def test_node_https_through_a_connect_tunnel(interceptor):
         get("unknown.example", "/node");
     """)
     out = run(interceptor, ["node", "-e", script, str(interceptor.ca_cert)])
-    assert sorted(out.stdout.split("\n")[:2]) == ["pypi.org 200", "unknown.example 403"], out.stderr
+    assert sorted(out.stdout.split("\n")[:2]) == [
+        "pypi.org 200", "unknown.example tunnel 403"
+    ], out.stderr  # fmt: skip
 
 
 def test_git_clone_allowed_push_refused(interceptor):
@@ -287,6 +323,19 @@ def test_the_gateway_listens_on_loopback_only(interceptor):
     ]  # fmt: skip
 
 
+def machine_get(proxy: str, url: str, ca: str, *args: str) -> tuple[str, str]:
+    """Status and body of `url` through `proxy` for a user of this machine (the CONNECT's
+    status, if that was refused)."""
+    argv = [
+        "curl", "-sS", "-w", "\n%{http_code} %{http_connect}", "-x", proxy, "--cacert", ca,
+        "--max-time", "20", *args, url,
+    ]  # fmt: skip
+    out = subprocess.run(as_user(WORKLOAD_UID, argv), capture_output=True, text=True)
+    body, _, statuses = out.stdout.rpartition("\n")
+    status, connect = statuses.split() if statuses else ("", out.stderr)
+    return connect if status == "000" else status, body
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -311,13 +360,7 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def get(proxy: str, url: str) -> str:
-        """The status of `url` through `proxy`, for a user of this machine."""
-        argv = [
-            "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy, "--cacert", ca,
-            "--max-time", "20", url,
-        ]  # fmt: skip
-        out = subprocess.run(as_user(WORKLOAD_UID, argv), capture_output=True, text=True)
-        return out.stdout or out.stderr
+        return machine_get(proxy, url, ca)[0]
 
     try:
         assert proc.stdout is not None
@@ -346,9 +389,11 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
         socket.create_connection(("127.0.0.1", port), timeout=5)
     # Kept: every decision, after the gateway and its files are gone; with each client's own
     # address, which the relay passed on.
-    logged = [d for d in read_decisions(log) if d["path"] in ("/gateway", "/later")]
+    logged = [
+        d for d in read_decisions(log) if d["path"] in ("/gateway", "/later") or d["path"] is None
+    ]
     assert {(d["host"], d["allow"]) for d in logged} >= {
-        ("pypi.org", True), ("unknown.example", False), ("unknown.example", True)
+        ("pypi.org", True), ("unknown.example:443", False), ("unknown.example", True)
     }  # fmt: skip
     assert {d["client"] for d in logged if d["path"] == "/gateway"} == {"127.0.0.1", "::1"}
 
@@ -416,17 +461,9 @@ def test_each_client_is_judged_by_its_own_policy_and_an_unnamed_one_is_refused(t
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def get(source: str, url: str) -> tuple[str, str]:
-        """Status and body of `url` for a user of this machine at `source` (the CONNECT's
-        status, if that was refused)."""
+        """Status and body of `url` for a user of this machine at `source`."""
         proxy = f"http://[::1]:{port}" if ":" in source else f"http://127.0.0.1:{port}"
-        argv = [
-            "curl", "-sS", "-w", "\n%{http_code} %{http_connect}", "-x", proxy, "--cacert", ca,
-            "--interface", source, "--max-time", "20", url,
-        ]  # fmt: skip
-        out = subprocess.run(as_user(WORKLOAD_UID, argv), capture_output=True, text=True)
-        body, _, statuses = out.stdout.rpartition("\n")
-        status, connect = statuses.split()
-        return connect if status == "000" else status, body
+        return machine_get(proxy, url, ca, "--interface", source)
 
     try:
         assert proc.stdout is not None
@@ -437,7 +474,7 @@ def test_each_client_is_judged_by_its_own_policy_and_an_unnamed_one_is_refused(t
             assert get(source, "https://pypi.org/clients")[0] == "200"
         assert get("127.0.0.2", "https://unknown.example/clients")[0] == "200"
         for source in ("127.0.0.3", "::1"):  # a /32 beats a /31; IPv6 too
-            status, body = get(source, "https://unknown.example/clients")
+            status, body = get(source, "http://unknown.example/clients")
             assert (status, json.loads(body)["error"]["rule"]) == ("403", "default_deny"), body
         status, body = get("127.0.0.1", "http://unknown.example/clients")
         assert (status, json.loads(body)["error"]["rule"]) == ("403", "gateway_unknown_client")
@@ -447,16 +484,16 @@ def test_each_client_is_judged_by_its_own_policy_and_an_unnamed_one_is_refused(t
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert set(netns.namespaces()) <= before
-    logged = [
-        d for d in read_decisions(log) if d["path"] == "/clients" or d["client"] == "127.0.0.1"
-    ]
-    assert {(d["client"], d["host"], d["allow"], d["rule"]) for d in logged} >= {
+    logged = read_decisions(log)
+    assert {(d["client"], d["host"], d["allow"], d["rule"]) for d in logged} == {
+        ("127.0.0.2", "pypi.org", True, "allowed_domains"),
+        ("127.0.0.3", "pypi.org", True, "allowed_domains"),
+        ("::1", "pypi.org", True, "allowed_domains"),
         ("127.0.0.2", "unknown.example", True, "unrestricted_domains"),
         ("127.0.0.3", "unknown.example", False, "default_deny"),
         ("::1", "unknown.example", False, "default_deny"),
         ("127.0.0.1", "unknown.example", False, "gateway_unknown_client"),
         ("127.0.0.1", "pypi.org:443", False, "gateway_unknown_client"),
     }
-    assert all(d["allow"] for d in logged if d["host"] == "pypi.org")
     revisions = {d["client"]: d["policy_revision"] for d in logged if d["host"] == "pypi.org"}
     assert revisions["127.0.0.2"] != revisions["127.0.0.3"] == revisions["::1"]

@@ -144,7 +144,9 @@ def test_the_gateway_only_routes_the_listeners_copies_judge():
     assert [f["name"] for f in front["listener_filters"]] == [
         "envoy.filters.listener.proxy_protocol"
     ]
-    [host] = hcm["route_config"]["virtual_hosts"]
+    # Its routes come over RDS, with the policy's (the TLS listener's names open tunnels).
+    assert hcm["rds"]["route_config_name"] == gateway.GATEWAY_LISTENER
+    [host] = gateway.gateway_routes()["virtual_hosts"]
     tunnel, refused, proxied, in_the_clear = host["routes"]
     assert tunnel["route"]["cluster"] == gateway.TUNNELED
     assert tunnel["match"]["headers"][0]["string_match"]["safe_regex"]["regex"] == "[^/]+:443"
@@ -173,7 +175,7 @@ def test_a_gateway_for_some_clients_refuses_the_others():
             {"address_prefix": "fd00:1::", "prefix_len": 64},
         ]
     }
-    assert served["filters"][1]["typed_config"]["route_config"] == gateway.gateway_routes()
+    assert served["filters"][1]["typed_config"]["rds"]["route_config_name"] == "intercept_gateway"
     client, manager = front["default_filter_chain"]["filters"]
     assert client == gateway.client_state()
     hcm = manager["typed_config"]

@@ -9,8 +9,8 @@ from intercept_proxy.policy import approvals
 from intercept_proxy.policy.credentials import placeholders
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.model import parse_policy
-from intercept_proxy.policy.native import compile_policy
-from intercept_proxy.xds import protos, resources, routes, types
+from intercept_proxy.policy.native import NativePolicy, Outcome, Route, VirtualHost, compile_policy
+from intercept_proxy.xds import gateway, protos, resources, routes, types
 from intercept_proxy.xds.types import type_url
 from tests.golden import assert_golden
 
@@ -219,3 +219,60 @@ def test_with_approvals_the_checks_that_may_be_asked_wait_for_a_person():
     # Without approvals: the filter's own (short) timeout everywhere.
     for config in resources.route_configurations(REVISION, *native):
         assert not any("grpc_service" in c for c in _checks(config))
+
+
+def _gateway_routes(**kwargs) -> dict:
+    engine = RegorusEngine(POLICY)
+    tls, plain = (compile_policy(POLICY, engine, tls=t) for t in (True, False))
+    *_, gateway_config = resources.route_configurations(
+        REVISION, tls, plain, gateway=True, **kwargs
+    )
+    return gateway_config
+
+
+def test_the_gateway_refuses_a_tunnel_to_a_host_the_policy_denies_whatever_is_asked():
+    """The policy's names get their tunnel (the request inside decides), so do the names its
+    catch-all may allow (regional S3 endpoints); any other host's CONNECT gets the policy's
+    denial of every request to it, with the policy's revision."""
+    config = _gateway_routes()
+    assert_golden("xds/routes-gateway.json", config)
+    assert protos.to_message(types.ROUTE, config).ignore_port_in_host_matching
+    named, unnamed = config["virtual_hosts"]
+    assert set(named["domains"]) >= {"pypi.org", "*.pythonhosted.org", "api.anthropic.com"}
+    assert "*" not in named["domains"] and unnamed["domains"] == ["*"]
+    assert named["routes"][0]["route"]["cluster"] == gateway.TUNNELED
+    regional, refused, *others = unnamed["routes"]
+    assert regional["route"] == named["routes"][0]["route"]
+    [authority] = regional["match"]["headers"]
+    assert authority["string_match"]["safe_regex"]["regex"].startswith("(?i)(?:s3\\.")
+    assert authority["string_match"]["safe_regex"]["regex"].endswith(":443")
+    assert refused["match"] == named["routes"][0]["match"]  # CONNECT to port 443
+    verdict = refused["metadata"]["filter_metadata"][routes.METADATA_KEY]
+    assert (verdict["allow"], verdict["rule"], verdict["policy_revision"]) == (
+        False, "default_deny", REVISION
+    )  # fmt: skip
+    error = refused["direct_response"]["body_format"]["json_format"]["error"]
+    assert error["message"] == (
+        "%REQ(:METHOD)% %REQ(:AUTHORITY)% is not allowed by the policy (no rule matches it)"
+    )
+    # Other ports, plain HTTP, https in the clear: the same in both.
+    assert named["routes"][1:] == others
+
+
+@pytest.mark.parametrize("why", ["the agent judges", "a person may approve", "not one denial"])
+def test_the_gateway_opens_every_tunnel_when_the_host_alone_does_not_decide(why):
+    """The agent judging everything (custom Rego, a pod's own policy), approvals that may
+    allow any host, a catch-all that does not deny every request alike: the request inside
+    decides."""
+    if why == "the agent judges":
+        [*_, config] = resources.route_configurations(REVISION, gateway=True)
+    elif why == "a person may approve":
+        config = _gateway_routes(hold_s=30, held_hosts=("new.example",))
+    else:
+        reads = Route(("GET",), Outcome(True, "r", ": reads"))
+        writes = Route(("POST",), Outcome(False, "w", ": no writes"))
+        native = NativePolicy(True, (VirtualHost("*", (reads, writes)),))
+        config = gateway.gateway_routes(native, (), REVISION)
+    [host] = config["virtual_hosts"]
+    assert host["domains"] == ["*"] and host["routes"][0]["route"]["cluster"] == gateway.TUNNELED
+    assert len(resources.route_configurations(REVISION)) == 2  # no gateway: no routes of its

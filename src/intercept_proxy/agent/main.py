@@ -90,8 +90,10 @@ def native_routes(
     budget_hosts: BudgetHosts,
     hold_s: int | None = None,
     held_hosts: tuple[str, ...] = (),
+    gateway: bool = False,
 ) -> list[dict[str, Any]]:
-    """Both listeners' routes with `policy` compiled in (seconds for a large policy)."""
+    """The listeners' routes (the gateway's too, if it serves) with `policy` compiled in
+    (seconds for a large policy)."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
     return route_configurations(
         revision,
@@ -101,6 +103,7 @@ def native_routes(
         budget_hosts,
         hold_s,
         held_hosts,
+        gateway,
     )
 
 
@@ -244,6 +247,10 @@ class Agent:
         named = tuple(f"*.{e.host}" if e.wildcard else e.host for e in approvals.hosts)
         return ("*", *named) if approvals.any_host else named
 
+    @property
+    def serves_gateway(self) -> bool:
+        return self.settings.data_plane.gateway_port is not None
+
     def agent_routes(self, revision: str) -> list[dict[str, Any]]:
         """The routes that send everything to the agent (budgeted hosts' bodies read first)."""
         return route_configurations(
@@ -251,6 +258,7 @@ class Agent:
             budget_hosts=self.budget_hosts(),
             hold_s=self.hold_s(),
             held_hosts=self.held_hosts(),
+            gateway=self.serves_gateway,
         )
 
     def leak_markers(self) -> list[tuple[str, str]]:
@@ -306,6 +314,7 @@ class Agent:
                 self.budget_hosts(),
                 self.hold_s(),
                 self.held_hosts(),
+                self.serves_gateway,
             )
         except Exception:  # the agent keeps judging: correct, only slower
             log.exception("compiling policy %s into Envoy routes failed", revision)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from intercept_proxy.decision import CLIENT_STATE, Judge
-from intercept_proxy.xds.routes import METADATA_KEY, denial_body
+from intercept_proxy.decision import CLIENT_STATE
+from intercept_proxy.policy.native import NativePolicy, Outcome
+from intercept_proxy.xds.routes import denial_route
 from intercept_proxy.xds.types import type_url
 
 GATEWAY_LISTENER = "intercept_gateway"
@@ -110,55 +111,87 @@ def _connect_to(port_regex: str) -> dict[str, Any]:
 
 def _refusal(name: str, match: dict[str, Any], rule: str, reason: str) -> dict[str, Any]:
     """A route on which the gateway answers itself, with a denial as the policy's, logged."""
-    verdict = {"judge": Judge.ENVOY.value, "allow": False, "rule": rule, "reason": reason}
-    return {
-        "name": name,
-        "match": match,
-        "metadata": {"filter_metadata": {METADATA_KEY: verdict}},
-        "direct_response": {"status": 403, "body_format": denial_body(rule, reason, tls=None)},
-    }
+    return denial_route(name, match, Outcome(False, rule, reason), None, tls=None)
 
 
-def gateway_routes() -> dict[str, Any]:
-    """The gateway's one route table: it holds no policy (the listeners' copies judge)."""
+def unnamed_hosts(
+    policy: NativePolicy | None, held_hosts: tuple[str, ...]
+) -> tuple[tuple[str, ...], Outcome] | None:
+    """What the policy does with the hosts it has no virtual host of its own for, if the host
+    alone decides it: the patterns (RE2, of an authority) of those it may allow some requests
+    to (regional AWS endpoints), and its denial of every request to any other. None when a
+    request could change it (the agent judges: custom Rego, a pod's own policy, a person's
+    approval)."""
+    if policy is None or held_hosts:
+        return None
+    routes = [r for h in policy.hosts if h.domain == "*" for r in h.routes]
+    patterns = tuple(dict.fromkeys(r.authority for r in routes if r.authority is not None))
+    rest = {r.outcome for r in routes if r.authority is None}
+    if len(rest) != 1:
+        return None
+    [outcome] = rest
+    return (patterns, outcome) if outcome.allow is False else None
+
+
+def gateway_routes(
+    policy: NativePolicy | None = None, held_hosts: tuple[str, ...] = (), revision: str = ""
+) -> dict[str, Any]:
+    """The gateway's route table: it routes, the listeners' copies judge. Except a `CONNECT` to
+    a host whose requests the policy (the TLS listener's, `policy`) denies whatever they are:
+    refused before the tunnel, with that denial. Hosts are matched as the TLS listener's
+    virtual hosts match them (the port aside)."""
     tunnel = {"cluster": TUNNELED, "timeout": "0s", "upgrade_configs": [
         {"upgrade_type": "CONNECT", "connect_config": {}}  # terminated here
     ]}  # fmt: skip
     plain = {"name": ":scheme", "string_match": {"exact": "http"}}
+    to_port = _connect_to(f"[^/]+:{TUNNEL_PORT}")
+    routes = [
+        {"name": "tunnel", "match": to_port, "route": tunnel},
+        _refusal(
+            "tunnel-port",
+            {"connect_matcher": {}},
+            TUNNEL_PORT_RULE,
+            f": the gateway opens tunnels to port {TUNNEL_PORT} only",
+        ),
+        {
+            "name": "proxied",
+            "match": {"prefix": "/", "headers": [plain]},
+            "route": {"cluster": PROXIED, "timeout": "0s"},
+        },
+        # `GET https://...` (or HTTP/2's :scheme https) to a plain-HTTP listener:
+        # Envoy would forward it in the clear.
+        _refusal(
+            "in-the-clear",
+            {"prefix": "/"},
+            IN_THE_CLEAR_RULE,
+            ": an https request goes through a CONNECT tunnel, never in the clear",
+        ),
+    ]
+    virtual_hosts = [{"name": "any", "domains": ["*"], "routes": routes}]
+    unnamed_ones = unnamed_hosts(policy, held_hosts)
+    if policy is not None and unnamed_ones is not None:
+        patterns, denial = unnamed_ones
+        named = [h.domain for h in policy.hosts if h.domain != "*"]
+        unnamed = [
+            *(
+                {
+                    **routes[0],
+                    "name": f"tunnel:{i}",
+                    "match": _connect_to(f"(?i)(?:{p}):{TUNNEL_PORT}"),
+                }
+                for i, p in enumerate(patterns)
+            ),
+            denial_route("denied-host", to_port, denial, revision, tls=None),
+            *routes[1:],
+        ]
+        virtual_hosts = [
+            *([{"name": "policy", "domains": named, "routes": routes}] if named else []),
+            {"name": "any", "domains": ["*"], "routes": unnamed},
+        ]
     return {
         "name": GATEWAY_LISTENER,
-        "virtual_hosts": [
-            {
-                "name": "any",
-                "domains": ["*"],
-                "routes": [
-                    {
-                        "name": "tunnel",
-                        "match": _connect_to(f"[^/]+:{TUNNEL_PORT}"),
-                        "route": tunnel,
-                    },
-                    _refusal(
-                        "tunnel-port",
-                        {"connect_matcher": {}},
-                        TUNNEL_PORT_RULE,
-                        f": the gateway opens tunnels to port {TUNNEL_PORT} only",
-                    ),
-                    {
-                        "name": "proxied",
-                        "match": {"prefix": "/", "headers": [plain]},
-                        "route": {"cluster": PROXIED, "timeout": "0s"},
-                    },
-                    # `GET https://...` (or HTTP/2's :scheme https) to a plain-HTTP listener:
-                    # Envoy would forward it in the clear.
-                    _refusal(
-                        "in-the-clear",
-                        {"prefix": "/"},
-                        IN_THE_CLEAR_RULE,
-                        ": an https request goes through a CONNECT tunnel, never in the clear",
-                    ),
-                ],
-            }
-        ],
+        "virtual_hosts": virtual_hosts,
+        "ignore_port_in_host_matching": True,
         # The client's own: its proxy's credentials go no further, and the copies take the
         # scheme from their connection, never from a header.
         "request_headers_to_remove": ["proxy-authorization", "x-forwarded-proto"],

@@ -1104,12 +1104,14 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
     assert dp.gateway_port is not None
 
     def chain(routes: dict[str, Any]) -> dict[str, Any]:
-        return {"filters": [client_state(), _hcm_filter({**hcm, "route_config": routes})]}
+        return {"filters": [client_state(), _hcm_filter({**hcm, **routes})]}
 
     hcm = {
         **_connection_manager(dp, GATEWAY_LISTENER),
         # Python's http.client asks for its tunnels in HTTP/1.0.
         "http_protocol_options": {"accept_http_10": True},
+        # `CONNECT pypi.org.:443` is pypi.org's tunnel, as the listeners judge pypi.org.
+        "strip_trailing_host_dot": True,
         "http2_protocol_options": {
             "max_concurrent_streams": dp.max_concurrent_streams,
             "allow_connect": True,
@@ -1126,12 +1128,15 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
         "name": GATEWAY_LISTENER,
         **_listener_addresses(dp.gateway_addresses, dp.gateway_port),
         "listener_filters": [proxy_protocol()] if relayed else [],
-        "filter_chains": [chain(gateway_routes())],
+        # Its routes depend on the policy (a host it denies is refused before the tunnel).
+        "filter_chains": [
+            chain({"rds": {"config_source": ADS, "route_config_name": GATEWAY_LISTENER}})
+        ],
     }
     if dp.gateway_clients:  # matched on the client's address, the PROXY protocol's if relayed
         ranges = [_cidr_range(c) for c in dp.gateway_clients]
         listener["filter_chains"][0]["filter_chain_match"] = {"source_prefix_ranges": ranges}
-        listener["default_filter_chain"] = chain(unknown_client_routes())
+        listener["default_filter_chain"] = chain({"route_config": unknown_client_routes()})
     return listener
 
 
@@ -1148,16 +1153,18 @@ def route_configurations(
     budget_hosts: BudgetHosts = (),
     hold_s: float | None = None,
     held_hosts: tuple[str, ...] = (),
+    gateway: bool = False,
 ) -> list[dict[str, Any]]:
     """Both listeners' routes: the compiled policy's, or (None) the agent's for everything.
     `hold_s`: how long the agent may hold a request for a person's approval (None: never), to
-    the hosts of `held_hosts` (exact names, `*.suffix`, `*` for any)."""
+    the hosts of `held_hosts` (exact names, `*.suffix`, `*` for any); `gateway`: the egress
+    gateway's routes too."""
     holding = (
         None
         if hold_s is None
         else {**authz_service(), "timeout": _duration(hold_s + HOLD_MARGIN_S)}
     )
-    return [
+    listeners = [
         route_configuration(
             name,
             cluster,
@@ -1174,3 +1181,4 @@ def route_configurations(
             (HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, plain, False),
         )
     ]
+    return [*listeners, gateway_routes(tls, held_hosts, revision)] if gateway else listeners

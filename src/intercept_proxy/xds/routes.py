@@ -110,7 +110,7 @@ def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def _metadata(outcome: Outcome, revision: str, *, judge: Judge) -> dict[str, Any]:
+def _metadata(outcome: Outcome, revision: str | None, *, judge: Judge) -> dict[str, Any]:
     """`judge` ENVOY: the route decides; NONE: the agent should have (it logs its own)."""
     verdict = dict(
         zip(VERDICT, (outcome.allow, outcome.rule, outcome.reason, revision), strict=True)
@@ -164,9 +164,22 @@ def denial_body(rule: str, reason: str, *, tls: bool | None) -> dict[str, Any]:
     }
 
 
-def _denial(outcome: Outcome, *, tls: bool) -> dict[str, Any]:
+def _denial(outcome: Outcome, *, tls: bool | None) -> dict[str, Any]:
     body = denial_body(_escape(outcome.rule), _escape(outcome.reason), tls=tls)
     return {"status": 403, "body_format": body}
+
+
+def denial_route(
+    name: str, match: dict[str, Any], outcome: Outcome, revision: str | None, *, tls: bool | None
+) -> dict[str, Any]:
+    """A route on which Envoy answers `outcome`'s denial itself, and logs it as its decision
+    (`revision`: the policy's, None for the gateway's own refusals)."""
+    return {
+        "name": name,
+        "match": match,
+        "metadata": _metadata(outcome, revision, judge=Judge.ENVOY),
+        "direct_response": _denial(outcome, tls=tls),
+    }
 
 
 def status_filter(status: int, runtime_key: str) -> dict[str, Any]:
