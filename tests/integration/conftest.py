@@ -56,8 +56,15 @@ def policy():
 
 
 @pytest.fixture(scope="module")
-def interceptor(lab, client_ns, policy):
-    icp = Interceptor(client_ns, policy, lab.ca_cert_path, lab.dns_servers)
+def interceptor_options():
+    """More of the interceptor's settings; a module overrides it with a fixture of the same
+    name."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def interceptor(lab, client_ns, policy, interceptor_options):
+    icp = Interceptor(client_ns, policy, lab.ca_cert_path, lab.dns_servers, **interceptor_options)
     try:
         yield icp.start()
     finally:

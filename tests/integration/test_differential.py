@@ -1,10 +1,13 @@
-"""The policy compiled into Envoy's routes decides exactly as the Rego policy does.
+"""The policy compiled into Envoy's routes decides exactly as the Rego policy does, and the
+egress gateway exactly as the sidecar.
 
 A generated corpus of requests (names in every spelling, SNIs that match or not, every method,
 GitHub and AWS paths with their traps, bodies on reads) goes through the real Envoy twice: once
 with the policy compiled into routes, once with the agent judging everything (a custom module
 that grants nothing forces that mode). Every decision must be the same: allow, rule, reason and
-status. Requests Envoy must not decide itself must have gone to the agent.
+status. Requests Envoy must not decide itself must have gone to the agent. Then the corpus goes
+through the gateway, as a proxy's clients send it, and through the listeners as intercepted:
+again the same decisions.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from intercept_proxy import netns
+from intercept_proxy import netns, ports
 from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.policy.native import METHODS
 from tests.decisions import read_decisions
+from tests.integration.corpus_client import tunnel_target
 
 pytestmark = pytest.mark.netns
 
@@ -174,11 +178,18 @@ def gate_may_mark(request: dict) -> bool:
     return request["method"] in METHODS and not twice and not key
 
 
-def run_corpus(interceptor, corpus: list[dict]) -> list[dict]:
-    """Each request's decision record, found by the decision id of its response."""
-    client = Path(__file__).with_name("corpus_client.py")
+@pytest.fixture(scope="module")
+def interceptor_options():
+    return {"gateway_port": ports.ENVOY_GATEWAY}
+
+
+def run_corpus(interceptor, corpus: list[dict], *, gateway: bool = False) -> list[dict]:
+    """Each request's decision record, found by the decision id of its response (`gateway`:
+    sent through the gateway)."""
+    client = [sys.executable, str(Path(__file__).with_name("corpus_client.py"))]
+    client += [str(interceptor.ca_cert), *([str(ports.ENVOY_GATEWAY)] if gateway else [])]
     result = subprocess.run(
-        netns.exec_argv(interceptor.ns, [sys.executable, str(client), str(interceptor.ca_cert)]),
+        netns.exec_argv(interceptor.ns, client),
         input=json.dumps(corpus),
         capture_output=True,
         text=True,
@@ -233,14 +244,18 @@ def judged_both_ways(interceptor, policy: str, corpus: list[dict]) -> list[dict]
     return native
 
 
-def test_compiled_routes_decide_as_the_agent(interceptor):
-    corpus = generate(1800, seed=20261203)
+def credentials(interceptor) -> str:
+    """The policy's credentials: the API key's, in a file of the agent's."""
     key = interceptor.dir / "api-key"
     key.write_text(API_KEY)
     key.chmod(0o600)
     os.chown(key, AGENT_UID, AGENT_UID)
-    credentials = f"credentials: [{{host: api.anthropic.com, header: x-api-key, file: {key}}}]\n"
-    native = judged_both_ways(interceptor, POLICY + credentials, corpus)
+    return f"credentials: [{{host: api.anthropic.com, header: x-api-key, file: {key}}}]\n"
+
+
+def test_compiled_routes_decide_as_the_agent(interceptor):
+    corpus = generate(1800, seed=20261203)
+    native = judged_both_ways(interceptor, POLICY + credentials(interceptor), corpus)
 
     wrongly_native = [
         request
@@ -292,3 +307,55 @@ def test_compiled_routes_decide_as_the_agent(interceptor):
     assert not [
         r for value, r in carried if API_KEY not in value and r["rule"] == "credential_leaked"
     ]
+
+
+def through_the_gateway_as_written(request: dict) -> bool:
+    """A request a proxy's client sends as the corpus writes it: TLS in its tunnel, or plain
+    HTTP whose target and Host can be one absolute-form URL (not an absolute one already, which
+    names another host or scheme, nor one with a second Host). To a name Envoy's codec takes:
+    it answers `CONNECT under_score.test:443` and `GET http://under_score.test/` with its plain
+    400, before any decision."""
+    if "_" in (tunnel_target(request) if request["tls"] else request["host"]):
+        return False
+    if request["tls"]:
+        return True
+    return request["path"].startswith("/") and not any(
+        name == "Host" for name, _ in request.get("headers", [])
+    )
+
+
+def test_the_gateway_decides_as_the_sidecar(interceptor):
+    """The same requests through the gateway and intercepted: the same decisions (allow, rule,
+    reason, status), whoever decides. Without approvals, a tunnel to a host the policy names
+    nowhere is refused before it opens: only where the sidecar refuses the request inside."""
+    corpus = [r for r in generate(1000, seed=20261204) if through_the_gateway_as_written(r)]
+    policy = "".join(
+        line for line in POLICY.splitlines(keepends=True) if not line.startswith("approvals:")
+    )
+    policy += credentials(interceptor)
+    interceptor.write_policy(policy)
+    interceptor.wait_ready(judged_by="envoy", revision=parse_policy(policy).revision)
+    intercepted = run_corpus(interceptor, corpus)
+    proxied = run_corpus(interceptor, corpus, gateway=True)
+    refused_tunnels = []
+    differences = []
+    for request, direct, gateway in zip(corpus, intercepted, proxied, strict=True):
+        if gateway["method"] == "CONNECT":
+            refused_tunnels.append((request, direct, gateway))
+        elif _decision(direct) != _decision(gateway):
+            differences.append((request, _decision(direct), _decision(gateway)))
+    assert not differences, f"{len(differences)} differ, first ones: {differences[:5]}"
+    wrongly_refused = [(q, d) for q, d, _ in refused_tunnels if d["allow"]]
+    assert not wrongly_refused, wrongly_refused[:5]
+    assert {(g["rule"], g["status"], g["judge"]) for _, _, g in refused_tunnels} == {
+        ("default_deny", 403, "envoy")
+    }
+    # The corpus went both ways through tunnels and in absolute form, allowed and denied.
+    tunneled = [
+        g for q, g in zip(corpus, proxied, strict=True) if q["tls"] and g["method"] != "CONNECT"
+    ]
+    plain = [g for q, g in zip(corpus, proxied, strict=True) if not q["tls"]]
+    assert len(refused_tunnels) >= 50 and len(plain) >= 50
+    assert {g["allow"] for g in tunneled} == {g["allow"] for g in plain} == {True, False}
+    assert {g["client"] for g in proxied} == {"127.0.0.1"}
+    assert {d["client"] for d in intercepted} == {None}

@@ -30,12 +30,8 @@ PROXY = f"http://127.0.0.1:{PORT}"
 
 
 @pytest.fixture(scope="module")
-def interceptor(lab, client_ns, policy):
-    icp = Interceptor(client_ns, policy, lab.ca_cert_path, lab.dns_servers, gateway_port=PORT)
-    try:
-        yield icp.start()
-    finally:
-        icp.close()
+def interceptor_options():
+    return {"gateway_port": PORT}
 
 
 def run(icp: Interceptor, argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
