@@ -493,3 +493,56 @@ def test_each_client_is_judged_by_its_own_policy_and_an_unnamed_one_is_refused(t
     }
     revisions = {d["client"]: d["policy_revision"] for d in logged if d["host"] == "pypi.org"}
     assert revisions["127.0.0.2"] != revisions["127.0.0.3"] == revisions["::1"]
+
+
+def test_intercept_gateway_judges_with_custom_rego_modules_and_follows_their_edits(tmp_path):
+    """A policy's `rego_modules` (beside it) go with it to the gateway's agent, which judges
+    then (every tunnel opens: a request may change the decision); an edit of a module alone
+    applies too."""
+    port = free_port()
+    spec = tmp_path / "lab.yaml"
+    spec.write_text(yaml.safe_dump(LAB_SPEC))
+    module = tmp_path / "mirror.rego"
+    rule = 'allow contains {{"rule": "mirror", "reason": "the mirror"}} if {{ {} }}'
+    module.write_text(
+        "package intercept.custom\n"
+        + rule.format('data.intercept.request.host == "unknown.example"')
+    )
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY + "rego_modules: [mirror.rego]\n")
+    log = tmp_path / "decisions.log"
+    argv = [
+        str(INTERCEPT), "gateway", "--policy", str(policy), "--lab", str(spec),
+        "--listen", f"127.0.0.1:{port}", "--decision-log", str(log),
+    ]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ca = proc.stdout.readline().split()[2].removeprefix("ca=")
+        proxy = f"http://127.0.0.1:{port}"
+        assert machine_get(proxy, "https://unknown.example/custom", ca)[0] == "200"
+        status, body = machine_get(proxy, "https://other.example/custom", ca)
+        assert (status, json.loads(body)["error"]["rule"]) == ("403", "default_deny")
+        module.write_text(  # unknown.example's /edited only
+            "package intercept.custom\n"
+            + rule.format(
+                'data.intercept.request.host == "unknown.example"\n'
+                'data.intercept.request.segments[0] == "edited"'
+            )
+        )
+        deadline = time.monotonic() + 15
+        while machine_get(proxy, "https://unknown.example/custom", ca)[0] != "403":
+            assert time.monotonic() < deadline, "the edited module never applied"
+            time.sleep(0.5)
+        assert machine_get(proxy, "https://unknown.example/edited", ca)[0] == "200"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    logged = [d for d in read_decisions(log) if d["path"] in ("/custom", "/edited")]
+    assert {(d["host"], d["path"], d["rule"], d["judge"]) for d in logged} >= {
+        ("unknown.example", "/custom", "mirror", "agent"),
+        ("other.example", "/custom", "default_deny", "agent"),
+        ("unknown.example", "/edited", "mirror", "agent"),
+        ("unknown.example", "/custom", "default_deny", "agent"),
+    }

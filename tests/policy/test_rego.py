@@ -6,7 +6,13 @@ import pytest
 
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.input import url_input
-from intercept_proxy.policy.model import PolicyError, RegoModule, load_policy
+from intercept_proxy.policy.model import (
+    POLICY_FILE_NAME,
+    PolicyError,
+    RegoModule,
+    load_policy,
+    policy_files,
+)
 from intercept_proxy.policy.testing import builtin_tests, run_tests
 
 BUILTIN_RESULTS = run_tests([builtin_tests()])
@@ -175,3 +181,18 @@ def test_http_send_is_refused(tmp_path):
     )
     with pytest.raises(PolicyError, match=r"http\.send is not available"):
         RegorusEngine(load_policy(write_policy(tmp_path, module)))
+
+
+def test_a_policy_goes_with_its_modules_beside_it(tmp_path):
+    """What an agent reads (the chart's ConfigMap, the gateway's files): the policy and its
+    modules by file name; a module elsewhere would lose its place."""
+    path = write_policy(tmp_path, CUSTOM)
+    assert policy_files(load_policy(path), path.read_text()) == {
+        POLICY_FILE_NAME: path.read_text(),
+        "custom.rego": CUSTOM,
+    }
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x.rego").write_text(CUSTOM)
+    path.write_text("rego_modules: [custom.rego, elsewhere/x.rego]\n")
+    with pytest.raises(PolicyError, match=r"p.yaml: rego_modules\[1\]: .*x.rego must sit next"):
+        policy_files(load_policy(path), path.read_text())

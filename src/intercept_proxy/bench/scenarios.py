@@ -337,8 +337,9 @@ class Intercept(Scenario):
             agent_env={**os.environ, **configs.BENCH_AWS_KEYS} if self.signed else None,
         )
         if self.judged_by == "agent":
-            (icp.dir / "custom.rego").write_text(configs.CUSTOM_REGO)
-            icp.write_policy(configs.policy_yaml("custom.rego"))
+            icp.write_policy(
+                configs.policy_yaml("custom.rego"), {"custom.rego": configs.CUSTOM_REGO}
+            )
         if self.extras:
             secret = icp.dir / "bench-key"
             secret.write_text(configs.BENCH_SECRET)

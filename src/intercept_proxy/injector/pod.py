@@ -38,11 +38,12 @@ from intercept_proxy.injector.settings import (
 from intercept_proxy.netfilter.config import CaptureConfig
 from intercept_proxy.options import command_line
 from intercept_proxy.policy.combined import OverrideMode
+from intercept_proxy.policy.model import POLICY_FILE_NAME
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
 
 POLICY_DIR = "/etc/intercept/policy"
-POLICY_FILE = f"{POLICY_DIR}/policy.yaml"
+POLICY_FILE = f"{POLICY_DIR}/{POLICY_FILE_NAME}"
 CA_DIR = "/var/run/intercept/ca"
 TRUST_DIR = "/var/run/intercept/trust"
 TRUST_BUNDLE = f"{TRUST_DIR}/ca-bundle.pem"
@@ -59,7 +60,7 @@ CONTROL_VOLUME = "intercept-control"
 
 POD_POLICY_VOLUME = "intercept-pod-policy"
 POD_POLICY_DIR = "/etc/intercept/pod"
-POD_POLICY_FILE = f"{POD_POLICY_DIR}/policy.yaml"
+POD_POLICY_FILE = f"{POD_POLICY_DIR}/{POLICY_FILE_NAME}"
 POD_POLICY_FIELD = f"metadata.annotations['{POLICY_ANNOTATION}']"
 
 # The ServiceAccount admission plugin projects the token into this volume before any webhook
@@ -264,7 +265,7 @@ def volumes(s: InjectorSettings) -> list[dict[str, Any]]:
         {
             "name": POD_POLICY_VOLUME,
             "downwardAPI": {
-                "items": [{"path": "policy.yaml", "fieldRef": field}],
+                "items": [{"path": POLICY_FILE_NAME, "fieldRef": field}],
                 "defaultMode": DEFAULT_MODE,
             },
         },

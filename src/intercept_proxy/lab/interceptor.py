@@ -24,6 +24,7 @@ from intercept_proxy.agent.settings import agent_command
 from intercept_proxy.identities import AGENT_UID, ENVOY_UID
 from intercept_proxy.lab.addresses import LAB_RANGES
 from intercept_proxy.pki.ca import CertificateAuthority
+from intercept_proxy.policy.model import POLICY_FILE_NAME
 from intercept_proxy.runtime.containers import as_user
 
 INTERCEPT = Path(sys.executable).with_name("intercept")
@@ -57,18 +58,20 @@ class Interceptor:
         agent_env: Mapping[str, str] | None = None,
         decision_log: Path | None = None,
         ca: CertificateAuthority | None = None,
+        modules: Mapping[str, str] | None = None,
         **agent: Any,
     ) -> None:
         """`core`: both pinned to that CPU; `agent_env`: the agent's environment (its secrets'
         variables), else ours; `decision_log`: a file of the caller's that Envoy's output of
         decisions is appended to (else one of this directory, which Envoy writes); `ca`: the CA
-        the agent signs with (else one it makes); `agent`: more
+        the agent signs with (else one it makes); `modules`: the custom modules the policy
+        names, by file name; `agent`: more
         of the agent's settings (by default, its upstreams may be in the lab's ranges)."""
         self.ns = ns
         # Named after the namespace: a stale one's clean-up finds it (runtime/pod.py).
         self.dir = Path(tempfile.mkdtemp(prefix=f"intercept-sidecars-{ns}-", dir="/tmp"))
         try:
-            self._prepare(policy, upstream_ca, decision_log, ca)
+            self._prepare(policy, modules, upstream_ca, decision_log, ca)
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -101,16 +104,19 @@ class Interceptor:
     def _prepare(
         self,
         policy: str,
+        modules: Mapping[str, str] | None,
         upstream_ca: Path,
         decision_log: Path | None,
         ca: CertificateAuthority | None,
     ) -> None:
         self.dir.chmod(0o755)
-        self.policy_path = self.dir / "policy.yaml"
+        # Its own directory: the custom modules beside it are named by the policy's author.
+        self.policy_path = self.dir / "policy" / POLICY_FILE_NAME
+        self.policy_path.parent.mkdir()
         self.upstream_ca = self.dir / "upstream-ca.pem"
         self.ca_dir = self.dir / "ca"
         self.ca_cert = self.ca_dir / "ca.pem"
-        self.write_policy(policy)
+        self.write_policy(policy, modules)
         self.set_upstream_ca(upstream_ca.read_bytes())
         self.ca_dir.mkdir()
         if ca is not None:
@@ -122,7 +128,11 @@ class Interceptor:
             self.decision_log.touch()
             os.chown(self.decision_log, ENVOY_UID, ENVOY_UID)
 
-    def write_policy(self, text: str) -> None:
+    def write_policy(self, text: str, modules: Mapping[str, str] | None = None) -> None:
+        """The policy, with the custom `modules` it names beside it (by file name), written
+        first: the agent never reads a policy whose modules are not there yet."""
+        for name, module in (modules or {}).items():
+            self._replace(self.policy_path.with_name(name), module.encode())
         self._replace(self.policy_path, text.encode())
 
     def set_upstream_ca(self, pem: bytes) -> None:

@@ -425,6 +425,25 @@ def module_paths(path: Path) -> list[Path]:
     return [path.parent / n for n in names if isinstance(n, str) and "\0" not in n]
 
 
+# The policy's file name where an agent reads it, its custom modules beside it.
+POLICY_FILE_NAME = "policy.yaml"
+
+
+def policy_files(policy: Policy, text: str) -> dict[str, str]:
+    """The files `policy` (parsed from `text`, the file `policy.source`) is made of, by the
+    name each has where an agent reads them side by side: its own and its custom modules'.
+    PolicyError for a module that is not beside the policy file (only its name goes along)."""
+    files = {POLICY_FILE_NAME: text}
+    for i, module in enumerate(policy.rego_modules):
+        path = Path(module.path)
+        if path.parent != Path(policy.source).parent:
+            raise PolicyError(
+                policy.source, f"rego_modules[{i}]", f"{path} must sit next to the policy file"
+            )
+        files[path.name] = module.text
+    return files
+
+
 def load_policy(path: Path, *, modules: bool = True) -> Policy:
     try:
         text = path.read_text()

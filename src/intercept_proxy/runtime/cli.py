@@ -35,7 +35,13 @@ from intercept_proxy.injector.settings import (
     InjectorSettings,
 )
 from intercept_proxy.lab import LabError, LabSpecError
-from intercept_proxy.policy.model import Policy, PolicyError, load_policy
+from intercept_proxy.policy.model import (
+    POLICY_FILE_NAME,
+    Policy,
+    PolicyError,
+    load_policy,
+    policy_files,
+)
 from intercept_proxy.runtime import credentials, gateway
 from intercept_proxy.runtime.admission import MIN_GROUP, AdmissionError
 from intercept_proxy.runtime.asking import Asker
@@ -263,14 +269,9 @@ def pod_objects(
 
 def policy_config_map(policy: Path | None, parsed: Policy, name: str) -> dict[str, Any]:
     """The ConfigMap the injected agent reads its policy from (with its custom modules)."""
-    if policy is None:
-        return {"kind": "ConfigMap", "metadata": {"name": name}, "data": {"policy.yaml": "{}\n"}}
-    data = {"policy.yaml": policy.read_text()}
-    for module in parsed.rego_modules:
-        path = Path(module.path)
-        if path.parent != policy.parent:
-            raise RunError(f"{policy}: rego module {path} must sit next to the policy file")
-        data[path.name] = module.text
+    data = (
+        {POLICY_FILE_NAME: "{}\n"} if policy is None else policy_files(parsed, policy.read_text())
+    )
     return {"kind": "ConfigMap", "metadata": {"name": name}, "data": data}
 
 

@@ -30,7 +30,7 @@ from intercept_proxy.lab import LabError, LabSpecError
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netns import NetnsError
 from intercept_proxy.pki.ca import CertificateAuthority
-from intercept_proxy.policy.model import PolicyError, parse_policy
+from intercept_proxy.policy.model import POLICY_FILE_NAME, PolicyError, load_policy, policy_files
 from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import as_user
 from intercept_proxy.runtime.network import (
@@ -188,17 +188,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     gateway.set_defaults(func=_gateway)
 
 
-def _checked_policy(path: Path, text: str | None = None) -> str:
-    """The policy's text (`text`, else the file's), once it loads (its errors named) and needs
-    no file beside it."""
-    if text is None:
-        try:
-            text = path.read_text()
-        except (OSError, ValueError) as e:
-            raise GatewayError(f"{path}: cannot read the policy: {e}") from None
-    if parse_policy(text, str(path), path.parent).rego_modules:
-        raise GatewayError(f"{path}: rego_modules are not available to the gateway yet")
-    return text
+def _policy_files(path: Path) -> dict[str, str]:
+    """The policy file's text and its custom modules' (`policy_files`), once it loads: its
+    errors named."""
+    return policy_files(load_policy(path), path.read_text())
 
 
 @contextlib.contextmanager
@@ -233,11 +226,42 @@ def dispatch_args(
     return ["dispatch", listen, *routes, f"*={fallback.fileno()}"]
 
 
+def _parts(files: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The policy's text, and its modules' by file name."""
+    modules = dict(files)
+    return modules.pop(POLICY_FILE_NAME), modules
+
+
+@dataclass
+class _Followed:
+    """A policy file the gateway follows: the files in force, the last problem it said."""
+
+    path: Path
+    files: dict[str, str]
+    problem: str = ""
+
+    def reload(self, icp: Interceptor) -> None:
+        """The policy file and its modules given to the agent again when they changed and
+        load; else the policy in force stays (and the problem is said once)."""
+        try:
+            new = _policy_files(self.path)
+        except (PolicyError, OSError, ValueError) as e:
+            if str(e) != self.problem:
+                self.problem = str(e)
+                print(f"intercept gateway: {e} (the policy in force stays)", file=sys.stderr)
+            return
+        self.problem = ""
+        if new != self.files:
+            icp.write_policy(*_parts(new))
+            self.files = new
+            print(f"intercept gateway: {self.path} changed: reloaded", file=sys.stderr)
+
+
 def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Event) -> None:
     """`ranges`: the non-public ranges its upstreams may be in (`private_ranges`)."""
     listen = [parse_listen(t) for t in args.listen or DEFAULT_LISTEN]
     served = policies(args.policy, args.client, args.policy_for)
-    texts = [_checked_policy(p.path) for p in served]
+    followed = [_Followed(p.path, _policy_files(p.path)) for p in served]
     cleanup_stale()  # what a gateway or a run killed without warning left behind
     with contextlib.ExitStack() as made:  # undone in reverse, each step even if one fails
         sockets = [made.enter_context(bind(a, p)) for a, p in listen]
@@ -249,7 +273,8 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
         up = made.enter_context(uplink(args.lab, args.lab_log, prefix))
         pairs: list[Interceptor] = []
         relays, channels = [], []
-        for index, text in enumerate(texts):
+        for index, policy in enumerate(followed):
+            text, modules = _parts(policy.files)
             name = f"{prefix}{index}"
             state.register(name, f"{name}-gw")  # its host uplink's rules, if it has one
             made.callback(state.release, name)
@@ -268,6 +293,7 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
                 text,
                 up.extra_trust or SYSTEM_TRUST,
                 up.nameservers,
+                modules=modules,
                 **shared,
                 gateway_port=ports.ENVOY_GATEWAY,
                 gateway_clients_from="proxy-protocol",  # the relay's word: it alone reaches it
@@ -275,7 +301,9 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
                 upstream_private_ranges=ranges,
             )
             made.callback(icp.close)
-            pairs.append(icp.start())
+            # Ready once Envoy has the policy: compiled into its routes, unless the agent judges
+            # (custom modules are Rego only the agent runs).
+            pairs.append(icp.start(judged_by="agent" if modules else "envoy"))
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             made.callback(ours.close)
             channels.append(ours)
@@ -293,27 +321,11 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
         print(f"ready listen={addresses} ca={pairs[0].ca_cert}", flush=True)
         print(f"intercept gateway: decisions go to {pairs[0].decision_log}", file=sys.stderr)
         while not stop.wait(0.5):
-            for index, icp in enumerate(pairs):
+            for policy, icp in zip(followed, pairs, strict=True):
                 icp.check_alive()
-                texts[index] = _reload(served[index].path, texts[index], icp)
+                policy.reload(icp)
             if any(relay.poll() is not None for relay in relays):
                 raise InterceptorError("a relay of the gateway exited")
-
-
-def _reload(path: Path, text: str, icp: Interceptor) -> str:
-    """The operator's policy file, given to the agent again when it changed and loads; else
-    the policy in force stays (and the problem is said once)."""
-    try:
-        new = path.read_text()
-    except (OSError, ValueError):  # unreadable for now, or not UTF-8: said once it loads
-        return text
-    if new != text:
-        try:
-            icp.write_policy(_checked_policy(path, new))
-            print(f"intercept gateway: {path} changed: reloaded", file=sys.stderr)
-        except (GatewayError, PolicyError, OSError) as e:
-            print(f"intercept gateway: {e} (the policy in force stays)", file=sys.stderr)
-    return new
 
 
 def _gateway(args: argparse.Namespace) -> int:
