@@ -351,6 +351,8 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
     argv = [
         str(INTERCEPT), "gateway", "--policy", str(policy), "--lab", str(spec),
         "--listen", f"127.0.0.1:{port}", "--listen", f"[::1]:{port}", "--decision-log", str(log),
+        # A client of its own: the default policy's Envoy refuses its address.
+        "--client", "other=127.0.0.3/32", "--policy-for", f"other={policy}",
     ]  # fmt: skip
     before = set(netns.namespaces())
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -367,6 +369,10 @@ def test_intercept_gateway_serves_this_machine_and_removes_what_it_made(tmp_path
         for proxy in (f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
             assert get(proxy, "https://pypi.org/gateway") == "200"
             assert get(proxy, "https://unknown.example/gateway") == "403"
+        other = machine_get(
+            f"http://127.0.0.1:{port}", "https://pypi.org/other", ca, "--interface", "127.0.0.3"
+        )
+        assert other[0] == "200"
         # The operator edits the policy: the gateway follows.
         widened = POLICY.replace("[api.anthropic.com]", "[api.anthropic.com, unknown.example]")
         assert widened != POLICY

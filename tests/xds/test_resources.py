@@ -20,7 +20,11 @@ PEM = "-----BEGIN CERTIFICATE-----\n(the upstream CA bundle)\n-----END CERTIFICA
 DEFAULT = resources.DataPlane()
 LAB = resources.DataPlane(dns_resolvers=("198.18.0.53", "fd00::53"), decision_log_path="/tmp/a.log")
 GATEWAY = resources.DataPlane(gateway_port=3128, gateway_addresses=("0.0.0.0", "::"))
-CLIENTS = resources.DataPlane(gateway_port=3128, gateway_clients=("10.1.0.0/16", "fd00:1::/64"))
+CLIENTS = resources.DataPlane(
+    gateway_port=3128,
+    gateway_clients=("10.1.0.0/16", "fd00:1::/64"),
+    gateway_other_clients=("10.1.2.0/24", "10.9.0.0/16"),
+)
 
 
 @pytest.mark.parametrize(
@@ -166,9 +170,10 @@ def test_the_gateway_only_routes_the_listeners_copies_judge():
 
 def test_a_gateway_for_some_clients_refuses_the_others():
     """Its clients (by address, the PROXY protocol's when relayed) get the gateway; any other
-    client gets a refusal of every request, named, in the decision log."""
+    client gets a refusal of every request, named, in the decision log; so does another
+    policy's client inside its ranges (Envoy picks the most specific range)."""
     [front] = [x for x in resources.listeners(CLIENTS) if x["name"] == gateway.GATEWAY_LISTENER]
-    [served] = front["filter_chains"]
+    served, others = front["filter_chains"]
     assert served["filter_chain_match"] == {
         "source_prefix_ranges": [
             {"address_prefix": "10.1.0.0", "prefix_len": 16},
@@ -186,12 +191,28 @@ def test_a_gateway_for_some_clients_refuses_the_others():
         assert (verdict["allow"], verdict["rule"]) == (False, gateway.UNKNOWN_CLIENT_RULE)
     assert {"connect_matcher": {}} in [r["match"] for r in host["routes"]]
     assert hcm["access_log"] == served["filters"][1]["typed_config"]["access_log"]
-    # Without clients named, every client is the gateway's.
+    assert others == {
+        **front["default_filter_chain"],
+        "filter_chain_match": {
+            "source_prefix_ranges": [
+                {"address_prefix": "10.1.2.0", "prefix_len": 24},
+                {"address_prefix": "10.9.0.0", "prefix_len": 16},
+            ]
+        },
+    }
+    # Without clients named, every client is the gateway's, but other policies' clients.
     [front] = [x for x in resources.listeners(GATEWAY) if x["name"] == gateway.GATEWAY_LISTENER]
     assert "default_filter_chain" not in front
     assert "filter_chain_match" not in front["filter_chains"][0]
-    with pytest.raises(ValueError, match="not a CIDR"):
-        resources.cidr("10.1.0.1/16")
+    default = resources.DataPlane(gateway_port=3128, gateway_other_clients=("10.9.0.0/16",))
+    [front] = [x for x in resources.listeners(default) if x["name"] == gateway.GATEWAY_LISTENER]
+    served, others = front["filter_chains"]
+    assert "filter_chain_match" not in served and "default_filter_chain" not in front
+    assert others["filter_chain_match"]["source_prefix_ranges"][0]["prefix_len"] == 16
+    assert others["filters"][1]["typed_config"]["route_config"]["name"].endswith("unknown_client")
+    for text, why in (("10.1.0.1/16", "host bits set"), ("fe80::%eth0/64", "it has a zone")):
+        with pytest.raises(ValueError, match=f"not a CIDR.*{why}"):
+            resources.cidr(text)
 
 
 def test_unknown_fields_are_errors_not_dropped():

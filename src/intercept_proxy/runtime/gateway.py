@@ -23,7 +23,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from intercept_proxy import netns, ports
 from intercept_proxy.lab import LabError, LabSpecError
@@ -273,7 +272,8 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
         up = made.enter_context(uplink(args.lab, args.lab_log, prefix))
         pairs: list[Interceptor] = []
         relays, channels = [], []
-        for index, policy in enumerate(followed):
+        ca = CertificateAuthority.generate()  # one for every pair: clients trust one
+        for index, (served_to, policy) in enumerate(zip(served, followed, strict=True)):
             text, modules = _parts(policy.files)
             name = f"{prefix}{index}"
             state.register(name, f"{name}-gw")  # its host uplink's rules, if it has one
@@ -283,27 +283,32 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
             netns.create(f"{name}-gw")
             made.callback(netns.delete, f"{name}-gw")
             link.attach(f"{name}-gw")
-            shared: dict[str, Any] = {"decision_log": args.decision_log}
-            if pairs:  # one decision log (the operator's, else the first's) and one CA
-                first = pairs[0]
-                shared["decision_log"] = args.decision_log or first.decision_log
-                shared["ca"] = CertificateAuthority.load(first.ca_cert, first.ca_dir / "ca.key")
+            others = tuple(r for p in served if p is not served_to for r in p.ranges)
             icp = Interceptor(
                 f"{name}-gw",
                 text,
                 up.extra_trust or SYSTEM_TRUST,
                 up.nameservers,
                 modules=modules,
-                **shared,
+                # One decision log: the operator's, else the first pair's.
+                decision_log=args.decision_log or (pairs[0].decision_log if pairs else None),
+                ca=ca,
                 gateway_port=ports.ENVOY_GATEWAY,
                 gateway_clients_from="proxy-protocol",  # the relay's word: it alone reaches it
-                gateway_clients=served[index].ranges,
+                gateway_clients=served_to.ranges,
+                gateway_other_clients=others,
                 upstream_private_ranges=ranges,
             )
             made.callback(icp.close)
             # Ready once Envoy has the policy: compiled into its routes, unless the agent judges
             # (custom modules are Rego only the agent runs).
             pairs.append(icp.start(judged_by="agent" if modules else "envoy"))
+            clients = ", ".join(served_to.ranges) or "every client no other policy names"
+            print(
+                f"intercept gateway: {served_to.name}: {clients}: {policy.path} "
+                f"(revision {icp.readiness().get('policy_revision')})",
+                file=sys.stderr,
+            )
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             made.callback(ours.close)
             channels.append(ours)

@@ -16,8 +16,10 @@ client's goes too, and a relay holds no more connections than it has descriptors
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import resource
 import socket
@@ -68,23 +70,49 @@ def choose(routes: Sequence[tuple[Network, int]], fallback: int, address: str) -
     return fallback if best is None else best[1]
 
 
+def hand_over(channel: socket.socket, client: socket.socket) -> bool:
+    """`client` passed to the relay at the other end of `channel`, never waiting: False when
+    its queue is full (or it is gone), and the caller refuses the client."""
+    rights = array.array("i", [client.fileno()])
+    try:
+        channel.sendmsg(
+            [b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)], socket.MSG_DONTWAIT
+        )
+    except OSError:
+        return False
+    return True
+
+
+# accept(2)'s errors that end one connection, not the listener; the first four are a shortage,
+# which a second may ease.
+SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+PASSING = (
+    errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN,
+    errno.EHOSTUNREACH, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EPERM, errno.ENONET,
+)  # fmt: skip
+
+
 async def dispatch(
     listening: list[socket.socket], routes: Sequence[tuple[Network, int]], fallback: int
 ) -> None:
     """Hand each accepted connection to its client's relay, which owns it from then on."""
     loop = asyncio.get_running_loop()
     channels = {fd: socket.socket(fileno=fd) for fd in {fallback, *(c for _, c in routes)}}
+    for sock in (*listening, *channels.values()):
+        sock.setblocking(False)
 
     async def accept(server: socket.socket) -> None:
         while True:
-            client, peer = await loop.sock_accept(server)
-            # A relay too busy to take it (its queue full): refused, never waited for.
-            with client, contextlib.suppress(OSError):
-                channel = channels[choose(routes, fallback, peer[0])]
-                socket.send_fds(channel, [b"c"], [client.fileno()], socket.MSG_DONTWAIT)
+            try:
+                client, peer = await loop.sock_accept(server)
+            except OSError as e:
+                if e.errno not in (*SHORTAGE, *PASSING):
+                    raise
+                await asyncio.sleep(1 if e.errno in SHORTAGE else 0)
+                continue
+            with client:  # ours closed: the relay's copy, if it took one, is the client's
+                hand_over(channels[choose(routes, fallback, peer[0])], client)
 
-    for s in listening:
-        s.setblocking(False)
     await asyncio.gather(*(accept(s) for s in listening))
 
 
@@ -95,13 +123,24 @@ async def serve(channel: socket.socket, port: int) -> None:
     handed: asyncio.Queue[socket.socket | None] = asyncio.Queue()
 
     def receive() -> None:
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            message, fds, _, _ = socket.recv_fds(channel, 1, 1)
+        """Every connection handed over so far; on the dispatcher's end (or any failure of
+        the channel), the relay's: no new client can come."""
+        while True:
+            try:
+                message, fds, flags, _ = socket.recv_fds(channel, 1, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                print(f"relay: the dispatcher's channel failed: {e}", file=sys.stderr)
+                message, fds, flags = b"", [], 0
             for fd in fds:
                 handed.put_nowait(socket.socket(fileno=fd))
-            if not message:  # the dispatcher is gone: so is every new client
+            if flags & socket.MSG_CTRUNC:  # the kernel closed it: no descriptor left for it
+                print("relay: a client refused: out of descriptors", file=sys.stderr)
+            if not message:
                 loop.remove_reader(channel)
                 handed.put_nowait(None)
+                return
 
     async def relay(client: socket.socket) -> None:
         reader, writer = await asyncio.open_connection(sock=client)

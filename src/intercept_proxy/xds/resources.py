@@ -91,6 +91,8 @@ def cidr(text: str) -> str:
         ipaddress.ip_network(text)
     except ValueError as e:
         raise ValueError(f"{text!r} is not a CIDR ({e})") from None
+    if "%" in text:  # a scoped address (fe80::%eth0/64): Envoy's ranges have no zone
+        raise ValueError(f"{text!r} is not a CIDR (it has a zone)")
     return text
 
 
@@ -160,6 +162,16 @@ class DataPlane:
     gateway_clients: tuple[str, ...] = option(
         "--gateway-client",
         "a range of the gateway's clients (CIDR, repeatable; default: every client)",
+        default=(),
+        parse=cidr,
+        repeatable=True,
+        metavar="CIDR",
+    )
+    # Other policies' clients (`intercept gateway`'s other pairs): refused, even inside the
+    # ranges of this one's.
+    gateway_other_clients: tuple[str, ...] = option(
+        "--gateway-other-client",
+        "a range of clients of another policy, refused (CIDR, repeatable)",
         default=(),
         parse=cidr,
         repeatable=True,
@@ -272,10 +284,7 @@ def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
         # An answer in these ranges is dropped; a name left without one does not resolve.
         # (Envoy 1.40 has the field, the Python API package not yet: see protos.LACKING.)
         "resolved_address_filter": {
-            "ranges": [
-                {"address_prefix": str(n.network_address), "prefix_len": n.prefixlen}
-                for n in refused_ranges(dp.upstream_private_ranges)
-            ]
+            "ranges": [cidr_range(n) for n in refused_ranges(dp.upstream_private_ranges)]
         },
     }
     resolver: dict[str, Any] = {
@@ -1133,15 +1142,25 @@ def gateway_listener(dp: DataPlane) -> dict[str, Any]:
             chain({"rds": {"config_source": ADS, "route_config_name": GATEWAY_LISTENER}})
         ],
     }
-    if dp.gateway_clients:  # matched on the client's address, the PROXY protocol's if relayed
-        ranges = [_cidr_range(c) for c in dp.gateway_clients]
-        listener["filter_chains"][0]["filter_chain_match"] = {"source_prefix_ranges": ranges}
-        listener["default_filter_chain"] = chain({"route_config": unknown_client_routes()})
+    # Matched on the client's address (the PROXY protocol's if relayed), the most specific
+    # range winning: another policy's range inside this one's is refused here.
+    refused = chain({"route_config": unknown_client_routes()})
+    if dp.gateway_clients:
+        listener["filter_chains"][0]["filter_chain_match"] = _sources(dp.gateway_clients)
+        listener["default_filter_chain"] = refused
+    if dp.gateway_other_clients:
+        listener["filter_chains"].append(
+            {**refused, "filter_chain_match": _sources(dp.gateway_other_clients)}
+        )
     return listener
 
 
-def _cidr_range(text: str) -> dict[str, Any]:
-    network = ipaddress.ip_network(text)
+def _sources(ranges: tuple[str, ...]) -> dict[str, Any]:
+    return {"source_prefix_ranges": [cidr_range(ipaddress.ip_network(r)) for r in ranges]}
+
+
+def cidr_range(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> dict[str, Any]:
+    """Envoy's CidrRange of `network`."""
     return {"address_prefix": str(network.network_address), "prefix_len": network.prefixlen}
 
 
