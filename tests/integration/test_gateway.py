@@ -552,3 +552,79 @@ def test_intercept_gateway_judges_with_custom_rego_modules_and_follows_their_edi
         ("unknown.example", "/edited", "mirror", "agent"),
         ("unknown.example", "/custom", "default_deny", "agent"),
     }
+
+
+def test_intercept_gateway_asks_for_approvals_and_sends_credentials_from_its_environment(
+    tmp_path,
+):
+    """A request that only lacks a grant waits until `intercept approvals` allows it (the
+    gateway's agents are found as a pod's are); a credential's secret comes from the
+    operator's environment, and the agent gets nothing else of it."""
+    port = free_port()
+    spec = tmp_path / "lab.yaml"
+    spec.write_text(yaml.safe_dump(LAB_SPEC))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        POLICY
+        + "approvals: {hosts: [unknown.example], timeout_seconds: 60}\n"
+        + "credentials: [{host: api.anthropic.com, header: x-api-key, env: GATEWAY_TEST_KEY}]\n"
+    )
+    argv = [str(INTERCEPT), "gateway", "--policy", str(policy), "--lab", str(spec),
+            "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+    environ = {**os.environ, "GATEWAY_TEST_KEY": "sk-gateway-0123456789", "UNNAMED": "not-yours"}
+    before = set(netns.namespaces())
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ
+    )
+
+    def approvals(*args: str) -> str:
+        out = subprocess.run(
+            [str(INTERCEPT), "approvals", *args], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    try:
+        assert proc.stdout is not None
+        ca = proc.stdout.readline().split()[2].removeprefix("ca=")
+        proxy = f"http://127.0.0.1:{port}"
+        status, body = machine_get(
+            proxy,
+            "https://api.anthropic.com/v1",
+            ca,
+            "-H",
+            "x-api-key: intercept-proxy-placeholder",
+        )
+        assert (
+            status == "200" and json.loads(body)["headers"]["x-api-key"] == "sk-gateway-0123456789"
+        )
+        [gateway_ns] = [n for n in set(netns.namespaces()) - before if n.endswith("-gw")]
+        agents = [
+            pid
+            for pid in netns.pids(gateway_ns)
+            if b" agent " in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        ]
+        assert agents
+        for pid in agents:
+            environ_of = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert b"GATEWAY_TEST_KEY=sk-gateway-0123456789" in environ_of
+            assert not [v for v in environ_of if v.startswith(b"UNNAMED=")]
+        held = subprocess.Popen(
+            as_user(WORKLOAD_UID, [
+                "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-x", proxy, "--cacert", ca,
+                "--max-time", "60", "https://unknown.example/held",
+            ]),
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while "unknown.example" not in (listed := approvals("list")):
+            assert time.monotonic() < deadline, listed
+            time.sleep(0.3)
+        question = listed.split()[0]
+        approvals("allow", question)
+        assert held.communicate(timeout=30)[0] == "200"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert "not-yours" not in stderr

@@ -59,13 +59,15 @@ class Interceptor:
         decision_log: Path | None = None,
         ca: CertificateAuthority | None = None,
         modules: Mapping[str, str] | None = None,
+        control: bool = False,
         **agent: Any,
     ) -> None:
         """`core`: both pinned to that CPU; `agent_env`: the agent's environment (its secrets'
         variables), else ours; `decision_log`: a file of the caller's that Envoy's output of
         decisions is appended to (else one of this directory, which Envoy writes); `ca`: the CA
         the agent signs with (else one it makes); `modules`: the custom modules the policy
-        names, by file name; `agent`: more
+        names, by file name; `control`: the agent serves pending approvals on `control_socket`
+        (else it holds none); `agent`: more
         of the agent's settings (by default, its upstreams may be in the lab's ranges)."""
         self.ns = ns
         # Named after the namespace: a stale one's clean-up finds it (runtime/pod.py).
@@ -76,6 +78,11 @@ class Interceptor:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
         self._envoy_stdout = decision_log
+        self.control_socket = self.dir / "control" / "agent.sock" if control else None
+        if self.control_socket is not None:  # the agent's alone (and root's)
+            self.control_socket.parent.mkdir(mode=0o700)
+            os.chown(self.control_socket.parent, AGENT_UID, AGENT_UID)
+            agent = {**agent, "control_socket": self.control_socket}
         self._agent_argv = [
             str(INTERCEPT), "--log-level", log_level,
             *agent_command(

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from intercept_proxy.pki.ca import CertificateAuthority
 from intercept_proxy.policy.model import POLICY_FILE_NAME, PolicyError, load_policy, policy_files
 from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import as_user
+from intercept_proxy.runtime.credentials import operator_secrets
 from intercept_proxy.runtime.network import (
     NetworkError,
     add_uplink_options,
@@ -187,10 +188,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     gateway.set_defaults(func=_gateway)
 
 
-def _policy_files(path: Path) -> dict[str, str]:
-    """The policy file's text and its custom modules' (`policy_files`), once it loads: its
-    errors named."""
-    return policy_files(load_policy(path), path.read_text())
+def _policy_files(path: Path, environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The policy file's text and its custom modules' (`policy_files`), and the variables of
+    `environ` its credentials and AWS signings name, once it loads: its errors named."""
+    policy = load_policy(path)
+    return policy_files(policy, path.read_text()), operator_secrets(policy, environ)
 
 
 @contextlib.contextmanager
@@ -237,13 +239,15 @@ class _Followed:
 
     path: Path
     files: dict[str, str]
+    # The agent's environment: the variables the policy names, given when it starts.
+    environ: dict[str, str]
     problem: str = ""
 
     def reload(self, icp: Interceptor) -> None:
         """The policy file and its modules given to the agent again when they changed and
         load; else the policy in force stays (and the problem is said once)."""
         try:
-            new = _policy_files(self.path)
+            new, _ = _policy_files(self.path, self.environ)
         except (PolicyError, OSError, ValueError) as e:
             if str(e) != self.problem:
                 self.problem = str(e)
@@ -260,7 +264,8 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
     """`ranges`: the non-public ranges its upstreams may be in (`private_ranges`)."""
     listen = [parse_listen(t) for t in args.listen or DEFAULT_LISTEN]
     served = policies(args.policy, args.client, args.policy_for)
-    followed = [_Followed(p.path, _policy_files(p.path)) for p in served]
+    # The agents get what their policies name of the operator's environment, nothing else.
+    followed = [_Followed(p.path, *_policy_files(p.path, os.environ)) for p in served]
     cleanup_stale()  # what a gateway or a run killed without warning left behind
     with contextlib.ExitStack() as made:  # undone in reverse, each step even if one fails
         sockets = [made.enter_context(bind(a, p)) for a, p in listen]
@@ -290,6 +295,8 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
                 up.extra_trust or SYSTEM_TRUST,
                 up.nameservers,
                 modules=modules,
+                agent_env={"PATH": os.environ.get("PATH", os.defpath), **policy.environ},
+                control=True,  # pending approvals: intercept approvals list|allow|deny
                 # One decision log: the operator's, else the first pair's.
                 decision_log=args.decision_log or (pairs[0].decision_log if pairs else None),
                 ca=ca,
@@ -300,6 +307,7 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
                 upstream_private_ranges=ranges,
             )
             made.callback(icp.close)
+            state.register(name, f"{name}-gw", icp.control_socket)
             # Ready once Envoy has the policy: compiled into its routes, unless the agent judges
             # (custom modules are Rego only the agent runs).
             pairs.append(icp.start(judged_by="agent" if modules else "envoy"))

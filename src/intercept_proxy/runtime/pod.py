@@ -58,18 +58,25 @@ RECENT_LINES = 200
 
 
 def control_sockets() -> list[Path]:
-    """The control sockets of the agents of this machine's local pods (intercept approvals):
-    only under a pod directory of root's alone, since anyone may write into POD_ROOT."""
-    found = []
+    """The control sockets of the agents of this machine's local pods and gateways (intercept
+    approvals): a pod's only under a pod directory of root's alone, since anyone may write into
+    POD_ROOT; a gateway's as it recorded them (runtime/state.py, root's alone)."""
+    found = [path for path in state.control_sockets() if _is_socket(path)]
     for pod_dir in POD_ROOT.glob("intercept-pod-*"):
         mode = pod_dir.lstat()
         if not stat.S_ISDIR(mode.st_mode) or mode.st_uid != 0 or mode.st_mode & 0o077:
             continue
         socket = pod_dir / "volumes" / CONTROL_VOLUME / Path(CONTROL_SOCKET).name
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(socket.lstat().st_mode):
-                found.append(socket)
+        if _is_socket(socket):
+            found.append(socket)
     return sorted(found)
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.lstat().st_mode)
+    except OSError:
+        return False
 
 
 class PodError(RuntimeError):

@@ -48,15 +48,25 @@ def _alive(record: dict[str, object]) -> bool:
     return True
 
 
-def register(pod: str, netns_name: str) -> None:
+def register(pod: str, netns_name: str, control: Path | None = None) -> None:
+    """`control`: the control socket of its agent (a gateway's, which has no pod directory
+    for `intercept approvals` to find it in)."""
+    record = {"pid": os.getpid(), "netns": netns_name}
     with _locked():
-        _record(pod).write_text(json.dumps({"pid": os.getpid(), "netns": netns_name}))
+        _record(pod).write_text(json.dumps(record | ({"control": str(control)} if control else {})))
 
 
 def release(pod: str) -> None:
     """Forget `pod`."""
     with _locked():
         _record(pod).unlink(missing_ok=True)
+
+
+def control_sockets() -> list[Path]:
+    """The control sockets the runtimes alive now recorded."""
+    with _locked():
+        records = [_read(p) for p in STATE_DIR.glob("*.json")]
+    return [Path(str(r["control"])) for r in records if r.get("control") and _alive(r)]
 
 
 def stale() -> list[dict[str, object]]:
