@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -628,3 +629,76 @@ def test_intercept_gateway_asks_for_approvals_and_sends_credentials_from_its_env
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     assert "not-yours" not in stderr
+
+
+def test_a_websocket_and_a_20_second_stream_through_tunnels(interceptor):
+    """A WebSocket to an unrestricted host is a two-way channel through its tunnel; an upgrade
+    to a read-only host is refused inside it, a denied host gets no tunnel; a response that
+    streams for 20 seconds arrives whole, event by event."""
+    script = Path(__file__).with_name("ws_client.py")
+    hosts = ["api.anthropic.com", "pypi.org", "unknown.example"]
+    argv = [sys.executable, str(script), str(interceptor.ca_cert), "--proxy", PROXY, *hosts]
+    result = run(interceptor, argv)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "api.anthropic.com": "echo:hello", "pypi.org": 403, "unknown.example": "tunnel:403"
+    }  # fmt: skip
+    started = time.monotonic()
+    status, body, err = curl(interceptor, "https://api.anthropic.com/stream/20", "-N")
+    assert status == 200, err
+    assert time.monotonic() - started >= 19
+    events = [json.loads(line[6:]) for line in body.splitlines() if line.startswith("data: ")]
+    assert [e["event"] for e in events] == list(range(1, 21))
+
+
+def test_pip_through_the_gateway(interceptor, lab):
+    """pip configured as in a pod (the proxy and trust variables): an allowed index is reached
+    through its tunnel; a denied one gets the gateway's refusal."""
+    env = [
+        "env", f"HTTPS_PROXY={PROXY}", f"PIP_CERT={interceptor.ca_cert}",
+        f"REQUESTS_CA_BUNDLE={interceptor.ca_cert}", "PIP_FIND_LINKS=",
+    ]  # fmt: skip
+    pip = [*env, sys.executable, "-m", "pip", "--no-cache-dir", "download", "-v", "--no-deps",
+           "--retries", "0", "--timeout", "10", "--dest", "/tmp"]  # fmt: skip
+    allowed = run(interceptor, [*pip, "--index-url", "https://pypi.org/simple/", "gatewaypkg"])
+    # The lab serves no package index: pip finds nothing there, having asked.
+    assert "No matching distribution found for gatewaypkg" in allowed.stderr, allowed.stderr
+    assert "certificate" not in allowed.stdout + allowed.stderr
+    lab.wait_for_receipts(lambda r: r["host"] == "pypi.org" and r["path"] == "/simple/gatewaypkg/")
+
+    def refused(d: dict) -> bool:
+        return d["host"] == "unknown.example:443"
+
+    before = len([d for d in read_decisions(interceptor.decision_log) if refused(d)])
+    denied = run(
+        interceptor, [*pip, "--index-url", "https://unknown.example/simple/", "gatewaypkg"]
+    )
+    assert "No matching distribution found for gatewaypkg" in denied.stderr, denied.stderr
+    # pip says no more of a refused tunnel; the gateway's log does.
+    connect = interceptor.decisions(refused, before + 1)[-1]
+    assert (connect["method"], connect["rule"]) == ("CONNECT", "default_deny")
+    assert not [
+        r
+        for r in lab.receipts()
+        if r["host"] == "unknown.example" and "gatewaypkg" in (r["path"] or "")
+    ]
+
+
+def test_python_requests_with_the_proxy_variables(interceptor):
+    script = textwrap.dedent("""
+        import requests
+        print(requests.get("https://pypi.org/requests").status_code)
+        answer = requests.post("https://pypi.org/requests", data=b"x")
+        print(answer.status_code, answer.json()["error"]["rule"])
+        try:
+            requests.get("https://unknown.example/requests")
+        except requests.exceptions.ProxyError as e:
+            print("refused" if "403" in str(e) else e)
+    """)
+    env = [
+        "env",
+        f"HTTPS_PROXY={PROXY}",
+        f"REQUESTS_CA_BUNDLE={interceptor.ca_cert}",
+    ]
+    out = run(interceptor, [*env, sys.executable, "-c", script])
+    assert out.stdout.split("\n")[:3] == ["200", "403 method_not_allowed", "refused"], out.stderr

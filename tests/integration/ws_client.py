@@ -1,5 +1,6 @@
-"""Run inside the client namespace: open a WebSocket through Envoy's TLS listener to each host
-named on the command line; print {host: echoed text, or the HTTP status of the refusal}."""
+"""Run inside the client namespace: open a WebSocket through Envoy's TLS listener (or through
+the gateway, `--proxy URL`, as a proxy's client) to each host named on the command line; print
+{host: echoed text, or the HTTP status of the refusal}."""
 
 import asyncio
 import json
@@ -30,20 +31,25 @@ class ToEnvoy(AbstractResolver):
         pass
 
 
-async def main(ca_file, hosts):
+async def main(ca_file, hosts, proxy=None):
     context = ssl.create_default_context(cafile=ca_file)
     results = {}
-    connector = aiohttp.TCPConnector(resolver=ToEnvoy(), ssl=context)
+    connector = aiohttp.TCPConnector(resolver=None if proxy else ToEnvoy(), ssl=context)
     async with aiohttp.ClientSession(connector=connector) as session:
         for host in hosts:
             try:
-                async with session.ws_connect(f"wss://{host}/ws") as ws:
+                async with session.ws_connect(f"wss://{host}/ws", proxy=proxy) as ws:
                     await ws.send_str("hello")
                     message = await ws.receive(timeout=5)
                     results[host] = f"echo:{message.data}"
             except aiohttp.WSServerHandshakeError as e:
                 results[host] = e.status
+            except aiohttp.ClientHttpProxyError as e:  # the gateway refused the tunnel
+                results[host] = f"tunnel:{e.status}"
     print(json.dumps(results))
 
 
-asyncio.run(main(sys.argv[1], sys.argv[2:]))
+if sys.argv[2] == "--proxy":
+    asyncio.run(main(sys.argv[1], sys.argv[4:], proxy=sys.argv[3]))
+else:
+    asyncio.run(main(sys.argv[1], sys.argv[2:]))
