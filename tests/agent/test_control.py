@@ -17,9 +17,10 @@ import pytest
 
 from intercept_proxy.agent import control
 from intercept_proxy.authz.approvals import Approvals
+from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.policy.approvals import Grant
 from intercept_proxy.policy.engine import Decision
-from intercept_proxy.runtime import pod
+from intercept_proxy.runtime import pod, state
 
 
 class Agent:
@@ -163,10 +164,24 @@ def test_only_its_user_and_root_may_connect(agent):
 
 
 def test_this_machines_sandboxes_are_found_only_under_roots_own_directories(monkeypatch):
-    """Anyone may write into /tmp: a socket planted there must not be asked, nor answered."""
+    """Anyone may write into /tmp: a socket planted there must not be asked, nor answered; a
+    gateway's agents are found as the gateway recorded them, made as it makes them."""
     root = Path(tempfile.mkdtemp(prefix="icp-", dir="/tmp"))
     monkeypatch.setattr(pod, "POD_ROOT", root)
+    monkeypatch.setattr(state, "STATE_DIR", root / "state")
     bound = []
+
+    def gateway(name: str, top_owner: int = 0, control_owner: int = AGENT_UID) -> Path:
+        control_dir = root / name / "control"
+        control_dir.mkdir(parents=True, mode=0o700)
+        os.chown(root / name, top_owner, top_owner)
+        os.chown(control_dir, control_owner, control_owner)
+        path = control_dir / "agent.sock"
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(path))
+        bound.append(listening)
+        state.register(name, f"{name}-gw", path)
+        return path
 
     def sandbox(name: str, mode: int, owner: int = 0) -> Path:
         directory = root / name / "volumes" / pod.CONTROL_VOLUME
@@ -185,6 +200,15 @@ def test_this_machines_sandboxes_are_found_only_under_roots_own_directories(monk
         sandbox("intercept-pod-theirs", 0o700, owner=23456)
         (root / "intercept-pod-link").symlink_to(root / "intercept-pod-good")
         assert pod.control_sockets() == [good]
+        recorded = gateway("gw-good")
+        gateway("gw-theirs", top_owner=23456)
+        gateway("gw-control-theirs", control_owner=23456)
+        state.register("gw-missing", "gw-missing-gw", root / "gw-missing" / "control" / "a.sock")
+        gone = gateway("gw-gone")
+        record = root / "state" / "gw-gone.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "pid": 2**22 + 1}))
+        assert pod.control_sockets() == sorted([good, recorded])
+        assert gone not in pod.control_sockets()
     finally:
         for listening in bound:
             listening.close()

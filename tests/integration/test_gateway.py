@@ -599,16 +599,21 @@ def test_intercept_gateway_asks_for_approvals_and_sends_credentials_from_its_env
         assert (
             status == "200" and json.loads(body)["headers"]["x-api-key"] == "sk-gateway-0123456789"
         )
-        [gateway_ns] = [n for n in set(netns.namespaces()) - before if n.endswith("-gw")]
+        made = [n for n in set(netns.namespaces()) - before if n.endswith(("-gw", "-d"))]
+        processes = [pid for name in made for pid in netns.pids(name)]
+        environs = {
+            pid: Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in processes
+        }
         agents = [
             pid
-            for pid in netns.pids(gateway_ns)
+            for pid in processes
             if b" agent " in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         ]
-        assert agents
-        for pid in agents:
-            environ_of = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            assert b"GATEWAY_TEST_KEY=sk-gateway-0123456789" in environ_of
+        # The agent, Envoy, the relay and the dispatcher (the lab, a test's, aside).
+        assert len(agents) == 1 and len(processes) >= 4
+        for pid, environ_of in environs.items():
+            secret = b"GATEWAY_TEST_KEY=sk-gateway-0123456789" in environ_of
+            assert secret == (pid in agents), Path(f"/proc/{pid}/cmdline").read_bytes()
             assert not [v for v in environ_of if v.startswith(b"UNNAMED=")]
         held = subprocess.Popen(
             as_user(WORKLOAD_UID, [

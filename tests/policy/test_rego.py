@@ -192,7 +192,18 @@ def test_a_policy_goes_with_its_modules_beside_it(tmp_path):
         "custom.rego": CUSTOM,
     }
     (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "x.rego").write_text(CUSTOM)
-    path.write_text("rego_modules: [custom.rego, elsewhere/x.rego]\n")
-    with pytest.raises(PolicyError, match=r"p.yaml: rego_modules\[1\]: .*x.rego must sit next"):
-        policy_files(load_policy(path), path.read_text())
+    for name, module in (
+        ("elsewhere/x.rego", CUSTOM),
+        (str(tmp_path / "custom.rego"), CUSTOM),  # beside it, but the agent would read this one
+        ("policy.yaml", CUSTOM),
+        (".hidden.rego", CUSTOM),
+    ):
+        (tmp_path / name).write_text(module)
+        path.write_text(f"rego_modules: [custom.rego, {name!r}]\n")
+        with pytest.raises(PolicyError, match=r"p.yaml: rego_modules\[1\]: .*by its file name"):
+            policy_files(load_policy(path), path.read_text())
+    path.write_text("rego_modules: [./custom.rego]\n")
+    assert set(policy_files(load_policy(path), path.read_text())) == {
+        POLICY_FILE_NAME,
+        "custom.rego",
+    }

@@ -259,7 +259,9 @@ def test_the_gateway_refuses_a_tunnel_to_a_host_the_policy_denies_whatever_is_as
     assert named["routes"][1:] == others
 
 
-@pytest.mark.parametrize("why", ["the agent judges", "a person may approve", "not one denial"])
+@pytest.mark.parametrize(
+    "why", ["the agent judges", "a person may approve", "not one denial", "a body decides"]
+)
 def test_the_gateway_opens_every_tunnel_when_the_host_alone_does_not_decide(why):
     """The agent judging everything (custom Rego, a pod's own policy), approvals that may
     allow any host, a catch-all that does not deny every request alike: the request inside
@@ -268,6 +270,11 @@ def test_the_gateway_opens_every_tunnel_when_the_host_alone_does_not_decide(why)
         [*_, config] = resources.route_configurations(REVISION, gateway=True)
     elif why == "a person may approve":
         config = _gateway_routes(hold_s=30, held_hosts=("new.example",))
+    elif why == "a body decides":
+        deny = Outcome(False, "d", ": no")
+        # Every route denies, but a read that sends a body goes to the agent (the gate).
+        reads = (Route(("GET",), deny, bodyless=True), Route(("POST",), deny))
+        config = gateway.gateway_routes(NativePolicy(True, (VirtualHost("*", reads),)), ())
     else:
         reads = Route(("GET",), Outcome(True, "r", ": reads"))
         writes = Route(("POST",), Outcome(False, "w", ": no writes"))

@@ -63,12 +63,12 @@ class Interceptor:
         **agent: Any,
     ) -> None:
         """`core`: both pinned to that CPU; `agent_env`: the agent's environment (its secrets'
-        variables), else ours; `decision_log`: a file of the caller's that Envoy's output of
-        decisions is appended to (else one of this directory, which Envoy writes); `ca`: the CA
-        the agent signs with (else one it makes); `modules`: the custom modules the policy
-        names, by file name; `control`: the agent serves pending approvals on `control_socket`
-        (else it holds none); `agent`: more
-        of the agent's settings (by default, its upstreams may be in the lab's ranges)."""
+        variables; Envoy's is then PATH alone), else ours; `decision_log`: a file of the
+        caller's that Envoy's output of decisions is appended to (else one of this directory,
+        which Envoy writes); `ca`: the CA the agent signs with (else one it makes); `modules`:
+        the custom modules the policy names, by file name; `control`: the agent serves pending
+        approvals on `control_socket` (else it holds none); `agent`: more of the agent's
+        settings (by default, its upstreams may be in the lab's ranges)."""
         self.ns = ns
         # Named after the namespace: a stale one's clean-up finds it (runtime/pod.py).
         self.dir = Path(tempfile.mkdtemp(prefix=f"intercept-sidecars-{ns}-", dir="/tmp"))
@@ -179,7 +179,9 @@ class Interceptor:
         self.agent = self._spawn("agent", AGENT_UID, self._agent_argv, self._agent_env)
 
     def start_envoy(self) -> None:
-        self.envoy = self._spawn("envoy", ENVOY_UID, self._envoy_argv, stdout=self._envoy_stdout)
+        # Where the caller chose the agent's environment, Envoy gets none of the caller's.
+        env = None if self._agent_env is None else {"PATH": os.environ.get("PATH", os.defpath)}
+        self.envoy = self._spawn("envoy", ENVOY_UID, self._envoy_argv, env, self._envoy_stdout)
 
     def start(self, judged_by: str = "envoy") -> Interceptor:
         self.start_agent()

@@ -432,15 +432,20 @@ POLICY_FILE_NAME = "policy.yaml"
 def policy_files(policy: Policy, text: str) -> dict[str, str]:
     """The files `policy` (parsed from `text`, the file `policy.source`) is made of, by the
     name each has where an agent reads them side by side: its own and its custom modules'.
-    PolicyError for a module that is not beside the policy file (only its name goes along)."""
+    PolicyError for a module not named by its file name alone (beside the policy file: an
+    agent reading the copies reads what the policy names), or by a name of the agent's own."""
     files = {POLICY_FILE_NAME: text}
-    for i, module in enumerate(policy.rego_modules):
-        path = Path(module.path)
-        if path.parent != Path(policy.source).parent:
+    written = (_load_yaml(text, policy.source) or {}).get("rego_modules") or []
+    for i, (entry, module) in enumerate(zip(written, policy.rego_modules, strict=True)):
+        name = Path(str(entry)).name
+        if Path(str(entry)).parent != Path() or name == POLICY_FILE_NAME or name[0] == ".":
             raise PolicyError(
-                policy.source, f"rego_modules[{i}]", f"{path} must sit next to the policy file"
+                policy.source,
+                f"rego_modules[{i}]",
+                f"{entry!r}: name a module beside the policy file by its file name alone "
+                f"(not {POLICY_FILE_NAME}, not hidden)",
             )
-        files[path.name] = module.text
+        files[name] = module.text
     return files
 
 

@@ -29,7 +29,7 @@ from intercept_proxy.lab import LabError, LabSpecError
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netns import NetnsError
 from intercept_proxy.pki.ca import CertificateAuthority
-from intercept_proxy.policy.model import POLICY_FILE_NAME, PolicyError, load_policy, policy_files
+from intercept_proxy.policy.model import POLICY_FILE_NAME, PolicyError, parse_policy, policy_files
 from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import as_user
 from intercept_proxy.runtime.credentials import operator_secrets
@@ -126,7 +126,8 @@ def policies(
             raise GatewayError(f"--client {text}: {e}") from None
         if owner.setdefault(network, name) != name:
             raise GatewayError(f"--client {text}: {network} is {owner[network]}'s already")
-        ranges.setdefault(name, []).append(str(network))
+        if str(network) not in ranges.setdefault(name, []):
+            ranges[name].append(str(network))
     paths: dict[str, Path] = {}
     for text in policy_for:
         name, value = _pair("--policy-for", text)
@@ -191,8 +192,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def _policy_files(path: Path, environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """The policy file's text and its custom modules' (`policy_files`), and the variables of
     `environ` its credentials and AWS signings name, once it loads: its errors named."""
-    policy = load_policy(path)
-    return policy_files(policy, path.read_text()), operator_secrets(policy, environ)
+    try:
+        text = path.read_text()
+    except (OSError, ValueError) as e:
+        raise PolicyError(str(path), None, f"cannot read the policy: {e}") from None
+    policy = parse_policy(text, str(path), path.parent)  # what is checked is what is sent
+    return policy_files(policy, text), operator_secrets(policy, environ)
 
 
 @contextlib.contextmanager
@@ -207,6 +212,7 @@ def _relay(
         netns.exec_argv(netns_name, argv),
         pass_fds=fds,
         cwd="/",
+        env={"PATH": os.environ.get("PATH", os.defpath)},  # nothing of the operator's
         start_new_session=True,
     )
     try:
@@ -308,6 +314,8 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
             )
             made.callback(icp.close)
             state.register(name, f"{name}-gw", icp.control_socket)
+            # Forgotten before its directory goes: no one finds a socket there meanwhile.
+            made.callback(state.register, name, f"{name}-gw")
             # Ready once Envoy has the policy: compiled into its routes, unless the agent judges
             # (custom modules are Rego only the agent runs).
             pairs.append(icp.start(judged_by="agent" if modules else "envoy"))
@@ -324,8 +332,11 @@ def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Ev
                 relay = ["relay", str(ports.ENVOY_GATEWAY), str(theirs.fileno())]
                 relays.append(made.enter_context(_relay(f"{name}-gw", relay, [theirs])))
         dispatch = dispatch_args(sockets, list(zip(served, channels, strict=True)))
-        # In a namespace of the gateway's (it needs no network): it goes with them.
-        relays.append(made.enter_context(_relay(f"{prefix}0-gw", dispatch, [*sockets, *channels])))
+        # In an empty namespace of its own (it needs no network, and reaches no sidecar's
+        # port), named after the gateway: it goes with it.
+        netns.create(f"{prefix}-d")
+        made.callback(netns.delete, f"{prefix}-d")
+        relays.append(made.enter_context(_relay(f"{prefix}-d", dispatch, [*sockets, *channels])))
         for channel in channels:  # the dispatcher's alone: its end closes with it
             channel.close()
         if stop.is_set():

@@ -30,6 +30,7 @@ from typing import IO, Any, TextIO, TypeVar
 
 from intercept_proxy import netns, resolvconf
 from intercept_proxy.agent.control import CONTROL_SOCKET
+from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.injector.pod import CONTROL_VOLUME
 from intercept_proxy.runtime import admission, rootfs, state
 from intercept_proxy.runtime.containers import (
@@ -61,7 +62,7 @@ def control_sockets() -> list[Path]:
     """The control sockets of the agents of this machine's local pods and gateways (intercept
     approvals): a pod's only under a pod directory of root's alone, since anyone may write into
     POD_ROOT; a gateway's as it recorded them (runtime/state.py, root's alone)."""
-    found = [path for path in state.control_sockets() if _is_socket(path)]
+    found = [path for path in state.control_sockets() if _made_by_a_gateway(path)]
     for pod_dir in POD_ROOT.glob("intercept-pod-*"):
         mode = pod_dir.lstat()
         if not stat.S_ISDIR(mode.st_mode) or mode.st_uid != 0 or mode.st_mode & 0o077:
@@ -70,6 +71,22 @@ def control_sockets() -> list[Path]:
         if _is_socket(socket):
             found.append(socket)
     return sorted(found)
+
+
+def _made_by_a_gateway(path: Path) -> bool:
+    """A socket as a gateway makes it (lab/interceptor.py): in a directory of its agent's
+    alone, inside one of root's that no one else may write. Whatever else stands at a recorded
+    path now (its gateway stopping, someone's directory of the same name) is not asked."""
+    try:
+        top, control, sock = (p.lstat() for p in (path.parent.parent, path.parent, path))
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(top.st_mode) and top.st_uid == 0 and not top.st_mode & 0o022
+        and stat.S_ISDIR(control.st_mode) and control.st_uid == AGENT_UID
+        and not control.st_mode & 0o077
+        and stat.S_ISSOCK(sock.st_mode)
+    )  # fmt: skip
 
 
 def _is_socket(path: Path) -> bool:

@@ -125,6 +125,8 @@ def unnamed_hosts(
     if policy is None or held_hosts:
         return None
     routes = [r for h in policy.hosts if h.domain == "*" for r in h.routes]
+    if any(r.bodyless for r in routes):  # a body could change the decision
+        return None
     patterns = tuple(dict.fromkeys(r.authority for r in routes if r.authority is not None))
     rest = {r.outcome for r in routes if r.authority is None}
     if len(rest) != 1:
