@@ -7,6 +7,7 @@ with the command line the injector writes (`agent_command`), Envoy through `inte
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -118,8 +119,9 @@ class Interceptor:
     ) -> None:
         self.dir.chmod(0o755)
         # Its own directory: the custom modules beside it are named by the policy's author.
+        # A link to the directory of the version in force (`write_policy`).
         self.policy_path = self.dir / "policy" / POLICY_FILE_NAME
-        self.policy_path.parent.mkdir()
+        self._versions = itertools.count()
         self.upstream_ca = self.dir / "upstream-ca.pem"
         self.ca_dir = self.dir / "ca"
         self.ca_cert = self.ca_dir / "ca.pem"
@@ -136,11 +138,22 @@ class Interceptor:
             os.chown(self.decision_log, ENVOY_UID, ENVOY_UID)
 
     def write_policy(self, text: str, modules: Mapping[str, str] | None = None) -> None:
-        """The policy, with the custom `modules` it names beside it (by file name), written
-        first: the agent never reads a policy whose modules are not there yet."""
-        for name, module in (modules or {}).items():
-            self._replace(self.policy_path.with_name(name), module.encode())
-        self._replace(self.policy_path, text.encode())
+        """The policy, with the custom `modules` it names beside it (by file name), replaced
+        all at once, as Kubernetes swaps a ConfigMap's files: written into a directory of their
+        own, which the link `policy` then names. The version before stays (an agent may be
+        reading it); older ones go."""
+        version = self.dir / f".policy-{next(self._versions)}"
+        version.mkdir(mode=0o755)
+        for name, data in {**(modules or {}), POLICY_FILE_NAME: text}.items():
+            (version / name).write_text(data)
+        link = self.dir / ".policy-link"
+        link.unlink(missing_ok=True)
+        link.symlink_to(version.name)
+        previous = self.policy_path.parent.resolve() if self.policy_path.parent.exists() else None
+        link.replace(self.policy_path.parent)
+        for old in self.dir.glob(".policy-*"):
+            if old.is_dir() and not old.is_symlink() and old not in (version, previous):
+                shutil.rmtree(old)
 
     def set_upstream_ca(self, pem: bytes) -> None:
         self._replace(self.upstream_ca, pem)

@@ -253,7 +253,14 @@ class _Followed:
         """The policy file and its modules given to the agent again when they changed and
         load; else the policy in force stays (and the problem is said once)."""
         try:
-            new, _ = _policy_files(self.path, self.environ)
+            new, needed = _policy_files(self.path, os.environ)
+            if missing := sorted(needed.keys() - self.environ.keys()):
+                raise PolicyError(
+                    str(self.path),
+                    None,
+                    f"it names {missing[0]}, which its agent got no value of when the gateway "
+                    "started (restart the gateway)",
+                )
         except (PolicyError, OSError, ValueError) as e:
             if str(e) != self.problem:
                 self.problem = str(e)
