@@ -264,12 +264,12 @@ def test_the_gateway_refuses_a_tunnel_to_a_host_the_policy_denies_whatever_is_as
 )
 def test_the_gateway_opens_every_tunnel_when_the_host_alone_does_not_decide(why):
     """The agent judging everything (custom Rego, a pod's own policy), approvals that may
-    allow any host, a catch-all that does not deny every request alike: the request inside
+    allow any host (`*`), a catch-all that does not deny every request alike: the request inside
     decides."""
     if why == "the agent judges":
         [*_, config] = resources.route_configurations(REVISION, gateway=True)
     elif why == "a person may approve":
-        config = _gateway_routes(hold_s=30, held_hosts=("new.example",))
+        config = _gateway_routes(hold_s=30, held_hosts=("*",))
     elif why == "a body decides":
         deny = Outcome(False, "d", ": no")
         # Every route denies, but a read that sends a body goes to the agent (the gate).
@@ -283,3 +283,14 @@ def test_the_gateway_opens_every_tunnel_when_the_host_alone_does_not_decide(why)
     [host] = config["virtual_hosts"]
     assert host["domains"] == ["*"] and host["routes"][0]["route"]["cluster"] == gateway.TUNNELED
     assert len(resources.route_configurations(REVISION)) == 2  # no gateway: no routes of its
+
+
+def test_the_hosts_approvals_name_get_their_tunnels_the_others_none():
+    """A person may allow the hosts the approvals name (virtual hosts of their own): their
+    tunnels open; a host no entry names still gets no tunnel."""
+    policy = parse_policy("allowed_domains: [pypi.org]\napprovals: {hosts: [new.example]}\n")
+    native = compile_policy(policy, RegorusEngine(policy), tls=True)
+    config = gateway.gateway_routes(native, ("new.example",), policy.revision)
+    named, unnamed = config["virtual_hosts"]
+    assert {"new.example", "pypi.org"} <= set(named["domains"])
+    assert unnamed["routes"][0]["direct_response"]["status"] == 403

@@ -120,9 +120,10 @@ def unnamed_hosts(
     """What the policy does with the hosts it has no virtual host of its own for, if the host
     alone decides it: the patterns (RE2, of an authority) of those it may allow some requests
     to (regional AWS endpoints), and its denial of every request to any other. None when a
-    request could change it (the agent judges: custom Rego, a pod's own policy, a person's
-    approval)."""
-    if policy is None or held_hosts:
+    request could change it (the agent judges: custom Rego, a pod's own policy; a person may
+    approve any host). The hosts approvals name are virtual hosts of their own (classes of
+    the compiled policy): their tunnels open."""
+    if policy is None or "*" in held_hosts:
         return None
     routes = [r for h in policy.hosts if h.domain == "*" for r in h.routes]
     if any(r.bodyless for r in routes):  # a body could change the decision
