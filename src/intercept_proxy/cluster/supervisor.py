@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from intercept_proxy import signals
 from intercept_proxy.cluster import components, kyverno
 from intercept_proxy.cluster.client import ApiError, Credentials, KubeClient
 from intercept_proxy.cluster.kubeconfig import kubeconfig, write_kubeconfig
@@ -323,25 +324,24 @@ def main(argv: list[str]) -> int:
     files["pid"].write_text(f"{os.getpid()}\n")
     supervisor = Supervisor(config)
 
-    def on_signal(signum: int, frame: object) -> None:
+    def said(signum: int) -> None:
         log.info("signal %d: stopping", signum)
-        supervisor.stopping.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
     status = 0
-    try:
-        supervisor.start()
-        write_json(files["ready"], {"timings": supervisor.timings})
-        log.info("ready: %s", supervisor.timings)
-        supervisor.watch()
-    except Exception as e:
-        log.exception("the cluster did not start")
-        write_json(files["failed"], {"error": str(e), "timings": supervisor.timings})
-        status = 1
-    finally:
-        supervisor.stop()
-        log.info("stopped")
+    stopping = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    with signals.setting(supervisor.stopping, stopping, said):
+        try:
+            supervisor.start()
+            write_json(files["ready"], {"timings": supervisor.timings})
+            log.info("ready: %s", supervisor.timings)
+            supervisor.watch()
+        except Exception as e:
+            log.exception("the cluster did not start")
+            write_json(files["failed"], {"error": str(e), "timings": supervisor.timings})
+            status = 1
+        finally:
+            supervisor.stop()
+            log.info("stopped")
     return status
 
 

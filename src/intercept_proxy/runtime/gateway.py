@@ -24,7 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from intercept_proxy import netns, ports
+from intercept_proxy import netns, ports, signals
 from intercept_proxy.lab import LabError, LabSpecError
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netns import NetnsError
@@ -369,16 +369,16 @@ def _gateway(args: argparse.Namespace) -> int:
         print("intercept gateway: needs root (network namespaces, users)", file=sys.stderr)
         return USAGE_ERROR
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        _serve(args, ranges, stop)
-        return 0
-    except (GatewayError, PolicyError, LabSpecError) as e:
-        print(f"intercept gateway: {e}", file=sys.stderr)
-        return USAGE_ERROR
-    except (
-        LabError, NetworkError, NetnsError, InterceptorError, subprocess.CalledProcessError, OSError
-    ) as e:  # fmt: skip
-        print(f"intercept gateway: {e}", file=sys.stderr)
-        return 1
+    with signals.setting(stop, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)):
+        try:
+            _serve(args, ranges, stop)
+            return 0
+        except (GatewayError, PolicyError, LabSpecError) as e:
+            print(f"intercept gateway: {e}", file=sys.stderr)
+            return USAGE_ERROR
+        except (
+            LabError, NetworkError, NetnsError, InterceptorError, subprocess.CalledProcessError,
+            OSError,
+        ) as e:  # fmt: skip
+            print(f"intercept gateway: {e}", file=sys.stderr)
+            return 1

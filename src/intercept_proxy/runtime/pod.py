@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO, TypeVar
 
-from intercept_proxy import netns, resolvconf
+from intercept_proxy import netns, resolvconf, signals
 from intercept_proxy.agent.control import CONTROL_SOCKET
 from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.injector.pod import CONTROL_VOLUME
@@ -71,6 +71,10 @@ def control_sockets() -> list[Path]:
         if _is_socket(socket):
             found.append(socket)
     return sorted(found)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A signal the workload's alone (its terminal's Ctrl-C)."""
 
 
 def _made_by_a_gateway(path: Path) -> bool:
@@ -451,35 +455,33 @@ class LocalPod:
 
     def run(self) -> int:
         """Run to completion; the exit status of the first app container."""
-        previous = self._handle_signals()
-        try:
-            self._setup()
-            for container in self.spec.get("initContainers") or []:
-                if self._stopping.is_set():
-                    raise PodError("stopped")
-                if container.get("restartPolicy") == "Always":
-                    process = self._start(container)
-                    with self._lock:
-                        self._sidecars.append(_Running(container["name"], process, container))
-                    self._wait_started(container, process)
-                else:
-                    status = self._start(container).wait()
-                    if status != 0:
-                        raise PodError(f"init container {container['name']!r} exited {status}")
-            threading.Thread(target=self._watch_sidecars, daemon=True).start()
-            apps = {c["name"]: self._start(c) for c in self.spec.get("containers") or []}
-            self._apps = apps
-            self.started.set()
-            relay = self._terminal.relaying() if self._terminal else contextlib.nullcontext()
-            with relay:
-                statuses = [self._wait(p) for p in apps.values()]
-            for copy in self._copies:
-                copy.join(5)  # its last output
-            return statuses[0] if statuses else 0
-        finally:
-            self._teardown()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with self._signals():
+            try:
+                self._setup()
+                for container in self.spec.get("initContainers") or []:
+                    if self._stopping.is_set():
+                        raise PodError("stopped")
+                    if container.get("restartPolicy") == "Always":
+                        process = self._start(container)
+                        with self._lock:
+                            self._sidecars.append(_Running(container["name"], process, container))
+                        self._wait_started(container, process)
+                    else:
+                        status = self._start(container).wait()
+                        if status != 0:
+                            raise PodError(f"init container {container['name']!r} exited {status}")
+                threading.Thread(target=self._watch_sidecars, daemon=True).start()
+                apps = {c["name"]: self._start(c) for c in self.spec.get("containers") or []}
+                self._apps = apps
+                self.started.set()
+                relay = self._terminal.relaying() if self._terminal else contextlib.nullcontext()
+                with relay:
+                    statuses = [self._wait(p) for p in apps.values()]
+                for copy in self._copies:
+                    copy.join(5)  # its last output
+                return statuses[0] if statuses else 0
+            finally:
+                self._teardown()
 
     def _wait(self, process: subprocess.Popen[bytes]) -> int:
         while True:
@@ -491,19 +493,18 @@ class LocalPod:
                 continue
             return 128 - status if status < 0 else status
 
-    def _handle_signals(self) -> dict[int, Any]:
+    def _signals(self) -> contextlib.AbstractContextManager[object]:
         """SIGTERM and SIGHUP stop the pod; so does SIGINT, unless the workload has the
         terminal: then Ctrl-C is the workload's to handle (an interactive shell survives it)."""
         if threading.current_thread() is not threading.main_thread():
-            return {}
+            return contextlib.nullcontext()
         interactive = self.options.attached is not None and sys.stdin.isatty()
-        handlers: dict[int, Any] = {signal.SIGTERM: self._on_signal, signal.SIGHUP: self._on_signal}
-        # A no-op handler, not SIG_IGN: dispositions set to ignore would survive exec.
-        handlers[signal.SIGINT] = (lambda s, f: None) if interactive else self._on_signal
-        return {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
-
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self._stopping.set()
+        handled = contextlib.ExitStack()
+        if interactive:  # a no-op handler, not SIG_IGN: dispositions set to ignore survive exec
+            handled.callback(signal.signal, signal.SIGINT, signal.signal(signal.SIGINT, _ignore))
+        stopping = [signal.SIGTERM, signal.SIGHUP] + ([] if interactive else [signal.SIGINT])
+        handled.enter_context(signals.setting(self._stopping, stopping))
+        return handled
 
     def exec(
         self, container: str, argv: list[str], timeout: float = 60.0

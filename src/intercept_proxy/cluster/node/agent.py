@@ -19,7 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from intercept_proxy import __version__, netns
+from intercept_proxy import __version__, netns, signals
 from intercept_proxy.cluster.client import STRATEGIC_PATCH, ApiError, Credentials, KubeClient
 from intercept_proxy.cluster.layout import Config, pod_prefix
 from intercept_proxy.cluster.node import prepare as prep
@@ -515,12 +515,10 @@ def main(argv: list[str]) -> int:
     config = Config.load(Path(argv[0]))
     agent = NodeAgent(config)
 
-    def on_signal(signum: int, frame: object) -> None:
+    def said(signum: int) -> None:
         log.info("signal %d: stopping the node's pods", signum)
-        agent.stopping.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
-    with contextlib.suppress(KeyboardInterrupt):
+    stopping = (signal.SIGTERM, signal.SIGINT)
+    with contextlib.suppress(KeyboardInterrupt), signals.setting(agent.stopping, stopping, said):
         agent.run()
     return 0
