@@ -118,8 +118,8 @@ class Interceptor:
         ca: CertificateAuthority | None,
     ) -> None:
         self.dir.chmod(0o755)
-        # Its own directory: the custom modules beside it are named by the policy's author.
-        # A link to the directory of the version in force (`write_policy`).
+        # A link to a directory of the version in force (`write_policy`): the policy's own
+        # files, the custom modules beside it named by the policy's author.
         self.policy_path = self.dir / "policy" / POLICY_FILE_NAME
         self._versions = itertools.count()
         self.upstream_ca = self.dir / "upstream-ca.pem"

@@ -29,7 +29,13 @@ from intercept_proxy.lab import LabError, LabSpecError
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netns import NetnsError
 from intercept_proxy.pki.ca import CertificateAuthority
-from intercept_proxy.policy.model import POLICY_FILE_NAME, PolicyError, parse_policy, policy_files
+from intercept_proxy.policy.model import (
+    POLICY_FILE_NAME,
+    PolicyError,
+    module_paths,
+    parse_policy,
+    policy_files,
+)
 from intercept_proxy.runtime import state
 from intercept_proxy.runtime.containers import as_user
 from intercept_proxy.runtime.credentials import operator_secrets
@@ -41,6 +47,7 @@ from intercept_proxy.runtime.network import (
     uplink,
 )
 from intercept_proxy.runtime.pod import cleanup_stale
+from intercept_proxy.watch import Signature, signature
 from intercept_proxy.xds.resources import cidr
 
 DEFAULT_LISTEN = (f"127.0.0.1:{ports.ENVOY_GATEWAY}", f"[::1]:{ports.ENVOY_GATEWAY}")
@@ -248,10 +255,16 @@ class _Followed:
     # The agent's environment: the variables the policy names, given when it starts.
     environ: dict[str, str]
     problem: str = ""
+    seen: Signature = ()
 
     def reload(self, icp: Interceptor) -> None:
         """The policy file and its modules given to the agent again when they changed and
-        load; else the policy in force stays (and the problem is said once)."""
+        load; else the policy in force stays (and the problem is said once). Read and checked
+        only when one of the files changed (their stat: watch.py, as the agent does)."""
+        seen = signature([self.path, *module_paths(self.path)])
+        if seen == self.seen:
+            return
+        self.seen = seen
         try:
             new, needed = _policy_files(self.path, os.environ)
             if missing := sorted(needed.keys() - self.environ.keys()):
