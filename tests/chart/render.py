@@ -68,6 +68,27 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
             "helmTest": {"enabled": False},
         },
     ),
+    "gateway": (
+        "egress",
+        {
+            "gateway": {
+                "enabled": True,
+                "namespace": "proxies",
+                "uid": 20001,
+                "replicas": 3,
+                "autoscaling": {"enabled": False},
+                "podDisruptionBudget": {"minAvailable": 2},
+                "topologySpread": False,
+                "clients": {
+                    "namespaceSelector": {"matchLabels": {"egress": "gateway"}},
+                    "proxyEnv": True,
+                    "noProxy": [".svc", "10.96.0.0/12"],
+                },
+            },
+            "upstream": {"privateRanges": ["10.20.0.0/16"]},
+            "policy": {"default": {"allowed_domains": ["pypi.org"]}},
+        },
+    ),
     "telepresence": (
         "intercept-proxy",
         yaml.safe_load((CHART_DIR / "examples" / "telepresence-values.yaml").read_text()),

@@ -29,7 +29,7 @@ from tests.golden import assert_golden_text
 
 SCHEMA = json.loads((render.CHART_DIR / "values.schema.json").read_text())
 CHART_VALUES = yaml.safe_load((render.CHART_DIR / "values.yaml").read_text())
-GENERATED_CA = re.compile(r"^(  tls\.(crt|key)): \S+$", re.MULTILINE)
+GENERATED_CA = re.compile(r"^( +(tls\.(crt|key)|ca\.crt|checksum/ca)): .+$", re.MULTILINE)
 
 
 def settings(case: str) -> Any:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from intercept_proxy.injector import gateway
+from intercept_proxy.injector.pod import TRUST_VARIABLES
 from intercept_proxy.injector.values import settings_from_values
 from intercept_proxy.injector.workloads import inject_object
 from tests.chart import render
@@ -102,8 +104,12 @@ def namespace_labels(case: str) -> dict[str, str]:
         "kubernetes.io/metadata.name": NAMESPACE,
         "intercept-proxy/pod-security": "restricted",
     }
-    for part in ("injection", "clone"):
-        labels |= values[part]["namespaceSelector"].get("matchLabels", {})
+    for selector in (
+        values["injection"]["namespaceSelector"],
+        values["clone"]["namespaceSelector"],
+        values["gateway"]["clients"]["namespaceSelector"],
+    ):
+        labels |= selector.get("matchLabels", {})
     return labels
 
 
@@ -140,9 +146,106 @@ def policy_names(case: str) -> dict[str, str]:
     for obj in render.objects(case):
         if obj["kind"] == "ClusterPolicy":
             name = obj["metadata"]["name"].removeprefix(f"{release}-")
-            base = name.rpartition("-")[0] if name.startswith(("clone-", "egress-")) else name
+            digested = name.startswith(("clone-", "egress-", "gateway-clients-"))
+            base = name.rpartition("-")[0] if digested else name
             out[base] = obj["metadata"]["name"]
     return out
+
+
+def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> None:
+    """The gateway's clients' side, written from the values: the CA's clone and the
+    NetworkPolicy in a client namespace, and a labelled pod's variables and mount."""
+    values = render.values(case)["gateway"]
+    release = render.release(case)
+    (source,) = [
+        o
+        for o in render.objects(case)
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == gateway.CLIENT_CA_CONFIG_MAP
+    ]
+    clone = copy.deepcopy(source)
+    clone["metadata"]["namespace"] = NAMESPACE
+    clone["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "kyverno"
+    files |= {"gateway-ca-source.yaml": [source], "gateway-ca-clone.yaml": [clone]}
+    expect("gateway-clients", "clone-egress-proxy-ca", "Namespace", NAMESPACE, "pass",
+           cloneSourceResource="gateway-ca-source.yaml",
+           generatedResource="gateway-ca-clone.yaml")  # fmt: skip
+    dns = render.values(case)["networkPolicy"]["dns"]
+    to_gateway = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": values["namespace"]}},
+        "podSelector": {
+            "matchLabels": {
+                "app.kubernetes.io/name": gateway.NAME,
+                "app.kubernetes.io/instance": release,
+            }
+        },
+    }
+    files["gateway-clients.yaml"] = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {
+                "name": f"{gateway.NAME}-clients",
+                "namespace": NAMESPACE,
+                "labels": {
+                    "app.kubernetes.io/name": "intercept-proxy",
+                    "app.kubernetes.io/instance": release,
+                },
+            },
+            "spec": {
+                "podSelector": {"matchLabels": {"networking/allow-egress": "true"}},
+                "policyTypes": ["Egress"],
+                "egress": [
+                    {
+                        "to": [{k: dns[k] for k in ("namespaceSelector", "podSelector")}],
+                        "ports": [{"protocol": p, "port": 53} for p in ("UDP", "TCP")],
+                    },
+                    {"to": [to_gateway], "ports": [{"protocol": "TCP", "port": 3128}]},
+                ],
+            },
+        }
+    ]
+    expect("gateway-clients", "egress-proxy-clients", "Namespace", NAMESPACE, "pass",
+           generatedResource="gateway-clients.yaml")  # fmt: skip
+    client = labelled_pod("client")
+    client["metadata"]["labels"] = {"networking/allow-egress": "true"}
+    client["spec"]["containers"][0]["env"] = [
+        {"name": "KEPT", "value": "1"},
+        {"name": "HTTPS_PROXY", "value": "http://elsewhere:8080"},
+    ]
+    proxy = f"http://{gateway.NAME}.{values['namespace']}.svc.cluster.local:3128"
+    patched = copy.deepcopy(client)
+    (container,) = patched["spec"]["containers"]
+    container["env"] = [
+        {"name": "KEPT", "value": "1"},
+        *(
+            {"name": n, "value": proxy}
+            for n in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+        ),
+        *(
+            {"name": n, "value": ",".join(values["clients"]["noProxy"])}
+            for n in ("NO_PROXY", "no_proxy")
+        ),
+        *({"name": n, "value": gateway.CLIENT_TRUST_FILE} for n in TRUST_VARIABLES),
+    ]
+    container["volumeMounts"] = [
+        {
+            "name": gateway.CLIENT_TRUST_VOLUME,
+            "mountPath": gateway.CLIENT_TRUST_DIR,
+            "readOnly": True,
+        }
+    ]
+    patched["spec"]["volumes"] = [
+        {
+            "name": gateway.CLIENT_TRUST_VOLUME,
+            "configMap": {"name": gateway.CLIENT_CA_CONFIG_MAP, "defaultMode": 0o644},
+        }
+    ]
+    files["resources.yaml"].append(client)
+    files["gateway-client.yaml"] = [patched]
+    for rule in ("create-volumes", "egress-proxy-env"):
+        expect("gateway-env", rule, "Pod", "client", "pass")
+    expect("gateway-env", "egress-proxy-ca", "Pod", "client", "pass",
+           patchedResources="gateway-client.yaml")  # fmt: skip
 
 
 def write_suite(case: str, directory: Path) -> int:
@@ -213,8 +316,8 @@ def write_suite(case: str, directory: Path) -> int:
     clones = [
         o
         for o in render.objects(case)
-        if o["kind"] in ("ConfigMap", "Secret")
-        and o["metadata"]["name"].endswith(("-policy", "-ca"))
+        if (o["kind"], o["metadata"]["name"])
+        in (("ConfigMap", settings.policy_config_map), ("Secret", settings.ca_secret))
     ]
     for source in clones:
         kind, name = source["kind"], source["metadata"]["name"]
@@ -232,6 +335,8 @@ def write_suite(case: str, directory: Path) -> int:
         files["egress.yaml"] = [expected_network_policy(case)]
         expect("egress", "egress-guard", "Namespace", NAMESPACE, "pass",
                generatedResource="egress.yaml")  # fmt: skip
+    if "gateway-env" in names:
+        expect_gateway(case, files, expect)
     for file, docs in files.items():
         (directory / file).write_text(yaml.safe_dump_all(docs))
     test = {

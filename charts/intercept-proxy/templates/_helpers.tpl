@@ -111,3 +111,59 @@ what it generates with the name. */}}
 {{- define "intercept-proxy.generatingPolicy" -}}
 {{- printf "%s-%s" .root.Release.Name .base | trunc 54 | trimSuffix "-" }}-{{ .rules | sha256sum | trunc 8 }}
 {{- end }}
+
+{{/* Kyverno foreach entries giving every container and init container of a pod the variables
+`env` (replacing its own of the same names, at the end of its env) and the mount `volumeMount`:
+the list is created when absent, those names are removed (from the last, so that indices hold),
+then the variables and the mount are appended. */}}
+{{- define "intercept-proxy.setEnv" -}}
+{{- $names := list -}}
+{{- range .env }}{{ $names = append $names .name }}{{ end -}}
+{{- $idx := include "intercept-proxy.var" "elementIndex" -}}
+{{- $env := .env -}}
+{{- $mount := .volumeMount -}}
+{{- range $field, $list := dict "containers" "request.object.spec.containers" "initContainers" "request.object.spec.initContainers || `[]`" }}
+- list: {{ $list | quote }}
+  preconditions:
+    all:
+      - key: {{ include "intercept-proxy.var" "element.env || `[]` | length(@)" | quote }}
+        operator: Equals
+        value: 0
+  patchesJson6902: |-
+    - op: add
+      path: /spec/{{ $field }}/{{ $idx }}/env
+      value: []
+- list: {{ $list | quote }}
+  foreach:
+    - list: "element.env || `[]`"
+      order: Descending
+      preconditions:
+        all:
+          - key: {{ include "intercept-proxy.var" "element.name" | quote }}
+            operator: AnyIn
+            value: {{ $names | toJson }}
+      patchesJson6902: |-
+        - op: remove
+          path: /spec/{{ $field }}/{{ include "intercept-proxy.var" "elementIndex0" }}/env/{{ include "intercept-proxy.var" "elementIndex1" }}
+- list: {{ $list | quote }}
+  preconditions:
+    all:
+      - key: {{ include "intercept-proxy.var" "element.volumeMounts || `[]` | length(@)" | quote }}
+        operator: Equals
+        value: 0
+  patchesJson6902: |-
+    - op: add
+      path: /spec/{{ $field }}/{{ $idx }}/volumeMounts
+      value: []
+- list: {{ $list | quote }}
+  patchesJson6902: |-
+    {{- range $env }}
+    - op: add
+      path: /spec/{{ $field }}/{{ $idx }}/env/-
+      value: {{ toJson . }}
+    {{- end }}
+    - op: add
+      path: /spec/{{ $field }}/{{ $idx }}/volumeMounts/-
+      value: {{ toJson $mount }}
+{{- end }}
+{{- end }}

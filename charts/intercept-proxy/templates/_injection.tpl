@@ -675,6 +675,258 @@ Each definition is a JSON document for this release's values.
 ]
 {{- end }}
 
+{{- define "intercept-proxy.injection.gateway" -}}
+{
+  "name": "egress-proxy",
+  "pod": {
+    "automountServiceAccountToken": false,
+    "enableServiceLinks": false,
+    "securityContext": {
+      "runAsNonRoot": true,
+      "runAsUser": {{ .Values.gateway.uid | int | toJson }},
+      "runAsGroup": {{ .Values.gateway.uid | int | toJson }},
+      "seccompProfile": {
+        "type": "RuntimeDefault"
+      }
+    },
+    "containers": [
+      {
+        "name": "intercept-agent",
+        "image": {{ printf "%s:%s" .Values.image.repository .Values.image.tag | toJson }},
+        "imagePullPolicy": {{ .Values.image.pullPolicy | toJson }},
+        "command": [
+          "intercept",
+          "agent",
+          "run",
+          "--policy",
+          "/etc/intercept/policy/policy.yaml",
+          "--ca-cert",
+          "/var/run/intercept/ca/tls.crt",
+          "--ca-key",
+          "/var/run/intercept/ca/tls.key",
+          "--health-address",
+          "0.0.0.0",
+          "--health-address",
+          "::",
+          "--cert-validity-hours",
+          {{ .Values.agent.certValidityHours | float64 | toString | toJson }}
+          {{- range .Values.upstream.privateRanges }},
+          "--upstream-private-range", {{ . | toString | toJson }}
+          {{- end }},
+          "--gateway-port",
+          "3128",
+          "--gateway-address",
+          "0.0.0.0",
+          "--gateway-address",
+          "::"
+        ],
+        "ports": [
+          {
+            "name": "health",
+            "containerPort": 15020,
+            "protocol": "TCP"
+          },
+          {
+            "name": "metrics",
+            "containerPort": 15022,
+            "protocol": "TCP"
+          }
+        ],
+        "resources": {{ .Values.gateway.resources.agent | toJson }},
+        "securityContext": {
+          "runAsUser": {{ .Values.gateway.uid | int | toJson }},
+          "runAsGroup": {{ .Values.gateway.uid | int | toJson }},
+          "runAsNonRoot": true,
+          "allowPrivilegeEscalation": false,
+          "privileged": false,
+          "readOnlyRootFilesystem": true,
+          "capabilities": {
+            "drop": [
+              "ALL"
+            ]
+          },
+          "seccompProfile": {
+            "type": "RuntimeDefault"
+          }
+        },
+        "envFrom": [
+          {
+            "secretRef": {
+              "name": {{ include "intercept-proxy.credentialsSecret" . | toJson }},
+              "optional": true
+            }
+          }
+        ],
+        "startupProbe": {
+          "httpGet": {
+            "path": "/healthz",
+            "port": 15020,
+            "scheme": "HTTP"
+          },
+          "periodSeconds": 1,
+          "timeoutSeconds": 1,
+          "successThreshold": 1,
+          "failureThreshold": 60
+        },
+        "livenessProbe": {
+          "httpGet": {
+            "path": "/healthz",
+            "port": 15020,
+            "scheme": "HTTP"
+          },
+          "periodSeconds": 1,
+          "timeoutSeconds": 1,
+          "successThreshold": 1,
+          "failureThreshold": 10
+        },
+        "volumeMounts": [
+          {
+            "name": "intercept-policy",
+            "mountPath": "/etc/intercept/policy",
+            "readOnly": true
+          },
+          {
+            "name": "intercept-ca",
+            "mountPath": "/var/run/intercept/ca",
+            "readOnly": true
+          },
+          {
+            "name": "intercept-no-token",
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": true
+          }
+        ]
+      },
+      {
+        "name": "envoy",
+        "image": {{ printf "%s:%s" .Values.envoy.image.repository .Values.envoy.image.tag | toJson }},
+        "imagePullPolicy": {{ .Values.image.pullPolicy | toJson }},
+        "command": [
+          "envoy",
+          "--config-yaml",
+          "{\"admin\": {\"address\": {\"socket_address\": {\"address\": \"127.0.0.1\", \"port_value\": 15000}}}, \"bootstrap_extensions\": [{\"name\": \"envoy.bootstrap.internal_listener\", \"typed_config\": {\"@type\": \"type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener\"}}], \"dynamic_resources\": {\"ads_config\": {\"api_type\": \"DELTA_GRPC\", \"grpc_services\": [{\"envoy_grpc\": {\"cluster_name\": \"intercept_xds\"}}], \"set_node_on_first_message_only\": true, \"transport_api_version\": \"V3\"}, \"cds_config\": {\"ads\": {}, \"resource_api_version\": \"V3\"}, \"lds_config\": {\"ads\": {}, \"resource_api_version\": \"V3\"}}, \"layered_runtime\": {\"layers\": [{\"name\": \"regex-limits\", \"static_layer\": {\"re2.max_program_size.error_level\": 2000, \"re2.max_program_size.warn_level\": 1000}}]}, \"node\": {\"cluster\": \"intercept-proxy\", \"id\": \"intercept-gateway\"}, \"overload_manager\": {\"resource_monitors\": [{\"name\": \"envoy.resource_monitors.global_downstream_max_connections\", \"typed_config\": {\"@type\": \"type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig\", \"max_active_downstream_connections\": 10000}}]}, \"static_resources\": {\"clusters\": [{\"connect_timeout\": \"1s\", \"load_assignment\": {\"cluster_name\": \"intercept_xds\", \"endpoints\": [{\"lb_endpoints\": [{\"endpoint\": {\"address\": {\"socket_address\": {\"address\": \"127.0.0.1\", \"port_value\": 15090}}}}]}]}, \"name\": \"intercept_xds\", \"type\": \"STATIC\", \"typed_extension_protocol_options\": {\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\": {\"@type\": \"type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\", \"explicit_http_config\": {\"http2_protocol_options\": {}}}}}]}}",
+          "--disable-hot-restart",
+          "--file-flush-interval-msec",
+          "1000",
+          "--log-level",
+          "warning"
+        ],
+        "ports": [
+          {
+            "name": "proxy",
+            "containerPort": 3128,
+            "protocol": "TCP"
+          }
+        ],
+        "resources": {{ .Values.gateway.resources.envoy | toJson }},
+        "securityContext": {
+          "runAsUser": {{ .Values.gateway.uid | int | toJson }},
+          "runAsGroup": {{ .Values.gateway.uid | int | toJson }},
+          "runAsNonRoot": true,
+          "allowPrivilegeEscalation": false,
+          "privileged": false,
+          "readOnlyRootFilesystem": true,
+          "capabilities": {
+            "drop": [
+              "ALL"
+            ]
+          },
+          "seccompProfile": {
+            "type": "RuntimeDefault"
+          }
+        },
+        "readinessProbe": {
+          "httpGet": {
+            "path": "/readyz",
+            "port": 15020,
+            "scheme": "HTTP"
+          },
+          "periodSeconds": 1,
+          "timeoutSeconds": 1,
+          "successThreshold": 1,
+          "failureThreshold": 3
+        },
+        "volumeMounts": [
+          {
+            "name": "intercept-no-token",
+            "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+            "readOnly": true
+          }
+        ]
+      }
+    ],
+    "volumes": [
+      {
+        "name": "intercept-policy",
+        "configMap": {
+          "name": "egress-proxy-policy",
+          "defaultMode": 420
+        }
+      },
+      {
+        "name": "intercept-ca",
+        "secret": {
+          "secretName": "egress-proxy-ca",
+          "defaultMode": 292
+        }
+      },
+      {
+        "name": "intercept-no-token",
+        "emptyDir": {}
+      }
+    ]
+  },
+  "clientTrust": {
+    "env": [
+      {
+        "name": "SSL_CERT_FILE",
+        "value": "/var/run/egress-proxy/ca.crt"
+      },
+      {
+        "name": "REQUESTS_CA_BUNDLE",
+        "value": "/var/run/egress-proxy/ca.crt"
+      },
+      {
+        "name": "CURL_CA_BUNDLE",
+        "value": "/var/run/egress-proxy/ca.crt"
+      },
+      {
+        "name": "NODE_EXTRA_CA_CERTS",
+        "value": "/var/run/egress-proxy/ca.crt"
+      },
+      {
+        "name": "GIT_SSL_CAINFO",
+        "value": "/var/run/egress-proxy/ca.crt"
+      },
+      {
+        "name": "AWS_CA_BUNDLE",
+        "value": "/var/run/egress-proxy/ca.crt"
+      },
+      {
+        "name": "PIP_CERT",
+        "value": "/var/run/egress-proxy/ca.crt"
+      },
+      {
+        "name": "CARGO_HTTP_CAINFO",
+        "value": "/var/run/egress-proxy/ca.crt"
+      }
+    ],
+    "volumeMount": {
+      "name": "egress-proxy-ca",
+      "mountPath": "/var/run/egress-proxy",
+      "readOnly": true
+    },
+    "volume": {
+      "name": "egress-proxy-ca",
+      "configMap": {
+        "name": "egress-proxy-ca",
+        "defaultMode": 420
+      }
+    }
+  }
+}
+{{- end }}
+
 {{- define "intercept-proxy.injection.approvals" -}}
 {
   "agent": "intercept-agent",

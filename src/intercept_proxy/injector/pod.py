@@ -118,7 +118,7 @@ def is_injected(metadata: dict[str, Any]) -> bool:
     return (metadata.get("annotations") or {}).get(INJECTED_ANNOTATION) == "true"
 
 
-def _restricted(uid: int) -> dict[str, Any]:
+def restricted(uid: int) -> dict[str, Any]:
     return {
         "runAsUser": uid,
         "runAsGroup": uid,
@@ -131,7 +131,7 @@ def _restricted(uid: int) -> dict[str, Any]:
     }
 
 
-def _http_probe(path: str, failures: int) -> dict[str, Any]:
+def http_probe(path: str, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": ports.AGENT_HTTP, "scheme": "HTTP"},
         "periodSeconds": 1,
@@ -176,6 +176,16 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
     }
 
 
+def agent_secrets_and_probes(s: InjectorSettings) -> dict[str, Any]:
+    """What every agent's container has, the gateway's too."""
+    return {
+        # The credentials' secrets, if the pod's namespace holds them (`env:` in the policy).
+        "envFrom": [{"secretRef": {"name": s.credentials_secret, "optional": True}}],
+        "startupProbe": http_probe("/healthz", failures=60),
+        "livenessProbe": http_probe("/healthz", failures=10),
+    }
+
+
 def agent_container(s: InjectorSettings) -> dict[str, Any]:
     # A shared CA comes from a Secret in its kubernetes.io/tls layout; an ephemeral one is made
     # by the agent itself on first start.
@@ -205,11 +215,8 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         "restartPolicy": "Always",
         "command": command,
         "resources": s.agent_resources.to_k8s(),
-        "securityContext": _restricted(s.agent_uid),
-        # The credentials' secrets, if the pod's namespace holds them (`env:` in the policy).
-        "envFrom": [{"secretRef": {"name": s.credentials_secret, "optional": True}}],
-        "startupProbe": _http_probe("/healthz", failures=60),
-        "livenessProbe": _http_probe("/healthz", failures=10),
+        "securityContext": restricted(s.agent_uid),
+        **agent_secrets_and_probes(s),
         "volumeMounts": [
             {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
             ca_mount,
@@ -230,11 +237,11 @@ def envoy_container(s: InjectorSettings) -> dict[str, Any]:
         "restartPolicy": "Always",
         "command": ["envoy", "--config-yaml", config, *ENVOY_ARGS, "--log-level", "warning"],
         "resources": s.envoy_resources.to_k8s(),
-        "securityContext": _restricted(s.envoy_uid),
+        "securityContext": restricted(s.envoy_uid),
         # The agent is ready when Envoy has accepted its whole configuration: the workload
         # starts only once its traffic can be judged.
-        "startupProbe": _http_probe("/readyz", failures=120),
-        "readinessProbe": _http_probe("/readyz", failures=3),
+        "startupProbe": http_probe("/readyz", failures=120),
+        "readinessProbe": http_probe("/readyz", failures=3),
         "volumeMounts": [dict(NO_TOKEN_MOUNT)],
     }
 

@@ -56,6 +56,10 @@ def _list(description: str, items: dict[str, Any], **extra: Any) -> dict[str, An
     }
 
 
+def _count(description: str) -> dict[str, Any]:
+    return {"type": "integer", "minimum": 1, "description": description}
+
+
 def _choice(description: str, choices: tuple[str, ...]) -> dict[str, Any]:
     return {"type": "string", "enum": list(choices), "description": description}
 
@@ -475,6 +479,57 @@ PROPERTIES: dict[str, Any] = {
             "namespaceSelector": _ref(
                 "labelSelector", "The namespaces this release injects; empty: all."
             )
+        },
+    ),
+    "gateway": _object(
+        "The egress gateway, a shared explicit proxy (docs/gateway.md).",
+        {
+            "enabled": {"type": "boolean", "description": "Install the egress gateway."},
+            "namespace": _ref("dnsName", "Its namespace, created by the chart."),
+            "uid": _ref("uid", "The user its agent and Envoy run as."),
+            "replicas": _count("Replicas when autoscaling is off."),
+            "resources": _object(
+                "", {"agent": _resources("Its agent's"), "envoy": _resources("Its Envoy's")}
+            ),
+            "autoscaling": _object(
+                "A HorizontalPodAutoscaler on CPU.",
+                {
+                    "enabled": {"type": "boolean", "description": "Autoscale the gateway."},
+                    "minReplicas": _count("The fewest replicas."),
+                    "maxReplicas": _count("The most replicas."),
+                    "targetCPUUtilizationPercentage": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "The CPU use (of the requests) it scales to.",
+                    },
+                },
+            ),
+            "podDisruptionBudget": _object(
+                "", {"minAvailable": _count("Replicas kept through voluntary disruptions.")}
+            ),
+            "topologySpread": {
+                "type": "boolean",
+                "description": "Spread the replicas over zones and nodes (preferred).",
+            },
+            "clients": _object(
+                "Pods labelled networking/allow-egress=true.",
+                {
+                    "namespaceSelector": _ref(
+                        "labelSelector", "The clients' namespaces; empty: all but the excluded."
+                    ),
+                    "networkPolicy": {
+                        "type": "boolean",
+                        "description": "They reach only the gateway and DNS.",
+                    },
+                    "proxyEnv": {
+                        "type": "boolean",
+                        "description": "Kyverno sets their proxy variables and CA trust.",
+                    },
+                    "noProxy": _list(
+                        "NO_PROXY's entries.", {"type": "string", "pattern": "^[^,\\s]+$"}
+                    ),
+                },
+            ),
         },
     ),
 }

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from intercept_proxy import __version__, ports
-from intercept_proxy.identities import AGENT_UID, ENVOY_UID
+from intercept_proxy.identities import AGENT_UID, ENVOY_UID, GATEWAY_UID
 from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
 from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.xds.resources import cidr
@@ -99,11 +99,21 @@ class InjectorSettings:
     init_resources: Resources = field(
         default_factory=lambda: Resources({"cpu": "10m", "memory": "32Mi"}, {"memory": "128Mi"})
     )
+    # The egress gateway's pods (injector/gateway.py): their user and their containers' sizes.
+    gateway_uid: int = GATEWAY_UID
+    gateway_agent_resources: Resources = field(
+        default_factory=lambda: Resources({"cpu": "100m", "memory": "128Mi"}, {"memory": "512Mi"})
+    )
+    gateway_envoy_resources: Resources = field(
+        default_factory=lambda: Resources({"cpu": "250m", "memory": "128Mi"}, {"memory": "1Gi"})
+    )
 
     def __post_init__(self) -> None:
         reserved = {0, self.envoy_uid, self.agent_uid}
         if len(reserved) != 3:
             raise SettingsError("envoy_uid and agent_uid must be distinct and not 0")
+        if self.gateway_uid == 0:
+            raise SettingsError("gateway_uid: the gateway never runs as root")
         try:  # proxy-init's own check, here: a pod it would refuse is never injected
             self.capture_config()
         except CaptureConfigError as e:
@@ -127,7 +137,10 @@ class InjectorSettings:
             raise SettingsError(
                 f"image_pull_policy: {self.image_pull_policy!r} is not one of {PULL_POLICIES}"
             )
-        for name in ("agent_resources", "envoy_resources", "init_resources"):
+        for name in (
+            "agent_resources", "envoy_resources", "init_resources",
+            "gateway_agent_resources", "gateway_envoy_resources",
+        ):  # fmt: skip
             getattr(self, name).check(name)
 
     def capture_values(self) -> dict[str, Any]:

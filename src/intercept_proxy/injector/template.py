@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy.agent.control import approver_commands
+from intercept_proxy.injector import gateway
 from intercept_proxy.injector.pod import (
     AGENT,
     SIDECARS,
@@ -82,6 +83,12 @@ DOCUMENTS: dict[str, Callable[[InjectorSettings], Any]] = {
         "volumeMount": TRUST_MOUNT,
     },
     "sidecarNames": lambda s: list(SIDECARS),
+    # The egress gateway's pod, and what its clients need to trust it.
+    "gateway": lambda s: {
+        "name": gateway.NAME,
+        "pod": gateway.pod_spec(s),
+        "clientTrust": gateway.client_trust(s),
+    },
     # The one exception to no-exec-into-sidecars: the approvers' commands in the agent's.
     "approvals": lambda s: {
         "agent": AGENT,

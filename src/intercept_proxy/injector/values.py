@@ -66,6 +66,13 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
         "policy": {"podOverride": str(s.policy_override)},
         "ca": {"mode": s.ca_mode, "secretName": s.ca_secret},
         "serviceAccountToken": {"automount": s.automount_service_account_token},
+        "gateway": {
+            "uid": s.gateway_uid,
+            "resources": {
+                "agent": _resources_values(s.gateway_agent_resources),
+                "envoy": _resources_values(s.gateway_envoy_resources),
+            },
+        },
     }
 
 
@@ -224,6 +231,9 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         agent_resources=_resources(values["agent"]["resources"]),
         envoy_resources=_resources(values["envoy"]["resources"]),
         init_resources=_resources(values["proxyInit"]["resources"]),
+        gateway_uid=values["gateway"]["uid"],
+        gateway_agent_resources=_resources(values["gateway"]["resources"]["agent"]),
+        gateway_envoy_resources=_resources(values["gateway"]["resources"]["envoy"]),
     )
 
 
@@ -291,5 +301,12 @@ HELM_PARAMETERS: dict[str, Parameter] = {
     ),
     "init_resources": Parameter(
         ".Values.proxyInit.resources", Resources({"cpu": "990003m"}, {"memory": "990003Mi"})
+    ),
+    "gateway_uid": Parameter(".Values.gateway.uid | int", 990104),
+    "gateway_agent_resources": Parameter(
+        ".Values.gateway.resources.agent", Resources({"cpu": "990004m"}, {"memory": "990004Mi"})
+    ),
+    "gateway_envoy_resources": Parameter(
+        ".Values.gateway.resources.envoy", Resources({"cpu": "990005m"}, {"memory": "990005Mi"})
     ),
 }

@@ -1,0 +1,142 @@
+"""The egress gateway's pod in the cluster: the agent and Envoy of an injected pod, serving the
+explicit proxy (HTTPS_PROXY) of the seeds' `egress-proxy` Service instead of a workload's
+captured traffic. Pure functions, rendered into the chart (template.py) as the injection is.
+
+It needs no capability and no root: nothing is captured, clients come to it. So it runs under
+Pod Security `restricted`. Its replicas share one CA (a Secret mounted into the agents only), so
+a client trusts one certificate whichever replica it reaches; the clients' copy of that
+certificate (a ConfigMap) and the variables naming it are `client_trust`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+from intercept_proxy import ports
+from intercept_proxy.agent.settings import agent_command
+from intercept_proxy.injector.pod import (
+    AGENT,
+    CA_DIR,
+    CA_VOLUME,
+    DEFAULT_MODE,
+    ENVOY,
+    NO_TOKEN_MOUNT,
+    NO_TOKEN_VOLUME,
+    POLICY_DIR,
+    POLICY_FILE,
+    POLICY_VOLUME,
+    TRUST_VARIABLES,
+    agent_secrets_and_probes,
+    http_probe,
+    restricted,
+)
+from intercept_proxy.injector.settings import InjectorSettings
+from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
+from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
+
+# The seeds' names: egress-proxy.egress-system.svc.cluster.local:3128.
+NAME = "egress-proxy"
+POLICY_CONFIG_MAP = f"{NAME}-policy"
+CA_SECRET = f"{NAME}-ca"
+# The certificate clients trust (no key), cloned into their namespaces.
+CLIENT_CA_CONFIG_MAP = f"{NAME}-ca"
+CLIENT_CA_KEY = "ca.crt"
+CLIENT_TRUST_VOLUME = "egress-proxy-ca"
+CLIENT_TRUST_DIR = "/var/run/egress-proxy"
+CLIENT_TRUST_FILE = f"{CLIENT_TRUST_DIR}/{CLIENT_CA_KEY}"
+# Every address of the pod: clients come from other pods, probes from the node.
+EVERY_ADDRESS = ("0.0.0.0", "::")
+
+
+def _agent(s: InjectorSettings) -> dict[str, Any]:
+    command = agent_command(
+        policy=Path(POLICY_FILE),
+        ca_cert=Path(CA_DIR, "tls.crt"),
+        ca_key=Path(CA_DIR, "tls.key"),
+        cert_validity=dt.timedelta(hours=s.cert_validity_hours),
+        health_addresses=EVERY_ADDRESS,
+        upstream_private_ranges=s.upstream_private_ranges,
+        gateway_port=ports.ENVOY_GATEWAY,
+        gateway_addresses=EVERY_ADDRESS,
+    )
+    return {
+        "name": AGENT,
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": command,
+        "ports": [
+            {"name": "health", "containerPort": ports.AGENT_HTTP, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": ports.AGENT_METRICS, "protocol": "TCP"},
+        ],
+        "resources": s.gateway_agent_resources.to_k8s(),
+        "securityContext": restricted(s.gateway_uid),
+        **agent_secrets_and_probes(s),
+        "volumeMounts": [
+            {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
+            {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True},
+            dict(NO_TOKEN_MOUNT),
+        ],
+    }
+
+
+def _envoy(s: InjectorSettings) -> dict[str, Any]:
+    config = json.dumps(
+        bootstrap(Bootstrap(node_id="intercept-gateway", gateway=True)), sort_keys=True
+    )
+    return {
+        "name": ENVOY,
+        "image": s.envoy_image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": ["envoy", "--config-yaml", config, *ENVOY_ARGS, "--log-level", "warning"],
+        "ports": [{"name": "proxy", "containerPort": ports.ENVOY_GATEWAY, "protocol": "TCP"}],
+        "resources": s.gateway_envoy_resources.to_k8s(),
+        "securityContext": restricted(s.gateway_uid),
+        # Ready once Envoy has the agent's whole configuration, not ready while the agent
+        # cannot answer: the Service then sends no client to this replica.
+        "readinessProbe": http_probe("/readyz", failures=3),
+        "volumeMounts": [dict(NO_TOKEN_MOUNT)],
+    }
+
+
+def pod_spec(s: InjectorSettings) -> dict[str, Any]:
+    """The gateway Deployment's pod spec (the chart adds its scheduling)."""
+    return {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": s.gateway_uid,
+            "runAsGroup": s.gateway_uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_agent(s), _envoy(s)],
+        "volumes": [
+            {
+                "name": POLICY_VOLUME,
+                "configMap": {"name": POLICY_CONFIG_MAP, "defaultMode": DEFAULT_MODE},
+            },
+            # Mounted into the agents alone (Envoy gets certificates from them over SDS).
+            {"name": CA_VOLUME, "secret": {"secretName": CA_SECRET, "defaultMode": 0o444}},
+            {"name": NO_TOKEN_VOLUME, "emptyDir": {}},
+        ],
+    }
+
+
+def client_trust(s: InjectorSettings) -> dict[str, Any]:
+    """What a client pod gets to trust the gateway's CA: the volume, its mount and the
+    variables naming the certificate (those the injection sets for the sandbox CA)."""
+    return {
+        "env": [{"name": v, "value": CLIENT_TRUST_FILE} for v in TRUST_VARIABLES],
+        "volumeMount": {
+            "name": CLIENT_TRUST_VOLUME,
+            "mountPath": CLIENT_TRUST_DIR,
+            "readOnly": True,
+        },
+        "volume": {
+            "name": CLIENT_TRUST_VOLUME,
+            "configMap": {"name": CLIENT_CA_CONFIG_MAP, "defaultMode": DEFAULT_MODE},
+        },
+    }

@@ -1,0 +1,190 @@
+"""The chart's egress gateway on the real control plane: the Deployment's replicas (brought to
+the HorizontalPodAutoscaler's minimum by the real controller) admitted by the real PodSecurity
+admission in a `restricted` namespace, run by the node without root or capability, Ready, and
+serving as an explicit proxy judged by the default policy; Kyverno gives a client namespace the
+gateway's CA and NetworkPolicy, and a labelled client pod its proxy variables.
+
+The node gives pods no network between them (docs/cluster.md): the clients that reach a
+replica here are run in the lab's namespace, which is on the link of every pod."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+
+from intercept_proxy import netns
+from intercept_proxy.decision import parse_log
+from intercept_proxy.injector import gateway
+from intercept_proxy.injector.pod import TRUST_VARIABLES
+from tests.cluster.harness import LAB_UPSTREAMS, MEASUREMENTS, WORKLOAD_UID, pod
+
+pytestmark = pytest.mark.netns
+
+RELEASE = "egress"
+RELEASE_NAMESPACE = "egress-release"
+GATEWAY_NAMESPACE = "egress-system"
+PROXY = f"http://{gateway.NAME}.{GATEWAY_NAMESPACE}.svc.cluster.local:3128"
+SELECTOR = f"app.kubernetes.io/name={gateway.NAME}"
+
+
+@pytest.fixture(scope="module")
+def release(kube):
+    """The chart with its gateway and the clients' proxy variables, by the real Helm."""
+    start = time.monotonic()
+    kube.install(
+        RELEASE,
+        RELEASE_NAMESPACE,
+        {
+            **LAB_UPSTREAMS,
+            "policy": {"default": {"allowed_domains": ["pypi.org"]}},
+            "gateway": {"enabled": True, "clients": {"proxyEnv": True}},
+        },
+    )
+    pods = replicas_ready(kube, 2)
+    MEASUREMENTS["gateway: install to 2 replicas Ready, s"] = round(time.monotonic() - start, 2)
+    yield pods
+    kube.helm("uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--no-hooks")
+    kube.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false")
+
+
+def replicas_ready(kube, count: int, timeout: float = 120.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    pods: list[dict] = []
+    while time.monotonic() < deadline:
+        listed = kube.kubectl("get", "pods", "-n", GATEWAY_NAMESPACE, "-l", SELECTOR, "-o", "json")
+        pods = json.loads(listed.stdout)["items"]
+        ready = [
+            p
+            for p in pods
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p["status"].get("conditions") or []
+            )
+        ]
+        if len(ready) >= count:
+            return ready
+        time.sleep(0.5)
+    raise AssertionError(
+        f"{count} gateway replicas never Ready in {timeout}s: "
+        + json.dumps([p["status"] for p in pods], indent=1)[:4000]
+    )
+
+
+def client_ca(kube) -> str:
+    data = kube.get(RELEASE_NAMESPACE, "configmap", gateway.CLIENT_CA_CONFIG_MAP)["data"]
+    return data[gateway.CLIENT_CA_KEY]
+
+
+def through(cluster, address: str, ca: str, url: str, *curl: str) -> tuple[str, str, str]:
+    """`url` fetched by curl through the gateway replica at `address`, from the lab's namespace:
+    the status, the body and curl's complaint."""
+    proxy = f"http://[{address}]:3128" if ":" in address else f"http://{address}:3128"
+    ca_file = cluster.state_dir / "gateway-ca.pem"
+    ca_file.write_text(ca)
+    result = netns.run(
+        cluster.lab.netns,
+        [
+            "curl", "-sS", "--max-time", "20", "--proxy", proxy, "--cacert", str(ca_file),
+            "-w", "\n%{http_code}", *curl, url,
+        ],
+    )  # fmt: skip
+    body, _, status = result.stdout.rpartition("\n")
+    return status, body, result.stderr.strip()
+
+
+def test_the_replicas_run_restricted_and_judge_their_clients(kube, cluster, release):
+    # Admitted in a namespace enforcing `restricted`, by the real PodSecurity admission.
+    labels = kube.get("", "namespace", GATEWAY_NAMESPACE)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # Two replicas although the Deployment names none: the real HPA controller raised it to
+    # its minimum (the cluster has no metrics API, so it can scale on nothing else).
+    hpa = kube.get(GATEWAY_NAMESPACE, "hpa", gateway.NAME)
+    assert hpa["spec"]["minReplicas"] == 2
+    assert kube.get(GATEWAY_NAMESPACE, "pdb", gateway.NAME)["spec"]["minAvailable"] == 1
+    service = kube.get(GATEWAY_NAMESPACE, "service", gateway.NAME)
+    assert service["spec"]["ports"][0]["port"] == 3128
+    ca = client_ca(kube)
+    for replica in release:
+        for container in replica["spec"]["containers"]:
+            context = container["securityContext"]
+            assert context["runAsNonRoot"] and context["capabilities"] == {"drop": ["ALL"]}
+        # Both address families of each replica; the same CA whichever replica answers.
+        for address in {a["ip"] for a in replica["status"]["podIPs"]}:
+            assert through(cluster, address, ca, "https://pypi.org/simple/")[0] == "200"
+            # A host the policy names nowhere: refused before any tunnel.
+            refused = through(cluster, address, ca, "https://exfil.attacker.example/x")
+            assert refused[2] == "curl: (56) CONNECT tunnel failed, response 403", address
+            # Plain HTTP in absolute form: the explained denial.
+            status, body, _ = through(cluster, address, ca, "http://exfil.attacker.example/x")
+            assert (status, json.loads(body)["error"]["rule"]) == ("403", "default_deny"), address
+        # HTTP/2 inside the tunnel.
+        address = replica["status"]["podIP"]
+        assert through(cluster, address, ca, "https://pypi.org/simple/", "--http2")[0] == "200"
+    # The decision log is Envoy's: kubectl logs (Envoy writes it out every second).
+    expected = {
+        ("pypi.org", True, "allowed_domains"),
+        ("exfil.attacker.example", False, "default_deny"),
+    }
+    deadline, logged = time.monotonic() + 10, set()
+    while not expected <= logged and time.monotonic() < deadline:
+        time.sleep(0.5)
+        log = kube.logs(GATEWAY_NAMESPACE, release[0]["metadata"]["name"], "-c", "envoy")
+        logged = {(d.host, d.allow, d.rule) for d in parse_log(log)}
+    assert expected <= logged
+
+
+def test_the_gateway_ca_is_the_shared_secret_and_no_replica_mounts_it_into_envoy(kube, release):
+    secret = kube.get(GATEWAY_NAMESPACE, "secret", gateway.CA_SECRET)
+    assert base64.b64decode(secret["data"]["tls.crt"]).decode() == client_ca(kube)
+    for replica in release:
+        mounts = {
+            c["name"]: {m["name"] for m in c.get("volumeMounts") or []}
+            for c in replica["spec"]["containers"]
+        }
+        assert "intercept-ca" in mounts["intercept-agent"]
+        assert "intercept-ca" not in mounts["envoy"]
+
+
+def test_a_client_namespace_gets_the_ca_and_its_network_policy(kube, namespace, release):
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    copied = kube.wait_object(namespace, "configmap", gateway.CLIENT_CA_CONFIG_MAP)
+    assert copied["data"] == {gateway.CLIENT_CA_KEY: client_ca(kube)}
+    policy = kube.wait_object(namespace, "networkpolicy", f"{gateway.NAME}-clients")
+    assert policy["spec"]["podSelector"] == {"matchLabels": {"networking/allow-egress": "true"}}
+    to_gateway = [
+        r for r in policy["spec"]["egress"] if {"port": 3128, "protocol": "TCP"} in r["ports"]
+    ]
+    assert (
+        to_gateway[0]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        == gateway.NAME
+    )
+    # A labelled pod, restricted as the seeds' example: Kyverno sets its variables and mounts
+    # the CA; it runs (no root, no capability) and reads them.
+    client = pod(
+        "client",
+        ["sh", "-c", 'echo "$HTTPS_PROXY $NO_PROXY"; cat "$SSL_CERT_FILE"'],
+        metadata={"labels": {"networking/allow-egress": "true"}},
+        container={
+            "env": [{"name": "HTTPS_PROXY", "value": "http://elsewhere:8080"}],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": WORKLOAD_UID,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        },
+    )
+    kube.apply(namespace, client)
+    stored = kube.pod(namespace, "client")
+    env = {e["name"]: e["value"] for e in stored["spec"]["containers"][0]["env"]}
+    assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == env["https_proxy"] == PROXY  # replaced
+    assert env["NO_PROXY"] == ".cluster.local,.svc,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+    assert {env[v] for v in TRUST_VARIABLES} == {gateway.CLIENT_TRUST_FILE}
+    kube.wait_phase(namespace, "client", "Succeeded")
+    first, _, cert = kube.logs(namespace, "client").partition("\n")
+    assert first == f"{PROXY} {env['NO_PROXY']}"
+    assert cert == client_ca(kube)
