@@ -19,7 +19,8 @@ from tests.golden import assert_golden, assert_golden_text
 FILES = Path("/run/bench")  # paths only appear in the output; nothing is read there
 
 
-def test_squid_conf():
+@pytest.mark.parametrize("explicit", [False, True])
+def test_squid_conf(explicit):
     text = configs.squid_conf(
         port=15443,
         state_dir=FILES / "squid",
@@ -27,8 +28,9 @@ def test_squid_conf():
         ca_key=FILES / "squid" / "ca.key",
         upstream_ca=FILES / "upstream-ca.pem",
         dns_servers=("198.18.0.53", "fd00::53"),
+        explicit=explicit,
     )
-    assert_golden_text("bench/squid.conf", text)
+    assert_golden_text(f"bench/squid{'-proxy' if explicit else ''}.conf", text)
 
 
 @pytest.mark.parametrize("minimal", [False, True])

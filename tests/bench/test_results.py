@@ -207,3 +207,62 @@ def test_cli_renders_an_earlier_run(tmp_path, capsys):
     assert markdown.read_text() == results.render_markdown(_result(), "performance-latency.png")
     assert (tmp_path / "performance-latency.png").read_bytes().startswith(b"\x89PNG")
     assert "## Issue 12's targets" in capsys.readouterr().out
+
+
+# hey's summaries as it prints them (shortened: the histogram and details go unread).
+HEY_OK = """
+Summary:
+  Total:\t3.0215 secs
+  Slowest:\t0.0210 secs
+  Fastest:\t0.0003 secs
+  Average:\t0.0014 secs
+  Requests/sec:\t11354.5140
+
+  Total data:\t35161088 bytes
+  Size/request:\t1024 bytes
+
+Latency distribution:
+  10% in 0.0008 secs
+  25% in 0.0010 secs
+  50% in 0.0013 secs
+  75% in 0.0016 secs
+  90% in 0.0019 secs
+  95% in 0.0022 secs
+  99% in 0.0031 secs
+
+Status code distribution:
+  [200]\t34300 responses
+  [403]\t6 responses
+
+Error distribution:
+  [2]\tGet "https://bench.test/": net/http: request canceled
+"""
+
+HEY_REFUSED = """
+Summary:
+  Total:\t0.0004 secs
+  Slowest:\t0.0000 secs
+  Fastest:\t0.0000 secs
+  Average:\tNaN secs
+  Requests/sec:\t7482.3064
+
+Status code distribution:
+
+Error distribution:
+  [3]\tGet "http://127.0.0.1:9/": dial tcp 127.0.0.1:9: connect: connection refused
+"""
+
+
+def test_parse_hey():
+    ok = results.parse_hey(HEY_OK)
+    assert (ok.rps, ok.answered, ok.not_2xx, ok.failed) == (11354.514, 34306, 6, 2)
+    assert ok.average_ms == pytest.approx(1.4)
+    assert ok.percentiles_ms[50] == pytest.approx(1.3)
+    assert ok.percentiles_ms[99] == pytest.approx(3.1)
+    refused = results.parse_hey(HEY_REFUSED)
+    assert (refused.answered, refused.failed) == (0, 3)
+
+
+def test_parse_hey_refuses_anything_else():
+    with pytest.raises(ValueError, match="not a hey summary"):
+        results.parse_hey("Usage: hey [options...] <url>\n")

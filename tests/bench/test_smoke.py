@@ -17,7 +17,7 @@ pytestmark = pytest.mark.netns
 
 INTERCEPT = Path(sys.executable).with_name("intercept")
 # Every scenario but those whose tools `make bench` alone installs.
-SCENARIOS = tuple(s for s in ALL if s not in ("mitmproxy", "squid"))
+SCENARIOS = tuple(s for s in ALL if s not in ("mitmproxy", "squid", "squid-proxy"))
 POSITIVE = ("rps", "p50_ms", "p90_ms", "p99_ms", "new_conn_rps", "mb_per_s")
 HALF_SATURATION = ("direct", "envoy-minimal", "intercept")
 

@@ -284,14 +284,26 @@ def squid_conf(
     ca_key: Path,
     upstream_ca: Path,
     dns_servers: tuple[str, ...],
+    explicit: bool = False,
 ) -> str:
-    """Squid as a transparent ssl-bump proxy with the same allowlist.
+    """Squid as a transparent ssl-bump proxy with the same allowlist, or (`explicit`) as the
+    proxy its clients are told of, bumping their CONNECT tunnels.
 
     Peek at step 1 (an intercepted connection carries only an IP until the ClientHello is
     read), then bump: Squid mints a certificate per name with its helper, like ours.
     """
+    listener = (
+        f"http_port 127.0.0.1:{port} ssl-bump"
+        if explicit
+        else f"https_port 127.0.0.1:{port} intercept ssl-bump"
+    )
+    # An intercepting Squid needs a forward-proxy port as well, which its clients never use.
+    forward = "" if explicit else f"http_port 127.0.0.1:{port + 1}\n"
+    # The CONNECT Squid makes up for an intercepted connection names only the IP: the name is
+    # judged on the bumped requests. A client's own CONNECT names the host: judged at once.
+    connect = "http_access allow CONNECT bench_domains" if explicit else "http_access allow CONNECT"
     return f"""\
-https_port 127.0.0.1:{port} intercept ssl-bump generate-host-certificates=on \
+{listener} generate-host-certificates=on \
 dynamic_cert_mem_cache_size=16MB tls-cert={ca_cert} tls-key={ca_key}
 sslcrtd_program /usr/lib/squid/security_file_certgen -s {state_dir}/ssl_db -M 16MB
 sslcrtd_children 8 startup=1 idle=1
@@ -302,9 +314,7 @@ tls_outgoing_options cafile={upstream_ca}
 acl bench_domains dstdomain .{HOST}  # the name and every subdomain
 acl read_methods method GET HEAD
 acl CONNECT method CONNECT
-# The CONNECT Squid makes up for an intercepted connection names only the IP: the name is
-# judged on the bumped requests.
-http_access allow CONNECT
+{connect}
 http_access allow bench_domains read_methods
 http_access deny all
 cache deny all
@@ -319,8 +329,7 @@ dns_nameservers {" ".join(dns_servers)}
 cache_effective_user proxy
 # Else a `pinger` child outlives Squid.
 pinger_enable off
-http_port 127.0.0.1:{port + 1}
-icp_port 0
+{forward}icp_port 0
 htcp_port 0
 shutdown_lifetime 1 seconds
 """

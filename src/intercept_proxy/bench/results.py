@@ -33,9 +33,14 @@ RATIO_PAIRS = (
     ("intercept", "envoy-only"),
     ("intercept", "mitmproxy"),
     ("intercept", "squid"),
+    ("gateway", "squid-proxy"),
 )
 # Measured again at half of intercept's keep-alive rate, for the latency target.
 HALF_SATURATION = ("direct", MINIMAL, "intercept")
+# hey's keep-alive runs send this many requests per second of the run's duration (about what
+# the explicit proxies serve here, so a run lasts about as long as the others): a count, not
+# hey's -z, which cancels the requests in flight when its time is up and counts them failed.
+HEY_REQUESTS_PER_SECOND = 10000
 _UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
@@ -99,6 +104,40 @@ def parse_wrk(text: str) -> Wrk:
     errors = int(non_2xx.group(1)) if non_2xx else 0
     errors += sum(int(g) for g in sockets.groups()) if sockets else 0
     return Wrk(rps=float(rate.group(1)), requests=int(total.group(1)), errors=errors)
+
+
+@dataclass(frozen=True)
+class Hey:
+    """What hey's summary says about one run (the explicit proxies' client)."""
+
+    rps: float
+    answered: int  # whatever the status
+    not_2xx: int
+    failed: int  # requests that got no answer
+    average_ms: float
+    percentiles_ms: dict[int, float]
+
+
+def parse_hey(text: str) -> Hey:
+    rate = re.search(r"^\s*Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
+    average = re.search(r"^\s*Average:\s+([\d.]+|NaN) secs", text, re.MULTILINE)
+    if not (rate and average):
+        raise ValueError(f"not a hey summary:\n{text[-2000:]}")
+    codes = {
+        int(code): int(n)
+        for code, n in re.findall(r"^\s*\[(\d{3})\]\s+(\d+) responses", text, re.MULTILINE)
+    }
+    errors_part = text.partition("Error distribution:")[2]
+    failed = sum(int(n) for n in re.findall(r"^\s*\[(\d+)\]\s", errors_part, re.MULTILINE))
+    latencies = re.findall(r"^\s*(\d+)% in ([\d.]+) secs", text, re.MULTILINE)
+    return Hey(
+        rps=float(rate.group(1)),
+        answered=sum(codes.values()),
+        not_2xx=sum(n for code, n in codes.items() if not 200 <= code < 300),
+        failed=failed,
+        average_ms=float(average.group(1)) * 1000,
+        percentiles_ms={int(q): float(t) * 1000 for q, t in latencies},
+    )
 
 
 def log_latencies_ms(text: str) -> list[float]:
@@ -396,7 +435,8 @@ def render_markdown(result: Mapping[str, Any], plot_name: str | None) -> str:
         f"- {key}: {value}" for key, value in machine.items() if key not in ("settings", "layout")
     ]
     lines += [f"- {role}: {where}" for role, where in machine["layout"].items()]
-    lines += ["", "## Method", "", *METHOD.format(**settings).splitlines()]
+    method = METHOD.format(**settings, hey_rate=HEY_REQUESTS_PER_SECOND)
+    lines += ["", "## Method", "", *method.splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -421,6 +461,18 @@ them against (never reached), `intercept-signed` the same and AWS SigV4 signing 
 request, and \
 `mitmproxy` evaluates the same Rego with regorus in an addon. Envoy runs with one worker; \
 Squid (`-N`) and mitmproxy are single-threaded.
+
+`gateway` and `squid-proxy` are explicit proxies: the client is told of them (its proxy) and \
+opens a CONNECT tunnel per connection, in which the proxy terminates TLS as above. `gateway` \
+is the same agent and Envoy serving Envoy's gateway listener, as the chart's gateway replicas \
+do (the local `intercept gateway` adds a relay before it); `squid-proxy` is Squid bumping the \
+tunnels, judging the CONNECT's host at once. wrk and h2load cannot use a proxy: these two are \
+measured with hey (Go's HTTP client, `-x PROXY`): keep-alive runs of \
+`hey -n N -c{connections}` (and `-h2`; N: {hey_rate} requests per second of {duration} s), \
+the latency run `hey -c1 -q{rate}`, new connections `hey -disable-keepalive`, the new \
+host's extra ms from the whole request's time (CONNECT and TLS included). A different \
+client sends different requests: compare these two with each other, the others among \
+themselves.
 
 Rounds run the scenarios one after the other (A B C … A B C …) so that drift of a shared \
 machine spreads over all of them; each figure is the median over rounds.

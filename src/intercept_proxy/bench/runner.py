@@ -28,12 +28,14 @@ from intercept_proxy.bench import configs, results
 from intercept_proxy.bench.scenarios import (
     ALL,
     CLIENT_UID,
+    HEY,
     MITM_VENV,
     SQUID,
     BenchError,
     Direct,
     EnvoyMinimal,
     EnvoyOnly,
+    Gateway,
     Intercept,
     InterceptAgent,
     InterceptExtras,
@@ -41,6 +43,7 @@ from intercept_proxy.bench.scenarios import (
     Mitmproxy,
     Scenario,
     Squid,
+    SquidProxy,
     Upstream,
     pinned,
 )
@@ -89,7 +92,7 @@ class Layout:
             return f"CPU {core}" if core is not None else "not pinned"
 
         return {
-            "load generators (wrk, h2load, curl)": where(self.client_core),
+            "load generators (wrk, h2load, hey, curl)": where(self.client_core),
             "upstream (nginx, one worker)": where(self.client_core),
             "proxy processes (Envoy, agent, Squid and helpers, mitmdump)": where(self.proxy_core),
         }
@@ -169,14 +172,15 @@ class Bench:
             return kind(*args, ca=ca, ca_cert=ca_files[0])
         if name == "mitmproxy":
             return Mitmproxy(*args, ca_files=ca_files)
-        if name == "squid":
-            return Squid(*args, ca_files=ca_files)
+        if name in ("squid", "squid-proxy"):
+            return (Squid if name == "squid" else SquidProxy)(*args, ca_files=ca_files)
         kinds = {
             "direct": Direct,
             "intercept": Intercept,
             "intercept-agent": InterceptAgent,
             "intercept-extras": InterceptExtras,
             "intercept-signed": InterceptSigned,
+            "gateway": Gateway,
         }
         return kinds[name](*args)
 
@@ -288,8 +292,14 @@ class Bench:
         pids = scenario.pids()
         cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
         cores_before = _core_ticks()
+        served: float  # requests the proxy handled, its warm-up's too
         with _rss_peaks(pids) as peaks:
-            if http2:
+            if scenario.proxy:
+                n = int(self.settings.duration * results.HEY_REQUESTS_PER_SECOND)
+                args = ["-n", str(n), "-c", str(self.settings.connections)]
+                hey = self._hey(scenario, [*args, *(["-h2"] if http2 else [])], _url(configs.HOST))
+                rps, served = hey.rps, hey.answered
+            elif http2:
                 args = [f"-c{self.settings.connections}", *self._duration_args()]
                 h2 = self._h2load(scenario, args, _url(configs.HOST), http2=True)
                 # Warm-up requests cost CPU too: count them (they are not in `done`).
@@ -324,6 +334,18 @@ class Bench:
     ) -> dict[str, float]:
         """At a fixed rate: each of `clients` connections sends at rate/clients, evenly
         spaced (h2load starts them together, so several clients send in step)."""
+        if scenario.proxy:  # hey: each of `clients` workers at rate/clients (-q)
+            n = max(clients, round(rate * self.settings.duration))
+            args = ["-n", str(n), "-c", str(clients), "-q", f"{rate / clients:g}"]
+            hey = self._hey(scenario, args, _url(configs.HOST))
+            if hey.rps < RATE_TOLERANCE * rate:
+                self.flags.append(
+                    f"latency run at {rate:.0f} req/s achieved only {hey.rps:.0f} req/s "
+                    "(saturated): its percentiles are left out"
+                )
+                return {}
+            shown = hey.percentiles_ms  # hey leaves out those it has too few requests for
+            return {f"p{q}_ms": shown[q] for q in (50, 90, 99) if q in shown}
         log = self.client_dir / f"{scenario.name}-{index}-{rate:.0f}.log"
         args = [f"-c{clients}", f"--rps={rate / clients:.3f}", *self._duration_args()]
         summary = self._h2load(scenario, [*args, f"--log-file={log}"], _url(configs.HOST))
@@ -339,6 +361,9 @@ class Bench:
 
     def _new_connections(self, scenario: Scenario) -> float:
         n = self.settings.new_connections
+        if scenario.proxy:
+            args = ["-disable-keepalive", "-n", str(n), "-c", str(n)]
+            return self._hey(scenario, args, _url(configs.HOST)).rps
         return self._h2load(scenario, [f"-n{n}", f"-c{n}"], _url(configs.HOST)).rps
 
     def _first_new_host(self, scenario: Scenario) -> float:
@@ -346,16 +371,36 @@ class Bench:
         for _ in range(self.settings.new_host_samples):
             name = configs.new_host(self.next_new_host)
             self.next_new_host += 1
-            new = self._h2load(scenario, ["-n1", "-c1"], _url(name)).ttfb_mean_ms
-            seen = self._h2load(scenario, ["-n1", "-c1"], _url(configs.HOST)).ttfb_mean_ms
+            new, seen = (self._one_request_ms(scenario, _url(n)) for n in (name, configs.HOST))
             if new is None or seen is None:
                 raise BenchError(f"{scenario.name}: h2load printed no time to first byte")
             extra.append(new - seen)
         return sum(extra) / len(extra)
 
+    def _one_request_ms(self, scenario: Scenario, url: str) -> float | None:
+        """One request on a new connection: h2load's time to first byte; through an explicit
+        proxy, hey's time of the whole request (CONNECT and TLS included)."""
+        if scenario.proxy:
+            return self._hey(scenario, ["-n", "1", "-c", "1"], url).average_ms
+        return self._h2load(scenario, ["-n1", "-c1"], url).ttfb_mean_ms
+
+    def _hey(self, scenario: Scenario, args: Sequence[str], url: str) -> results.Hey:
+        assert scenario.proxy is not None
+        argv = [str(HEY), *args, "-x", scenario.proxy, url]
+        timeout = self.settings.duration + 120
+        output = self._client(scenario, argv, timeout)
+        summary = results.parse_hey(output)
+        self._judge_errors(
+            scenario, argv, output, summary.not_2xx + summary.failed,
+            summary.answered + summary.failed, summary.answered - summary.not_2xx,
+            f"hey {' '.join(args)}",
+        )  # fmt: skip
+        return summary
+
     def _download(self, scenario: Scenario) -> float:
         argv = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{speed_download}"]
-        argv += ["--cacert", str(scenario.client_ca), _url(configs.HOST, configs.DOWNLOAD_PATH)]
+        argv += ["--cacert", str(scenario.client_ca), *scenario.curl_proxy()]
+        argv += [_url(configs.HOST, configs.DOWNLOAD_PATH)]
         return float(self._client(scenario, argv, 120)) / 1e6
 
     def _rss(self, scenario: Scenario) -> dict[str, float]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from intercept_proxy import netns
+from intercept_proxy import netns, ports
 from intercept_proxy.bench import configs
 from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.lab import Lab
@@ -34,6 +34,7 @@ CLIENT_UID = 12345
 INTERCEPT = Path(sys.executable).with_name("intercept")
 MITM_VENV = Path(os.environ.get("MITM_VENV", "/opt/intercept-bench/mitmproxy-venv"))
 SQUID = Path("/usr/sbin/squid")
+HEY = Path("/opt/intercept-tools/bin/hey")
 CERTGEN = Path("/usr/lib/squid/security_file_certgen")
 ALL = (
     "direct",
@@ -45,7 +46,11 @@ ALL = (
     "intercept-signed",
     "mitmproxy",
     "squid",
+    "gateway",
+    "squid-proxy",
 )
+# Told to their clients as HTTPS_PROXY (measured with hey: wrk and h2load cannot use a proxy).
+EXPLICIT = ("gateway", "squid-proxy")
 PROXY_PORT = 15443  # envoy-only, squid, mitmproxy: a port of their own namespace
 ENVOY_ONLY_ADMIN = 15000
 READY_TIMEOUT = 60.0
@@ -65,8 +70,14 @@ def missing_tools(names: Sequence[str]) -> list[str]:
     problems = []
     if "mitmproxy" in names and not (MITM_VENV / "bin" / "mitmdump").exists():
         problems.append(f"mitmproxy: no {MITM_VENV}/bin/mitmdump (run scripts/install-bench-tools)")
-    if "squid" in names and not (SQUID.exists() and CERTGEN.exists()):
-        problems.append("squid: squid-openssl is not installed (run scripts/install-bench-tools)")
+    squids = [n for n in names if n.startswith("squid")]
+    if squids and not (SQUID.exists() and CERTGEN.exists()):
+        problems.append(
+            f"{', '.join(squids)}: squid-openssl is not installed (run scripts/install-bench-tools)"
+        )
+    explicit = [n for n in names if n in EXPLICIT]
+    if explicit and not HEY.exists():
+        problems.append(f"{', '.join(explicit)}: no {HEY} (run make install)")
     return problems
 
 
@@ -114,6 +125,8 @@ class Scenario:
     name = ""
     judges = True  # refuses what the allowlist does not grant
     http2 = True  # offers HTTP/2 to the client (ALPN)
+    # The explicit proxy the clients are told of (HTTPS_PROXY); None: they are captured.
+    proxy: str | None = None
 
     def __init__(self, lab: Lab, ns: str, workdir: Path, proxy_core: int | None) -> None:
         self.lab = lab
@@ -184,9 +197,12 @@ class Scenario:
 
     def curl(self, method: str, url: str) -> int:
         argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]
-        argv += ["--cacert", str(self.client_ca), "--max-time", "20", url]
+        argv += ["--cacert", str(self.client_ca), "--max-time", "20", *self.curl_proxy(), url]
         result = netns.run(self.ns, as_user(CLIENT_UID, argv), timeout=30)
         return int(result.stdout or 0)
+
+    def curl_proxy(self) -> list[str]:
+        return ["--proxy", self.proxy] if self.proxy else []
 
     def pids(self) -> dict[str, int]:
         """The proxy processes whose memory and CPU are reported (children included)."""
@@ -274,11 +290,20 @@ class Squid(_MintingProxy):
                 ca_key=key,
                 upstream_ca=self.lab.ca_cert_path,
                 dns_servers=self.lab.dns_servers,
+                explicit=self.proxy is not None,
             )
         )
         self._spawn("squid", [str(SQUID), "-N", "-f", str(conf)])
         self._wait_port(PROXY_PORT)
-        self._redirect(PROXY_PORT)
+        if self.proxy is None:
+            self._redirect(PROXY_PORT)
+
+
+class SquidProxy(Squid):
+    """Squid as the explicit ssl-bump proxy clients are told of, as the gateway is."""
+
+    name = "squid-proxy"
+    proxy = f"http://127.0.0.1:{PROXY_PORT}"
 
 
 class Mitmproxy(_MintingProxy):
@@ -321,6 +346,7 @@ class Intercept(Scenario):
     judged_by = "envoy"
     extras = False  # a credential sent, a rate limit counted
     signed = False  # and AWS signing
+    gateway_port: int | None = None  # Envoy's explicit-proxy listener
 
     interceptor: Interceptor | None = None
 
@@ -335,6 +361,7 @@ class Intercept(Scenario):
             core=self.proxy_core,
             envoy_args=("-l", "warning", "--concurrency", "1"),
             agent_env={**os.environ, **configs.BENCH_AWS_KEYS} if self.signed else None,
+            gateway_port=self.gateway_port,
         )
         if self.judged_by == "agent":
             icp.write_policy(
@@ -351,7 +378,8 @@ class Intercept(Scenario):
         icp.start_envoy()
         assert icp.agent is not None and icp.envoy is not None
         self.processes |= {"agent": icp.agent, "envoy": icp.envoy}
-        apply_rules(render(CaptureConfig()), self.ns)
+        if self.proxy is None:
+            apply_rules(render(CaptureConfig()), self.ns)
         try:
             icp.wait_ready(READY_TIMEOUT, judged_by=self.judged_by)
         except InterceptorError as e:
@@ -383,6 +411,15 @@ class InterceptExtras(Intercept):
 class InterceptSigned(InterceptExtras):
     name = "intercept-signed"
     signed = True
+
+
+class Gateway(Intercept):
+    """The same agent and Envoy serving the explicit proxy, as the chart's gateway replicas do:
+    clients connect to Envoy's gateway listener (`intercept gateway` puts a relay before it)."""
+
+    name = "gateway"
+    proxy = f"http://127.0.0.1:{ports.ENVOY_GATEWAY}"
+    gateway_port = ports.ENVOY_GATEWAY
 
 
 class Upstream:
