@@ -165,6 +165,29 @@ def test_rendering_fails_on_values_the_injector_refuses(overrides, message):
         settings_from_values(overrides, "x")
 
 
+@pytest.mark.parametrize(
+    ("gateway", "message"),
+    [
+        (
+            {"namespace": render.NAMESPACE},
+            f"gateway.namespace: {render.NAMESPACE} is the release's",
+        ),
+        (
+            {"autoscaling": {"enabled": False}, "replicas": 1},
+            "minAvailable (1) must be below the fewest replicas (1)",
+        ),
+        ({"podDisruptionBudget": {"minAvailable": 2}}, "must be below the fewest replicas (2)"),
+        (
+            {"autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
+            "minReplicas (4) is above maxReplicas (3)",
+        ),
+    ],
+)
+def test_rendering_fails_on_a_gateway_that_could_not_work(gateway, message):
+    with pytest.raises(render.HelmError, match=re.escape(message)):
+        render.install_dry_run("x", {"gateway": {"enabled": True, **gateway}})
+
+
 def test_resources_are_the_values_as_given():
     # Kept as written (the API server is their judge); Helm merges maps: the chart's default
     # limits stay beside these.
@@ -233,7 +256,10 @@ def test_the_clones_are_what_the_injected_pods_mount(case):
         assert match["resources"]["kinds"] == ["Namespace"]
         assert match["resources"].get("selector", {}) == selector
         # Never into the excluded namespaces: whoever reads Secrets there would get the CA key.
-        excluded = [render.NAMESPACE, *render.values(case)["clone"]["excludedNamespaces"]]
+        # Nor into the gateway's, which holds objects of its own.
+        values = render.values(case)
+        excluded = [render.NAMESPACE, *values["clone"]["excludedNamespaces"]]
+        excluded += [values["gateway"]["namespace"]] if values["gateway"]["enabled"] else []
         assert rule["exclude"]["any"] == [
             {"resources": {"kinds": ["Namespace"], "names": excluded}}
         ]

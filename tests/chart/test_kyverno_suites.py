@@ -192,7 +192,12 @@ def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> None:
                 },
             },
             "spec": {
-                "podSelector": {"matchLabels": {"networking/allow-egress": "true"}},
+                "podSelector": {
+                    "matchLabels": {"networking/allow-egress": "true"},
+                    "matchExpressions": [
+                        {"key": "intercept-proxy/enabled", "operator": "NotIn", "values": ["true"]}
+                    ],
+                },
                 "policyTypes": ["Egress"],
                 "egress": [
                     {
@@ -241,6 +246,18 @@ def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> None:
         }
     ]
     files["resources.yaml"].append(client)
+    # The gateway's own pod, as its Deployment makes it: no rule of the sandboxes refuses it
+    # (it reads no Secret of theirs).
+    (deployment,) = [o for o in render.objects(case) if o["kind"] == "Deployment"]
+    template = deployment["spec"]["template"]
+    replica = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "replica", "namespace": values["namespace"], **template["metadata"]},
+        "spec": template["spec"],
+    }
+    files["resources.yaml"].append(replica)
+    expect("validate-pods", "agent-secrets-elsewhere", "Pod", "replica", "pass")
     files["gateway-client.yaml"] = [patched]
     for rule in ("create-volumes", "egress-proxy-env"):
         expect("gateway-env", rule, "Pod", "client", "pass")

@@ -72,6 +72,20 @@ any:
 {{- fail (printf "capture.tlsPorts and capture.httpPorts both list port %v: a port goes to one listener" .) }}
 {{- end }}
 {{- end }}
+{{- with .Values.gateway }}
+{{- if .enabled }}
+{{- if eq .namespace $.Release.Namespace }}
+{{- fail (printf "gateway.namespace: %s is the release's namespace; the gateway needs one of its own (Pod Security restricted, no copies of the sandboxes' objects)" .namespace) }}
+{{- end }}
+{{- $fewest := ternary .autoscaling.minReplicas .replicas .autoscaling.enabled | int }}
+{{- if le $fewest (.podDisruptionBudget.minAvailable | int) }}
+{{- fail (printf "gateway.podDisruptionBudget.minAvailable (%v) must be below the fewest replicas (%v): else no node with a replica could ever be drained" .podDisruptionBudget.minAvailable $fewest) }}
+{{- end }}
+{{- if and .autoscaling.enabled (gt (.autoscaling.minReplicas | int) (.autoscaling.maxReplicas | int)) }}
+{{- fail (printf "gateway.autoscaling.minReplicas (%v) is above maxReplicas (%v)" .autoscaling.minReplicas .autoscaling.maxReplicas) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 

@@ -752,7 +752,7 @@ Each definition is a JSON document for this release's values.
         "envFrom": [
           {
             "secretRef": {
-              "name": {{ include "intercept-proxy.credentialsSecret" . | toJson }},
+              "name": "egress-proxy-credentials",
               "optional": true
             }
           }

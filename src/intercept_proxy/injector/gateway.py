@@ -41,6 +41,9 @@ from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
 NAME = "egress-proxy"
 POLICY_CONFIG_MAP = f"{NAME}-policy"
 CA_SECRET = f"{NAME}-ca"
+# The credentials' secrets of the gateway's policy (`env:`), in its namespace: its own, not the
+# sandboxes' (which no pod but an intercepted pod's agent may read).
+CREDENTIALS_SECRET = f"{NAME}-credentials"
 # The certificate clients trust (no key), cloned into their namespaces.
 CLIENT_CA_CONFIG_MAP = f"{NAME}-ca"
 CLIENT_CA_KEY = "ca.crt"
@@ -73,7 +76,7 @@ def _agent(s: InjectorSettings) -> dict[str, Any]:
         ],
         "resources": s.gateway_agent_resources.to_k8s(),
         "securityContext": restricted(s.gateway_uid),
-        **agent_secrets_and_probes(s),
+        **agent_secrets_and_probes(CREDENTIALS_SECRET),
         "volumeMounts": [
             {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
             {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True},

@@ -176,11 +176,11 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
     }
 
 
-def agent_secrets_and_probes(s: InjectorSettings) -> dict[str, Any]:
+def agent_secrets_and_probes(credentials_secret: str) -> dict[str, Any]:
     """What every agent's container has, the gateway's too."""
     return {
         # The credentials' secrets, if the pod's namespace holds them (`env:` in the policy).
-        "envFrom": [{"secretRef": {"name": s.credentials_secret, "optional": True}}],
+        "envFrom": [{"secretRef": {"name": credentials_secret, "optional": True}}],
         "startupProbe": http_probe("/healthz", failures=60),
         "livenessProbe": http_probe("/healthz", failures=10),
     }
@@ -216,7 +216,7 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
         "command": command,
         "resources": s.agent_resources.to_k8s(),
         "securityContext": restricted(s.agent_uid),
-        **agent_secrets_and_probes(s),
+        **agent_secrets_and_probes(s.credentials_secret),
         "volumeMounts": [
             {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
             ca_mount,

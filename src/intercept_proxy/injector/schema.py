@@ -485,7 +485,11 @@ PROPERTIES: dict[str, Any] = {
         "The egress gateway, a shared explicit proxy (docs/gateway.md).",
         {
             "enabled": {"type": "boolean", "description": "Install the egress gateway."},
-            "namespace": _ref("dnsName", "Its namespace, created by the chart."),
+            "namespace": _ref("dnsName", "Its namespace (not the release's)."),
+            "createNamespace": {
+                "type": "boolean",
+                "description": "Create that namespace, Pod Security restricted.",
+            },
             "uid": _ref("uid", "The user its agent and Envoy run as."),
             "replicas": _count("Replicas when autoscaling is off."),
             "resources": _object(
