@@ -79,6 +79,11 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                 "autoscaling": {"enabled": False},
                 "podDisruptionBudget": {"minAvailable": 2},
                 "topologySpread": False,
+                "metrics": {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "observability"}
+                    }
+                },
                 "clients": {
                     "namespaceSelector": {"matchLabels": {"egress": "gateway"}},
                     "proxyEnv": True,

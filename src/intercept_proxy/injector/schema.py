@@ -511,6 +511,14 @@ PROPERTIES: dict[str, Any] = {
             "podDisruptionBudget": _object(
                 "", {"minAvailable": _count("Replicas kept through voluntary disruptions.")}
             ),
+            "metrics": _object(
+                "",
+                {
+                    "namespaceSelector": _ref(
+                        "labelSelector", "The namespaces whose pods may scrape the agents."
+                    )
+                },
+            ),
             "topologySpread": {
                 "type": "boolean",
                 "description": "Spread the replicas over zones and nodes (preferred).",
