@@ -465,14 +465,20 @@ Squid (`-N`) and mitmproxy are single-threaded.
 `gateway` and `squid-proxy` are explicit proxies: the client is told of them (its proxy) and \
 opens a CONNECT tunnel per connection, in which the proxy terminates TLS as above. `gateway` \
 is the same agent and Envoy serving Envoy's gateway listener, as the chart's gateway replicas \
-do (the local `intercept gateway` adds a relay before it); `squid-proxy` is Squid bumping the \
-tunnels, judging the CONNECT's host at once. wrk and h2load cannot use a proxy: these two are \
-measured with hey (Go's HTTP client, `-x PROXY`): keep-alive runs of \
+do (the local `intercept gateway` adds a relay before it), which refuses a CONNECT to a host \
+outside the allowlist; `squid-proxy` is Squid bumping the tunnels, which judges the CONNECT's \
+host at once too, but shows its refusal inside the tunnel it bumps. wrk and h2load cannot use \
+a proxy: these two are measured with hey (Go's HTTP client, `-x PROXY`): keep-alive runs of \
 `hey -n N -c{connections}` (and `-h2`; N: {hey_rate} requests per second of {duration} s), \
 the latency run `hey -c1 -q{rate}`, new connections `hey -disable-keepalive`, the new \
-host's extra ms from the whole request's time (CONNECT and TLS included). A different \
-client sends different requests: compare these two with each other, the others among \
-themselves.
+host's extra ms from the whole request's time (CONNECT and TLS included). hey's HTTP/2 \
+runs share one connection among its workers: 16 streams in flight on one tunnel, where \
+h2load's are 16 connections of one stream each. hey prints times to 0.1 ms, so its \
+latencies and new-host figures move in steps of 0.1 ms. Squid bumps each tunnel after \
+opening its own upstream TLS connection, for the known host as for the new one, which the \
+new host's difference cancels out (and which lowers its new-connection rate); the gateway \
+reuses Envoy's upstream connections. A different client sends different requests: compare \
+these two with each other, the others among themselves.
 
 Rounds run the scenarios one after the other (A B C … A B C …) so that drift of a shared \
 machine spreads over all of them; each figure is the median over rounds.

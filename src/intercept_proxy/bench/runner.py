@@ -373,7 +373,7 @@ class Bench:
             self.next_new_host += 1
             new, seen = (self._one_request_ms(scenario, _url(n)) for n in (name, configs.HOST))
             if new is None or seen is None:
-                raise BenchError(f"{scenario.name}: h2load printed no time to first byte")
+                raise BenchError(f"{scenario.name}: the client printed no time for one request")
             extra.append(new - seen)
         return sum(extra) / len(extra)
 

@@ -194,12 +194,20 @@ class Scenario:
             status = self.curl("POST", f"https://{configs.HOST}/")
             if status != 403:
                 raise BenchError(f"{self.name}: POST answered {status}, not 403")
+        if self.judges and self.proxy:
+            # A name outside the allowlist: refused on its CONNECT (the gateway), or inside the
+            # tunnel Squid bumps to show its refusal.
+            answers = self._curl("GET", "https://outside.invalid/", "%{http_connect} %{http_code}")
+            if "403" not in answers.split():
+                raise BenchError(f"{self.name}: outside.invalid answered {answers}, not 403")
 
     def curl(self, method: str, url: str) -> int:
-        argv = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method]
+        return int(self._curl(method, url, "%{http_code}") or 0)
+
+    def _curl(self, method: str, url: str, written: str) -> str:
+        argv = ["curl", "-s", "-o", "/dev/null", "-w", written, "-X", method]
         argv += ["--cacert", str(self.client_ca), "--max-time", "20", *self.curl_proxy(), url]
-        result = netns.run(self.ns, as_user(CLIENT_UID, argv), timeout=30)
-        return int(result.stdout or 0)
+        return netns.run(self.ns, as_user(CLIENT_UID, argv), timeout=30).stdout
 
     def curl_proxy(self) -> list[str]:
         return ["--proxy", self.proxy] if self.proxy else []
