@@ -11,7 +11,6 @@ certificate (a ConfigMap) and the variables naming it are `client_trust`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,12 @@ from intercept_proxy.injector.pod import (
     POLICY_VOLUME,
     TRUST_VARIABLES,
     agent_secrets_and_probes,
+    envoy_command,
     http_probe,
     restricted,
 )
 from intercept_proxy.injector.settings import InjectorSettings
-from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
-from intercept_proxy.xds.envoy import DEFAULT_ARGS as ENVOY_ARGS
+from intercept_proxy.xds.bootstrap import Bootstrap
 
 # The seeds' names: egress-proxy.egress-system.svc.cluster.local:3128.
 NAME = "egress-proxy"
@@ -47,7 +46,7 @@ CREDENTIALS_SECRET = f"{NAME}-credentials"
 # The certificate clients trust (no key), cloned into their namespaces.
 CLIENT_CA_CONFIG_MAP = f"{NAME}-ca"
 CLIENT_CA_KEY = "ca.crt"
-CLIENT_TRUST_VOLUME = "egress-proxy-ca"
+CLIENT_TRUST_VOLUME = f"{NAME}-ca"
 CLIENT_TRUST_DIR = "/var/run/egress-proxy"
 CLIENT_TRUST_FILE = f"{CLIENT_TRUST_DIR}/{CLIENT_CA_KEY}"
 # Every address of the pod: clients come from other pods, probes from the node.
@@ -86,14 +85,11 @@ def _agent(s: InjectorSettings) -> dict[str, Any]:
 
 
 def _envoy(s: InjectorSettings) -> dict[str, Any]:
-    config = json.dumps(
-        bootstrap(Bootstrap(node_id="intercept-gateway", gateway=True)), sort_keys=True
-    )
     return {
         "name": ENVOY,
         "image": s.envoy_image,
         "imagePullPolicy": s.image_pull_policy,
-        "command": ["envoy", "--config-yaml", config, *ENVOY_ARGS, "--log-level", "warning"],
+        "command": envoy_command(Bootstrap(node_id="intercept-gateway", gateway=True)),
         "ports": [{"name": "proxy", "containerPort": ports.ENVOY_GATEWAY, "protocol": "TCP"}],
         "resources": s.gateway_envoy_resources.to_k8s(),
         "securityContext": restricted(s.gateway_uid),

@@ -228,14 +228,19 @@ def agent_container(s: InjectorSettings) -> dict[str, Any]:
     }
 
 
+def envoy_command(b: Bootstrap) -> list[str]:
+    """Envoy's command in a pod, its bootstrap inline (the sidecar's, the gateway's)."""
+    config = json.dumps(bootstrap(b), sort_keys=True)
+    return ["envoy", "--config-yaml", config, *ENVOY_ARGS, "--log-level", "warning"]
+
+
 def envoy_container(s: InjectorSettings) -> dict[str, Any]:
-    config = json.dumps(bootstrap(Bootstrap(node_id="intercept-sidecar")), sort_keys=True)
     return {
         "name": ENVOY,
         "image": s.envoy_image,
         "imagePullPolicy": s.image_pull_policy,
         "restartPolicy": "Always",
-        "command": ["envoy", "--config-yaml", config, *ENVOY_ARGS, "--log-level", "warning"],
+        "command": envoy_command(Bootstrap(node_id="intercept-sidecar")),
         "resources": s.envoy_resources.to_k8s(),
         "securityContext": restricted(s.envoy_uid),
         # The agent is ready when Envoy has accepted its whole configuration: the workload
