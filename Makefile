@@ -2,8 +2,10 @@
 VENV ?= .venv
 SYSTEM_PYTHON ?= /usr/bin/python3
 PY := $(VENV)/bin/python
-# nginx and wrk: the benchmark's upstream and HTTP/1.1 client (its smoke test runs in `make test`).
-DEBIAN_PACKAGES := ca-certificates curl git iproute2 iptables nghttp2-client nginx-light util-linux wrk
+# nginx and wrk: the benchmark's upstream and HTTP/1.1 client (its smoke test runs in `make test`);
+# containernetworking-plugins: the CNI plugins the cluster's node attaches its pods with.
+DEBIAN_PACKAGES := ca-certificates containernetworking-plugins curl git iproute2 iptables nghttp2-client \
+	nginx-light util-linux wrk
 
 .PHONY: install tools test lint demo bench clean
 .DEFAULT_GOAL := test

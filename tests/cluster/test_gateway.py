@@ -2,20 +2,23 @@
 the HorizontalPodAutoscaler's minimum by the real controller) admitted by the real PodSecurity
 admission in a `restricted` namespace, run by the node without root or capability, Ready, and
 serving as an explicit proxy judged by the default policy; Kyverno gives a client namespace the
-gateway's CA and NetworkPolicy, and a labelled client pod its proxy variables.
+gateway's CA and NetworkPolicy, and a labelled client pod its proxy variables; client pods in a
+`restricted` namespace reach allowed hosts through the replicas, over the node's pod network.
 
-The node gives pods no network between them (docs/cluster.md): the clients that reach a
-replica here are run in the lab's namespace, which is on the link of every pod."""
+The node runs no kube-proxy and no cluster DNS (docs/cluster.md): the clients name a replica by
+its pod IP, not the Service's name their proxy variables hold."""
 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import shlex
 import time
+from typing import Any
 
 import pytest
 
-from intercept_proxy import netns
 from intercept_proxy.decision import parse_log
 from intercept_proxy.injector import gateway
 from intercept_proxy.injector.pod import TRUST_VARIABLES
@@ -78,24 +81,63 @@ def client_ca(kube) -> str:
     return data[gateway.CLIENT_CA_KEY]
 
 
-def through(cluster, address: str, ca: str, url: str, *curl: str) -> tuple[str, str, str]:
-    """`url` fetched by curl through the gateway replica at `address`, from the lab's namespace:
-    the status, the body and curl's complaint."""
-    proxy = f"http://[{address}]:3128" if ":" in address else f"http://{address}:3128"
-    ca_file = cluster.state_dir / "gateway-ca.pem"
-    ca_file.write_text(ca)
-    result = netns.run(
-        cluster.lab.netns,
-        [
-            "curl", "-sS", "--max-time", "20", "--proxy", proxy, "--cacert", str(ca_file),
-            "-w", "\n%{http_code}", *curl, url,
-        ],
-    )  # fmt: skip
-    body, _, status = result.stdout.rpartition("\n")
-    return status, body, result.stderr.strip()
+RESTRICTED = {
+    "runAsNonRoot": True,
+    "runAsUser": WORKLOAD_UID,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
-def test_the_replicas_run_restricted_and_judge_their_clients(kube, cluster, release):
+def client(name: str, command: list[str], **spec: Any) -> dict:
+    """A client pod as the seeds' example: labelled for the gateway, restricted."""
+    container = {"securityContext": RESTRICTED, **spec.pop("container", {})}
+    labels = {"networking/allow-egress": "true"}
+    return pod(name, command, metadata={"labels": labels}, container=container, **spec)
+
+
+CLIENTS = itertools.count()
+
+
+def through(
+    kube, namespace: str, requests: list[tuple[str, str, tuple[str, ...]]]
+) -> list[tuple[str, str, str]]:
+    """Each (replica address, url, curl options) fetched by curl in one client pod, through
+    that replica, trusting what Kyverno's variables name: (status, body, curl's complaint)."""
+    lines = []
+    for address, url, options in requests:
+        proxy = f"http://[{address}]:3128" if ":" in address else f"http://{address}:3128"
+        fetch = shlex.join(
+            ["curl", "-sS", "--max-time", "20", "--proxy", proxy, "-o", "/w/body",
+             "-w", "%{http_code}", *options, url]
+        )  # fmt: skip
+        lines.append(
+            f"rm -f /w/*; {fetch} >/w/status 2>/w/error; "
+            'echo "@@|$(cat /w/status)|$(base64 -w0 /w/body 2>/dev/null)|$(base64 -w0 /w/error)"'
+        )
+    name = f"client-{next(CLIENTS)}"
+    kube.apply(
+        namespace,
+        client(
+            name,
+            ["sh", "-c", "\n".join(lines)],
+            container={"volumeMounts": [{"name": "w", "mountPath": "/w"}]},
+            volumes=[{"name": "w", "emptyDir": {}}],
+        ),
+    )
+    kube.wait_phase(namespace, name, "Succeeded", timeout=120)
+    results = []
+    for line in kube.logs(namespace, name).splitlines():
+        if line.startswith("@@|"):
+            _, status, body, error = line.split("|")
+            decoded = (base64.b64decode(body).decode(), base64.b64decode(error).decode())
+            results.append((status, decoded[0], decoded[1].strip()))
+    assert len(results) == len(requests), kube.logs(namespace, name)
+    return results
+
+
+def test_the_replicas_run_restricted_and_judge_their_client_pods(kube, namespace, release):
     # Admitted in a namespace enforcing `restricted`, by the real PodSecurity admission.
     labels = kube.get("", "namespace", GATEWAY_NAMESPACE)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -106,24 +148,40 @@ def test_the_replicas_run_restricted_and_judge_their_clients(kube, cluster, rele
     assert kube.get(GATEWAY_NAMESPACE, "pdb", gateway.NAME)["spec"]["minAvailable"] == 1
     service = kube.get(GATEWAY_NAMESPACE, "service", gateway.NAME)
     assert service["spec"]["ports"][0]["port"] == 3128
-    ca = client_ca(kube)
     replicas = replicas_ready(kube, 2)
     for replica in replicas:
         for container in replica["spec"]["containers"]:
             context = container["securityContext"]
             assert context["runAsNonRoot"] and context["capabilities"] == {"drop": ["ALL"]}
-        # Both address families of each replica; the same CA whichever replica answers.
-        for address in {a["ip"] for a in replica["status"]["podIPs"]}:
-            assert through(cluster, address, ca, "https://pypi.org/simple/")[0] == "200"
-            # A host the policy names nowhere: refused before any tunnel.
-            refused = through(cluster, address, ca, "https://exfil.attacker.example/x")
-            assert refused[2] == "curl: (56) CONNECT tunnel failed, response 403", address
-            # Plain HTTP in absolute form: the explained denial.
-            status, body, _ = through(cluster, address, ca, "http://exfil.attacker.example/x")
+    # The clients: restricted pods of another namespace, trusting the CA Kyverno copied there.
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kube.wait_object(namespace, "configmap", gateway.CLIENT_CA_CONFIG_MAP)
+    # Both address families of each replica (the same CA whichever answers): an allowed host,
+    # a host the policy names nowhere (refused before any tunnel), plain HTTP in absolute form
+    # (the explained denial); and HTTP/2 inside the tunnel.
+    cases = [
+        ("https://pypi.org/simple/", ()),
+        ("https://exfil.attacker.example/x", ()),
+        ("http://exfil.attacker.example/x", ()),
+    ]
+    requests = [
+        (a["ip"], url, options)
+        for replica in replicas
+        for a in replica["status"]["podIPs"]
+        for url, options in cases
+    ]
+    requests += [(r["status"]["podIP"], "https://pypi.org/simple/", ("--http2",)) for r in replicas]
+    results = dict(zip(requests, through(kube, namespace, requests), strict=True))
+    for (address, url, options), (status, body, complaint) in results.items():
+        if url.startswith("https://pypi.org"):
+            assert (status, complaint) == ("200", ""), (address, options)
+        elif url.startswith("https://"):
+            assert complaint == "curl: (56) CONNECT tunnel failed, response 403", address
+        else:
             assert (status, json.loads(body)["error"]["rule"]) == ("403", "default_deny"), address
-        # HTTP/2 inside the tunnel.
-        address = replica["status"]["podIP"]
-        assert through(cluster, address, ca, "https://pypi.org/simple/", "--http2")[0] == "200"
+    assert {a for a, _, _ in requests} == {
+        a["ip"] for r in replicas for a in r["status"]["podIPs"]
+    } and len({a for a, _, _ in requests}) == 4, "an IPv4 and an IPv6 address per replica"
     # The decision log is Envoy's: kubectl logs (Envoy writes it out every second).
     expected = {
         ("pypi.org", True, "allowed_domains"),
@@ -164,22 +222,12 @@ def test_a_client_namespace_gets_the_ca_and_its_network_policy(kube, namespace, 
     )
     # A labelled pod, restricted as the seeds' example: Kyverno sets its variables and mounts
     # the CA; it runs (no root, no capability) and reads them.
-    client = pod(
+    labelled = client(
         "client",
         ["sh", "-c", 'echo "$HTTPS_PROXY $NO_PROXY"; cat "$SSL_CERT_FILE"'],
-        metadata={"labels": {"networking/allow-egress": "true"}},
-        container={
-            "env": [{"name": "HTTPS_PROXY", "value": "http://elsewhere:8080"}],
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": WORKLOAD_UID,
-                "allowPrivilegeEscalation": False,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-        },
+        container={"env": [{"name": "HTTPS_PROXY", "value": "http://elsewhere:8080"}]},
     )
-    kube.apply(namespace, client)
+    kube.apply(namespace, labelled)
     stored = kube.pod(namespace, "client")
     env = {e["name"]: e["value"] for e in stored["spec"]["containers"][0]["env"]}
     assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == env["https_proxy"] == PROXY  # replaced

@@ -4,6 +4,7 @@ supervisor was SIGKILLed and after an `up` killed half-way."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from intercept_proxy.cluster import Cluster, unique_name
+from intercept_proxy.cluster.layout import POD_SUBNETS
 from tests.cluster.harness import LAB_SPEC, MEASUREMENTS, alive, footprint
 
 pytestmark = pytest.mark.netns
@@ -173,19 +175,19 @@ def test_down_cleans_up_after_up_was_killed_half_way(spec_file):
         cluster.down()
 
 
-def test_without_a_lab_pods_use_the_host_uplink_and_down_removes_it():
-    """No lab: a pod's uplink is the host's (veth, NAT and forwarding rules). The pod sends
-    nothing; after a SIGKILL of the supervisor, `down` removes the rules and restores
-    forwarding."""
+def test_without_a_lab_the_node_uses_the_host_uplink_and_down_removes_it():
+    """No lab: the node's pod network reaches out through the host (veth, NAT and forwarding
+    rules). The pod sends nothing; after a SIGKILL of the supervisor, `down` removes the rules
+    and restores forwarding."""
     forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text()
     cluster = Cluster(unique_name("u"))
     try:
         cluster.up()
         pids = running_sleeper(cluster)
         pod = cluster.client.get("/api/v1/namespaces/default/pods/sleeper")
-        assert pod["status"]["podIP"].startswith("10.213.")
+        assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(POD_SUBNETS[0])
         used = footprint(cluster)
-        assert used["iptables"], "the pod's host uplink has rules carrying its name"
+        assert used["iptables"], "the node's host uplink has rules carrying its name"
         assert used["links"], "and a veth on the host"
         os.kill(int((cluster.state_dir / "supervisor.pid").read_text()), signal.SIGKILL)
         down = cluster_down(cluster.name)

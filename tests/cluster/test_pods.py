@@ -5,12 +5,14 @@ workload reaches the lab through its interceptor."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import time
 
 import pytest
 
 from intercept_proxy import netns
+from intercept_proxy.cluster.layout import POD_SUBNETS
 from tests.cluster.harness import MEASUREMENTS, WORKLOAD_UID, deployment, pod
 
 pytestmark = pytest.mark.netns
@@ -33,7 +35,11 @@ def test_a_pod_runs_on_the_node_and_its_logs_come_back(kube, namespace, cluster)
     status = done["status"]["containerStatuses"][0]
     assert status["state"]["terminated"]["exitCode"] == 0
     assert status["state"]["terminated"]["reason"] == "Completed"
-    assert done["status"]["podIP"].startswith("198.19.")  # an address on the lab's links
+    # One address per family from the node's pod subnets, IPv4 first.
+    addresses = [ipaddress.ip_address(a["ip"]) for a in done["status"]["podIPs"]]
+    assert [a.version for a in addresses] == [4, 6]
+    assert str(addresses[0]) == done["status"]["podIP"]
+    assert all(a in ipaddress.ip_network(n) for a, n in zip(addresses, POD_SUBNETS, strict=True))
     assert kube.logs(namespace, "hello") == f"one\ntwo\nthree\n{WORKLOAD_UID}\n"
     assert kube.logs(namespace, "hello", "--tail=1") == f"{WORKLOAD_UID}\n"
     stamped = kube.logs(namespace, "hello", "--timestamps").splitlines()
@@ -272,3 +278,35 @@ def test_the_default_service_account_token_is_mounted(kube, namespace):
     kube.apply(namespace, pod("sa", ["sh", "-c", f"ls {mounted}; cat {mounted}/namespace"]))
     kube.wait_phase(namespace, "sa", "Succeeded")
     assert kube.logs(namespace, "sa").split() == ["ca.crt", "namespace", "token", namespace]
+
+
+def test_pods_reach_each_other_by_pod_ip_and_give_their_addresses_back(kube, cluster, namespace):
+    """The node's pod network (a real CNI chain): a pod reaches another by its IPv4 and its IPv6
+    address; finished or deleted, a pod gives the node's address allocator its addresses back."""
+    kube.apply(
+        namespace,
+        pod("server", ["/usr/bin/python3", "-m", "http.server", "--bind", "::", "8080"]),
+    )
+    server = kube.wait_phase(namespace, "server", "Running")
+    urls = [
+        f"http://[{a['ip']}]:8080/" if ":" in a["ip"] else f"http://{a['ip']}:8080/"
+        for a in server["status"]["podIPs"]
+    ]
+    fetch = "; ".join(
+        f"curl -sS -o /dev/null -w '%{{http_code}}\\n' --retry 20 --retry-connrefused "
+        f"--retry-delay 0 --max-time 10 '{url}'"
+        for url in urls
+    )
+    kube.apply(namespace, pod("client", ["sh", "-c", fetch]))
+    client = kube.wait_phase(namespace, "client", "Succeeded")
+    assert kube.logs(namespace, "client") == "200\n200\n"
+
+    def held() -> set[str]:
+        return {p.name for p in (cluster.state_dir / "cni" / "ipam" / "pods").iterdir()}
+
+    # A finished pod's network is gone (as a kubelet removes its sandbox); a running one's not.
+    assert not {a["ip"] for a in client["status"]["podIPs"]} & held()
+    running = {a["ip"] for a in server["status"]["podIPs"]}
+    assert running <= held()
+    kube.kubectl("delete", "pod", "-n", namespace, "server", "--wait=true")
+    assert not running & held()

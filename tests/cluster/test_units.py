@@ -30,7 +30,8 @@ def test_names_derive_from_the_cluster_name():
     assert len(prefix) == 6 and prefix.startswith("k") and prefix.isalnum()
     pod = layout.pod_prefix(prefix)
     assert pod.startswith(prefix + "p") and len(pod) == 10
-    assert len(f"{pod}h") <= 15  # a host uplink's interface
+    node = layout.Config("demo", prefix, "/tmp/x", "demo-node", layout.Ports()).node_netns
+    assert node == prefix + "n" and len(f"{node}h") <= 15  # its host uplink's interface
     assert layout.state_dir_for("demo").name == "intercept-cluster-demo"
     for bad in ("", "Demo", "1st", "a_b", "x" * 40, "-a", "../x"):
         with pytest.raises(layout.LayoutError):

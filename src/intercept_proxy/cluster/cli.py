@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
         "--lab",
         type=Path,
         metavar="SPEC",
-        help="a lab spec: pods' network is that lab (without: the host's uplink, the real network)",
+        help="a lab spec: the pod network's way out is that lab (without: this machine's "
+        "network, the real one)",
     )
     up.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for readiness")
     down = commands.add_parser("down", help="stop a cluster and remove everything it made")

@@ -14,7 +14,7 @@ import json
 import re
 import secrets
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,11 @@ STATE_PREFIX = "intercept-cluster-"
 DEFAULT_NAME = "intercept"
 _NAME = re.compile(r"[a-z]([-a-z0-9]{0,30}[a-z0-9])?")
 _ALPHABET = string.ascii_lowercase + string.digits
-# A prefix is "k" and 5 characters: pods get PREFIX + "p" + 3 characters (10), whose uplink
-# interfaces add one more (11 of 15); the lab is PREFIX + "l" (7, a lab allows 9).
+# A prefix is "k" and 5 characters: pods get PREFIX + "p" + 3 characters (10); the lab is
+# PREFIX + "l" (7, a lab allows 9); the node's network PREFIX + "n", whose host uplink's
+# interfaces add one more (8 of 15).
 PREFIX_STEM = "k"
+POD_SUBNETS = ("10.244.0.0/24", "fc00:10:244::/64")
 
 
 class LayoutError(ValueError):
@@ -78,6 +80,9 @@ class Config:
     ports: Ports
     lab_spec: dict[str, Any] | None = None
     service_cidr: str = "10.96.0.0/16"
+    # The node's pods: outside the lab's ranges, so an interceptor allowed the lab's addresses
+    # is not thereby allowed its neighbours.
+    pod_subnets: list[str] = field(default_factory=lambda: list(POD_SUBNETS))
     cluster_domain: str = "cluster.local"
 
     @property
@@ -94,6 +99,10 @@ class Config:
     @property
     def lab_prefix(self) -> str:
         return self.prefix + "l"
+
+    @property
+    def node_netns(self) -> str:
+        return self.prefix + "n"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

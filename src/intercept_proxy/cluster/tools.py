@@ -1,4 +1,5 @@
-"""The engines a cluster runs, built and cached by `scripts/install-tools` (`make install`).
+"""The engines a cluster runs, built and cached by `scripts/install-tools` (`make install`), and
+the CNI plugins its node runs (a Debian package `make install` installs).
 
 A missing engine is an error naming the command that builds it, never a reason to skip."""
 
@@ -8,7 +9,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-INSTALL_HINT = "build the engines with `make install` (or `scripts/install-tools`)"
+from intercept_proxy.runtime.cni import BRIDGE_PLUGINS, PLUGIN_DIR
+
+INSTALL_HINT = (
+    "run `make install` (the engines: `scripts/install-tools`; the CNI plugins: Debian's "
+    "containernetworking-plugins)"
+)
 
 BINARIES = (
     "etcd",
@@ -61,5 +67,8 @@ class Tools:
         missing = [str(self.binary(b)) for b in BINARIES if not os.access(self.binary(b), os.X_OK)]
         shared = (self.kyverno_crds, self.kyverno_install, self.cert_manager_crds)
         missing += [str(p) for p in shared if not p.exists()]
+        # The node's pod network (Debian's containernetworking-plugins).
+        plugins = (PLUGIN_DIR / p for p in BRIDGE_PLUGINS)
+        missing += [str(p) for p in plugins if not os.access(p, os.X_OK)]
         if missing:
             raise ToolsError(f"missing {', '.join(missing)}: {INSTALL_HINT}")

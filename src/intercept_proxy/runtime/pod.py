@@ -222,8 +222,9 @@ class LocalPod:
         for r in reversed(running):
             _terminate(r.process)
         steps: list[tuple[str, Callable[[], None]]] = [
-            ("namespace", lambda: netns.delete(self.name)),
+            # The uplink first: a CNI DEL undoes what it made through the pod's namespace.
             ("uplink", self.options.uplink.detach),
+            ("namespace", lambda: netns.delete(self.name)),
             ("volumes", self.volumes.remove),
             ("mount points", lambda: state.release(self.options.prefix)),
             ("pod directory", lambda: shutil.rmtree(self.dir, ignore_errors=True)),

@@ -26,11 +26,11 @@ from intercept_proxy.cluster.node import prepare as prep
 from intercept_proxy.cluster.node import status as st
 from intercept_proxy.cluster.node import trust as tr
 from intercept_proxy.cluster.node.logs import LogServer, LogStore
+from intercept_proxy.cluster.node.network import NodeNetwork
 from intercept_proxy.cluster.node.pods import PodWorker
 from intercept_proxy.cluster.pki import KUBELET_CLIENT_USER, ClusterPki
 from intercept_proxy.lab import Lab
 from intercept_proxy.runtime.containers import Executables
-from intercept_proxy.runtime.network import HostUplink, LabUplink, Uplink
 from intercept_proxy.runtime.pod import cleanup_stale
 from intercept_proxy.xds.envoy import envoy_binary
 
@@ -76,9 +76,8 @@ class NodeAgent:
         self.executables = Executables(
             intercept=Path(sys.executable).with_name("intercept"), envoy=envoy_binary()
         )
-        self._lab: Lab | None = (
-            Lab.from_state(config.path("lab")) if config.lab_spec is not None else None
-        )
+        lab = Lab.from_state(config.path("lab")) if config.lab_spec is not None else None
+        self.network = NodeNetwork(config, lab)
         self.workers: dict[str, PodWorker] = {}
         self._prefixes: set[str] = set()  # given out by pod_prefix
         self._lock = threading.Lock()
@@ -87,13 +86,6 @@ class NodeAgent:
         self._version = ""
 
     # -- what pod workers ask for -------------------------------------------------------------
-
-    def uplink(self, prefix: str) -> Uplink:
-        """The uplink of the pod whose names start with `prefix`: the lab's, or the host's
-        (named like the pod, so the runtime's clean-up of a dead pod finds it)."""
-        if self._lab is not None:
-            return LabUplink(self._lab)
-        return HostUplink(prefix)
 
     def pod_prefix(self) -> str:
         """A prefix no namespace or interface of this machine starts with."""
@@ -459,6 +451,7 @@ class NodeAgent:
         removed = cleanup_stale()  # what an earlier agent of ours (or a crashed run) left
         if removed:
             log.info("removed leftovers: %s", removed)
+        self.network.start()
         server = LogServer(
             self.logs,
             self.pki.cert("node-serving"),
@@ -504,6 +497,7 @@ class NodeAgent:
             worker.stop()
         for worker in workers:
             worker.thread.join(timeout=60)
+        self.network.stop()
 
 
 def main(argv: list[str]) -> int:

@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Pods attached to the host's uplink pick a free subnet from the routes in force: one at a time.
-_NETWORK_LOCK = threading.Lock()
 STATUS_INTERVAL = 0.5
 PREPARE_RETRY = 2.0
 REFRESH_INTERVAL = 10.0
@@ -112,8 +110,7 @@ class ClusterPod(LocalPod):
     # -- the network and the runtime's hooks --------------------------------------------------
 
     def _setup(self) -> None:
-        with _NETWORK_LOCK:
-            super()._setup()
+        super()._setup()
         self.pod_ips = pod_addresses(self.name)
         self.facts.pod_ips = self.pod_ips
         prep.fill_pod_ips(self.spec, self.pod, self.facts)
@@ -327,7 +324,7 @@ class PodWorker:
         trust = tr.decide(self.pod, self.agent.releases())
         prefix = self.agent.pod_prefix()
         options = Options(
-            uplink=self.agent.uplink(prefix),
+            uplink=self.agent.network.uplink(self.pod),
             executables=self.agent.executables,
             prefix=prefix,
             trusted=trust.trusted,

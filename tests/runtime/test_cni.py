@@ -1,0 +1,162 @@
+"""The CNI chain the cluster's node attaches its pods with, run on Debian's real plugins (bridge,
+host-local, tuning) as a container runtime runs them: pods get one address per family and reach
+each other; DEL gives every address and masquerade rule back; a failing plugin is named, and what
+the plugins before it made is undone."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from intercept_proxy import netns
+from intercept_proxy.runtime.cni import (
+    Attachment,
+    Chain,
+    CniError,
+    CniUplink,
+    bridge_network,
+    plugin_environment,
+    plugin_input,
+)
+
+pytestmark = pytest.mark.netns
+
+SUBNETS = ("10.250.0.0/24", "fc00:10:250::/64")
+
+
+def test_the_bridge_network_gives_each_family_a_range_and_a_default_route():
+    network = bridge_network("pods", "cni0", SUBNETS, Path("/state/ipam"))
+    (bridge,) = network["plugins"]
+    assert (network["cniVersion"], network["name"]) == ("1.0.0", "pods")
+    assert bridge["type"] == "bridge" and bridge["isDefaultGateway"] and bridge["ipMasq"]
+    assert bridge["ipam"] == {
+        "type": "host-local",
+        "dataDir": "/state/ipam",
+        "ranges": [[{"subnet": "10.250.0.0/24"}], [{"subnet": "fc00:10:250::/64"}]],
+    }
+
+
+def test_an_invocation_is_what_the_specification_names():
+    attachment = Attachment("c1", Path("/run/netns/p1"), args=(("K8S_POD_NAME", "web"),))
+    assert plugin_environment("ADD", attachment, Path("/usr/lib/cni")) == {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c1",
+        "CNI_NETNS": "/run/netns/p1",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/usr/lib/cni",
+        "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web",
+    }
+    network = {"cniVersion": "1.0.0", "name": "pods", "plugins": []}
+    assert plugin_input(network, {"type": "tuning"}, {"ips": []}) == {
+        "type": "tuning",
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "prevResult": {"ips": []},
+    }
+    assert "prevResult" not in plugin_input(network, {"type": "bridge"}, None)
+
+
+@pytest.fixture
+def node(netns_prefix, tmp_path):
+    """A node's namespace and two pods' namespaces, removed whatever happens."""
+    names = [f"{netns_prefix}c{n}" for n in ("n", "a", "b")]
+    for name in names:
+        netns.create(name)
+    try:
+        yield names
+    finally:
+        for name in names:
+            if netns.exists(name):
+                netns.delete(name)
+
+
+def chain(node_netns: str, tmp_path: Path, *extra: dict) -> Chain:
+    network = bridge_network("pods", "cni0", SUBNETS, tmp_path / "ipam")
+    network["plugins"] += list(extra)
+    return Chain(network, node_netns, tmp_path / "results")
+
+
+def masquerade_rules(node_netns: str) -> list[str]:
+    rules = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        out = netns.run(node_netns, [tool]).stdout
+        rules += [line for line in out.splitlines() if line.startswith("-A") and "CNI-" in line]
+    return rules
+
+
+def allocations(tmp_path: Path) -> set[str]:
+    """The addresses host-local holds (one file each, beside its bookkeeping)."""
+    held = set()
+    for entry in (tmp_path / "ipam" / "pods").iterdir():
+        with contextlib.suppress(ValueError):
+            held.add(str(ipaddress.ip_address(entry.name)))
+    return held
+
+
+def test_pods_attached_by_the_real_plugins_reach_each_other_and_detach_leaves_nothing(
+    node, tmp_path
+):
+    node_ns, pod_a, pod_b = node
+    pods = chain(node_ns, tmp_path)
+    uplinks = {
+        name: CniUplink(pods, (("K8S_POD_NAME", name),), ("198.18.0.53",), None)
+        for name in (pod_a, pod_b)
+    }
+    for name, uplink in uplinks.items():
+        uplink.attach(name)
+    result = json.loads((tmp_path / "results" / f"{pod_b}-eth0.json").read_text())
+    assert [ip["address"] for ip in result["ips"]] == ["10.250.0.3/24", "fc00:10:250::3/64"]
+    assert allocations(tmp_path) == {"10.250.0.2", "10.250.0.3", "fc00:10:250::2", "fc00:10:250::3"}
+    assert masquerade_rules(node_ns), "ipMasq: what leaves the pods' subnets is masqueraded"
+    server = subprocess.Popen(
+        netns.exec_argv(pod_a, ["/usr/bin/python3", "-m", "http.server", "--bind", "::", "8080"]),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for url in ("http://10.250.0.2:8080/", "http://[fc00:10:250::2]:8080/"):
+            fetched = netns.run(
+                pod_b,
+                ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--retry", "20",
+                 "--retry-connrefused", "--retry-delay", "0", "--max-time", "10", url],
+            )  # fmt: skip
+            assert fetched.stdout == "200", (url, fetched.stderr)
+    finally:
+        server.kill()
+        server.wait()
+    for uplink in uplinks.values():
+        uplink.detach()
+    assert allocations(tmp_path) == set()
+    assert masquerade_rules(node_ns) == []
+    assert list((tmp_path / "results").iterdir()) == []
+    assert [link for link in netns.links(pod_a) if link != "lo"] == []
+
+
+def test_a_failing_plugin_is_named_and_the_plugins_before_it_are_undone(node, tmp_path):
+    node_ns, pod_a, _ = node
+    # tuning refuses a MAC address that is none: the bridge before it has attached the pod.
+    pods = chain(node_ns, tmp_path, {"type": "tuning", "mac": "not-a-mac"})
+    with pytest.raises(CniError) as refused:
+        pods.add(Attachment("pod-a", netns.NETNS_RUN_DIR / pod_a))
+    assert str(refused.value).startswith("CNI ADD of pod-a: plugin tuning: code ")
+    assert "not-a-mac" in str(refused.value)
+    assert allocations(tmp_path) == set()
+    assert masquerade_rules(node_ns) == []
+    assert [link for link in netns.links(pod_a) if link != "lo"] == []
+
+
+def test_a_namespace_that_is_not_there_and_a_missing_plugin_are_clear_errors(node, tmp_path):
+    node_ns, _, _ = node
+    pods = chain(node_ns, tmp_path)
+    with pytest.raises(CniError) as refused:
+        pods.add(Attachment("ghost", netns.NETNS_RUN_DIR / "no-such-pod"))
+    assert "CNI ADD of ghost: plugin bridge: code " in str(refused.value)
+    assert "no-such-pod" in str(refused.value)
+    elsewhere = Chain(pods.network, node_ns, tmp_path / "results", plugin_dir=tmp_path)
+    with pytest.raises(CniError, match=r"CNI plugin bridge is not in .*make install"):
+        elsewhere.add(Attachment("ghost", netns.NETNS_RUN_DIR / "no-such-pod"))
