@@ -7,12 +7,15 @@ everything a run left behind, whatever state it stopped in.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
 import signal
+import socket
 import string
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +26,8 @@ NETNS_RUN_DIR = Path("/run/netns")
 # `ip netns exec` bind-mounts /etc/netns/NAME/* over /etc/*, e.g. a per-namespace resolv.conf.
 NETNS_ETC_DIR = Path("/etc/netns")
 IFNAME_MAX = 15
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -36,8 +41,39 @@ def unique_prefix(stem: str = "ipx", random_chars: int = 4) -> str:
 
 
 def exec_argv(netns: str, argv: Sequence[str]) -> list[str]:
-    """The argv running `argv` inside `netns` (`ip netns exec` execs it: same pid, no fork)."""
+    """The argv running `argv` inside `netns`: a name (`ip netns exec` execs it: same pid, no
+    fork), or a namespace's path, as a container runtime gives it (`CNI_NETNS`)."""
+    if "/" in netns:
+        return ["nsenter", f"--net={netns}", "--", *argv]
     return ["ip", "netns", "exec", netns, *argv]
+
+
+def socket_in(name: str, family: socket.AddressFamily, kind: socket.SocketKind) -> socket.socket:
+    """A socket of namespace `name`, used from this one: a thread enters `name` (setns changes
+    only the calling thread's namespace), makes the socket and ends; the socket keeps its
+    namespace wherever it is used."""
+    made: list[socket.socket | BaseException] = []
+
+    def make() -> None:
+        try:
+            fd = os.open(NETNS_RUN_DIR / name, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
+                    error = ctypes.get_errno()
+                    raise OSError(error, f"setns into {name}: {os.strerror(error)}")
+            finally:
+                os.close(fd)
+            made.append(socket.socket(family, kind))
+        except BaseException as e:
+            made.append(e)
+
+    thread = threading.Thread(target=make, name=f"socket-in-{name}")
+    thread.start()
+    thread.join()
+    (result,) = made
+    if isinstance(result, BaseException):
+        raise NetnsError(f"a socket in network namespace {name}: {result}")
+    return result
 
 
 def run(

@@ -58,6 +58,8 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                 }
             },
             "clone": {"namespaceSelector": {"matchLabels": {"sandbox": "agents"}}},
+            # CNI mode: proxy-init only checks the node's capture, as an ordinary user.
+            "capture": {"mode": "cni"},
             "ca": {"mode": "certManager", "certManager": {"issuerRef": {"name": "corp-ca"}}},
             "policy": {"podOverride": "none"},
             "dns": {"forwardSuffixes": []},

@@ -128,6 +128,7 @@ BAD_VALUES = [
     ({"agent": {"resources": {"limits": {"cpu": "half"}}}}, "/agent/resources/limits/cpu"),
     ({"envoy": {"resources": {"requests": {"memory": True}}}}, "/envoy/resources/requests/memory"),
     ({"clone": {"namespaceSelector": {"matchLabel": {}}}}, "/clone/namespaceSelector"),
+    ({"capture": {"mode": "sidecar"}}, "/capture/mode"),
     (  # a secret comes from the agent's environment (the Secret <release>-credentials) only
         {"policy": {"default": {"credentials": [{"host": "a.test", "file": "/k"}]}}},
         "/policy/default/credentials/0",

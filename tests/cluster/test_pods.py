@@ -304,9 +304,15 @@ def test_pods_reach_each_other_by_pod_ip_and_give_their_addresses_back(kube, clu
     def held() -> set[str]:
         return {p.name for p in (cluster.state_dir / "cni" / "ipam" / "pods").iterdir()}
 
-    # A finished pod's network is gone (as a kubelet removes its sandbox); a running one's not.
-    assert not {a["ip"] for a in client["status"]["podIPs"]} & held()
+    def given_back(addresses: set[str]) -> bool:
+        deadline = time.monotonic() + 10
+        while addresses & held() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return not addresses & held()
+
+    # A finished pod's network goes (as a kubelet removes its sandbox); a running one's stays.
     running = {a["ip"] for a in server["status"]["podIPs"]}
     assert running <= held()
+    assert given_back({a["ip"] for a in client["status"]["podIPs"]})
     kube.kubectl("delete", "pod", "-n", namespace, "server", "--wait=true")
     assert not running & held()

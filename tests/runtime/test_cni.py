@@ -43,12 +43,12 @@ def test_the_bridge_network_gives_each_family_a_range_and_a_default_route():
 
 def test_an_invocation_is_what_the_specification_names():
     attachment = Attachment("c1", Path("/run/netns/p1"), args=(("K8S_POD_NAME", "web"),))
-    assert plugin_environment("ADD", attachment, Path("/usr/lib/cni")) == {
+    assert plugin_environment("ADD", attachment, (Path("/usr/lib/cni"), Path("/opt/b"))) == {
         "CNI_COMMAND": "ADD",
         "CNI_CONTAINERID": "c1",
         "CNI_NETNS": "/run/netns/p1",
         "CNI_IFNAME": "eth0",
-        "CNI_PATH": "/usr/lib/cni",
+        "CNI_PATH": "/usr/lib/cni:/opt/b",
         "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web",
     }
     network = {"cniVersion": "1.0.0", "name": "pods", "plugins": []}
@@ -140,10 +140,11 @@ def test_pods_attached_by_the_real_plugins_reach_each_other_and_detach_leaves_no
 def test_a_failing_plugin_is_named_and_the_plugins_before_it_are_undone(node, tmp_path):
     node_ns, pod_a, _ = node
     # tuning refuses a MAC address that is none: the bridge before it has attached the pod.
-    pods = chain(node_ns, tmp_path, {"type": "tuning", "mac": "not-a-mac"})
+    tuning = {"type": "tuning", "mac": "not-a-mac", "dataDir": str(tmp_path / "tuning")}
+    pods = chain(node_ns, tmp_path, tuning)
     with pytest.raises(CniError) as refused:
-        pods.add(Attachment("pod-a", netns.NETNS_RUN_DIR / pod_a))
-    assert str(refused.value).startswith("CNI ADD of pod-a: plugin tuning: code ")
+        pods.add(Attachment(pod_a, netns.NETNS_RUN_DIR / pod_a))
+    assert str(refused.value).startswith(f"CNI ADD of {pod_a}: plugin tuning: code ")
     assert "not-a-mac" in str(refused.value)
     assert allocations(tmp_path) == set()
     assert masquerade_rules(node_ns) == []
@@ -157,6 +158,6 @@ def test_a_namespace_that_is_not_there_and_a_missing_plugin_are_clear_errors(nod
         pods.add(Attachment("ghost", netns.NETNS_RUN_DIR / "no-such-pod"))
     assert "CNI ADD of ghost: plugin bridge: code " in str(refused.value)
     assert "no-such-pod" in str(refused.value)
-    elsewhere = Chain(pods.network, node_ns, tmp_path / "results", plugin_dir=tmp_path)
-    with pytest.raises(CniError, match=r"CNI plugin bridge is not in .*make install"):
+    elsewhere = Chain(pods.network, node_ns, tmp_path / "results", plugin_path=(tmp_path,))
+    with pytest.raises(CniError, match=rf"CNI plugin bridge is not in {tmp_path} .*make install"):
         elsewhere.add(Attachment("ghost", netns.NETNS_RUN_DIR / "no-such-pod"))

@@ -10,7 +10,7 @@ Each definition is a JSON document for this release's values.
     "name": "proxy-init",
     "image": {{ printf "%s:%s" .Values.image.repository .Values.image.tag | toJson }},
     "imagePullPolicy": {{ .Values.image.pullPolicy | toJson }},
-    "command": [
+    "command": {{ if eq (.Values.capture.mode) "init" }}[
       "intercept",
       "proxy-init",
       "--envoy-uid",
@@ -31,16 +31,38 @@ Each definition is a JSON document for this release's values.
       {{- range .Values.capture.inboundPorts }},
       "--inbound-port", {{ . | int | toString | toJson }}
       {{- end }}
-    ],
+    ]{{ else }}[
+      "intercept",
+      "proxy-init",
+      "--check",
+      "--envoy-uid",
+      {{ .Values.envoy.uid | int | toString | toJson }},
+      "--agent-uid",
+      {{ .Values.agent.uid | int | toString | toJson }}
+      {{- range .Values.capture.tlsPorts }},
+      "--tls-port", {{ . | int | toString | toJson }}
+      {{- end }}
+      {{- range .Values.capture.httpPorts }},
+      "--http-port", {{ . | int | toString | toJson }}
+      {{- end }}
+      {{- range .Values.capture.allowedCidrs }},
+      "--allow-cidr", {{ . | toString | toJson }}
+      {{- end }},
+      "--inbound-port",
+      "15020"
+      {{- range .Values.capture.inboundPorts }},
+      "--inbound-port", {{ . | int | toString | toJson }}
+      {{- end }}
+    ]{{ end }},
     "resources": {{ .Values.proxyInit.resources | toJson }},
     "securityContext": {
-      "runAsUser": 0,
-      "runAsGroup": 0,
-      "runAsNonRoot": false,
+      "runAsUser": {{ if eq (.Values.capture.mode) "init" }}0{{ else }}103{{ end }},
+      "runAsGroup": {{ if eq (.Values.capture.mode) "init" }}0{{ else }}103{{ end }},
+      "runAsNonRoot": {{ if eq (.Values.capture.mode) "init" }}false{{ else }}true{{ end }},
       "allowPrivilegeEscalation": false,
       "privileged": false,
       "readOnlyRootFilesystem": true,
-      "capabilities": {
+      "capabilities": {{ if eq (.Values.capture.mode) "init" }}{
         "drop": [
           "ALL"
         ],
@@ -48,7 +70,11 @@ Each definition is a JSON document for this release's values.
           "NET_ADMIN",
           "NET_RAW"
         ]
-      },
+      }{{ else }}{
+        "drop": [
+          "ALL"
+        ]
+      }{{ end }},
       "seccompProfile": {
         "type": "RuntimeDefault"
       }
@@ -307,7 +333,7 @@ Each definition is a JSON document for this release's values.
     {
       "name": "proxy-init",
       "image": {{ printf "%s:%s" .Values.image.repository .Values.image.tag | toJson }},
-      "command": [
+      "command": {{ if eq (.Values.capture.mode) "init" }}[
         "intercept",
         "proxy-init",
         "--envoy-uid",
@@ -328,7 +354,29 @@ Each definition is a JSON document for this release's values.
         {{- range .Values.capture.inboundPorts }},
         "--inbound-port", {{ . | int | toString | toJson }}
         {{- end }}
-      ],
+      ]{{ else }}[
+        "intercept",
+        "proxy-init",
+        "--check",
+        "--envoy-uid",
+        {{ .Values.envoy.uid | int | toString | toJson }},
+        "--agent-uid",
+        {{ .Values.agent.uid | int | toString | toJson }}
+        {{- range .Values.capture.tlsPorts }},
+        "--tls-port", {{ . | int | toString | toJson }}
+        {{- end }}
+        {{- range .Values.capture.httpPorts }},
+        "--http-port", {{ . | int | toString | toJson }}
+        {{- end }}
+        {{- range .Values.capture.allowedCidrs }},
+        "--allow-cidr", {{ . | toString | toJson }}
+        {{- end }},
+        "--inbound-port",
+        "15020"
+        {{- range .Values.capture.inboundPorts }},
+        "--inbound-port", {{ . | int | toString | toJson }}
+        {{- end }}
+      ]{{ end }},
       "args": null,
       "workingDir": null,
       "env": null,
@@ -348,13 +396,13 @@ Each definition is a JSON document for this release's values.
       "livenessProbe": null,
       "restartPolicy": null,
       "securityContext": {
-        "runAsUser": 0,
-        "runAsGroup": 0,
-        "runAsNonRoot": false,
+        "runAsUser": {{ if eq (.Values.capture.mode) "init" }}0{{ else }}103{{ end }},
+        "runAsGroup": {{ if eq (.Values.capture.mode) "init" }}0{{ else }}103{{ end }},
+        "runAsNonRoot": {{ if eq (.Values.capture.mode) "init" }}false{{ else }}true{{ end }},
         "allowPrivilegeEscalation": false,
         "privileged": false,
         "readOnlyRootFilesystem": true,
-        "capabilities": {
+        "capabilities": {{ if eq (.Values.capture.mode) "init" }}{
           "drop": [
             "ALL"
           ],
@@ -362,7 +410,11 @@ Each definition is a JSON document for this release's values.
             "NET_ADMIN",
             "NET_RAW"
           ]
-        },
+        }{{ else }}{
+          "drop": [
+            "ALL"
+          ]
+        }{{ end }},
         "seccompProfile": {
           "type": "RuntimeDefault"
         }

@@ -4,8 +4,9 @@ a clean stop, after an `up` that crashed half-way, after the supervisor was SIGK
 What a cluster named NAME (prefix P = prefix_for(NAME), state dir S) can leave:
 - processes: every process whose command line names S (the engines, the node agent, the lab
   server), and every process in a network namespace named P* (pods' containers, probes);
-- network namespaces and interfaces named P* (pods, the lab, host uplinks' veths);
-- host rules of pods' host uplinks (comment `intercept-proxy P...`) and their records;
+- network namespaces and interfaces named P* (pods, the node's network, the lab, the host
+  uplink's veth);
+- the rules of the node network's host uplink (comment `intercept-proxy P...`) and its record;
 - the local runtime's records (/run/intercept-proxy/pods/P*.json) and pod directories
   (/tmp/intercept-pod-P*), with the tmpfs mounts of in-memory emptyDirs below them;
 - S itself.
@@ -80,7 +81,8 @@ def kill_all(pids: list[int], timeout: float = 10.0) -> None:
 
 
 def uplink_names(prefix: str) -> set[str]:
-    """Host uplinks (by pod prefix) of this cluster's pods: from the rules and the records."""
+    """Host uplinks (by name) of this cluster (its node network's): from the rules and the
+    records."""
     names = set()
     comment = re.compile(rf'--comment "intercept-proxy ({re.escape(prefix)}[a-z0-9]*)"')
     for tool in ("iptables-save", "ip6tables-save"):

@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from intercept_proxy.cluster.client import Credentials
 from intercept_proxy.pki.files import write_private
 
 
@@ -43,3 +44,27 @@ def kubeconfig(
 def write_kubeconfig(path: Path, config: dict[str, Any]) -> Path:
     write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
     return path
+
+
+def credentials(path: Path) -> Credentials:
+    """The current context's server and credentials of a kubeconfig written as above (paths,
+    not inline data). ValueError naming what is missing."""
+    config = yaml.safe_load(path.read_text())
+    try:
+        context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+        user = next(u for u in config["users"] if u["name"] == context["context"]["user"])
+    except (KeyError, StopIteration, TypeError) as e:
+        raise ValueError(f"{path}: no complete current context ({e})") from None
+    server, ca = cluster["cluster"].get("server"), cluster["cluster"].get("certificate-authority")
+    if not server or not ca:
+        raise ValueError(f"{path}: the cluster needs a server and a certificate-authority file")
+    u = user.get("user") or {}
+    cert, key = u.get("client-certificate"), u.get("client-key")
+    return Credentials(
+        server,
+        Path(ca),
+        Path(cert) if cert else None,
+        Path(key) if key else None,
+        u.get("token"),
+    )

@@ -29,12 +29,14 @@ from typing import Any
 from intercept_proxy import ports
 from intercept_proxy.agent.control import CONTROL_DIR, CONTROL_SOCKET
 from intercept_proxy.agent.settings import agent_command
+from intercept_proxy.identities import CHECK_UID
 from intercept_proxy.injector.settings import (
     ENABLED_LABEL,
     INJECTED_ANNOTATION,
     POLICY_ANNOTATION,
     InjectorSettings,
 )
+from intercept_proxy.netfilter.check import CHECK_FLAG
 from intercept_proxy.netfilter.config import CaptureConfig
 from intercept_proxy.options import command_line
 from intercept_proxy.policy.combined import OverrideMode
@@ -155,14 +157,14 @@ VERIFIED_FIELDS = (
 
 
 def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
-    command = PROXY_INIT_COMMAND + command_line(CaptureConfig, **s.capture_values())
-    return {
-        "name": PROXY_INIT,
-        "image": s.image,
-        "imagePullPolicy": s.image_pull_policy,
-        "command": command,
-        "resources": s.init_resources.to_k8s(),
-        "securityContext": {
+    capture = command_line(CaptureConfig, **s.capture_values())
+    if s.capture_mode == "cni":
+        # The node's CNI plugin installs what this names (`cni_capture`); this checks it.
+        command = [*PROXY_INIT_COMMAND, CHECK_FLAG, *capture]
+        context = restricted(CHECK_UID)
+    else:
+        command = PROXY_INIT_COMMAND + capture
+        context = {
             "runAsUser": 0,
             "runAsGroup": 0,
             "runAsNonRoot": False,
@@ -171,9 +173,30 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
             "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        }
+    return {
+        "name": PROXY_INIT,
+        "image": s.image,
+        "imagePullPolicy": s.image_pull_policy,
+        "command": command,
+        "resources": s.init_resources.to_k8s(),
+        "securityContext": context,
         "volumeMounts": [dict(NO_TOKEN_MOUNT)],
     }
+
+
+def cni_capture(pod: dict[str, Any]) -> list[str] | None:
+    """The capture a pod injected in CNI mode asks of its node: its proxy-init's arguments after
+    `--check` (None for any other pod)."""
+    if not isinstance(pod.get("metadata"), dict) or not is_injected(pod["metadata"]):
+        return None
+    init = (pod.get("spec") or {}).get("initContainers") or []
+    first = init[0] if init and isinstance(init[0], dict) else {}
+    command = first.get("command") or []
+    prefix = [*PROXY_INIT_COMMAND, CHECK_FLAG]
+    if first.get("name") != PROXY_INIT or command[: len(prefix)] != prefix:
+        return None
+    return [str(a) for a in command[len(prefix) :]]
 
 
 def agent_secrets_and_probes(credentials_secret: str) -> dict[str, Any]:

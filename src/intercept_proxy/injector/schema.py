@@ -13,7 +13,7 @@ from typing import Any
 
 from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector.networks import network_schema
-from intercept_proxy.injector.settings import PULL_POLICIES, QUANTITY
+from intercept_proxy.injector.settings import CAPTURE_MODES, PULL_POLICIES, QUANTITY
 from intercept_proxy.netfilter.config import DNS, CaptureConfig
 from intercept_proxy.policy import approvals, credentials, limits
 from intercept_proxy.policy.combined import OverrideMode
@@ -286,6 +286,12 @@ PROPERTIES: dict[str, Any] = {
                 "TCP ports open to connections from outside the pod, besides the agent's "
                 "health port.",
                 _ref("inboundPort"),
+            ),
+            "mode": _choice(
+                "Who installs the capture: proxy-init, root with NET_ADMIN (init), or the "
+                "node's CNI plugin, proxy-init only checking it as an ordinary user (cni: "
+                "intercepted pods pass Pod Security restricted; the node must run the plugin).",
+                CAPTURE_MODES,
             ),
         },
     ),

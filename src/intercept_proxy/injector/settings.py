@@ -61,6 +61,9 @@ class Resources:
                 check_quantity(quantity, f"{name}.{kind}.{resource}")
 
 
+CAPTURE_MODES = ("init", "cni")
+
+
 @dataclass(frozen=True)
 class InjectorSettings:
     image: str = DEFAULT_IMAGE
@@ -73,6 +76,10 @@ class InjectorSettings:
     http_ports: tuple[int, ...] = (80,)
     # Destinations the workload may reach directly (cluster-internal services), v4 and v6.
     allowed_cidrs: tuple[str, ...] = ()
+    # Who installs the capture: proxy-init, root with NET_ADMIN ("init"), or the node's CNI
+    # plugin, proxy-init then only checking it as an ordinary user ("cni": the pod passes Pod
+    # Security `restricted`).
+    capture_mode: str = "init"
     # TCP ports of the pod open to connections from outside it, besides the agent's health
     # port (kubelet probes): a server of the workload's, the agent's metrics for a scraper.
     inbound_ports: tuple[int, ...] = ()
@@ -123,6 +130,8 @@ class InjectorSettings:
                 cidr(text)
             except ValueError as e:
                 raise SettingsError(f"upstream_private_ranges: {e}") from None
+        if self.capture_mode not in CAPTURE_MODES:
+            raise SettingsError(f"capture_mode: {self.capture_mode!r} is not 'init' or 'cni'")
         if self.ca_mode not in ("ephemeral", "secret"):
             raise SettingsError(f"ca_mode: {self.ca_mode!r} is not 'ephemeral' or 'secret'")
         if (self.ca_mode == "secret") != bool(self.ca_secret):

@@ -21,6 +21,7 @@ from jsonschema.exceptions import ValidationError, best_match
 from intercept_proxy import __version__
 from intercept_proxy.injector.schema import DEFINITIONS, VALUES_SCHEMA
 from intercept_proxy.injector.settings import (
+    CAPTURE_MODES,
     ENVOY_REPOSITORY,
     ENVOY_TAG,
     IMAGE_REPOSITORY,
@@ -60,6 +61,7 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
             "httpPorts": list(s.http_ports),
             "allowedCidrs": list(s.allowed_cidrs),
             "inboundPorts": list(s.inbound_ports),
+            "mode": s.capture_mode,
         },
         "dns": {"forwardSuffixes": list(s.dns_forward_suffixes)},
         "upstream": {"privateRanges": list(s.upstream_private_ranges)},
@@ -219,6 +221,7 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         http_ports=tuple(values["capture"]["httpPorts"]),
         allowed_cidrs=tuple(values["capture"]["allowedCidrs"]),
         inbound_ports=tuple(values["capture"]["inboundPorts"]),
+        capture_mode=values["capture"]["mode"],
         dns_forward_suffixes=tuple(values["dns"]["forwardSuffixes"]),
         upstream_private_ranges=tuple(values["upstream"]["privateRanges"]),
         policy_config_map=f"{release}-policy",
@@ -269,6 +272,7 @@ HELM_PARAMETERS: dict[str, Parameter] = {
     "http_ports": Parameter(".Values.capture.httpPorts", (61080, 61081), _PORT),
     "allowed_cidrs": Parameter(".Values.capture.allowedCidrs", ("192.0.2.1/32", "192.0.2.2/32")),
     "inbound_ports": Parameter(".Values.capture.inboundPorts", (61900, 61901), _PORT),
+    "capture_mode": Parameter(".Values.capture.mode", choices=CAPTURE_MODES),
     "dns_forward_suffixes": Parameter(
         ".Values.dns.forwardSuffixes", ("s1.sentinel.invalid", "s2.sentinel.invalid")
     ),

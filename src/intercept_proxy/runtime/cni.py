@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns
+from intercept_proxy.pki.files import write_private
 from intercept_proxy.runtime.network import NetworkError
 
 CNI_VERSION = "1.0.0"
 # Debian's containernetworking-plugins.
 PLUGIN_DIR = Path("/usr/lib/cni")
 POD_IFNAME = "eth0"
+PLUGIN_TIMEOUT = 60  # seconds
 # What `bridge_network` runs: the plugin and its address manager.
 BRIDGE_PLUGINS = ("bridge", "host-local")
 
@@ -52,8 +54,6 @@ def bridge_network(
                 "bridge": bridge,
                 "isDefaultGateway": True,
                 "ipMasq": True,
-                # A pod reaching a Service whose endpoint it is comes back through the bridge.
-                "hairpinMode": True,
                 "ipam": {
                     "type": BRIDGE_PLUGINS[1],
                     "dataDir": str(data_dir),
@@ -75,14 +75,16 @@ class Attachment:
     args: tuple[tuple[str, str], ...] = ()
 
 
-def plugin_environment(command: str, attachment: Attachment, path: Path) -> dict[str, str]:
+def plugin_environment(
+    command: str, attachment: Attachment, path: Sequence[Path]
+) -> dict[str, str]:
     """The CNI_* variables of one invocation (pure)."""
     env = {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": attachment.container_id,
         "CNI_NETNS": str(attachment.netns_path),
         "CNI_IFNAME": attachment.ifname,
-        "CNI_PATH": str(path),
+        "CNI_PATH": ":".join(str(p) for p in path),
     }
     if attachment.args:
         # IgnoreUnknown: plugins refuse arguments they do not know, unless told not to.
@@ -121,7 +123,7 @@ class Chain:
     network: Mapping[str, Any]
     host_netns: str
     cache_dir: Path
-    plugin_dir: Path = PLUGIN_DIR
+    plugin_path: tuple[Path, ...] = (PLUGIN_DIR,)
 
     def _invoke(
         self,
@@ -131,21 +133,23 @@ class Chain:
         previous: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
         kind = str(plugin["type"])
-        executable = self.plugin_dir / kind
-        if not os.access(executable, os.X_OK):
-            raise CniError(
-                f"CNI plugin {kind} is not in {self.plugin_dir} "
-                "(Debian's containernetworking-plugins: `make install`)"
+        found = [d / kind for d in self.plugin_path if os.access(d / kind, os.X_OK)]
+        if not found:
+            where = ":".join(str(d) for d in self.plugin_path)
+            raise CniError(f"CNI plugin {kind} is not in {where} (`make install`)")
+        executable = found[0]
+        try:
+            result = subprocess.run(
+                netns.exec_argv(self.host_netns, [str(executable)]),
+                input=json.dumps(plugin_input(self.network, plugin, previous)),
+                env={**os.environ, **plugin_environment(command, attachment, self.plugin_path)},
+                capture_output=True,
+                text=True,
+                timeout=PLUGIN_TIMEOUT,
+                check=False,
             )
-        result = subprocess.run(
-            netns.exec_argv(self.host_netns, [str(executable)]),
-            input=json.dumps(plugin_input(self.network, plugin, previous)),
-            env={**os.environ, **plugin_environment(command, attachment, self.plugin_dir)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise CniError(f"CNI {command} of {attachment.container_id}: plugin {kind}: {e}") from e
         if result.returncode != 0:
             raise CniError(
                 _failure(kind, command, attachment, result.stdout, result.stderr, result.returncode)
@@ -165,25 +169,27 @@ class Chain:
 
     def add(self, attachment: Attachment) -> dict[str, Any]:
         """Attach: every plugin's ADD in order; the last result. On a failure, what the earlier
-        plugins made is deleted again before the error is raised."""
-        self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        plugins made is deleted again (with no result, as a runtime that cached none) before the
+        error is raised."""
         result: dict[str, Any] | None = None
         try:
             for plugin in self.network["plugins"]:
                 result = self._invoke("ADD", plugin, attachment, result)
+            assert result is not None
+            write_private(self._cached(attachment), json.dumps(result).encode())
         except BaseException:
             with contextlib.suppress(CniError):  # the ADD's own error says more
-                self._delete(attachment, result)
+                self._delete(attachment, None)
             raise
-        assert result is not None
-        self._cached(attachment).write_text(json.dumps(result))
         return result
 
     def delete(self, attachment: Attachment) -> None:
         """Detach: every plugin's DEL in reverse order, each given the cached ADD result; the
         first failure is raised once all have run."""
         cached = self._cached(attachment)
-        result = json.loads(cached.read_text()) if cached.exists() else None
+        result = None
+        with contextlib.suppress(OSError, ValueError):  # none cached: DEL without it
+            result = json.loads(cached.read_text())
         self._delete(attachment, result)
         cached.unlink(missing_ok=True)
 
@@ -201,7 +207,8 @@ class Chain:
 @dataclass
 class CniUplink:
     """A pod's network through `chain`: ADD when the pod's namespace is made, DEL before it
-    goes (plugins find nothing to undo once it is gone). Resolvers and extra trust are the
+    goes (the bridge plugin finds its masquerade rules through the pod's interface: once the
+    namespace is gone, it only releases the addresses). Resolvers and extra trust are the
     node's: its own uplink's."""
 
     chain: Chain

@@ -77,7 +77,7 @@ class NodeAgent:
             intercept=Path(sys.executable).with_name("intercept"), envoy=envoy_binary()
         )
         lab = Lab.from_state(config.path("lab")) if config.lab_spec is not None else None
-        self.network = NodeNetwork(config, lab)
+        self.network = NodeNetwork(config, lab, pki)
         self.workers: dict[str, PodWorker] = {}
         self._prefixes: set[str] = set()  # given out by pod_prefix
         self._lock = threading.Lock()

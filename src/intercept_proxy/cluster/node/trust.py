@@ -2,13 +2,13 @@
 
 A pod annotated `intercept-proxy/injected: "true"` whose first three init containers and
 intercept-* volumes are what an installed release of the chart injects runs with its sidecars
-trusted (proxy-init as root with NET_ADMIN and NET_RAW, the agent and Envoy as their users). A
-release is known by its injection ClusterPolicy (`<release>-inject-proxy`, labelled
-`app.kubernetes.io/name: intercept-proxy`): cluster-scoped, so only who may change the cluster's
-admission may describe one, and it holds the very containers and volumes Kyverno adds. What is
-compared is what the chart's validation compares (`injector.pod.verified`): other admission
-plugins may have set resources and pull policies. Any other pod runs untrusted: the local
-runtime's admission then refuses root and the sidecar users.
+trusted (proxy-init as root with NET_ADMIN and NET_RAW, or in CNI mode as its check's user, the
+agent and Envoy as their users). A release is known by its injection ClusterPolicy
+(`<release>-inject-proxy`, labelled `app.kubernetes.io/name: intercept-proxy`): cluster-scoped,
+so only who may change the cluster's admission may describe one, and it holds the very
+containers and volumes Kyverno adds. What is compared is what the chart's validation compares
+(`injector.pod.verified`): other admission plugins may have set resources and pull policies. Any
+other pod runs untrusted: the local runtime's admission then refuses root and the sidecar users.
 """
 
 from __future__ import annotations
