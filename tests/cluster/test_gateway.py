@@ -3,10 +3,11 @@ the HorizontalPodAutoscaler's minimum by the real controller) admitted by the re
 admission in a `restricted` namespace, run by the node without root or capability, Ready, and
 serving as an explicit proxy judged by the default policy; Kyverno gives a client namespace the
 gateway's CA and NetworkPolicy, and a labelled client pod its proxy variables; client pods in a
-`restricted` namespace reach allowed hosts through the replicas, over the node's pod network.
+`restricted` namespace reach allowed hosts through each replica and through the Service, over the
+node's pod network and its kube-proxy.
 
-The node runs no kube-proxy and no cluster DNS (docs/cluster.md): the clients name a replica by
-its pod IP, not the Service's name their proxy variables hold."""
+The node runs no cluster DNS (docs/cluster.md): the clients name the Service by its ClusterIP,
+not by the name their proxy variables hold."""
 
 from __future__ import annotations
 
@@ -172,6 +173,9 @@ def test_the_replicas_run_restricted_and_judge_their_client_pods(kube, namespace
         for url, options in cases
     ]
     requests += [(r["status"]["podIP"], "https://pypi.org/simple/", ("--http2",)) for r in replicas]
+    # And through the Service, as its clients' variables name it (by its ClusterIP: kube-proxy
+    # in the node's namespace; there is no cluster DNS for its name).
+    requests += [(service["spec"]["clusterIP"], url, options) for url, options in cases]
     results = dict(zip(requests, through(kube, namespace, requests), strict=True))
     for (address, url, options), (status, body, complaint) in results.items():
         if url.startswith("https://pypi.org"):

@@ -302,7 +302,7 @@ def test_pods_reach_each_other_by_pod_ip_and_give_their_addresses_back(kube, clu
     assert kube.logs(namespace, "client") == "200\n200\n"
 
     def held() -> set[str]:
-        return {p.name for p in (cluster.state_dir / "cni" / "ipam" / "pods").iterdir()}
+        return {p.name for p in (cluster.state_dir / "network" / "ipam" / "pods").iterdir()}
 
     def given_back(addresses: set[str]) -> bool:
         deadline = time.monotonic() + 10
@@ -316,3 +316,32 @@ def test_pods_reach_each_other_by_pod_ip_and_give_their_addresses_back(kube, clu
     assert given_back({a["ip"] for a in client["status"]["podIPs"]})
     kube.kubectl("delete", "pod", "-n", namespace, "server", "--wait=true")
     assert not running & held()
+
+
+def test_a_service_reaches_its_ready_pods_through_kube_proxy(kube, namespace):
+    """kube-proxy, in the node's namespace (iptables mode), sends a Service's ClusterIP to the
+    pods the real EndpointSlice controller lists once they are Ready."""
+    probe = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
+    server = pod(
+        "web",
+        ["/usr/bin/python3", "-m", "http.server", "--bind", "::", "8080"],
+        metadata={"labels": {"app": "web"}},
+        container={"readinessProbe": probe},
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    kube.apply(namespace, server, service)
+    kube.wait_ready(namespace, "web")
+    address = kube.get(namespace, "service", "web")["spec"]["clusterIP"]
+    # Refused until kube-proxy has the endpoint (it rejects a Service without one).
+    fetch = (
+        f"curl -sS -o /dev/null -w '%{{http_code}}' --retry 30 --retry-connrefused "
+        f"--retry-delay 1 --max-time 60 http://{address}/"
+    )
+    kube.apply(namespace, pod("client", ["sh", "-c", fetch]))
+    kube.wait_phase(namespace, "client", "Succeeded", timeout=90)
+    assert kube.logs(namespace, "client").splitlines() == ["200"]

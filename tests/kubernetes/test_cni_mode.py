@@ -93,27 +93,31 @@ def test_the_namespace_refuses_what_init_mode_would_need(kube, restricted):
     assert "NET_ADMIN" in message and "runAsNonRoot" in message
 
 
-def test_a_pod_its_node_did_not_capture_never_runs(kube, restricted):
-    """Not the interceptor's (not injected): the plugin installs nothing, so its own check, the
-    same proxy-init, fails it before its app container starts: fail closed, as a pod whose node
-    has no plugin yet."""
+def test_a_pod_its_node_did_not_capture_never_runs(kube):
+    """In a namespace the node's plugin passes without reading (kube-system, excluded): it
+    installs nothing, so the pod's own check, CNI mode's proxy-init, fails it before its app
+    container starts. Fail closed, as a pod whose node has no plugin yet."""
     check = {
         "name": "proxy-init",
         "image": DEFAULT_IMAGE,
         "command": ["intercept", "proxy-init", "--check"],
         "securityContext": {**RESTRICTED, "runAsUser": WORKLOAD_UID},
     }
+    name = f"uncaptured-{int(time.time() * 1000) % 100000}"
     uncaptured = pod(
-        "uncaptured",
+        name,
         ["echo", "ran"],
         container={"securityContext": RESTRICTED},
         initContainers=[check],
     )
-    kube.apply(restricted, uncaptured)
-    failed = kube.wait_phase(restricted, "uncaptured", "Failed", timeout=60)
+    kube.apply("kube-system", uncaptured)
+    try:
+        failed = kube.wait_phase("kube-system", name, "Failed", timeout=60)
+        log = kube.logs("kube-system", name, "-c", "proxy-init")
+    finally:
+        kube.kubectl("delete", "pod", "-n", "kube-system", name, "--wait=false")
     (status,) = failed["status"]["initContainerStatuses"]
     assert status["state"]["terminated"]["exitCode"] == 1
-    log = kube.logs(restricted, "uncaptured", "-c", "proxy-init")
     assert "ipv4 tcp/443 (TLS): the connection failed" in log
     assert "the capture is not in force: the pod must not start" in log
     (app,) = failed["status"]["containerStatuses"]

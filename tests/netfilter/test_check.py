@@ -20,8 +20,16 @@ pytestmark = pytest.mark.netns
 INTERCEPT = str(Path(sys.executable).with_name("intercept"))
 PROBES = [
     f"{family} {what}"
-    for family in ("ipv4", "ipv6")
-    for what in ("tcp/443 (TLS)", "tcp/80 (HTTP)", "tcp/53 (DNS)", "udp/53 (DNS)", "tcp/9 (other)")
+    for family, loopback in (("ipv4", "127.0.0.1"), ("ipv6", "::1"))
+    for what in (
+        "tcp/443 (TLS)",
+        "tcp/80 (HTTP)",
+        "tcp/53 (DNS)",
+        "udp/53 (DNS)",
+        f"tcp/15001 on {loopback} (a sidecar's)",
+        "tcp/9 (other)",
+        "udp/443 (other)",
+    )
 ]
 
 
@@ -65,6 +73,9 @@ def test_without_the_rules_every_probe_fails_and_the_pod_must_not_start(routed):
         line.startswith("ipv4 tcp/443 (TLS): the connection failed") for line in failed
     )
     assert "ipv6 udp/53 (DNS): nothing arrived at the agent's DNS port: not redirected" in failed
+    sidecar = "ipv4 tcp/15001 on 127.0.0.1 (a sidecar's): not refused: the workload could reach it"
+    assert sidecar in failed
+    assert "ipv6 udp/443 (other): not refused (timed out): the filter rules are missing" in failed
     assert failed[-1] == "intercept proxy-init: the capture is not in force: the pod must not start"
 
 
@@ -84,7 +95,14 @@ def test_a_family_without_a_route_has_nothing_to_capture(fresh_netns):
     apply(render(CaptureConfig()), fresh_netns)
     result = check(fresh_netns)
     assert result.returncode == 0, result.stderr
-    assert "ipv6 routes: ok" in result.stdout.splitlines()
+    assert "ipv6 no route: nothing leaves: ok" in result.stdout.splitlines()
+
+
+def test_a_pod_that_routes_nothing_proves_nothing(fresh_netns):
+    apply(render(CaptureConfig()), fresh_netns)
+    result = check(fresh_netns)
+    assert result.returncode == 1
+    assert "the pod routes nothing, in either family: nothing proves the capture" in result.stderr
 
 
 def test_the_check_refuses_a_sidecars_user_and_busy_ports(routed):

@@ -56,6 +56,13 @@ def test_is_frozen():
         ({"tls_ports": ("443",)}, "tls_ports", "'443' is not a port"),
         ({"tls_ports": (True,)}, "tls_ports", "True is not a port"),
         ({"tls_ports": 443}, "tls_ports", "443 is not a list of ports"),
+        # Whoever writes a pod names them; in CNI mode root renders them on the node.
+        ({"tls_ports": tuple(range(1000, 1065))}, "tls_ports", "65 entries: at most 64"),
+        (
+            {"allowed_cidrs": tuple(f"10.0.{i}.0/24" for i in range(65))},
+            "allowed_cidrs",
+            "65 entries: at most 64",
+        ),
         ({"http_ports": (53,)}, "http_ports", "53 is DNS"),
         ({"http_ports": (15001,)}, "http_ports", "15001 is in the sidecar range 15000-15099"),
         ({"http_ports": (443, 8080)}, "http_ports", "443 is also in tls_ports"),

@@ -86,6 +86,11 @@ def test_a_pod_that_is_not_kubernetes_passes_through_and_del_changes_nothing():
     previous = {"cniVersion": "1.0.0", "ips": [{"address": "10.244.0.2/24"}]}
     config = json.dumps({"cniVersion": "1.0.0", "prevResult": previous})
     assert run("ADD", config, {"CNI_NETNS": "/run/netns/x"}) == previous
+    # An excluded namespace's pods are not read (no kubeconfig is needed for them).
+    excluded = json.dumps({**json.loads(config), "excludeNamespaces": ["n"]})
+    assert run("ADD", excluded, ADD) == previous
+    with pytest.raises(PluginError, match="CNI_NETNS 'x' is not a path"):
+        run("ADD", config, {**ADD, "CNI_NETNS": "x"})
     assert run("DEL", config, ADD) is None
     with pytest.raises(PluginError, match="CNI_COMMAND 'FROB' is not known"):
         run("FROB", config, ADD)
@@ -104,8 +109,9 @@ def test_only_pods_injected_in_cni_mode_ask_for_a_capture():
     # Init mode: proxy-init captures itself; a pod not injected: nothing of ours.
     assert cni_capture(inject_pod(POD, InjectorSettings())) is None
     assert cni_capture(POD) is None
-    forged = {**injected, "metadata": {**injected["metadata"], "annotations": {}}}
-    assert cni_capture(forged) is None
+    # Decided by proxy-init alone: an annotation taken off before scheduling changes nothing.
+    stripped = {**injected, "metadata": {**injected["metadata"], "annotations": {}}}
+    assert cni_capture(stripped) == arguments
 
 
 def test_check_arguments_that_do_not_parse_are_named():

@@ -343,6 +343,10 @@ class Agent:
             "envoy_in_sync": in_sync,
             "ca_expires": ca_expires.isoformat(),
             "policy_revision": self.engine().revision,
+            # Reloads of the default policy's files since the start: applied, and refused (the
+            # revision in force stayed; the log says why).
+            "policy_reloads": self.policy.reloads,
+            "policy_rejections": self.policy.rejections,
             # "envoy": the policy is compiled into Envoy's routes (the agent judges the rest).
             "judged_by": "envoy" if self._compiled else "agent",
             "certificates_cached": len(self.certificates),

@@ -13,6 +13,7 @@ Files (NAME.crt and NAME.key) and what they are:
   NodeRestriction like a kubelet; node-serving: its log endpoint (127.0.0.1, NODE);
 - apiserver-kubelet-client: the API server at the node's log endpoint (`kubectl logs`);
 - injection-policy-reader: the node agent reading the chart's injection ClusterPolicies;
+- kube-proxy (system:kube-proxy, bound to system:node-proxier by the API server's own policy);
 - sa.key, sa.pub: the service account token signing key pair.
 """
 
@@ -72,6 +73,7 @@ def subjects(node: str, service_ip: str, domain: str) -> list[Subject]:
         Subject("controller-manager", "system:kube-controller-manager", client=True),
         Subject("scheduler", "system:kube-scheduler", client=True),
         Subject("node", f"system:node:{node}", ("system:nodes",), client=True),
+        Subject("kube-proxy", "system:kube-proxy", client=True),
         Subject(
             "node-serving",
             f"system:node:{node}",

@@ -187,9 +187,9 @@ def proxy_init_container(s: InjectorSettings) -> dict[str, Any]:
 
 def cni_capture(pod: dict[str, Any]) -> list[str] | None:
     """The capture a pod injected in CNI mode asks of its node: its proxy-init's arguments after
-    `--check` (None for any other pod)."""
-    if not isinstance(pod.get("metadata"), dict) or not is_injected(pod["metadata"]):
-        return None
+    `--check` (None for any other pod). Decided by that container alone, which no one changes
+    once the pod exists (an annotation could be taken off before the pod is scheduled); a pod
+    that is not the interceptor's and asks anyway only captures itself."""
     init = (pod.get("spec") or {}).get("initContainers") or []
     first = init[0] if init and isinstance(init[0], dict) else {}
     command = first.get("command") or []

@@ -14,7 +14,7 @@ from typing import Any
 from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector.networks import network_schema
 from intercept_proxy.injector.settings import CAPTURE_MODES, PULL_POLICIES, QUANTITY
-from intercept_proxy.netfilter.config import DNS, CaptureConfig
+from intercept_proxy.netfilter.config import DNS, MAX_ENTRIES, CaptureConfig
 from intercept_proxy.policy import approvals, credentials, limits
 from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.policy.model import Policy
@@ -277,15 +277,22 @@ PROPERTIES: dict[str, Any] = {
     "capture": _object(
         "",
         {
-            "tlsPorts": _list("TCP ports sent to Envoy's TLS listener.", _ref("port")),
-            "httpPorts": _list("TCP ports sent to Envoy's plain-HTTP listener.", _ref("port")),
+            "tlsPorts": _list(
+                "TCP ports sent to Envoy's TLS listener.", _ref("port"), maxItems=MAX_ENTRIES
+            ),
+            "httpPorts": _list(
+                "TCP ports sent to Envoy's plain-HTTP listener.", _ref("port"), maxItems=MAX_ENTRIES
+            ),
             "allowedCidrs": _list(
-                "Destinations reached directly, without the policy.", _ref("cidr")
+                "Destinations reached directly, without the policy.",
+                _ref("cidr"),
+                maxItems=MAX_ENTRIES,
             ),
             "inboundPorts": _list(
                 "TCP ports open to connections from outside the pod, besides the agent's "
                 "health port.",
                 _ref("inboundPort"),
+                maxItems=MAX_ENTRIES - 1,  # the agent's health port is one
             ),
             "mode": _choice(
                 "Who installs the capture: proxy-init, root with NET_ADMIN (init), or the "

@@ -233,6 +233,10 @@ class Interceptor:
         argv = ["curl", "-s", f"http://127.0.0.1:{port}{path}"]
         return netns.run(self.ns, as_user(AGENT_UID, argv), timeout=10).stdout
 
+    @property
+    def agent_log(self) -> Path:
+        return self.dir / "agent.log"
+
     def readiness(self) -> dict[str, Any]:
         try:
             readiness: dict[str, Any] = json.loads(self.sidecar_get(ports.AGENT_HTTP, "/readyz"))

@@ -20,7 +20,10 @@ from intercept_proxy.netfilter.builder import FAMILIES, Family, Rules
 TABLES = ("nat", "filter")
 _RESTORE = {"ipv4": "iptables-restore", "ipv6": "ip6tables-restore"}
 _SAVE = {"ipv4": "iptables-save", "ipv6": "ip6tables-save"}
-_TIMEOUT = 60  # seconds; a legacy backend waits for the xtables lock
+_TIMEOUT = 60  # seconds
+# A legacy backend's restore waits for the machine's xtables lock (`-w`), held by kube-proxy or
+# another pod's capture (CNI mode: the node's plugin shares it); nft's accepts and ignores it.
+_WAIT = "-w"
 # iptables-save names the match module of `-p PROTO` again (`-p tcp -m tcp --dport 80`):
 # module -> the protocol that implies it.
 _IMPLICIT_MATCH = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmp6": "ipv6-icmp"}
@@ -53,9 +56,9 @@ def apply(rules: Rules, netns: str | None = None) -> None:
     leaves IPv4 applied alone (the caller fails, so the pod never starts).
     """
     for family in FAMILIES:
-        _run([_RESTORE[family], "--test"], netns, rules.of(family))
+        _run([_RESTORE[family], _WAIT, "--test"], netns, rules.of(family))
     for family in FAMILIES:
-        _run([_RESTORE[family]], netns, rules.of(family))
+        _run([_RESTORE[family], _WAIT], netns, rules.of(family))
 
 
 def save(netns: str | None = None) -> Rules:

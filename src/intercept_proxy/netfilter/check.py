@@ -7,7 +7,8 @@ the agent will (their ports are free: the sidecars start after it), and for each
 - connects to a documentation address on every TLS and HTTP port: each connection must arrive at
   its redirect port, with the original destination the kernel recorded;
 - sends DNS (UDP and TCP) there: it must arrive at the agent's DNS port;
-- connects to a port nothing redirects: it must be refused at once.
+- connects to a port nothing redirects, TCP and UDP, and to Envoy's port while it listens
+  there itself: each must be refused at once.
 Any failure fails the pod, so a pod whose node has not installed the rules never runs.
 """
 
@@ -130,18 +131,23 @@ def _dns_redirected(family: Family, address: str, listener: socket.socket) -> st
             return "nothing arrived at the agent's DNS port: not redirected"
 
 
-def _refused(family: Family, address: str, port: int) -> str | None:
-    with socket.socket(_AF[family], socket.SOCK_STREAM) as client:
+def _refused(family: Family, kind: socket.SocketKind, address: str, port: int) -> str | None:
+    """A connection (TCP), or a datagram and its answer (UDP), the rules must refuse at once:
+    a reset, an unreachable, or the kernel's own refusal to send."""
+    with socket.socket(_AF[family], kind) as client:
         client.settimeout(TIMEOUT)
         try:
             client.connect((address, port))
-        except ConnectionRefusedError:
+            if kind == socket.SOCK_DGRAM:
+                client.send(b"x")
+                client.recv(1)
+        except (ConnectionRefusedError, PermissionError):
             return None
         except TimeoutError:
-            return "not refused (the connection timed out): the filter rules are missing"
+            return "not refused (timed out): the filter rules are missing"
         except OSError as e:
             return f"failed otherwise than refused ({e.strerror or e})"
-    return "connected: the workload could reach any port"
+    return "not refused: the workload could reach it"
 
 
 def _routed(family: Family, address: str) -> bool:
@@ -156,10 +162,11 @@ def _routed(family: Family, address: str) -> bool:
     return True
 
 
-def check_family(config: CaptureConfig, family: Family) -> list[Result]:
+def check_family(config: CaptureConfig, family: Family) -> list[Result] | None:
+    """None: the family has no route, so no egress to capture."""
     address = target(config, family)
     if not _routed(family, address):
-        return [Result(family, "routes", None)]  # no egress on this family to capture
+        return None
     results = []
     stream, datagram = socket.SOCK_STREAM, socket.SOCK_DGRAM
     with (
@@ -177,9 +184,16 @@ def check_family(config: CaptureConfig, family: Family) -> list[Result]:
                 what = f"tcp/{port} ({name})"
                 results.append(Result(family, what, _redirected(family, address, port, listener)))
         results.append(Result(family, "udp/53 (DNS)", _dns_redirected(family, address, dns_udp)))
-    results.append(
-        Result(family, f"tcp/{REFUSED_PORT} (other)", _refused(family, address, REFUSED_PORT))
-    )
+        # Envoy's port itself, while something listens there: the workload may not reach it.
+        sidecar = f"tcp/{config.tls_redirect_port} on {LOOPBACK[family]} (a sidecar's)"
+        direct = _refused(family, stream, LOOPBACK[family], config.tls_redirect_port)
+        results.append(Result(family, sidecar, direct))
+    results += [
+        Result(
+            family, f"tcp/{REFUSED_PORT} (other)", _refused(family, stream, address, REFUSED_PORT)
+        ),
+        Result(family, "udp/443 (other)", _refused(family, datagram, address, 443)),
+    ]
     return results
 
 
@@ -188,4 +202,12 @@ def check(config: CaptureConfig) -> list[Result]:
     uid = os.geteuid()
     if uid in (config.envoy_uid, config.agent_uid):
         raise CheckError(f"runs as UID {uid}, a sidecar's, which the capture leaves alone")
-    return [r for family in FAMILIES for r in check_family(config, family)]
+    out: list[Result] = []
+    routed = False
+    for family in FAMILIES:
+        found = check_family(config, family)
+        routed = routed or found is not None
+        out += found if found is not None else [Result(family, "no route: nothing leaves", None)]
+    if not routed:
+        raise CheckError("the pod routes nothing, in either family: nothing proves the capture")
+    return out

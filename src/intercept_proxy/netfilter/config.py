@@ -19,6 +19,10 @@ from intercept_proxy.options import option
 DNS = 53
 
 
+# The most ports, or CIDRs, of one kind a capture names.
+MAX_ENTRIES = 64
+
+
 class CaptureConfigError(ValueError):
     """An invalid configuration; `field` names the offending field."""
 
@@ -135,11 +139,18 @@ def _check_int(name: str, value: object, low: int, high: int, what: str) -> None
         raise CaptureConfigError(name, f"{value} is outside {low}-{high}")
 
 
+def _bounded(name: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    # Whoever writes a pod names them (CNI mode: the node's plugin, root, renders them).
+    if len(values) > MAX_ENTRIES:
+        raise CaptureConfigError(name, f"{len(values)} entries: at most {MAX_ENTRIES}")
+    return values
+
+
 def _port_tuple(name: str, config: CaptureConfig) -> tuple[int, ...]:
     values = getattr(config, name)
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise CaptureConfigError(name, f"{values!r} is not a list of ports")
-    ports_ = tuple(values)
+    ports_ = _bounded(name, tuple(values))
     for port in ports_:
         _check_int(name, port, 1, 65535, "a port")
     return ports_
@@ -149,7 +160,7 @@ def _networks(name: str, values: object) -> tuple[str, ...]:
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise CaptureConfigError(name, f"{values!r} is not a list of CIDRs")
     networks = set()
-    for value in values:
+    for value in _bounded(name, tuple(values)):
         try:
             if not isinstance(value, str):
                 raise TypeError("not a string")

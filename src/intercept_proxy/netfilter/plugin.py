@@ -37,12 +37,15 @@ SUPPORTED_VERSIONS = ("0.4.0", "1.0.0")
 # The CNI specification's error codes.
 INCOMPATIBLE_VERSION, INVALID_ENVIRONMENT, DECODING_FAILURE, INVALID_CONFIG = 1, 4, 6, 7
 TRY_AGAIN_LATER = 11
+INTERNAL = 999
 CAPTURE_FAILED = 100  # ours
 
 
-def plugin_config(kubeconfig: Path) -> dict[str, Any]:
-    """The plugin's entry in a network configuration list, after the plugin attaching pods."""
-    return {"type": PLUGIN, "kubeconfig": str(kubeconfig)}
+def plugin_config(kubeconfig: Path, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The plugin's entry in a network configuration list, after the plugin attaching pods.
+    `exclude`: namespaces whose pods it passes without reading them (they start while the API
+    server is unreachable; a pod of theirs injected in CNI mode then fails its own check)."""
+    return {"type": PLUGIN, "kubeconfig": str(kubeconfig), "excludeNamespaces": list(exclude)}
 
 
 class PluginError(Exception):
@@ -94,6 +97,8 @@ def read_pod(config: Mapping[str, Any], namespace: str, name: str) -> dict[str, 
         pod: dict[str, Any] = client.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
     except (OSError, ValueError, ApiError) as e:
         raise PluginError(TRY_AGAIN_LATER, f"cannot read pod {namespace}/{name}", str(e)) from None
+    if not isinstance(pod, dict) or pod.get("kind") != "Pod":
+        raise PluginError(TRY_AGAIN_LATER, f"pod {namespace}/{name}: the API server sent no Pod")
     return pod
 
 
@@ -106,10 +111,21 @@ def capture(config: Mapping[str, Any], env: Mapping[str, str], install: bool) ->
             INVALID_CONFIG, f"{PLUGIN} is chained: it needs the attaching plugin's prevResult"
         )
     (netns,) = _environment(env, "CNI_NETNS")
+    if not netns.startswith("/"):
+        raise PluginError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns!r} is not a path")
     args = cni_args(env.get("CNI_ARGS", ""))
     if "K8S_POD_NAMESPACE" not in args or "K8S_POD_NAME" not in args:
         return previous  # not a Kubernetes pod: nothing of ours
+    if args["K8S_POD_NAMESPACE"] in (config.get("excludeNamespaces") or ()):
+        return previous
     pod = read_pod(config, args["K8S_POD_NAMESPACE"], args["K8S_POD_NAME"])
+    uid = (pod.get("metadata") or {}).get("uid")
+    if args.get("K8S_POD_UID") and uid != args["K8S_POD_UID"]:
+        raise PluginError(
+            TRY_AGAIN_LATER,
+            f"pod {args['K8S_POD_NAMESPACE']}/{args['K8S_POD_NAME']}: the API server has "
+            f"another pod of that name (uid {uid}, not {args['K8S_POD_UID']})",
+        )
     arguments = cni_capture(pod)
     if arguments is None:
         return previous
@@ -159,7 +175,9 @@ def main() -> int:
     command = os.environ.get("CNI_COMMAND", "")
     try:
         answer = run(command, "" if command == "VERSION" else sys.stdin.read(), os.environ)
-    except PluginError as e:
+    except Exception as e:  # always an error the runtime can read: the ADD fails (closed)
+        if not isinstance(e, PluginError):
+            e = PluginError(INTERNAL, f"{PLUGIN}: {type(e).__name__}: {e}")
         error = {"cniVersion": SUPPORTED_VERSIONS[-1], "code": e.code, "msg": e.message}
         if e.details:
             error["details"] = e.details

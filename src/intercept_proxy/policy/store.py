@@ -36,6 +36,10 @@ class PolicyStore:
         self.engine, self.secrets, self.aws_keys = self._load()
         # Modules a rejected version names: watched too, so creating them applies the policy.
         self._wanted: list[Path] = []
+        # Reloads applied and refused since the start (readiness reports them: whoever wrote a
+        # change learns whether it is in force; why not is in the log, not on a port others
+        # may reach).
+        self.reloads = self.rejections = 0
 
     def _load(self) -> tuple[RegorusEngine | None, tuple[str, ...], tuple[AwsKeys, ...]]:
         """The engine, each credential's secret and each AWS signing's keys (a policy whose
@@ -89,6 +93,7 @@ class PolicyStore:
             log.error(
                 "policy change rejected, revision %s stays in force: %s", self.revision, detail
             )
+            self.rejections += 1
             self._wanted = module_paths(self.path)
             self._on_reload(False)
             return False
@@ -97,5 +102,6 @@ class PolicyStore:
         if revision != self.revision:
             log.info("policy %s: revision %s applied (was %s)", self.path, revision, self.revision)
         self.engine, self.secrets, self.aws_keys = engine, secrets, keys
+        self.reloads += 1
         self._on_reload(True)
         return True

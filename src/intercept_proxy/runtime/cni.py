@@ -54,6 +54,9 @@ def bridge_network(
                 "bridge": bridge,
                 "isDefaultGateway": True,
                 "ipMasq": True,
+                # A pod that kube-proxy sends to itself (its own Service) comes back through the
+                # bridge.
+                "hairpinMode": True,
                 "ipam": {
                     "type": BRIDGE_PLUGINS[1],
                     "dataDir": str(data_dir),

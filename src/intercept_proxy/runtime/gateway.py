@@ -20,9 +20,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from intercept_proxy import netns, ports, signals
 from intercept_proxy.lab import LabError, LabSpecError
@@ -56,6 +58,8 @@ RELAY_UID = 65534  # nobody: the relays hold their sockets, they need no right o
 USAGE_ERROR = 2
 CLIENT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")
 DEFAULT = "default"  # the policy of clients no --client names
+# How long a policy change may take its agent (it looks at its files five times a second).
+RELOAD_WAIT_S = 15.0
 
 
 class GatewayError(Exception):
@@ -281,9 +285,28 @@ class _Followed:
             return
         self.problem = ""
         if new != self.files:
+            before = icp.readiness()
             icp.write_policy(*_parts(new))
             self.files = new
-            print(f"intercept gateway: {self.path} changed: reloaded", file=sys.stderr)
+            print(
+                f"intercept gateway: {self.path} changed: {_outcome(icp, before)}", file=sys.stderr
+            )
+
+
+def _outcome(icp: Interceptor, before: Mapping[str, Any]) -> str:
+    """What the agent made of the policy files just written, once it says (its readiness counts
+    its reloads): its check goes further than the gateway's (custom Rego modules compiled)."""
+    deadline = time.monotonic() + RELOAD_WAIT_S
+    while True:
+        now = icp.readiness()
+        revision = now.get("policy_revision")
+        if now.get("policy_reloads", 0) > before.get("policy_reloads", 0):
+            return f"reloaded (revision {revision})"
+        if now.get("policy_rejections", 0) > before.get("policy_rejections", 0):
+            return f"refused by its agent, revision {revision} stays in force ({icp.agent_log})"
+        if time.monotonic() > deadline:
+            return f"written, not yet applied by its agent after {RELOAD_WAIT_S:.0f} s"
+        time.sleep(0.1)
 
 
 def _serve(args: argparse.Namespace, ranges: tuple[str, ...], stop: threading.Event) -> None:

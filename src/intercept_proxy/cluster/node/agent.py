@@ -29,6 +29,7 @@ from intercept_proxy.cluster.node.logs import LogServer, LogStore
 from intercept_proxy.cluster.node.network import NodeNetwork
 from intercept_proxy.cluster.node.pods import PodWorker
 from intercept_proxy.cluster.pki import KUBELET_CLIENT_USER, ClusterPki
+from intercept_proxy.cluster.tools import Tools
 from intercept_proxy.lab import Lab
 from intercept_proxy.runtime.containers import Executables
 from intercept_proxy.runtime.pod import cleanup_stale
@@ -77,7 +78,7 @@ class NodeAgent:
             intercept=Path(sys.executable).with_name("intercept"), envoy=envoy_binary()
         )
         lab = Lab.from_state(config.path("lab")) if config.lab_spec is not None else None
-        self.network = NodeNetwork(config, lab, pki)
+        self.network = NodeNetwork(config, lab, pki, Tools.locate().binary("kube-proxy"))
         self.workers: dict[str, PodWorker] = {}
         self._prefixes: set[str] = set()  # given out by pod_prefix
         self._lock = threading.Lock()
@@ -481,9 +482,10 @@ class NodeAgent:
             )
             for t in threads:
                 t.start()
-            # The watches block in reads: the main thread only waits for the signal.
+            # The watches block in reads: the main thread waits for the signal, and keeps
+            # kube-proxy running.
             while not self.stopping.wait(1.0):
-                pass
+                self.network.check()
         finally:
             self.shutdown()
             stop_server()

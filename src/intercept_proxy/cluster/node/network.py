@@ -27,6 +27,7 @@ from intercept_proxy import netns
 from intercept_proxy.cluster.kubeconfig import kubeconfig, write_kubeconfig
 from intercept_proxy.cluster.layout import Config
 from intercept_proxy.cluster.pki import ClusterPki
+from intercept_proxy.cluster.processes import Child, child_env
 from intercept_proxy.lab import Lab
 from intercept_proxy.netfilter.plugin import PLUGIN, plugin_config
 from intercept_proxy.runtime.cni import PLUGIN_DIR, Chain, CniUplink, bridge_network
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 NETWORK_NAME = "pods"
 BRIDGE = "cni0"
 API_PORT = 6443
+# The plugin's: the cluster's own pods start while the API server is away (as istio-cni's).
+EXCLUDED = ("kube-system",)
 CHUNK = 65536
 
 
@@ -99,54 +102,86 @@ def pod_arguments(pod: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 @dataclass
 class NodeNetwork:
+    """The node's network namespace and what runs there: the CNI chain's bridge, the API relay,
+    kube-proxy (Services). Its files are in the state dir's `network/`, made again at each
+    start."""
+
     config: Config
     lab: Lab | None
     pki: ClusterPki
+    kube_proxy: Path  # the binary
     chain: Chain = field(init=False)
     _uplink: Uplink = field(init=False)
     _relay: ApiRelay | None = None
+    _proxy: Child | None = None
 
     def __post_init__(self) -> None:
         name = self.config.node_netns
         self._uplink = LabUplink(self.lab) if self.lab is not None else HostUplink(name)
-        network = bridge_network(
-            NETWORK_NAME, BRIDGE, self.config.pod_subnets, self.config.path("cni", "ipam")
-        )
-        network["plugins"].append(plugin_config(self._kubeconfig))
+        network = bridge_network(NETWORK_NAME, BRIDGE, self.config.pod_subnets, self._dir / "ipam")
+        network["plugins"].append(plugin_config(self._dir / "cni.kubeconfig", EXCLUDED))
         # Our plugin is installed beside the interpreter running the node (the venv's bin).
         ours = Path(sys.executable).with_name(PLUGIN).parent
         self.chain = Chain(
             network,
             host_netns=name,
-            cache_dir=self.config.path("cni", "results"),
+            cache_dir=self._dir / "results",
             plugin_path=(PLUGIN_DIR, ours),
         )
 
     @property
-    def _kubeconfig(self) -> Path:
-        """The plugin's: the node's identity, the API server through the relay."""
-        return self.config.path("cni", "kubeconfig")
+    def _dir(self) -> Path:
+        return self.config.path("network")
+
+    def _kubeconfig(self, user: str, path: Path) -> Path:
+        """A kubeconfig of `user`'s PKI files for what runs in the node's namespace: the API
+        server through the relay."""
+        server = f"https://127.0.0.1:{API_PORT}"
+        cert, key = self.pki.cert(user), self.pki.key(user)
+        write_kubeconfig(path, kubeconfig(server, self.pki.ca, user, cert=cert, key=key))
+        return path
 
     def start(self) -> None:
         """A fresh node network. An earlier agent's (its pods are all started again from
-        scratch) goes first, with every allocation and masquerade rule in it."""
+        scratch) goes first, with every allocation and rule in it."""
         self.stop()
-        config = kubeconfig(
-            f"https://127.0.0.1:{API_PORT}",
-            self.pki.ca,
-            self.config.node_name,
-            cert=self.pki.cert("node"),
-            key=self.pki.key("node"),
-        )
-        write_kubeconfig(self._kubeconfig, config)
+        # The plugin reads pods as the node (the Node authorizer: the pods bound to it).
+        self._kubeconfig("node", self._dir / "cni.kubeconfig")
         netns.create(self.config.node_netns)
         self._uplink.attach(self.config.node_netns)
         listener = netns.socket_in(self.config.node_netns, socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind(("127.0.0.1", API_PORT))
+        try:
+            listener.bind(("127.0.0.1", API_PORT))
+        except OSError:
+            listener.close()
+            raise
         self._relay = ApiRelay(listener, self.config.ports.apiserver)
         self._relay.start()
+        self._proxy = Child(
+            "kube-proxy",
+            netns.exec_argv(
+                self.config.node_netns,
+                kube_proxy_argv(
+                    self.kube_proxy,
+                    self._kubeconfig("kube-proxy", self._dir / "kube-proxy.kubeconfig"),
+                    self.config,
+                ),
+            ),
+            self.config.path("logs", "kube-proxy.log"),
+            self._dir,
+            env=child_env(),
+        )
+        self._proxy.start()
+
+    def check(self) -> None:
+        """kube-proxy started again if it exited (with the supervisor's back-off)."""
+        if self._proxy is not None:
+            self._proxy.check(stopping=False)
 
     def stop(self) -> None:
+        if self._proxy is not None:
+            self._proxy.stop()
+            self._proxy = None
         if self._relay is not None:
             self._relay.stop()
             self._relay = None
@@ -154,7 +189,7 @@ class NodeNetwork:
         if netns.exists(self.config.node_netns):
             netns.delete(self.config.node_netns)
         with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(self.config.path("cni"))
+            shutil.rmtree(self._dir)
 
     def uplink(self, pod: dict[str, Any]) -> CniUplink:
         return CniUplink(
@@ -163,3 +198,20 @@ class NodeNetwork:
             self._uplink.nameservers,
             self._uplink.extra_trust,
         )
+
+
+def kube_proxy_argv(binary: Path, kubeconfig: Path, config: Config) -> list[str]:
+    """kube-proxy for the node's namespace (pure): iptables mode, and nothing it would set
+    beyond that namespace (conntrack's table size is the machine's)."""
+    return [
+        str(binary),
+        f"--kubeconfig={kubeconfig}",
+        f"--hostname-override={config.node_name}",
+        "--proxy-mode=iptables",
+        f"--cluster-cidr={','.join(config.pod_subnets)}",
+        "--conntrack-max-per-core=0",
+        "--conntrack-tcp-timeout-established=0",
+        "--conntrack-tcp-timeout-close-wait=0",
+        "--healthz-bind-address=127.0.0.1:10256",
+        "--metrics-bind-address=127.0.0.1:10249",
+    ]
