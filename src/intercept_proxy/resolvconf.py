@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -27,6 +27,10 @@ def nameservers(path: Path = RESOLV_CONF) -> list[str]:
     return servers
 
 
-def text(servers: Iterable[str]) -> str:
-    """A resolv.conf naming `servers`, in order."""
-    return "".join(f"nameserver {server}\n" for server in servers)
+def text(servers: Iterable[str], search: Sequence[str] = ()) -> str:
+    """A resolv.conf naming `servers`, in order; with `search` domains, the kubelet's options
+    (a name of fewer than five dots is tried in them first)."""
+    lines = [f"nameserver {server}\n" for server in servers]
+    if search:
+        lines += [f"search {' '.join(search)}\n", "options ndots:5\n"]
+    return "".join(lines)

@@ -3,11 +3,8 @@ the HorizontalPodAutoscaler's minimum by the real controller) admitted by the re
 admission in a `restricted` namespace, run by the node without root or capability, Ready, and
 serving as an explicit proxy judged by the default policy; Kyverno gives a client namespace the
 gateway's CA and NetworkPolicy, and a labelled client pod its proxy variables; client pods in a
-`restricted` namespace reach allowed hosts through each replica and through the Service, over the
-node's pod network and its kube-proxy.
-
-The node runs no cluster DNS (docs/cluster.md): the clients name the Service by its ClusterIP,
-not by the name their proxy variables hold."""
+`restricted` namespace reach allowed hosts through each replica and through the Service, by the
+name their variables hold, over the node's pod network, its kube-proxy and the cluster's DNS."""
 
 from __future__ import annotations
 
@@ -100,18 +97,24 @@ def client(name: str, command: list[str], **spec: Any) -> dict:
 
 
 CLIENTS = itertools.count()
+VARIABLES = "the variables"
 
 
 def through(
     kube, namespace: str, requests: list[tuple[str, str, tuple[str, ...]]]
 ) -> list[tuple[str, str, str]]:
-    """Each (replica address, url, curl options) fetched by curl in one client pod, through
-    that replica, trusting what Kyverno's variables name: (status, body, curl's complaint)."""
+    """Each (gateway address, url, curl options) fetched by curl in one client pod, through that
+    address (VARIABLES: the proxy Kyverno's variables name), trusting what they name: (status,
+    body, curl's complaint)."""
     lines = []
     for address, url, options in requests:
-        proxy = f"http://[{address}]:3128" if ":" in address else f"http://{address}:3128"
+        if address == VARIABLES:
+            proxy: list[str] = []
+        else:
+            host = f"[{address}]" if ":" in address else address
+            proxy = ["--proxy", f"http://{host}:3128"]
         fetch = shlex.join(
-            ["curl", "-sS", "--max-time", "20", "--proxy", proxy, "-o", "/w/body",
+            ["curl", "-sS", "--max-time", "20", *proxy, "-o", "/w/body",
              "-w", "%{http_code}", *options, url]
         )  # fmt: skip
         lines.append(
@@ -173,8 +176,9 @@ def test_the_replicas_run_restricted_and_judge_their_client_pods(kube, namespace
         for url, options in cases
     ]
     requests += [(r["status"]["podIP"], "https://pypi.org/simple/", ("--http2",)) for r in replicas]
-    # And through the Service, as its clients' variables name it (by its ClusterIP: kube-proxy
-    # in the node's namespace; there is no cluster DNS for its name).
+    # And through the Service, as the clients' variables name it (the cluster's DNS, CoreDNS,
+    # gives its name; kube-proxy takes its ClusterIP to a replica), and by its ClusterIP.
+    requests += [(VARIABLES, url, options) for url, options in cases]
     requests += [(service["spec"]["clusterIP"], url, options) for url, options in cases]
     results = dict(zip(requests, through(kube, namespace, requests), strict=True))
     for (address, url, options), (status, body, complaint) in results.items():

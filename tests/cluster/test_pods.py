@@ -318,9 +318,10 @@ def test_pods_reach_each_other_by_pod_ip_and_give_their_addresses_back(kube, clu
     assert not running & held()
 
 
-def test_a_service_reaches_its_ready_pods_through_kube_proxy(kube, namespace):
+def test_a_service_reaches_its_ready_pods_by_name_and_address(kube, namespace):
     """kube-proxy, in the node's namespace (iptables mode), sends a Service's ClusterIP to the
-    pods the real EndpointSlice controller lists once they are Ready."""
+    pods the real EndpointSlice controller lists once they are Ready; the cluster's DNS
+    (CoreDNS) gives its name, short (the pod's search domains) and whole."""
     probe = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
     server = pod(
         "web",
@@ -337,11 +338,16 @@ def test_a_service_reaches_its_ready_pods_through_kube_proxy(kube, namespace):
     kube.apply(namespace, server, service)
     kube.wait_ready(namespace, "web")
     address = kube.get(namespace, "service", "web")["spec"]["clusterIP"]
-    # Refused until kube-proxy has the endpoint (it rejects a Service without one).
-    fetch = (
-        f"curl -sS -o /dev/null -w '%{{http_code}}' --retry 30 --retry-connrefused "
-        f"--retry-delay 1 --max-time 60 http://{address}/"
+    # Refused (or unreachable) until kube-proxy has the endpoint: retried.
+    fetch = "; ".join(
+        f"curl -sS -o /dev/null -w '%{{http_code}} {host}\\n' --retry 30 --retry-all-errors "
+        f"--retry-delay 1 --max-time 60 http://{host}/"
+        for host in (address, "web", f"web.{namespace}.svc.cluster.local")
     )
     kube.apply(namespace, pod("client", ["sh", "-c", fetch]))
     kube.wait_phase(namespace, "client", "Succeeded", timeout=90)
-    assert kube.logs(namespace, "client").splitlines() == ["200"]
+    assert kube.logs(namespace, "client").splitlines() == [
+        f"200 {address}",
+        "200 web",
+        f"200 web.{namespace}.svc.cluster.local",
+    ]

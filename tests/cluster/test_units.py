@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from intercept_proxy.cluster import kyverno, layout
+from intercept_proxy.cluster import dns, kyverno, layout
 from intercept_proxy.cluster.node import prepare as prep
 from intercept_proxy.cluster.node import status as st
 from intercept_proxy.cluster.node import trust
@@ -338,3 +338,27 @@ def test_a_missing_engine_names_the_command_that_builds_it(tmp_path, monkeypatch
         Tools.locate()
     assert f"{tmp_path}/bin/etcd" in str(e.value)
     assert "make install" in str(e.value) and "scripts/install-tools" in str(e.value)
+
+
+def test_the_cluster_dns_is_coredns_behind_the_kube_dns_service(tmp_path):
+    config = layout.Config("demo", "kabcde", str(tmp_path), "demo-node", layout.Ports())
+    text = dns.corefile(config, tmp_path / "coredns.kubeconfig", ("198.18.0.53", "fd00::53"))
+    assert text == (
+        "cluster.local:53 {\n    bind 10.244.255.1\n    errors\n"
+        "    kubernetes cluster.local {\n"
+        f"        kubeconfig {tmp_path}/coredns.kubeconfig\n"
+        "        pods verified\n    }\n}\n"
+        ".:53 {\n    bind 10.244.255.1\n    errors\n    cache 10\n"
+        "    forward . 198.18.0.53 fd00::53\n}\n"
+    )
+    assert dns.search(config, "team-a") == (
+        "team-a.svc.cluster.local",
+        "svc.cluster.local",
+        "cluster.local",
+    )
+    by_kind = {o["kind"]: o for o in dns.objects(config)}
+    assert by_kind["Service"]["spec"]["clusterIP"] == "10.96.0.10"
+    assert "selector" not in by_kind["Service"]["spec"]  # its EndpointSlice is the cluster's
+    (endpoint,) = by_kind["EndpointSlice"]["endpoints"]
+    assert endpoint["addresses"] == ["10.244.255.1"]
+    assert by_kind["ClusterRoleBinding"]["subjects"][0]["name"] == "system:coredns"

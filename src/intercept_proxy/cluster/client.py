@@ -41,6 +41,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
         False,
     ),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
+    "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices", True),
     "ClusterPolicy": ("/apis/kyverno.io/v1", "clusterpolicies", False),
     "ValidatingWebhookConfiguration": (
         "/apis/admissionregistration.k8s.io/v1",

@@ -83,6 +83,11 @@ class Config:
     # The node's pods: outside the lab's ranges, so an interceptor allowed the lab's addresses
     # is not thereby allowed its neighbours.
     pod_subnets: list[str] = field(default_factory=lambda: list(POD_SUBNETS))
+    # The kube-dns Service's ClusterIP, and the node's own address its pods reach it behind
+    # (CoreDNS listens there: outside the pods' subnet, neither loopback nor link-local, which
+    # an endpoint may not be).
+    dns_service_ip: str = "10.96.0.10"
+    node_service_address: str = "10.244.255.1"
     cluster_domain: str = "cluster.local"
 
     @property

@@ -14,6 +14,8 @@ Files (NAME.crt and NAME.key) and what they are:
 - apiserver-kubelet-client: the API server at the node's log endpoint (`kubectl logs`);
 - injection-policy-reader: the node agent reading the chart's injection ClusterPolicies;
 - kube-proxy (system:kube-proxy, bound to system:node-proxier by the API server's own policy);
+- coredns (system:coredns, bound by the cluster to a role reading Services, EndpointSlices, pods
+  and namespaces: cluster/dns.py);
 - sa.key, sa.pub: the service account token signing key pair.
 """
 
@@ -74,6 +76,7 @@ def subjects(node: str, service_ip: str, domain: str) -> list[Subject]:
         Subject("scheduler", "system:kube-scheduler", client=True),
         Subject("node", f"system:node:{node}", ("system:nodes",), client=True),
         Subject("kube-proxy", "system:kube-proxy", client=True),
+        Subject("coredns", "system:coredns", client=True),
         Subject(
             "node-serving",
             f"system:node:{node}",

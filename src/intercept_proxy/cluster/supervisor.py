@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import signals
-from intercept_proxy.cluster import components, kyverno
+from intercept_proxy.cluster import components, dns, kyverno
 from intercept_proxy.cluster.client import ApiError, Credentials, KubeClient
 from intercept_proxy.cluster.kubeconfig import kubeconfig, write_kubeconfig
 from intercept_proxy.cluster.layout import Config
@@ -220,6 +220,8 @@ class Supervisor:
                 ],
             }
         )
+        for obj in dns.objects(config):
+            admin.apply(obj)
         node = f"system:node:{config.node_name}"
         self.kubeconfig_for("node", "node", node)
         self.kubeconfig_for("scheduler", "scheduler", "system:kube-scheduler")

@@ -24,6 +24,8 @@ BINARIES = (
     "kyverno",
     "background-controller",
     "helm",
+    "kube-proxy",
+    "coredns",
 )
 
 

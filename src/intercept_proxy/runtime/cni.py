@@ -218,6 +218,7 @@ class CniUplink:
     args: tuple[tuple[str, str], ...]
     nameservers: tuple[str, ...]
     extra_trust: Path | None
+    search: tuple[str, ...] = ()
     _attachment: Attachment | None = None
 
     def attach(self, pod_netns: str) -> None:

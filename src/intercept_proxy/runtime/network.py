@@ -53,6 +53,11 @@ class Uplink(Protocol):
     def nameservers(self) -> tuple[str, ...]: ...
 
     @property
+    def search(self) -> tuple[str, ...]:
+        """Search domains for the pod's resolv.conf (a cluster's)."""
+        ...
+
+    @property
     def extra_trust(self) -> Path | None: ...
 
 
@@ -69,6 +74,10 @@ class LabUplink:
     @property
     def nameservers(self) -> tuple[str, ...]:
         return self.lab.dns_servers
+
+    @property
+    def search(self) -> tuple[str, ...]:
+        return ()
 
     @property
     def extra_trust(self) -> Path | None:
@@ -121,6 +130,10 @@ class HostUplink:
     @property
     def nameservers(self) -> tuple[str, ...]:
         return host_nameservers()
+
+    @property
+    def search(self) -> tuple[str, ...]:
+        return ()
 
     @property
     def extra_trust(self) -> Path | None:

@@ -204,7 +204,7 @@ class LocalPod:
         # Envoy's own lookups (and forwarded suffixes) use the uplink's real resolvers; the
         # workload's lookups never reach them (they are redirected to the agent).
         servers = self.options.uplink.nameservers
-        self._resolv_conf.write_text(resolvconf.text(servers))
+        self._resolv_conf.write_text(resolvconf.text(servers, self.options.uplink.search))
         self._resolv_conf.chmod(0o644)
         extra = self.options.uplink.extra_trust
         if extra is not None:

@@ -78,7 +78,7 @@ class NodeAgent:
             intercept=Path(sys.executable).with_name("intercept"), envoy=envoy_binary()
         )
         lab = Lab.from_state(config.path("lab")) if config.lab_spec is not None else None
-        self.network = NodeNetwork(config, lab, pki, Tools.locate().binary("kube-proxy"))
+        self.network = NodeNetwork(config, lab, pki, Tools.locate())
         self.workers: dict[str, PodWorker] = {}
         self._prefixes: set[str] = set()  # given out by pod_prefix
         self._lock = threading.Lock()
@@ -483,7 +483,7 @@ class NodeAgent:
             for t in threads:
                 t.start()
             # The watches block in reads: the main thread waits for the signal, and keeps
-            # kube-proxy running.
+            # kube-proxy and CoreDNS running.
             while not self.stopping.wait(1.0):
                 self.network.check()
         finally:

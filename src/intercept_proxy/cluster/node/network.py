@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns
+from intercept_proxy.cluster import dns
 from intercept_proxy.cluster.kubeconfig import kubeconfig, write_kubeconfig
 from intercept_proxy.cluster.layout import Config
 from intercept_proxy.cluster.pki import ClusterPki
 from intercept_proxy.cluster.processes import Child, child_env
+from intercept_proxy.cluster.tools import Tools
 from intercept_proxy.lab import Lab
 from intercept_proxy.netfilter.plugin import PLUGIN, plugin_config
 from intercept_proxy.runtime.cni import PLUGIN_DIR, Chain, CniUplink, bridge_network
@@ -103,17 +105,17 @@ def pod_arguments(pod: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 @dataclass
 class NodeNetwork:
     """The node's network namespace and what runs there: the CNI chain's bridge, the API relay,
-    kube-proxy (Services). Its files are in the state dir's `network/`, made again at each
-    start."""
+    kube-proxy (Services), CoreDNS (the cluster's DNS). Its files are in the state dir's
+    `network/`, made again at each start."""
 
     config: Config
     lab: Lab | None
     pki: ClusterPki
-    kube_proxy: Path  # the binary
+    tools: Tools
     chain: Chain = field(init=False)
     _uplink: Uplink = field(init=False)
     _relay: ApiRelay | None = None
-    _proxy: Child | None = None
+    _children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         name = self.config.node_netns
@@ -157,31 +159,39 @@ class NodeNetwork:
             raise
         self._relay = ApiRelay(listener, self.config.ports.apiserver)
         self._relay.start()
-        self._proxy = Child(
-            "kube-proxy",
-            netns.exec_argv(
-                self.config.node_netns,
-                kube_proxy_argv(
-                    self.kube_proxy,
-                    self._kubeconfig("kube-proxy", self._dir / "kube-proxy.kubeconfig"),
-                    self.config,
-                ),
+        # The node's own address for the Services it serves (CoreDNS): pods route to it.
+        address = f"{self.config.node_service_address}/32"
+        netns.ip("-n", self.config.node_netns, "address", "add", address, "dev", "lo")
+        corefile = self._dir / "Corefile"
+        dns_kubeconfig = self._kubeconfig("coredns", self._dir / "coredns.kubeconfig")
+        corefile.write_text(dns.corefile(self.config, dns_kubeconfig, self._uplink.nameservers))
+        proxy_kubeconfig = self._kubeconfig("kube-proxy", self._dir / "kube-proxy.kubeconfig")
+        programs = {
+            "kube-proxy": kube_proxy_argv(
+                self.tools.binary("kube-proxy"), proxy_kubeconfig, self.config
             ),
-            self.config.path("logs", "kube-proxy.log"),
-            self._dir,
-            env=child_env(),
-        )
-        self._proxy.start()
+            "coredns": [str(self.tools.binary("coredns")), "-conf", str(corefile)],
+        }
+        for name, argv in programs.items():
+            child = Child(
+                name,
+                netns.exec_argv(self.config.node_netns, argv),
+                self.config.path("logs", f"{name}.log"),
+                self._dir,
+                env=child_env(),
+            )
+            child.start()
+            self._children.append(child)
 
     def check(self) -> None:
-        """kube-proxy started again if it exited (with the supervisor's back-off)."""
-        if self._proxy is not None:
-            self._proxy.check(stopping=False)
+        """kube-proxy and CoreDNS started again if they exited (the supervisor's back-off)."""
+        for child in self._children:
+            child.check(stopping=False)
 
     def stop(self) -> None:
-        if self._proxy is not None:
-            self._proxy.stop()
-            self._proxy = None
+        for child in self._children:
+            child.stop()
+        self._children.clear()
         if self._relay is not None:
             self._relay.stop()
             self._relay = None
@@ -192,11 +202,13 @@ class NodeNetwork:
             shutil.rmtree(self._dir)
 
     def uplink(self, pod: dict[str, Any]) -> CniUplink:
+        """A pod's: the CNI chain, and the cluster's DNS (its namespace's search domains)."""
         return CniUplink(
             self.chain,
             pod_arguments(pod),
-            self._uplink.nameservers,
+            (self.config.dns_service_ip,),
             self._uplink.extra_trust,
+            dns.search(self.config, pod["metadata"]["namespace"]),
         )
 
 
