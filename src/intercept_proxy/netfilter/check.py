@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from intercept_proxy.netfilter.builder import FAMILIES, Family
-from intercept_proxy.netfilter.config import CaptureConfig
+from intercept_proxy.netfilter.config import DNS, CaptureConfig
 
 # Documentation ranges (RFC 5737, RFC 3849): never anyone's real address.
 TARGETS: dict[Family, tuple[str, ...]] = {
@@ -119,7 +119,7 @@ def _dns_redirected(family: Family, address: str, listener: socket.socket) -> st
     nonce = secrets.token_bytes(12)
     with socket.socket(_AF[family], socket.SOCK_DGRAM) as client:
         try:
-            client.sendto(nonce, (address, 53))
+            client.sendto(nonce, (address, DNS))
         except OSError as e:
             return f"cannot send ({e.strerror or e})"
         try:
@@ -154,7 +154,7 @@ def _routed(family: Family, address: str) -> bool:
     """Whether the pod routes `address` at all (a family without any route has no egress)."""
     with socket.socket(_AF[family], socket.SOCK_DGRAM) as probe:
         try:
-            probe.connect((address, 53))
+            probe.connect((address, DNS))
         except OSError as e:
             if e.errno in (errno.ENETUNREACH, errno.EADDRNOTAVAIL):
                 return False
@@ -178,12 +178,14 @@ def check_family(config: CaptureConfig, family: Family) -> list[Result] | None:
         for ports, listener, name in (
             (config.tls_ports, tls, "TLS"),
             (config.http_ports, http, "HTTP"),
-            ((53,), dns_tcp, "DNS"),
+            ((DNS,), dns_tcp, "DNS"),
         ):
             for port in ports:
                 what = f"tcp/{port} ({name})"
                 results.append(Result(family, what, _redirected(family, address, port, listener)))
-        results.append(Result(family, "udp/53 (DNS)", _dns_redirected(family, address, dns_udp)))
+        results.append(
+            Result(family, f"udp/{DNS} (DNS)", _dns_redirected(family, address, dns_udp))
+        )
         # Envoy's port itself, while something listens there: the workload may not reach it.
         sidecar = f"tcp/{config.tls_redirect_port} on {LOOPBACK[family]} (a sidecar's)"
         direct = _refused(family, stream, LOOPBACK[family], config.tls_redirect_port)
