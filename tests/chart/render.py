@@ -81,16 +81,16 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
                 "autoscaling": {"enabled": False},
                 "podDisruptionBudget": {"minAvailable": 2},
                 "topologySpread": False,
-                "metrics": {
-                    "namespaceSelector": {
-                        "matchLabels": {"kubernetes.io/metadata.name": "observability"}
-                    }
-                },
                 "clients": {
                     "namespaceSelector": {"matchLabels": {"egress": "gateway"}},
                     "proxyEnv": True,
                     "noProxy": [".svc", "10.96.0.0/12"],
                 },
+            },
+            "monitoring": {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": "observability"}
+                }
             },
             "upstream": {"privateRanges": ["10.20.0.0/16"]},
             "policy": {"default": {"allowed_domains": ["pypi.org"]}},

@@ -405,7 +405,15 @@ def test_every_validate_rule_has_the_failure_action(case):
     # Kyverno >= 1.13's per-rule fields, not the deprecated spec-level ones.
     expected = render.values(case)["kyverno"]["validationFailureAction"]
     rules = [r for p in policies(case).values() for r in p["spec"]["rules"] if "validate" in r]
-    assert len(rules) == 13 + 4 * render.values(case)["podSecurity"]["enabled"]
+    values = render.values(case)
+    guardrails = values["guardrails"]["enabled"]
+    # validate-pods and the rest; pod-security's 4; the guardrails' protection and minimum
+    # security context (2 rules).
+    assert len(rules) == (
+        13
+        + 4 * values["podSecurity"]["enabled"]
+        + guardrails * (1 + 2 * values["guardrails"]["securityContext"]["enabled"])
+    )
     for rule in rules:
         assert rule["validate"]["failureAction"] == expected, rule["name"]
     for policy in policies(case).values():
@@ -639,3 +647,35 @@ def test_the_exceptions_hold_only_where_the_release_injects():
     for rule in security["spec"]["rules"]:
         labels = rule["match"]["any"][0]["resources"]["namespaceSelector"]["matchLabels"]
         assert labels["team"] == "a" and "intercept-proxy/pod-security" in labels
+
+
+def test_the_guardrails_exempt_namespaces_from_named_rules_only():
+    given = {
+        "guardrails": {
+            "enabled": True,
+            "securityContext": {
+                "exclusions": [
+                    {"namespace": "ambassador", "rules": ["require-security-context-constraints"]},
+                    {"namespace": "tools", "rules": list(schema.SECURITY_CONTEXT_RULES)},
+                ]
+            },
+        }
+    }
+    manifest = render.install_dry_run("intercept-proxy", given)["manifest"]
+    (policy,) = [
+        o
+        for o in yaml.safe_load_all(manifest)
+        if o and (o["kind"], o["metadata"]["name"]) == ("ClusterPolicy", "require-security-context")
+    ]
+    excluded = {
+        r["name"]: r.get("exclude", {}).get("any", [{}])[0].get("resources", {}).get("namespaces")
+        for r in policy["spec"]["rules"]
+    }
+    # The schema's names are the policy's.
+    assert excluded == {
+        "require-security-context-constraints": ["ambassador", "tools"],
+        "require-pod-security-context": ["tools"],
+    }
+    with pytest.raises(render.HelmError, match="guardrails/securityContext/exclusions/0/rules/0"):
+        given["guardrails"]["securityContext"]["exclusions"][0]["rules"] = ["everything"]
+        render.install_dry_run("intercept-proxy", given)

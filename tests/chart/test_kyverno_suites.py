@@ -104,6 +104,8 @@ def namespace_labels(case: str) -> dict[str, str]:
         "kubernetes.io/metadata.name": NAMESPACE,
         "intercept-proxy/pod-security": "restricted",
     }
+    if values["guardrails"]["enabled"]:
+        labels["kyverno.io/isolate"] = "true"
     for selector in (
         values["injection"]["namespaceSelector"],
         values["clone"]["namespaceSelector"],
@@ -265,6 +267,130 @@ def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> None:
            patchedResources="gateway-client.yaml")  # fmt: skip
 
 
+def guarded_pod(name: str, **changes: Any) -> dict[str, Any]:
+    """A pod of no sandbox with the seeds' minimum security context, `changes` made to it."""
+    pod = labelled_pod(name)
+    pod["metadata"]["labels"] = {}
+    pod["spec"]["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    pod["spec"]["containers"][0]["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    for path, value in changes.items():
+        *parents, leaf = path.split(".")
+        node = pod["spec"]
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node.pop(leaf) if value is None else node.__setitem__(leaf, value)
+    return pod
+
+
+def expect_guardrails(case: str, files: dict[str, Any], expect: Any) -> None:
+    """The isolated namespace's NetworkPolicies, written from the values; their protection;
+    the minimum security context."""
+    values = render.values(case)
+    dns = values["networkPolicy"]["dns"]
+    internal = {"matchLabels": {"networking/internal": "true"}}
+
+    def scraped_from(selector: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"from": [{"namespaceSelector": selector}]}]
+
+    specs = {
+        "default-deny": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]},
+        "allow-dns": {
+            "podSelector": {},
+            "policyTypes": ["Egress"],
+            "egress": [
+                {
+                    "to": [{k: dns[k] for k in ("namespaceSelector", "podSelector")}],
+                    "ports": [{"protocol": p, "port": 53} for p in ("UDP", "TCP")],
+                }
+            ],
+        },
+        "allow-internal": {
+            "podSelector": internal,
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"podSelector": internal}]}],
+            "egress": [{"to": [{"podSelector": internal}]}],
+        },
+        "allow-ingress": {
+            "podSelector": {"matchLabels": {"networking/allow-ingress": "true"}},
+            "policyTypes": ["Ingress"],
+            "ingress": scraped_from(
+                values["guardrails"]["ingressControllers"]["namespaceSelector"]
+            ),
+        },
+        "allow-prometheus-scrape": {
+            "podSelector": {"matchLabels": {"monitoring/prometheus-scrape": "true"}},
+            "policyTypes": ["Ingress"],
+            "ingress": scraped_from(values["monitoring"]["namespaceSelector"]),
+        },
+    }
+    labels = {"app.kubernetes.io/name": "intercept-proxy",
+              "app.kubernetes.io/instance": render.release(case)}  # fmt: skip
+    for name, spec in specs.items():
+        files[f"isolation-{name}.yaml"] = [
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+                "spec": spec,
+            }
+        ]
+        expect("default-deny-namespaces", name, "Namespace", NAMESPACE, "pass",
+               generatedResource=f"isolation-{name}.yaml")  # fmt: skip
+    files["resources.yaml"].append(files["isolation-default-deny.yaml"][0])
+    expect("protect-default-deny-netpol", "protect-isolation", "NetworkPolicy", "default-deny",
+           "fail", operation="UPDATE")  # fmt: skip
+    if not values["guardrails"]["securityContext"]["enabled"]:
+        return
+    pods = {
+        "guarded": ("pass", "pass"),
+        "writable-root": ("fail", "pass"),
+        "escalating": ("fail", "pass"),
+        "adds-capability": ("fail", "pass"),
+        "root-container": ("fail", "pass"),
+        "no-fs-group": ("pass", "fail"),
+        "no-seccomp": ("pass", "fail"),
+    }
+    container = "containers.0.securityContext"
+    files["resources.yaml"] += [
+        guarded_pod("guarded"),
+        guarded_pod("writable-root", **{f"{container}.readOnlyRootFilesystem": False}),
+        guarded_pod("escalating", **{f"{container}.allowPrivilegeEscalation": None}),
+        guarded_pod("adds-capability", **{f"{container}.capabilities": {"add": ["NET_ADMIN"],
+                                                                      "drop": ["ALL"]}}),
+        guarded_pod("root-container", **{f"{container}.runAsUser": 0}),
+        guarded_pod("no-fs-group", **{"securityContext.fsGroup": None}),
+        guarded_pod("no-seccomp", **{"securityContext.seccompProfile": {"type": "Unconfined"}}),
+    ]  # fmt: skip
+    # The chart's own pods (its test, its hooks' Jobs) meet its minimum.
+    for obj in render.objects(case):
+        if obj["kind"] not in ("Pod", "Job"):
+            continue
+        template = obj["spec"]["template"] if obj["kind"] == "Job" else obj
+        own = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": obj["metadata"]["name"], "namespace": NAMESPACE},
+            "spec": template["spec"],
+        }
+        files["resources.yaml"].append(own)
+        pods[own["metadata"]["name"]] = ("pass", "pass")
+    for pod, (constraints, pod_context) in pods.items():
+        expect("require-security-context", "require-security-context-constraints", "Pod", pod,
+               constraints)  # fmt: skip
+        expect("require-security-context", "require-pod-security-context", "Pod", pod,
+               pod_context)  # fmt: skip
+
+
 def write_suite(case: str, directory: Path) -> int:
     """The case's suite in `directory`; the number of results it expects."""
     settings = settings_from_values(render.given(case), render.release(case))
@@ -354,6 +480,8 @@ def write_suite(case: str, directory: Path) -> int:
                generatedResource="egress.yaml")  # fmt: skip
     if "gateway-env" in names:
         expect_gateway(case, files, expect)
+    if "default-deny-namespaces" in names:
+        expect_guardrails(case, files, expect)
     for file, docs in files.items():
         (directory / file).write_text(yaml.safe_dump_all(docs))
     test = {

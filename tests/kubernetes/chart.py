@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from tests.cluster.harness import WORKLOAD_UID, Kube
+from tests.cluster.harness import CHART, WORKLOAD_UID, Kube
 
 LABEL = {"intercept-proxy/enabled": "true"}
 # The chart's objects carry the release as app.kubernetes.io/instance; what Kyverno generates
@@ -24,22 +24,24 @@ OWNED_KINDS = (
 GENERATED_KINDS = "configmaps,secrets,networkpolicies"
 
 
-def hooks(kube: Kube, release: str, namespace: str, event: str) -> list[dict[str, Any]]:
-    """The release's hook objects for `event` (pre-delete, test), as Helm would create them."""
-    out = kube.helm("get", "hooks", release, "-n", namespace).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
+def _of_event(docs: list[Any], event: str) -> list[dict[str, Any]]:
     return [
         d
         for d in docs
-        if event in d["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(",")
+        if d and event in d["metadata"].get("annotations", {}).get("helm.sh/hook", "").split(",")
     ]
 
 
-def run_cleanup_hook(kube: Kube, release: str, namespace: str) -> None:
-    """The pre-delete hook, its pod aside: the node's pods cannot reach the API server, so its
-    Job's command runs here, as the hook's ServiceAccount (impersonated: its RBAC, nothing
-    more), with the ServiceAccount and RBAC the hook creates."""
-    objects = hooks(kube, release, namespace, "pre-delete")
+def hooks(kube: Kube, release: str, namespace: str, event: str) -> list[dict[str, Any]]:
+    """The release's hook objects for `event` (pre-delete, test), as Helm would create them."""
+    out = kube.helm("get", "hooks", release, "-n", namespace).stdout
+    return _of_event(list(yaml.safe_load_all(out)), event)
+
+
+def run_hook(kube: Kube, namespace: str, objects: list[dict[str, Any]]) -> None:
+    """A hook whose Job runs kubectl, its pod aside: the node's pods cannot reach the API
+    server, so the Job's command runs here, as the hook's ServiceAccount (impersonated: its
+    RBAC, nothing more), with the ServiceAccount and RBAC the hook creates."""
     (job,) = [o for o in objects if o["kind"] == "Job"]
     rbac = [o for o in objects if o["kind"] != "Job"]
     kube.apply(namespace, *rbac)
@@ -50,6 +52,23 @@ def run_cleanup_hook(kube: Kube, release: str, namespace: str) -> None:
         kube.kubectl(f"--as={account}", *container["args"])
     finally:
         kube.kubectl("delete", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(rbac))
+
+
+def upgrade(kube: Kube, release: str, namespace: str, values: dict[str, Any]) -> list[str]:
+    """`helm upgrade` with its pre-upgrade hook run as `run_hook` does, first, as Helm would;
+    the policies the hook deleted."""
+    dry = kube.helm("upgrade", release, str(CHART), "-n", namespace, "--dry-run=server",
+                    "--hide-notes", values=values).stdout  # fmt: skip
+    rendered = dry.split("\nHOOKS:\n", 1)[1].split("\nMANIFEST:\n", 1)[0]
+    objects = _of_event(list(yaml.safe_load_all(rendered)), "pre-upgrade")
+    deleted = []
+    if objects:
+        run_hook(kube, namespace, objects)
+        (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+        deleted = role["rules"][0]["resourceNames"]
+    kube.helm("upgrade", release, str(CHART), "-n", namespace, "--no-hooks", values=values)
+    kube.wait_policies(release)
+    return deleted
 
 
 def refusal(kube: Kube, namespace: str, *objects: dict[str, Any], settle: float = 10.0) -> str:
@@ -71,7 +90,7 @@ def refusal(kube: Kube, namespace: str, *objects: dict[str, Any], settle: float 
 
 
 def uninstall(kube: Kube, release: str, namespace: str) -> None:
-    run_cleanup_hook(kube, release, namespace)
+    run_hook(kube, namespace, hooks(kube, release, namespace, "pre-delete"))
     kube.helm("uninstall", release, "-n", namespace, "--wait", "--no-hooks")
 
 

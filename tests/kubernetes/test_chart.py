@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from intercept_proxy.pki.ca import CertificateAuthority
-from tests.cluster.harness import CHART, LAB_UPSTREAMS
+from tests.cluster.harness import LAB_UPSTREAMS
 from tests.kubernetes.chart import (
     der,
     labelled_pod,
@@ -23,6 +23,7 @@ from tests.kubernetes.chart import (
     result,
     results,
     uninstall,
+    upgrade,
 )
 
 pytestmark = pytest.mark.netns
@@ -54,11 +55,6 @@ def chart(kube):
             uninstall(kube, release, namespace)
     for name in (TEAM_A, TEAM_B, NAMESPACE, OTHER_NAMESPACE):
         kube.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
-
-
-def upgrade(kube, release: str, namespace: str, given: dict[str, Any]) -> None:
-    kube.helm("upgrade", release, str(CHART), "-n", namespace, values=given)
-    kube.wait_policies(release)
 
 
 def run_pod(kube, namespace: str, name: str) -> dict[str, Any]:
@@ -107,10 +103,12 @@ def test_upgrade_to_a_shared_secret_ca_with_selectors_and_cidrs(chart):
         clone={"namespaceSelector": SELECT_A},
         networkPolicy={"kubernetesApiCidrs": [API_CIDR]},
     )
-    upgrade(chart, RELEASE, NAMESPACE, given)
+    deleted = upgrade(chart, RELEASE, NAMESPACE, given)
     after = chart.policies(RELEASE)
     renamed = {n.rpartition("-")[0] for n in before ^ after}
     assert renamed == {f"{RELEASE}-clone", f"{RELEASE}-egress"}, (before, after)
+    # The pre-upgrade hook deleted the replaced generating policies, and no other.
+    assert set(deleted) == before - after, (deleted, before, after)
     ca = secret_ca(chart, NAMESPACE, f"{RELEASE}-ca")
     assert secret_ca(chart, TEAM_A, f"{RELEASE}-ca") == ca
     a = run_pod(chart, TEAM_A, "shared")
@@ -132,8 +130,8 @@ def test_upgrade_to_a_shared_secret_ca_with_selectors_and_cidrs(chart):
     reader["metadata"]["labels"] = {}
     message = refusal(chart, TEAM_A, reader)
     assert "agent-secrets-elsewhere:" in message, message
-    # An upgrade keeps the CA the running pods trust.
-    upgrade(chart, RELEASE, NAMESPACE, given)
+    # An upgrade keeps the CA the running pods trust; nothing to replace, no hook.
+    assert upgrade(chart, RELEASE, NAMESPACE, given) == []
     assert secret_ca(chart, NAMESPACE, f"{RELEASE}-ca") == ca
 
 

@@ -737,6 +737,7 @@ Each definition is a JSON document for this release's values.
       "runAsNonRoot": true,
       "runAsUser": {{ .Values.gateway.uid | int | toJson }},
       "runAsGroup": {{ .Values.gateway.uid | int | toJson }},
+      "fsGroup": {{ .Values.gateway.uid | int | toJson }},
       "seccompProfile": {
         "type": "RuntimeDefault"
       }

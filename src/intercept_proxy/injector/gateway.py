@@ -109,6 +109,8 @@ def pod_spec(s: InjectorSettings) -> dict[str, Any]:
             "runAsNonRoot": True,
             "runAsUser": s.gateway_uid,
             "runAsGroup": s.gateway_uid,
+            # The guardrails' minimum (require-pod-security-context) asks for one.
+            "fsGroup": s.gateway_uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [_agent(s), _envoy(s)],

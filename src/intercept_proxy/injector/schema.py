@@ -21,6 +21,8 @@ from intercept_proxy.policy.model import Policy
 
 PATH = "charts/intercept-proxy/values.schema.json"
 CA_MODES = ("ephemeral", "secret", "certManager")
+# The rules of the guardrails' ClusterPolicy require-security-context (guardrails.yaml).
+SECURITY_CONTEXT_RULES = ("require-security-context-constraints", "require-pod-security-context")
 
 _CAPTURE = CaptureConfig()
 _SIDECARS = _CAPTURE.sidecar_port_range
@@ -417,6 +419,14 @@ PROPERTIES: dict[str, Any] = {
             ),
         },
     ),
+    "monitoring": _object(
+        "",
+        {
+            "namespaceSelector": _ref(
+                "labelSelector", "The namespaces whose pods scrape metrics (gateway, guardrails)."
+            )
+        },
+    ),
     "kyverno": _object(
         "",
         {
@@ -471,9 +481,10 @@ PROPERTIES: dict[str, Any] = {
         {
             "enabled": {
                 "type": "boolean",
-                "description": "The pre-delete hook removing the ClusterPolicies.",
+                "description": "The hooks deleting the ClusterPolicies before an uninstall and "
+                "the replaced generating ones before an upgrade.",
             },
-            "image": _image("The hook's image (kubectl)."),
+            "image": _image("The hooks' image (kubectl)."),
         },
     ),
     "podSecurity": _object(
@@ -524,14 +535,6 @@ PROPERTIES: dict[str, Any] = {
             "podDisruptionBudget": _object(
                 "", {"minAvailable": _count("Replicas kept through voluntary disruptions.")}
             ),
-            "metrics": _object(
-                "",
-                {
-                    "namespaceSelector": _ref(
-                        "labelSelector", "The namespaces whose pods may scrape the agents."
-                    )
-                },
-            ),
             "topologySpread": {
                 "type": "boolean",
                 "description": "Spread the replicas over zones and nodes (preferred).",
@@ -552,6 +555,59 @@ PROPERTIES: dict[str, Any] = {
                     },
                     "noProxy": _list(
                         "NO_PROXY's entries.", {"type": "string", "pattern": "^[^,\\s]+$"}
+                    ),
+                },
+            ),
+        },
+    ),
+    "guardrails": _object(
+        "The seeds' cluster guardrails (docs/kubernetes.md, Guardrails).",
+        {
+            "enabled": {"type": "boolean", "description": "Install the guardrails."},
+            "namespaces": _list(
+                "Namespaces created isolated, at a Pod Security level, with a quota and limits.",
+                _object(
+                    "",
+                    {
+                        "name": _ref("dnsName"),
+                        "podSecurity": _choice(
+                            "Its Pod Security level.", ("restricted", "baseline", "privileged")
+                        ),
+                    },
+                ),
+            ),
+            "resourceQuota": _ref("quantities", "Each namespace's ResourceQuota (spec.hard)."),
+            "limitRange": _object(
+                "Each namespace's container defaults.",
+                {"default": _ref("quantities"), "defaultRequest": _ref("quantities")},
+            ),
+            "ingressControllers": _object(
+                "",
+                {
+                    "namespaceSelector": _ref(
+                        "labelSelector",
+                        "Where pods labelled networking/allow-ingress=true accept "
+                        "connections from.",
+                    )
+                },
+            ),
+            "securityContext": _object(
+                "The minimum security context (ClusterPolicy require-security-context).",
+                {
+                    "enabled": {"type": "boolean", "description": "Enforce it."},
+                    "exclusions": _list(
+                        "Namespaces exempt from named rules of it.",
+                        _object(
+                            "",
+                            {
+                                "namespace": _ref("dnsName"),
+                                "rules": _list(
+                                    "The rules it is exempt from.",
+                                    {"enum": list(SECURITY_CONTEXT_RULES)},
+                                    minItems=1,
+                                ),
+                            },
+                        ),
                     ),
                 },
             ),
