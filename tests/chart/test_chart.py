@@ -408,12 +408,10 @@ def test_every_validate_rule_has_the_failure_action(case):
     values = render.values(case)
     guardrails = values["guardrails"]["enabled"]
     # validate-pods and the rest; pod-security's 4; the guardrails' protection and minimum
-    # security context (2 rules).
-    assert len(rules) == (
-        13
-        + 4 * values["podSecurity"]["enabled"]
-        + guardrails * (1 + 2 * values["guardrails"]["securityContext"]["enabled"])
-    )
+    # security context (its rules).
+    enforced = values["guardrails"]["securityContext"]["enabled"]
+    minimum = len(schema.SECURITY_CONTEXT_RULES) * enforced
+    assert len(rules) == 13 + 4 * values["podSecurity"]["enabled"] + guardrails * (1 + minimum)
     for rule in rules:
         assert rule["validate"]["failureAction"] == expected, rule["name"]
     for policy in policies(case).values():
@@ -674,6 +672,7 @@ def test_the_guardrails_exempt_namespaces_from_named_rules_only():
     # The schema's names are the policy's.
     assert excluded == {
         "require-security-context-constraints": ["ambassador", "tools"],
+        "require-debug-container-security-context": ["tools"],
         "require-pod-security-context": ["tools"],
     }
     with pytest.raises(render.HelmError, match="guardrails/securityContext/exclusions/0/rules/0"):

@@ -357,6 +357,8 @@ def expect_guardrails(case: str, files: dict[str, Any], expect: Any) -> None:
         "escalating": ("fail", "pass"),
         "adds-capability": ("fail", "pass"),
         "root-container": ("fail", "pass"),
+        "drops-wildcard": ("fail", "pass"),
+        "own-seccomp": ("fail", "pass"),
         "no-fs-group": ("pass", "fail"),
         "no-seccomp": ("pass", "fail"),
     }
@@ -368,6 +370,8 @@ def expect_guardrails(case: str, files: dict[str, Any], expect: Any) -> None:
         guarded_pod("adds-capability", **{f"{container}.capabilities": {"add": ["NET_ADMIN"],
                                                                       "drop": ["ALL"]}}),
         guarded_pod("root-container", **{f"{container}.runAsUser": 0}),
+        guarded_pod("drops-wildcard", **{f"{container}.capabilities": {"drop": ["*"]}}),
+        guarded_pod("own-seccomp", **{f"{container}.seccompProfile": {"type": "Unconfined"}}),
         guarded_pod("no-fs-group", **{"securityContext.fsGroup": None}),
         guarded_pod("no-seccomp", **{"securityContext.seccompProfile": {"type": "Unconfined"}}),
     ]  # fmt: skip

@@ -40,18 +40,18 @@ def hooks(kube: Kube, release: str, namespace: str, event: str) -> list[dict[str
 
 def run_hook(kube: Kube, namespace: str, objects: list[dict[str, Any]]) -> None:
     """A hook whose Job runs kubectl, its pod aside: the node's pods cannot reach the API
-    server, so the Job's command runs here, as the hook's ServiceAccount (impersonated: its
-    RBAC, nothing more), with the ServiceAccount and RBAC the hook creates."""
+    server, so the Job's commands run here, in the pod's order, as the hook's ServiceAccount
+    (impersonated: its RBAC, nothing more), with the ServiceAccount and RBAC the hook creates."""
     (job,) = [o for o in objects if o["kind"] == "Job"]
-    rbac = [o for o in objects if o["kind"] != "Job"]
-    kube.apply(namespace, *rbac)
+    rbac = yaml.safe_dump_all([o for o in objects if o["kind"] != "Job"])
+    kube.kubectl("apply", "-f", "-", input=rbac)
     spec = job["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
     account = f"system:serviceaccount:{namespace}:{spec['serviceAccountName']}"
     try:
-        kube.kubectl(f"--as={account}", *container["args"])
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            kube.kubectl(f"--as={account}", *container["args"])
     finally:
-        kube.kubectl("delete", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(rbac))
+        kube.kubectl("delete", "-f", "-", input=rbac)
 
 
 def upgrade(kube: Kube, release: str, namespace: str, values: dict[str, Any]) -> list[str]:

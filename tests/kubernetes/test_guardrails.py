@@ -175,6 +175,20 @@ def test_the_minimum_security_context_and_its_named_exclusions(guarded, namespac
                     input=yaml.safe_dump(agent))  # fmt: skip
     message = refusal(guarded, namespace, agent)
     assert "require-security-context-constraints" in message, message
+    # A wildcard is not ALL; a container may not turn seccomp off under the pod's.
+    for name, context in (("wildcard", {"capabilities": {"drop": ["*"]}}),
+                          ("unconfined", {"seccompProfile": {"type": "Unconfined"}})):  # fmt: skip
+        message = refusal(guarded, namespace, secure_pod(name, ["true"], **context))
+        assert "require-security-context-constraints" in message, message
+    # kubectl debug's container is held to it too (a sysadmin profile: privileged, root).
+    running = secure_pod("running", ["sleep", "3600"])
+    running["spec"]["restartPolicy"] = "Always"
+    guarded.apply(namespace, running)
+    guarded.wait_phase(namespace, "running", "Running")
+    debug = guarded.kubectl("debug", "-n", namespace, "running", "--image=busybox:1.36",
+                            "--profile=sysadmin", "--", "true", check=False)  # fmt: skip
+    assert debug.returncode != 0
+    assert "require-debug-container-security-context" in debug.stderr, debug.stderr
 
 
 def test_an_intercepted_pod_runs_in_a_guarded_namespace(guarded):

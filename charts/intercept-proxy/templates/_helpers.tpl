@@ -153,7 +153,9 @@ creates their successors, which then generate the copies afresh. */}}
 {{- $stale := list }}
 {{- range (lookup "kyverno.io/v1" "ClusterPolicy" "" "").items | default list }}
 {{- $name := .metadata.name }}
-{{- if and (eq (dig "metadata" "labels" "app.kubernetes.io/instance" "" .) $.Release.Name) (has (regexReplaceAll "-[0-9a-f]{8}$" $name "") $bases) (not (has $name $current)) }}
+{{- $labels := dig "metadata" "labels" dict . }}
+{{- $ours := and (eq (get $labels "app.kubernetes.io/instance") $.Release.Name) (eq (get $labels "app.kubernetes.io/name") "intercept-proxy") }}
+{{- if and $ours (has (regexReplaceAll "-[0-9a-f]{8}$" $name "") $bases) (not (has $name $current)) }}
 {{- $stale = append $stale $name }}
 {{- end }}
 {{- end }}

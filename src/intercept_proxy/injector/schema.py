@@ -22,7 +22,11 @@ from intercept_proxy.policy.model import Policy
 PATH = "charts/intercept-proxy/values.schema.json"
 CA_MODES = ("ephemeral", "secret", "certManager")
 # The rules of the guardrails' ClusterPolicy require-security-context (guardrails.yaml).
-SECURITY_CONTEXT_RULES = ("require-security-context-constraints", "require-pod-security-context")
+SECURITY_CONTEXT_RULES = (
+    "require-security-context-constraints",
+    "require-debug-container-security-context",
+    "require-pod-security-context",
+)
 
 _CAPTURE = CaptureConfig()
 _SIDECARS = _CAPTURE.sidecar_port_range
