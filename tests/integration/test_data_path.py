@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from intercept_proxy import netns
+from intercept_proxy import netns, ports
 from intercept_proxy.policy.model import parse_policy
 from tests.integration.conftest import POLICY
 from tests.integration.harness import WORKLOAD_UID, as_user
@@ -239,6 +239,44 @@ def test_read_only_hosts_get_no_request_body(interceptor, lab):
     assert interceptor.curl("GET", "https://pypi.org/without-body", "--http2").status == 200
     [decision] = interceptor.decisions(lambda d: d["path"] == "/without-body")
     assert decision["judge"] == "envoy"
+
+
+def h2_upload(interceptor, host: str, method: str, path: str, size: int) -> dict:
+    script = Path(__file__).with_name("h2_upload.py")
+    argv = [sys.executable, str(script), str(interceptor.ca_cert), "127.0.0.1",
+            str(ports.ENVOY_TLS), host, method, path, str(size)]  # fmt: skip
+    result = netns.run(interceptor.ns, as_user(WORKLOAD_UID, argv), timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_body_too_large_to_judge_is_refused_as_such(interceptor, lab):
+    """An HTTP/2 read whose body has no length is read before it is judged (the agent decides a
+    read that sent one); past what Envoy reads, it is refused for its size, 413, never with the
+    allow rule of the route it took."""
+    before = len(received(lab, "pypi.org"))
+    small = h2_upload(interceptor, "pypi.org", "GET", "/small-body", 1000)
+    assert (small["status"], json.loads(small["body"])["error"]["rule"]) == (403, "not_read_only")
+    big = h2_upload(interceptor, "pypi.org", "GET", "/big-body", 20_000_000)
+    assert big["status"] == 413, big
+    error = json.loads(big["body"])["error"]
+    assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "body_too_large")
+    assert error["message"] == (
+        "GET pypi.org:443: its body is larger than the sandbox reads before it forwards one"
+        " (16 MiB to judge or count it, 1 MiB to sign it); nothing was forwarded"
+    )
+    d = decision(interceptor, error["decision_id"])
+    assert (d["allow"], d["rule"], d["judge"], d["status"]) == (
+        False, "body_too_large", "envoy", 413
+    )  # fmt: skip
+    assert len(received(lab, "pypi.org")) == before
+    # A denying route's oversized upload keeps its own denial (and its log line, one).
+    denied = h2_upload(interceptor, "pypi.org", "POST", "/big-post", 20_000_000)
+    assert denied["status"] == 403, denied
+    rule = json.loads(denied["body"])["error"]["rule"]
+    assert rule == "method_not_allowed"
+    (logged,) = interceptor.decisions(lambda d: d["path"] == "/big-post")
+    assert (logged["allow"], logged["rule"], logged["status"]) == (False, rule, 403)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
 from intercept_proxy.policy.credentials import DEFAULT_PLACEHOLDER
+from tests.decisions import decisions
 from tests.sandbox.harness import TESTS, Sandbox, sandbox_in_own_lab
 
 pytestmark = pytest.mark.netns
@@ -125,6 +126,19 @@ def test_a_body_is_signed_with_its_hash_and_the_session_token_sent(box):
     assert received["headers"]["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()
     assert received["headers"]["x-amz-security-token"] == TOKEN
     assert_signed_by(received, "sqs", KEY_ID, SECRET, body)
+
+
+def test_a_body_too_large_to_sign_is_refused_as_such(box):
+    """The signer hashes a body it holds whole, up to Envoy's connection buffer (1 MiB)."""
+    curl = SIGNED_CURL.format(service="sqs").replace(" --fail-with-body", "")
+    result = box.sh(
+        f"head -c 2097152 /dev/zero | {curl} --http1.1 --data-binary @- https://{SQS}/big"
+    )
+    error = json.loads(result.stdout)["error"]
+    assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "body_too_large"), error
+    assert not any(r.get("path") == "/big" for r in box.received(SQS))
+    (logged,) = decisions(box.decision_log, lambda d: d["path"] == "/big")
+    assert (logged["allow"], logged["rule"], logged["status"]) == (False, "body_too_large", 413)
 
 
 def test_other_hosts_and_plain_http_get_the_workloads_placeholder_signature(box):

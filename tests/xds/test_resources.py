@@ -274,12 +274,14 @@ def test_decision_counter_tags_come_from_decisions_never_from_requests():
     for listener in resources.listeners(DEFAULT):
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         counters = [a for a in hcm["access_log"] if a["name"] == "envoy.access_loggers.stats"]
-        assert len(counters) == 2  # one per judge, selected like the decision log's lines
+        # One per kind of line (the route's, the agent's, a body too large), selected alike.
+        assert len(counters) == 3
         for counter in counters:
             (stat,) = counter["typed_config"]["value"]["counters"]
             for tag in stat["stat"]["tags"]:
                 value = tag["value_format"]
-                assert value in ("envoy", "agent") or value.startswith(("%METADATA(", "%DYNAMIC"))
+                ours = ("envoy", "agent", "false", resources.OVERSIZED_RULE)
+                assert value in ours or value.startswith(("%METADATA(", "%DYNAMIC"))
 
 
 def test_slow_clients_are_bounded_but_streams_are_not():
@@ -337,7 +339,7 @@ def test_rate_limits_count_on_both_listeners_and_refuse_with_retry_after():
             for log in hcm["access_log"]
             if log["name"] != "envoy.access_loggers.stats"
         ]
-        assert "rate_limit" in kinds and len(kinds) == 3
+        assert "rate_limit" in kinds and len(kinds) == 4  # the route's, the agent's, too large
 
 
 @pytest.mark.parametrize("rate", [1, 7, 59, 1199, 1200, 1201, 1500, 1799, 1800, 3000, 999_999])

@@ -44,9 +44,12 @@ from intercept_proxy.xds.routes import (
     BUFFER_FILTER,
     BUFFER_LIMIT_BYTES,
     INTERNAL_HEADERS,
+    ROUTE_DENIES,
     SENT_CHECK_FILTER,
     BudgetHosts,
     any_spelling,
+    cel_filter,
+    denial_body,
     oversized_denial,
     request_facts,
     route_configuration,
@@ -80,6 +83,17 @@ RATE_LIMIT_FILTER = "intercept.rate_limit.{}"
 # What the decision log and the 429's body say of a request its host's rate limit refused.
 RATE_LIMIT_RULE = "rate_limit"
 RATE_LIMITED = ": the policy's rate limit for this host is spent (see Retry-After)"
+# What a filter other than the buffer filter may hold of a body (Envoy's default connection
+# buffer limit, which the listeners keep): the AWS signer reads a body this large to hash it.
+SIGNED_BODY_LIMIT_BYTES = 1024 * 1024
+# What the decision log and the 413's body say of a request whose body Envoy had to read, to
+# judge, count or sign it, and could not: refused, whatever its route.
+OVERSIZED_RULE = "body_too_large"
+OVERSIZED = (
+    ": its body is larger than the sandbox reads before it forwards one"
+    f" ({BUFFER_LIMIT_BYTES >> 20} MiB to judge or count it, {SIGNED_BODY_LIMIT_BYTES >> 20} MiB"
+    " to sign it); nothing was forwarded"
+)
 # Envoy refills a token bucket at most this often.
 MIN_FILL_MS = 50
 
@@ -426,7 +440,13 @@ def local_reply_config(*, tls: bool) -> dict[str, Any]:
                 ErrorCode.RATE_LIMIT_EXCEEDED, target(tls=tls) + RATE_LIMITED, RATE_LIMIT_RULE
             ),
         },
+        # A denying route's own denial, then any other route's refusal (an allowing route
+        # refused a body it could not read: never its allow rule in a 403).
         oversized_denial(tls=tls),
+        {
+            "filter": _TOO_LARGE,
+            "body_format_override": denial_body(OVERSIZED_RULE, OVERSIZED, tls=tls),
+        },
     ]
     return {"mappers": mappers}
 
@@ -441,6 +461,34 @@ class Logged(Enum):
     ROUTE = "route"  # the route's own: Envoy's decision, or an agent route's no_decision
     AGENT = "agent"  # the agent's (ext_authz metadata)
     RATE_LIMIT = "rate_limit"  # the policy allowed it, its host's rate limit refused it
+    OVERSIZED = "oversized"  # a body Envoy had to read, too large, on a route that denies not
+
+
+# Envoy's own 413 (its buffer filter's: an upstream's 413 has other details) on a route that
+# does not deny (a denying route's is its 403): the status first, the CEL only for a 413.
+_TOO_LARGE = status_filter(413, "intercept.oversized_status")
+_UNREAD_CEL = f"response.code_details == 'request_payload_too_large' && !({ROUTE_DENIES})"
+_UNREAD = {"and_filter": {"filters": [_TOO_LARGE, cel_filter(_UNREAD_CEL)]}}
+_NOT_UNREAD = {
+    "or_filter": {
+        "filters": [
+            status_filter(412, "intercept.oversized_below", "LE"),
+            status_filter(414, "intercept.oversized_above", "GE"),
+            cel_filter(f"!({_UNREAD_CEL})"),
+        ]
+    }
+}
+
+
+def _refusal(rule: str, reason: str, *, tls: bool | None) -> dict[str, Any]:
+    """A decision of Envoy's own that refused the request, whatever its route decided."""
+    return {
+        "judge": Judge.ENVOY.value,
+        "allow": False,
+        "rule": rule,
+        "reason": target(tls=tls) + reason,
+        "policy_revision": route_field("policy_revision"),
+    }
 
 
 def decision_fields(*, tls: bool | None, logged: Logged) -> dict[str, Any]:
@@ -451,19 +499,15 @@ def decision_fields(*, tls: bool | None, logged: Logged) -> dict[str, Any]:
             "judge": Judge.AGENT.value,
             **{k: _agent_field(k) for k in (*VERDICT, "eval_ms")},
         }
+    elif logged is Logged.OVERSIZED:
+        verdict = _refusal(OVERSIZED_RULE, OVERSIZED, tls=tls)
     elif logged is Logged.ROUTE:
         # "envoy", "none" (an agent route without the agent's answer), or null: no route at
         # all (a protocol error, a request no route matches); details say why.
         verdict = {k: route_field(k) for k in ("judge", *VERDICT)}
         verdict["reason"] = target(tls=tls) + route_field("reason")
     else:
-        verdict = {
-            "judge": Judge.ENVOY.value,
-            "allow": False,
-            "rule": RATE_LIMIT_RULE,
-            "reason": target(tls=tls) + RATE_LIMITED,
-            "policy_revision": route_field("policy_revision"),
-        }
+        verdict = _refusal(RATE_LIMIT_RULE, RATE_LIMITED, tls=tls)
     return {"schema": SCHEMA, **verdict, **REQUEST_FIELDS}
 
 
@@ -486,22 +530,14 @@ def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
     rate limit may refuse a request is there a third kind (and a CEL expression to run)."""
     if logged is Logged.RATE_LIMIT:
         return _flag("RL")
-    selected = _by_agent(present=logged is Logged.AGENT)
-    if not rate_limited:
-        return selected
-    allowed = {
-        "extension_filter": {
-            "name": "envoy.access_loggers.extension_filters.cel",
-            "typed_config": {
-                "@type": type_url(
-                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
-                ),
-                # CEL has no bitwise operators.
-                "expression": f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0",
-            },
-        }
-    }
-    return {"and_filter": {"filters": [allowed, selected]}}
+    if logged is Logged.OVERSIZED:
+        return _UNREAD
+    # Not refused for its size (the AWS signer's 413 comes after the agent's allow).
+    filters = [_by_agent(present=logged is Logged.AGENT), _NOT_UNREAD]
+    if rate_limited:
+        # CEL has no bitwise operators.
+        filters.insert(0, cel_filter(f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0"))
+    return {"and_filter": {"filters": filters}}
 
 
 def decision_logs(
@@ -510,7 +546,7 @@ def decision_logs(
     """One logger per kind of line into one sink, each for the requests its filter selects.
     `rate_limited`: a rate limit may refuse requests."""
     out = []
-    kinds = list(Logged) if rate_limited else [Logged.ROUTE, Logged.AGENT]
+    kinds = [k for k in Logged if rate_limited or k is not Logged.RATE_LIMIT]
     for logged in kinds:
         log_format = {
             "json_format": decision_fields(tls=tls, logged=logged),
@@ -555,6 +591,8 @@ def decision_counter(logged: Logged) -> dict[str, Any]:
     and rule (the agent serves them among its metrics)."""
     if logged is Logged.RATE_LIMIT:
         values = (Judge.ENVOY.value, "false", RATE_LIMIT_RULE)
+    elif logged is Logged.OVERSIZED:
+        values = (Judge.ENVOY.value, "false", OVERSIZED_RULE)
     elif logged is Logged.AGENT:
         values = (Judge.AGENT.value, _agent_field("allow"), _agent_field("rule"))
     else:

@@ -182,17 +182,40 @@ def denial_route(
     }
 
 
-def status_filter(status: int, runtime_key: str) -> dict[str, Any]:
-    """An access log filter (a local reply mapper's too) for one status code."""
-    comparison = {"op": "EQ", "value": {"default_value": status, "runtime_key": runtime_key}}
+def status_filter(status: int, runtime_key: str, op: str = "EQ") -> dict[str, Any]:
+    """An access log filter (a local reply mapper's too) comparing the status code."""
+    comparison = {"op": op, "value": {"default_value": status, "runtime_key": runtime_key}}
     return {"status_code_filter": {"comparison": comparison}}
 
 
-def oversized_denial(*, tls: bool) -> dict[str, Any]:
-    """A local-reply mapper: an upload too large to read to its end (only denying routes read
-    one) still gets its route's denial."""
+def cel_filter(expression: str) -> dict[str, Any]:
+    """An access log filter (a local reply mapper's too) of a CEL expression."""
+    config = "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
     return {
-        "filter": status_filter(413, "intercept.drain_status"),
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {"@type": type_url(config), "expression": expression},
+        }
+    }
+
+
+def _route_says(key: str) -> str:
+    return f"xds.route_metadata.filter_metadata['{METADATA_KEY}']['{key}']"
+
+
+# In CEL: the request's route is one on which Envoy denies (not an agent's, not an allow).
+ROUTE_DENIES = f"{_route_says('judge')} == '{Judge.ENVOY.value}' && {_route_says('allow')} == false"
+
+
+def oversized_denial(*, tls: bool) -> dict[str, Any]:
+    """A local-reply mapper: an upload too large to read to its end on a denying route still
+    gets its route's denial (other routes' 413s are refused as such: resources.py)."""
+    return {
+        "filter": {
+            "and_filter": {
+                "filters": [status_filter(413, "intercept.drain_status"), cel_filter(ROUTE_DENIES)]
+            }
+        },
         "status_code": 403,
         "body_format_override": denial_body(route_field("rule"), route_field("reason"), tls=tls),
     }
