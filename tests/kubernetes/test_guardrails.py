@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from intercept_proxy.injector.schema import SECURITY_CONTEXT_RULES
-from tests.cluster.harness import LAB_UPSTREAMS, MEASUREMENTS, WORKLOAD_UID, pod
+from tests.cluster.harness import CHART, LAB_UPSTREAMS, MEASUREMENTS, WORKLOAD_UID, pod
 from tests.kubernetes.chart import (
     labelled_pod,
     probe,
@@ -44,10 +43,14 @@ ISOLATION = (
     "allow-ingress",
     "allow-prometheus-scrape",
 )
+EXAMPLES = CHART / "examples"
+# The Telepresence example as it is (CNI mode, the guardrails, ambassador's exclusions, the
+# cluster's mirror for every image), with the lab's upstreams, a policy and the gateway.
+EXAMPLE = yaml.safe_load((EXAMPLES / "telepresence-values.yaml").read_text())
 VALUES: dict[str, Any] = {
+    **EXAMPLE,
     **LAB_UPSTREAMS,
     "policy": {"default": {"allowed_domains": ["pypi.org"]}},
-    "capture": {"mode": "cni"},
     "gateway": {
         "enabled": True,
         "namespace": GATEWAY_NAMESPACE,
@@ -55,13 +58,8 @@ VALUES: dict[str, Any] = {
         "autoscaling": {"enabled": False},
         "topologySpread": False,
     },
-    "guardrails": {
-        "enabled": True,
-        "securityContext": {
-            "exclusions": [{"namespace": AMBASSADOR, "rules": list(SECURITY_CONTEXT_RULES)}]
-        },
-    },
 }
+MIRROR = "registry.example.com/mirror/"
 # The seeds' minimum, and the pod-level settings of the Telepresence notes' rule.
 CONTAINER = {
     "runAsNonRoot": True,
@@ -303,6 +301,38 @@ def test_the_connectivity_the_network_policies_allow(guarded, tmp_path):
     reached = [r.split("-") for d in external for r in d.split(",")]
     assert any(covers(r, "203.0.113.7") for r in reached), external
     assert not any(covers(r, "169.254.169.254") for r in reached), external
+
+
+def test_the_telepresence_example_beside_the_clusters_registry_policy(guarded, namespace):
+    """The example's cluster: its own restrict-image-registries beside the release. The chart's
+    images come from the mirror, so intercepted pods run under it; Telepresence's traffic agent
+    (its registry, its privileges) is admitted in ambassador alone."""
+    policy = EXAMPLES / "telepresence-cluster-policies.yaml"
+    guarded.kubectl("apply", "-f", str(policy))
+    try:
+        guarded.kubectl("wait", "clusterpolicy/restrict-image-registries", "--for=condition=Ready",
+                        "--timeout=60s")  # fmt: skip
+        tested = guarded.helm("test", RELEASE, "-n", NAMESPACE, "--logs").stdout
+        assert "Phase:          Succeeded" in tested, tested
+        checks = (["request", "GET", "https://pypi.org/simple/"],)
+        mirrored = labelled_pod("mirrored", probe(*checks), securityContext=copy.deepcopy(POD),
+                                container={"securityContext": CONTAINER,
+                                           "image": MIRROR + "python:3.12-slim"})  # fmt: skip
+        guarded.apply("agents", mirrored)
+        guarded.wait_phase("agents", "mirrored", "Succeeded", timeout=120)
+        assert result(results(guarded, "agents", "mirrored"), *checks[0])["status"] == 200
+        elsewhere = secure_pod("elsewhere", ["true"])
+        message = refusal(guarded, namespace, elsewhere)
+        assert "validate-registries" in message, message
+        agent = pod("traffic-agent", ["true"], container={
+            "image": "ghcr.io/telepresenceio/tel2:2.20.0",
+            "securityContext": {"allowPrivilegeEscalation": True, "runAsNonRoot": False,
+                                "capabilities": {"add": ["SYS_PTRACE", "NET_ADMIN"]}},
+        })  # fmt: skip
+        guarded.kubectl("apply", "--dry-run=server", "-n", AMBASSADOR, "-f", "-",
+                        input=yaml.safe_dump(agent))  # fmt: skip
+    finally:
+        guarded.kubectl("delete", "-f", str(policy), "--ignore-not-found")
 
 
 def test_the_rollback_in_the_seeds_order(guarded):
