@@ -263,13 +263,18 @@ def test_a_body_too_large_to_judge_is_refused_as_such(interceptor, lab):
     assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "body_too_large")
     assert error["message"] == (
         "GET pypi.org:443: its body is larger than the sandbox reads before it forwards one"
-        " (16 MiB to judge or count it, 1 MiB to sign it); nothing was forwarded"
+        " (16 MiB to judge or count it, 1 MiB to sign it otherwise); nothing was forwarded"
     )
     d = decision(interceptor, error["decision_id"])
     assert (d["allow"], d["rule"], d["judge"], d["status"]) == (
         False, "body_too_large", "envoy", 413
     )  # fmt: skip
     assert len(received(lab, "pypi.org")) == before
+    # An upstream's own 413 is the upstream's answer: the route's allow, one line.
+    r = interceptor.curl("GET", "https://pypi.org/status/413")
+    assert (r.status, r.json()["path"]) == (413, "/status/413")
+    (line,) = interceptor.decisions(lambda d: d["path"] == "/status/413")
+    assert (line["allow"], line["rule"], line["status"]) == (True, "allowed_domains", 413)
     # A denying route's oversized upload keeps its own denial (and its log line, one).
     denied = h2_upload(interceptor, "pypi.org", "POST", "/big-post", 20_000_000)
     assert denied["status"] == 403, denied

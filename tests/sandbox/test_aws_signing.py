@@ -138,7 +138,9 @@ def test_a_body_too_large_to_sign_is_refused_as_such(box):
     assert (error["code"], error["rule"]) == ("POLICY_BLOCKED", "body_too_large"), error
     assert not any(r.get("path") == "/big" for r in box.received(SQS))
     (logged,) = decisions(box.decision_log, lambda d: d["path"] == "/big")
-    assert (logged["allow"], logged["rule"], logged["status"]) == (False, "body_too_large", 413)
+    assert (logged["judge"], logged["allow"], logged["rule"], logged["status"]) == (
+        "envoy", False, "body_too_large", 413
+    )  # fmt: skip
 
 
 def test_other_hosts_and_plain_http_get_the_workloads_placeholder_signature(box):

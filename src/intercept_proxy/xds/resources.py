@@ -83,8 +83,9 @@ RATE_LIMIT_FILTER = "intercept.rate_limit.{}"
 # What the decision log and the 429's body say of a request its host's rate limit refused.
 RATE_LIMIT_RULE = "rate_limit"
 RATE_LIMITED = ": the policy's rate limit for this host is spent (see Retry-After)"
-# What a filter other than the buffer filter may hold of a body (Envoy's default connection
-# buffer limit, which the listeners keep): the AWS signer reads a body this large to hash it.
+# What a filter other than the buffer filter may hold of a body (each listener's connection
+# buffer limit, Envoy's default): the AWS signer reads a body this large to hash it, unless the
+# buffer filter read it first (on its routes, up to BUFFER_LIMIT_BYTES).
 SIGNED_BODY_LIMIT_BYTES = 1024 * 1024
 # What the decision log and the 413's body say of a request whose body Envoy had to read, to
 # judge, count or sign it, and could not: refused, whatever its route.
@@ -92,7 +93,7 @@ OVERSIZED_RULE = "body_too_large"
 OVERSIZED = (
     ": its body is larger than the sandbox reads before it forwards one"
     f" ({BUFFER_LIMIT_BYTES >> 20} MiB to judge or count it, {SIGNED_BODY_LIMIT_BYTES >> 20} MiB"
-    " to sign it); nothing was forwarded"
+    " to sign it otherwise); nothing was forwarded"
 )
 # Envoy refills a token bucket at most this often.
 MIN_FILL_MS = 50
@@ -407,6 +408,22 @@ def _flag(flag: str) -> dict[str, Any]:
     return {"response_flag_filter": {"flags": [flag]}}
 
 
+# Envoy's own 413 (its buffer filter's: an upstream's 413 has other details) on a route that
+# does not deny (a denying route's is its 403): the status first, the CEL only for a 413.
+_TOO_LARGE = status_filter(413, "intercept.oversized_status")
+_UNREAD_CEL = f"response.code_details == 'request_payload_too_large' && !({ROUTE_DENIES})"
+_UNREAD = {"and_filter": {"filters": [_TOO_LARGE, cel_filter(_UNREAD_CEL)]}}
+_NOT_UNREAD = {
+    "or_filter": {
+        "filters": [
+            status_filter(412, "intercept.oversized_below", "LE"),
+            status_filter(414, "intercept.oversized_above", "GE"),
+            cel_filter(f"!({_UNREAD_CEL})"),
+        ]
+    }
+}
+
+
 def local_reply_config(*, tls: bool) -> dict[str, Any]:
     """Explained JSON bodies for Envoy's own error replies. Policy denials carry their own body
     from the agent and match none of these."""
@@ -444,7 +461,7 @@ def local_reply_config(*, tls: bool) -> dict[str, Any]:
         # refused a body it could not read: never its allow rule in a 403).
         oversized_denial(tls=tls),
         {
-            "filter": _TOO_LARGE,
+            "filter": _UNREAD,
             "body_format_override": denial_body(OVERSIZED_RULE, OVERSIZED, tls=tls),
         },
     ]
@@ -462,22 +479,6 @@ class Logged(Enum):
     AGENT = "agent"  # the agent's (ext_authz metadata)
     RATE_LIMIT = "rate_limit"  # the policy allowed it, its host's rate limit refused it
     OVERSIZED = "oversized"  # a body Envoy had to read, too large, on a route that denies not
-
-
-# Envoy's own 413 (its buffer filter's: an upstream's 413 has other details) on a route that
-# does not deny (a denying route's is its 403): the status first, the CEL only for a 413.
-_TOO_LARGE = status_filter(413, "intercept.oversized_status")
-_UNREAD_CEL = f"response.code_details == 'request_payload_too_large' && !({ROUTE_DENIES})"
-_UNREAD = {"and_filter": {"filters": [_TOO_LARGE, cel_filter(_UNREAD_CEL)]}}
-_NOT_UNREAD = {
-    "or_filter": {
-        "filters": [
-            status_filter(412, "intercept.oversized_below", "LE"),
-            status_filter(414, "intercept.oversized_above", "GE"),
-            cel_filter(f"!({_UNREAD_CEL})"),
-        ]
-    }
-}
 
 
 def _refusal(rule: str, reason: str, *, tls: bool | None) -> dict[str, Any]:
@@ -535,8 +536,12 @@ def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
     # Not refused for its size (the AWS signer's 413 comes after the agent's allow).
     filters = [_by_agent(present=logged is Logged.AGENT), _NOT_UNREAD]
     if rate_limited:
-        # CEL has no bitwise operators.
-        filters.insert(0, cel_filter(f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0"))
+        # Not refused by a rate limit, which answers 429 itself: the CEL (no bitwise operators
+        # in it) only for a 429.
+        not_limited = cel_filter(f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0")
+        below, above = (status_filter(v, f"intercept.rate_limited_{n}", op) for v, n, op in
+                        ((428, "below", "LE"), (430, "above", "GE")))  # fmt: skip
+        filters.append({"or_filter": {"filters": [below, above, not_limited]}})
     return {"and_filter": {"filters": filters}}
 
 
@@ -1114,6 +1119,7 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
             }
         ],
         "filter_chain_matcher": server_name_matcher(),
+        "per_connection_buffer_limit_bytes": SIGNED_BODY_LIMIT_BYTES,
     }
     http_listener = {
         "name": HTTP_LISTENER,
@@ -1134,6 +1140,7 @@ def listeners(dp: DataPlane, extras: Extras = Extras()) -> list[dict[str, Any]]:
         "filter_chains": [
             {"filters": [_hcm_filter(http_connection_manager(dp, tls=False, extras=extras))]}
         ],
+        "per_connection_buffer_limit_bytes": SIGNED_BODY_LIMIT_BYTES,
     }
     if dp.gateway_port is None:
         return [tls_listener, http_listener]

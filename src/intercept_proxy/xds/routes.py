@@ -203,8 +203,13 @@ def _route_says(key: str) -> str:
     return f"xds.route_metadata.filter_metadata['{METADATA_KEY}']['{key}']"
 
 
-# In CEL: the request's route is one on which Envoy denies (not an agent's, not an allow).
-ROUTE_DENIES = f"{_route_says('judge')} == '{Judge.ENVOY.value}' && {_route_says('allow')} == false"
+# In CEL: the request's route is one on which Envoy denies (not an agent's, not an allow). True
+# or false, never an error (which a filter takes for false, either way round): a request with no
+# route, or a route without our metadata, is no denial.
+ROUTE_DENIES = (
+    f"has(xds.route_metadata) && has(xds.route_metadata.filter_metadata.{METADATA_KEY})"
+    f" && {_route_says('judge')} == '{Judge.ENVOY.value}' && {_route_says('allow')} == false"
+)
 
 
 def oversized_denial(*, tls: bool) -> dict[str, Any]:

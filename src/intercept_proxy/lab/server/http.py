@@ -23,6 +23,8 @@ _CHUNK = 64 * 1024
 _DELAY = re.compile(r"^/delay/(\d+(?:\.\d+)?)$")
 _BYTES = re.compile(r"^/bytes/(\d+)$")
 _STREAM = re.compile(r"^/stream/(\d+)$")
+# /status/CODE: the echo with that status (an upstream's own errors).
+_STATUS = re.compile(r"^/status/([2-5][0-9][0-9])$")
 # /redirect/HOST/PATH: a redirect to that host, same scheme.
 _REDIRECT = re.compile(r"^/redirect/([a-z0-9.-]+)(/.*)?$")
 
@@ -86,7 +88,8 @@ class HttpSite:
             seconds = float(m.group(1))
             _check_limit(seconds, MAX_DELAY_SECONDS, "delay")
             await asyncio.sleep(seconds)
-        return web.json_response(_echo(request, served, sni, body_bytes))
+        status = int(m.group(1)) if (m := _STATUS.match(request.path)) else 200
+        return web.json_response(_echo(request, served, sni, body_bytes), status=status)
 
 
 def _echo(
