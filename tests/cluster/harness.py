@@ -62,11 +62,16 @@ class Kube:
     def install(
         self, release: str, namespace: str, values: dict[str, Any] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """`helm install` of the chart, returning once Kyverno serves its policies."""
+        """`helm install` of the chart, returning once Kyverno serves its policies. A failed
+        install is uninstalled before the error is raised: its policies would refuse the pods of
+        every later test."""
         result = self.helm(
             "install", release, str(CHART), "-n", namespace, "--create-namespace",
-            values=values or {},
+            values=values or {}, check=False,
         )  # fmt: skip
+        if result.returncode != 0:
+            self.helm("uninstall", release, "-n", namespace, "--no-hooks", "--wait", check=False)
+            raise AssertionError(f"helm install {release}: {result.stderr.strip()}")
         self.wait_policies(release)
         return result
 
