@@ -48,7 +48,6 @@ from intercept_proxy.xds.routes import (
     SENT_CHECK_FILTER,
     BudgetHosts,
     any_spelling,
-    cel_filter,
     denial_body,
     oversized_denial,
     request_facts,
@@ -56,6 +55,8 @@ from intercept_proxy.xds.routes import (
     route_field,
     status_filter,
     target,
+    unless_status,
+    when_status,
     wildcard_regex,
 )
 from intercept_proxy.xds.types import type_url
@@ -410,18 +411,9 @@ def _flag(flag: str) -> dict[str, Any]:
 
 # Envoy's own 413 (its buffer filter's: an upstream's 413 has other details) on a route that
 # does not deny (a denying route's is its 403): the status first, the CEL only for a 413.
-_TOO_LARGE = status_filter(413, "intercept.oversized_status")
 _UNREAD_CEL = f"response.code_details == 'request_payload_too_large' && !({ROUTE_DENIES})"
-_UNREAD = {"and_filter": {"filters": [_TOO_LARGE, cel_filter(_UNREAD_CEL)]}}
-_NOT_UNREAD = {
-    "or_filter": {
-        "filters": [
-            status_filter(412, "intercept.oversized_below", "LE"),
-            status_filter(414, "intercept.oversized_above", "GE"),
-            cel_filter(f"!({_UNREAD_CEL})"),
-        ]
-    }
-}
+_UNREAD = when_status(413, "intercept.oversized_status", _UNREAD_CEL)
+_NOT_UNREAD = unless_status(413, "intercept.oversized", f"!({_UNREAD_CEL})")
 
 
 def local_reply_config(*, tls: bool) -> dict[str, Any]:
@@ -538,10 +530,8 @@ def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
     if rate_limited:
         # Not refused by a rate limit, which answers 429 itself: the CEL (no bitwise operators
         # in it) only for a 429.
-        not_limited = cel_filter(f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0")
-        below, above = (status_filter(v, f"intercept.rate_limited_{n}", op) for v, n, op in
-                        ((428, "below", "LE"), (430, "above", "GE")))  # fmt: skip
-        filters.append({"or_filter": {"filters": [below, above, not_limited]}})
+        not_limited = f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0"
+        filters.append(unless_status(429, "intercept.rate_limited", not_limited))
     return {"and_filter": {"filters": filters}}
 
 

@@ -199,6 +199,19 @@ def cel_filter(expression: str) -> dict[str, Any]:
     }
 
 
+def when_status(status: int, runtime_key: str, expression: str) -> dict[str, Any]:
+    """A filter true for that status where the CEL expression holds: the CEL only runs for it."""
+    return {"and_filter": {"filters": [status_filter(status, runtime_key), cel_filter(expression)]}}
+
+
+def unless_status(status: int, runtime_key: str, expression: str) -> dict[str, Any]:
+    """A filter true for any other status, and for that one where the CEL expression holds: the
+    CEL only runs for it."""
+    below = status_filter(status - 1, f"{runtime_key}_below", "LE")
+    above = status_filter(status + 1, f"{runtime_key}_above", "GE")
+    return {"or_filter": {"filters": [below, above, cel_filter(expression)]}}
+
+
 def _route_says(key: str) -> str:
     return f"xds.route_metadata.filter_metadata['{METADATA_KEY}']['{key}']"
 
@@ -216,11 +229,7 @@ def oversized_denial(*, tls: bool) -> dict[str, Any]:
     """A local-reply mapper: an upload too large to read to its end on a denying route still
     gets its route's denial (other routes' 413s are refused as such: resources.py)."""
     return {
-        "filter": {
-            "and_filter": {
-                "filters": [status_filter(413, "intercept.drain_status"), cel_filter(ROUTE_DENIES)]
-            }
-        },
+        "filter": when_status(413, "intercept.drain_status", ROUTE_DENIES),
         "status_code": 403,
         "body_format_override": denial_body(route_field("rule"), route_field("reason"), tls=tls),
     }
