@@ -136,6 +136,12 @@ class DataPlane:
         metavar="ADDRESS",
     )
     dns_cache_max_hosts: int = 1024
+    # A name gets this long in all (the cache's budget). Each DNS server gets a try of its own
+    # within it: with c-ares' default try (5 s, the whole budget), a first server that never
+    # answered, or one lost reply, failed the lookup though the next server would have answered.
+    dns_query_timeout_s: float = 5.0
+    dns_try_timeout_s: int = 1
+    dns_tries: int = 2
     upstream_connect_timeout_s: float = 10.0
     # No total request timeout (streams, long polls); a stream idle this long is closed.
     stream_idle_timeout_s: float = 300.0
@@ -297,6 +303,7 @@ def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
         "name": DNS_CACHE,
         "dns_lookup_family": "ALL",
         "max_hosts": dp.dns_cache_max_hosts,
+        "dns_query_timeout": _duration(dp.dns_query_timeout_s),
         # An answer in these ranges is dropped; a name left without one does not resolve.
         # (Envoy 1.40 has the field, the Python API package not yet: see protos.LACKING.)
         "resolved_address_filter": {
@@ -308,6 +315,8 @@ def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
         # A name is looked up as it is: never under the search domains of resolv.conf, which
         # a pod's dnsConfig may set (an allowed name under a domain of the pod's choosing).
         "dns_resolver_options": {"no_default_search_domain": True},
+        "query_timeout_seconds": dp.dns_try_timeout_s,
+        "query_tries": dp.dns_tries,
     }
     if dp.dns_resolvers:  # else resolv.conf's nameservers
         resolver["resolvers"] = [_socket_address(r, 53) for r in dp.dns_resolvers]
