@@ -126,7 +126,7 @@ def test_github_admin_opt_in():
 
 def test_a_class_the_representatives_disagree_on_asks_the_agent(compiled):
     github = host(compiled, "github.com")
-    discovery = [r for r in github.routes if r.path and r.path.endswith(native._REFS)]
+    discovery = [r for r in github.routes if r.path and r.path.endswith(native.REFS)]
     assert discovery and all(r.outcome == native.ASK_AGENT for r in discovery)
 
 

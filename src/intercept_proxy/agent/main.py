@@ -18,13 +18,13 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from intercept_proxy.agent.control import serve_control
 from intercept_proxy.agent.health import health_routes, metrics_routes, serve
 from intercept_proxy.agent.metrics import Metrics
-from intercept_proxy.agent.settings import SYSTEM_CA_BUNDLE, AgentSettings
+from intercept_proxy.agent.settings import AgentSettings
 from intercept_proxy.authz.approvals import Approvals
 from intercept_proxy.authz.budgets import Ledger
 from intercept_proxy.authz.service import AuthorizationService
 from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
-from intercept_proxy.pki.files import write_public
+from intercept_proxy.pki.files import SYSTEM_TRUST, write_public
 from intercept_proxy.policy.combined import CombinedEngine, OverrideMode
 from intercept_proxy.policy.credentials import Placeholders, placeholders
 from intercept_proxy.policy.engine import PolicyEngine, RegorusEngine
@@ -110,7 +110,7 @@ def native_routes(
 def write_trust_bundle(path: Path, ca: CertificateAuthority) -> None:
     """The sandbox CA first, then the system roots (for destinations reached directly)."""
     try:
-        system = SYSTEM_CA_BUNDLE.read_bytes()
+        system = SYSTEM_TRUST.read_bytes()
     except OSError:
         system = b""
     write_public(path, ca.cert_pem + b"\n" + system)

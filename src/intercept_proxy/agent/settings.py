@@ -11,10 +11,10 @@ from typing import Any
 
 from intercept_proxy import ports
 from intercept_proxy.options import command_line, group, option
+from intercept_proxy.pki.files import SYSTEM_TRUST
 from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.xds.resources import DataPlane
 
-SYSTEM_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 COMMAND = ("intercept", "agent", "run")
 
 
@@ -42,7 +42,7 @@ class AgentSettings:
     upstream_ca: Path = option(
         "--upstream-ca",
         "CA bundle that upstream servers are verified against (watched)",
-        default=SYSTEM_CA_BUNDLE,
+        default=SYSTEM_TRUST,
         parse=Path,
     )
     trust_bundle: Path | None = option(

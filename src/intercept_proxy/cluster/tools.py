@@ -65,6 +65,12 @@ class Tools:
         a Secret written in cert-manager's place (its controller is not built)."""
         return self.root / "share" / "cert-manager" / "crds"
 
+    @property
+    def cilium_crds(self) -> Path:
+        """Cilium's resource definitions (`intercept render cilium`'s output is validated
+        against them); no Cilium runs here."""
+        return self.root / "share" / "cilium" / "crds"
+
     def check(self) -> None:
         missing = [str(self.binary(b)) for b in BINARIES if not os.access(self.binary(b), os.X_OK)]
         shared = (self.kyverno_crds, self.kyverno_install, self.cert_manager_crds)

@@ -4,6 +4,10 @@ import os
 import tempfile
 from pathlib import Path
 
+# The system's trust bundle (Debian's layout, the image's too): what upstreams are checked
+# against unless told otherwise, and what a node's workloads trust.
+SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
+
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
     """Atomically replace `path` with `data`, created with `mode` (never wider, whatever the umask

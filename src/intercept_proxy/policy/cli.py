@@ -7,7 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
+
+from intercept_proxy.pki.files import SYSTEM_TRUST
+from intercept_proxy.policy import cilium
 from intercept_proxy.policy.bundle import BundleError, write_bundle
+from intercept_proxy.policy.cilium import Target
 from intercept_proxy.policy.engine import RegorusEngine
 from intercept_proxy.policy.input import InputError, url_input
 from intercept_proxy.policy.model import Policy, PolicyError, RegoModule, load_policy
@@ -70,6 +75,38 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     test.add_argument("--policy", type=Path, help="add this policy's data and custom modules")
     test.set_defaults(func=_test)
 
+    render = commands.add_parser("render", help="render the policy for another enforcer")
+    targets = render.add_subparsers(dest="render_target", metavar="TARGET", required=True)
+    defaults = Target()
+    to_cilium = targets.add_parser(
+        "cilium",
+        help="a CiliumNetworkPolicy with L7 HTTP rules and the cert-manager objects it needs",
+        description="Print, as YAML documents, the CA ClusterIssuer, a cert-manager Certificate "
+        "per TLS destination (Secrets in the secrets namespace), the upstream CA bundle Secret "
+        "and the CiliumNetworkPolicy that terminates TLS and judges requests. Cilium enforces "
+        "a subset of the policy (docs/kubernetes.md#cilium); keys it cannot enforce are refused.",
+    )
+    to_cilium.add_argument("--policy", type=Path, required=True)
+    to_cilium.add_argument("--name", default=defaults.name, help="the policy's name and prefix")
+    to_cilium.add_argument("--namespace", default=defaults.namespace, help="the workloads'")
+    to_cilium.add_argument(
+        "--selector",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a label the workloads carry (repeatable; default: "
+        + ", ".join(f"{k}={v}" for k, v in defaults.selector)
+        + ")",
+    )
+    to_cilium.add_argument("--secrets-namespace", default=defaults.secrets_namespace)
+    to_cilium.add_argument("--issuer", default=defaults.issuer, help="the CA ClusterIssuer")
+    to_cilium.add_argument(
+        "--upstream-ca",
+        type=Path,
+        default=SYSTEM_TRUST,
+        help="the CA bundle upstreams are checked against (default: the system's)",
+    )
+    to_cilium.set_defaults(func=_render_cilium)
+
 
 def _fail(message: str) -> int:
     print(f"intercept policy: {message}", file=sys.stderr)
@@ -128,6 +165,32 @@ def _compile(args: argparse.Namespace) -> int:
     except (BundleError, OSError) as e:
         return _fail(f"cannot write the bundle: {e}")
     print(f"bundle written to {args.bundle} (revision {policy.revision})")
+    return 0
+
+
+def _render_cilium(args: argparse.Namespace) -> int:
+    selector = []
+    for item in args.selector or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            return _fail(f"--selector {item!r}: expected KEY=VALUE")
+        selector.append((key, value))
+    target = Target(
+        name=args.name,
+        namespace=args.namespace,
+        selector=tuple(selector) or Target().selector,
+        secrets_namespace=args.secrets_namespace,
+        issuer=args.issuer,
+    )
+    try:
+        policy = load_policy(args.policy)
+        upstream_ca = args.upstream_ca.read_text()
+        objects = cilium.render(policy, target, upstream_ca)
+    except PolicyError as e:
+        return _fail(str(e))
+    except OSError as e:
+        return _fail(f"cannot read {e.filename}: {e.strerror}")
+    yaml.safe_dump_all(objects, sys.stdout, sort_keys=False)
     return 0
 
 

@@ -227,7 +227,7 @@ def _case_variants(text: str) -> tuple[str, str]:
     return text, text.upper()
 
 
-def _repo_pattern(repos: Iterable[str]) -> str:
+def repo_pattern(repos: Iterable[str]) -> str:
     return "(?i:" + "|".join(re.escape(r) for r in repos) + ")"
 
 
@@ -239,7 +239,7 @@ _ENCODED = r".*%.*"
 _SEGMENT = "[^/]+"
 # Zero or more segments, and a trailing slash: the policy judges segments.
 _SEGMENTS = rf"(/{_SEGMENT})*/?"
-_REPOS = "/(?i:repos)"
+REPOS = "/(?i:repos)"
 
 
 def _github_subclasses(policy: Policy, host: str) -> list[_Subclass]:
@@ -274,28 +274,28 @@ def _api_subclasses(policy: Policy) -> list[_Subclass]:
     for repo in policy.github_allowed_repos:
         upper, lower = _case_variants(repo)
         out += _repository_subclasses(
-            f"{_REPOS}/{_repo_pattern([repo])}",
+            f"{REPOS}/{repo_pattern([repo])}",
             (f"/repos/{lower}", f"/REPOS/{upper}/Hooks/1/"),
             (f"/repos/{lower}/issues", f"/Repos/{upper}/pulls/1/"),
         )
     for owner in policy.github_allowed_users:
         out += _repository_subclasses(
-            f"{_REPOS}/{_repo_pattern([owner])}/{_SEGMENT}",
+            f"{REPOS}/{repo_pattern([owner])}/{_SEGMENT}",
             (f"/repos/{owner}/rep_a/", f"/repos/{owner}/rep_b/keys"),
             (f"/repos/{owner}/rep_a/issues", f"/repos/{owner}/rep_b/x/y"),
         )
     out.append(
         _Subclass(
             (("", "/repos/rep_a/rep_b/issues"), ("", "/repos/rep_c/rep_d/pulls/1/")),
-            path=f"{_REPOS}/{_SEGMENT}/{_SEGMENT}{_SEGMENTS}",
+            path=f"{REPOS}/{_SEGMENT}/{_SEGMENT}{_SEGMENTS}",
         )
     )
     return out
 
 
-_RECEIVE_PACK = "(?i:git-receive-pack)"
-_UPLOAD_PACK = "(?i:git-upload-pack)"
-_REFS = "/(?i:info/refs)/?"
+RECEIVE_PACK = "(?i:git-receive-pack)"
+UPLOAD_PACK = "(?i:git-upload-pack)"
+REFS = "/(?i:info/refs)/?"
 
 
 def _push_subclasses(pattern: str, first: str, second: str) -> list[_Subclass]:
@@ -307,11 +307,11 @@ def _push_subclasses(pattern: str, first: str, second: str) -> list[_Subclass]:
                 ("", f"{first}/info/refs?service=git-receive-pack"),
                 ("", f"{second}/Info/Refs/?service=git-receive-pack"),
             ),
-            path_and_query=rf"/{pattern}{_REFS}\?service=git-receive-pack",
+            path_and_query=rf"/{pattern}{REFS}\?service=git-receive-pack",
         ),
         _Subclass(
             (("", f"{first}/git-receive-pack"), ("", f"{second}/Git-Receive-Pack/")),
-            path=f"/{pattern}/{_RECEIVE_PACK}/?",
+            path=f"/{pattern}/{RECEIVE_PACK}/?",
         ),
     ]
 
@@ -322,9 +322,9 @@ def _git_subclasses(repos: tuple[str, ...], owners: tuple[str, ...]) -> list[_Su
     dot_git = r"(?i:\.git)?"
     for repo in repos:
         upper, lower = _case_variants(repo)
-        out += _push_subclasses(_repo_pattern([repo]) + dot_git, f"/{lower}", f"/{upper}.GIT")
+        out += _push_subclasses(repo_pattern([repo]) + dot_git, f"/{lower}", f"/{upper}.GIT")
     for owner in owners:
-        pattern = f"{_repo_pattern([owner])}/{_SEGMENT}"
+        pattern = f"{repo_pattern([owner])}/{_SEGMENT}"
         out += _push_subclasses(pattern, f"/{owner}/rep_a", f"/{owner}/rep_b.git")
     any_repo = f"/{_SEGMENT}/{_SEGMENT}"
     return [
@@ -334,20 +334,20 @@ def _git_subclasses(repos: tuple[str, ...], owners: tuple[str, ...]) -> list[_Su
                 ("", "/rep_a/rep_b/info/refs?service=git-upload-pack"),
                 ("", "/rep_c/rep_d.git/INFO/refs/"),
             ),
-            path_and_query=rf"{any_repo}{_REFS}(\?service=git-upload-pack)?",
+            path_and_query=rf"{any_repo}{REFS}(\?service=git-upload-pack)?",
         ),
         # Any other query of a discovery: only the agent parses it as the policy does.
-        _Subclass((), path=rf"{any_repo}{_REFS}", fixed=ASK_AGENT),
+        _Subclass((), path=rf"{any_repo}{REFS}", fixed=ASK_AGENT),
         _Subclass(
             (
                 ("", "/rep_a/rep_b/git-receive-pack"),
                 ("", "/rep_c/rep_d.git/GIT-receive-pack/"),
             ),
-            path=f"{any_repo}/{_RECEIVE_PACK}/?",
+            path=f"{any_repo}/{RECEIVE_PACK}/?",
         ),
         _Subclass(
             (("", "/rep_a/rep_b/git-upload-pack"), ("", "/rep_c/rep_d.git/git-Upload-pack/")),
-            path=f"{any_repo}/{_UPLOAD_PACK}/?",
+            path=f"{any_repo}/{UPLOAD_PACK}/?",
         ),
     ]
 

@@ -31,6 +31,7 @@ from intercept_proxy.lab import LabError, LabSpecError
 from intercept_proxy.lab.interceptor import Interceptor, InterceptorError
 from intercept_proxy.netns import NetnsError
 from intercept_proxy.pki.ca import CertificateAuthority
+from intercept_proxy.pki.files import SYSTEM_TRUST
 from intercept_proxy.policy.model import (
     POLICY_FILE_NAME,
     PolicyError,
@@ -53,7 +54,6 @@ from intercept_proxy.watch import Signature, signature
 from intercept_proxy.xds.resources import cidr
 
 DEFAULT_LISTEN = (f"127.0.0.1:{ports.ENVOY_GATEWAY}", f"[::1]:{ports.ENVOY_GATEWAY}")
-SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
 RELAY_UID = 65534  # nobody: the relays hold their sockets, they need no right of their own
 USAGE_ERROR = 2
 CLIENT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?")

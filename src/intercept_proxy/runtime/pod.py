@@ -32,6 +32,7 @@ from intercept_proxy import netns, resolvconf, signals
 from intercept_proxy.agent.control import CONTROL_SOCKET
 from intercept_proxy.identities import AGENT_UID
 from intercept_proxy.injector.pod import CONTROL_VOLUME
+from intercept_proxy.pki.files import SYSTEM_TRUST
 from intercept_proxy.runtime import admission, rootfs, state
 from intercept_proxy.runtime.containers import (
     Executables,
@@ -52,7 +53,6 @@ T = TypeVar("T")
 
 POD_ROOT = Path("/tmp")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-SYSTEM_TRUST = Path("/etc/ssl/certs/ca-certificates.crt")
 STOP_GRACE_S = 5.0
 # Lines of each container's output kept to explain a failure (proxy-init prints ~100 rules).
 RECENT_LINES = 200
