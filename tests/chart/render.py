@@ -101,6 +101,17 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         yaml.safe_load((CHART_DIR / "examples" / "telepresence-values.yaml").read_text()),
     ),
 }
+# The gateway's CA issued by cert-manager (its clients' copies then come from the Secret).
+CASES["gateway-cert-manager"] = (
+    "egress",
+    {
+        **copy.deepcopy(CASES["gateway"][1]),
+        "gateway": {
+            **copy.deepcopy(CASES["gateway"][1]["gateway"]),
+            "ca": {"mode": "certManager", "certManager": {"issuerRef": {"name": "corp-ca"}}},
+        },
+    },
+)
 
 
 class HelmError(RuntimeError):

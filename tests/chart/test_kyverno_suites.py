@@ -8,6 +8,7 @@ tested on the cluster (tests/kubernetes/test_admission.py)."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import subprocess
 from pathlib import Path
@@ -154,23 +155,56 @@ def policy_names(case: str) -> dict[str, str]:
     return out
 
 
-def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> None:
-    """The gateway's clients' side, written from the values: the CA's clone and the
-    NetworkPolicy in a client namespace, and a labelled pod's variables and mount."""
+def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> dict[str, Any]:
+    """The gateway's clients' side, written from the values: the CA's certificate and the
+    NetworkPolicy in a client namespace, and a labelled pod's variables and mount. Returns the
+    values of context variables the suite gives (what an API call would have answered)."""
     values = render.values(case)["gateway"]
     release = render.release(case)
-    (source,) = [
-        o
-        for o in render.objects(case)
-        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == gateway.CLIENT_CA_CONFIG_MAP
-    ]
-    clone = copy.deepcopy(source)
-    clone["metadata"]["namespace"] = NAMESPACE
-    clone["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "kyverno"
-    files |= {"gateway-ca-source.yaml": [source], "gateway-ca-clone.yaml": [clone]}
-    expect("gateway-clients", "clone-egress-proxy-ca", "Namespace", NAMESPACE, "pass",
-           cloneSourceResource="gateway-ca-source.yaml",
-           generatedResource="gateway-ca-clone.yaml")  # fmt: skip
+    if values["ca"]["mode"] == "generated":
+        (source,) = [
+            o
+            for o in render.objects(case)
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == gateway.CLIENT_CA_CONFIG_MAP
+        ]
+        clone = copy.deepcopy(source)
+        clone["metadata"]["namespace"] = NAMESPACE
+        clone["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "kyverno"
+        files |= {"gateway-ca-source.yaml": [source], "gateway-ca-clone.yaml": [clone]}
+        expect("gateway-clients", "clone-egress-proxy-ca", "Namespace", NAMESPACE, "pass",
+               cloneSourceResource="gateway-ca-source.yaml",
+               generatedResource="gateway-ca-clone.yaml")  # fmt: skip
+        variables: dict[str, Any] = {}
+    else:
+        # The certificate comes from the Secret (an API call's answer, given here), for a
+        # client namespace as it comes and for each one when the Secret appears.
+        certificate = "-----BEGIN CERTIFICATE-----\nthe operator's CA\n-----END CERTIFICATE-----\n"
+        copied = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": gateway.CLIENT_CA_CONFIG_MAP, "namespace": NAMESPACE},
+            "data": {gateway.CLIENT_CA_KEY: certificate},
+        }
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": gateway.CA_SECRET, "namespace": values["namespace"]},
+            "data": {
+                "tls.crt": base64.b64encode(certificate.encode()).decode(),
+                "tls.key": base64.b64encode(b"the operator's key").decode(),
+            },
+        }
+        files["gateway-ca-copy.yaml"] = [copied]
+        files["resources.yaml"].append(secret)
+        expect("gateway-clients", "copy-egress-proxy-ca", "Namespace", NAMESPACE, "pass",
+               generatedResource="gateway-ca-copy.yaml")  # fmt: skip
+        expect("gateway-clients", "copy-egress-proxy-ca-when-issued", "Secret", gateway.CA_SECRET,
+               "pass", generatedResource="gateway-ca-copy.yaml")  # fmt: skip
+        variables = {
+            "copy-egress-proxy-ca": {"certificate": certificate},
+            "copy-egress-proxy-ca-when-issued": {"namespaces": [NAMESPACE]},
+        }
     dns = render.values(case)["networkPolicy"]["dns"]
     to_gateway = {
         "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": values["namespace"]}},
@@ -265,6 +299,7 @@ def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> None:
         expect("gateway-env", rule, "Pod", "client", "pass")
     expect("gateway-env", "egress-proxy-ca", "Pod", "client", "pass",
            patchedResources="gateway-client.yaml")  # fmt: skip
+    return variables
 
 
 def guarded_pod(name: str, **changes: Any) -> dict[str, Any]:
@@ -482,8 +517,9 @@ def write_suite(case: str, directory: Path) -> int:
         files["egress.yaml"] = [expected_network_policy(case)]
         expect("egress", "egress-guard", "Namespace", NAMESPACE, "pass",
                generatedResource="egress.yaml")  # fmt: skip
+    variables: dict[str, Any] = {}
     if "gateway-env" in names:
-        expect_gateway(case, files, expect)
+        variables = expect_gateway(case, files, expect)
     if "default-deny-namespaces" in names:
         expect_guardrails(case, files, expect)
     for file, docs in files.items():
@@ -494,7 +530,17 @@ def write_suite(case: str, directory: Path) -> int:
         "metadata": {"name": f"intercept-proxy-{case}"},
         "policies": ["policies.yaml"],
         "resources": ["resources.yaml"],
-        "values": {"namespaceSelector": [{"name": NAMESPACE, "labels": namespace_labels(case)}]},
+        "values": {
+            "namespaceSelector": [{"name": NAMESPACE, "labels": namespace_labels(case)}],
+            "policies": [
+                {
+                    "name": names["gateway-clients"],
+                    "rules": [{"name": rule, "values": v} for rule, v in variables.items()],
+                }
+            ]
+            if variables
+            else [],
+        },
         "results": results,
     }
     (directory / "kyverno-test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))

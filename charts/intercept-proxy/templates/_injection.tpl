@@ -929,7 +929,9 @@ Each definition is a JSON document for this release's values.
       }
     ]
   },
+  "caSecret": "egress-proxy-ca",
   "clientTrust": {
+    "key": "ca.crt",
     "env": [
       {
         "name": "SSL_CERT_FILE",

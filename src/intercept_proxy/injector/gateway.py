@@ -127,9 +127,11 @@ def pod_spec(s: InjectorSettings) -> dict[str, Any]:
 
 
 def client_trust(s: InjectorSettings) -> dict[str, Any]:
-    """What a client pod gets to trust the gateway's CA: the volume, its mount and the
-    variables naming the certificate (those the injection sets for the sandbox CA)."""
+    """What a client pod gets to trust the gateway's CA: the ConfigMap's key, the volume, its
+    mount and the variables naming the certificate (those the injection sets for the sandbox
+    CA)."""
     return {
+        "key": CLIENT_CA_KEY,
         "env": [{"name": v, "value": CLIENT_TRUST_FILE} for v in TRUST_VARIABLES],
         "volumeMount": {
             "name": CLIENT_TRUST_VOLUME,

@@ -21,6 +21,7 @@ from intercept_proxy.policy.model import Policy
 
 PATH = "charts/intercept-proxy/values.schema.json"
 CA_MODES = ("ephemeral", "secret", "certManager")
+GATEWAY_CA_MODES = ("generated", "secret", "certManager")
 # The rules of the guardrails' ClusterPolicy require-security-context (guardrails.yaml).
 SECURITY_CONTEXT_RULES = (
     "require-security-context-constraints",
@@ -232,6 +233,24 @@ _APPROVALS = _object(
     required=["hosts"],
 )
 
+# A CA certificate's issuer (the sandbox CA's and the gateway's certManager modes).
+_CERT_MANAGER = _object(
+    "",
+    {
+        "issuerRef": _object(
+            "",
+            {
+                "name": {"type": "string", "description": "The issuer of the CA certificate."},
+                "kind": {
+                    "type": "string",
+                    "description": "Issuer, ClusterIssuer, or an external issuer's kind.",
+                    "pattern": "^[A-Z][A-Za-z0-9]*$",
+                },
+            },
+        )
+    },
+)
+
 
 def _policy_key(key: dataclasses.Field[Any]) -> dict[str, Any]:
     if key.name == "approvals":
@@ -346,26 +365,7 @@ PROPERTIES: dict[str, Any] = {
                 "chart's.",
                 "pattern": "^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?)?$",
             },
-            "certManager": _object(
-                "",
-                {
-                    "issuerRef": _object(
-                        "",
-                        {
-                            "name": {
-                                "type": "string",
-                                "description": "The issuer of the CA certificate.",
-                            },
-                            "kind": {
-                                "type": "string",
-                                "description": "Issuer, ClusterIssuer, or an external issuer's "
-                                "kind.",
-                                "pattern": "^[A-Z][A-Za-z0-9]*$",
-                            },
-                        },
-                    )
-                },
-            ),
+            "certManager": _CERT_MANAGER,
         },
         # cert-manager needs an issuer.
         **{
@@ -520,6 +520,15 @@ PROPERTIES: dict[str, Any] = {
             },
             "uid": _ref("uid", "The user its agent and Envoy run as."),
             "replicas": _count("Replicas when autoscaling is off."),
+            "ca": _object(
+                "The CA every replica mints from (the Secret egress-proxy-ca).",
+                {
+                    "mode": _choice(
+                        "Made by the chart, yours, or issued by cert-manager.", GATEWAY_CA_MODES
+                    ),
+                    "certManager": _CERT_MANAGER,
+                },
+            ),
             "resources": _object(
                 "", {"agent": _resources("Its agent's"), "envoy": _resources("Its Envoy's")}
             ),

@@ -87,6 +87,7 @@ DOCUMENTS: dict[str, Callable[[InjectorSettings], Any]] = {
     "gateway": lambda s: {
         "name": gateway.NAME,
         "pod": gateway.pod_spec(s),
+        "caSecret": gateway.CA_SECRET,
         "clientTrust": gateway.client_trust(s),
     },
     # The one exception to no-exec-into-sidecars: the approvers' commands in the agent's.
