@@ -1,7 +1,8 @@
 """The egress gateway with a CA of the operator's (`gateway.ca.mode: secret`) on the real control
 plane: the replicas mint from the operator's Secret, Kyverno gives the clients its certificate
 read from that Secret (and again when it changes), and a client pod trusting that alone reaches
-an allowed host through a replica. Then `certManager` mode: the chart's Certificate is accepted
+an allowed host through a replica. A replica deleted in the middle of a client's stream drains
+first: the stream ends whole. Then `certManager` mode: the chart's Certificate is accepted
 by the API server under cert-manager's CRD (no cert-manager controller runs here: the Secret
 stays the operator's)."""
 
@@ -15,7 +16,7 @@ import pytest
 from intercept_proxy.injector import gateway
 from intercept_proxy.pki.ca import CertificateAuthority
 from tests.cluster.harness import CHART, LAB_UPSTREAMS, MEASUREMENTS
-from tests.cluster.test_gateway import through
+from tests.cluster.test_gateway import client, through
 
 pytestmark = pytest.mark.netns
 
@@ -122,6 +123,35 @@ def test_the_replicas_mint_from_the_operators_ca_and_the_clients_trust_it(
     (allowed, refused) = through(kube, namespace, cases)
     assert allowed[0] == "200" and allowed[2] == "", allowed
     assert refused[2] == "curl: (56) CONNECT tunnel failed, response 403", refused
+
+
+def test_a_stopping_replica_finishes_the_streams_under_way(kube, namespace, operator_ca):
+    """Deleted in the middle of a client's stream (a rollout, a scale-down, a node drain), a
+    replica drains first: the stream ends whole, then the replica goes."""
+    kube.kubectl("label", "namespace", namespace, "own-ca=client")
+    ca, replica = operator_ca
+    copied_certificate(kube, namespace, ca.cert_pem)
+    address = replica["status"]["podIP"]
+    events = 6
+    stream = ["curl", "-sS", "-N", "--proxy", f"http://{address}:3128",
+              f"https://pypi.org/stream/{events}"]  # fmt: skip
+    kube.apply(namespace, client("streaming", stream))
+    deadline = time.monotonic() + 60
+    while "id: 1" not in kube.kubectl("logs", "-n", namespace, "streaming", check=False).stdout:
+        assert time.monotonic() < deadline, "the stream never began"
+        time.sleep(0.2)
+    deleted = time.monotonic()
+    name = replica["metadata"]["name"]
+    kube.kubectl("delete", "pod", "-n", GATEWAY_NAMESPACE, name, "--wait=false")
+    kube.wait_phase(namespace, "streaming", "Succeeded", timeout=60)
+    received = [line for line in kube.logs(namespace, "streaming").splitlines() if line]
+    assert [line for line in received if line.startswith("id: ")] == [
+        f"id: {i}" for i in range(1, events + 1)
+    ]
+    kube.wait_object(GATEWAY_NAMESPACE, "pod", name, gone=True, timeout=gateway.GRACE_S + 15)
+    MEASUREMENTS["gateway: replica deleted mid-stream to gone, s"] = round(
+        time.monotonic() - deleted, 2
+    )
 
 
 def test_a_new_ca_reaches_the_clients_and_cert_manager_mode_renders(kube, namespace, operator_ca):

