@@ -14,6 +14,7 @@ import time
 import pytest
 
 from intercept_proxy.injector import gateway
+from intercept_proxy.injector.settings import InjectorSettings
 from intercept_proxy.pki.ca import CertificateAuthority
 from tests.cluster.harness import CHART, LAB_UPSTREAMS, MEASUREMENTS
 from tests.cluster.test_gateway import client, through
@@ -148,7 +149,9 @@ def test_a_stopping_replica_finishes_the_streams_under_way(kube, namespace, oper
     assert [line for line in received if line.startswith("id: ")] == [
         f"id: {i}" for i in range(1, events + 1)
     ]
-    kube.wait_object(GATEWAY_NAMESPACE, "pod", name, gone=True, timeout=gateway.GRACE_S + 15)
+    kube.wait_object(
+        GATEWAY_NAMESPACE, "pod", name, gone=True, timeout=InjectorSettings().gateway_grace_s + 15
+    )
     MEASUREMENTS["gateway: replica deleted mid-stream to gone, s"] = round(
         time.monotonic() - deleted, 2
     )

@@ -742,7 +742,7 @@ Each definition is a JSON document for this release's values.
         "type": "RuntimeDefault"
       }
     },
-    "terminationGracePeriodSeconds": 30,
+    "terminationGracePeriodSeconds": {{ .Values.gateway.terminationGracePeriodSeconds | int | toJson }},
     "containers": [
       {
         "name": "intercept-agent",
@@ -863,8 +863,8 @@ Each definition is a JSON document for this release's values.
                 "drain",
                 "--admin-port",
                 "15000",
-                "--timeout",
-                "25",
+                "--grace",
+                {{ .Values.gateway.terminationGracePeriodSeconds | int | toString | toJson }},
                 "--done",
                 "/var/run/intercept-drain/drained"
               ]

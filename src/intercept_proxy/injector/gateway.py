@@ -52,19 +52,21 @@ CLIENT_TRUST_FILE = f"{CLIENT_TRUST_DIR}/{CLIENT_CA_KEY}"
 # Every address of the pod: clients come from other pods, probes from the node.
 EVERY_ADDRESS = ("0.0.0.0", "::")
 # A replica stopping (a rollout, a scale-down, a drain) finishes the streams under way: the
-# agent's preStop hook drains Envoy and waits for its clients to leave (at most DRAIN_S), then
-# marks it done in a volume Envoy's own hook waits on (Envoy shuts down at once on SIGTERM, and
-# its image has no client to drain itself). The Service sends it no new client meanwhile.
-GRACE_S = 30
-DRAIN_S = GRACE_S - 5
+# agent's preStop hook drains Envoy and waits for its clients to leave (for the pod's grace
+# period, less a margin for the containers to stop), then marks it done in a volume Envoy's own
+# hook waits on (Envoy shuts down at once on SIGTERM, and its image has no client to drain
+# itself). The Service sends it no new client meanwhile.
 DRAIN_VOLUME = "intercept-drain"
 DRAIN_DIR = "/var/run/intercept-drain"
 DRAINED_FILE = f"{DRAIN_DIR}/drained"
-AGENT_PRE_STOP = [
-    "intercept", "envoy", "drain", "--admin-port", str(ports.ENVOY_ADMIN),
-    "--timeout", str(DRAIN_S), "--done", DRAINED_FILE,
-]  # fmt: skip
 ENVOY_PRE_STOP = ["sh", "-c", f"until [ -e {DRAINED_FILE} ]; do sleep 0.2; done"]
+
+
+def _agent_pre_stop(s: InjectorSettings) -> list[str]:
+    return [
+        "intercept", "envoy", "drain", "--admin-port", str(ports.ENVOY_ADMIN),
+        "--grace", str(s.gateway_grace_s), "--done", DRAINED_FILE,
+    ]  # fmt: skip
 
 
 def _pre_stop(command: list[str]) -> dict[str, Any]:
@@ -100,7 +102,7 @@ def _agent(s: InjectorSettings) -> dict[str, Any]:
             {"name": DRAIN_VOLUME, "mountPath": DRAIN_DIR},
             dict(NO_TOKEN_MOUNT),
         ],
-        "lifecycle": _pre_stop(AGENT_PRE_STOP),
+        "lifecycle": _pre_stop(_agent_pre_stop(s)),
     }
 
 
@@ -137,7 +139,7 @@ def pod_spec(s: InjectorSettings) -> dict[str, Any]:
             "fsGroup": s.gateway_uid,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": GRACE_S,
+        "terminationGracePeriodSeconds": s.gateway_grace_s,
         "containers": [_agent(s), _envoy(s)],
         "volumes": [
             {

@@ -13,7 +13,13 @@ from typing import Any
 
 from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector.networks import network_schema
-from intercept_proxy.injector.settings import CAPTURE_MODES, PULL_POLICIES, QUANTITY
+from intercept_proxy.injector.settings import (
+    CAPTURE_MODES,
+    MAX_GRACE_S,
+    MIN_GRACE_S,
+    PULL_POLICIES,
+    QUANTITY,
+)
 from intercept_proxy.netfilter.config import DNS, MAX_ENTRIES, CaptureConfig
 from intercept_proxy.policy import approvals, credentials, limits
 from intercept_proxy.policy.combined import OverrideMode
@@ -519,6 +525,13 @@ PROPERTIES: dict[str, Any] = {
                 "description": "Create that namespace, Pod Security restricted.",
             },
             "uid": _ref("uid", "The user its agent and Envoy run as."),
+            "terminationGracePeriodSeconds": {
+                "type": "integer",
+                "minimum": MIN_GRACE_S,
+                "maximum": MAX_GRACE_S,
+                "description": "A stopping replica waits for its clients' streams all of it "
+                "but 5 s.",
+            },
             "replicas": _count("Replicas when autoscaling is off."),
             "ca": _object(
                 "The CA every replica mints from (the Secret egress-proxy-ca).",

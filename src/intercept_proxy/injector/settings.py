@@ -20,6 +20,9 @@ DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
 DEFAULT_ENVOY_IMAGE = f"{ENVOY_REPOSITORY}:{ENVOY_TAG}"
 
 ENABLED_LABEL = "intercept-proxy/enabled"
+# A gateway replica's grace period: its drain takes all of it but DRAIN_MARGIN_S (xds/envoy.py),
+# and an hour at most (a stuck client must not hold a rollout forever).
+MIN_GRACE_S, MAX_GRACE_S = 10, 3600
 INJECTED_ANNOTATION = "intercept-proxy/injected"
 POLICY_ANNOTATION = "intercept-proxy/opa-data"
 
@@ -114,6 +117,8 @@ class InjectorSettings:
     gateway_envoy_resources: Resources = field(
         default_factory=lambda: Resources({"cpu": "250m", "memory": "128Mi"}, {"memory": "1Gi"})
     )
+    # A stopping replica's grace period: it drains for all of it but the last DRAIN_MARGIN_S.
+    gateway_grace_s: int = 30
 
     def __post_init__(self) -> None:
         reserved = {0, self.envoy_uid, self.agent_uid}
@@ -121,6 +126,8 @@ class InjectorSettings:
             raise SettingsError("envoy_uid and agent_uid must be distinct and not 0")
         if self.gateway_uid == 0:
             raise SettingsError("gateway_uid: the gateway never runs as root")
+        if not MIN_GRACE_S <= self.gateway_grace_s <= MAX_GRACE_S:
+            raise SettingsError(f"gateway_grace_s: from {MIN_GRACE_S} to {MAX_GRACE_S} seconds")
         try:  # proxy-init's own check, here: a pod it would refuse is never injected
             self.capture_config()
         except CaptureConfigError as e:

@@ -70,6 +70,7 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
         "serviceAccountToken": {"automount": s.automount_service_account_token},
         "gateway": {
             "uid": s.gateway_uid,
+            "terminationGracePeriodSeconds": s.gateway_grace_s,
             "resources": {
                 "agent": _resources_values(s.gateway_agent_resources),
                 "envoy": _resources_values(s.gateway_envoy_resources),
@@ -235,6 +236,7 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         envoy_resources=_resources(values["envoy"]["resources"]),
         init_resources=_resources(values["proxyInit"]["resources"]),
         gateway_uid=values["gateway"]["uid"],
+        gateway_grace_s=values["gateway"]["terminationGracePeriodSeconds"],
         gateway_agent_resources=_resources(values["gateway"]["resources"]["agent"]),
         gateway_envoy_resources=_resources(values["gateway"]["resources"]["envoy"]),
     )
@@ -307,6 +309,7 @@ HELM_PARAMETERS: dict[str, Parameter] = {
         ".Values.proxyInit.resources", Resources({"cpu": "990003m"}, {"memory": "990003Mi"})
     ),
     "gateway_uid": Parameter(".Values.gateway.uid | int", 990104),
+    "gateway_grace_s": Parameter(".Values.gateway.terminationGracePeriodSeconds | int", 3541),
     "gateway_agent_resources": Parameter(
         ".Values.gateway.resources.agent", Resources({"cpu": "990004m"}, {"memory": "990004Mi"})
     ),

@@ -11,7 +11,7 @@ from pathlib import Path
 from intercept_proxy import ports
 from intercept_proxy.argv import after_separator
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
-from intercept_proxy.xds.envoy import drain, envoy_command
+from intercept_proxy.xds.envoy import DRAIN_MARGIN_S, drain, envoy_command
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +39,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "Exits 0 once drained (or once Envoy has gone), 1 at the timeout.",
     )
     drain.add_argument("--admin-port", type=int, default=ports.ENVOY_ADMIN)
-    drain.add_argument("--timeout", type=float, required=True, metavar="SECONDS")
+    drain.add_argument(
+        "--grace",
+        type=float,
+        required=True,
+        metavar="SECONDS",
+        help=f"the pod's grace period: the drain waits all of it but {DRAIN_MARGIN_S:g} s",
+    )
     drain.add_argument("--done", type=Path, help="a file written once it is over, whatever the end")
     drain.set_defaults(func=_drain)
 
@@ -61,7 +67,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    drained = drain(args.admin_port, args.timeout)
+    drained = drain(args.admin_port, max(args.grace - DRAIN_MARGIN_S, 1.0))
     if args.done is not None:
         args.done.write_text("drained\n" if drained else "timed out\n")
     return 0 if drained else 1

@@ -29,6 +29,8 @@ def envoy_command(bootstrap: Path | str, extra: Sequence[str] = ()) -> list[str]
     return [str(envoy_binary()), *config, *DEFAULT_ARGS, *extra]
 
 
+# What a drain leaves of a pod's grace period: the time its containers take to stop.
+DRAIN_MARGIN_S = 5.0
 # Envoy's listeners' open client connections (its admin listener's own excluded).
 _ACTIVE = re.compile(r"^listener\.(?!admin\.).*\.downstream_cx_active$")
 
