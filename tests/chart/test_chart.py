@@ -182,11 +182,20 @@ def test_rendering_fails_on_values_the_injector_refuses(overrides, message):
             {"autoscaling": {"minReplicas": 4, "maxReplicas": 3}},
             "minReplicas (4) is above maxReplicas (3)",
         ),
+        # The operator's Secret is in a namespace that exists before the install.
+        ({"ca": {"mode": "secret"}}, "gateway.ca.mode secret needs gateway.createNamespace: false"),
+        (
+            {"ca": {"mode": "certManager", "certManager": {"issuerRef": {"name": "corp"}}}},
+            "kyverno.serviceAccounts.backgroundController is needed in gateway.ca.mode",
+        ),
     ],
 )
 def test_rendering_fails_on_a_gateway_that_could_not_work(gateway, message):
+    values: dict = {"gateway": {"enabled": True, **gateway}}
+    if gateway.get("ca", {}).get("mode") == "certManager":  # no account to bind the Role to
+        values["kyverno"] = {"serviceAccounts": {"backgroundController": ""}}
     with pytest.raises(render.HelmError, match=re.escape(message)):
-        render.install_dry_run("x", {"gateway": {"enabled": True, **gateway}})
+        render.install_dry_run("x", values)
 
 
 def test_resources_are_the_values_as_given():

@@ -58,7 +58,14 @@ def test_pre_stop_hooks_then_sigterm_then_sigkill_at_the_grace_periods_end(workd
     )  # fmt: skip
     assert process.stderr is not None
     lines: list[str] = []  # the containers' lines, as `[name] line` (a pod of several)
-    reader = threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True)
+    seen: dict[str, float] = {}  # when each line came
+
+    def read() -> None:
+        for line in process.stderr or ():
+            seen.setdefault(line.strip(), time.monotonic())
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + 60
     while not {"[app] app: up\n", "[stubborn] stubborn: up\n"} <= set(lines):
@@ -72,6 +79,9 @@ def test_pre_stop_hooks_then_sigterm_then_sigkill_at_the_grace_periods_end(workd
     app = [line.strip() for line in lines if line.startswith("[app] ")]
     # The hook ran in the app container, as its user, before its SIGTERM.
     assert app[-2:] == ["[app] hook: as 12345", "[app] app: SIGTERM"], "".join(lines)[-3000:]
+    # Both hooks (1 s each, exec and sleep) ran at once: each SIGTERM came 1 s after the stop,
+    # not 2 s (one after the other) nor at once (a hook skipped).
+    for line in ("[app] app: SIGTERM", "[stubborn] stubborn: ignores SIGTERM"):
+        assert 0.9 <= seen[line] - stopped < 1.8, (line, seen[line] - stopped)
     # The container that ignores SIGTERM lived until the grace period's end, not longer.
-    assert "[stubborn] stubborn: ignores SIGTERM\n" in lines
     assert GRACE_S <= took < GRACE_S + 3, took

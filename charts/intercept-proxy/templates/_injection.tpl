@@ -865,6 +865,8 @@ Each definition is a JSON document for this release's values.
                 "15000",
                 "--grace",
                 {{ .Values.gateway.terminationGracePeriodSeconds | int | toString | toJson }},
+                "--when",
+                "/var/run/intercept-drain/stopping",
                 "--done",
                 "/var/run/intercept-drain/drained"
               ]
@@ -884,7 +886,9 @@ Each definition is a JSON document for this release's values.
           "--file-flush-interval-msec",
           "1000",
           "--log-level",
-          "warning"
+          "warning",
+          "--drain-strategy",
+          "immediate"
         ],
         "ports": [
           {
@@ -924,8 +928,7 @@ Each definition is a JSON document for this release's values.
         "volumeMounts": [
           {
             "name": "intercept-drain",
-            "mountPath": "/var/run/intercept-drain",
-            "readOnly": true
+            "mountPath": "/var/run/intercept-drain"
           },
           {
             "name": "intercept-no-token",
@@ -939,7 +942,7 @@ Each definition is a JSON document for this release's values.
               "command": [
                 "sh",
                 "-c",
-                "until [ -e /var/run/intercept-drain/drained ]; do sleep 0.2; done"
+                "rm -f /var/run/intercept-drain/drained; touch /var/run/intercept-drain/stopping; until [ -e /var/run/intercept-drain/drained ]; do sleep 0.2; done"
               ]
             }
           }

@@ -51,21 +51,31 @@ CLIENT_TRUST_DIR = "/var/run/egress-proxy"
 CLIENT_TRUST_FILE = f"{CLIENT_TRUST_DIR}/{CLIENT_CA_KEY}"
 # Every address of the pod: clients come from other pods, probes from the node.
 EVERY_ADDRESS = ("0.0.0.0", "::")
-# A replica stopping (a rollout, a scale-down, a drain) finishes the streams under way: the
-# agent's preStop hook drains Envoy and waits for its clients to leave (for the pod's grace
-# period, less a margin for the containers to stop), then marks it done in a volume Envoy's own
-# hook waits on (Envoy shuts down at once on SIGTERM, and its image has no client to drain
-# itself). The Service sends it no new client meanwhile.
+# A replica stopping (a rollout, a scale-down, a drain) finishes the streams under way. Envoy's
+# preStop hook says the pod is stopping (a file), then waits for `drained`: Envoy shuts down at
+# once on SIGTERM, and its image has no client to drain itself. The agent's hook, seeing that
+# file, drains Envoy and waits for its clients to leave (the pod's grace period, less a margin
+# for the containers to stop), then writes `drained`. A hook of the agent's alone (a liveness
+# restart) finds no such file and drains nothing. The Service sends a stopping replica no new
+# client meanwhile.
 DRAIN_VOLUME = "intercept-drain"
 DRAIN_DIR = "/var/run/intercept-drain"
+STOPPING_FILE = f"{DRAIN_DIR}/stopping"
 DRAINED_FILE = f"{DRAIN_DIR}/drained"
-ENVOY_PRE_STOP = ["sh", "-c", f"until [ -e {DRAINED_FILE} ]; do sleep 0.2; done"]
+ENVOY_PRE_STOP = [
+    "sh", "-c",
+    f"rm -f {DRAINED_FILE}; touch {STOPPING_FILE}; "
+    f"until [ -e {DRAINED_FILE} ]; do sleep 0.2; done",
+]  # fmt: skip
+# Envoy's drain then asks every connection to close at its next answer (the default, gradual,
+# asks a growing share of them over --drain-time-s: 600 s).
+ENVOY_DRAIN_ARGS = ["--drain-strategy", "immediate"]
 
 
 def _agent_pre_stop(s: InjectorSettings) -> list[str]:
     return [
         "intercept", "envoy", "drain", "--admin-port", str(ports.ENVOY_ADMIN),
-        "--grace", str(s.gateway_grace_s), "--done", DRAINED_FILE,
+        "--grace", str(s.gateway_grace_s), "--when", STOPPING_FILE, "--done", DRAINED_FILE,
     ]  # fmt: skip
 
 
@@ -111,7 +121,10 @@ def _envoy(s: InjectorSettings) -> dict[str, Any]:
         "name": ENVOY,
         "image": s.envoy_image,
         "imagePullPolicy": s.image_pull_policy,
-        "command": envoy_command(Bootstrap(node_id="intercept-gateway", gateway=True)),
+        "command": [
+            *envoy_command(Bootstrap(node_id="intercept-gateway", gateway=True)),
+            *ENVOY_DRAIN_ARGS,
+        ],
         "ports": [{"name": "proxy", "containerPort": ports.ENVOY_GATEWAY, "protocol": "TCP"}],
         "resources": s.gateway_envoy_resources.to_k8s(),
         "securityContext": restricted(s.gateway_uid),
@@ -119,7 +132,7 @@ def _envoy(s: InjectorSettings) -> dict[str, Any]:
         # cannot answer: the Service then sends no client to this replica.
         "readinessProbe": http_probe("/readyz", failures=3),
         "volumeMounts": [
-            {"name": DRAIN_VOLUME, "mountPath": DRAIN_DIR, "readOnly": True},
+            {"name": DRAIN_VOLUME, "mountPath": DRAIN_DIR},
             dict(NO_TOKEN_MOUNT),
         ],
         "lifecycle": _pre_stop(ENVOY_PRE_STOP),

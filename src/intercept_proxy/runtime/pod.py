@@ -518,20 +518,20 @@ class LocalPod:
         is logged, and the container stopped all the same."""
         hook = (container.get("lifecycle") or {}).get("preStop") or {}
         left = deadline - time.monotonic()
-        if process.poll() is None and left > 0:
-            if "exec" in hook:
-                try:
-                    done = self._exec(process, container, hook["exec"]["command"], left)
-                    if done.returncode != 0:
-                        log.warning(
-                            "%s: preStop exited %d: %s", container["name"], done.returncode,
-                            done.stderr.decode(errors="replace").strip()[-500:],
-                        )  # fmt: skip
-                except subprocess.TimeoutExpired:
-                    log.warning("%s: preStop still running at the grace period's end",
-                                container["name"])  # fmt: skip
-            elif "sleep" in hook:
+        try:
+            if process.poll() is None and left > 0 and "exec" in hook:
+                done = self._exec(process, container, hook["exec"]["command"], left)
+                if done.returncode != 0:
+                    log.warning(
+                        "%s: preStop exited %d: %s", container["name"], done.returncode,
+                        done.stderr.decode(errors="replace").strip()[-500:],
+                    )  # fmt: skip
+            elif process.poll() is None and left > 0 and "sleep" in hook:
                 time.sleep(min(float(hook["sleep"]["seconds"]), left))
+        except subprocess.TimeoutExpired:
+            log.warning("%s: preStop still running at the grace period's end", container["name"])
+        except Exception:  # the container ended meanwhile, say: it is stopped all the same
+            log.exception("%s: preStop failed", container["name"])
         _terminate(process, max(deadline - time.monotonic(), 0.0))
 
     def _signals(self) -> contextlib.AbstractContextManager[object]:

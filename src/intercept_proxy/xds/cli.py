@@ -6,12 +6,17 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from intercept_proxy import ports
 from intercept_proxy.argv import after_separator
 from intercept_proxy.xds.bootstrap import Bootstrap, bootstrap
 from intercept_proxy.xds.envoy import DRAIN_MARGIN_S, drain, envoy_command
+
+# How long the agent's hook waits for Envoy's to say the pod is stopping: the kubelet runs both
+# at once; a hook run alone (a liveness restart of the agent) finds nothing and drains nothing.
+WHEN_WAIT_S = 2.0
 
 
 def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,6 +51,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="SECONDS",
         help=f"the pod's grace period: the drain waits all of it but {DRAIN_MARGIN_S:g} s",
     )
+    drain.add_argument(
+        "--when",
+        type=Path,
+        help=f"drain only if this file appears within {WHEN_WAIT_S:g} s (the pod is stopping, "
+        "not one container restarting)",
+    )
     drain.add_argument("--done", type=Path, help="a file written once it is over, whatever the end")
     drain.set_defaults(func=_drain)
 
@@ -67,10 +78,24 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    drained = drain(args.admin_port, max(args.grace - DRAIN_MARGIN_S, 1.0))
-    if args.done is not None:
-        args.done.write_text("drained\n" if drained else "timed out\n")
+    if args.when is not None and not _appears(args.when, WHEN_WAIT_S):
+        return 0  # the hook of a container restarting alone: Envoy goes on serving
+    drained = False
+    try:
+        drained = drain(args.admin_port, max(args.grace - DRAIN_MARGIN_S, 1.0))
+    finally:
+        if args.done is not None:
+            args.done.write_text("drained\n" if drained else "not drained\n")
     return 0 if drained else 1
+
+
+def _appears(path: Path, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:

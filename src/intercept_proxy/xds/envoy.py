@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from importlib import resources
@@ -44,19 +45,27 @@ def active_connections(admin_port: int) -> int:
 
 
 def drain(admin_port: int, timeout_s: float, poll_s: float = 0.5) -> bool:
-    """Envoy drains its listeners gracefully (HTTP/1.1 answers close their connections,
-    HTTP/2 ones get a GOAWAY; streams under way finish), and this waits until no client
-    connection is left, or `timeout_s`. False on timeout; True too when Envoy has gone."""
+    """Envoy drains its listeners gracefully (with `--drain-strategy immediate`, every HTTP/1.1
+    answer then closes its connection and HTTP/2 gets a GOAWAY; streams under way finish), and
+    this waits until no client connection is left, or `timeout_s`. False on timeout; True too
+    when Envoy has gone (its admin port refuses). Any other error (a slow or failing admin
+    interface) is asked again until the deadline: never taken for drained."""
     deadline = time.monotonic() + timeout_s
-    try:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{admin_port}/drain_listeners?graceful", method="POST"
-        )
-        urllib.request.urlopen(request, timeout=5).close()
-        while active_connections(admin_port) > 0:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(poll_s)
-    except (OSError, ValueError):  # refused, reset: no Envoy left to drain
-        return True
-    return True
+    started = False
+    while True:
+        try:
+            if not started:
+                url = f"http://127.0.0.1:{admin_port}/drain_listeners?graceful"
+                request = urllib.request.Request(url, method="POST")
+                urllib.request.urlopen(request, timeout=5).close()
+                started = True
+            if active_connections(admin_port) == 0:
+                return True
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, ConnectionRefusedError):  # no Envoy left to drain
+                return True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # asked again: only Envoy's own answer says it is drained
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)
