@@ -144,6 +144,9 @@ NARROWER: dict[str, Callable[[dict[str, Any], str], bool]] = {
     "a method but reads and OPTIONS on a GitHub host an unrestricted entry names": (
         lambda r, rule: rule == "unrestricted_domains" and _name(r) in GITHUB
     ),
+    "a REST write to an allowed repository, without github_admin_access_enabled": (
+        lambda r, rule: rule == "github_write" and _seen(r)[1].lower().startswith("/repos/")
+    ),
 }
 
 
@@ -208,6 +211,27 @@ def test_what_cilium_cannot_enforce_is_refused_by_name(key, tmp_path):
     assert getattr(policy, key)
     with pytest.raises(PolicyError, match=f"Cilium cannot enforce {key}: "):
         cilium.translate(policy)
+
+
+def test_an_expression_too_large_for_ciliums_envoy_is_refused():
+    """RE2 measures every expression; one over Envoy's limit would leave the pod without its
+    policy, so the whole policy is refused, naming it."""
+    repo = "octo/" + "r" * 100
+    policy = parse_policy(f"github_allowed_repos: [{repo}]\n")
+    with pytest.raises(PolicyError, match=r"more than 100 RE2 instructions.*github\.com:443 path"):
+        cilium.translate(policy)
+    # The differential's policy, many grants and all, fits: a rule per repository.
+    sizes = [s for *_, s in cilium._program_sizes(cilium.translate(parse_policy(CILIUM_POLICY)))]
+    assert max(sizes) <= cilium.MAX_PROGRAM_SIZE
+
+
+def test_dns_resolves_the_policys_names_only():
+    objects = cilium.render(parse_policy(CILIUM_POLICY), cilium.Target(), "")
+    (network_policy,) = [o for o in objects if o["kind"] == "CiliumNetworkPolicy"]
+    (dns,) = [r for r in network_policy["spec"]["egress"] if "toEndpoints" in r]
+    names = dns["toPorts"][0]["rules"]["dns"]
+    fqdns = [r["toFQDNs"][0] for r in network_policy["spec"]["egress"] if "toFQDNs" in r]
+    assert names == fqdns and {"matchPattern": "*"} not in names
 
 
 def test_a_host_other_than_the_sni_within_a_wildcard_is_wider():

@@ -2,21 +2,28 @@
 with certificates cert-manager issues (`intercept render cilium`).
 
 Cilium's HTTP rules only allow (a request passes when any rule of its destination matches: a
-regular expression each for `:method`, `:path` with its query, and `:authority`), so the
-translation is a subset of the policy, never more (docs/kubernetes.md#cilium lists what is
-lost, tests/policy/test_cilium.py measures it on the differential corpus):
+regular expression each for `:method`, `:path` with its query, and `:authority`), and its Envoy
+refuses a regular expression of more than 100 RE2 instructions (`re2.max_program_size`), which
+would leave the pod without its policy: every expression here is measured by RE2 itself, and a
+policy that would need a larger one is refused. So the translation is a subset of the policy
+(docs/kubernetes.md#cilium lists what is lost, tests/policy/test_cilium.py measures it on the
+differential corpus):
 
 - a wildcard entry is one label deep (a certificate's `*.` covers one label, and so do Cilium's
   `*.` patterns); a host is matched as written (no trailing dot) with its port;
-- paths never hold `%`, a backslash, or a `.` or `..` segment where a rule names paths;
-- GitHub: where the policy denies some writes whatever grants the host (other repositories,
-  administration, receive-pack discovery), the rules grant reads and the github_* writes only,
-  and REST writes below a repository only under subresources that hold no administration path;
-- AWS regional endpoints get no rule (no certificate can name `s3.*.amazonaws.com`).
+- where a rule names paths, a segment holds no `%` or backslash and does not begin with a dot;
+- GitHub: the policy denies some requests whatever grants the host (writes to other
+  repositories, administration, receive-pack discovery), so entries that name GitHub hosts
+  grant reads and OPTIONS there; the github_* keys grant git's fetch and push, and REST writes
+  only with github_admin_access_enabled (without it, no rule small enough leaves out the
+  administration paths);
+- AWS regional endpoints get no rule (no certificate can name `s3.*.amazonaws.com`);
+- DNS resolves the policy's names only.
 
-Two things Cilium cannot check make it wider than the policy: a read that sends a body, and,
-within a wildcard's group, a Host that differs from the SNI. What Cilium cannot do at all
-(credentials, signing, rate limits, budgets, approvals, custom Rego) is refused by name.
+What Cilium cannot check makes it wider than the policy: a read that sends a body, a Host
+other than the SNI within one wildcard, and a path deeper than the policy judges (64
+segments). What Cilium cannot do at all (credentials, signing, rate limits, budgets,
+approvals, custom Rego) is refused by name.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import re2
 
 from intercept_proxy.policy.domains import DomainEntry
 from intercept_proxy.policy.model import Policy, PolicyError
@@ -51,54 +60,17 @@ UNTRANSLATABLE = {
 READS = "GET|HEAD"
 WRITES = "POST|PUT|PATCH|DELETE"
 TLS_PORT, PLAIN_PORT = 443, 80
-# A path segment: none of / ? # % \, and not a dot segment (`.`, `..`).
-_CHARS = r"/?#%\\"
-_LABEL = "[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+# A host name's label (its length unbounded: a bounded repetition costs RE2 hundreds of
+# instructions).
+_LABEL = "[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
 _QUERY = r"(?:\?[^#]*)?"
 
-
-def _char_class(excluded: Iterable[str]) -> str:
-    return "[^" + _CHARS + "".join(re.escape(c) for c in sorted(set(excluded))) + "]"
-
-
-def not_one_of(words: Iterable[str], case_insensitive: bool = True) -> str:
-    """A regular expression (RE2) for one path segment that is none of `words` (in any case
-    when `case_insensitive`): RE2 has no lookahead, so the complement is spelt out along the
-    words' common prefixes."""
-    trie: dict[str, Any] = {}
-    for word in words:
-        node = trie
-        for char in word.lower() if case_insensitive else word:
-            node = node.setdefault(char, {})
-        node[""] = {}  # a word ends here
-
-    def rest(node: dict[str, Any], at_root: bool) -> str:
-        children = sorted(c for c in node if c)
-        branches = [_char_class(children) + _char_class(()) + "*"]
-        branches += [re.escape(c) + rest(node[c], False) for c in children]
-        body = "(?:" + "|".join(branches) + ")"
-        # Ending here is outside `words` unless a word ends here; a segment is never empty.
-        return body if at_root or "" in node else body + "?"
-
-    pattern = rest(trie, True)
-    # Under (?i), RE2 folds the case of classes too, negated ones included.
-    return f"(?i:{pattern})" if case_insensitive else pattern
-
-
-SEGMENT = not_one_of((".", ".."), case_insensitive=False)
+# A path segment where a rule names paths: no / ? # % or backslash, not beginning with a dot
+# (so no dot segment: the upstream would resolve it).
+SEGMENT = r"[^/?#%\\.][^/?#%\\]*"
 SEGMENTS = f"(?:/{SEGMENT})*/?"
-
-
-def _admin_first_segments() -> list[str]:
-    """The first segment of every administration path of the Rego (read from it). The empty
-    path (the repository itself) no rule matches: they name a segment below it."""
-    words: list[str] = []
-    for pattern in filter(None, rego_facts().github_admin_paths):
-        match = re.match(r"/(?:\(\?:([a-z|-]+)\)|([a-z-]+))(?:/|\(|$)", pattern)
-        if match is None:
-            raise ValueError(f"cannot read the first segment of the admin path {pattern!r}")
-        words += (match.group(1) or match.group(2)).split("|")
-    return words
+# Envoy's RE2 limit (re2.max_program_size.error_level), which Cilium's Envoy keeps.
+MAX_PROGRAM_SIZE = 100
 
 
 @dataclass(frozen=True)
@@ -128,13 +100,12 @@ class Group:
 
     @property
     def slug(self) -> str:
-        """The name in object names: no object name holds `*`, `.` or `_` (a name with `_`
-        gets a digest of itself, so `a_b` and `a--b` stay apart)."""
-        slug = self.fqdn.replace("*.", "wildcard.").replace(".", "-")
-        if "_" in slug:
-            digest = hashlib.sha256(self.fqdn.encode()).hexdigest()[:8]
-            slug = f"{slug.replace('_', '-')}-{digest}"
-        return slug
+        """The name in object names (no `*`, `.` or `_` there), with a digest of the name
+        itself: `a.b.com` and `a-b.com` stay apart, and so do the rendered objects' own
+        names. Long names are cut before the digest (an object name has 253 characters)."""
+        readable = self.fqdn.replace("*.", "wildcard.").replace(".", "-").replace("_", "-")
+        digest = hashlib.sha256(self.fqdn.encode()).hexdigest()[:10]
+        return f"{readable[:200]}-{digest}"
 
 
 def _authority(name: str, ports: tuple[int, ...], tls: bool) -> str:
@@ -175,62 +146,44 @@ class _Builder:
             rules.append(rule)
 
     def entry(self, entry: DomainEntry, methods: str | None) -> None:
-        """A domain entry's grant: `methods` (None: any). On the GitHub hosts an entry of any
-        method covers, it grants reads and OPTIONS only (their writes are the github_* keys'),
-        and reads of github.com skip receive-pack discovery."""
+        """A domain entry's grant: `methods` (None: any). An entry of any method that names a
+        GitHub host grants reads and OPTIONS only (its writes are the github_* keys'): the
+        whole wildcard so, if it is one (no rule small enough leaves those hosts out)."""
         fqdn = f"*.{entry.host}" if entry.wildcard else self.fqdn(entry.host)
-        covered = [h for h in self.github_hosts if _covers(entry, h)] if methods is None else []
+        if methods is None and any(_covers(entry, h) for h in self.github_hosts):
+            methods = f"{READS}|OPTIONS"
         ports = _entry_ports(entry)
         for port in ports:
-            tls = port != PLAIN_PORT
-            if not covered:
-                path = None if entry.wildcard else _github_read_path(entry.host)
-                name = _name(entry.host, entry.wildcard)
-                self.add(fqdn, port, HttpRule(_authority(name, ports, tls), methods, path))
-            elif entry.wildcard:
-                labels = [h.removesuffix("." + entry.host) for h in covered]
-                name = f"{not_one_of(labels)}\\.{re.escape(entry.host)}"
-                self.add(fqdn, port, HttpRule(_authority(name, ports, tls)))
-            for host in covered:
-                rule = HttpRule(
-                    _authority(_name(host, False), ports, tls),
-                    f"{READS}|OPTIONS",
-                    _github_read_path(host),
-                )
-                self.add(fqdn, port, rule)
+            host = _authority(_name(entry.host, entry.wildcard), ports, port != PLAIN_PORT)
+            for path in _read_paths(entry.host) if methods and not entry.wildcard else [None]:
+                self.add(fqdn, port, HttpRule(host, methods, path))
 
     def github(self) -> None:
         policy = self.policy
-        hosts = rego_facts().github_hosts
         both = (PLAIN_PORT, TLS_PORT)
-        for name in sorted(hosts) if policy.github_read_access_enabled else ():
+        for name in sorted(rego_facts().github_hosts) if policy.github_read_access_enabled else ():
             for port in both:
                 host = _authority(_name(name, False), both, port != PLAIN_PORT)
-                self.add(self.fqdn(name), port, HttpRule(host, READS, _github_read_path(name)))
+                for path in _read_paths(name):
+                    self.add(self.fqdn(name), port, HttpRule(host, READS, path))
                 if name == "github.com":
                     fetch = f"/{SEGMENT}/{SEGMENT}/{UPLOAD_PACK}/?"
                     self.add(self.fqdn(name), port, HttpRule(host, "POST", fetch))
-        patterns = [repo_pattern([r]) for r in policy.github_allowed_repos]
-        patterns += [f"{repo_pattern([o])}/{SEGMENT}" for o in policy.github_allowed_users]
-        if not patterns:
-            return
-        repos = "(?:" + "|".join(patterns) + ")"
+        repos = [repo_pattern([r]) for r in policy.github_allowed_repos]
+        repos += [f"{repo_pattern([o])}/{SEGMENT}" for o in policy.github_allowed_users]
         dot_git = r"(?i:\.git)?"
-        below = (
-            SEGMENTS
-            if policy.github_admin_access_enabled
-            else f"/{not_one_of(_admin_first_segments())}{SEGMENTS}"
-        )
-        for port in both:
+        for repo, port in ((r, p) for r in repos for p in both):  # a rule each: RE2's limit
             tls = port != PLAIN_PORT
             git = _authority(_name("github.com", False), both, tls)
-            discovery = rf"/{repos}{dot_git}{REFS}\?service=git-receive-pack"
+            discovery = rf"/{repo}{dot_git}{REFS}\?service=git-receive-pack"
             self.add(self.fqdn("github.com"), port, HttpRule(git, READS, discovery))
-            push = f"/{repos}{dot_git}/{RECEIVE_PACK}/?"
+            push = f"/{repo}{dot_git}/{RECEIVE_PACK}/?"
             self.add(self.fqdn("github.com"), port, HttpRule(git, "POST", push))
-            for name in sorted(rego_facts().github_api_hosts):
+            for name in (
+                sorted(rego_facts().github_api_hosts) if policy.github_admin_access_enabled else ()
+            ):
                 api = _authority(_name(name, False), both, tls)
-                path = f"{REPOS}/{repos}{below}{_QUERY}"
+                path = f"{REPOS}/{repo}{SEGMENTS}{_QUERY}"
                 self.add(self.fqdn(name), port, HttpRule(api, WRITES, path))
 
     def aws(self) -> None:
@@ -250,13 +203,22 @@ def _covers(entry: DomainEntry, name: str) -> bool:
     return parent == entry.host and bool(label)
 
 
-def _github_read_path(name: str) -> str | None:
-    """Reads of github.com skip receive-pack discovery (a write's first step, which the policy
-    denies for other repositories whatever grants the host): no query, or git's fetch."""
+def _read_paths(name: str) -> list[str | None]:
+    """The paths a read of `name` may have: any, but on github.com no query except git's fetch
+    (receive-pack discovery is a write's first step, which the policy denies for other
+    repositories whatever grants the host)."""
     if name != "github.com":
-        return None
-    fetch = rf"/{SEGMENT}/{SEGMENT}{REFS}\?service=git-upload-pack"
-    return f"(?:/[^?#%\\\\]*|{fetch})"
+        return [None]
+    return [r"/[^?#%\\]*", rf"/{SEGMENT}/{SEGMENT}{REFS}\?service=git-upload-pack"]
+
+
+def _program_sizes(groups: list[Group]) -> Iterable[tuple[str, int, str, int]]:
+    """(destination, port, field, RE2 program size) of every expression of the rules."""
+    for group in groups:
+        for port, rules in group.ports.items():
+            for rule in rules:
+                for key, pattern in rule.to_dict().items():
+                    yield group.fqdn, port, key, re2.compile(pattern).programsize
 
 
 def translate(policy: Policy) -> list[Group]:
@@ -273,7 +235,17 @@ def translate(policy: Policy) -> list[Group]:
         builder.entry(entry, READS)
     builder.github()
     builder.aws()
-    return [builder.groups[k] for k in sorted(builder.groups)]
+    groups = [builder.groups[k] for k in sorted(builder.groups)]
+    large = [t for t in _program_sizes(groups) if t[3] > MAX_PROGRAM_SIZE]
+    if large:
+        named = "; ".join(f"{d}:{p} {k} ({n})" for d, p, k, n in large)
+        raise PolicyError(
+            policy.source,
+            None,
+            f"Cilium's Envoy refuses a regular expression of more than {MAX_PROGRAM_SIZE} RE2 "
+            f"instructions, and these need more: {named}",
+        )
+    return groups
 
 
 @dataclass(frozen=True)
@@ -296,8 +268,11 @@ class Target:
 KUBE_DNS = {"k8s:io.kubernetes.pod.namespace": "kube-system", "k8s-app": "kube-dns"}
 
 
+def _selector(group: Group) -> str:
+    return "matchPattern" if group.fqdn.startswith("*.") else "matchName"
+
+
 def _egress(group: Group, target: Target) -> dict[str, Any]:
-    selector = "matchPattern" if group.fqdn.startswith("*.") else "matchName"
     to_ports = []
     for port, rules in sorted(group.ports.items()):
         rule: dict[str, Any] = {"ports": [{"port": str(port), "protocol": "TCP"}]}
@@ -311,7 +286,7 @@ def _egress(group: Group, target: Target) -> dict[str, Any]:
             }
         rule["rules"] = {"http": [r.to_dict() for r in rules]}
         to_ports.append(rule)
-    return {"toFQDNs": [{selector: group.fqdn}], "toPorts": to_ports}
+    return {"toFQDNs": [{_selector(group): group.fqdn}], "toPorts": to_ports}
 
 
 def _certificate(group: Group, target: Target) -> dict[str, Any]:
@@ -351,14 +326,12 @@ def render(policy: Policy, target: Target, upstream_ca_pem: str) -> list[dict[st
         "type": "Opaque",
         "stringData": {"ca.crt": upstream_ca_pem},
     }
+    # The policy's names only: any other lookup is refused (the sandbox's sinkhole answers
+    # none either), so DNS carries nothing out.
+    names = [{_selector(g): g.fqdn} for g in groups]
     dns = {
         "toEndpoints": [{"matchLabels": KUBE_DNS}],
-        "toPorts": [
-            {
-                "ports": [{"port": "53", "protocol": "ANY"}],
-                "rules": {"dns": [{"matchPattern": "*"}]},
-            }
-        ],
+        "toPorts": [{"ports": [{"port": "53", "protocol": "ANY"}], "rules": {"dns": names}}],
     }
     policy_object = {
         "apiVersion": "cilium.io/v2",
