@@ -60,6 +60,8 @@ UNTRANSLATABLE = {
 READS = "GET|HEAD"
 WRITES = "POST|PUT|PATCH|DELETE"
 TLS_PORT, PLAIN_PORT = 443, 80
+# The ports of an entry without one (and of the GitHub and AWS hosts).
+DEFAULT_PORTS = (PLAIN_PORT, TLS_PORT)
 # A host name's label (its length unbounded: a bounded repetition costs RE2 hundreds of
 # instructions).
 _LABEL = "[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
@@ -120,8 +122,13 @@ def _name(host: str, wildcard: bool) -> str:
     return (f"{_LABEL}\\." if wildcard else "") + re.escape(host)
 
 
+def _host(name: str, port: int) -> str:
+    """`:authority` for the host `name` on its default ports, connected to on `port`."""
+    return _authority(_name(name, False), DEFAULT_PORTS, port != PLAIN_PORT)
+
+
 def _entry_ports(entry: DomainEntry) -> tuple[int, ...]:
-    return (entry.port,) if entry.port else (PLAIN_PORT, TLS_PORT)
+    return (entry.port,) if entry.port else DEFAULT_PORTS
 
 
 class _Builder:
@@ -160,10 +167,9 @@ class _Builder:
 
     def github(self) -> None:
         policy = self.policy
-        both = (PLAIN_PORT, TLS_PORT)
         for name in sorted(rego_facts().github_hosts) if policy.github_read_access_enabled else ():
-            for port in both:
-                host = _authority(_name(name, False), both, port != PLAIN_PORT)
+            for port in DEFAULT_PORTS:
+                host = _host(name, port)
                 for path in _read_paths(name):
                     self.add(self.fqdn(name), port, HttpRule(host, READS, path))
                 if name == "github.com":
@@ -172,9 +178,8 @@ class _Builder:
         repos = [repo_pattern([r]) for r in policy.github_allowed_repos]
         repos += [f"{repo_pattern([o])}/{SEGMENT}" for o in policy.github_allowed_users]
         dot_git = r"(?i:\.git)?"
-        for repo, port in ((r, p) for r in repos for p in both):  # a rule each: RE2's limit
-            tls = port != PLAIN_PORT
-            git = _authority(_name("github.com", False), both, tls)
+        for repo, port in ((r, p) for r in repos for p in DEFAULT_PORTS):  # a rule each: RE2
+            git = _host("github.com", port)
             discovery = rf"/{repo}{dot_git}{REFS}\?service=git-receive-pack"
             self.add(self.fqdn("github.com"), port, HttpRule(git, READS, discovery))
             push = f"/{repo}{dot_git}/{RECEIVE_PACK}/?"
@@ -182,17 +187,14 @@ class _Builder:
             for name in (
                 sorted(rego_facts().github_api_hosts) if policy.github_admin_access_enabled else ()
             ):
-                api = _authority(_name(name, False), both, tls)
                 path = f"{REPOS}/{repo}{SEGMENTS}{_QUERY}"
-                self.add(self.fqdn(name), port, HttpRule(api, WRITES, path))
+                self.add(self.fqdn(name), port, HttpRule(_host(name, port), WRITES, path))
 
     def aws(self) -> None:
-        both = (PLAIN_PORT, TLS_PORT)
         for service in self.policy.aws_allowed_services if self.policy.aws_access_enabled else ():
             name = f"{service}.{AWS_SUFFIX}"
-            for port in both:
-                host = _authority(_name(name, False), both, port == TLS_PORT)
-                self.add(self.fqdn(name), port, HttpRule(host))
+            for port in DEFAULT_PORTS:
+                self.add(self.fqdn(name), port, HttpRule(_host(name, port)))
 
 
 def _covers(entry: DomainEntry, name: str) -> bool:

@@ -519,14 +519,16 @@ class LocalPod:
         hook = (container.get("lifecycle") or {}).get("preStop") or {}
         left = deadline - time.monotonic()
         try:
-            if process.poll() is None and left > 0 and "exec" in hook:
+            if process.poll() is not None or left <= 0:
+                pass  # ended already, or no time left for a hook
+            elif "exec" in hook:
                 done = self._exec(process, container, hook["exec"]["command"], left)
                 if done.returncode != 0:
                     log.warning(
                         "%s: preStop exited %d: %s", container["name"], done.returncode,
                         done.stderr.decode(errors="replace").strip()[-500:],
                     )  # fmt: skip
-            elif process.poll() is None and left > 0 and "sleep" in hook:
+            elif "sleep" in hook:
                 time.sleep(min(float(hook["sleep"]["seconds"]), left))
         except subprocess.TimeoutExpired:
             log.warning("%s: preStop still running at the grace period's end", container["name"])
