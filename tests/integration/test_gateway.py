@@ -20,6 +20,8 @@ import yaml
 from intercept_proxy import netns, ports
 from intercept_proxy.lab.interceptor import INTERCEPT
 from intercept_proxy.runtime.containers import as_user
+from intercept_proxy.xds.envoy import client_connections
+from intercept_proxy.xds.gateway import PROXIED
 from tests.decisions import read_decisions
 from tests.integration.conftest import LAB_SPEC, POLICY
 from tests.integration.harness import WORKLOAD_UID, Interceptor
@@ -109,6 +111,22 @@ def test_plain_http_absolute_form(interceptor):
     assert [(d["scheme"], d["host"], d["allow"]) for d in logged] == [
         ("http", "pypi.org", True), ("http", "unknown.example", False)
     ]  # fmt: skip
+
+
+def test_a_client_gone_leaves_no_connection_a_drain_waits_for(interceptor):
+    """The gateway's pooled connections to its own listeners' copies outlive the clients they
+    served: the drain of a stopping replica counts the clients' connections alone."""
+    status, _, err = curl(interceptor, "http://pypi.org/pooled")
+    assert status == 200, err
+    deadline = time.monotonic() + 5
+    while True:
+        stats = interceptor.envoy_stats("downstream_cx_active")["stats"]
+        active = {s["name"]: s["value"] for s in stats}
+        if client_connections(stats) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert client_connections(stats) == 0, active
+    assert active[f"listener.envoy_internal_{PROXIED}.downstream_cx_active"] > 0, active
 
 
 def test_one_decision_line_per_request(interceptor):

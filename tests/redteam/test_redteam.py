@@ -7,6 +7,7 @@ request reached the interceptor, from the decision log what was decided.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -228,14 +229,26 @@ def test_a_workload_asking_to_run_as_a_sidecar_uid_root_or_a_system_user(uid, tm
 def test_a_workload_searching_the_filesystem_for_the_ca_key(sandbox):
     key_file = sandbox.pod.volumes.path("intercept-ca") / "ca.key"
     key_line = key_file.read_text().splitlines()[1]  # a line of the key's base64
-    result = sandbox.sh(
-        "grep -rlsF -e 'PRIVATE KEY' -e '"
-        + key_line
-        + "' /tmp /run /var /etc /opt /srv /home /work "
-        "2>/dev/null; ls -d /tmp/intercept-pod-* 2>&1; cat /var/run/intercept/ca/ca.key 2>&1",
-        timeout=300,
-    )
+    # Every file made or changed since the key was written (a copy is: its inode's change time
+    # is set then, whatever its modification time says): reading every file instead would read
+    # this machine's tool caches, gigabytes, for no file that could hold the key.
+    since = int(key_file.stat().st_mtime) - 1
+    # A decoy the workload may read, which the search must find (it is not vacuous).
+    decoy = Path("/srv") / f"intercept-redteam-decoy-{os.getpid()}"
+    decoy.write_text("-----BEGIN PRIVATE KEY----- (a decoy)\n")
+    decoy.chmod(0o644)
+    try:
+        result = sandbox.sh(
+            f"find /tmp /run /var /etc /opt /srv /home /work -type f -newerct @{since} -print0 "
+            "2>/dev/null | xargs -0 -r grep -lsF -e 'PRIVATE KEY' -e '"
+            + key_line
+            + "'; ls -d /tmp/intercept-pod-* 2>&1; cat /var/run/intercept/ca/ca.key 2>&1",
+            timeout=300,
+        )
+    finally:
+        decoy.unlink()
     out = result.stdout.decode()
+    assert str(decoy) in out, out
     assert key_line not in out
     assert str(key_file) not in out
     # The pod's own directory (root's alone) is not even in the workload's /tmp, and the CA

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 # Several Envoys share one machine (one per sandbox), so no hot-restart shared memory; access
 # logs reach their file within a second rather than Envoy's default ten.
@@ -32,16 +33,25 @@ def envoy_command(bootstrap: Path | str, extra: Sequence[str] = ()) -> list[str]
 
 # What a drain leaves of a pod's grace period: the time its containers take to stop.
 DRAIN_MARGIN_S = 5.0
-# Envoy's listeners' open client connections (its admin listener's own excluded).
-_ACTIVE = re.compile(r"^listener\.(?!admin\.).*\.downstream_cx_active$")
+# The open connections of Envoy's listeners that clients reach: not its admin listener's, not
+# its internal listeners' (the gateway's copies of its TLS and HTTP listeners, whose connections
+# only serve clients' and stay pooled, idle, once those are gone), each listener once (not
+# again per worker).
+_ACTIVE = re.compile(
+    r"^listener\.(?!admin\.|envoy_internal_)(?!.*\.worker_[0-9]+\.).*\.downstream_cx_active$"
+)
+
+
+def client_connections(stats: list[dict[str, Any]]) -> int:
+    """The clients' open connections, from Envoy's statistics (`/stats?format=json`)."""
+    return sum(int(s["value"]) for s in stats if _ACTIVE.match(s.get("name", "")))
 
 
 def active_connections(admin_port: int) -> int:
     """The client connections Envoy's listeners hold now (its admin interface says)."""
     url = f"http://127.0.0.1:{admin_port}/stats?format=json&filter=downstream_cx_active"
     with urllib.request.urlopen(url, timeout=5) as response:
-        stats = json.load(response)["stats"]
-    return sum(int(s["value"]) for s in stats if _ACTIVE.match(s.get("name", "")))
+        return client_connections(json.load(response)["stats"])
 
 
 def drain(admin_port: int, timeout_s: float, poll_s: float = 0.5) -> bool:
