@@ -348,7 +348,12 @@ def test_cert_manager_issues_the_ca_the_pods_mount():
         "kind": "ClusterIssuer",
         "group": "cert-manager.io",
     }
-    assert set(spec) == {"isCA", "commonName", "secretName", "privateKey", "issuerRef"}
+    # Ten years: a running pod keeps the CA it started with (not cert-manager's 90 days, which
+    # a pod running 30 days past a renewal would outlive).
+    assert spec["duration"] == "87600h"
+    assert set(spec) == {
+        "isCA", "commonName", "secretName", "duration", "privateKey", "issuerRef"
+    }  # fmt: skip
     for case in ("default", "secret-ca"):
         assert not [o for o in render.objects(case) if o["kind"] == "Certificate"]
     assert not [o for o in render.objects("cert-manager") if o["kind"] == "Secret"]
