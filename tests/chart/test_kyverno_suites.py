@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,15 @@ def expect_gateway(case: str, files: dict[str, Any], expect: Any) -> dict[str, A
                generatedResource="gateway-ca-copy.yaml")  # fmt: skip
         expect("gateway-clients", "copy-egress-proxy-ca-when-issued", "Secret", gateway.CA_SECRET,
                "pass", generatedResource="gateway-ca-copy.yaml")  # fmt: skip
+        # The Secret's new certificate rolls the replicas: its digest in their template.
+        (deployment,) = [o for o in render.objects(case) if o["kind"] == "Deployment"]
+        rolled = copy.deepcopy(deployment)
+        annotations = rolled["spec"]["template"]["metadata"].setdefault("annotations", {})
+        annotations["checksum/ca"] = hashlib.sha256(certificate.encode()).hexdigest()[:16]
+        files |= {"gateway-deployment.yaml": [deployment], "gateway-rolled.yaml": [rolled]}
+        expect("gateway-ca-rollout", "roll-egress-proxy-on-new-ca", "Deployment",
+               deployment["metadata"]["name"], "pass",
+               patchedResources="gateway-rolled.yaml")  # fmt: skip
         variables = {
             "copy-egress-proxy-ca": {"certificate": certificate},
             "copy-egress-proxy-ca-when-issued": {"namespaces": [NAMESPACE]},
@@ -530,6 +540,8 @@ def write_suite(case: str, directory: Path) -> int:
         "metadata": {"name": f"intercept-proxy-{case}"},
         "policies": ["policies.yaml"],
         "resources": ["resources.yaml"],
+        # The targets of rules that change existing objects (the gateway's Deployment).
+        "targetResources": [f for f in ("gateway-deployment.yaml",) if f in files],
         "values": {
             "namespaceSelector": [{"name": NAMESPACE, "labels": namespace_labels(case)}],
             "policies": [

@@ -1,13 +1,14 @@
 """The egress gateway with a CA of the operator's (`gateway.ca.mode: secret`) on the real control
-plane: the replicas mint from the operator's Secret, Kyverno gives the clients its certificate
-read from that Secret (and again when it changes), and a client pod trusting that alone reaches
-an allowed host through a replica. A replica deleted in the middle of a client's stream drains
-first: the stream ends whole. Then `certManager` mode: the chart's Certificate is accepted
-by the API server under cert-manager's CRD (no cert-manager controller runs here: the Secret
-stays the operator's)."""
+plane: the replicas mint from the operator's Secret, Kyverno gives the clients its certificate read
+from that Secret (and again when it changes, when Kyverno also rolls the replicas onto the new CA),
+and a client pod trusting that alone reaches an allowed host through a replica. A replica deleted
+in the middle of a client's stream drains first: the stream ends whole. Then `certManager` mode:
+the chart's Certificate is accepted by the API server under cert-manager's CRD (no cert-manager
+controller runs here: the Secret stays the operator's)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -75,16 +76,20 @@ def operator_ca(kube):
         kube.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
-def ready_replica(kube, timeout: float = 120.0) -> dict:
+def ready_replica(kube, timeout: float = 120.0, annotated: str | None = None) -> dict:
+    """A Ready replica (`annotated`: of a template with that CA digest, Kyverno's)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         listed = kube.kubectl("get", "pods", "-n", GATEWAY_NAMESPACE, "-l", SELECTOR, "-o", "json")
         for replica in json.loads(listed.stdout)["items"]:
             conditions = replica["status"].get("conditions") or []
+            digest = (replica["metadata"].get("annotations") or {}).get("checksum/ca")
+            if annotated is not None and digest != annotated:
+                continue
             if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
                 return replica
         time.sleep(0.5)
-    raise AssertionError(f"no gateway replica Ready in {timeout}s")
+    raise AssertionError(f"no gateway replica Ready in {timeout}s (annotated {annotated})")
 
 
 def copied_certificate(kube, namespace: str, expected: bytes, timeout: float = 60.0) -> str:
@@ -163,6 +168,14 @@ def test_a_new_ca_reaches_the_clients_and_cert_manager_mode_renders(kube, namesp
     renewed = CertificateAuthority.generate("the operator's renewed egress CA")
     kube.apply(GATEWAY_NAMESPACE, ca_secret(renewed))
     copied_certificate(kube, namespace, renewed.cert_pem)
+    # ... and rolls the replicas, which then mint from the new CA: a client trusting it alone
+    # (its namespace's new copy) reaches the allowed host.
+    digest = hashlib.sha256(renewed.cert_pem).hexdigest()[:16]
+    replica = ready_replica(kube, annotated=digest)
+    ((status, _, complaint),) = through(
+        kube, namespace, [(replica["status"]["podIP"], "https://pypi.org/simple/", ())]
+    )
+    assert (status, complaint) == ("200", ""), complaint
     # certManager mode: the Certificate of the issuer given, for the same Secret.
     kube.kubectl("apply", "-f", str(kube.cluster.tools.cert_manager_crds))
     issuer = {"name": "corp-ca", "kind": "ClusterIssuer"}
