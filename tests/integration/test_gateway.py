@@ -115,9 +115,23 @@ def test_plain_http_absolute_form(interceptor):
 
 def test_a_client_gone_leaves_no_connection_a_drain_waits_for(interceptor):
     """The gateway's pooled connections to its own listeners' copies outlive the clients they
-    served: the drain of a stopping replica counts the clients' connections alone."""
-    status, _, err = curl(interceptor, "http://pypi.org/pooled")
-    assert status == 200, err
+    served: the drain of a stopping replica counts the clients' connections alone, a client's
+    plain-HTTP stream as long as it lasts."""
+    streaming = subprocess.Popen(
+        netns.exec_argv(
+            interceptor.ns,
+            as_user(WORKLOAD_UID, ["curl", "-sS", "-N", "-x", PROXY, "http://pypi.org/stream/3"]),
+        ),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert streaming.stdout is not None
+        streaming.stdout.readline()  # its first event: the stream is under way
+        in_flight = interceptor.envoy_stats("downstream_cx_active")["stats"]
+        assert client_connections(in_flight) == 1, in_flight
+    finally:
+        streaming.communicate(timeout=30)
+    assert streaming.returncode == 0
     deadline = time.monotonic() + 5
     while True:
         stats = interceptor.envoy_stats("downstream_cx_active")["stats"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -233,24 +234,24 @@ def test_a_workload_searching_the_filesystem_for_the_ca_key(sandbox):
     # is set then, whatever its modification time says): reading every file instead would read
     # this machine's tool caches, gigabytes, for no file that could hold the key.
     since = int(key_file.stat().st_mtime) - 1
-    # A decoy the workload may read, which the search must find (it is not vacuous).
+    # A decoy the workload may read, which the search must find (it is not vacuous); it is the
+    # only file allowed to be found.
     decoy = Path("/srv") / f"intercept-redteam-decoy-{os.getpid()}"
-    decoy.write_text("-----BEGIN PRIVATE KEY----- (a decoy)\n")
+    marker = f"decoy-{secrets.token_hex(8)}"
+    decoy.write_text(marker + "\n")
     decoy.chmod(0o644)
     try:
         result = sandbox.sh(
             f"find /tmp /run /var /etc /opt /srv /home /work -type f -newerct @{since} -print0 "
-            "2>/dev/null | xargs -0 -r grep -lsF -e 'PRIVATE KEY' -e '"
-            + key_line
-            + "'; ls -d /tmp/intercept-pod-* 2>&1; cat /var/run/intercept/ca/ca.key 2>&1",
+            f"2>/dev/null | xargs -0 -r grep -lsF -e '{marker}' -e '{key_line}'; echo ---; "
+            "ls -d /tmp/intercept-pod-* 2>&1; cat /var/run/intercept/ca/ca.key 2>&1",
             timeout=300,
         )
     finally:
         decoy.unlink()
-    out = result.stdout.decode()
-    assert str(decoy) in out, out
+    found, _, out = result.stdout.decode().partition("---\n")
+    assert found.split() == [str(decoy)], found
     assert key_line not in out
-    assert str(key_file) not in out
     # The pod's own directory (root's alone) is not even in the workload's /tmp, and the CA
     # volume is not mounted into the workload.
     assert out.count("No such file") == 2, out

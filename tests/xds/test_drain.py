@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from intercept_proxy.xds.cli import WHEN_WAIT_S
+from intercept_proxy.xds.envoy import client_connections
 
 
 def closed_port() -> int:
@@ -40,3 +41,18 @@ def test_an_envoy_that_has_gone_is_drained(tmp_path):
     done, _ = drain(tmp_path, "--when", str(tmp_path / "stopping"))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "drained").read_text() == "drained\n"
+
+
+def test_only_the_connections_of_listeners_clients_reach_count():
+    stats = [
+        {"name": "listener.0.0.0.0_3128.downstream_cx_active", "value": 2},
+        {"name": "listener.[__]_3128.downstream_cx_active", "value": 1},
+        # Again per worker: counted above already.
+        {"name": "listener.0.0.0.0_3128.worker_0.downstream_cx_active", "value": 2},
+        {"name": "listener.admin.downstream_cx_active", "value": 1},
+        {"name": "listener.admin.main_thread.downstream_cx_active", "value": 1},
+        # Envoy's pooled connections to the gateway's own internal listeners.
+        {"name": "listener.envoy_internal_intercept_http_proxied.downstream_cx_active", "value": 3},
+        {"name": "http.intercept_http.downstream_cx_active", "value": 3},
+    ]
+    assert client_connections(stats) == 3

@@ -99,8 +99,11 @@ def proxy_protocol() -> dict[str, Any]:
 
 
 def internal_copy(listener: dict[str, Any], name: str) -> dict[str, Any]:
-    """`listener` (its filters, its routes), reached only through Envoy's internal connections."""
-    copy = {k: v for k, v in listener.items() if k not in ("address", "additional_addresses")}
+    """`listener` (its filters, its routes), reached only through Envoy's internal connections.
+    Its statistics are Envoy's for an internal listener (`listener.envoy_internal_<name>.`), never
+    the listener's own prefix: a drain counts only the listeners clients reach (envoy.py)."""
+    dropped = ("address", "additional_addresses", "stat_prefix")
+    copy = {k: v for k, v in listener.items() if k not in dropped}
     return {**copy, "name": name, "internal_listener": {}}
 
 
