@@ -143,7 +143,8 @@ def generate(count: int, seed: int) -> list[dict]:
         elif roll < 0.13:  # a second Host header
             request["headers"] = [["Host", rng.choice(HOSTS)]]
         elif roll < 0.15:  # a forged fact: the listener removes it before writing its own
-            request["headers"] = [rng.choice(FORGED)]
+            name, value = rng.choice(FORGED)
+            request["headers"] = [[name, host if value is None else value]]
         elif roll < 0.21:  # the credential's header: its placeholder, another value, the secret
             request["headers"] = [["x-api-key", rng.choice(API_KEYS)]]
         corpus.append(request)
@@ -155,11 +156,24 @@ _NAME = re.compile(r"^(?=.*[a-z])[a-z0-9_.-]+$")
 API_KEY = "sk-differential-0123456789"
 PLACEHOLDER = "intercept-proxy-placeholder"
 API_KEYS = (PLACEHOLDER, f"Bearer {PLACEHOLDER}", "sk-another-key", API_KEY, f"Bearer {API_KEY}")
+# None: the request's own host (an SNI that would pass an exact name's gate).
 FORGED = (
-    ["X-Intercept-SNI-Is-Host", "true"],
-    ["X-Intercept-Protocol", "HTTP/1.1"],
-    ["X-Intercept-Transfer-Encoding", ""],
+    ("X-Intercept-SNI", None),
+    ("X-Intercept-Protocol", "HTTP/1.1"),
+    ("X-Intercept-Transfer-Encoding", ""),
 )
+# An SNI of another name in the same wildcard: no gate sees it, the routes' own check does.
+SIBLINGS = [
+    {"tls": True, "host": host, "sni": sni, "method": method, "path": "/simple/requests/", **h2}
+    for host, sni in (
+        ("files.pythonhosted.org", "a.b.pythonhosted.org"),
+        ("x.corp.test", "under_score.corp.test"),
+        ("x.deep.example.net", "z.deep.example.net"),
+        ("s3.us-east-1.amazonaws.com", "sts.us-east-1.amazonaws.com"),
+    )
+    for method in ("GET", "POST")
+    for h2 in ({}, {"h2": True})
+]
 
 
 def gate_may_mark(request: dict) -> bool:
@@ -254,8 +268,10 @@ def credentials(interceptor) -> str:
 
 
 def test_compiled_routes_decide_as_the_agent(interceptor):
-    corpus = generate(1800, seed=20261203)
+    corpus = generate(1800, seed=20261203) + SIBLINGS
     native = judged_both_ways(interceptor, POLICY + credentials(interceptor), corpus)
+    siblings = native[-len(SIBLINGS) :]
+    assert {(r["rule"], r["judge"]) for r in siblings} == {("sni_mismatch", "agent")}
 
     wrongly_native = [
         request

@@ -235,11 +235,15 @@ def test_ext_authz_is_on_and_fails_closed_on_every_listener():
         assert list(filters)[-1] == "envoy.filters.http.router"
         # Off by default: only routes turn them on for themselves (ext_authz: the agent's).
         off = {name for name, f in filters.items() if f.get("disabled")}
-        assert off == {routes.BUFFER_FILTER, routes.SENT_CHECK_FILTER, routes.AUTHZ_FILTER}
-        # The check of a read that sent a body is the agent's own, behind a matcher.
-        sent = filters[routes.SENT_CHECK_FILTER]["typed_config"]["xds_matcher"]["matcher_list"]
-        action = sent["matchers"][0]["on_match"]["action"]["typed_config"]
-        assert action["typed_config"]["typed_config"] == resources.ext_authz(DEFAULT)
+        tls = listener["name"] == resources.TLS_LISTENER
+        checks = {routes.SENT_CHECK_FILTER, *([routes.SNI_CHECK_FILTER] if tls else [])}
+        assert off == {routes.BUFFER_FILTER, routes.AUTHZ_FILTER, *checks}
+        # The check of a read that sent a body, or of an SNI that is not the host, is the
+        # agent's own, behind a matcher.
+        for name in checks:
+            matchers = filters[name]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"]
+            action = matchers[0]["on_match"]["action"]["typed_config"]
+            assert action["typed_config"]["typed_config"] == resources.ext_authz(DEFAULT)
         authz = filters[resources.AUTHZ_FILTER]["typed_config"]
         assert authz["failure_mode_allow"] is False
 

@@ -62,8 +62,16 @@ def test_every_virtual_host_starts_with_its_gate_to_the_agent(compiled):
             assert {"gate:scheme", "gate:method", "gate:upgrade", "gate:host"} <= set(gates)
             # A request carrying a credential's header: the agent looks for its secret.
             assert "gate:credential:x-api-key" in gates
-            assert ("gate:sni" in gates) == tls
-            assert ("gate:host-length" in gates) == vhost["domains"][0].startswith("*")
+            wildcard = vhost["domains"][0].startswith("*")
+            # An exact name's gate compares the SNI with it; a wildcard's routes that decide in
+            # Envoy have the agent check an SNI that is not the host (its own filter).
+            assert ("gate:sni" in gates) == (tls and not wildcard)
+            for route in vhost["routes"][len(gates) :]:
+                decides = route.get("metadata", {}).get("filter_metadata", {})
+                in_envoy = decides.get(routes.METADATA_KEY, {}).get("judge") == "envoy"
+                checked = routes.SNI_CHECK_FILTER in route.get("typed_per_filter_config", {})
+                assert checked == (tls and wildcard and in_envoy), (vhost["name"], route["name"])
+            assert ("gate:host-length" in gates) == wildcard
             for route in vhost["routes"][: len(gates)]:
                 assert route["route"] and _authz(route)["check_settings"]
                 # A fact the listener did not write (an absent header) still opens the gate.

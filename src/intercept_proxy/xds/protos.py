@@ -68,6 +68,8 @@ from google.protobuf import (
     wrappers_pb2,  # noqa: F401
 )
 from google.protobuf.message import Message
+from xds.type.matcher.v3 import cel_pb2 as cel_matcher_pb2  # noqa: F401
+from xds.type.matcher.v3 import http_inputs_pb2 as xds_http_inputs_pb2  # noqa: F401
 from xds.type.v3 import typed_struct_pb2  # noqa: F401
 
 from intercept_proxy.xds.types import CLUSTER, LISTENER, ROUTE

@@ -46,6 +46,7 @@ from intercept_proxy.xds.routes import (
     INTERNAL_HEADERS,
     ROUTE_DENIES,
     SENT_CHECK_FILTER,
+    SNI_CHECK_FILTER,
     BudgetHosts,
     any_spelling,
     denial_body,
@@ -647,22 +648,10 @@ def ext_authz(dp: DataPlane) -> dict[str, Any]:
     }
 
 
-def sent_check(dp: DataPlane) -> dict[str, Any]:
-    """The agent's check of a read that sent a body: ext_authz, created only for a request with
-    a length other than 0 (the buffer filter before it writes the length of the body it read).
-    Its decision lands where the agent's always does (ext_authz's dynamic metadata)."""
-    length = {
-        "name": "content-length",
-        "typed_config": {
-            "@type": type_url("envoy.type.matcher.v3.HttpRequestHeaderMatchInput"),
-            "header_name": "content-length",
-        },
-    }
-    # The xds matcher's own regex message: the engine is named.
-    sent = {
-        "input": length,
-        "value_match": {"safe_regex": {"google_re2": {}, "regex": "[1-9][0-9]*"}},
-    }
+def _check_when(dp: DataPlane, predicate: dict[str, Any]) -> dict[str, Any]:
+    """The agent's check (ext_authz), created by a composite filter only for a request that
+    `predicate` matches. Its decision lands where the agent's always does (ext_authz's dynamic
+    metadata)."""
     check = {
         "name": "check",
         "typed_config": {
@@ -675,13 +664,58 @@ def sent_check(dp: DataPlane) -> dict[str, Any]:
         "@type": type_url("envoy.extensions.common.matching.v3.ExtensionWithMatcher"),
         "extension_config": {"name": "composite", "typed_config": {"@type": composite}},
         "xds_matcher": {
-            "matcher_list": {
-                "matchers": [
-                    {"predicate": {"single_predicate": sent}, "on_match": {"action": check}}
-                ]
-            }
+            "matcher_list": {"matchers": [{"predicate": predicate, "on_match": {"action": check}}]}
         },
     }
+
+
+def sent_check(dp: DataPlane) -> dict[str, Any]:
+    """The agent's check of a read that sent a body: for a request with a length other than 0
+    (the buffer filter before it writes the length of the body it read)."""
+    # The xds matcher's own regex message: the engine is named.
+    sent = {"safe_regex": {"google_re2": {}, "regex": "[1-9][0-9]*"}}
+    return _check_when(dp, _header_is("content-length", sent))
+
+
+def _select(ident: str, field: str, first_id: int) -> dict[str, Any]:
+    """`ident.field` in CEL's parsed form (Envoy 1.40 compiles no CEL text in a matcher)."""
+    operand = {"id": first_id + 1, "ident_expr": {"name": ident}}
+    return {"id": first_id, "select_expr": {"operand": operand, "field": field}}
+
+
+# request.host == connection.requested_server_name
+SNI_IS_HOST = {
+    "expr": {
+        "id": 1,
+        "call_expr": {
+            "function": "_==_",
+            "args": [
+                _select("request", "host", 2),
+                _select("connection", "requested_server_name", 4),
+            ],
+        },
+    }
+}
+
+
+def sni_check(dp: DataPlane) -> dict[str, Any]:
+    """The agent's check of a request whose SNI is not its host (routes.SNI_CHECK_FILTER)."""
+    attributes = {
+        "name": "attributes",
+        "typed_config": {"@type": type_url("xds.type.matcher.v3.HttpAttributesCelMatchInput")},
+    }
+    cel = {
+        "@type": type_url("xds.type.matcher.v3.CelMatcher"),
+        "expr_match": {"cel_expr_parsed": SNI_IS_HOST},
+    }
+    holds = {
+        "single_predicate": {
+            "input": attributes,
+            "custom_match": {"name": "sni-is-host", "typed_config": cel},
+        }
+    }
+    # Created unless the SNI is the host: a matcher takes an expression's error for no match.
+    return _check_when(dp, {"not_matcher": holds})
 
 
 def early_mutations(*, tls: bool) -> list[dict[str, Any]]:
@@ -970,7 +1004,13 @@ def http_connection_manager(
             # Every request to a rate-limited host counts, before any decision: one refused
             # here reaches no one (the agent charges no budget for it).
             *(rate_limit_filter(i, limit) for i, limit in enumerate(extras.rate_limits)),
-            # These three are off unless a route turns them on (see routes.py).
+            # These are off unless a route turns them on (see routes.py). A request whose SNI
+            # is not its host goes no further, nor waits for its upload.
+            *(
+                [{"name": SNI_CHECK_FILTER, "disabled": True, "typed_config": sni_check(dp)}]
+                if tls
+                else []
+            ),
             {
                 "name": BUFFER_FILTER,
                 "disabled": True,
