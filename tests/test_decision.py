@@ -58,7 +58,7 @@ def test_a_log_skips_other_lines_unless_strict():
 @pytest.mark.parametrize("tls", [True, False])
 def test_envoys_log_format_writes_every_field_of_the_event(tls):
     assert set(decision_fields(tls=tls, logged=Logged.AGENT)) == set(FIELDS)
-    for refused in (Logged.RATE_LIMIT, Logged.OVERSIZED):
+    for refused in (Logged.RATE_LIMIT, Logged.OVERSIZED, Logged.UNANSWERED):
         assert set(decision_fields(tls=tls, logged=refused)) == set(FIELDS) - {"eval_ms"}
     # A route's decision has no evaluation time: only the agent evaluates.
     assert set(decision_fields(tls=tls, logged=Logged.ROUTE)) == set(FIELDS) - {"eval_ms"}

@@ -74,8 +74,10 @@ def run_check(request):
 def test_allowed_request():
     response, metadata, observed = run_check(check_request("GET", "pypi.org", "/x?t=1"))
     assert response.status.code == code_pb2.OK
-    header = response.ok_response.response_headers_to_add[0].header
-    assert (header.key, header.value) == ("x-intercept-decision-id", REQUEST_ID)
+    (added,) = response.ok_response.response_headers_to_add
+    assert (added.header.key, added.header.value) == ("x-intercept-decision-id", REQUEST_ID)
+    # It replaces the id a route that decides itself, then forwards, adds (one id, not two).
+    assert added.append_action == added.OVERWRITE_IF_EXISTS_OR_ADD
     assert metadata["allow"] is True
     assert metadata["rule"] == "allowed_domains"
     assert metadata["policy_revision"] == ENGINE.revision

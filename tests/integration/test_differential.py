@@ -344,7 +344,9 @@ def test_the_gateway_decides_as_the_sidecar(interceptor):
     """The same requests through the gateway and intercepted: the same decisions (allow, rule,
     reason, status), whoever decides. A tunnel to a host the policy names nowhere (nor its
     approvals) is refused before it opens: only where the sidecar refuses the request inside."""
-    corpus = [r for r in generate(1000, seed=20261204) if through_the_gateway_as_written(r)]
+    corpus = [
+        r for r in generate(1000, seed=20261204) + SIBLINGS if through_the_gateway_as_written(r)
+    ]
     policy = POLICY + credentials(interceptor)
     interceptor.write_policy(policy)
     interceptor.wait_ready(judged_by="envoy", revision=parse_policy(policy).revision)

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from intercept_proxy import netns, ports
+from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.procfs import memory_mib, status
+from tests.integration.conftest import POLICY
 from tests.integration.harness import WORKLOAD_UID, as_user
 
 pytestmark = pytest.mark.netns
@@ -57,6 +59,37 @@ def test_agent_down_fails_closed_and_recovers(interceptor, lab):
     while (status := interceptor.curl("GET", "https://pypi.org/after").status) != 200:
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
+
+
+def test_agent_down_an_sni_check_fails_closed_and_logs_no_decision(interceptor):
+    """A wildcard's route that decides in Envoy asks the agent about an SNI that is not the
+    host: without the agent, 503, logged as no decision (not as the route's allow)."""
+    policy = POLICY.replace("a.shared.test, b.shared.test", '"*.shared.test"')
+    interceptor.write_policy(policy)
+    interceptor.wait_ready(revision=parse_policy(policy).revision)
+    try:
+        # Both names' certificates reach Envoy while the agent is up.
+        for name in ("a", "b"):
+            assert interceptor.curl("GET", f"https://{name}.shared.test/up").status == 200
+        interceptor.stop_process(interceptor.agent, signal.SIGKILL)
+        try:
+            r = interceptor.curl(
+                "GET", "https://a.shared.test/fronted", "-H", "Host: b.shared.test"
+            )
+            assert r.status == 503, r.body
+            assert r.json()["error"]["rule"] == "policy_unavailable"
+            # The same SNI and host: Envoy's own route still decides.
+            assert interceptor.curl("GET", "https://b.shared.test/still").status == 200
+            (logged,) = interceptor.decisions(lambda d: d["path"] == "/fronted")
+            verdict = (logged["allow"], logged["rule"], logged["judge"], logged["flags"])
+            assert verdict == (False, "no_decision", "none", "UAEX")
+            assert logged["policy_revision"] == parse_policy(policy).revision
+        finally:
+            interceptor.start_agent()
+        interceptor.wait_ready()
+    finally:
+        interceptor.write_policy(POLICY)
+        interceptor.wait_ready(revision=parse_policy(POLICY).revision)
 
 
 def test_flood_of_names_keeps_the_agent_bounded(interceptor):

@@ -278,13 +278,14 @@ def test_decision_counter_tags_come_from_decisions_never_from_requests():
     for listener in resources.listeners(DEFAULT):
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         counters = [a for a in hcm["access_log"] if a["name"] == "envoy.access_loggers.stats"]
-        # One per kind of line (the route's, the agent's, a body too large), selected alike.
-        assert len(counters) == 3
+        # One per kind of line (the route's, the agent's, the agent's missing answer, a body
+        # too large), selected alike.
+        assert len(counters) == 4
         for counter in counters:
             (stat,) = counter["typed_config"]["value"]["counters"]
             for tag in stat["stat"]["tags"]:
                 value = tag["value_format"]
-                ours = ("envoy", "agent", "false", resources.OVERSIZED_RULE)
+                ours = ("envoy", "agent", "none", "false", "no_decision", resources.OVERSIZED_RULE)
                 assert value in ours or value.startswith(("%METADATA(", "%DYNAMIC"))
 
 
@@ -343,7 +344,8 @@ def test_rate_limits_count_on_both_listeners_and_refuse_with_retry_after():
             for log in hcm["access_log"]
             if log["name"] != "envoy.access_loggers.stats"
         ]
-        assert "rate_limit" in kinds and len(kinds) == 4  # the route's, the agent's, too large
+        # The route's, the agent's, no answer, too large.
+        assert "rate_limit" in kinds and len(kinds) == 5
 
 
 @pytest.mark.parametrize("rate", [1, 7, 59, 1199, 1200, 1201, 1500, 1799, 1800, 3000, 999_999])

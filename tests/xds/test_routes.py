@@ -13,6 +13,7 @@ from intercept_proxy.policy.native import NativePolicy, Outcome, Route, VirtualH
 from intercept_proxy.xds import gateway, protos, resources, routes, types
 from intercept_proxy.xds.types import type_url
 from tests.golden import assert_golden
+from tests.xds.test_resources import CLIENTS, DEFAULT, GATEWAY
 
 POLICY = parse_policy(
     """
@@ -302,3 +303,24 @@ def test_the_hosts_approvals_name_get_their_tunnels_the_others_none():
     named, unnamed = config["virtual_hosts"]
     assert {"new.example", "pypi.org"} <= set(named["domains"])
     assert unnamed["routes"][0]["direct_response"]["status"] == 403
+
+
+def test_every_filter_a_route_turns_on_is_in_the_chain_of_every_listener_using_it(compiled):
+    """Envoy ignores a route's setting for a filter its listener lacks: a check a route turns on
+    must exist wherever the route is served, the gateway's copies of the listeners included."""
+    by_name = {config["name"]: config for config in compiled}
+    served = 0
+    for dp in (DEFAULT, GATEWAY, CLIENTS):
+        for listener in resources.listeners(dp):
+            for chain in listener["filter_chains"]:
+                manager = chain["filters"][0]["typed_config"]
+                config = by_name.get(manager.get("rds", {}).get("route_config_name"))
+                if config is None:
+                    continue
+                served += 1
+                chain_filters = {f["name"] for f in manager["http_filters"]}
+                for vhost in config["virtual_hosts"]:
+                    for route in vhost["routes"]:
+                        turned_on = set(route.get("typed_per_filter_config", {}))
+                        assert turned_on <= chain_filters, (listener["name"], route["name"])
+    assert served >= 6  # both listeners, and the gateway's copies of them

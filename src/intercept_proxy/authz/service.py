@@ -81,7 +81,12 @@ def _address(address: base_pb2.Address) -> dict[str, Any]:
 
 
 def _header(name: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value))
+    # Replaces the route's copy: a check on a route that decides itself (an SNI that is not the
+    # host, a read that sent a body), then forwards, would otherwise send two.
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=name, value=value), append_action=overwrite
+    )
 
 
 def denial_body(decision: Decision, decision_id: str) -> str:

@@ -18,9 +18,10 @@ What a class is made of:
   paths the policy judges (git smart HTTP, the REST API's repositories, unjudgeable paths);
 - the method.
 
-Only canonical requests reach these routes: the gate in front of them (in
+Only canonical requests are decided by these routes: the gate in front of them (in
 `intercept_proxy.xds.routes`) sends anything else to the agent: a host name that is not lower
-case, has a port or a trailing dot; an SNI that is not the host; an unusual method or scheme; a
+case, has a port or a trailing dot; an SNI that is not the host (a wildcard's routes have the
+agent check that themselves); an unusual method or scheme; a
 protocol upgrade; a path with more than 64 segments where the class's routes look at paths;
 and, where the class decides a read otherwise when it sends a body, a read that sends one. For
 those, the request's target is `METHOD host:port` with the listener's default port.

@@ -44,6 +44,7 @@ from intercept_proxy.xds.routes import (
     BUFFER_FILTER,
     BUFFER_LIMIT_BYTES,
     INTERNAL_HEADERS,
+    NO_DECISION,
     ROUTE_DENIES,
     SENT_CHECK_FILTER,
     SNI_CHECK_FILTER,
@@ -479,14 +480,19 @@ class Logged(Enum):
 
     ROUTE = "route"  # the route's own: Envoy's decision, or an agent route's no_decision
     AGENT = "agent"  # the agent's (ext_authz metadata)
+    # No answer from the agent (failed, timed out) to a check on any route: also on a route
+    # that decides in Envoy, whose own decision was never reached.
+    UNANSWERED = "unanswered"
     RATE_LIMIT = "rate_limit"  # the policy allowed it, its host's rate limit refused it
     OVERSIZED = "oversized"  # a body Envoy had to read, too large, on a route that denies not
 
 
-def _refusal(rule: str, reason: str, *, tls: bool | None) -> dict[str, Any]:
-    """A decision of Envoy's own that refused the request, whatever its route decided."""
+def _refusal(
+    rule: str, reason: str, *, tls: bool | None, judge: Judge = Judge.ENVOY
+) -> dict[str, Any]:
+    """A refusal, whatever the request's route decided: Envoy's own, or no decision."""
     return {
-        "judge": Judge.ENVOY.value,
+        "judge": judge.value,
         "allow": False,
         "rule": rule,
         "reason": target(tls=tls) + reason,
@@ -504,6 +510,8 @@ def decision_fields(*, tls: bool | None, logged: Logged) -> dict[str, Any]:
         }
     elif logged is Logged.OVERSIZED:
         verdict = _refusal(OVERSIZED_RULE, OVERSIZED, tls=tls)
+    elif logged is Logged.UNANSWERED:
+        verdict = _refusal(NO_DECISION.rule, NO_DECISION.reason, tls=tls, judge=Judge.NONE)
     elif logged is Logged.ROUTE:
         # "envoy", "none" (an agent route without the agent's answer), or null: no route at
         # all (a protocol error, a request no route matches); details say why.
@@ -524,19 +532,28 @@ def _by_agent(*, present: bool) -> dict[str, Any]:
     return {"metadata_filter": {"matcher": matcher, "match_if_key_not_found": not present}}
 
 
-# Envoy's bit for RL in `response.flags` (its legacy response flags).
+# Envoy's bits for RL and UAEX in `response.flags` (its legacy response flags).
 _RATE_LIMITED_FLAG = 0x800
+_EXTERNAL_AUTH_FLAG = 0x1000
 
 
 def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
     """The requests whose line `logged` writes: exactly one for each request. Only where a
-    rate limit may refuse a request is there a third kind (and a CEL expression to run)."""
+    rate limit may refuse a request is there a line of that kind. A CEL expression runs only
+    for the status it concerns (413, 429, 503)."""
     if logged is Logged.RATE_LIMIT:
         return _flag("RL")
     if logged is Logged.OVERSIZED:
         return _UNREAD
+    if logged is Logged.UNANSWERED:
+        # UAEX without the agent's answer: its check failed (Envoy answered 503).
+        return {"and_filter": {"filters": [_by_agent(present=False), _flag("UAEX")]}}
     # Not refused for its size (the AWS signer's 413 comes after the agent's allow).
     filters = [_by_agent(present=logged is Logged.AGENT), _NOT_UNREAD]
+    if logged is Logged.ROUTE:
+        # Nor a check that got no answer: the CEL only for a 503.
+        answered = f"response.flags / {_EXTERNAL_AUTH_FLAG} % 2 == 0"
+        filters.append(unless_status(503, "intercept.unanswered", answered))
     if rate_limited:
         # Not refused by a rate limit, which answers 429 itself: the CEL (no bitwise operators
         # in it) only for a 429.
@@ -598,6 +615,8 @@ def decision_counter(logged: Logged) -> dict[str, Any]:
         values = (Judge.ENVOY.value, "false", RATE_LIMIT_RULE)
     elif logged is Logged.OVERSIZED:
         values = (Judge.ENVOY.value, "false", OVERSIZED_RULE)
+    elif logged is Logged.UNANSWERED:
+        values = (Judge.NONE.value, "false", NO_DECISION.rule)
     elif logged is Logged.AGENT:
         values = (Judge.AGENT.value, _agent_field("allow"), _agent_field("rule"))
     else:
@@ -1005,7 +1024,7 @@ def http_connection_manager(
             # here reaches no one (the agent charges no budget for it).
             *(rate_limit_filter(i, limit) for i, limit in enumerate(extras.rate_limits)),
             # These are off unless a route turns them on (see routes.py). A request whose SNI
-            # is not its host goes no further, nor waits for its upload.
+            # is not its host is judged before its upload is read.
             *(
                 [{"name": SNI_CHECK_FILTER, "disabled": True, "typed_config": sni_check(dp)}]
                 if tls
