@@ -219,12 +219,15 @@ def run_corpus(interceptor, corpus: list[dict], *, gateway: bool = False) -> lis
     wanted = set(ids)
     deadline = time.monotonic() + 10  # Envoy flushes its log every second
     while True:
-        by_id = {r["decision_id"]: r for r in read_decisions(interceptor.decision_log)}
+        records = read_decisions(interceptor.decision_log)
+        by_id = {r["decision_id"]: r for r in records}
         missing = wanted - by_id.keys()
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     assert not missing, f"{len(missing)} decisions not logged"
+    # One line per request, whoever decided (the log's kinds of line select apart).
+    assert len(by_id) == len(records), "a decision logged twice"
     for record, response in zip((by_id[i] for i in ids), responses, strict=True):
         assert record["status"] == response["status"]
     return [by_id[i] for i in ids]

@@ -65,6 +65,7 @@ def test_agent_down_an_sni_check_fails_closed_and_logs_no_decision(interceptor):
     """A wildcard's route that decides in Envoy asks the agent about an SNI that is not the
     host: without the agent, 503, logged as no decision (not as the route's allow)."""
     policy = POLICY.replace("a.shared.test, b.shared.test", '"*.shared.test"')
+    assert policy != POLICY  # a wildcard's virtual host, not two exact names' gates
     interceptor.write_policy(policy)
     interceptor.wait_ready(revision=parse_policy(policy).revision)
     try:
@@ -79,11 +80,13 @@ def test_agent_down_an_sni_check_fails_closed_and_logs_no_decision(interceptor):
             assert r.status == 503, r.body
             assert r.json()["error"]["rule"] == "policy_unavailable"
             # The same SNI and host: Envoy's own route still decides.
-            assert interceptor.curl("GET", "https://b.shared.test/still").status == 200
+            assert interceptor.curl("GET", "https://b.shared.test/same-name").status == 200
             (logged,) = interceptor.decisions(lambda d: d["path"] == "/fronted")
             verdict = (logged["allow"], logged["rule"], logged["judge"], logged["flags"])
             assert verdict == (False, "no_decision", "none", "UAEX")
             assert logged["policy_revision"] == parse_policy(policy).revision
+            (still,) = interceptor.decisions(lambda d: d["path"] == "/same-name")
+            assert (still["judge"], still["rule"]) == ("envoy", "allowed_domains")
         finally:
             interceptor.start_agent()
         interceptor.wait_ready()

@@ -427,6 +427,10 @@ _UNREAD = when_status(413, "intercept.oversized_status", _UNREAD_CEL)
 _NOT_UNREAD = unless_status(413, "intercept.oversized", f"!({_UNREAD_CEL})")
 
 
+# Envoy's answer when the agent's check fails (fail closed).
+AGENT_FAILED_STATUS = 503
+
+
 def local_reply_config(*, tls: bool) -> dict[str, Any]:
     """Explained JSON bodies for Envoy's own error replies. Policy denials carry their own body
     from the agent and match none of these."""
@@ -434,7 +438,7 @@ def local_reply_config(*, tls: bool) -> dict[str, Any]:
         "and_filter": {
             "filters": [
                 _flag("UAEX"),
-                status_filter(503, "intercept.authz_error_status"),
+                status_filter(AGENT_FAILED_STATUS, "intercept.authz_error_status"),
             ]
         }
     }
@@ -478,7 +482,9 @@ def _agent_field(key: str) -> str:
 class Logged(Enum):
     """Whose verdict a decision log line carries."""
 
-    ROUTE = "route"  # the route's own: Envoy's decision, or an agent route's no_decision
+    # The route's own: Envoy's decision, or an agent route's no_decision (Envoy refused the
+    # request first, or the client left before the agent answered).
+    ROUTE = "route"
     AGENT = "agent"  # the agent's (ext_authz metadata)
     # No answer from the agent (failed, timed out) to a check on any route: also on a route
     # that decides in Envoy, whose own decision was never reached.
@@ -513,8 +519,10 @@ def decision_fields(*, tls: bool | None, logged: Logged) -> dict[str, Any]:
     elif logged is Logged.UNANSWERED:
         verdict = _refusal(NO_DECISION.rule, NO_DECISION.reason, tls=tls, judge=Judge.NONE)
     elif logged is Logged.ROUTE:
-        # "envoy", "none" (an agent route without the agent's answer), or null: no route at
-        # all (a protocol error, a request no route matches); details say why.
+        # "envoy", "none" (an agent route whose request Envoy refused first, or whose client
+        # left), or null: no route at all (a protocol error, a request no route matches);
+        # details say why. A client that leaves during a check on a route that decides in
+        # Envoy is logged with the route's decision (status 0, flag DC or DR).
         verdict = {k: route_field(k) for k in ("judge", *VERDICT)}
         verdict["reason"] = target(tls=tls) + route_field("reason")
     else:
@@ -546,14 +554,16 @@ def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
     if logged is Logged.OVERSIZED:
         return _UNREAD
     if logged is Logged.UNANSWERED:
-        # UAEX without the agent's answer: its check failed (Envoy answered 503).
-        return {"and_filter": {"filters": [_by_agent(present=False), _flag("UAEX")]}}
+        # UAEX and its status without the agent's answer: its check failed. The route's line
+        # takes exactly the others (below).
+        failed = status_filter(AGENT_FAILED_STATUS, "intercept.unanswered_status")
+        return {"and_filter": {"filters": [_by_agent(present=False), _flag("UAEX"), failed]}}
     # Not refused for its size (the AWS signer's 413 comes after the agent's allow).
     filters = [_by_agent(present=logged is Logged.AGENT), _NOT_UNREAD]
     if logged is Logged.ROUTE:
-        # Nor a check that got no answer: the CEL only for a 503.
+        # Nor a check that got no answer: the CEL only for that status.
         answered = f"response.flags / {_EXTERNAL_AUTH_FLAG} % 2 == 0"
-        filters.append(unless_status(503, "intercept.unanswered", answered))
+        filters.append(unless_status(AGENT_FAILED_STATUS, "intercept.unanswered", answered))
     if rate_limited:
         # Not refused by a rate limit, which answers 429 itself: the CEL (no bitwise operators
         # in it) only for a 429.
@@ -655,7 +665,7 @@ def ext_authz(dp: DataPlane) -> dict[str, Any]:
         "grpc_service": {**authz_service(), "timeout": _duration(dp.authz_timeout_s)},
         "transport_api_version": "V3",
         "failure_mode_allow": False,
-        "status_on_error": {"code": 503},
+        "status_on_error": {"code": AGENT_FAILED_STATUS},
         "include_tls_session": True,
         # The first byte of a body, if any: tells a read from a request that sends data when no
         # header says so (HTTP/2 without content-length).
