@@ -287,6 +287,11 @@ def test_decision_counter_tags_come_from_decisions_never_from_requests():
                 value = tag["value_format"]
                 ours = ("envoy", "agent", "none", "false", "no_decision", resources.OVERSIZED_RULE)
                 assert value in ours or value.startswith(("%METADATA(", "%DYNAMIC"))
+        # A check the agent never answered counts as no decision, whatever the route said.
+        unanswered = resources.decision_counter(resources.Logged.UNANSWERED)
+        (stat,) = unanswered["typed_config"]["value"]["counters"]
+        tags = {t["name"]: t["value_format"] for t in stat["stat"]["tags"]}
+        assert tags == {"judge": "none", "allow": "false", "rule": "no_decision"}
 
 
 def test_slow_clients_are_bounded_but_streams_are_not():

@@ -454,7 +454,10 @@ transparent proxy must (original destination, SNI and SAN from the Host). `inter
 `intercept-agent` run the agent (UID 102) and Envoy (UID 101) from the installed `intercept` \
 command, the client captured by proxy-init's own rules (DNS to the agent's sinkhole, TCP 443 \
 to Envoy), as in a pod. The judging scenarios enforce the same allowlist (reads of \
-`bench.test` and `*.bench.test`, 403 otherwise; checked before measuring); `intercept-agent` \
+`bench.test` and `*.bench.test`, 403 otherwise; checked before measuring). The measured \
+requests ask for `bench.test`, an exact name in the allowlist: a wildcard's requests (here the \
+new hosts') also run intercept's check that the SNI is the host, one CEL expression each. \
+`intercept-agent` \
 adds a custom Rego module, which makes every request go through the agent's ext_authz, \
 `intercept-extras` a credential Envoy sends with every request and a rate limit it counts \
 them against (never reached), `intercept-signed` the same and AWS SigV4 signing of every \

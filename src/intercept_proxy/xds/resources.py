@@ -431,17 +431,17 @@ _NOT_UNREAD = unless_status(413, "intercept.oversized", f"!({_UNREAD_CEL})")
 AGENT_FAILED_STATUS = 503
 
 
+def _agent_failed() -> dict[str, Any]:
+    """A filter true for Envoy's answer to a check that failed (UAEX, which a denial has too,
+    with AGENT_FAILED_STATUS)."""
+    failed = status_filter(AGENT_FAILED_STATUS, "intercept.authz_error_status")
+    return {"and_filter": {"filters": [_flag("UAEX"), failed]}}
+
+
 def local_reply_config(*, tls: bool) -> dict[str, Any]:
     """Explained JSON bodies for Envoy's own error replies. Policy denials carry their own body
     from the agent and match none of these."""
-    agent_failed = {
-        "and_filter": {
-            "filters": [
-                _flag("UAEX"),
-                status_filter(AGENT_FAILED_STATUS, "intercept.authz_error_status"),
-            ]
-        }
-    }
+    agent_failed = _agent_failed()
     mappers = [
         _retry_later(
             "policy_unavailable",
@@ -545,6 +545,11 @@ _RATE_LIMITED_FLAG = 0x800
 _EXTERNAL_AUTH_FLAG = 0x1000
 
 
+def _flag_clear(bit: int) -> str:
+    """In CEL, which has no bitwise operators: that bit of `response.flags` is not set."""
+    return f"response.flags / {bit} % 2 == 0"
+
+
 def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
     """The requests whose line `logged` writes: exactly one for each request. Only where a
     rate limit may refuse a request is there a line of that kind. A CEL expression runs only
@@ -554,20 +559,18 @@ def _selection(logged: Logged, *, rate_limited: bool) -> dict[str, Any]:
     if logged is Logged.OVERSIZED:
         return _UNREAD
     if logged is Logged.UNANSWERED:
-        # UAEX and its status without the agent's answer: its check failed. The route's line
-        # takes exactly the others (below).
-        failed = status_filter(AGENT_FAILED_STATUS, "intercept.unanswered_status")
-        return {"and_filter": {"filters": [_by_agent(present=False), _flag("UAEX"), failed]}}
+        # Without the agent's answer: its check failed. The route's line takes exactly the
+        # others (below).
+        return {"and_filter": {"filters": [_by_agent(present=False), _agent_failed()]}}
     # Not refused for its size (the AWS signer's 413 comes after the agent's allow).
     filters = [_by_agent(present=logged is Logged.AGENT), _NOT_UNREAD]
     if logged is Logged.ROUTE:
         # Nor a check that got no answer: the CEL only for that status.
-        answered = f"response.flags / {_EXTERNAL_AUTH_FLAG} % 2 == 0"
+        answered = _flag_clear(_EXTERNAL_AUTH_FLAG)
         filters.append(unless_status(AGENT_FAILED_STATUS, "intercept.unanswered", answered))
     if rate_limited:
-        # Not refused by a rate limit, which answers 429 itself: the CEL (no bitwise operators
-        # in it) only for a 429.
-        not_limited = f"response.flags / {_RATE_LIMITED_FLAG} % 2 == 0"
+        # Not refused by a rate limit, which answers 429 itself: the CEL only for a 429.
+        not_limited = _flag_clear(_RATE_LIMITED_FLAG)
         filters.append(unless_status(429, "intercept.rate_limited", not_limited))
     return {"and_filter": {"filters": filters}}
 
@@ -713,7 +716,7 @@ def _select(ident: str, field: str, first_id: int) -> dict[str, Any]:
 
 
 # request.host == connection.requested_server_name
-SNI_IS_HOST = {
+_SNI_IS_HOST = {
     "expr": {
         "id": 1,
         "call_expr": {
@@ -735,7 +738,7 @@ def sni_check(dp: DataPlane) -> dict[str, Any]:
     }
     cel = {
         "@type": type_url("xds.type.matcher.v3.CelMatcher"),
-        "expr_match": {"cel_expr_parsed": SNI_IS_HOST},
+        "expr_match": {"cel_expr_parsed": _SNI_IS_HOST},
     }
     holds = {
         "single_predicate": {

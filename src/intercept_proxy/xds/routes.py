@@ -12,10 +12,11 @@ agent that a matcher creates only when the SNI is not the host (`SNI_CHECK_FILTE
 HTTP/2 or HTTP/3 read needs no header to send a body: on the routes where that matters, Envoy's
 buffer filter reads the body (and writes its length) and the agent judges the read if it sent
 one.
-The policy's own routes follow: an allow forwards upstream without asking the agent, a denial is
-answered by Envoy with the same JSON body the agent writes, and a class the policy could not
-decide natively asks the agent. Without a compiled policy (custom Rego modules, a pod's policy
-narrowing the default), one virtual host sends everything to the agent.
+The policy's own routes follow: an allow forwards upstream without asking the agent (but for a
+wildcard's SNI check), a denial is answered by Envoy with the same JSON body the agent writes,
+and a class the policy could not decide natively asks the agent. Without a compiled policy
+(custom Rego modules, a pod's policy narrowing the default), one virtual host sends everything
+to the agent.
 
 Each route carries its decision in its metadata, where the decision log (an access log, see
 resources.py) reads it.
@@ -127,8 +128,9 @@ def _metadata(outcome: Outcome, revision: str | None, *, judge: Judge) -> dict[s
 
 
 # Off unless a route turns it on: a canonical request the policy decides in Envoy costs no
-# more than routing. Every route that leaves the decision to the agent turns it on; a route
-# without a decision of its own forwards nothing unjudged (tests/xds/test_routes.py).
+# more than routing (and, to a wildcard, the SNI check's matcher). Every route that leaves the
+# decision to the agent turns it on; a route without a decision of its own forwards nothing
+# unjudged (tests/xds/test_routes.py).
 AUTHZ_FILTER = "envoy.filters.http.ext_authz"
 _AUTHZ_PER_ROUTE = type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")
 
