@@ -12,7 +12,8 @@ import time
 import pytest
 
 from intercept_proxy import netns
-from intercept_proxy.cluster import Cluster, ToolsError, unique_name
+from intercept_proxy.cluster.cluster import Cluster, unique_name
+from intercept_proxy.cluster.tools import ToolsError
 from tests.cluster.harness import LAB_SPEC, MEASUREMENTS, Kube
 from tests.sandbox.harness import Sandbox, start_lab
 

@@ -16,12 +16,17 @@ from intercept_proxy.injector.settings import InjectorSettings
 from intercept_proxy.runtime.containers import PROJECT_IMAGE
 
 DOCKERFILE = Path(__file__).parent.parent / "images" / "Dockerfile"
+GO = shutil.which("go") or "/usr/local/go/bin/go"
 
 
-def test_base_image_is_pinned_and_the_user_is_the_agents():
+def test_base_images_are_pinned_and_the_user_is_the_agents():
     text = DOCKERFILE.read_text()
-    (base,) = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+    builder, base = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-bookworm", base), base
+    # The CNI plugin's builder: the Go `make install` builds it with.
+    go = subprocess.run([GO, "version"], capture_output=True, text=True, check=True).stdout
+    version = re.search(r"go(\d+\.\d+\.\d+)", go)
+    assert version is not None and builder == f"golang:{version[1]}-bookworm"
     assert re.findall(r"^USER (\S+)", text, re.MULTILINE) == ["102:102"]
     assert "iptables" in text
     assert ":latest" not in text
@@ -54,7 +59,8 @@ def test_the_image_leaves_out_the_lab_and_the_bench_and_still_runs_the_sidecars(
         assert command[0] == "intercept"
         assert "usage: intercept" in intercept(*command[1:], "--help")
     offered = intercept("--help")
-    assert "proxy-init" in offered and " lab " not in offered and " bench " not in offered
+    assert "proxy-init" in offered and "cni-node" in offered
+    assert " lab " not in offered and " bench " not in offered
     where = "import intercept_proxy; print(intercept_proxy.__file__)"
     out = subprocess.run([sys.executable, "-c", where], env=env, capture_output=True, text=True)
     assert out.stdout.startswith(str(tmp_path))

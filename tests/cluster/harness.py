@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from intercept_proxy.cluster import Cluster
+from intercept_proxy.cluster.cluster import Cluster
 from intercept_proxy.lab.addresses import LAB_RANGES
 
 LAB_SPEC = {

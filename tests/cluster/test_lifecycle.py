@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from intercept_proxy.cluster import Cluster, unique_name
+from intercept_proxy.cluster.cluster import Cluster, unique_name
 from intercept_proxy.cluster.layout import POD_SUBNETS
 from tests.cluster.harness import LAB_SPEC, MEASUREMENTS, alive, footprint
 

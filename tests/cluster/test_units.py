@@ -17,6 +17,7 @@ from intercept_proxy.cluster.node import trust
 from intercept_proxy.cluster.node.logs import select_lines
 from intercept_proxy.cluster.pki import ClusterPki
 from intercept_proxy.cluster.tools import Tools
+from intercept_proxy.injector import cninode
 from intercept_proxy.injector.pod import SIDECARS, inject_pod
 from intercept_proxy.injector.values import settings_from_values
 from tests.chart import render
@@ -257,6 +258,35 @@ def test_only_a_releases_own_injection_is_trusted():
     assert "not the chart's injection" in trust.decide(pod, broken).explanation
 
 
+def test_a_pod_asking_for_the_node_runs_only_as_a_node_agent():
+    """The chart's CNI node agent, as the DaemonSet controller makes its pod: all its containers
+    trusted, in a namespace whose Pod Security level is privileged; nothing else."""
+    spec = cninode.pod_spec(settings_from_values({"capture": {"mode": "cni"}}, "r"))
+    owner = {"kind": "DaemonSet", "name": cninode.NAME, "controller": True, "uid": "u1"}
+    agent = {
+        "metadata": {"name": "a", "namespace": "cni", "ownerReferences": [owner]},
+        "spec": spec,
+    }
+    daemonset = {"metadata": {"name": cninode.NAME, "uid": "u1"}}
+    privileged = {trust.PRIVILEGED_LABEL: trust.PRIVILEGED}
+    assert trust.wants_host(agent)
+    decided = trust.node_agent(agent, privileged, daemonset)
+    assert decided.trusted == frozenset({cninode.CONTAINER})
+    assert decided.explanation == (
+        f"a node agent: DaemonSet {cninode.NAME} in cni, {trust.PRIVILEGED_LABEL}=privileged"
+    )
+    assert not trust.node_agent(agent, {trust.PRIVILEGED_LABEL: "baseline"}, daemonset).trusted
+    assert "is not labelled" in trust.node_agent(agent, {}, daemonset).explanation
+    # A reference anyone could write: to no DaemonSet, another one, or no controller at all.
+    assert not trust.node_agent(agent, privileged, None).trusted
+    assert not trust.node_agent(agent, privileged, {"metadata": {"uid": "u2"}}).trusted
+    for owners in ([], [{**owner, "kind": "ReplicaSet"}], [{**owner, "controller": False}]):
+        bare = {**agent, "metadata": {**agent["metadata"], "ownerReferences": owners}}
+        decided = trust.node_agent(bare, privileged, daemonset)
+        assert decided.explanation == "it asks for the node, and no DaemonSet controls it"
+    assert not trust.wants_host({"spec": {"volumes": [{"name": "v", "emptyDir": {}}]}})
+
+
 def test_pod_status_as_a_kubelet_reports_it():
     spec = {
         "initContainers": [
@@ -331,7 +361,7 @@ def test_log_selection():
 
 
 def test_a_missing_engine_names_the_command_that_builds_it(tmp_path, monkeypatch):
-    from intercept_proxy.cluster import ToolsError
+    from intercept_proxy.cluster.tools import ToolsError
 
     monkeypatch.setenv("INTERCEPT_TOOLS", str(tmp_path))
     with pytest.raises(ToolsError) as e:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from intercept_proxy.injector import cninode
 from tests.cluster.harness import CHART, LAB_UPSTREAMS, MEASUREMENTS, WORKLOAD_UID, pod
 from tests.kubernetes.chart import (
     labelled_pod,
@@ -86,6 +87,11 @@ def guarded(kube):
     try:
         kube.kubectl("create", "namespace", AMBASSADOR)
         kube.install(RELEASE, NAMESPACE, VALUES)
+        # CNI mode's node agent (its namespace exempt from the rules it breaks) on the node.
+        kube.kubectl(
+            "rollout", "status", "-n", "intercept-proxy-cni", f"daemonset/{cninode.NAME}",
+            "--timeout=120s",
+        )  # fmt: skip
         yield kube
     finally:
         if kube.helm("status", RELEASE, "-n", NAMESPACE, check=False).returncode == 0:

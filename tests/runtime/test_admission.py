@@ -208,3 +208,27 @@ def test_names_and_probes():
         manifest = pod(containers__0__readinessProbe=probe)
         dotted = f".{field}" if field else ""
         refused(manifest, f"spec.containers[0].readinessProbe{dotted}", problem)
+
+
+def test_only_the_nodes_own_agent_shares_the_node():
+    """hostNetwork and hostPath are refused unless the caller grants the node (a node agent);
+    hostPID and hostIPC always."""
+    host_path = {"name": "h", "hostPath": {"path": "/etc/cni/net.d", "type": "Directory"}}
+    for manifest, field, problem in (
+        (pod(hostNetwork=True), "spec.hostNetwork", "only the node's own agent"),
+        (pod(volumes=[host_path]), "spec.volumes[0]", "volume type ['hostPath']"),
+        (pod(hostPID=True), "spec.hostPID", "not supported here"),
+    ):
+        refused(manifest, field, problem)
+    check_pod(pod(hostNetwork=True, volumes=[host_path]), host=True)
+    with pytest.raises(AdmissionError, match="not supported here") as error:
+        check_pod(pod(hostIPC=True), host=True)
+    assert error.value.field == "spec.hostIPC"
+    for source, field, problem in (
+        ({"path": "etc"}, ".path", "not an absolute path"),
+        ({"path": "/etc/../root"}, ".path", "climbs out"),
+        ({"path": "/dev/sda", "type": "BlockDevice"}, ".type", "only Directory"),
+    ):
+        with pytest.raises(AdmissionError, match=re.escape(problem)) as error:
+            check_pod(pod(volumes=[{"name": "h", "hostPath": source}]), host=True)
+        assert error.value.field == f"spec.volumes[0].hostPath{field}"

@@ -76,9 +76,13 @@ def node(netns_prefix, tmp_path):
 
 
 def chain(node_netns: str, tmp_path: Path, *extra: dict) -> Chain:
+    """A chain of the node's configuration directory, holding the bridge's list (and `extra`)."""
     network = bridge_network("pods", "cni0", SUBNETS, tmp_path / "ipam")
     network["plugins"] += list(extra)
-    return Chain(network, node_netns, tmp_path / "results")
+    conf_dir = tmp_path / "net.d"
+    conf_dir.mkdir(exist_ok=True)
+    (conf_dir / "10-pods.conflist").write_text(json.dumps(network))
+    return Chain(conf_dir, node_netns, tmp_path / "results")
 
 
 def masquerade_rules(node_netns: str) -> list[str]:
@@ -109,7 +113,7 @@ def test_pods_attached_by_the_real_plugins_reach_each_other_and_detach_leaves_no
     }
     for name, uplink in uplinks.items():
         uplink.attach(name)
-    result = json.loads((tmp_path / "results" / f"{pod_b}-eth0.json").read_text())
+    result = json.loads((tmp_path / "results" / f"{pod_b}-eth0.json").read_text())["result"]
     assert [ip["address"] for ip in result["ips"]] == ["10.250.0.3/24", "fc00:10:250::3/64"]
     assert allocations(tmp_path) == {"10.250.0.2", "10.250.0.3", "fc00:10:250::2", "fc00:10:250::3"}
     assert masquerade_rules(node_ns), "ipMasq: what leaves the pods' subnets is masqueraded"
@@ -158,6 +162,28 @@ def test_a_namespace_that_is_not_there_and_a_missing_plugin_are_clear_errors(nod
         pods.add(Attachment("ghost", netns.NETNS_RUN_DIR / "no-such-pod"))
     assert "CNI ADD of ghost: plugin bridge: code " in str(refused.value)
     assert "no-such-pod" in str(refused.value)
-    elsewhere = Chain(pods.network, node_ns, tmp_path / "results", plugin_path=(tmp_path,))
+    elsewhere = Chain(pods.conf_dir, node_ns, tmp_path / "results", plugin_path=(tmp_path,))
     with pytest.raises(CniError, match=rf"CNI plugin bridge is not in {tmp_path} .*make install"):
         elsewhere.add(Attachment("ghost", netns.NETNS_RUN_DIR / "no-such-pod"))
+
+
+def test_the_list_is_the_directorys_first_and_a_del_uses_the_adds(node, tmp_path):
+    """As containerd: the first configuration by name at each ADD; the DEL runs the plugins
+    the ADD ran, whatever the directory holds by then (CNI mode's node agent edits it)."""
+    node_ns, pod_a, _ = node
+    empty = Chain(tmp_path / "none", node_ns, tmp_path / "results")
+    (tmp_path / "none").mkdir()
+    with pytest.raises(CniError, match="none has no configuration"):
+        empty.add(Attachment(pod_a, netns.NETNS_RUN_DIR / pod_a))
+    pods = chain(node_ns, tmp_path)
+    (pods.conf_dir / "20-later.conflist").write_text("not read")
+    attachment = Attachment(pod_a, netns.NETNS_RUN_DIR / pod_a)
+    pods.add(attachment)
+    listed = pods.conf_dir / "10-pods.conflist"
+    network = json.loads(listed.read_text())
+    # A plugin that is nowhere, added after the ADD: the DEL does not look for it.
+    network["plugins"].append({"type": "no-such-plugin"})
+    listed.write_text(json.dumps(network))
+    pods.delete(attachment)
+    assert allocations(tmp_path) == set()
+    assert [link for link in netns.links(pod_a) if link != "lo"] == []

@@ -96,3 +96,28 @@ def test_optional_missing_config_map_is_empty(tmp_path):
 def test_remove(volumes):
     volumes.remove()
     assert not volumes.root.exists()
+
+
+def test_a_node_agents_host_paths_are_the_nodes_own_directories(tmp_path):
+    """Found under the node's root, never outside it, whatever links lie on the way."""
+    node = tmp_path / "node"
+    (node / "etc" / "cni").mkdir(parents=True)
+    (node / "escape").symlink_to(tmp_path)
+    volumes = [
+        {"name": "conf", "hostPath": {"path": "/etc/cni", "type": "Directory"}},
+        {"name": "made", "hostPath": {"path": "/var/run/made", "type": "DirectoryOrCreate"}},
+    ]
+    pod = {"metadata": {}, "spec": {"volumes": volumes}}
+    v = PodVolumes(tmp_path / "v", pod, {}, host_root=node)
+    v.create()
+    assert v.path("conf") == node / "etc" / "cni"
+    assert (node / "var" / "run" / "made").is_dir()
+    v.remove()
+    assert (node / "etc" / "cni").is_dir()  # the node's, not the pod's to remove
+    for volume, message in (
+        ({"name": "x", "hostPath": {"path": "/escape/x"}}, "leaves the node"),
+        ({"name": "y", "hostPath": {"path": "/nowhere", "type": "Directory"}}, "is no directory"),
+    ):
+        bad = {"metadata": {}, "spec": {"volumes": [volume]}}
+        with pytest.raises(VolumeError, match=message):
+            PodVolumes(tmp_path / volume["name"], bad, {}, host_root=node).create()

@@ -1030,6 +1030,132 @@ Each definition is a JSON document for this release's values.
 }
 {{- end }}
 
+{{- define "intercept-proxy.injection.cniNode" -}}
+{
+  "name": "intercept-proxy-cni-node",
+  "pod": {
+    "serviceAccountName": "intercept-proxy-cni-node",
+    "automountServiceAccountToken": true,
+    "hostNetwork": true,
+    "priorityClassName": "system-node-critical",
+    "tolerations": [
+      {
+        "operator": "Exists"
+      }
+    ],
+    "terminationGracePeriodSeconds": 10,
+    "containers": [
+      {
+        "name": "cni-node",
+        "image": {{ printf "%s:%s" .Values.image.repository .Values.image.tag | toJson }},
+        "imagePullPolicy": {{ .Values.image.pullPolicy | toJson }},
+        "command": [
+          "intercept",
+          "cni-node",
+          "--cni-bin-dir",
+          "/host/cni/bin",
+          "--cni-conf-dir",
+          "/host/cni/net.d",
+          "--socket",
+          "@intercept-proxy-cni",
+          "--exclude-namespace",
+          "$(POD_NAMESPACE)"
+          {{- range .Values.capture.cni.excludeNamespaces }},
+          "--exclude-namespace", {{ . | toString | toJson }}
+          {{- end }},
+          "--ready-file",
+          "/tmp/installed",
+          "--daemonset",
+          "$(POD_NAMESPACE)/intercept-proxy-cni-node"
+        ],
+        "env": [
+          {
+            "name": "POD_NAMESPACE",
+            "valueFrom": {
+              "fieldRef": {
+                "fieldPath": "metadata.namespace"
+              }
+            }
+          },
+          {
+            "name": "XTABLES_LOCKFILE",
+            "value": "/tmp/xtables.lock"
+          }
+        ],
+        "securityContext": {
+          "runAsUser": 0,
+          "runAsGroup": 0,
+          "runAsNonRoot": false,
+          "allowPrivilegeEscalation": false,
+          "readOnlyRootFilesystem": true,
+          "capabilities": {
+            "drop": [
+              "ALL"
+            ],
+            "add": [
+              "NET_ADMIN",
+              "NET_RAW",
+              "SYS_ADMIN"
+            ]
+          },
+          "seccompProfile": {
+            "type": "RuntimeDefault"
+          }
+        },
+        "resources": {{ .Values.capture.cni.resources | toJson }},
+        "readinessProbe": {
+          "exec": {
+            "command": [
+              "test",
+              "-e",
+              "/tmp/installed"
+            ]
+          },
+          "periodSeconds": 2
+        },
+        "volumeMounts": [
+          {
+            "name": "cni-bin",
+            "mountPath": "/host/cni/bin"
+          },
+          {
+            "name": "cni-conf",
+            "mountPath": "/host/cni/net.d"
+          },
+          {
+            "name": "tmp",
+            "mountPath": "/tmp"
+          }
+        ]
+      }
+    ],
+    "volumes": [
+      {
+        "name": "cni-bin",
+        "hostPath": {
+          "path": {{ .Values.capture.cni.binDir | toJson }},
+          "type": "Directory"
+        }
+      },
+      {
+        "name": "cni-conf",
+        "hostPath": {
+          "path": {{ .Values.capture.cni.confDir | toJson }},
+          "type": "Directory"
+        }
+      },
+      {
+        "name": "tmp",
+        "emptyDir": {
+          "medium": "Memory",
+          "sizeLimit": "16Mi"
+        }
+      }
+    ]
+  }
+}
+{{- end }}
+
 {{- define "intercept-proxy.injection.approvals" -}}
 {
   "agent": "intercept-agent",

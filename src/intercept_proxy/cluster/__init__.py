@@ -1,7 +1,3 @@
 """A real control plane and a node of ours on this machine (`scripts/cluster`); see
-docs/cluster.md."""
-
-from intercept_proxy.cluster.cluster import Cluster, ClusterError, unique_name
-from intercept_proxy.cluster.tools import ToolsError
-
-__all__ = ["Cluster", "ClusterError", "ToolsError", "unique_name"]
+docs/cluster.md. `client` and `kubeconfig` are also the image's (CNI mode's node agent reads the
+API server with them), so this package imports nothing by itself."""

@@ -93,6 +93,8 @@ class Credentials:
     cert_file: Path | None = None
     key_file: Path | None = None
     token: str | None = None
+    # A token the kubelet renews in place (a projected service account token): read each time.
+    token_file: Path | None = None
 
 
 class KubeClient:
@@ -119,8 +121,11 @@ class KubeClient:
         headers = {"Accept": JSON, "User-Agent": "intercept-cluster"}
         if content_type is not None:
             headers["Content-Type"] = content_type
-        if self.credentials.token:
-            headers["Authorization"] = f"Bearer {self.credentials.token}"
+        token = self.credentials.token
+        if self.credentials.token_file is not None:
+            token = self.credentials.token_file.read_text().strip()
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         return headers
 
     def request(

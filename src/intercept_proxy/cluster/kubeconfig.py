@@ -1,7 +1,9 @@
-"""Kubeconfig files: a client certificate's or a bearer token's."""
+"""Kubeconfig files: a client certificate's or a bearer token's; a pod's own credentials."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +70,16 @@ def credentials(path: Path) -> Credentials:
         Path(key) if key else None,
         u.get("token"),
     )
+
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def in_cluster(env: Mapping[str, str] = os.environ) -> Credentials:
+    """A pod's: its service account's token and CA, the API server the kubelet names in the
+    pod's environment. ValueError if this is no pod."""
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        raise ValueError("not in a pod: KUBERNETES_SERVICE_HOST and _PORT are not set")
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return Credentials(server, SERVICE_ACCOUNT / "ca.crt", token_file=SERVICE_ACCOUNT / "token")

@@ -12,7 +12,8 @@ Files (NAME.crt and NAME.key) and what they are:
 - node (system:node:NODE, O=system:nodes): the node agent, held by the Node authorizer and
   NodeRestriction like a kubelet; node-serving: its log endpoint (127.0.0.1, NODE);
 - apiserver-kubelet-client: the API server at the node's log endpoint (`kubectl logs`);
-- injection-policy-reader: the node agent reading the chart's injection ClusterPolicies;
+- injection-policy-reader: the node agent reading the chart's injection ClusterPolicies, and
+  for pods that ask for the node, their namespace (its Pod Security level) and DaemonSet;
 - kube-proxy (system:kube-proxy, bound to system:node-proxier by the API server's own policy);
 - coredns (system:coredns, bound by the cluster to a role reading Services, EndpointSlices, pods
   and namespaces: cluster/dns.py);

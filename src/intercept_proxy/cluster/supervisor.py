@@ -197,7 +197,11 @@ class Supervisor:
                         "apiGroups": ["kyverno.io"],
                         "resources": ["clusterpolicies"],
                         "verbs": ["get", "list", "watch"],
-                    }
+                    },
+                    # A pod asking for the node runs only as a DaemonSet's, in a privileged
+                    # namespace.
+                    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+                    {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
                 ],
             }
         )

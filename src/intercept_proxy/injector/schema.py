@@ -128,6 +128,11 @@ DEFINITIONS: dict[str, Any] = {
         "fd00:10:96::/112); IPv6 in lower case, its leading groups then ::."
     ),
     "dnsName": {"type": "string", "pattern": f"^{_DNS_NAME}$", "maxLength": 253},
+    "nodeDirectory": {
+        "type": "string",
+        "description": "An absolute path on the nodes, not /, without spaces.",
+        "pattern": "^/\\S+$",
+    },
     "dnsNameOrNone": {
         "type": "string",
         "description": "A DNS name, or empty for none.",
@@ -330,6 +335,31 @@ PROPERTIES: dict[str, Any] = {
                 "node's CNI plugin, proxy-init only checking it as an ordinary user (cni: "
                 "intercepted pods pass Pod Security restricted; the node must run the plugin).",
                 CAPTURE_MODES,
+            ),
+            "cni": _object(
+                "CNI mode's node agent, a DaemonSet that installs the plugin on every node and "
+                "captures the pods it attaches.",
+                {
+                    "nodeAgent": {
+                        "type": "boolean",
+                        "description": "Install it (mode cni); false: you run "
+                        "`intercept cni-node` on the nodes yourself.",
+                    },
+                    "namespace": _ref("dnsName", "Its namespace (not the release's)."),
+                    "createNamespace": {
+                        "type": "boolean",
+                        "description": "Create that namespace, Pod Security privileged: the "
+                        "agent is root with NET_ADMIN, NET_RAW and SYS_ADMIN.",
+                    },
+                    "binDir": _ref("nodeDirectory", "The nodes' CNI plugin directory."),
+                    "confDir": _ref("nodeDirectory", "The nodes' CNI configuration directory."),
+                    "excludeNamespaces": _list(
+                        "Namespaces whose pods the plugin passes without asking the agent "
+                        "(they start while it is away), besides its own.",
+                        _ref("dnsName"),
+                    ),
+                    "resources": _resources("The node agent's"),
+                },
             ),
         },
     ),

@@ -119,6 +119,14 @@ class InjectorSettings:
     )
     # A stopping replica's grace period: it drains for all of it but the last DRAIN_MARGIN_S.
     gateway_grace_s: int = 30
+    # CNI mode's node agent (injector/cninode.py): the nodes' CNI directories, the namespaces
+    # whose pods the plugin passes without asking (besides the agent's own), its size.
+    cni_bin_dir: str = "/opt/cni/bin"
+    cni_conf_dir: str = "/etc/cni/net.d"
+    cni_exclude_namespaces: tuple[str, ...] = ("kube-system",)
+    cni_node_resources: Resources = field(
+        default_factory=lambda: Resources({"cpu": "10m", "memory": "64Mi"}, {"memory": "256Mi"})
+    )
 
     def __post_init__(self) -> None:
         reserved = {0, self.envoy_uid, self.agent_uid}
@@ -153,9 +161,13 @@ class InjectorSettings:
             raise SettingsError(
                 f"image_pull_policy: {self.image_pull_policy!r} is not one of {PULL_POLICIES}"
             )
+        for name in ("cni_bin_dir", "cni_conf_dir"):
+            path = getattr(self, name)
+            if not path.startswith("/") or path.rstrip("/") == "" or "\0" in path:
+                raise SettingsError(f"{name}: {path!r} is not an absolute directory of the node")
         for name in (
             "agent_resources", "envoy_resources", "init_resources",
-            "gateway_agent_resources", "gateway_envoy_resources",
+            "gateway_agent_resources", "gateway_envoy_resources", "cni_node_resources",
         ):  # fmt: skip
             getattr(self, name).check(name)
 

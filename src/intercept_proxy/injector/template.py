@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from intercept_proxy.agent.control import approver_commands
-from intercept_proxy.injector import gateway
+from intercept_proxy.injector import cninode, gateway
 from intercept_proxy.injector.pod import (
     AGENT,
     SIDECARS,
@@ -90,6 +90,8 @@ DOCUMENTS: dict[str, Callable[[InjectorSettings], Any]] = {
         "caSecret": gateway.CA_SECRET,
         "clientTrust": gateway.client_trust(s),
     },
+    # CNI mode's node agent (its DaemonSet's pod).
+    "cniNode": lambda s: {"name": cninode.NAME, "pod": cninode.pod_spec(s)},
     # The one exception to no-exec-into-sidecars: the approvers' commands in the agent's.
     "approvals": lambda s: {
         "agent": AGENT,

@@ -62,6 +62,12 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
             "allowedCidrs": list(s.allowed_cidrs),
             "inboundPorts": list(s.inbound_ports),
             "mode": s.capture_mode,
+            "cni": {
+                "binDir": s.cni_bin_dir,
+                "confDir": s.cni_conf_dir,
+                "excludeNamespaces": list(s.cni_exclude_namespaces),
+                "resources": _resources_values(s.cni_node_resources),
+            },
         },
         "dns": {"forwardSuffixes": list(s.dns_forward_suffixes)},
         "upstream": {"privateRanges": list(s.upstream_private_ranges)},
@@ -223,6 +229,10 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         allowed_cidrs=tuple(values["capture"]["allowedCidrs"]),
         inbound_ports=tuple(values["capture"]["inboundPorts"]),
         capture_mode=values["capture"]["mode"],
+        cni_bin_dir=values["capture"]["cni"]["binDir"],
+        cni_conf_dir=values["capture"]["cni"]["confDir"],
+        cni_exclude_namespaces=tuple(values["capture"]["cni"]["excludeNamespaces"]),
+        cni_node_resources=_resources(values["capture"]["cni"]["resources"]),
         dns_forward_suffixes=tuple(values["dns"]["forwardSuffixes"]),
         upstream_private_ranges=tuple(values["upstream"]["privateRanges"]),
         policy_config_map=f"{release}-policy",
@@ -275,6 +285,14 @@ HELM_PARAMETERS: dict[str, Parameter] = {
     "allowed_cidrs": Parameter(".Values.capture.allowedCidrs", ("192.0.2.1/32", "192.0.2.2/32")),
     "inbound_ports": Parameter(".Values.capture.inboundPorts", (61900, 61901), _PORT),
     "capture_mode": Parameter(".Values.capture.mode", choices=CAPTURE_MODES),
+    "cni_bin_dir": Parameter(".Values.capture.cni.binDir", "/sentinel/cni-bin"),
+    "cni_conf_dir": Parameter(".Values.capture.cni.confDir", "/sentinel/cni-conf"),
+    "cni_exclude_namespaces": Parameter(
+        ".Values.capture.cni.excludeNamespaces", ("sentinel-ns-1", "sentinel-ns-2")
+    ),
+    "cni_node_resources": Parameter(
+        ".Values.capture.cni.resources", Resources({"cpu": "990006m"}, {"memory": "990006Mi"})
+    ),
     "dns_forward_suffixes": Parameter(
         ".Values.dns.forwardSuffixes", ("s1.sentinel.invalid", "s2.sentinel.invalid")
     ),

@@ -1,31 +1,28 @@
-"""`intercept-proxy-cni`: the CNI plugin of CNI mode, chained after the plugin that attaches the
-pod (bridge, ...), run by the node's container runtime as root in the node's namespace.
+"""CNI mode's capture, as the node agent (`netfilter.cninode`) makes it for the CNI plugin
+`intercept-proxy-cni` (`cni/`, the Go program the node's container runtime runs, chained after
+the plugin that attaches the pod). The plugin answers alone what needs no pod (VERSION, DEL,
+sandboxes that are not Kubernetes pods, excluded namespaces) and hands every other ADD and
+CHECK here, with the pod's network namespace.
 
-ADD reads the pod (`CNI_ARGS` K8S_POD_NAMESPACE and K8S_POD_NAME) from the API server with the
-kubeconfig its configuration names. A pod injected in CNI mode names its capture in its first
-init container, the check `intercept proxy-init --check ARGS`: the plugin installs the rules
-ARGS describe in the pod's namespace (`CNI_NETNS`) and verifies them, as proxy-init does in init
-mode. Any other pod is left alone. The result is the previous plugin's. CHECK verifies the
-rules in force.
+ADD reads the pod (`CNI_ARGS` K8S_POD_NAMESPACE and K8S_POD_NAME) from the API server. A pod
+injected in CNI mode names its capture in its first init container, the check
+`intercept proxy-init --check ARGS`: the rules ARGS describe are installed in the pod's namespace
+and verified, as proxy-init does in init mode. Any other pod is left alone. The result is the
+previous plugin's. CHECK verifies the rules in force.
 
 Fail closed: a pod that cannot be read, or rules that cannot be installed or verified, fail the
 ADD, and the runtime makes the pod's network again later; the pod's own check fails it if it
-ever starts without them. DEL changes nothing: the rules go with the pod's namespace, and
-removing them first would let a stopping workload out.
+ever starts without them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 from intercept_proxy.cluster.client import ApiError, KubeClient
-from intercept_proxy.cluster.kubeconfig import credentials
 from intercept_proxy.injector.pod import cni_capture
 from intercept_proxy.netfilter.apply import NetfilterError, apply, verify
 from intercept_proxy.netfilter.builder import render
@@ -33,19 +30,20 @@ from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
 from intercept_proxy.options import add_arguments, flag_of, from_arguments
 
 PLUGIN = "intercept-proxy-cni"
-SUPPORTED_VERSIONS = ("0.4.0", "1.0.0")
 # The CNI specification's error codes.
-INCOMPATIBLE_VERSION, INVALID_ENVIRONMENT, DECODING_FAILURE, INVALID_CONFIG = 1, 4, 6, 7
-TRY_AGAIN_LATER = 11
+INVALID_ENVIRONMENT, DECODING_FAILURE, INVALID_CONFIG, TRY_AGAIN_LATER = 4, 6, 7, 11
 INTERNAL = 999
 CAPTURE_FAILED = 100  # ours
 
+PodReader = Callable[[str, str], dict[str, Any]]
 
-def plugin_config(kubeconfig: Path, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The plugin's entry in a network configuration list, after the plugin attaching pods.
-    `exclude`: namespaces whose pods it passes without reading them (they start while the API
-    server is unreachable; a pod of theirs injected in CNI mode then fails its own check)."""
-    return {"type": PLUGIN, "kubeconfig": str(kubeconfig), "excludeNamespaces": list(exclude)}
+
+def plugin_config(socket: str, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The plugin's entry in a network configuration list, after the plugin attaching pods:
+    the node agent's socket, and the namespaces whose pods it passes without asking (they start
+    while the agent or the API server is away; a pod of theirs injected in CNI mode then fails
+    its own check)."""
+    return {"type": PLUGIN, "socket": socket, "excludeNamespaces": list(exclude)}
 
 
 class PluginError(Exception):
@@ -81,44 +79,46 @@ def cni_args(text: str) -> dict[str, str]:
     return pairs
 
 
-def _environment(env: Mapping[str, str], *names: str) -> list[str]:
-    missing = [n for n in names if not env.get(n)]
-    if missing:
-        raise PluginError(INVALID_ENVIRONMENT, f"{', '.join(missing)} not set")
-    return [env[n] for n in names]
+def pod_reader(client: KubeClient) -> PodReader:
+    """Pods read with `client`; what cannot be read is an error to try again later."""
+
+    def read(namespace: str, name: str) -> dict[str, Any]:
+        try:
+            pod: dict[str, Any] = client.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        except (OSError, ValueError, ApiError) as e:
+            raise PluginError(
+                TRY_AGAIN_LATER, f"cannot read pod {namespace}/{name}", str(e)
+            ) from None
+        if not isinstance(pod, dict) or pod.get("kind") != "Pod":
+            raise PluginError(
+                TRY_AGAIN_LATER, f"pod {namespace}/{name}: the API server sent no Pod"
+            )
+        return pod
+
+    return read
 
 
-def read_pod(config: Mapping[str, Any], namespace: str, name: str) -> dict[str, Any]:
-    kubeconfig = config.get("kubeconfig")
-    if not isinstance(kubeconfig, str) or not kubeconfig:
-        raise PluginError(INVALID_CONFIG, f"{PLUGIN}: the configuration names no kubeconfig")
-    try:
-        client = KubeClient(credentials(Path(kubeconfig)), timeout=10)
-        pod: dict[str, Any] = client.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
-    except (OSError, ValueError, ApiError) as e:
-        raise PluginError(TRY_AGAIN_LATER, f"cannot read pod {namespace}/{name}", str(e)) from None
-    if not isinstance(pod, dict) or pod.get("kind") != "Pod":
-        raise PluginError(TRY_AGAIN_LATER, f"pod {namespace}/{name}: the API server sent no Pod")
-    return pod
-
-
-def capture(config: Mapping[str, Any], env: Mapping[str, str], install: bool) -> dict[str, Any]:
-    """ADD (`install`) or CHECK: the pod's capture installed and verified, or only verified;
-    the previous plugin's result."""
+def capture(
+    config: Mapping[str, Any],
+    env: Mapping[str, str],
+    netns: str,
+    read_pod: PodReader,
+    install: bool,
+) -> dict[str, Any]:
+    """ADD (`install`) or CHECK: the capture of the pod `env` names installed in `netns` (a
+    path) and verified, or only verified; the previous plugin's result."""
     previous = config.get("prevResult")
     if not isinstance(previous, dict):
         raise PluginError(
             INVALID_CONFIG, f"{PLUGIN} is chained: it needs the attaching plugin's prevResult"
         )
-    (netns,) = _environment(env, "CNI_NETNS")
-    if not netns.startswith("/"):
-        raise PluginError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns!r} is not a path")
     args = cni_args(env.get("CNI_ARGS", ""))
-    if "K8S_POD_NAMESPACE" not in args or "K8S_POD_NAME" not in args:
-        return previous  # not a Kubernetes pod: nothing of ours
-    if args["K8S_POD_NAMESPACE"] in (config.get("excludeNamespaces") or ()):
-        return previous
-    pod = read_pod(config, args["K8S_POD_NAMESPACE"], args["K8S_POD_NAME"])
+    namespace, name = (args.get(k) for k in ("K8S_POD_NAMESPACE", "K8S_POD_NAME"))
+    if not namespace or not name:
+        raise PluginError(
+            INVALID_ENVIRONMENT, "CNI_ARGS: K8S_POD_NAMESPACE and K8S_POD_NAME are needed"
+        )
+    pod = read_pod(namespace, name)
     uid = (pod.get("metadata") or {}).get("uid")
     if args.get("K8S_POD_UID") and uid != args["K8S_POD_UID"]:
         raise PluginError(
@@ -143,10 +143,10 @@ def capture(config: Mapping[str, Any], env: Mapping[str, str], install: bool) ->
     return previous
 
 
-def run(command: str, stdin: str, env: Mapping[str, str]) -> dict[str, Any] | None:
-    """The plugin's answer to one invocation (None: nothing to print)."""
-    if command == "VERSION":
-        return {"cniVersion": SUPPORTED_VERSIONS[-1], "supportedVersions": list(SUPPORTED_VERSIONS)}
+def run(
+    command: str, stdin: str, env: Mapping[str, str], netns: str, read_pod: PodReader
+) -> dict[str, Any] | None:
+    """The plugin's answer to an ADD or CHECK the plugin handed on (None: nothing to print)."""
     try:
         config = json.loads(stdin)
     except ValueError as e:
@@ -155,34 +155,39 @@ def run(command: str, stdin: str, env: Mapping[str, str]) -> dict[str, Any] | No
         ) from None
     if not isinstance(config, dict):
         raise PluginError(DECODING_FAILURE, f"{PLUGIN}: its configuration is not an object")
-    if config.get("cniVersion") not in SUPPORTED_VERSIONS:
-        raise PluginError(
-            INCOMPATIBLE_VERSION,
-            f"{PLUGIN}: CNI version {config.get('cniVersion')!r} is not one of "
-            f"{', '.join(SUPPORTED_VERSIONS)}",
-        )
     if command == "ADD":
-        return {**capture(config, env, install=True), "cniVersion": config["cniVersion"]}
+        result = capture(config, env, netns, read_pod, install=True)
+        return {**result, "cniVersion": config.get("cniVersion")}
     if command == "CHECK":
-        capture(config, env, install=False)
+        capture(config, env, netns, read_pod, install=False)
         return None
-    if command in ("DEL", "GC", "STATUS"):
-        return None  # see the module's description
     raise PluginError(INVALID_ENVIRONMENT, f"CNI_COMMAND {command!r} is not known")
 
 
-def main() -> int:
-    command = os.environ.get("CNI_COMMAND", "")
+def answer(stdin: str, env: Mapping[str, str], netns: str, read_pod: PodReader) -> tuple[int, str]:
+    """The plugin's exit status and output for one call: its result, or the CNI error JSON of
+    what failed (an unexpected exception too: the ADD fails, closed)."""
     try:
-        answer = run(command, "" if command == "VERSION" else sys.stdin.read(), os.environ)
-    except Exception as e:  # always an error the runtime can read: the ADD fails (closed)
+        result = run(env.get("CNI_COMMAND", ""), stdin, env, netns, read_pod)
+    except Exception as e:
         if not isinstance(e, PluginError):
             e = PluginError(INTERNAL, f"{PLUGIN}: {type(e).__name__}: {e}")
-        error = {"cniVersion": SUPPORTED_VERSIONS[-1], "code": e.code, "msg": e.message}
-        if e.details:
-            error["details"] = e.details
-        print(json.dumps(error))
-        return 1
-    if answer is not None:
-        print(json.dumps(answer))
-    return 0
+        return failure(e, stdin)
+    return 0, "" if result is None else json.dumps(result)
+
+
+def failure(e: PluginError, stdin: str) -> tuple[int, str]:
+    """The exit status and CNI error JSON of `e`, for the call whose configuration is
+    `stdin`."""
+    error = {"cniVersion": _version(stdin), "code": e.code, "msg": e.message}
+    if e.details:
+        error["details"] = e.details
+    return 1, json.dumps(error)
+
+
+def _version(stdin: str) -> str:
+    """The configuration's CNI version, which the plugin checked, for an error's JSON."""
+    try:
+        return str(json.loads(stdin).get("cniVersion", ""))
+    except (ValueError, AttributeError):
+        return ""

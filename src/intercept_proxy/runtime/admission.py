@@ -11,6 +11,9 @@ with its caller, so it checks every field it uses itself, and names the field in
 - privileges: no privileged container, no capability but NET_BIND_SERVICE, no privilege
   escalation (this machine's setuid programs are in every container's root), no profile that
   turns the runtime's seccomp filter off;
+- the node: no host namespace (hostNetwork, hostPID, hostIPC) and no hostPath volume, but for
+  a pod its caller trusts as the node's own agent (`host`: a node's CNI agent), which may share
+  the node's network and mount directories of the node's own filesystem;
 - names and paths: container and volume names are DNS labels (they name directories), keys and
   item paths are relative and never climb out (`..`), as the API server requires;
 - probes: an HTTP probe's port is a number and its path a path.
@@ -32,6 +35,8 @@ from intercept_proxy.runtime.volumes import VolumeError, quantity_bytes
 MIN_GROUP = 1000  # below: this machine's system accounts and groups (disk, shadow, docker, ...)
 ALLOWED_CAPABILITIES = frozenset({"NET_BIND_SERVICE"})
 VOLUME_TYPES = ("emptyDir", "configMap", "secret", "downwardAPI")
+HOST_PATH_TYPES = ("", "Directory", "DirectoryOrCreate")
+HOST_NAMESPACES = ("hostNetwork", "hostPID", "hostIPC")
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
 
@@ -115,11 +120,31 @@ def _items(items: object, where: str, keyed: bool) -> None:
         _mode(item.get("mode"), f"{at}.mode")
 
 
-def check_volume(volume: object, where: str) -> str:
+def _host_path(source: object, where: str) -> None:
+    if not isinstance(source, dict):
+        raise AdmissionError(where, "is not an object")
+    path = source.get("path")
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise AdmissionError(f"{where}.path", f"{path!r} is not an absolute path")
+    if ".." in path.split("/"):
+        raise AdmissionError(f"{where}.path", f"{path!r} climbs out (..)")
+    if source.get("type", "") not in HOST_PATH_TYPES:
+        raise AdmissionError(
+            f"{where}.type",
+            f"{source.get('type')!r} is not supported here: only Directory, DirectoryOrCreate",
+        )
+
+
+def check_volume(volume: object, where: str, host: bool = False) -> str:
+    """A volume's name, once its type and fields are ones this runtime provides (`host`: a
+    hostPath too)."""
     if not isinstance(volume, dict):
         raise AdmissionError(where, "is not an object")
     name = _label(volume.get("name"), f"{where}.name")
     kinds = sorted(set(volume) - {"name"})
+    if host and kinds == ["hostPath"]:
+        _host_path(volume["hostPath"], f"{where}.hostPath")
+        return name
     if len(kinds) != 1 or kinds[0] not in VOLUME_TYPES:
         raise AdmissionError(
             where,
@@ -229,13 +254,30 @@ def check_objects(objects: Mapping[tuple[str, str], dict[str, Any]]) -> None:
                 _key(key, f"{kind} {name}: {field}[{key!r}]")
 
 
-def check_pod(pod: object, trusted: Collection[str] = (), accounts: Accounts = Accounts()) -> None:
+def check_pod(
+    pod: object,
+    trusted: Collection[str] = (),
+    accounts: Accounts = Accounts(),
+    host: bool = False,
+) -> None:
     """Refuse `pod` unless this runtime can run it safely. `trusted`: the names of the
     interceptor's own containers (verified to be the injector's), which alone may be root;
-    `accounts`: this machine's, which no other container may use."""
+    `accounts`: this machine's, which no other container may use; `host`: the pod is the
+    node's own agent, which may share the node's network and mount its directories."""
     if not isinstance(pod, dict) or not isinstance(pod.get("spec"), dict):
         raise AdmissionError("spec", "missing")
     spec = pod["spec"]
+    for field in HOST_NAMESPACES:
+        if spec.get(field) and not (host and field == "hostNetwork"):
+            raise AdmissionError(
+                f"spec.{field}",
+                "not supported here"
+                + (
+                    ": only the node's own agent shares the node's network"
+                    if field == "hostNetwork"
+                    else ""
+                ),
+            )
     pod_context = _security(spec.get("securityContext"), "spec.securityContext", trusted=False)
     for field in ("supplementalGroups", "fsGroup"):
         values = pod_context.get(field)
@@ -246,7 +288,7 @@ def check_pod(pod: object, trusted: Collection[str] = (), accounts: Accounts = A
                 if accounts.taken(gid, group=True):
                     raise AdmissionError(at, f"{gid} is a group of this machine")
     volumes = {
-        check_volume(v, f"spec.volumes[{i}]") for i, v in enumerate(spec.get("volumes") or [])
+        check_volume(v, f"spec.volumes[{i}]", host) for i, v in enumerate(spec.get("volumes") or [])
     }
     if len(volumes) != len(spec.get("volumes") or []):
         raise AdmissionError("spec.volumes", "two volumes have the same name")

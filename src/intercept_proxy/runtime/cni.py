@@ -7,7 +7,11 @@ bridge is) and configure the pod's through `CNI_NETNS`.
 - `bridge_network`: the node's network configuration (pure): a bridge that is every pod's
   default gateway, host-local addresses from one IPv4 and one IPv6 subnet, masquerade for what
   leaves the pods' subnets.
-- `Chain`: ADD and DEL of one network configuration, with the results cached for DEL.
+- `Chain`: ADD and DEL of the network configuration list a node's configuration directory holds
+  (`cniconf`: read at each ADD as containerd does; the node agent of CNI mode adds its plugin
+  there), with the list and the result cached for DEL. Plugins are the system's (`CNI_PATH`),
+  but the few named ones found elsewhere (CNI mode's, in the node's own directory, which a node
+  agent writes: nothing else is ever taken from there).
 - `CniUplink`: a pod's uplink (`runtime.network.Uplink`) through a chain.
 """
 
@@ -16,13 +20,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from intercept_proxy import netns
+from intercept_proxy.cniconf import network_file
 from intercept_proxy.pki.files import write_private
 from intercept_proxy.runtime.network import NetworkError
 
@@ -31,6 +37,8 @@ CNI_VERSION = "1.0.0"
 PLUGIN_DIR = Path("/usr/lib/cni")
 POD_IFNAME = "eth0"
 PLUGIN_TIMEOUT = 60  # seconds
+# A plugin's type is a file name (libcni refuses a path).
+_PLUGIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 # What `bridge_network` runs: the plugin and its address manager.
 BRIDGE_PLUGINS = ("bridge", "host-local")
 
@@ -120,23 +128,30 @@ def _failure(plugin: str, command: str, attachment: Attachment, out: str, err: s
 
 @dataclass
 class Chain:
-    """ADD and DEL of `network` (a configuration list), the plugins running in the namespace
-    `host_netns`; each ADD's result is kept in `cache_dir`, for DEL."""
+    """ADD and DEL of the network list of `conf_dir`, the plugins running in the namespace
+    `host_netns`; each ADD's list and result are kept in `cache_dir`, for DEL."""
 
-    network: Mapping[str, Any]
+    conf_dir: Path
     host_netns: str
     cache_dir: Path
     plugin_path: tuple[Path, ...] = (PLUGIN_DIR,)
+    # Plugins by type found outside `plugin_path`, which the plugins are not told of.
+    extra_plugins: Mapping[str, Path] = field(default_factory=dict)
 
     def _invoke(
         self,
         command: str,
+        network: Mapping[str, Any],
         plugin: Mapping[str, Any],
         attachment: Attachment,
         previous: Mapping[str, Any] | None,
     ) -> dict[str, Any]:
-        kind = str(plugin["type"])
-        found = [d / kind for d in self.plugin_path if os.access(d / kind, os.X_OK)]
+        kind = str(plugin.get("type"))
+        if not _PLUGIN_NAME.fullmatch(kind):
+            raise CniError(f"CNI {command} of {attachment.container_id}: type {kind!r} is no name")
+        candidates = [self.extra_plugins[kind]] if kind in self.extra_plugins else []
+        candidates += [d / kind for d in self.plugin_path]
+        found = [c for c in candidates if os.access(c, os.X_OK)]
         if not found:
             where = ":".join(str(d) for d in self.plugin_path)
             raise CniError(f"CNI plugin {kind} is not in {where} (`make install`)")
@@ -144,7 +159,7 @@ class Chain:
         try:
             result = subprocess.run(
                 netns.exec_argv(self.host_netns, [str(executable)]),
-                input=json.dumps(plugin_input(self.network, plugin, previous)),
+                input=json.dumps(plugin_input(network, plugin, previous)),
                 env={**os.environ, **plugin_environment(command, attachment, self.plugin_path)},
                 capture_output=True,
                 text=True,
@@ -170,37 +185,56 @@ class Chain:
     def _cached(self, attachment: Attachment) -> Path:
         return self.cache_dir / f"{attachment.container_id}-{attachment.ifname}.json"
 
+    def network(self) -> dict[str, Any]:
+        """The list in force."""
+        path = network_file(self.conf_dir) if self.conf_dir.is_dir() else None
+        if path is None:
+            raise CniError(f"no CNI network: {self.conf_dir} has no configuration")
+        try:
+            network: dict[str, Any] = json.loads(path.read_text())
+            if not isinstance(network.get("plugins"), list):
+                raise ValueError("its plugins are not a list")
+        except (OSError, ValueError, AttributeError) as e:
+            raise CniError(f"the CNI network {path}: {e}") from None
+        return network
+
     def add(self, attachment: Attachment) -> dict[str, Any]:
         """Attach: every plugin's ADD in order; the last result. On a failure, what the earlier
         plugins made is deleted again (with no result, as a runtime that cached none) before the
         error is raised."""
+        network = self.network()
         result: dict[str, Any] | None = None
         try:
-            for plugin in self.network["plugins"]:
-                result = self._invoke("ADD", plugin, attachment, result)
+            for plugin in network["plugins"]:
+                result = self._invoke("ADD", network, plugin, attachment, result)
             assert result is not None
-            write_private(self._cached(attachment), json.dumps(result).encode())
+            cached = {"network": network, "result": result}
+            write_private(self._cached(attachment), json.dumps(cached).encode())
         except BaseException:
             with contextlib.suppress(CniError):  # the ADD's own error says more
-                self._delete(attachment, None)
+                self._delete(attachment, network, None)
             raise
         return result
 
     def delete(self, attachment: Attachment) -> None:
-        """Detach: every plugin's DEL in reverse order, each given the cached ADD result; the
-        first failure is raised once all have run."""
+        """Detach: every plugin of the ADD's list, DEL in reverse order, each given the cached
+        ADD result; the first failure is raised once all have run."""
         cached = self._cached(attachment)
-        result = None
-        with contextlib.suppress(OSError, ValueError):  # none cached: DEL without it
-            result = json.loads(cached.read_text())
-        self._delete(attachment, result)
+        try:
+            known = json.loads(cached.read_text())
+            network, result = known["network"], known["result"]
+        except (OSError, ValueError, KeyError, TypeError):  # none cached: the list in force
+            network, result = self.network(), None
+        self._delete(attachment, network, result)
         cached.unlink(missing_ok=True)
 
-    def _delete(self, attachment: Attachment, result: Mapping[str, Any] | None) -> None:
+    def _delete(
+        self, attachment: Attachment, network: Mapping[str, Any], result: Mapping[str, Any] | None
+    ) -> None:
         failures = []
-        for plugin in reversed(self.network["plugins"]):
+        for plugin in reversed(network["plugins"]):
             try:
-                self._invoke("DEL", plugin, attachment, result)
+                self._invoke("DEL", network, plugin, attachment, result)
             except CniError as e:
                 failures.append(str(e))
         if failures:

@@ -104,6 +104,17 @@ class PodError(RuntimeError):
     """The pod could not start or run; the message says which container and why."""
 
 
+@dataclass(frozen=True)
+class HostAccess:
+    """What a pod its caller trusts as the node's own agent (a CNI node agent) may reach of the
+    node: its network namespace (`hostNetwork`), its filesystem (`hostPath`, under `root`), and
+    the environment the node gives such pods (the API server where its network reaches it)."""
+
+    netns: str
+    root: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Options:
     uplink: Uplink
@@ -127,6 +138,8 @@ class Options:
     # log for `intercept run`) instead of going to `output`.
     stdout_files: Mapping[str, Path] = field(default_factory=dict)
     output: IO[str] | None = None
+    # The node's own agent's (with `trusted`: all its containers); None for any other pod.
+    host: HostAccess | None = None
 
 
 # A sidecar that exits is started again after 0.5 s, 1 s, 2 s, ... up to 10 s; one that ran this
@@ -158,15 +171,24 @@ class LocalPod:
         options: Options,
     ) -> None:
         admission.check_pod(
-            pod, options.trusted, admission.Accounts.of_this_machine(options.operator_ids)
+            pod,
+            options.trusted,
+            admission.Accounts.of_this_machine(options.operator_ids),
+            host=options.host is not None,
         )
         admission.check_objects(objects)
         self.pod = pod
         self.spec = pod.get("spec") or {}
         self.options = options
         self.name = f"{options.prefix}-pod"
+        host = options.host
+        # The network namespace its containers run in: its own, or the node's.
+        self.host_network = host is not None and bool(self.spec.get("hostNetwork"))
+        self.netns = host.netns if host is not None and self.host_network else self.name
         self.dir = POD_ROOT / f"intercept-pod-{options.prefix}"
-        self.volumes = PodVolumes(self.dir / "volumes", pod, objects)
+        self.volumes = PodVolumes(
+            self.dir / "volumes", pod, objects, host_root=host.root if host else None
+        )
         self._sidecars: list[_Running] = []
         self._stopping = threading.Event()
         self.started = threading.Event()  # set once the app containers run
@@ -199,8 +221,9 @@ class LocalPod:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=False)
         state.register(self.options.prefix, self.name)
         self.volumes.create()
-        netns.create(self.name)
-        self.options.uplink.attach(self.name)
+        if not self.host_network:
+            netns.create(self.name)
+            self.options.uplink.attach(self.name)
         # Envoy's own lookups (and forwarded suffixes) use the uplink's real resolvers; the
         # workload's lookups never reach them (they are redirected to the agent).
         servers = self.options.uplink.nameservers
@@ -221,10 +244,13 @@ class LocalPod:
             running = list(self._sidecars)
         for r in reversed(running):
             _terminate(r.process)
-        steps: list[tuple[str, Callable[[], None]]] = [
+        own_network: list[tuple[str, Callable[[], None]]] = [
             # The uplink first: a CNI DEL undoes what it made through the pod's namespace.
             ("uplink", self.options.uplink.detach),
             ("namespace", lambda: netns.delete(self.name)),
+        ]
+        steps: list[tuple[str, Callable[[], None]]] = [
+            *([] if self.host_network else own_network),
             ("volumes", self.volumes.remove),
             ("mount points", lambda: state.release(self.options.prefix)),
             ("pod directory", lambda: shutil.rmtree(self.dir, ignore_errors=True)),
@@ -275,6 +301,7 @@ class LocalPod:
         """The container's process: `enter` builds its root and starts its program as its
         identity."""
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.pod.get("metadata", {}).get("name", "")}
+        env |= self.options.host.env if self.options.host is not None else {}
         env |= container_env(container, self.pod, self.volumes.object_data)
         who = self._identity(container)
         scratch = self.dir / "containers" / f"{container['name']}-{next(self._serial)}"
@@ -295,7 +322,7 @@ class LocalPod:
         # namespaces in the pod's network namespace; `enter` becomes the PID namespace's init.
         namespaces = [
             "setpriv", "--pdeathsig", "KILL", "--",
-            "nsenter", f"--net={netns.NETNS_RUN_DIR / self.name}", "--",
+            "nsenter", f"--net={netns.NETNS_RUN_DIR / self.netns}", "--",
             "unshare", "--mount", "--propagation", "private", "--ipc", "--uts",
             "--pid", "--fork", "--kill-child", "--",
         ]  # fmt: skip
@@ -386,7 +413,7 @@ class LocalPod:
             url = f"http://127.0.0.1:{get['port']}{get.get('path', '/')}"
             who = self._identity(container)
             command = ["curl", "-sf", "-o", "/dev/null", "--max-time", str(timeout), url]
-            argv = netns.exec_argv(self.name, [*setpriv_argv(who), "--", *command])
+            argv = netns.exec_argv(self.netns, [*setpriv_argv(who), "--", *command])
             try:
                 return (
                     subprocess.run(argv, capture_output=True, timeout=timeout + 5).returncode == 0

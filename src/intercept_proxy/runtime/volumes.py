@@ -2,7 +2,9 @@
 
 ConfigMap, Secret and downwardAPI volumes hold their files behind a `..data` symlink to a
 timestamped directory, swapped atomically on update, so a reader (the agent's file watcher)
-never sees a half-written file, exactly as in a cluster. hostPath is refused.
+never sees a half-written file, exactly as in a cluster. hostPath is refused, but for a pod whose
+caller gives it a node's filesystem (`host_root`, a directory standing for the node's `/`): its
+paths are found there, never outside.
 """
 
 from __future__ import annotations
@@ -120,15 +122,35 @@ class PodVolumes:
         pod: dict[str, Any],
         objects: Mapping[tuple[str, str], dict[str, Any]],
         owner: tuple[int, int] = (0, 0),
+        host_root: Path | None = None,
     ) -> None:
         """`objects`: ConfigMaps and Secrets by (kind, name)."""
         self.root = root
         self.pod = pod
         self.objects = objects
         self.owner = owner
+        self.host_root = host_root
+        self._host_paths = {
+            v["name"]: str(v["hostPath"]["path"])
+            for v in (pod.get("spec") or {}).get("volumes") or []
+            if "hostPath" in v
+        }
 
     def path(self, name: str) -> Path:
+        if name in self._host_paths:
+            return self._host_path(name)
         return self.root / name
+
+    def _host_path(self, name: str) -> Path:
+        """A hostPath volume's directory: inside the node's filesystem, whatever links lie on
+        the way."""
+        if self.host_root is None:
+            raise VolumeError(f"volume {name!r}: hostPath is not allowed")
+        root = self.host_root.resolve()
+        path = (root / self._host_paths[name].lstrip("/")).resolve()
+        if not path.is_relative_to(root):
+            raise VolumeError(f"volume {name!r}: {self._host_paths[name]} leaves the node")
+        return path
 
     def object_data(self, kind: str, name: str) -> dict[str, bytes] | None:
         """A ConfigMap's or a Secret's data; None if there is no such object."""
@@ -175,7 +197,11 @@ class PodVolumes:
         elif "downwardAPI" in volume:
             self.update_downward_api(volume)
         elif "hostPath" in volume:
-            raise VolumeError(f"volume {name!r}: hostPath is not allowed")
+            kind = volume["hostPath"].get("type") or "Directory"
+            if kind == "DirectoryOrCreate":
+                path.mkdir(mode=0o755, parents=True, exist_ok=True)
+            elif not path.is_dir():
+                raise VolumeError(f"volume {name!r}: {self._host_paths[name]} is no directory")
         else:
             kinds = sorted(set(volume) - {"name"})
             raise VolumeError(f"volume {name!r}: unsupported volume type {kinds}")

@@ -106,6 +106,15 @@ class NodeAgent:
         items = self.policy_reader.get(path, labelSelector=tr.SELECTOR)["items"]
         return tr.releases(items)
 
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        namespace = self.policy_reader.get_or_none(f"/api/v1/namespaces/{name}") or {}
+        return dict((namespace.get("metadata") or {}).get("labels") or {})
+
+    def daemonset(self, namespace: str, name: str) -> dict[str, Any] | None:
+        path = f"/apis/apps/v1/namespaces/{namespace}/daemonsets/{name}"
+        found: dict[str, Any] | None = self.policy_reader.get_or_none(path)
+        return found
+
     def read_object(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         plural = "configmaps" if kind == prep.CONFIG_MAP else "secrets"
         obj: dict[str, Any] | None = self.client.get_or_none(

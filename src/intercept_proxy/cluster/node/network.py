@@ -5,19 +5,26 @@ intercept-proxy's, which captures the pods injected in CNI mode). Pods reach one
 IP (IPv4 and IPv6); what leaves the pods' subnets is masqueraded to the node's own uplink: the
 lab's, or this machine's network (NAT).
 
+The node's own filesystem is a directory (`network/host`, its `/` for the pods it trusts as node
+agents: their hostPath volumes are found there). Its CNI configuration is in `etc/cni/net.d`
+there, where the node writes the bridge's list; CNI mode's node agent (the chart's DaemonSet,
+whose pod shares the node's network) adds its plugin to it and installs the plugin into
+`opt/cni/bin`, as on a node of a cluster. Until it has, pods are attached by the bridge alone
+(and a pod injected in CNI mode fails its own check).
+
 The API server listens on this machine's loopback only; the node's namespace reaches it at its
 own loopback, port `API_PORT` (the serving certificate names 127.0.0.1), through a relay whose
-listening socket is that namespace's: there the CNI plugin reads the pod it attaches, as on a
-node's host.
+listening socket is that namespace's: pods on the node's network (the CNI node agent) reach it
+there, as the kubelet tells them (KUBERNETES_SERVICE_HOST), and kube-proxy and CoreDNS too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import socket
-import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +38,19 @@ from intercept_proxy.cluster.pki import ClusterPki
 from intercept_proxy.cluster.processes import Child, child_env
 from intercept_proxy.cluster.tools import Tools
 from intercept_proxy.lab import Lab
-from intercept_proxy.netfilter.plugin import PLUGIN, plugin_config
+from intercept_proxy.netfilter.plugin import PLUGIN
 from intercept_proxy.runtime.cni import PLUGIN_DIR, Chain, CniUplink, bridge_network
 from intercept_proxy.runtime.network import HostUplink, LabUplink, Uplink, release_host_uplink
+from intercept_proxy.runtime.pod import HostAccess
 
 log = logging.getLogger(__name__)
 
 NETWORK_NAME = "pods"
 BRIDGE = "cni0"
 API_PORT = 6443
-# The plugin's: the cluster's own pods start while the API server is away (as istio-cni's).
-EXCLUDED = ("kube-system",)
+NETWORK_LIST = "10-pods.conflist"
+# The node's CNI directories, where a cluster's nodes have them (the chart's defaults).
+CNI_BIN, CNI_CONF = "opt/cni/bin", "etc/cni/net.d"
 CHUNK = 65536
 
 
@@ -120,20 +129,28 @@ class NodeNetwork:
     def __post_init__(self) -> None:
         name = self.config.node_netns
         self._uplink = LabUplink(self.lab) if self.lab is not None else HostUplink(name)
-        network = bridge_network(NETWORK_NAME, BRIDGE, self.config.pod_subnets, self._dir / "ipam")
-        network["plugins"].append(plugin_config(self._dir / "cni.kubeconfig", EXCLUDED))
-        # Our plugin is installed beside the interpreter running the node (the venv's bin).
-        ours = Path(sys.executable).with_name(PLUGIN).parent
         self.chain = Chain(
-            network,
+            self.root / CNI_CONF,
             host_netns=name,
             cache_dir=self._dir / "results",
-            plugin_path=(PLUGIN_DIR, ours),
+            plugin_path=(PLUGIN_DIR,),
+            # Nothing else of the node's directory: a node agent writes it.
+            extra_plugins={PLUGIN: self.root / CNI_BIN / PLUGIN},
         )
 
     @property
     def _dir(self) -> Path:
         return self.config.path("network")
+
+    @property
+    def root(self) -> Path:
+        """The node's own filesystem."""
+        return self._dir / "host"
+
+    def host_access(self) -> HostAccess:
+        """What the node gives a pod it trusts as a node agent."""
+        env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(API_PORT)}
+        return HostAccess(self.config.node_netns, self.root, env)
 
     def _kubeconfig(self, user: str, path: Path) -> Path:
         """A kubeconfig of `user`'s PKI files for what runs in the node's namespace: the API
@@ -147,8 +164,10 @@ class NodeNetwork:
         """A fresh node network. An earlier agent's (its pods are all started again from
         scratch) goes first, with every allocation and rule in it."""
         self.stop()
-        # The plugin reads pods as the node (the Node authorizer: the pods bound to it).
-        self._kubeconfig("node", self._dir / "cni.kubeconfig")
+        network = bridge_network(NETWORK_NAME, BRIDGE, self.config.pod_subnets, self._dir / "ipam")
+        self.chain.conf_dir.mkdir(parents=True)
+        (self.chain.conf_dir / NETWORK_LIST).write_text(json.dumps(network, indent=2))
+        (self.root / CNI_BIN).mkdir(parents=True)
         netns.create(self.config.node_netns)
         self._uplink.attach(self.config.node_netns)
         listener = netns.socket_in(self.config.node_netns, socket.AF_INET, socket.SOCK_STREAM)

@@ -26,9 +26,10 @@ from intercept_proxy.cluster.node.logs import PodLogs
 from intercept_proxy.lab import LabError
 from intercept_proxy.netns import NetnsError
 from intercept_proxy.runtime.admission import AdmissionError
+from intercept_proxy.runtime.cni import CniError
 from intercept_proxy.runtime.containers import ContainerError
 from intercept_proxy.runtime.network import NetworkError
-from intercept_proxy.runtime.pod import LocalPod, Options, PodError
+from intercept_proxy.runtime.pod import HostAccess, LocalPod, Options, PodError
 from intercept_proxy.runtime.volumes import VolumeError
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ STATUS_INTERVAL = 0.5
 PREPARE_RETRY = 2.0
 REFRESH_INTERVAL = 10.0
 TOKEN_REFRESH_FRACTION = 0.8
+# A pod whose network could not be made: made again after 1 s, 2 s, ... up to 10 s.
+SANDBOX_RETRY_S, SANDBOX_RETRY_MAX_S = 1.0, 10.0
 
 
 @dataclass
@@ -111,7 +114,8 @@ class ClusterPod(LocalPod):
 
     def _setup(self) -> None:
         super()._setup()
-        self.pod_ips = pod_addresses(self.name)
+        # On the node's network: the node's address, as a kubelet reports such a pod.
+        self.pod_ips = (self.facts.host_ip,) if self.host_network else pod_addresses(self.netns)
         self.facts.pod_ips = self.pod_ips
         prep.fill_pod_ips(self.spec, self.pod, self.facts)
         self.sandbox = True
@@ -321,13 +325,47 @@ class PodWorker:
         prepared = self._prepare()
         if prepared is None:
             return
-        trust = tr.decide(self.pod, self.agent.releases())
-        prefix = self.agent.pod_prefix()
+        host = None
+        if tr.wants_host(self.pod):
+            owner = tr.controller(self.pod) or {}
+            daemonset = (
+                self.agent.daemonset(self.namespace, str(owner["name"]))
+                if owner.get("kind") == "DaemonSet" and owner.get("name")
+                else None
+            )
+            labels = self.agent.namespace_labels(self.namespace)
+            trust = tr.node_agent(self.pod, labels, daemonset)
+            host = self.agent.network.host_access() if trust.trusted else None
+        else:
+            trust = tr.decide(self.pod, self.agent.releases())
+        self._objects = dict(prepared.objects)
+        self._projections = prepared.projections
+        self._token_times = {p.volume: time.monotonic() for p in prepared.projections if p.tokens}
+        refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+        delay = SANDBOX_RETRY_S
+        # As a kubelet: a pod whose network could not be made is made again later (CNI mode's
+        # plugin says "try again later" while the node agent is away).
+        prefix = self.agent.pod_prefix()  # each attempt's own leaves nothing behind it
+        while self._attempt(prepared, trust, host, refresher, prefix):
+            if self.stop_requested.wait(delay):
+                return
+            delay = min(2 * delay, SANDBOX_RETRY_MAX_S)
+
+    def _attempt(
+        self,
+        prepared: prep.Prepared,
+        trust: tr.Trust,
+        host: HostAccess | None,
+        refresher: threading.Thread,
+        prefix: str,
+    ) -> bool:
+        """One run of the pod on the local runtime; True if its network could not be made."""
         options = Options(
             uplink=self.agent.network.uplink(self.pod),
             executables=self.agent.executables,
             prefix=prefix,
             trusted=trust.trusted,
+            host=host,
         )
         try:
             local = ClusterPod(
@@ -348,18 +386,22 @@ class PodWorker:
                 message += f" (its containers run untrusted: {trust.explanation})"
             self.failure = Failure("RuntimeAdmissionRejected", message)
             self.agent.event(self.pod, "Warning", "RuntimeAdmissionRejected", message)
-            return
-        self._objects = dict(prepared.objects)
-        self._projections = prepared.projections
-        self._token_times = {p.volume: time.monotonic() for p in prepared.projections if p.tokens}
+            return False
         self.local = local
         log.info("pod %s: starting (%s)", self.key, trust.explanation)
         if self.stop_requested.is_set():
-            return
-        refresher = threading.Thread(target=self._refresh_loop, daemon=True)
-        refresher.start()
+            return False
+        if not refresher.is_alive():
+            refresher.start()
         try:
             local.run()
+        except CniError as e:
+            if self.stop_requested.is_set():
+                return False
+            message = f"Failed to create pod sandbox: {e}"
+            self.local, self.waiting = None, ("ContainerCreating", message)
+            self.agent.event(self.pod, "Warning", "FailedCreatePodSandBox", message)
+            return True
         except PodError as e:
             if not self.stop_requested.is_set():
                 self.failure = Failure("Error", str(e))
@@ -368,6 +410,7 @@ class PodWorker:
         except (ContainerError, VolumeError, NetworkError, LabError, NetnsError, OSError) as e:
             self.failure = Failure("RunContainerError", f"the node could not run the pod: {e}")
             self.agent.event(self.pod, "Warning", "Failed", self.failure.message)
+        return False
 
     def _prepare(self) -> prep.Prepared | None:
         """The pod as the runtime will run it; waits (status saying why) for missing objects.

@@ -9,6 +9,14 @@ so only who may change the cluster's admission may describe one, and it holds th
 containers and volumes Kyverno adds. What is compared is what the chart's validation compares
 (`injector.pod.verified`): other admission plugins may have set resources and pull policies. Any
 other pod runs untrusted: the local runtime's admission then refuses root and the sidecar users.
+
+A pod that asks for the node itself (its network, hostNetwork; its files, hostPath volumes) runs
+only as a node agent: the pod of a DaemonSet that exists (its controller reference's uid), in a
+namespace whose Pod Security level is explicitly `privileged` (the chart's CNI node agent is
+one), which is what lets the API server admit such a pod at all: who may make pods there may
+have the node's root, as on any node. Its containers are then all trusted, and the node gives
+it its network namespace and its own filesystem. Any other such pod is refused by the
+runtime's admission, with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import yaml
 from intercept_proxy.injector.pod import INTERCEPTOR_PREFIX, SIDECARS, is_injected, verified
 
 SELECTOR = "app.kubernetes.io/name=intercept-proxy"
+PRIVILEGED_LABEL, PRIVILEGED = "pod-security.kubernetes.io/enforce", "privileged"
 POLICY_SUFFIX = "-inject-proxy"
 # The injection policy's rules that add the sidecars and the volumes (charts/intercept-proxy).
 SIDECAR_RULE, VOLUME_RULE = "add-sidecars", "add-volumes"
@@ -105,4 +114,43 @@ def decide(pod: Mapping[str, Any], known: Iterable[Release]) -> Trust:
         frozenset(),
         "annotated intercept-proxy/injected, but its interceptor is no release's: "
         + "; ".join(problems),
+    )
+
+
+def wants_host(pod: Mapping[str, Any]) -> bool:
+    """Whether `pod` asks for the node's network or files."""
+    spec = pod.get("spec") or {}
+    return bool(spec.get("hostNetwork")) or any("hostPath" in v for v in spec.get("volumes") or [])
+
+
+def controller(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The pod's controller's owner reference, if it has one."""
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return next((o for o in owners if isinstance(o, dict) and o.get("controller")), None)
+
+
+def node_agent(
+    pod: Mapping[str, Any],
+    namespace_labels: Mapping[str, str],
+    daemonset: Mapping[str, Any] | None,
+) -> Trust:
+    """The trust of a pod that asks for the node: all its containers, if it is a node agent.
+    `daemonset`: its controller as the API server has it (None: no such DaemonSet)."""
+    meta = pod.get("metadata") or {}
+    owner = controller(pod) or {}
+    if namespace_labels.get(PRIVILEGED_LABEL) != PRIVILEGED:
+        return Trust(
+            frozenset(),
+            f"it asks for the node, and its namespace {meta.get('namespace')} is not labelled "
+            f"{PRIVILEGED_LABEL}={PRIVILEGED}",
+        )
+    uid = ((daemonset or {}).get("metadata") or {}).get("uid")
+    if owner.get("kind") != "DaemonSet" or not uid or owner.get("uid") != uid:
+        return Trust(frozenset(), "it asks for the node, and no DaemonSet controls it")
+    spec = pod.get("spec") or {}
+    names = [c.get("name") for k in ("initContainers", "containers") for c in spec.get(k) or []]
+    return Trust(
+        frozenset(str(n) for n in names),
+        f"a node agent: DaemonSet {owner.get('name')} in {meta.get('namespace')}, "
+        f"{PRIVILEGED_LABEL}={PRIVILEGED}",
     )
