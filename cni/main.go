@@ -80,7 +80,7 @@ type cniError struct {
 func (e *cniError) Error() string { return e.Msg }
 
 func fail(code int, msg string, cause error) *cniError {
-	e := &cniError{Version: latest, Code: code, Msg: plugin + ": " + msg}
+	e := &cniError{Version: errorVersion, Code: code, Msg: plugin + ": " + msg}
 	if cause != nil {
 		e.Details = cause.Error()
 	}
@@ -88,6 +88,9 @@ func fail(code int, msg string, cause error) *cniError {
 }
 
 var latest = supportedVersions[len(supportedVersions)-1]
+
+// errorVersion is the version errors are written in: the list's, once it is known to be one.
+var errorVersion = latest
 
 func main() {
 	a, err := run(os.Getenv("CNI_COMMAND"), os.Stdin, os.Getenv)
@@ -131,6 +134,7 @@ func run(command string, stdin io.Reader, getenv func(string) string) (answer, e
 	if !slices.Contains(supportedVersions, cfg.CNIVersion) {
 		return answer{}, fail(incompatibleVersion, fmt.Sprintf("CNI version %q is not one of %s", cfg.CNIVersion, strings.Join(supportedVersions, ", ")), nil)
 	}
+	errorVersion = cfg.CNIVersion
 	if command != "ADD" && command != "CHECK" {
 		return answer{}, fail(invalidEnvironment, fmt.Sprintf("CNI_COMMAND %q is not known", command), nil)
 	}

@@ -95,6 +95,10 @@ def test_the_plugin_answers_version_and_errors_as_the_specification_says():
         assert status == 1 and error is not None, config
         assert error["code"] == code and message in error["msg"], error
         assert error["msg"].startswith(f"{PLUGIN}: ")
+    # An error of a list of a version the plugin speaks is in that version.
+    older = {"cniVersion": "0.4.0", "prevResult": {}}
+    status, error = invoke("ADD", older, CNI_ARGS=ARGS, CNI_NETNS="/proc/self/ns/net")
+    assert (status, error["cniVersion"], error["code"]) == (1, "0.4.0", 7)
     status, error = invoke("FROB", network(ABSENT), CNI_ARGS=ARGS)
     assert (status, error["code"]) == (1, 4) and '"FROB" is not known' in error["msg"]
     status, error = invoke("ADD", network(ABSENT), CNI_ARGS=ARGS, CNI_NETNS="x")
