@@ -176,7 +176,7 @@ func passes(args string, exclude []string) bool {
 // previous is the ADD result of a pod left alone: the previous plugin's, in the list's version.
 func previous(cfg config) (answer, error) {
 	var result map[string]any
-	if err := json.Unmarshal(cfg.PrevResult, &result); err != nil {
+	if err := json.Unmarshal(cfg.PrevResult, &result); err != nil || result == nil {
 		return answer{}, fail(decodingFailure, "its prevResult is not a JSON object", err)
 	}
 	result["cniVersion"] = cfg.CNIVersion
@@ -201,8 +201,12 @@ func ask(socket string, config []byte, getenv func(string) string) (answer, erro
 	}
 	defer conn.Close()
 	unix := conn.(*net.UnixConn)
-	if uid, err := listener(unix); err != nil || uid != 0 {
-		return answer{}, fail(tryAgainLater, fmt.Sprintf("%s is not the node agent's (held by UID %d)", socket, uid), err)
+	uid, err := listener(unix)
+	if err != nil {
+		return answer{}, fail(tryAgainLater, "cannot tell who listens on "+socket, err)
+	}
+	if uid != 0 {
+		return answer{}, fail(tryAgainLater, fmt.Sprintf("%s is not the node agent's (held by UID %d)", socket, uid), nil)
 	}
 	if err := unix.SetDeadline(time.Now().Add(agentTimeout)); err != nil {
 		return answer{}, fail(tryAgainLater, "the node agent's socket", err)

@@ -82,7 +82,7 @@ def test_the_node_agent_runs_on_the_node_and_chains_the_plugin(kube, cluster, re
     assert agent["spec"]["hostNetwork"] is True
     plugins = node_list(cluster)["plugins"]
     assert [p["type"] for p in plugins] == ["bridge", PLUGIN]
-    assert plugins[-1]["socket"] == "@intercept-proxy-cni"
+    assert plugins[-1]["socket"].startswith("@intercept-proxy-cni-")
     assert plugins[-1]["excludeNamespaces"] == [NODE_AGENTS, "kube-system"]
     installed_plugin = cluster.config.path("network", "host", CNI_BIN, PLUGIN)
     assert installed_plugin.stat().st_mode & 0o777 == 0o755
@@ -90,23 +90,21 @@ def test_the_node_agent_runs_on_the_node_and_chains_the_plugin(kube, cluster, re
     assert "installed: /host/cni/bin/intercept-proxy-cni" in log
 
 
-def test_a_node_agent_that_restarts_leaves_the_plugin(kube, cluster, restricted):
-    """Its DaemonSet still there: the entry stays while no agent answers (pods wait, never
-    start uncaptured), and the next agent takes over. Neither file is written again (each
-    write is a new file renamed into place: its inode would change)."""
-    files = [
-        cluster.config.path("network", "host", CNI_CONF, NETWORK_LIST),
-        cluster.config.path("network", "host", CNI_BIN, PLUGIN),
-    ]
-    before = [f.stat().st_ino for f in files]
+def test_a_restarted_node_agent_takes_over_under_a_name_of_its_own(kube, cluster, restricted):
+    """The next agent serves a socket name no one could take before it (a new random suffix)
+    and writes it into the entry; the plugin stays last in the list. (That the entry stays
+    while no agent runs: the test after the next.)"""
+    before = node_list(cluster)["plugins"][-1]["socket"]
     (agent,) = node_agents(kube)
     name = agent["metadata"]["name"]
     kube.kubectl("delete", "pod", "-n", NODE_AGENTS, name, "--wait=true")
-    assert PLUGIN in [p["type"] for p in node_list(cluster)["plugins"]]
     node_agent_ready(kube)
     (replacement,) = node_agents(kube)
     assert replacement["metadata"]["name"] != name
-    assert [f.stat().st_ino for f in files] == before
+    plugins = node_list(cluster)["plugins"]
+    assert [p["type"] for p in plugins] == ["bridge", PLUGIN]
+    assert plugins[-1]["socket"].startswith("@intercept-proxy-cni-")
+    assert plugins[-1]["socket"] != before
 
 
 def test_an_intercepted_pod_runs_restricted_captured_by_the_node(kube, cluster, restricted):
@@ -147,7 +145,7 @@ def test_an_intercepted_pod_runs_restricted_captured_by_the_node(kube, cluster, 
     assert set(connects["results"].values()) == {"ConnectionRefusedError"}, connects
 
 
-def test_a_pod_made_while_the_node_agent_is_away_waits_and_runs_captured(kube, restricted):
+def test_a_pod_made_while_the_node_agent_is_away_waits_and_runs_captured(kube, cluster, restricted):
     """The race of a node whose agent is not there yet: the pod's network is refused (try again
     later) and made again, as a kubelet does, until the agent is back; then it runs captured.
     The agent is kept off the node by a node selector no node has (its DaemonSet stays, and so
@@ -166,6 +164,8 @@ def test_a_pod_made_while_the_node_agent_is_away_waits_and_runs_captured(kube, r
             probe(["request", "GET", "https://pypi.org/simple/"]),
             container={"securityContext": RESTRICTED},
         )
+        # The agent is gone, its DaemonSet is not: the plugin stays, naming the agent's socket.
+        assert node_list(cluster)["plugins"][-1]["type"] == PLUGIN
         kube.apply(restricted, waiting)
         events = ""
         deadline = time.monotonic() + 60
@@ -181,7 +181,8 @@ def test_a_pod_made_while_the_node_agent_is_away_waits_and_runs_captured(kube, r
             for e in json.loads(events)["items"]
             if e["reason"] == "FailedCreatePodSandBox"
         ]
-        assert f"plugin {PLUGIN}: code 11" in refused and "try again later" in refused
+        assert f"plugin {PLUGIN}: code 11" in refused
+        assert "the node agent does not answer at @intercept-proxy-cni-" in refused
         assert kube.pod(restricted, "waiting")["status"]["phase"] == "Pending"
     finally:
         kube.kubectl("patch", *daemonset, "--type=json", "-p", json.dumps(back))

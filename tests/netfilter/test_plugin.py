@@ -159,7 +159,7 @@ def agent():
             raise PluginError(11, f"cannot read pod {namespace}/{name}", "404")
         return pods[(namespace, name)]
 
-    server = Server(f"@intercept-proxy-cni-test-{uuid.uuid4().hex}", read)
+    server = Server(f"@intercept-proxy-cni-test-{uuid.uuid4().hex[:8]}", read)
     server.serve()
     try:
         yield server
@@ -206,11 +206,17 @@ def test_only_root_calls_and_answers(agent, fresh_netns):
         try:
             assert held.stdout is not None and held.stdout.readline() == "ready\n"
             status, error = invoke("ADD", network(squatter), CNI_ARGS=ARGS, CNI_NETNS=path)
+            assert (status, error["code"]) == (1, 11)
+            assert error["msg"].endswith(f"{squatter} is not the node agent's (held by UID 65534)")
+            # Nor does the name keep an agent out: each serves the name and a suffix of its own.
+            later = Server(squatter, agent.read_pod)
+            later.serve()
+            try:
+                assert invoke("ADD", network(later.name), CNI_ARGS=ARGS, CNI_NETNS=path)[0] == 0
+            finally:
+                later.close()
         finally:
             held.communicate("")
-    assert (status, error["code"]) == (1, 11)
-    assert error["msg"].endswith(f"{squatter} is not the node agent's (held by UID 65534)")
-    assert invoke("ADD", network(agent.name), CNI_ARGS=ARGS, CNI_NETNS=path)[0] == 0
 
 
 def test_the_agent_leaves_other_pods_alone_and_names_what_it_cannot_do(agent, fresh_netns):

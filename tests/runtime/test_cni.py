@@ -187,3 +187,30 @@ def test_the_list_is_the_directorys_first_and_a_del_uses_the_adds(node, tmp_path
     pods.delete(attachment)
     assert allocations(tmp_path) == set()
     assert [link for link in netns.links(pod_a) if link != "lo"] == []
+
+
+def test_plugins_come_from_the_systems_directory_and_the_named_extras_only(node, tmp_path):
+    """A node agent writes the node's own plugin directory: only the plugin named for it is
+    taken from there (a `bridge` planted beside it is not), and a type is never a path."""
+    node_ns, pod_a, _ = node
+    planted = tmp_path / "node-bin"
+    planted.mkdir()
+    for name in ("bridge", "mine"):
+        script = planted / name
+        script.write_text(
+            "#!/usr/bin/python3\nimport json, pathlib, sys\n"
+            f"pathlib.Path({str(tmp_path / f'{name}.ran')!r}).touch()\n"
+            "print(json.dumps(json.load(sys.stdin).get('prevResult') or {}))\n"
+        )
+        script.chmod(0o755)
+    pods = chain(node_ns, tmp_path, {"type": "mine"})
+    pods.extra_plugins = {"mine": planted / "mine"}
+    attachment = Attachment(pod_a, netns.NETNS_RUN_DIR / pod_a)
+    pods.add(attachment)
+    assert (tmp_path / "mine.ran").exists() and not (tmp_path / "bridge.ran").exists()
+    pods.delete(attachment)
+    for kind in ("../node-bin/mine", "/usr/bin/true", ".hidden"):
+        bad = chain(node_ns, tmp_path, {"type": kind})
+        with pytest.raises(CniError, match=f"type {kind!r} is no name"):
+            bad.add(attachment)
+    assert [link for link in netns.links(pod_a) if link != "lo"] == []

@@ -1043,7 +1043,7 @@ Each definition is a JSON document for this release's values.
         "operator": "Exists"
       }
     ],
-    "terminationGracePeriodSeconds": 10,
+    "terminationGracePeriodSeconds": 30,
     "containers": [
       {
         "name": "cni-node",

@@ -26,7 +26,9 @@ XTABLES_LOCK = f"{TMP}/xtables.lock"
 # Exists while the plugin is installed: the readiness probe's.
 READY_FILE = f"{TMP}/installed"
 CAPABILITIES = ("NET_ADMIN", "NET_RAW", "SYS_ADMIN")
-GRACE_S = 10
+# Enough to take the plugin out at an uninstall, even with a slow API server (cni-node's
+# shutdown check waits 3 s at most).
+GRACE_S = 30
 
 
 def _command(s: InjectorSettings) -> list[str]:

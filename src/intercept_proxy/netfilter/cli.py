@@ -130,8 +130,8 @@ def _register_cni_node(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument(
         "--socket",
         default=DEFAULT_SOCKET,
-        help="the abstract Unix socket the plugin calls, in this network namespace "
-        "(default: %(default)s)",
+        help="the abstract Unix socket the plugin calls, in this network namespace: this "
+        "name and a random suffix, written into the plugin's entry (default: %(default)s)",
     )
     parser.add_argument(
         "--cni-bin-dir", type=Path, required=True, help="the node's CNI plugins, as mounted here"
@@ -174,14 +174,13 @@ def _cni_node(args: argparse.Namespace) -> int:
         found = credentials(args.kubeconfig) if args.kubeconfig else in_cluster()
     except (OSError, ValueError) as e:
         raise SystemExit(f"intercept cni-node: the API server's credentials: {e}") from None
-    client = KubeClient(found, timeout=10)
     node = Node(args.cni_bin_dir, args.cni_conf_dir)
-    entry = plugin_config(args.socket, args.exclude_namespace)
     try:
         versions = supported_versions(args.plugin)
-    except InstallError as e:
-        raise SystemExit(f"intercept cni-node: the plugin to install: {e}") from None
-    server = Server(args.socket, pod_reader(client))
+        server = Server(args.socket, pod_reader(KubeClient(found, timeout=10)))
+    except (InstallError, OSError) as e:
+        raise SystemExit(f"intercept cni-node: {e}") from None
+    entry = plugin_config(server.name, args.exclude_namespace)
     stop = threading.Event()
     try:
         with signals.setting(stop, (signal.SIGTERM, signal.SIGINT)):
@@ -190,13 +189,13 @@ def _cni_node(args: argparse.Namespace) -> int:
             while not stop.is_set():
                 try:
                     if node.install(args.plugin, entry, versions) or not installed:
-                        print(f"installed: {args.cni_bin_dir / PLUGIN}", flush=True)
+                        print(f"installed: {args.cni_bin_dir / PLUGIN} ({server.name})", flush=True)
                     installed = True
                 except (InstallError, OSError) as e:
                     installed = False
                     print(f"intercept cni-node: not installed: {e}", file=sys.stderr, flush=True)
                 if args.ready_file is not None:
-                    if installed:
+                    if installed and server.serving:
                         args.ready_file.touch()
                     else:
                         args.ready_file.unlink(missing_ok=True)
@@ -205,7 +204,8 @@ def _cni_node(args: argparse.Namespace) -> int:
         if args.ready_file is not None:
             args.ready_file.unlink(missing_ok=True)
         server.close()
-        if args.daemonset and daemonset_exists(client, args.daemonset):
+        # Quickly: the grace period is short, and an entry left with no agent blocks the node.
+        if args.daemonset and daemonset_exists(KubeClient(found, timeout=3), args.daemonset):
             print(f"stopped; {args.daemonset} remains: the plugin stays", flush=True)
         else:
             node.uninstall()

@@ -8,14 +8,17 @@ node runs one too). It puts the CNI plugin on its node and answers the plugin's 
   supports (its VERSION answer). Both are written to a temporary name and renamed (the list
   keeping its mode): a runtime never reads half a file. The list is watched: a node whose own
   CNI rewrites it gets the entry back.
-- **Serve.** The plugin connects to an abstract Unix socket (`@intercept-proxy-cni`: a name of
-  the node's network namespace, where runtimes run CNI plugins and this agent runs, with no file
-  to share), sends one byte carrying the pod's network namespace as a descriptor, then its
+- **Serve.** The plugin connects to an abstract Unix socket (a name of the node's network
+  namespace, where runtimes run CNI plugins and this agent runs, with no file to share): the
+  given name (`@intercept-proxy-cni`) and a random suffix, new at each start and written into
+  the entry, so that no process of the node's network can take the name first and keep the
+  agent out. It sends one byte carrying the pod's network namespace as a descriptor, then its
   request (`{"env": CNI_*, "config": stdin}`); the answer is `{"exit", "output"}`
   (`plugin.answer`). Only root may call (the peer's credentials, read as the call is accepted):
   a caller could otherwise have any namespace it holds captured; and the plugin calls only a
-  root listener. The namespace is entered through that descriptor: this agent
-  needs no view of the host's `/var/run/netns` or `/proc`.
+  root listener (a process that took an earlier agent's name gets no call). The namespace is
+  entered through that descriptor: this agent needs no view of the host's `/var/run/netns` or
+  `/proc`.
 - **Stop.** What it installed is removed, unless `--daemonset` names its DaemonSet and that is
   seen to exist still: a restart or an update of the agent then leaves the entry, so pods that
   come meanwhile wait for the next agent (the plugin's "try again later"). An uninstall deletes
@@ -29,12 +32,14 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import stat
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,13 +223,14 @@ def _peer_uid(connection: socket.socket) -> int:
 
 @dataclass
 class Server:
-    """The plugin's calls on the abstract socket `name` of this network namespace, each
-    answered by `plugin.answer` with pods from `read_pod`."""
+    """The plugin's calls on an abstract socket of this network namespace named `prefix` and a
+    random suffix (`name`), each answered by `plugin.answer` with pods from `read_pod`."""
 
-    name: str
+    prefix: str
     read_pod: PodReader
 
     def __post_init__(self) -> None:
+        self.name = f"{self.prefix}-{secrets.token_hex(8)}"
         self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._socket.bind(abstract(self.name))
@@ -233,27 +239,45 @@ class Server:
             raise OSError(e.errno, f"cannot listen on {self.name}: {e.strerror}") from None
         self._socket.listen(64)
         self._calls = threading.BoundedSemaphore(CALLS)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="cni-node", daemon=True)
+
+    @property
+    def serving(self) -> bool:
+        return self._thread.is_alive()
 
     def serve(self) -> None:
-        threading.Thread(target=self._accept, name="cni-node", daemon=True).start()
+        self._thread.start()
 
     def close(self) -> None:
+        self._closing.set()
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)
         self._socket.close()
 
     def _accept(self) -> None:
-        while True:
+        while not self._closing.is_set():
             try:
                 connection, _ = self._socket.accept()
-            except OSError:
-                return  # closed
-            if (uid := _peer_uid(connection)) != 0:
-                log.warning("a CNI call from UID %d refused: only root may call", uid)
-                connection.close()
+            except OSError as e:
+                if not self._closing.is_set():  # out of descriptors, a call gone: the next
+                    log.warning("accepting a CNI call: %s", e)
+                    time.sleep(0.1)
                 continue
-            self._calls.acquire()  # at most CALLS at once; the next wait in the backlog
-            threading.Thread(target=self._call, args=(connection,), daemon=True).start()
+            try:
+                if (uid := _peer_uid(connection)) != 0:
+                    log.warning("a CNI call from UID %d refused: only root may call", uid)
+                    connection.close()
+                    continue
+                self._calls.acquire()  # at most CALLS at once; the next wait in the backlog
+                try:
+                    threading.Thread(target=self._call, args=(connection,), daemon=True).start()
+                except BaseException:
+                    self._calls.release()
+                    raise
+            except Exception:
+                log.exception("a CNI call not taken")
+                connection.close()
 
     def _call(self, connection: socket.socket) -> None:
         try:

@@ -192,8 +192,11 @@ class Chain:
             raise CniError(f"no CNI network: {self.conf_dir} has no configuration")
         try:
             network: dict[str, Any] = json.loads(path.read_text())
-            if not isinstance(network.get("plugins"), list):
-                raise ValueError("its plugins are not a list")
+            plugins = network.get("plugins")
+            if not isinstance(plugins, list) or not all(isinstance(p, dict) for p in plugins):
+                raise ValueError("its plugins are not a list of objects")
+            if not isinstance(network.get("cniVersion"), str) or "name" not in network:
+                raise ValueError("it names no cniVersion or name")
         except (OSError, ValueError, AttributeError) as e:
             raise CniError(f"the CNI network {path}: {e}") from None
         return network

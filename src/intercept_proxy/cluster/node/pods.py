@@ -295,10 +295,11 @@ class PodWorker:
         if self.stop_requested.is_set():
             return
         self.stop_requested.set()
-        if self.local is not None and not self.done.is_set():
+        local = self.local  # once: an attempt whose network was refused sets it to None
+        if local is not None and not self.done.is_set():
             if self.pod["metadata"].get("deletionTimestamp"):
                 self.agent.event(self.pod, "Normal", "Killing", "Stopping the pod's containers")
-            self.local.stop()
+            local.stop()
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -391,7 +392,7 @@ class PodWorker:
         log.info("pod %s: starting (%s)", self.key, trust.explanation)
         if self.stop_requested.is_set():
             return False
-        if not refresher.is_alive():
+        if refresher.ident is None:  # the first attempt's
             refresher.start()
         try:
             local.run()
