@@ -181,15 +181,14 @@ def test_requests_to_budgeted_hosts_go_to_the_agent_with_their_body_read(compile
                 assert upgrade == {"name": "upgrade", "present_match": False}
 
 
-def _checks(config: dict) -> list[dict]:
-    """Every per-route setting of the agent's checks in a route configuration."""
+def _checks(config: dict, name: str = routes.AUTHZ_FILTER) -> list[dict]:
+    """Every per-route setting of the agent's checks in a route configuration (by `name`: the
+    agent's own, or the wildcards' SNI check)."""
     return [
-        wrapper["config"]["check_settings"]
+        route["typed_per_filter_config"][name]["config"]["check_settings"]
         for vhost in config["virtual_hosts"]
         for route in vhost["routes"]
-        for wrapper in route.get("typed_per_filter_config", {}).values()
-        if wrapper["config"]["@type"]
-        == type_url("envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute")
+        if name in route.get("typed_per_filter_config", {})
     ]
 
 
@@ -220,6 +219,10 @@ def test_with_approvals_the_checks_that_may_be_asked_wait_for_a_person():
             "any",
         }, held
         protos.to_message(types.ROUTE, config)
+        # The SNI checks of routes deciding in Envoy never wait: no person is asked about them.
+        sni_checks = _checks(config, routes.SNI_CHECK_FILTER)
+        assert sni_checks or config["name"] != resources.TLS_LISTENER, config["name"]
+        assert not any("grpc_service" in c for c in sni_checks)
     for held_hosts in (("*",), ("b.pythonhosted.org",)):
         config = resources.route_configurations(
             REVISION, *native, hold_s=30, held_hosts=held_hosts
