@@ -223,6 +223,14 @@ def test_with_approvals_the_checks_that_may_be_asked_wait_for_a_person():
         sni_checks = _checks(config, routes.SNI_CHECK_FILTER)
         assert sni_checks or config["name"] != resources.TLS_LISTENER, config["name"]
         assert not any("grpc_service" in c for c in sni_checks)
+        # A read that sent a body may be asked about: its check waits where the others do.
+        sent_held = [
+            ("grpc_service" in c, held[vhost["name"]])
+            for vhost in config["virtual_hosts"]
+            for c in _checks({"virtual_hosts": [vhost]}, routes.SENT_CHECK_FILTER)
+        ]
+        assert all(waits == should for waits, should in sent_held), config["name"]
+        assert any(waits for waits, _ in sent_held), config["name"]
     for held_hosts in (("*",), ("b.pythonhosted.org",)):
         config = resources.route_configurations(
             REVISION, *native, hold_s=30, held_hosts=held_hosts

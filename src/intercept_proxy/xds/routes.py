@@ -464,19 +464,22 @@ def _may_ask(domain: str, held_hosts: tuple[str, ...]) -> bool:
 
 
 def _holding(route: dict[str, Any], service: dict[str, Any]) -> dict[str, Any]:
-    """`route` with its check by the agent made through `service`. Not the SNI check of a
-    route that decides in Envoy: no person is ever asked about what it finds (a mismatch, or
-    the route's own decision), so a hung agent fails it closed at once."""
-    wrapper = route.get("typed_per_filter_config", {}).get(AUTHZ_FILTER)
-    if wrapper is None:
+    """`route` with each of its checks by the agent made through `service` (a read that sent a
+    body may be asked about too). Not the SNI check of a route that decides in Envoy: no person
+    is ever asked about what it finds (a mismatch, or the route's own decision), so a hung agent
+    fails it closed at once."""
+
+    def held(name: str, wrapper: dict[str, Any]) -> dict[str, Any]:
+        config = wrapper["config"]
+        if name == SNI_CHECK_FILTER or config.get("@type") != _AUTHZ_PER_ROUTE:
+            return wrapper
+        check = {**config["check_settings"], "grpc_service": service}
+        return {**wrapper, "config": {**config, "check_settings": check}}
+
+    filters = route.get("typed_per_filter_config", {})
+    if not filters:
         return route
-    config = wrapper["config"]
-    check = {**config["check_settings"], "grpc_service": service}
-    held = {**wrapper, "config": {**config, "check_settings": check}}
-    return {
-        **route,
-        "typed_per_filter_config": {**route["typed_per_filter_config"], AUTHZ_FILTER: held},
-    }
+    return {**route, "typed_per_filter_config": {n: held(n, w) for n, w in filters.items()}}
 
 
 def route_configuration(
