@@ -94,6 +94,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
             },
             "upstream": {"privateRanges": ["10.20.0.0/16"]},
             "policy": {"default": {"allowed_domains": ["pypi.org"]}},
+            "networkPolicy": {"kubernetesApiCidrs": ["10.96.0.1/32", "fd00::1/128"]},
         },
     ),
     "telepresence": (
@@ -109,6 +110,8 @@ CASES["gateway-cert-manager"] = (
         "gateway": {
             **copy.deepcopy(CASES["gateway"][1]["gateway"]),
             "ca": {"mode": "certManager", "certManager": {"issuerRef": {"name": "corp-ca"}}},
+            # Clients' pods' own policies ignored: the gateway reads no pod.
+            "podPolicy": "none",
         },
     },
 )

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from intercept_proxy.agent.clients import CLIENT_SELECTOR
 from intercept_proxy.authz.service import denial_body
 from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector import schema
@@ -357,6 +358,65 @@ def test_cert_manager_issues_the_ca_the_pods_mount():
     for case in ("default", "secret-ca"):
         assert not [o for o in render.objects(case) if o["kind"] == "Certificate"]
     assert not [o for o in render.objects("cert-manager") if o["kind"] == "Secret"]
+
+
+@pytest.mark.parametrize("case", ["gateway", "gateway-cert-manager"])
+def test_the_gateway_reads_pods_only_to_narrow_by_their_policies(case):
+    """podPolicy narrow: an account of its own, allowed to read pods, its token for the agent
+    alone, and its way to the API server through the gateway's NetworkPolicy; none: nothing."""
+    values = render.values(case)
+    narrow = values["gateway"]["podPolicy"] == "narrow"
+    namespace = values["gateway"]["namespace"]
+    objects = render.objects(case)
+    (deployment,) = [
+        o["spec"]["template"]["spec"] for o in objects
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "egress-proxy"
+    ]  # fmt: skip
+    assert deployment["serviceAccountName"] == ("egress-proxy" if narrow else "default")
+    agent = next(c for c in deployment["containers"] if c["name"] == "intercept-agent")
+    assert (
+        agent["command"][agent["command"].index("--gateway-pod-policy") + 1]
+        == (values["gateway"]["podPolicy"])
+    )
+    accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
+    roles = [o for o in objects if o["kind"] == "ClusterRole"]
+    granted = [
+        r for r in roles if {"pods"} == {x for rule in r["rules"] for x in rule["resources"]}
+    ]
+    granted_names = {r["metadata"]["name"] for r in granted}
+    bindings = [
+        b for b in objects
+        if b["kind"] == "ClusterRoleBinding" and b["roleRef"]["name"] in granted_names
+    ]  # fmt: skip
+    (network_policy,) = [
+        o["spec"] for o in objects
+        if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "egress-proxy"
+    ]  # fmt: skip
+    egress = network_policy["egress"]
+    to_api = [r for r in egress if r.get("ports") == [{"protocol": "TCP"}]]
+    if not narrow:
+        assert (granted, bindings, to_api) == ([], [], [])
+        assert "egress-proxy" not in {a["metadata"]["name"] for a in accounts}
+        return
+    (role,) = granted
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    # The pods it watches are those its NetworkPolicy lets in.
+    (clients,) = [
+        r for r in network_policy["ingress"] if {"protocol": "TCP", "port": 3128} in r["ports"]
+    ]
+    key, _, value = CLIENT_SELECTOR.partition("=")
+    assert clients["from"][0]["podSelector"] == {"matchLabels": {key: value}}
+    (binding,) = bindings
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "egress-proxy", "namespace": namespace}
+    ]
+    (account,) = [a for a in accounts if a["metadata"]["name"] == "egress-proxy"]
+    assert account["metadata"]["namespace"] == namespace
+    assert account["automountServiceAccountToken"] is False
+    (rule,) = to_api
+    assert [b["ipBlock"]["cidr"] for b in rule["to"]] == values["networkPolicy"][
+        "kubernetesApiCidrs"
+    ]
 
 
 @pytest.mark.parametrize("case", render.CASES)

@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
+from intercept_proxy.agent import clients
 from intercept_proxy.decision import parse_log
 from intercept_proxy.injector import gateway
-from intercept_proxy.injector.pod import TRUST_VARIABLES
+from intercept_proxy.injector.pod import NO_TOKEN_VOLUME, TOKEN_PATH, TRUST_VARIABLES
+from intercept_proxy.injector.settings import POLICY_ANNOTATION
 from tests.cluster.harness import LAB_UPSTREAMS, MEASUREMENTS, WORKLOAD_UID, pod
 
 pytestmark = pytest.mark.netns
@@ -41,7 +43,7 @@ def release(kube):
         RELEASE_NAMESPACE,
         {
             **LAB_UPSTREAMS,
-            "policy": {"default": {"allowed_domains": ["pypi.org"]}},
+            "policy": {"default": {"allowed_domains": ["pypi.org", "example.com"]}},
             "gateway": {"enabled": True, "clients": {"proxyEnv": True}},
         },
     )
@@ -89,11 +91,13 @@ RESTRICTED = {
 }
 
 
-def client(name: str, command: list[str], **spec: Any) -> dict:
+def client(
+    name: str, command: list[str], annotations: dict[str, str] | None = None, **spec: Any
+) -> dict:
     """A client pod as the seeds' example: labelled for the gateway, restricted."""
     container = {"securityContext": RESTRICTED, **spec.pop("container", {})}
-    labels = {"networking/allow-egress": "true"}
-    return pod(name, command, metadata={"labels": labels}, container=container, **spec)
+    metadata = {"labels": {"networking/allow-egress": "true"}, "annotations": annotations or {}}
+    return pod(name, command, metadata=metadata, container=container, **spec)
 
 
 CLIENTS = itertools.count()
@@ -101,11 +105,14 @@ VARIABLES = "the variables"
 
 
 def through(
-    kube, namespace: str, requests: list[tuple[str, str, tuple[str, ...]]]
+    kube,
+    namespace: str,
+    requests: list[tuple[str, str, tuple[str, ...]]],
+    annotations: dict[str, str] | None = None,
 ) -> list[tuple[str, str, str]]:
-    """Each (gateway address, url, curl options) fetched by curl in one client pod, through that
-    address (VARIABLES: the proxy Kyverno's variables name), trusting what they name: (status,
-    body, curl's complaint)."""
+    """Each (gateway address, url, curl options) fetched by curl in one client pod (with
+    `annotations`), through that address (VARIABLES: the proxy Kyverno's variables name),
+    trusting what they name: (status, body, curl's complaint)."""
     lines = []
     for address, url, options in requests:
         if address == VARIABLES:
@@ -127,6 +134,7 @@ def through(
         client(
             name,
             ["sh", "-c", "\n".join(lines)],
+            annotations,
             container={"volumeMounts": [{"name": "w", "mountPath": "/w"}]},
             volumes=[{"name": "w", "emptyDir": {}}],
         ),
@@ -202,6 +210,53 @@ def test_the_replicas_run_restricted_and_judge_their_client_pods(kube, namespace
         log = kube.logs(GATEWAY_NAMESPACE, replicas[0]["metadata"]["name"], "-c", "envoy")
         logged = {(d.host, d.allow, d.rule) for d in parse_log(log)}
     assert expected <= logged
+
+
+def test_a_client_pods_own_policy_narrows_the_gateways(kube, namespace, release):
+    """gateway.podPolicy narrow (the default): the replicas' agents read the cluster's pods with
+    their own token (Envoy has none) and judge each client by the default policy and its pod's
+    annotation both, whichever replica and address it reaches."""
+    for replica in replicas_ready(kube, 2):
+        mounts = {
+            c["name"]: {m["mountPath"]: m["name"] for m in c.get("volumeMounts") or []}
+            for c in replica["spec"]["containers"]
+        }
+        assert mounts["intercept-agent"][TOKEN_PATH] == gateway.API_ACCESS_VOLUME
+        assert mounts["envoy"][TOKEN_PATH] == NO_TOKEN_VOLUME
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    kube.wait_object(namespace, "configmap", gateway.CLIENT_CA_CONFIG_MAP)
+    replica_ips = [a["ip"] for r in replicas_ready(kube, 2) for a in r["status"]["podIPs"]]
+    urls = ("https://example.com/", "https://pypi.org/simple/", "http://example.com/")
+    requests = [(a, url, ()) for a in (VARIABLES, *replica_ips) for url in urls]
+    own = {POLICY_ANNOTATION: "allowed_domains: [pypi.org]"}
+    for (address, url, _), (status, body, complaint) in zip(
+        requests, through(kube, namespace, requests, own), strict=True
+    ):
+        if url.startswith("https://pypi.org"):
+            assert (status, complaint) == ("200", ""), address
+        else:  # the default allows it, the pod's own policy does not
+            error = json.loads(body)["error"]
+            assert (status, error["rule"]) == ("403", "pod:default_deny"), address
+            assert "own policy)" in error["message"], error
+    # The decision log (Envoy's, the agent's decision) says whose policy refused whom.
+    deadline, refused = time.monotonic() + 10, []
+    while not refused and time.monotonic() < deadline:
+        time.sleep(0.5)
+        logs = [
+            kube.logs(GATEWAY_NAMESPACE, r["metadata"]["name"], "-c", "envoy")
+            for r in replicas_ready(kube, 2)
+        ]
+        refused = [d for log in logs for d in parse_log(log) if d.rule == "pod:default_deny"]
+    assert refused, "no refusal of the pod's own policy logged"
+    assert all("+narrow:" in (d.policy_revision or "") and d.client for d in refused), refused
+    # Without an annotation: the default policy alone.
+    plain = [(VARIABLES, url, ()) for url in urls]
+    assert [r[0] for r in through(kube, namespace, plain)] == ["200", "200", "200"]
+    # An annotation that is no valid policy: the pod's requests are refused, explained.
+    broken = through(kube, namespace, plain[1:2], {POLICY_ANNOTATION: "allowed_domains: 5"})
+    error = json.loads(broken[0][1])["error"]
+    assert (broken[0][0], error["rule"]) == ("403", clients.INVALID_POLICY_RULE)
+    assert POLICY_ANNOTATION in error["message"], error
 
 
 def test_the_gateway_ca_is_the_shared_secret_and_no_replica_mounts_it_into_envoy(kube, release):

@@ -731,6 +731,7 @@ Each definition is a JSON document for this release's values.
 {
   "name": "egress-proxy",
   "pod": {
+    "serviceAccountName": {{ if eq (.Values.gateway.podPolicy) "narrow" }}"egress-proxy"{{ else }}"default"{{ end }},
     "automountServiceAccountToken": false,
     "enableServiceLinks": false,
     "securityContext": {
@@ -762,6 +763,10 @@ Each definition is a JSON document for this release's values.
           "0.0.0.0",
           "--health-address",
           "::",
+          "--gateway-pod-policy",
+          {{ .Values.gateway.podPolicy | toJson }},
+          "--gateway-unknown-clients",
+          {{ .Values.gateway.unknownClients | toJson }},
           "--cert-validity-hours",
           {{ .Values.agent.certValidityHours | float64 | toString | toJson }}
           {{- range .Values.upstream.privateRanges }},
@@ -849,7 +854,7 @@ Each definition is a JSON document for this release's values.
             "mountPath": "/var/run/intercept-drain"
           },
           {
-            "name": "intercept-no-token",
+            "name": {{ if eq (.Values.gateway.podPolicy) "narrow" }}"egress-proxy-api-access"{{ else }}"intercept-no-token"{{ end }},
             "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
             "readOnly": true
           }
@@ -949,7 +954,71 @@ Each definition is a JSON document for this release's values.
         }
       }
     ],
-    "volumes": [
+    "volumes": {{ if eq (.Values.gateway.podPolicy) "narrow" }}[
+      {
+        "name": "intercept-policy",
+        "configMap": {
+          "name": "egress-proxy-policy",
+          "defaultMode": 420
+        }
+      },
+      {
+        "name": "intercept-ca",
+        "secret": {
+          "secretName": "egress-proxy-ca",
+          "defaultMode": 292
+        }
+      },
+      {
+        "name": "intercept-drain",
+        "emptyDir": {
+          "medium": "Memory",
+          "sizeLimit": "1Mi"
+        }
+      },
+      {
+        "name": "intercept-no-token",
+        "emptyDir": {}
+      },
+      {
+        "name": "egress-proxy-api-access",
+        "projected": {
+          "defaultMode": 292,
+          "sources": [
+            {
+              "serviceAccountToken": {
+                "path": "token",
+                "expirationSeconds": 3607
+              }
+            },
+            {
+              "configMap": {
+                "name": "kube-root-ca.crt",
+                "items": [
+                  {
+                    "key": "ca.crt",
+                    "path": "ca.crt"
+                  }
+                ]
+              }
+            },
+            {
+              "downwardAPI": {
+                "items": [
+                  {
+                    "path": "namespace",
+                    "fieldRef": {
+                      "apiVersion": "v1",
+                      "fieldPath": "metadata.namespace"
+                    }
+                  }
+                ]
+              }
+            }
+          ]
+        }
+      }
+    ]{{ else }}[
       {
         "name": "intercept-policy",
         "configMap": {
@@ -975,7 +1044,7 @@ Each definition is a JSON document for this release's values.
         "name": "intercept-no-token",
         "emptyDir": {}
       }
-    ]
+    ]{{ end }}
   },
   "caSecret": "egress-proxy-ca",
   "clientTrust": {

@@ -8,6 +8,7 @@ import datetime as dt
 import itertools
 import logging
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from intercept_proxy.agent.clients import CLIENT_SELECTOR, UNKNOWN_WAIT_S, ClientPods
 from intercept_proxy.agent.control import serve_control
 from intercept_proxy.agent.health import health_routes, metrics_routes, serve
 from intercept_proxy.agent.metrics import Metrics
@@ -22,6 +24,8 @@ from intercept_proxy.agent.settings import AgentSettings
 from intercept_proxy.authz.approvals import Approvals
 from intercept_proxy.authz.budgets import Ledger
 from intercept_proxy.authz.service import AuthorizationService
+from intercept_proxy.cluster.client import KubeClient, list_watch
+from intercept_proxy.cluster.kubeconfig import in_cluster
 from intercept_proxy.dns import DnsSinkhole
 from intercept_proxy.pki import CertificateAuthority, LeafCache
 from intercept_proxy.pki.files import SYSTEM_TRUST, write_public
@@ -91,19 +95,21 @@ def native_routes(
     hold_s: int | None = None,
     held_hosts: tuple[str, ...] = (),
     gateway: bool = False,
+    per_client: bool = False,
 ) -> list[dict[str, Any]]:
     """The listeners' routes (the gateway's too, if it serves) with `policy` compiled in
-    (seconds for a large policy)."""
+    (seconds for a large policy); `per_client`: the agent judges each client by its own."""
     engine = RegorusEngine(policy)  # its own: the agent's engine serves ext_authz meanwhile
     return route_configurations(
         revision,
         compile_policy(policy, engine, tls=True),
-        compile_policy(policy, engine, tls=False),
+        None if per_client else compile_policy(policy, engine, tls=False),
         credential_headers,
         budget_hosts,
         hold_s,
         held_hosts,
         gateway,
+        per_client,
     )
 
 
@@ -151,6 +157,7 @@ class Agent:
         except ValueError as e:  # HostnameError included: a bad suffix
             raise AgentError(f"DNS sinkhole: {e}") from None
         self.approvals = Approvals(lambda g: self.policy.grant(g.key, g.entry))
+        self.clients, self._api = self._gateway_clients(settings)
         self.authz = AuthorizationService(
             self.engine,
             self.metrics.observe_decision,
@@ -159,6 +166,7 @@ class Agent:
             Ledger(self.metrics.observe_budget),
             self.approvals,
             self.hold_s,
+            self.clients,
         )
         self._bundle: str | None = None
         # Until the policy is compiled (and whenever it cannot be), the agent judges everything.
@@ -169,6 +177,20 @@ class Agent:
         self._compiler = ThreadPoolExecutor(1, thread_name_prefix="compile")
         self._compiling: asyncio.Task[None] | None = None  # referenced: the loop's is weak
         self.update_snapshot()
+
+    def _gateway_clients(self, s: AgentSettings) -> tuple[ClientPods | None, KubeClient | None]:
+        """The gateway's clients' pods, and the API server to read them from, if each client is
+        judged by its pod's policy too."""
+        if s.gateway_pod_policy is OverrideMode.NONE:
+            return None, None
+        if not self.serves_gateway:
+            raise AgentError("--gateway-pod-policy: this agent serves no gateway (--gateway-port)")
+        try:
+            api = KubeClient(in_cluster())
+        except (OSError, ValueError) as e:
+            raise AgentError(f"--gateway-pod-policy: cannot reach the API server: {e}") from None
+        wait_s = min(UNKNOWN_WAIT_S, s.data_plane.authz_timeout_s / 2)  # Envoy waits longer
+        return ClientPods(s.gateway_unknown_clients, wait_s), api
 
     def _publish(
         self, routes: list[dict[str, Any]] | None = None, *, compiled: bool = False
@@ -259,6 +281,7 @@ class Agent:
             hold_s=self.hold_s(),
             held_hosts=self.held_hosts(),
             gateway=self.serves_gateway,
+            per_client=self.clients is not None,
         )
 
     def leak_markers(self) -> list[tuple[str, str]]:
@@ -315,6 +338,7 @@ class Agent:
                 self.hold_s(),
                 self.held_hosts(),
                 self.serves_gateway,
+                self.clients is not None,
             )
         except Exception:  # the agent keeps judging: correct, only slower
             log.exception("compiling policy %s into Envoy routes failed", revision)
@@ -334,21 +358,43 @@ class Agent:
         mode = self.settings.pod_policy_mode
         return CombinedEngine(self.policy.required, self.pod_policy.engine, mode)
 
+    @staticmethod
+    def _watch_client_pods(clients: ClientPods, api: KubeClient, stop: threading.Event) -> None:
+        """The gateway's client pods, listed and watched by a thread, applied on this loop."""
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=list_watch,
+            args=(
+                api,
+                "/api/v1/pods",
+                stop,
+                lambda kind, pod: loop.call_soon_threadsafe(clients.handle, kind, pod),
+                lambda pods: loop.call_soon_threadsafe(clients.resync, pods),
+            ),
+            kwargs={"labelSelector": CLIENT_SELECTOR},
+            name="client-pods",
+            daemon=True,
+        ).start()
+
     def readiness(self) -> dict[str, Any]:
         in_sync = self.ads.in_sync()
         ca_expires = self.certificates.ca.cert.not_valid_after_utc
         ca_valid = ca_expires > dt.datetime.now(dt.UTC)
+        # The gateway's clients: judged once their pods have been listed.
+        listed = self.clients is None or self.clients.listed
         return {
-            "ready": in_sync and ca_valid,
+            "ready": in_sync and ca_valid and listed,
             "envoy_in_sync": in_sync,
+            **({} if self.clients is None else {"client_pods_listed": listed}),
             "ca_expires": ca_expires.isoformat(),
             "policy_revision": self.engine().revision,
             # Reloads of the default policy's files since the start: applied, and refused (the
             # revision in force stayed; the log says why).
             "policy_reloads": self.policy.reloads,
             "policy_rejections": self.policy.rejections,
-            # "envoy": the policy is compiled into Envoy's routes (the agent judges the rest).
-            "judged_by": "envoy" if self._compiled else "agent",
+            # "envoy": the policy is compiled into Envoy's routes (the agent judges the rest; all
+            # of a gateway's clients' requests when their pods' policies narrow it).
+            "judged_by": "envoy" if self._compiled and self.clients is None else "agent",
             "certificates_cached": len(self.certificates),
         }
 
@@ -400,6 +446,9 @@ class Agent:
             asyncio.create_task(watch(lambda: [s.upstream_ca], self.update_snapshot)),
             asyncio.create_task(self._renew_certificates()),
         ]
+        stop_watching = threading.Event()
+        if self.clients is not None and self._api is not None:
+            self._watch_client_pods(self.clients, self._api, stop_watching)
         log.info(
             "agent ready: xDS %s:%d, ext_authz %s:%d, health %s:%d, metrics :%d, revision %s",
             s.data_plane.authz_address,
@@ -414,6 +463,7 @@ class Agent:
         try:
             await stop.wait()
         finally:
+            stop_watching.set()
             for task in tasks:
                 task.cancel()
             await self.dns.close()

@@ -12,7 +12,7 @@ from typing import Any
 from intercept_proxy import ports
 from intercept_proxy.options import command_line, group, option
 from intercept_proxy.pki.files import SYSTEM_TRUST
-from intercept_proxy.policy.combined import OverrideMode
+from intercept_proxy.policy.combined import OverrideMode, UnknownClients
 from intercept_proxy.xds.resources import DataPlane
 
 COMMAND = ("intercept", "agent", "run")
@@ -76,6 +76,27 @@ class AgentSettings:
         parse=OverrideMode,
         show=lambda mode: str(mode.value),
         choices=tuple(m.value for m in OverrideMode),
+    )
+    # The egress gateway's clients in a cluster, each judged by its pod's policy too
+    # (agent/clients.py): the pods are read from the API server, with the pod's service account.
+    gateway_pod_policy: OverrideMode = option(
+        "--gateway-pod-policy",
+        "narrow: a client of the gateway whose pod has its own policy (the intercept-proxy/"
+        "opa-data annotation) is judged by both (pods read from the API server); none: every "
+        "client by --policy alone",
+        default=OverrideMode.NONE,
+        parse=OverrideMode,
+        show=lambda mode: str(mode.value),
+        choices=(OverrideMode.NONE.value, OverrideMode.NARROW.value),
+    )
+    gateway_unknown_clients: UnknownClients = option(
+        "--gateway-unknown-clients",
+        "with --gateway-pod-policy narrow, a client at an address no pod holds: judged by "
+        "--policy (default), or refused (refuse)",
+        default=UnknownClients.DEFAULT,
+        parse=UnknownClients,
+        show=lambda value: str(value.value),
+        choices=tuple(u.value for u in UnknownClients),
     )
     xds_port: int = option(
         "--xds-port", "xDS (ADS) for Envoy", default=ports.AGENT_XDS, parse=_port

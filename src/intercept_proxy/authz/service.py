@@ -16,7 +16,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
@@ -31,9 +31,11 @@ from intercept_proxy.decision import DECISION_HEADER, VERDICT, error_body
 from intercept_proxy.policy.engine import Decision, PolicyEngine
 from intercept_proxy.policy.input import INPUT_VERSION
 from intercept_proxy.policy.limits import Budget
-from intercept_proxy.xds.routes import TRANSPORT_KEY
+from intercept_proxy.xds.routes import CLIENT_HEADER, TRANSPORT_KEY
 
 DecisionObserver = Callable[[Decision, float], None]
+# The engine that judges a client of the egress gateway (its address), given the policy's.
+ClientEngine = Callable[[PolicyEngine, str], Awaitable[PolicyEngine]]
 # The texts a request must not carry (a secret, the header value made of it), each with the
 # credential it belongs to.
 Secrets = Callable[[], Sequence[tuple[str, str]]]
@@ -168,6 +170,13 @@ def uploaded(request: external_auth_pb2.CheckRequest) -> tuple[Upload, str]:
     return Upload(host, length), f"{http.method} {host}:{port}"
 
 
+def client(request: external_auth_pb2.CheckRequest) -> str:
+    """The gateway's client: the address the gateway saw (its listener writes it: requests reach
+    the listener that judges them over Envoy's internal connections), else the peer's."""
+    written: str = request.attributes.request.http.headers.get(CLIENT_HEADER, "")
+    return written or str(request.attributes.source.address.socket_address.address)
+
+
 def decision_id(request: external_auth_pb2.CheckRequest) -> str:
     """Envoy's request id (it drops any the client sent); a fresh one for other callers."""
     return request.attributes.request.http.headers.get("x-request-id") or uuid.uuid4().hex
@@ -183,12 +192,15 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         ledger: Ledger | None = None,
         approvals: Approvals | None = None,
         hold_s: Callable[[], int | None] = lambda: None,
+        clients: ClientEngine | None = None,
     ) -> None:
         """`engine` returns the engine in force now (it changes when the policy reloads), and
         `secrets` and `budgets` the credentials' secrets and the budgets with it; `ledger`
         counts what the budgets spent. A request the policy decides `approval_required` waits
-        up to `hold_s()` seconds for a person's answer to `approvals` (None: it does not)."""
+        up to `hold_s()` seconds for a person's answer to `approvals` (None: it does not).
+        `clients`: the egress gateway's, each judged by the engine it gives (its own policy)."""
         self._engine = engine
+        self._clients = clients
         self._observe = observe
         self._secrets = secrets
         self._budgets = budgets
@@ -200,6 +212,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
         self, request: external_auth_pb2.CheckRequest, context: object
     ) -> external_auth_pb2.CheckResponse:
         engine = self._engine()
+        if self._clients is not None:
+            engine = await self._clients(engine, client(request))
         input_doc = check_input(request)
         started = time.perf_counter()
         decision = leaked(request, self._secrets()) or engine.evaluate(input_doc)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import logging
 import socket
 import ssl
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
@@ -257,6 +260,45 @@ class KubeClient:
             with contextlib.suppress(OSError):
                 conn.close()
             self._local.conn = None
+
+
+def list_watch(
+    client: KubeClient,
+    path: str,
+    stop: threading.Event,
+    handle: Callable[[str, dict[str, Any]], None],
+    resync: Callable[[list[dict[str, Any]]], None],
+    watch_seconds: int = 240,
+    **params: Any,
+) -> None:
+    """Keep a copy of collection `path` until `stop`: list (`resync` with every object), then
+    watch from that version (`handle` each event), and list again when the version expired or
+    the watch failed (one second later)."""
+    while not stop.is_set():
+        try:
+            listed = client.get(path, **params)
+            resync(listed["items"])
+            version = listed["metadata"]["resourceVersion"]
+            while not stop.is_set():
+                expired = False
+                for event in client.watch(path, version, watch_seconds, **params):
+                    if stop.is_set():
+                        return
+                    kind, obj = event["type"], event["object"]
+                    if kind == "ERROR":
+                        expired = True
+                        break
+                    version = obj["metadata"]["resourceVersion"]
+                    if kind != "BOOKMARK":
+                        handle(kind, obj)
+                if expired:
+                    break
+        except ApiError as e:
+            log.warning("watching %s: %s", path, e)
+            stop.wait(1.0)
+        except Exception:
+            log.exception("watching %s", path)
+            stop.wait(1.0)
 
 
 def _param(value: Any) -> str:

@@ -83,21 +83,27 @@ def objects(config: Config) -> list[dict[str, Any]]:
             "metadata": {"name": SERVICE, "namespace": NAMESPACE},
             "spec": {"clusterIP": config.dns_service_ip, "ports": ports},
         },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": SERVICE,
-                "namespace": NAMESPACE,
-                "labels": {
-                    "kubernetes.io/service-name": SERVICE,
-                    "endpointslice.kubernetes.io/managed-by": "intercept-cluster",
-                },
-            },
-            "addressType": "IPv4",
-            "endpoints": [
-                {"addresses": [config.node_service_address], "conditions": {"ready": True}}
-            ],
-            "ports": ports,
-        },
+        node_endpoint(config, SERVICE, NAMESPACE, ports),
     ]
+
+
+def node_endpoint(
+    config: Config, service: str, namespace: str, ports: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The one endpoint of a Service the node serves itself, at its own address (a Service
+    without a selector: its EndpointSlice is ours)."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": service,
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "intercept-cluster",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [config.node_service_address], "conditions": {"ready": True}}],
+        "ports": ports,
+    }

@@ -10,6 +10,7 @@ after a cluster whose supervisor died without a word.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import secrets
@@ -96,6 +97,11 @@ class Config:
 
     def path(self, *parts: str) -> Path:
         return self.dir.joinpath(*parts)
+
+    @property
+    def api_service_ip(self) -> str:
+        """The `kubernetes` Service's ClusterIP: the first address of the Service range."""
+        return str(ipaddress.ip_network(self.service_cidr)[1])
 
     @property
     def server(self) -> str:

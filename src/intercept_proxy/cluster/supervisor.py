@@ -10,7 +10,6 @@ Whatever it could not finish is in `failed` and its log (`logs/supervisor.log`).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from intercept_proxy.cluster import components, dns, kyverno
 from intercept_proxy.cluster.client import ApiError, Credentials, KubeClient
 from intercept_proxy.cluster.kubeconfig import kubeconfig, write_kubeconfig
 from intercept_proxy.cluster.layout import Config
+from intercept_proxy.cluster.node.network import api_endpoint
 from intercept_proxy.cluster.pki import POLICY_READER_USER, ClusterPki
 from intercept_proxy.cluster.processes import Child, child_env
 from intercept_proxy.cluster.tools import Tools
@@ -143,8 +143,7 @@ class Supervisor:
 
     def start(self) -> None:
         config, tools, pki = self.config, self.tools, self.pki
-        service_ip = _first_service_ip(config.service_cidr)
-        pki.create(config.node_name, service_ip, config.cluster_domain)
+        pki.create(config.node_name, config.api_service_ip, config.cluster_domain)
         for d in ("logs", "kubeconfigs", "run"):
             config.path(d).mkdir(mode=0o700, exist_ok=True)
         admin_config = self.kubeconfig_for("admin", "admin", "admin")
@@ -224,7 +223,7 @@ class Supervisor:
                 ],
             }
         )
-        for obj in dns.objects(config):
+        for obj in [*dns.objects(config), api_endpoint(config)]:
             admin.apply(obj)
         node = f"system:node:{config.node_name}"
         self.kubeconfig_for("node", "node", node)
@@ -306,10 +305,6 @@ class Supervisor:
                 log.exception("stopping %s", c.name)
         if self.lab is not None:
             self.lab.stop()
-
-
-def _first_service_ip(cidr: str) -> str:
-    return str(ipaddress.ip_network(cidr)[1])
 
 
 def _node_ready(client: KubeClient, name: str) -> bool:

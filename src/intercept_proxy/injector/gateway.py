@@ -34,6 +34,7 @@ from intercept_proxy.injector.pod import (
     restricted,
 )
 from intercept_proxy.injector.settings import InjectorSettings
+from intercept_proxy.policy.combined import OverrideMode
 from intercept_proxy.xds.bootstrap import Bootstrap
 
 # The seeds' names: egress-proxy.egress-system.svc.cluster.local:3128.
@@ -49,6 +50,12 @@ CLIENT_CA_KEY = "ca.crt"
 CLIENT_TRUST_VOLUME = f"{NAME}-ca"
 CLIENT_TRUST_DIR = "/var/run/egress-proxy"
 CLIENT_TRUST_FILE = f"{CLIENT_TRUST_DIR}/{CLIENT_CA_KEY}"
+# With a policy per client pod, the agent (alone: Envoy keeps an empty directory there) reads
+# the cluster's pods with the token of this ServiceAccount (its ClusterRole: get, list and
+# watch pods), projected as the ServiceAccount admission plugin would.
+SERVICE_ACCOUNT = NAME
+API_ACCESS_VOLUME = f"{NAME}-api-access"
+API_TOKEN_SECONDS = 3607
 # Every address of the pod: clients come from other pods, probes from the node.
 EVERY_ADDRESS = ("0.0.0.0", "::")
 # A replica stopping (a rollout, a scale-down, a drain) finishes the streams under way. Envoy's
@@ -83,7 +90,37 @@ def _pre_stop(command: list[str]) -> dict[str, Any]:
     return {"preStop": {"exec": {"command": command}}}
 
 
+def reads_pods(s: InjectorSettings) -> bool:
+    """Whether the gateway judges each client by its pod's policy too (it reads pods)."""
+    return s.gateway_pod_policy is not OverrideMode.NONE
+
+
+def _api_access() -> dict[str, Any]:
+    """The projected volume of the agent's token, its API server's CA and its namespace."""
+    namespace = {
+        "path": "namespace",
+        "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"},
+    }
+    return {
+        "name": API_ACCESS_VOLUME,
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": API_TOKEN_SECONDS}},
+                {
+                    "configMap": {
+                        "name": "kube-root-ca.crt",
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    }
+                },
+                {"downwardAPI": {"items": [namespace]}},
+            ],
+        },
+    }
+
+
 def _agent(s: InjectorSettings) -> dict[str, Any]:
+    token = {**NO_TOKEN_MOUNT, "name": API_ACCESS_VOLUME if reads_pods(s) else NO_TOKEN_VOLUME}
     command = agent_command(
         policy=Path(POLICY_FILE),
         ca_cert=Path(CA_DIR, "tls.crt"),
@@ -93,6 +130,8 @@ def _agent(s: InjectorSettings) -> dict[str, Any]:
         upstream_private_ranges=s.upstream_private_ranges,
         gateway_port=ports.ENVOY_GATEWAY,
         gateway_addresses=EVERY_ADDRESS,
+        gateway_pod_policy=s.gateway_pod_policy,
+        gateway_unknown_clients=s.gateway_unknown_clients,
     )
     return {
         "name": AGENT,
@@ -110,7 +149,7 @@ def _agent(s: InjectorSettings) -> dict[str, Any]:
             {"name": POLICY_VOLUME, "mountPath": POLICY_DIR, "readOnly": True},
             {"name": CA_VOLUME, "mountPath": CA_DIR, "readOnly": True},
             {"name": DRAIN_VOLUME, "mountPath": DRAIN_DIR},
-            dict(NO_TOKEN_MOUNT),
+            token,
         ],
         "lifecycle": _pre_stop(_agent_pre_stop(s)),
     }
@@ -142,6 +181,8 @@ def _envoy(s: InjectorSettings) -> dict[str, Any]:
 def pod_spec(s: InjectorSettings) -> dict[str, Any]:
     """The gateway Deployment's pod spec (the chart adds its scheduling)."""
     return {
+        # The namespace's `default` when it reads no pod (the chart makes no account then).
+        "serviceAccountName": SERVICE_ACCOUNT if reads_pods(s) else "default",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": {
@@ -163,6 +204,7 @@ def pod_spec(s: InjectorSettings) -> dict[str, Any]:
             {"name": CA_VOLUME, "secret": {"secretName": CA_SECRET, "defaultMode": 0o444}},
             {"name": DRAIN_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
             {"name": NO_TOKEN_VOLUME, "emptyDir": {}},
+            *([_api_access()] if reads_pods(s) else []),
         ],
     }
 

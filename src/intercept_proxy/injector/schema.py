@@ -15,6 +15,7 @@ from intercept_proxy.identities import MAX_ID
 from intercept_proxy.injector.networks import network_schema
 from intercept_proxy.injector.settings import (
     CAPTURE_MODES,
+    GATEWAY_POD_POLICIES,
     MAX_GRACE_S,
     MIN_GRACE_S,
     PULL_POLICIES,
@@ -22,7 +23,7 @@ from intercept_proxy.injector.settings import (
 )
 from intercept_proxy.netfilter.config import DNS, MAX_ENTRIES, CaptureConfig
 from intercept_proxy.policy import approvals, credentials, limits
-from intercept_proxy.policy.combined import OverrideMode
+from intercept_proxy.policy.combined import OverrideMode, UnknownClients
 from intercept_proxy.policy.model import Policy
 
 PATH = "charts/intercept-proxy/values.schema.json"
@@ -563,6 +564,16 @@ PROPERTIES: dict[str, Any] = {
                 "but 5 s.",
             },
             "replicas": _count("Replicas when autoscaling is off."),
+            "podPolicy": _choice(
+                "narrow: a client pod's intercept-proxy/opa-data policy narrows the gateway's "
+                "(pods read from the API server); none: ignored.",
+                tuple(GATEWAY_POD_POLICIES),
+            ),
+            "unknownClients": _choice(
+                "With podPolicy narrow, a client at an address no pod holds: judged by "
+                "policy.default, or refused.",
+                tuple(UnknownClients),
+            ),
             "ca": _object(
                 "The CA every replica mints from (the Secret egress-proxy-ca).",
                 {

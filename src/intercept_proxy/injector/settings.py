@@ -9,7 +9,7 @@ from typing import Any
 from intercept_proxy import __version__, ports
 from intercept_proxy.identities import AGENT_UID, ENVOY_UID, GATEWAY_UID
 from intercept_proxy.netfilter.config import CaptureConfig, CaptureConfigError
-from intercept_proxy.policy.combined import OverrideMode
+from intercept_proxy.policy.combined import OverrideMode, UnknownClients
 from intercept_proxy.xds.resources import cidr
 
 # Container images. Never `latest`: what runs is what was tested.
@@ -65,6 +65,9 @@ class Resources:
 
 
 CAPTURE_MODES = ("init", "cni")
+# What a gateway client's pod's own policy may do (the first: the default). A shared gateway's
+# client never replaces its policy: it would widen it.
+GATEWAY_POD_POLICIES = (OverrideMode.NARROW, OverrideMode.NONE)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,10 @@ class InjectorSettings:
     )
     # A stopping replica's grace period: it drains for all of it but the last DRAIN_MARGIN_S.
     gateway_grace_s: int = 30
+    # Whether a client's pod's own policy narrows the gateway's (NARROW: pods read from the API
+    # server), and what a client no pod holds the address of gets.
+    gateway_pod_policy: OverrideMode = GATEWAY_POD_POLICIES[0]
+    gateway_unknown_clients: UnknownClients = UnknownClients.DEFAULT
     # CNI mode's node agent (injector/cninode.py): the nodes' CNI directories, the namespaces
     # whose pods the plugin passes without asking (besides the agent's own), its size.
     cni_bin_dir: str = "/opt/cni/bin"
@@ -134,6 +141,8 @@ class InjectorSettings:
             raise SettingsError("envoy_uid and agent_uid must be distinct and not 0")
         if self.gateway_uid == 0:
             raise SettingsError("gateway_uid: the gateway never runs as root")
+        if self.gateway_pod_policy not in GATEWAY_POD_POLICIES:
+            raise SettingsError("gateway_pod_policy: a client's pod may narrow, never replace")
         if not MIN_GRACE_S <= self.gateway_grace_s <= MAX_GRACE_S:
             raise SettingsError(f"gateway_grace_s: from {MIN_GRACE_S} to {MAX_GRACE_S} seconds")
         try:  # proxy-init's own check, here: a pod it would refuse is never injected

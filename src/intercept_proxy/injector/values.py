@@ -24,13 +24,14 @@ from intercept_proxy.injector.settings import (
     CAPTURE_MODES,
     ENVOY_REPOSITORY,
     ENVOY_TAG,
+    GATEWAY_POD_POLICIES,
     IMAGE_REPOSITORY,
     PULL_POLICIES,
     InjectorSettings,
     Resources,
     SettingsError,
 )
-from intercept_proxy.policy.combined import OverrideMode
+from intercept_proxy.policy.combined import OverrideMode, UnknownClients
 
 
 def _resources_values(resources: Resources) -> dict[str, Any]:
@@ -77,6 +78,8 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
         "gateway": {
             "uid": s.gateway_uid,
             "terminationGracePeriodSeconds": s.gateway_grace_s,
+            "podPolicy": str(s.gateway_pod_policy),
+            "unknownClients": str(s.gateway_unknown_clients),
             "resources": {
                 "agent": _resources_values(s.gateway_agent_resources),
                 "envoy": _resources_values(s.gateway_envoy_resources),
@@ -247,6 +250,8 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         init_resources=_resources(values["proxyInit"]["resources"]),
         gateway_uid=values["gateway"]["uid"],
         gateway_grace_s=values["gateway"]["terminationGracePeriodSeconds"],
+        gateway_pod_policy=OverrideMode(values["gateway"]["podPolicy"]),
+        gateway_unknown_clients=UnknownClients(values["gateway"]["unknownClients"]),
         gateway_agent_resources=_resources(values["gateway"]["resources"]["agent"]),
         gateway_envoy_resources=_resources(values["gateway"]["resources"]["envoy"]),
     )
@@ -328,6 +333,10 @@ HELM_PARAMETERS: dict[str, Parameter] = {
     ),
     "gateway_uid": Parameter(".Values.gateway.uid | int", 990104),
     "gateway_grace_s": Parameter(".Values.gateway.terminationGracePeriodSeconds | int", 3541),
+    "gateway_pod_policy": Parameter(".Values.gateway.podPolicy", choices=GATEWAY_POD_POLICIES),
+    "gateway_unknown_clients": Parameter(
+        ".Values.gateway.unknownClients", choices=tuple(UnknownClients)
+    ),
     "gateway_agent_resources": Parameter(
         ".Values.gateway.resources.agent", Resources({"cpu": "990004m"}, {"memory": "990004Mi"})
     ),

@@ -19,11 +19,19 @@ class OverrideMode(StrEnum):
     NONE = "none"
 
 
+class UnknownClients(StrEnum):
+    """What an egress gateway does with a client whose pod it does not know (agent/clients.py)."""
+
+    DEFAULT = "default"  # judged by the default policy, the most a pod's own policy allows
+    REFUSE = "refuse"
+
+
 @dataclass(frozen=True)
 class CombinedEngine:
     default: PolicyEngine
     pod: PolicyEngine | None
     mode: OverrideMode
+    owner: str = "this pod"  # whose own policy the pod's is, as a denial names it
 
     @property
     def revision(self) -> str:
@@ -44,6 +52,5 @@ class CombinedEngine:
             return self._narrowed(pod) if not pod.allow else default
         return self._narrowed(pod) if not pod.allow else pod
 
-    @staticmethod
-    def _narrowed(pod: Decision) -> Decision:
-        return Decision(False, f"pod:{pod.rule}", f"{pod.reason} (this pod's own policy)")
+    def _narrowed(self, pod: Decision) -> Decision:
+        return Decision(False, f"pod:{pod.rule}", f"{pod.reason} ({self.owner}'s own policy)")

@@ -140,6 +140,8 @@ class Options:
     output: IO[str] | None = None
     # The node's own agent's (with `trusted`: all its containers); None for any other pod.
     host: HostAccess | None = None
+    # What the node tells every container (a cluster's: where the API server is).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 # A sidecar that exits is started again after 0.5 s, 1 s, 2 s, ... up to 10 s; one that ran this
@@ -301,6 +303,7 @@ class LocalPod:
         """The container's process: `enter` builds its root and starts its program as its
         identity."""
         env = {"PATH": DEFAULT_PATH, "HOSTNAME": self.pod.get("metadata", {}).get("name", "")}
+        env |= self.options.env
         env |= self.options.host.env if self.options.host is not None else {}
         env |= container_env(container, self.pod, self.volumes.object_data)
         who = self._identity(container)

@@ -750,13 +750,13 @@ def sni_check(dp: DataPlane) -> dict[str, Any]:
     return _check_when(dp, {"not_matcher": holds})
 
 
-def early_mutations(*, tls: bool) -> list[dict[str, Any]]:
+def early_mutations(*, tls: bool, gateway: bool = False) -> list[dict[str, Any]]:
     """Before routing: only Envoy's own request ids (the decision id is one, and a client must
     not choose it), and only the listener's own facts about the request (routes.py)."""
     removed = [{"remove": name} for name in ("x-request-id", *INTERNAL_HEADERS)]
     facts = [
         {"append": {"header": {"key": name, "value": value}, "append_action": "ADD_IF_ABSENT"}}
-        for name, value in request_facts(tls=tls).items()
+        for name, value in request_facts(tls=tls, gateway=gateway).items()
     ]
     return removed + facts
 
@@ -1023,7 +1023,7 @@ def http_connection_manager(
                         "envoy.extensions.http.early_header_mutation.header_mutation.v3."
                         "HeaderMutation"
                     ),
-                    "mutations": early_mutations(tls=tls),
+                    "mutations": early_mutations(tls=tls, gateway=dp.gateway_port is not None),
                 },
             }
         ],
@@ -1289,11 +1289,14 @@ def route_configurations(
     hold_s: float | None = None,
     held_hosts: tuple[str, ...] = (),
     gateway: bool = False,
+    per_client: bool = False,
 ) -> list[dict[str, Any]]:
     """Both listeners' routes: the compiled policy's, or (None) the agent's for everything.
     `hold_s`: how long the agent may hold a request for a person's approval (None: never), to
     the hosts of `held_hosts` (exact names, `*.suffix`, `*` for any); `gateway`: the egress
-    gateway's routes too."""
+    gateway's routes too; `per_client`: the agent judges every request (each of the gateway's
+    clients by its own policy, which only narrows `tls`: the gateway still refuses the tunnels
+    `tls` refuses whatever their requests)."""
     holding = (
         None
         if hold_s is None
@@ -1312,8 +1315,8 @@ def route_configurations(
             held_hosts=held_hosts,
         )
         for name, cluster, policy, is_tls in (
-            (TLS_LISTENER, UPSTREAM_TLS_CLUSTER, tls, True),
-            (HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, plain, False),
+            (TLS_LISTENER, UPSTREAM_TLS_CLUSTER, None if per_client else tls, True),
+            (HTTP_LISTENER, UPSTREAM_PLAIN_CLUSTER, None if per_client else plain, False),
         )
     ]
     return [*listeners, gateway_routes(tls, held_hosts, revision)] if gateway else listeners

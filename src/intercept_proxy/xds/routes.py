@@ -27,7 +27,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from intercept_proxy.decision import DECISION_HEADER, POLICY_BLOCKED, VERDICT, Judge, error_body
+from intercept_proxy.decision import (
+    CLIENT_STATE,
+    DECISION_HEADER,
+    POLICY_BLOCKED,
+    VERDICT,
+    Judge,
+    error_body,
+)
 from intercept_proxy.policy.credentials import Placeholders
 from intercept_proxy.policy.limits import host_matches
 from intercept_proxy.policy.native import (
@@ -47,7 +54,10 @@ BudgetHosts = tuple[tuple[str, bool], ...]
 SNI_HEADER = "x-intercept-sni"
 PROTOCOL_HEADER = "x-intercept-protocol"
 ENCODING_HEADER = "x-intercept-transfer-encoding"
-INTERNAL_HEADERS = (SNI_HEADER, PROTOCOL_HEADER, ENCODING_HEADER)
+# The egress gateway's client (its address, as the gateway saw it): the agent judges a client by
+# the policy of its pod (agent/clients.py).
+CLIENT_HEADER = "x-intercept-client"
+INTERNAL_HEADERS = (SNI_HEADER, PROTOCOL_HEADER, ENCODING_HEADER, CLIENT_HEADER)
 # ext_authz context extension naming the listener's transport: "tls" or "plain".
 TRANSPORT_KEY = "intercept_transport"
 METADATA_KEY = "intercept"
@@ -92,14 +102,17 @@ def any_spelling(host: str) -> str:
     return f"(?i)(?:{name})(?::[0-9]{{1,5}})?"
 
 
-def request_facts(*, tls: bool) -> dict[str, str]:
-    """Headers the listener writes before routing, in Envoy's format language."""
+def request_facts(*, tls: bool, gateway: bool = False) -> dict[str, str]:
+    """Headers the listener writes before routing, in Envoy's format language (`gateway`: the
+    listener also serves the egress gateway's clients)."""
     # An absent request header formats as nothing, and then no header is written.
     facts = {PROTOCOL_HEADER: "%PROTOCOL%", ENCODING_HEADER: "%REQ(transfer-encoding)%"}
     if tls:
         # A plain substitution: an expression comparing it with the host here would run on
         # every request (about a tenth of Envoy's CPU per request, measured with `make bench`).
         facts[SNI_HEADER] = "%REQUESTED_SERVER_NAME%"
+    if gateway:  # the gateway's connections alone carry it: on others, no header is written
+        facts[CLIENT_HEADER] = f"%FILTER_STATE({CLIENT_STATE}:PLAIN)%"
     return facts
 
 

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from intercept_proxy import __version__, netns, signals
-from intercept_proxy.cluster.client import STRATEGIC_PATCH, ApiError, Credentials, KubeClient
+from intercept_proxy.cluster.client import (
+    STRATEGIC_PATCH,
+    ApiError,
+    Credentials,
+    KubeClient,
+    list_watch,
+)
 from intercept_proxy.cluster.layout import Config, pod_prefix
 from intercept_proxy.cluster.node import prepare as prep
 from intercept_proxy.cluster.node import status as st
@@ -426,34 +432,10 @@ class NodeAgent:
             self._sync("MODIFIED", pod)
 
     def _list_watch(self, client: KubeClient, selector: str, handle: Any, resync: Any) -> None:
-        """List, then watch from that version, again and again, until the agent stops."""
-        while not self.stopping.is_set():
-            try:
-                listed = client.get("/api/v1/pods", fieldSelector=selector)
-                resync(listed["items"])
-                version = listed["metadata"]["resourceVersion"]
-                while not self.stopping.is_set():
-                    expired = False
-                    for event in client.watch(
-                        "/api/v1/pods", version, WATCH_SECONDS, fieldSelector=selector
-                    ):
-                        if self.stopping.is_set():
-                            return
-                        kind, obj = event["type"], event["object"]
-                        if kind == "ERROR":
-                            expired = True
-                            break
-                        version = obj["metadata"]["resourceVersion"]
-                        if kind != "BOOKMARK":
-                            handle(kind, obj)
-                    if expired:
-                        break
-            except ApiError as e:
-                log.warning("watching pods (%s): %s", selector, e)
-                self.stopping.wait(1.0)
-            except Exception:
-                log.exception("watching pods (%s)", selector)
-                self.stopping.wait(1.0)
+        list_watch(
+            client, "/api/v1/pods", self.stopping, handle, resync, WATCH_SECONDS,
+            fieldSelector=selector,
+        )  # fmt: skip
 
     # -- the agent ----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 NETWORK_NAME = "pods"
 BRIDGE = "cni0"
 API_PORT = 6443
+API_SERVICE_PORT = 443
 NETWORK_LIST = "10-pods.conflist"
 # The node's CNI directories, where a cluster's nodes have them (the chart's defaults).
 CNI_BIN, CNI_CONF = "opt/cni/bin", "etc/cni/net.d"
@@ -123,7 +124,7 @@ class NodeNetwork:
     tools: Tools
     chain: Chain = field(init=False)
     _uplink: Uplink = field(init=False)
-    _relay: ApiRelay | None = None
+    _relays: list[ApiRelay] = field(default_factory=list)  # for the node's network, its pods
     _children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -146,6 +147,16 @@ class NodeNetwork:
     def root(self) -> Path:
         """The node's own filesystem."""
         return self._dir / "host"
+
+    def pod_env(self) -> dict[str, str]:
+        """What the kubelet tells every container: where the API server is (the `kubernetes`
+        Service, which kube-proxy sends to the node's relay)."""
+        port = str(API_SERVICE_PORT)
+        return {
+            "KUBERNETES_SERVICE_HOST": self.config.api_service_ip,
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+        }
 
     def host_access(self) -> HostAccess:
         """What the node gives a pod it trusts as a node agent."""
@@ -176,11 +187,20 @@ class NodeNetwork:
         except OSError:
             listener.close()
             raise
-        self._relay = ApiRelay(listener, self.config.ports.apiserver)
-        self._relay.start()
-        # The node's own address for the Services it serves (CoreDNS): pods route to it.
+        self._relays = [ApiRelay(listener, self.config.ports.apiserver)]
+        # The node's own address for the Services it serves (CoreDNS, the API server's relay,
+        # the `kubernetes` Service's endpoint): pods route to it.
         address = f"{self.config.node_service_address}/32"
         netns.ip("-n", self.config.node_netns, "address", "add", address, "dev", "lo")
+        for_pods = netns.socket_in(self.config.node_netns, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            for_pods.bind((self.config.node_service_address, API_PORT))
+        except OSError:
+            for_pods.close()
+            raise
+        self._relays.append(ApiRelay(for_pods, self.config.ports.apiserver))
+        for relay in self._relays:
+            relay.start()
         corefile = self._dir / "Corefile"
         dns_kubeconfig = self._kubeconfig("coredns", self._dir / "coredns.kubeconfig")
         corefile.write_text(dns.corefile(self.config, dns_kubeconfig, self._uplink.nameservers))
@@ -211,9 +231,9 @@ class NodeNetwork:
         for child in self._children:
             child.stop()
         self._children.clear()
-        if self._relay is not None:
-            self._relay.stop()
-            self._relay = None
+        for relay in self._relays:
+            relay.stop()
+        self._relays.clear()
         release_host_uplink(self.config.node_netns)
         if netns.exists(self.config.node_netns):
             netns.delete(self.config.node_netns)
@@ -229,6 +249,13 @@ class NodeNetwork:
             self._uplink.extra_trust,
             dns.search(self.config, pod["metadata"]["namespace"]),
         )
+
+
+def api_endpoint(config: Config) -> dict[str, Any]:
+    """The `kubernetes` Service's endpoint, which the API server writes none of here (its only
+    address is loopback): the node's relay."""
+    ports = [{"name": "https", "port": API_PORT, "protocol": "TCP"}]
+    return dns.node_endpoint(config, "kubernetes", "default", ports)
 
 
 def kube_proxy_argv(binary: Path, kubeconfig: Path, config: Config) -> list[str]:

@@ -367,6 +367,7 @@ class PodWorker:
             prefix=prefix,
             trusted=trust.trusted,
             host=host,
+            env=self.agent.network.pod_env(),
         )
         try:
             local = ClusterPod(
