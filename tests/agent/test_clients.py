@@ -134,14 +134,39 @@ def test_pod_policies_beyond_the_limit_are_refused_until_one_goes(monkeypatch):
     # Replicas of one Deployment share their annotation: one policy.
     pods.resync([pod(f"a{i}", (f"10.1.0.{i}",), texts[0]) for i in range(5)])
     pods.handle("ADDED", pod("b", ("10.1.1.1",), texts[1]))
-    third = pod("c", ("10.1.2.1",), "allowed_domains: [pypi.org, files.pythonhosted.org]")
-    pods.handle("ADDED", third)
+    pods.handle("ADDED", pod("c", ("10.1.2.1",), "allowed_domains: [pypi.org, example.com]"))
+    for i in range(5):
+        assert decide(pods, f"10.1.0.{i}", "pypi.org")[:2] == (True, "allowed_domains")
+    assert decide(pods, "10.1.1.1", "pypi.org")[:2] == (False, "pod:default_deny")
     allowed, rule, _ = decide(pods, "10.1.2.1", "pypi.org")
     assert (allowed, rule) == (False, cl.INVALID_POLICY_RULE)
     assert "2 distinct pods' policies" in asyncio.run(pods(DEFAULT, "10.1.2.1")).evaluate({}).reason
+    # b's pod goes: its policy with it, and c's applies at its next request.
     pods.handle("DELETED", pod("b", ("10.1.1.1",), texts[1]))
-    pods.handle("MODIFIED", third)
     assert decide(pods, "10.1.2.1", "pypi.org")[:2] == (True, "allowed_domains")
+    # A pod that finished holds no address, nor a place among the policies.
+    pods.handle(
+        "MODIFIED", pod("c", ("10.1.2.1",), "allowed_domains: [x.example]", phase="Succeeded")
+    )
+    pods.handle("ADDED", pod("d", ("10.1.3.1",), texts[1]))
+    assert decide(pods, "10.1.3.1", "pypi.org")[:2] == (False, "pod:default_deny")
+
+
+def test_a_policy_too_long_to_compile_on_the_loop_is_refused():
+    pods = ClientPods(UnknownClients.DEFAULT)
+    long = "allowed_domains: [" + ", ".join(f"h{i}.example" for i in range(8000)) + "]"
+    pods.resync([pod("long", annotation=long)])
+    allowed, rule, _ = decide(pods, "10.1.0.5", "pypi.org")
+    assert (allowed, rule) == (False, cl.INVALID_POLICY_RULE)
+    assert f"longer than {cl.MAX_POLICY_BYTES} bytes" in pods.pods("10.1.0.5")[0].error
+
+
+def test_before_the_first_list_every_client_is_refused():
+    pods = ClientPods(UnknownClients.DEFAULT, wait_s=0.1)
+    allowed, rule, _ = decide(pods, "10.1.0.5", "pypi.org")
+    assert (allowed, rule) == (False, UNKNOWN_CLIENT_RULE)
+    pods.resync([])
+    assert decide(pods, "10.1.0.5", "pypi.org")[:2] == (True, "allowed_domains")
 
 
 def test_a_pod_on_the_nodes_network_holds_no_address():

@@ -393,7 +393,8 @@ def test_the_gateway_reads_pods_only_to_narrow_by_their_policies(case):
         if o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "egress-proxy"
     ]  # fmt: skip
     egress = network_policy["egress"]
-    to_api = [r for r in egress if r.get("ports") == [{"protocol": "TCP"}]]
+    api_ports = [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]
+    to_api = [r for r in egress if r.get("ports") == api_ports]
     if not narrow:
         assert (granted, bindings, to_api) == ([], [], [])
         assert "egress-proxy" not in {a["metadata"]["name"] for a in accounts}

@@ -39,9 +39,9 @@ def hooks(kube: Kube, release: str, namespace: str, event: str) -> list[dict[str
 
 
 def run_hook(kube: Kube, namespace: str, objects: list[dict[str, Any]]) -> None:
-    """A hook whose Job runs kubectl, its pod aside: the node's pods cannot reach the API
-    server, so the Job's commands run here, in the pod's order, as the hook's ServiceAccount
-    (impersonated: its RBAC, nothing more), with the ServiceAccount and RBAC the hook creates."""
+    """A hook whose Job runs kubectl, its pod aside: the Job's commands run here, in the pod's
+    order, as the hook's ServiceAccount (impersonated: its RBAC, nothing more), with the
+    ServiceAccount and RBAC the hook creates."""
     (job,) = [o for o in objects if o["kind"] == "Job"]
     rbac = yaml.safe_dump_all([o for o in objects if o["kind"] != "Job"])
     kube.kubectl("apply", "-f", "-", input=rbac)

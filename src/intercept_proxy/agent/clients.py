@@ -12,7 +12,9 @@ What is refused rather than guessed:
   start); a later invalid one keeps the last valid policy in force, as a sidecar's agent does;
 - an address two live pods claim (one stopping, one new, as addresses are reused) is judged by
   every claimant's policy, so neither gets more than its own;
-- policies beyond `MAX_POLICIES` distinct ones are not compiled: their pods are refused.
+- beyond `MAX_POLICIES` distinct policies in force, or `MAX_POLICY_BYTES`, a pod's policy is
+  not applied: its requests are refused (until another policy goes);
+- before the pods are first listed, every client is refused.
 An address no pod holds is a client the gateway does not know: judged by the default policy
 (the most any pod's policy allows) or refused, as the operator chose. A pod can send before the
 API server tells the gateway its address, so an unknown address waits a little first.
@@ -21,6 +23,7 @@ API server tells the gateway its address, so an unknown address waits a little f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 from collections import Counter
@@ -32,7 +35,7 @@ from intercept_proxy.decision import ErrorCode
 from intercept_proxy.injector.settings import POLICY_ANNOTATION
 from intercept_proxy.policy.combined import CombinedEngine, OverrideMode, UnknownClients
 from intercept_proxy.policy.engine import Decision, PolicyEngine, RegorusEngine
-from intercept_proxy.policy.model import PolicyError, parse_policy
+from intercept_proxy.policy.model import Policy, PolicyError, parse_policy
 from intercept_proxy.xds.gateway import UNKNOWN_CLIENT_RULE
 
 log = logging.getLogger(__name__)
@@ -40,8 +43,11 @@ log = logging.getLogger(__name__)
 # The pods the gateway's NetworkPolicy lets in (the chart's clients' side labels them so).
 CLIENT_SELECTOR = "networking/allow-egress=true"
 INVALID_POLICY_RULE = "gateway_pod_policy_invalid"
-# Distinct pod policies compiled at once (about a megabyte each): beyond, pods are refused.
+# Distinct pod policies applied at once (an engine of about a megabyte each): beyond, the
+# requests of pods with another are refused until one goes. A longer annotation is refused:
+# the agent's loop, which judges every client, compiles it.
 MAX_POLICIES = 100
+MAX_POLICY_BYTES = 64 * 1024
 # How long a request from an address no pod holds waits, at most, for the API server to name
 # its pod (less than ext_authz's timeout, which would fail it: the agent is given half of it).
 UNKNOWN_WAIT_S = 0.5
@@ -67,8 +73,11 @@ class ClientPod:
     name: str  # namespace/name
     addresses: tuple[str, ...]
     annotation: str | None
-    policy: RegorusEngine | None  # its own (None: it has none, or none was ever valid)
-    error: str | None = None  # why its annotation never gave a valid policy
+    # The policy in force (its annotation's, or its last valid one's) and the text it was read
+    # from; None: it has none, or none was ever valid (`error` says why).
+    policy: Policy | None
+    policy_text: str | None = None
+    error: str | None = None
 
 
 def canonical(address: str) -> str:
@@ -97,16 +106,17 @@ def _annotation(pod: dict[str, Any]) -> str | None:
 
 class ClientPods:
     """The client pods by address, from the API server's list and watch events. Only the
-    agent's loop may call it: a policy engine (regorus) must stay on the thread that made it."""
+    agent's loop may call it: a policy engine (regorus) must stay on the thread that made it.
+    Engines are made at a client's first request, one per distinct policy, kept while a pod
+    with an address has it."""
 
     def __init__(self, unknown: UnknownClients, wait_s: float = UNKNOWN_WAIT_S) -> None:
         self.unknown = unknown
         self.wait_s = wait_s
-        self._pods: dict[str, ClientPod] = {}  # by uid
+        self._pods: dict[str, ClientPod] = {}  # by uid: those holding addresses
         self._claims: dict[str, tuple[ClientPod, ...]] = {}  # by address
-        # Each annotation's policy, compiled once, kept while a pod has it: (engine, error).
-        self._policies: dict[str, tuple[RegorusEngine | None, str | None]] = {}
-        self._uses: Counter[str] = Counter()
+        self._engines: dict[str, RegorusEngine] = {}  # by policy text
+        self._uses: Counter[str] = Counter()  # pods in `_pods` by policy text
         self.listed = False  # at least once
 
     def resync(self, pods: Iterable[dict[str, Any]]) -> None:
@@ -126,49 +136,41 @@ class ClientPods:
         else:
             self._keep(pod)
 
-    def _policy(self, text: str, source: str) -> tuple[RegorusEngine | None, str | None]:
-        if text in self._policies:
-            return self._policies[text]
-        if len(self._policies) >= MAX_POLICIES:  # not kept: tried again at its next event
-            return None, f"the gateway holds {MAX_POLICIES} distinct pods' policies already"
-        try:
-            found: tuple[RegorusEngine | None, str | None] = (
-                RegorusEngine(parse_policy(text, source, modules=False)),
-                None,
-            )
-        except Exception as e:  # whatever an author's mistake does, the watch goes on
-            found = (None, str(e) if isinstance(e, PolicyError) else f"{type(e).__name__}: {e}")
-        self._policies[text] = found
-        return found
-
     def _client_pod(self, pod: dict[str, Any], previous: ClientPod | None) -> ClientPod:
         meta = pod["metadata"]
         uid, name = meta["uid"], f"{meta.get('namespace')}/{meta['name']}"
         text, found = _annotation(pod), addresses(pod)
+        if previous is not None and previous.annotation == text:  # read once
+            return dataclasses.replace(previous, name=name, addresses=found)
         if text is None:
             return ClientPod(uid, name, found, None, None)
         source = f"pod {name}, annotation {POLICY_ANNOTATION}"
-        policy, error = self._policy(text, source)
-        if error is None:
-            return ClientPod(uid, name, found, text, policy)
-        changed = previous is None or previous.annotation != text
+        try:
+            if len(text.encode()) > MAX_POLICY_BYTES:
+                raise PolicyError(source, None, f"longer than {MAX_POLICY_BYTES} bytes")
+            return ClientPod(
+                uid, name, found, text, parse_policy(text, source, modules=False), text
+            )
+        except Exception as e:  # whatever an author's mistake does, the watch goes on
+            error = str(e) if isinstance(e, PolicyError) else f"{type(e).__name__}: {e}"
         if previous is not None and previous.policy is not None:
-            if changed:
-                log.error("%s: its last valid policy stays in force: %s", source, error)
-            return ClientPod(uid, name, found, text, previous.policy)
-        if changed:
-            log.error("%s: its requests are refused: %s", source, error)
-        return ClientPod(uid, name, found, text, None, error)
+            log.error("%s: its last valid policy stays in force: %s", source, error)
+            return dataclasses.replace(previous, name=name, addresses=found, annotation=text)
+        log.error("%s: its requests are refused: %s", source, error)
+        return ClientPod(uid, name, found, text, None, None, error)
 
     def _keep(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
         previous = self._pods.get(uid)
+        if not addresses(pod):  # not yet, or no longer, a client anyone could be
+            self._forget(uid)
+            return
         current = self._client_pod(pod, previous)
         self._pods[uid] = current
-        self._count(current.annotation, 1)  # before the previous one's: the same text stays
+        self._count(current.policy_text, 1)  # before the previous one's: the same text stays
         old = () if previous is None else previous.addresses
         if previous is not None:
-            self._count(previous.annotation, -1)
+            self._count(previous.policy_text, -1)
         for address in dict.fromkeys((*old, *current.addresses)):
             self._claim(address, uid, current if address in current.addresses else None)
 
@@ -178,7 +180,7 @@ class ClientPods:
             return
         for address in gone.addresses:
             self._claim(address, uid, None)
-        self._count(gone.annotation, -1)
+        self._count(gone.policy_text, -1)
 
     def _claim(self, address: str, uid: str, pod: ClientPod | None) -> None:
         """`pod` (None: no longer) claims `address`."""
@@ -190,13 +192,28 @@ class ClientPods:
             self._claims.pop(address, None)
 
     def _count(self, text: str | None, change: int) -> None:
-        """A policy is kept while some pod has its annotation."""
+        """An engine is kept while some pod has its policy."""
         if text is None:
             return
         self._uses[text] += change
         if self._uses[text] <= 0:
             del self._uses[text]
-            self._policies.pop(text, None)
+            self._engines.pop(text, None)
+
+    def _engine(self, pod: ClientPod) -> RegorusEngine | str:
+        """The engine of `pod`'s policy, or why there is none."""
+        assert pod.policy is not None and pod.policy_text is not None
+        engine = self._engines.get(pod.policy_text)
+        if engine is not None:
+            return engine
+        if len(self._engines) >= MAX_POLICIES:
+            return f"the gateway applies {MAX_POLICIES} distinct pods' policies already"
+        try:
+            engine = RegorusEngine(pod.policy)
+        except Exception as e:  # a parsed policy the engine refuses: the pod's mistake
+            return f"{type(e).__name__}: {e}"
+        self._engines[pod.policy_text] = engine
+        return engine
 
     def pods(self, address: str) -> tuple[ClientPod, ...]:
         """The live pods claiming `address` (more than one only while it changes hands)."""
@@ -211,20 +228,24 @@ class ClientPods:
         for pod in sorted(claimants, key=lambda p: p.name):
             if pod.annotation is None:
                 continue
-            if pod.policy is None:
+            own = self._engine(pod) if pod.policy is not None else pod.error
+            if isinstance(own, str) or own is None:
                 reason = (
-                    f"the gateway refuses pod {pod.name}'s requests: its annotation "
-                    f"{POLICY_ANNOTATION} is not a policy it can apply ({pod.error})"
+                    f"the gateway refuses pod {pod.name}'s requests: it cannot apply its "
+                    f"annotation {POLICY_ANNOTATION} ({own})"
                 )
                 decision = Decision(False, INVALID_POLICY_RULE, reason)
-                return Refusal(f"{default.revision}+invalid", decision)
-            engine = CombinedEngine(engine, pod.policy, OverrideMode.NARROW, f"pod {pod.name}")
+                return Refusal(f"{default.revision}+refused", decision)
+            engine = CombinedEngine(engine, own, OverrideMode.NARROW, f"pod {pod.name}")
         return engine
 
     def unknown_engine(self, default: PolicyEngine, address: str) -> PolicyEngine:
-        if self.unknown is UnknownClients.DEFAULT:
+        if not self.listed:  # whatever the operator chose: nothing is known yet
+            reason = "the gateway has not yet listed its clients' pods"
+        elif self.unknown is UnknownClients.DEFAULT:
             return default
-        reason = f"the gateway knows no pod at {address}, and refuses clients it does not know"
+        else:
+            reason = f"the gateway knows no pod at {address}, and refuses clients it does not know"
         return Refusal(
             f"{default.revision}+unknown",
             Decision(False, UNKNOWN_CLIENT_RULE, reason, ErrorCode.POLICY_BLOCKED),

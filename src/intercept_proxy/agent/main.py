@@ -185,6 +185,8 @@ class Agent:
             return None, None
         if not self.serves_gateway:
             raise AgentError("--gateway-pod-policy: this agent serves no gateway (--gateway-port)")
+        if s.control_socket is not None:  # a held question is rechecked by the default alone
+            raise AgentError("--gateway-pod-policy narrow: no approvals (--control-socket)")
         try:
             api = KubeClient(in_cluster())
         except (OSError, ValueError) as e:

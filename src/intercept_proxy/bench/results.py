@@ -468,9 +468,11 @@ Squid (`-N`) and mitmproxy are single-threaded.
 `gateway` and `squid-proxy` are explicit proxies: the client is told of them (its proxy) and \
 opens a CONNECT tunnel per connection, in which the proxy terminates TLS as above. `gateway` \
 is the same agent and Envoy serving Envoy's gateway listener, as the chart's gateway replicas \
-do (the local `intercept gateway` adds a relay before it), which refuses a CONNECT to a host \
-outside the allowlist; `squid-proxy` is Squid bumping the tunnels, which judges the CONNECT's \
-host at once too, but shows its refusal inside the tunnel it bumps. wrk and h2load cannot use \
+do with `gateway.podPolicy: none` (with `narrow`, its default, the agent judges every request \
+in a tunnel too, which is not measured here; the local `intercept gateway` adds a relay before \
+it), which refuses a CONNECT to a host outside the allowlist; `squid-proxy` is Squid \
+bumping the tunnels, which judges the CONNECT's host at once too, but shows its refusal \
+inside the tunnel it bumps. wrk and h2load cannot use \
 a proxy: these two are measured with hey (Go's HTTP client, `-x PROXY`): keep-alive runs of \
 `hey -n N -c{connections}` (and `-h2`; N: {hey_rate} requests per second of {duration} s), \
 the latency run `hey -c1 -q{rate}`, new connections `hey -disable-keepalive`, the new \

@@ -422,8 +422,9 @@ class InterceptSigned(InterceptExtras):
 
 
 class Gateway(Intercept):
-    """The same agent and Envoy serving the explicit proxy, as the chart's gateway replicas do:
-    clients connect to Envoy's gateway listener (`intercept gateway` puts a relay before it)."""
+    """The same agent and Envoy serving the explicit proxy, as the chart's gateway replicas do
+    with `gateway.podPolicy: none`: clients connect to Envoy's gateway listener (`intercept
+    gateway` puts a relay before it)."""
 
     name = "gateway"
     proxy = f"http://127.0.0.1:{ports.ENVOY_GATEWAY}"

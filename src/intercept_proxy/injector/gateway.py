@@ -50,9 +50,9 @@ CLIENT_CA_KEY = "ca.crt"
 CLIENT_TRUST_VOLUME = f"{NAME}-ca"
 CLIENT_TRUST_DIR = "/var/run/egress-proxy"
 CLIENT_TRUST_FILE = f"{CLIENT_TRUST_DIR}/{CLIENT_CA_KEY}"
-# With a policy per client pod, the agent (alone: Envoy keeps an empty directory there) reads
-# the cluster's pods with the token of this ServiceAccount (its ClusterRole: get, list and
-# watch pods), projected as the ServiceAccount admission plugin would.
+# With a policy per client pod, the agent (alone: Envoy keeps an empty directory there) watches
+# its clients' pods with the token of this ServiceAccount (its ClusterRole: list and watch
+# pods), projected as the ServiceAccount admission plugin would.
 SERVICE_ACCOUNT = NAME
 API_ACCESS_VOLUME = f"{NAME}-api-access"
 API_TOKEN_SECONDS = 3607

@@ -160,7 +160,12 @@ class NodeNetwork:
 
     def host_access(self) -> HostAccess:
         """What the node gives a pod it trusts as a node agent."""
-        env = {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(API_PORT)}
+        port = str(API_PORT)
+        env = {
+            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+            "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+        }
         return HostAccess(self.config.node_netns, self.root, env)
 
     def _kubeconfig(self, user: str, path: Path) -> Path:
