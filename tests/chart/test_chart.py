@@ -5,6 +5,7 @@ test_consistency; the API server checks every object in tests/kubernetes.)"""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -378,6 +379,10 @@ def test_the_gateway_reads_pods_only_to_narrow_by_their_policies(case):
         agent["command"][agent["command"].index("--gateway-pod-policy") + 1]
         == (values["gateway"]["podPolicy"])
     )
+    # Its Envoy never connects to the API's addresses, whatever its NetworkPolicy lets in.
+    command = agent["command"]
+    refused = [v for k, v in itertools.pairwise(command) if k == "--upstream-refused-range"]
+    assert refused == values["networkPolicy"]["kubernetesApiCidrs"]
     accounts = [o for o in objects if o["kind"] == "ServiceAccount"]
     roles = [o for o in objects if o["kind"] == "ClusterRole"]
     granted = [

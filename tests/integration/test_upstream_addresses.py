@@ -1,7 +1,8 @@
 """Envoy connects to no non-public address but the ranges it is told (xds/resources.py,
 `refused_ranges`): a name of the policy's that resolves elsewhere in the lab, outside the
 interceptor's allowed ranges, stands for one that resolves to a metadata service or to the
-node. It fails as a name that does not resolve, and reaches nothing."""
+node. It fails as a name that does not resolve, and reaches nothing. So does a name in a range
+it is told to refuse, allowed or public (the egress gateway's Kubernetes API addresses)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ pytestmark = pytest.mark.netns
 
 # The lab's pool of automatic addresses (pypi.org's); a.shared.test is at 198.18.5.5, fd00::5:5.
 ALLOWED = ("198.18.1.0/24", "fd00::1:0/112")
+# (allowed ranges, refused ranges)
+CASES = {
+    "outside the allowed ranges": (ALLOWED, ()),
+    "in a refused range": (("198.18.0.0/15", "fd00::/8"), ("198.18.5.5/32", "fd00::5:5/128")),
+}
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +26,16 @@ def policy():
     return "allowed_domains: [pypi.org, a.shared.test]\n"
 
 
-@pytest.fixture(scope="module")
-def interceptor(lab, client_ns, policy):
+@pytest.fixture(scope="module", params=list(CASES))
+def interceptor(request, lab, client_ns, policy):
+    allowed, refused = CASES[request.param]
     icp = Interceptor(
-        client_ns, policy, lab.ca_cert_path, lab.dns_servers, upstream_private_ranges=ALLOWED
+        client_ns,
+        policy,
+        lab.ca_cert_path,
+        lab.dns_servers,
+        upstream_private_ranges=allowed,
+        upstream_refused_ranges=refused,
     )
     try:
         yield icp.start()

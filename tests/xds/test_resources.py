@@ -400,6 +400,13 @@ def test_allowed_private_ranges_are_cut_out_and_nothing_else():
         resources.refused_ranges(("10.1.2.0/33",))
 
 
+def test_ranges_refused_by_name_stay_refused_whatever_is_allowed():
+    ranges = resources.refused_ranges(("10.0.0.0/8",), ("10.96.0.1/32", "34.1.2.3/32"))
+    for address in ("10.96.0.1", "34.1.2.3", "::ffff:34.1.2.3", "64:ff9b::2201:203"):
+        assert any(ipaddress.ip_address(address) in n for n in ranges), address
+    assert not any(ipaddress.ip_address("10.96.0.2") in n for n in ranges)
+
+
 def test_both_copies_of_the_dns_cache_refuse_the_same_ranges():
     """Envoy requires the forward proxy's cluster and filter to hold identical caches."""
     dp = resources.DataPlane(upstream_private_ranges=("198.18.0.0/15",))

@@ -771,6 +771,9 @@ Each definition is a JSON document for this release's values.
           {{ .Values.agent.certValidityHours | float64 | toString | toJson }}
           {{- range .Values.upstream.privateRanges }},
           "--upstream-private-range", {{ . | toString | toJson }}
+          {{- end }}
+          {{- range .Values.networkPolicy.kubernetesApiCidrs }},
+          "--upstream-refused-range", {{ . | toString | toJson }}
           {{- end }},
           "--gateway-port",
           "3128",

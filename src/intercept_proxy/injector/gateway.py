@@ -128,6 +128,7 @@ def _agent(s: InjectorSettings) -> dict[str, Any]:
         cert_validity=dt.timedelta(hours=s.cert_validity_hours),
         health_addresses=EVERY_ADDRESS,
         upstream_private_ranges=s.upstream_private_ranges,
+        upstream_refused_ranges=s.kubernetes_api_cidrs,
         gateway_port=ports.ENVOY_GATEWAY,
         gateway_addresses=EVERY_ADDRESS,
         gateway_pod_policy=s.gateway_pod_policy,

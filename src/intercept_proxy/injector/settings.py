@@ -92,6 +92,9 @@ class InjectorSettings:
     # Non-public ranges Envoy may connect to (an internal registry's); no other non-public
     # address, whatever a name resolves to (xds/resources.py, `refused_ranges`).
     upstream_private_ranges: tuple[str, ...] = ()
+    # The Kubernetes API's addresses (the chart's networkPolicy.kubernetesApiCidrs): the egress
+    # gateway's Envoy never connects there, though its pod may reach them (its agent's watch).
+    kubernetes_api_cidrs: tuple[str, ...] = ()
     # DNS names the agent resolves for real (everything else gets a synthetic answer).
     dns_forward_suffixes: tuple[str, ...] = ("cluster.local",)
     # The ConfigMap holding `policy.yaml`, the policy every injected pod enforces by default.
@@ -149,11 +152,12 @@ class InjectorSettings:
             self.capture_config()
         except CaptureConfigError as e:
             raise SettingsError(str(e)) from None
-        for text in self.upstream_private_ranges:
-            try:
-                cidr(text)
-            except ValueError as e:
-                raise SettingsError(f"upstream_private_ranges: {e}") from None
+        for name in ("upstream_private_ranges", "kubernetes_api_cidrs"):
+            for text in getattr(self, name):
+                try:
+                    cidr(text)
+                except ValueError as e:
+                    raise SettingsError(f"{name}: {e}") from None
         if self.capture_mode not in CAPTURE_MODES:
             raise SettingsError(f"capture_mode: {self.capture_mode!r} is not 'init' or 'cni'")
         if self.ca_mode not in ("ephemeral", "secret"):

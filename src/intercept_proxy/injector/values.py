@@ -72,6 +72,7 @@ def _defaults(s: InjectorSettings) -> dict[str, Any]:
         },
         "dns": {"forwardSuffixes": list(s.dns_forward_suffixes)},
         "upstream": {"privateRanges": list(s.upstream_private_ranges)},
+        "networkPolicy": {"kubernetesApiCidrs": list(s.kubernetes_api_cidrs)},
         "policy": {"podOverride": str(s.policy_override)},
         "ca": {"mode": s.ca_mode, "secretName": s.ca_secret},
         "serviceAccountToken": {"automount": s.automount_service_account_token},
@@ -238,6 +239,7 @@ def settings_from_values(given: Mapping[str, Any] | None, release: str) -> Injec
         cni_node_resources=_resources(values["capture"]["cni"]["resources"]),
         dns_forward_suffixes=tuple(values["dns"]["forwardSuffixes"]),
         upstream_private_ranges=tuple(values["upstream"]["privateRanges"]),
+        kubernetes_api_cidrs=tuple(values["networkPolicy"]["kubernetesApiCidrs"]),
         policy_config_map=f"{release}-policy",
         credentials_secret=f"{release}-credentials",
         policy_override=OverrideMode(values["policy"]["podOverride"]),
@@ -303,6 +305,9 @@ HELM_PARAMETERS: dict[str, Parameter] = {
     ),
     "upstream_private_ranges": Parameter(
         ".Values.upstream.privateRanges", ("192.0.2.3/32", "192.0.2.4/32")
+    ),
+    "kubernetes_api_cidrs": Parameter(
+        ".Values.networkPolicy.kubernetesApiCidrs", ("192.0.2.5/32", "192.0.2.6/32")
     ),
     "policy_config_map": Parameter('printf "%s-policy" .Release.Name', "sentinel-policy"),
     "policy_override": Parameter(".Values.policy.podOverride", choices=tuple(OverrideMode)),

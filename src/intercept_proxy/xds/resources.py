@@ -167,6 +167,16 @@ class DataPlane:
         repeatable=True,
         metavar="CIDR",
     )
+    # Ranges upstreams may never be in, public or not, whatever the above (the Kubernetes API's:
+    # the egress gateway's NetworkPolicy lets its pod reach them, for its agent).
+    upstream_refused_ranges: tuple[str, ...] = option(
+        "--upstream-refused-range",
+        "an address range upstreams may never be in, public or not (CIDR, repeatable)",
+        default=(),
+        parse=cidr,
+        repeatable=True,
+        metavar="CIDR",
+    )
     # The egress gateway (an explicit proxy, xds/gateway.py). None: none.
     gateway_port: int | None = option(
         "--gateway-port", "serve as an explicit proxy (HTTPS_PROXY) on this port", default=None,
@@ -277,17 +287,28 @@ EMBEDDING_V4 = (("::ffff:0:0/96", 0), ("64:ff9b::/96", 0), ("2002::/16", 80))
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def _spellings(text: str) -> list[Network]:
+    """A range, and for IPv4 the IPv6 ranges that embed it."""
+    net = ipaddress.ip_network(text)
+    if not isinstance(net, ipaddress.IPv4Network):
+        return [net]
+    out: list[Network] = [net]
+    for prefix, shift in EMBEDDING_V4:
+        embedding = ipaddress.IPv6Network(prefix)
+        base = int(embedding.network_address) | int(net.network_address) << shift
+        out.append(ipaddress.IPv6Network((base, embedding.prefixlen + net.prefixlen)))
+    return out
+
+
 @functools.cache  # every copy of the DNS cache (two clusters, four filters) asks
-def refused_ranges(allowed: tuple[str, ...] = ()) -> tuple[Network, ...]:
-    """The non-public ranges, IPv4 and IPv6, but `allowed` (CIDRs, ValueError if not)."""
+def refused_ranges(
+    allowed: tuple[str, ...] = (), also: tuple[str, ...] = ()
+) -> tuple[Network, ...]:
+    """The non-public ranges, IPv4 and IPv6, but `allowed`, and `also` whatever `allowed` says
+    (CIDRs, ValueError if not)."""
     refused: list[Network] = [ipaddress.ip_network(n) for n in NON_PUBLIC_V6]
     for text in NON_PUBLIC_V4:
-        v4 = ipaddress.IPv4Network(text)
-        refused.append(v4)
-        for prefix, shift in EMBEDDING_V4:
-            embedding = ipaddress.IPv6Network(prefix)
-            base = int(embedding.network_address) | int(v4.network_address) << shift
-            refused.append(ipaddress.IPv6Network((base, embedding.prefixlen + v4.prefixlen)))
+        refused += _spellings(text)
     for exempt in map(ipaddress.ip_network, allowed):
         kept: list[Network] = []
         for net in refused:
@@ -296,7 +317,8 @@ def refused_ranges(allowed: tuple[str, ...] = ()) -> tuple[Network, ...]:
             elif not exempt.supernet_of(net):  # type: ignore[arg-type]
                 kept.extend(net.address_exclude(exempt))  # type: ignore[arg-type]
         refused = kept
-    return tuple(sorted(refused, key=lambda n: (n.version, n)))
+    refused += [net for text in also for net in _spellings(text)]
+    return tuple(sorted(set(refused), key=lambda n: (n.version, n)))
 
 
 def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
@@ -309,7 +331,10 @@ def dns_cache_config(dp: DataPlane) -> dict[str, Any]:
         # An answer in these ranges is dropped; a name left without one does not resolve.
         # (Envoy 1.40 has the field, the Python API package not yet: see protos.LACKING.)
         "resolved_address_filter": {
-            "ranges": [cidr_range(n) for n in refused_ranges(dp.upstream_private_ranges)]
+            "ranges": [
+                cidr_range(n)
+                for n in refused_ranges(dp.upstream_private_ranges, dp.upstream_refused_ranges)
+            ]
         },
     }
     resolver: dict[str, Any] = {
