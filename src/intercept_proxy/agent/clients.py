@@ -31,7 +31,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from intercept_proxy.decision import ErrorCode
 from intercept_proxy.injector.settings import POLICY_ANNOTATION
 from intercept_proxy.policy.combined import CombinedEngine, OverrideMode, UnknownClients
 from intercept_proxy.policy.engine import Decision, PolicyEngine, RegorusEngine
@@ -136,10 +135,13 @@ class ClientPods:
         else:
             self._keep(pod)
 
-    def _client_pod(self, pod: dict[str, Any], previous: ClientPod | None) -> ClientPod:
+    def _client_pod(
+        self, pod: dict[str, Any], found: tuple[str, ...], previous: ClientPod | None
+    ) -> ClientPod:
+        """`pod`, holding the addresses `found`, as a client."""
         meta = pod["metadata"]
         uid, name = meta["uid"], f"{meta.get('namespace')}/{meta['name']}"
-        text, found = _annotation(pod), addresses(pod)
+        text = _annotation(pod)
         if previous is not None and previous.annotation == text:  # read once
             return dataclasses.replace(previous, name=name, addresses=found)
         if text is None:
@@ -162,10 +164,11 @@ class ClientPods:
     def _keep(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
         previous = self._pods.get(uid)
-        if not addresses(pod):  # not yet, or no longer, a client anyone could be
+        found = addresses(pod)
+        if not found:  # not yet, or no longer, a client anyone could be
             self._forget(uid)
             return
-        current = self._client_pod(pod, previous)
+        current = self._client_pod(pod, found, previous)
         self._pods[uid] = current
         self._count(current.policy_text, 1)  # before the previous one's: the same text stays
         old = () if previous is None else previous.addresses
@@ -248,7 +251,7 @@ class ClientPods:
             reason = f"the gateway knows no pod at {address}, and refuses clients it does not know"
         return Refusal(
             f"{default.revision}+unknown",
-            Decision(False, UNKNOWN_CLIENT_RULE, reason, ErrorCode.POLICY_BLOCKED),
+            Decision(False, UNKNOWN_CLIENT_RULE, reason),
         )
 
     async def __call__(self, default: PolicyEngine, address: str) -> PolicyEngine:

@@ -151,22 +151,22 @@ class NodeNetwork:
     def pod_env(self) -> dict[str, str]:
         """What the kubelet tells every container: where the API server is (the `kubernetes`
         Service, which kube-proxy sends to the node's relay)."""
-        port = str(API_SERVICE_PORT)
-        return {
-            "KUBERNETES_SERVICE_HOST": self.config.api_service_ip,
-            "KUBERNETES_SERVICE_PORT": port,
-            "KUBERNETES_SERVICE_PORT_HTTPS": port,
-        }
+        return api_env(self.config.api_service_ip, API_SERVICE_PORT)
 
     def host_access(self) -> HostAccess:
-        """What the node gives a pod it trusts as a node agent."""
-        port = str(API_PORT)
-        env = {
-            "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-            "KUBERNETES_SERVICE_PORT": port,
-            "KUBERNETES_SERVICE_PORT_HTTPS": port,
-        }
-        return HostAccess(self.config.node_netns, self.root, env)
+        """What the node gives a pod it trusts as a node agent (the relay on its loopback)."""
+        return HostAccess(self.config.node_netns, self.root, api_env("127.0.0.1", API_PORT))
+
+    def _relay(self, address: str) -> None:
+        """A relay to the API server listening at `address`, port API_PORT, in the node's
+        namespace (started with the others)."""
+        listener = netns.socket_in(self.config.node_netns, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.bind((address, API_PORT))
+        except OSError:
+            listener.close()
+            raise
+        self._relays.append(ApiRelay(listener, self.config.ports.apiserver))
 
     def _kubeconfig(self, user: str, path: Path) -> Path:
         """A kubeconfig of `user`'s PKI files for what runs in the node's namespace: the API
@@ -186,24 +186,12 @@ class NodeNetwork:
         (self.root / CNI_BIN).mkdir(parents=True)
         netns.create(self.config.node_netns)
         self._uplink.attach(self.config.node_netns)
-        listener = netns.socket_in(self.config.node_netns, socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.bind(("127.0.0.1", API_PORT))
-        except OSError:
-            listener.close()
-            raise
-        self._relays = [ApiRelay(listener, self.config.ports.apiserver)]
+        self._relay("127.0.0.1")
         # The node's own address for the Services it serves (CoreDNS, the API server's relay,
         # the `kubernetes` Service's endpoint): pods route to it.
         address = f"{self.config.node_service_address}/32"
         netns.ip("-n", self.config.node_netns, "address", "add", address, "dev", "lo")
-        for_pods = netns.socket_in(self.config.node_netns, socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            for_pods.bind((self.config.node_service_address, API_PORT))
-        except OSError:
-            for_pods.close()
-            raise
-        self._relays.append(ApiRelay(for_pods, self.config.ports.apiserver))
+        self._relay(self.config.node_service_address)
         for relay in self._relays:
             relay.start()
         corefile = self._dir / "Corefile"
@@ -254,6 +242,15 @@ class NodeNetwork:
             self._uplink.extra_trust,
             dns.search(self.config, pod["metadata"]["namespace"]),
         )
+
+
+def api_env(host: str, port: int) -> dict[str, str]:
+    """The kubelet's variables naming the API server."""
+    return {
+        "KUBERNETES_SERVICE_HOST": host,
+        "KUBERNETES_SERVICE_PORT": str(port),
+        "KUBERNETES_SERVICE_PORT_HTTPS": str(port),
+    }
 
 
 def api_endpoint(config: Config) -> dict[str, Any]:
