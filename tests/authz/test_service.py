@@ -101,7 +101,8 @@ def test_denied_request_gets_403_json_with_envoys_request_id():
 
 def test_the_decision_for_the_log_holds_no_header_value_or_query():
     _, metadata, _ = run_check(check_request("GET", "pypi.org", "/a/b?token=hunter2"))
-    assert set(metadata) == {"allow", "rule", "reason", "policy_revision", "eval_ms"}
+    assert set(metadata) == {"allow", "rule", "reason", "policy_revision", "counted", "eval_ms"}
+    assert metadata["counted"] == "agent|true|allowed_domains"
     text = json.dumps(metadata)
     for secret in ("hunter2", "token=", "secret-token", "s=1"):
         assert secret not in text

@@ -348,12 +348,16 @@ def test_metrics(interceptor):
     before = {
         "envoy": count("envoy", "deny", "method_not_allowed"),
         "agent": count("agent", "allow", "allowed_domains"),
+        "none": count("none", "deny", ""),
     }
     interceptor.curl("POST", "https://pypi.org/metrics-probe")
     # Judged by the agent: the gate sends a host name in capitals its way.
     interceptor.curl("GET", "https://pypi.org/metrics-probe", "-H", "Host: PyPI.org")
+    # No route at all: Envoy's codec refuses a header name with a space.
+    assert interceptor.curl("GET", "http://pypi.org/metrics-probe", "-H", "a b: c").status == 400
     assert count("envoy", "deny", "method_not_allowed") == before["envoy"] + 1
     assert count("agent", "allow", "allowed_domains") == before["agent"] + 1
+    assert count("none", "deny", "") == before["none"] + 1
     assert interceptor.metric("intercept_certificates_minted_total") >= 1
     assert interceptor.metric("intercept_xds_acks_total", 'type="RouteConfiguration"') >= 1
     assert "intercept_decision_seconds_bucket" in interceptor.metrics()

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from intercept_proxy.decision import COUNTED, Judge, counted, counted_labels
 from intercept_proxy.policy.credentials import AwsKeys
 from intercept_proxy.policy.model import parse_policy
 from intercept_proxy.xds import gateway, protos, resources, routes, types
@@ -283,15 +284,35 @@ def test_decision_counter_tags_come_from_decisions_never_from_requests():
         assert len(counters) == 4
         for counter in counters:
             (stat,) = counter["typed_config"]["value"]["counters"]
-            for tag in stat["stat"]["tags"]:
-                value = tag["value_format"]
-                ours = ("envoy", "agent", "none", "false", "no_decision", resources.OVERSIZED_RULE)
-                assert value in ours or value.startswith(("%METADATA(", "%DYNAMIC"))
+            (tag,) = stat["stat"]["tags"]  # one tag: three cost Envoy more per request
+            assert tag["name"] == COUNTED
+            value = tag["value_format"]
+            ours = {
+                counted(Judge.NONE, False, "no_decision"),
+                counted(Judge.ENVOY, False, resources.OVERSIZED_RULE),
+            }
+            assert value in ours or value in (
+                f"%METADATA(ROUTE:intercept:{COUNTED})%",
+                f"%DYNAMIC_METADATA(envoy.filters.http.ext_authz:{COUNTED})%",
+            )
         # A check the agent never answered counts as no decision, whatever the route said.
         unanswered = resources.decision_counter(resources.Logged.UNANSWERED)
         (stat,) = unanswered["typed_config"]["value"]["counters"]
-        tags = {t["name"]: t["value_format"] for t in stat["stat"]["tags"]}
-        assert tags == {"judge": "none", "allow": "false", "rule": "no_decision"}
+        (tag,) = stat["stat"]["tags"]
+        assert counted_labels(tag["value_format"]) == ("none", "deny", "no_decision")
+
+
+def test_counted_labels_read_back_what_counted_writes():
+    assert counted_labels(counted(Judge.ENVOY, True, "allowed_domains")) == (
+        "envoy",
+        "allow",
+        "allowed_domains",
+    )
+    # A rule is the rest, whatever it holds (a custom module names its own).
+    assert counted_labels(counted(Judge.AGENT, False, "pod:a|b")) == ("agent", "deny", "pod:a|b")
+    assert counted_labels(counted(Judge.NONE, None, None)) == ("none", "deny", "")
+    # No route took the request: nobody's decision.
+    assert counted_labels("") == ("none", "deny", "")
 
 
 def test_slow_clients_are_bounded_but_streams_are_not():

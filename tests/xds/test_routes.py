@@ -141,7 +141,11 @@ def test_nothing_is_forwarded_unjudged(compiled, compiled_or_not):
                     assert route.get("direct_response") or route["route"]
                     assert authz is None
                 else:  # the agent decides; if it cannot answer, the log says so
-                    expected = {**routes.NO_DECISION.__dict__, "judge": "none"}
+                    expected = {
+                        **routes.NO_DECISION.__dict__,
+                        "judge": "none",
+                        "counted": "none|false|no_decision",
+                    }
                     policy_revision = decision["policy_revision"]
                     assert decision == {**expected, "policy_revision": policy_revision}
                     transport = "tls" if tls else "plain"

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 
 from intercept_proxy import ports
+from intercept_proxy.decision import COUNTED, counted_labels
 from intercept_proxy.dns import QueryEvent
 from intercept_proxy.pki import LeafCache
 from intercept_proxy.policy.engine import Decision
@@ -142,8 +143,5 @@ class EnvoyDecisions:
             "intercept_decisions", "Policy decisions", labels=["judge", "result", "rule"]
         )
         for labels, value in self._samples:
-            result = "allow" if labels.get("allow") == "true" else "deny"
-            # No judge: a request refused before any route (a protocol error, no route).
-            judge = labels.get("judge") or "none"
-            family.add_metric([judge, result, labels.get("rule", "")], value)
+            family.add_metric(list(counted_labels(labels.get(COUNTED, ""))), value)
         yield family

@@ -27,7 +27,7 @@ from google.rpc import code_pb2, status_pb2
 
 from intercept_proxy.authz.approvals import Approvals
 from intercept_proxy.authz.budgets import Ledger, Upload
-from intercept_proxy.decision import DECISION_HEADER, VERDICT, error_body
+from intercept_proxy.decision import COUNTED, DECISION_HEADER, VERDICT, Judge, counted, error_body
 from intercept_proxy.policy.engine import Decision, PolicyEngine
 from intercept_proxy.policy.input import INPUT_VERSION
 from intercept_proxy.policy.limits import Budget
@@ -99,7 +99,13 @@ def denial_body(decision: Decision, decision_id: str) -> str:
 def _metadata(decision: Decision, revision: str, eval_ms: float) -> struct_pb2.Struct:
     metadata = struct_pb2.Struct()
     verdict = (decision.allow, decision.rule, decision.reason, revision)
-    metadata.update({**dict(zip(VERDICT, verdict, strict=True)), "eval_ms": round(eval_ms, 3)})
+    metadata.update(
+        {
+            **dict(zip(VERDICT, verdict, strict=True)),
+            COUNTED: counted(Judge.AGENT, decision.allow, decision.rule),
+            "eval_ms": round(eval_ms, 3),
+        }
+    )
     return metadata
 
 

@@ -21,7 +21,16 @@ from typing import Any
 from google.protobuf.message import Message
 
 from intercept_proxy import ports
-from intercept_proxy.decision import REQUEST_FIELDS, SCHEMA, VERDICT, ErrorCode, Judge, error_body
+from intercept_proxy.decision import (
+    COUNTED,
+    REQUEST_FIELDS,
+    SCHEMA,
+    VERDICT,
+    ErrorCode,
+    Judge,
+    counted,
+    error_body,
+)
 from intercept_proxy.options import option
 from intercept_proxy.policy.credentials import AwsKeys, AwsSigning, Credential, Placeholders
 from intercept_proxy.policy.limits import RateLimit
@@ -647,22 +656,18 @@ def decision_logs(
 
 
 def decision_counter(logged: Logged) -> dict[str, Any]:
-    """Counts every decision, whoever made it, in Envoy's statistics, tagged by judge, result
-    and rule (the agent serves them among its metrics)."""
+    """Counts every decision, whoever made it, in Envoy's statistics, tagged by its judge, result
+    and rule in one value (decision.counted; the agent serves them among its metrics)."""
     if logged is Logged.RATE_LIMIT:
-        values = (Judge.ENVOY.value, "false", RATE_LIMIT_RULE)
+        value = counted(Judge.ENVOY, False, RATE_LIMIT_RULE)
     elif logged is Logged.OVERSIZED:
-        values = (Judge.ENVOY.value, "false", OVERSIZED_RULE)
+        value = counted(Judge.ENVOY, False, OVERSIZED_RULE)
     elif logged is Logged.UNANSWERED:
-        values = (Judge.NONE.value, "false", NO_DECISION.rule)
+        value = counted(Judge.NONE, False, NO_DECISION.rule)
     elif logged is Logged.AGENT:
-        values = (Judge.AGENT.value, _agent_field("allow"), _agent_field("rule"))
+        value = _agent_field(COUNTED)
     else:
-        values = (route_field("judge"), route_field("allow"), route_field("rule"))
-    tags = [
-        {"name": n, "value_format": v}
-        for n, v in zip(("judge", "allow", "rule"), values, strict=True)
-    ]
+        value = route_field(COUNTED)
     return {
         "name": "envoy.access_loggers.stats",
         # A TypedStruct: the Python API package predates `stats_scope` (`stat_prefix` is
@@ -671,7 +676,15 @@ def decision_counter(logged: Logged) -> dict[str, Any]:
             "envoy.extensions.access_loggers.stats.v3.Config",
             {
                 "stats_scope": {"prefix": "intercept"},
-                "counters": [{"stat": {"name": "decisions", "tags": tags}, "value_fixed": 1}],
+                "counters": [
+                    {
+                        "stat": {
+                            "name": "decisions",
+                            "tags": [{"name": COUNTED, "value_format": value}],
+                        },
+                        "value_fixed": 1,
+                    }
+                ],
             },
         ),
     }

@@ -29,10 +29,12 @@ from typing import Any
 
 from intercept_proxy.decision import (
     CLIENT_STATE,
+    COUNTED,
     DECISION_HEADER,
     POLICY_BLOCKED,
     VERDICT,
     Judge,
+    counted,
     error_body,
 )
 from intercept_proxy.policy.credentials import Placeholders
@@ -137,7 +139,8 @@ def _metadata(outcome: Outcome, revision: str | None, *, judge: Judge) -> dict[s
     verdict = dict(
         zip(VERDICT, (outcome.allow, outcome.rule, outcome.reason, revision), strict=True)
     )
-    return {"filter_metadata": {METADATA_KEY: {**verdict, "judge": judge.value}}}
+    count = counted(judge, outcome.allow, outcome.rule)
+    return {"filter_metadata": {METADATA_KEY: {**verdict, "judge": judge.value, COUNTED: count}}}
 
 
 # Off unless a route turns it on: a canonical request the policy decides in Envoy costs no
