@@ -55,7 +55,7 @@ VERDICT = ("allow", "rule", "reason", "policy_revision")
 # Envoy counts every decision in its statistics (the agent serves them as
 # `intercept_decisions_total{judge,result,rule}`) under one tag whose value carries the three
 # labels, written beside the verdict in both metadata under COUNTED: one tag read from one key
-# costs Envoy about a tenth less CPU per request than three (docs/performance.md).
+# costs Envoy about a tenth less CPU per request than three (measured with `intercept bench`).
 COUNTED = "counted"
 _COUNTED_SEPARATOR = "|"  # after a judge and a boolean, neither of which has one
 

@@ -145,3 +145,25 @@ def test_envoys_counters_are_absent_while_envoy_does_not_answer():
             silent.close()
 
     asyncio.run(scenario())
+
+
+def test_envoys_counter_is_served_with_three_labels():
+    """Envoy's one tag (decision.counted) becomes the metric's judge, result and rule; a request
+    no route took (an empty value) is nobody's decision."""
+    decisions = EnvoyDecisions()
+    decisions._samples = [
+        ({"counted": "agent|true|allowed_domains"}, 1.0),
+        ({"counted": "envoy|false|pod:a|b"}, 2.0),
+        ({"counted": ""}, 3.0),
+        ({}, 4.0),
+    ]
+    family = next(iter(decisions.collect()))
+    labels = [
+        (s.labels["judge"], s.labels["result"], s.labels["rule"], s.value) for s in family.samples
+    ]
+    assert labels == [
+        ("agent", "allow", "allowed_domains", 1.0),
+        ("envoy", "deny", "pod:a|b", 2.0),
+        ("none", "deny", "", 3.0),
+        ("none", "deny", "", 4.0),
+    ]

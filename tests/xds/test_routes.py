@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from intercept_proxy.decision import COUNTED, Judge, counted
 from intercept_proxy.policy import approvals
 from intercept_proxy.policy.credentials import placeholders
 from intercept_proxy.policy.engine import RegorusEngine
@@ -135,6 +136,9 @@ def test_nothing_is_forwarded_unjudged(compiled, compiled_or_not):
         for vhost in config["virtual_hosts"]:
             for route in vhost["routes"]:
                 decision = route["metadata"]["filter_metadata"][routes.METADATA_KEY]
+                # What Envoy counts is what the route decides.
+                judge = Judge(decision["judge"])
+                assert decision[COUNTED] == counted(judge, decision["allow"], decision["rule"])
                 authz = _authz(route)
                 if decision["judge"] == "envoy":
                     assert decision["allow"] in (True, False)
