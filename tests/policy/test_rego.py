@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from intercept_proxy.policy.engine import RegorusEngine
@@ -207,3 +211,23 @@ def test_a_policy_goes_with_its_modules_beside_it(tmp_path):
         POLICY_FILE_NAME,
         "custom.rego",
     }
+
+
+@pytest.mark.parametrize("operators", [None, "1"])
+def test_regorus_commits_memory_on_use_and_the_environment_is_left_as_found(operators):
+    """mimalloc (regorus's allocator) says which options it took; the process's environment,
+    which whatever it starts inherits, is as it was."""
+    script = (
+        "import os, intercept_proxy.policy.engine;"
+        "print(os.environ.get('MIMALLOC_ARENA_EAGER_COMMIT'))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMALLOC_")}
+    env["MIMALLOC_VERBOSE"] = "1"
+    if operators is not None:
+        env["MIMALLOC_ARENA_EAGER_COMMIT"] = operators
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == str(operators)
+    taken = "0" if operators is None else operators
+    assert f"option 'arena_eager_commit': {taken}" in result.stderr
