@@ -184,7 +184,7 @@ def test_targets():
             False,
         ),
         "first request to a never-seen host ≤ +5 ms": ("+4.00 ms", True),
-        "Envoy + agent RSS ≤ 120 MB idle": ("125.0 MB", False),
+        "Envoy + agent RSS ≤ 120 MB idle": ("125.0 MiB", False),
     }
 
 

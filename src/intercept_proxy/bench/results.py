@@ -315,7 +315,7 @@ def targets(result: Mapping[str, Any]) -> list[Target]:
     idle = intercept.get("rss_idle_mb", {})
     both = idle["agent"] + idle["envoy"] if {"agent", "envoy"} <= idle.keys() else None
     out.append(
-        _target("Envoy + agent RSS ≤ 120 MB idle", both, f"{both or 0:.1f} MB", lambda v: v <= 120)
+        _target("Envoy + agent RSS ≤ 120 MB idle", both, f"{both or 0:.1f} MiB", lambda v: v <= 120)
     )
     return out
 

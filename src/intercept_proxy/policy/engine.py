@@ -35,6 +35,12 @@ import regorus  # noqa: E402
 if _operators is None:
     del os.environ[_EAGER_COMMIT]
 
+
+def new_engine() -> regorus.Engine:
+    """A regorus engine: every one comes from here, so regorus loads with the setting above."""
+    return regorus.Engine()
+
+
 DECISION_RULE = "data.intercept.decision"
 BUILTIN_MODULE = "intercept.rego"
 
@@ -75,7 +81,7 @@ _PROBE_INPUT = {
 def rego_values(*rules: str) -> dict[str, Any]:
     """The values of rules of the built-in policy that depend on neither input nor data (the
     facts other code must share with it rather than copy)."""
-    engine = regorus.Engine()
+    engine = new_engine()
     engine.add_policy(BUILTIN_MODULE, builtin_rego())
     return {rule: engine.eval_rule(f"data.intercept.{rule}") for rule in rules}
 
@@ -99,7 +105,7 @@ class RegorusEngine:
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self._lock = threading.Lock()
-        self._engine = regorus.Engine()
+        self._engine = new_engine()
         self._engine.add_policy(BUILTIN_MODULE, builtin_rego())
         for i, module in enumerate(policy.rego_modules):
             self._add_custom_module(i, module)
@@ -183,7 +189,7 @@ _UNAVAILABLE = {
 def _functions_and_calls(module: RegoModule) -> tuple[set[str], set[str]]:
     """The names of the functions a module defines at its top level (`deny(x) := ...`), and the
     dotted names it calls (`http.send`), from regorus's AST."""
-    parser = regorus.Engine()
+    parser = new_engine()
     parser.add_policy(module.path, module.text)
     functions: set[str] = set()
     calls: set[str] = set()

@@ -11,9 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
-import regorus
-
-from intercept_proxy.policy.engine import BUILTIN_MODULE, builtin_rego
+from intercept_proxy.policy.engine import BUILTIN_MODULE, builtin_rego, new_engine
 from intercept_proxy.policy.model import Policy, RegoModule
 
 BUILTIN_TESTS = "intercept_test.rego"
@@ -34,7 +32,7 @@ def builtin_tests() -> RegoModule:
 
 
 def run_tests(test_modules: Iterable[RegoModule], policy: Policy | None = None) -> list[TestResult]:
-    engine = regorus.Engine()
+    engine = new_engine()
     engine.add_policy(BUILTIN_MODULE, builtin_rego())
     if policy is not None:
         for module in policy.rego_modules:
