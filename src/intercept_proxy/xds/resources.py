@@ -123,6 +123,11 @@ def cidr(text: str) -> str:
     return text
 
 
+def _ranges(flag: str, help: str) -> Any:
+    """An option of address ranges: CIDR, repeatable, none by default."""
+    return option(flag, help, default=(), parse=cidr, repeatable=True, metavar="CIDR")
+
+
 @dataclass(frozen=True)
 class DataPlane:
     """What the generated Envoy configuration depends on."""
@@ -168,23 +173,15 @@ class DataPlane:
     max_concurrent_streams: int = 100
     # Non-public ranges upstreams may be in all the same (an internal registry's); Envoy
     # connects to no other non-public address (`refused_ranges`).
-    upstream_private_ranges: tuple[str, ...] = option(
+    upstream_private_ranges: tuple[str, ...] = _ranges(
         "--upstream-private-range",
         "a non-public address range upstreams may be in (CIDR, repeatable; default: none)",
-        default=(),
-        parse=cidr,
-        repeatable=True,
-        metavar="CIDR",
     )
     # Ranges upstreams may never be in, public or not, whatever the above (the Kubernetes API's:
     # the egress gateway's NetworkPolicy lets its pod reach them, for its agent).
-    upstream_refused_ranges: tuple[str, ...] = option(
+    upstream_refused_ranges: tuple[str, ...] = _ranges(
         "--upstream-refused-range",
         "an address range upstreams may never be in, public or not (CIDR, repeatable)",
-        default=(),
-        parse=cidr,
-        repeatable=True,
-        metavar="CIDR",
     )
     # The egress gateway (an explicit proxy, xds/gateway.py). None: none.
     gateway_port: int | None = option(
@@ -202,23 +199,14 @@ class DataPlane:
     # The gateway's clients (CIDRs; none: every client). Others get the gateway's refusal: a
     # gateway serving one of several policies (`intercept gateway --client`) serves only the
     # clients of that policy, whatever reaches it.
-    gateway_clients: tuple[str, ...] = option(
+    gateway_clients: tuple[str, ...] = _ranges(
         "--gateway-client",
         "a range of the gateway's clients (CIDR, repeatable; default: every client)",
-        default=(),
-        parse=cidr,
-        repeatable=True,
-        metavar="CIDR",
     )
     # Other policies' clients (`intercept gateway`'s other pairs): refused, even inside the
     # ranges of this one's.
-    gateway_other_clients: tuple[str, ...] = option(
-        "--gateway-other-client",
-        "a range of clients of another policy, refused (CIDR, repeatable)",
-        default=(),
-        parse=cidr,
-        repeatable=True,
-        metavar="CIDR",
+    gateway_other_clients: tuple[str, ...] = _ranges(
+        "--gateway-other-client", "a range of clients of another policy, refused (CIDR, repeatable)"
     )
     gateway_addresses: tuple[str, ...] = option(
         "--gateway-address",
